@@ -1,0 +1,35 @@
+# One entry point. `make demo` runs the main job; `make test` runs the tests.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: demo serve test lint typecheck clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+## demo: start a private fleet, run agent runs and a tool call, show them finish, stop.
+demo: $(STAMP)
+	$(PY) -m ops.demo
+
+## serve: the demo, then keep the fleet up (Ctrl-C stops it).
+serve: $(STAMP)
+	$(PY) -m ops.demo --serve
+
+## test: lint, type-check, then the whole suite against real Redis and real workers.
+test: lint typecheck
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check workers tasks producer ops tests
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf $(VENV) .agentfleet .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Operational tooling for agentfleet: local services used offline, in tests and benchmarks."""

@@ -1,0 +1,99 @@
+"""The demo: bring up a whole fleet offline and watch real agent runs finish.
+
+``python -m ops.demo`` starts Redis (``REDIS_URL`` if set, else a private ``redis-server``),
+the LLM simulator, one worker per pool and the API; enqueues several agent runs (one with
+parallel tool calls) and a single tool call through the HTTP API; prints each result; stops
+everything. ``--serve`` keeps the fleet up afterwards so you can poll and send more.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from ops.stack import REPO, Stack, StackError
+from producer.client import Client
+
+RUNS = {
+    "plain answer": "Say hello to the fleet.",
+    "parallel tools": (
+        'call calculator {"expression": "(17 + 25) * 2"} '
+        'call current_time {"timezone": "Europe/Paris"} '
+        'call text_stats {"text": "agents at work in a fleet"}'
+    ),
+    "two tool rounds": '[[rounds:2]] call wait {"seconds": 0.3}',
+    "json lookup": (
+        'call json_extract {"document": "{\\"fleet\\": {\\"pools\\": [\\"agents\\", '
+        '\\"tools\\", \\"batch\\"]}}", "path": "fleet.pools.1"}'
+    ),
+}
+
+
+def _line(label: str, text: str) -> None:
+    print(f"  {label:<16}{text}")
+
+
+def run_demo(client: Client, api_url: str) -> bool:
+    accepted = {name: client.create_run(prompt) for name, prompt in RUNS.items()}
+    tool_call = client.create_tool_call("calculator", {"expression": "2 ** 10"})
+    print(f"enqueued {len(accepted)} agent runs and 1 tool call; waiting for them ...\n")
+    ok = True
+    for name, acc in accepted.items():
+        run = client.wait(acc.id, timeout=120)
+        ok &= run.status == "succeeded"
+        print(f"{name}: {run.status}")
+        _line("run id", run.id)
+        _line(
+            "steps",
+            f"{run.progress.step}/{run.progress.max_steps}, tool calls "
+            f"{run.progress.tool_calls_done}/{run.progress.tool_calls_total}",
+        )
+        _line("usage", f"{run.usage.total_tokens} tokens in {run.usage.llm_calls} LLM calls")
+        _line("result", str(run.result if run.error is None else run.error.message))
+    call = client.wait_tool_call(tool_call.id, timeout=60)
+    ok &= call.status == "succeeded"
+    print(f"single tool call: {call.status}")
+    _line("call id", call.id)
+    _line("result", str(call.result))
+    first = next(iter(accepted.values())).id
+    print("\npoll a run by ID (while the fleet is up: `make serve` keeps it running):")
+    print(f"  curl {api_url}/v1/runs/{first}")
+    print(f"  agentfleet --api {api_url} status {first}")
+    return ok
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ops.demo", description=__doc__)
+    parser.add_argument("--serve", action="store_true", help="keep the fleet up afterwards")
+    parser.add_argument("--workdir", type=Path, default=REPO / ".agentfleet")
+    args = parser.parse_args(argv)
+    stack = Stack(args.workdir, redis_url=os.environ.get("REDIS_URL"))
+    try:
+        print("starting redis, the LLM simulator, workers (agents, tools, batch) and the API ...")
+        start = time.monotonic()
+        stack.start_fleet()
+        nodes = stack.wait_workers(stack.celery_app(), 3)
+        print(f"fleet up in {time.monotonic() - start:.1f}s: workers {', '.join(sorted(nodes))}")
+        print(f"API {stack.api_url}  (OpenAPI: {stack.api_url}/docs)  logs: {args.workdir}\n")
+        with Client(stack.api_url) as client:
+            ok = run_demo(client, stack.api_url)
+        print("\nall runs succeeded" if ok else "\nSOME RUNS DID NOT SUCCEED")
+        if args.serve:
+            print(f"\nfleet is up; export AGENTFLEET_API_URL={stack.api_url}; Ctrl-C stops it")
+            while all(p.alive() for p in stack.procs):
+                time.sleep(1)
+        return 0 if ok else 1
+    except StackError as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        stack.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,11 @@
+"""OpenAI-compatible chat-completions simulator.
+
+A deterministic stand-in for an LLM provider, scripted by directives in the
+first user message (see ``ops.simulator._script``). It is the default
+provider offline and the target of tests and benchmarks; run it with
+``python -m ops.simulator``.
+"""
+
+from ._app import SimulatorConfig, create_app
+
+__all__ = ["SimulatorConfig", "create_app"]

@@ -1,0 +1,53 @@
+"""Command line entry point: ``python -m ops.simulator --port 8799``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+
+import uvicorn
+
+from ._app import SimulatorConfig, create_app
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Parse the command line."""
+    parser = argparse.ArgumentParser(
+        prog="python -m ops.simulator",
+        description="Serve the OpenAI-compatible chat-completions simulator.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind")
+    parser.add_argument("--port", type=int, default=8799, help="TCP port to bind")
+    parser.add_argument(
+        "--latency", type=float, default=0.0, help="seconds to wait before each response"
+    )
+    parser.add_argument(
+        "--token-delay", type=float, default=0.0, help="seconds between streamed tokens"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the simulator until interrupted."""
+    args = _parse_args(argv)
+    app = create_app(SimulatorConfig(latency=args.latency, token_delay=args.token_delay))
+    # uvloop and httptools are optional speed-ups; fall back to the pure
+    # Python implementations when they are not installed.
+    has_uvloop = importlib.util.find_spec("uvloop") is not None
+    has_httptools = importlib.util.find_spec("httptools") is not None
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        loop="uvloop" if has_uvloop else "asyncio",
+        http="httptools" if has_httptools else "h11",
+        log_level="warning",
+        access_log=False,
+        # Benchmarks open thousands of connections at once; the default
+        # listen backlog would drop some of them.
+        backlog=4096,
+    )
+
+
+if __name__ == "__main__":
+    main()

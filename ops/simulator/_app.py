@@ -1,0 +1,271 @@
+"""HTTP layer of the simulator: OpenAI-compatible routes, streaming and stats."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import re
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from ._script import Reply, decide, first_user_text, parse_script
+
+MODELS = ("sim-1", "sim-2")
+"""Model ids listed by ``/v1/models``; any model name is accepted on requests."""
+
+DEFAULT_PROVIDER = "default"
+"""Provider name counted for requests without a ``/p/{provider}`` prefix."""
+
+# Leading whitespace joins the first token so the chunks reassemble exactly.
+_TOKEN_RE = re.compile(r"\s*\S+\s*|\s+")
+
+
+@dataclass(frozen=True, slots=True)
+class SimulatorConfig:
+    """Server-wide settings; directives in a prompt override them per conversation."""
+
+    latency: float = 0.0
+    """Seconds to wait before answering each request."""
+    token_delay: float = 0.0
+    """Seconds to wait between streamed text tokens."""
+
+
+@dataclass(slots=True)
+class Stats:
+    """Request counters exposed at ``/_sim/stats``."""
+
+    requests: int = 0
+    by_provider: dict[str, int] = field(default_factory=dict)
+    by_tag: dict[str, int] = field(default_factory=dict)
+    in_flight: int = 0
+    max_in_flight: int = 0
+
+    def enter(self, provider: str) -> None:
+        """Count a chat request as it arrives."""
+        self.requests += 1
+        self.by_provider[provider] = self.by_provider.get(provider, 0) + 1
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+
+    def leave(self) -> None:
+        """Mark a chat request as fully answered (or abandoned by the client)."""
+        self.in_flight -= 1
+
+    def tag(self, tags: tuple[str, ...]) -> None:
+        """Count a request under each of its ``[[tag:...]]`` names."""
+        for name in tags:
+            self.by_tag[name] = self.by_tag.get(name, 0) + 1
+
+    def reset(self) -> None:
+        """Zero the counters; requests still running stay counted as in flight."""
+        self.requests = 0
+        self.by_provider = {}
+        self.by_tag = {}
+        self.max_in_flight = self.in_flight
+
+    def snapshot(self) -> dict[str, Any]:
+        """Return the counters as a JSON-ready dict."""
+        return {
+            "requests": self.requests,
+            "by_provider": dict(self.by_provider),
+            "by_tag": dict(self.by_tag),
+            "in_flight": self.in_flight,
+            "max_in_flight": self.max_in_flight,
+        }
+
+
+def error_body(status: int, message: str) -> dict[str, Any]:
+    """Return an OpenAI-style error object for ``status``."""
+    if status == 429:
+        kind = "rate_limit_error"
+    elif status >= 500:
+        kind = "server_error"
+    else:
+        kind = "invalid_request_error"
+    return {"error": {"message": message, "type": kind, "param": None, "code": None}}
+
+
+def _json(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """Serialise with plain ``json.dumps``: the cheapest path for the hot route."""
+    return Response(
+        json.dumps(payload, separators=(",", ":")),
+        status_code=status,
+        headers=headers,
+        media_type="application/json",
+    )
+
+
+class ChatCompletions:
+    """ASGI endpoint for ``POST .../v1/chat/completions``.
+
+    A raw ASGI callable rather than a request handler so the in-flight gauge
+    also covers the time spent streaming the response body.
+    """
+
+    def __init__(self, config: SimulatorConfig, stats: Stats) -> None:
+        self._config = config
+        self._stats = stats
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        provider = scope.get("path_params", {}).get("provider", DEFAULT_PROVIDER)
+        self._stats.enter(provider)
+        try:
+            response = await self._respond(Request(scope, receive))
+            await response(scope, receive, send)
+        finally:
+            self._stats.leave()
+
+    async def _respond(self, request: Request) -> Response:
+        raw = await request.body()
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            return _json(error_body(400, "request body is not valid JSON"), 400)
+        if not isinstance(body, dict):
+            return _json(error_body(400, "request body must be a JSON object"), 400)
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+            return _json(error_body(400, "'messages' must be a list of objects"), 400)
+
+        script = parse_script(first_user_text(messages))
+        self._stats.tag(script.tags)
+        latency = self._config.latency if script.latency is None else script.latency
+        if latency > 0:
+            await asyncio.sleep(latency)
+
+        if script.error is not None:
+            return _scripted_error(script.error)
+        if script.garbage:
+            return Response(b"this is not json", media_type="application/json")
+
+        tools = body.get("tools")
+        reply = decide(messages, tools if isinstance(tools, list) else None, script)
+        meta = {
+            "id": "chatcmpl-" + hashlib.sha1(raw, usedforsecurity=False).hexdigest()[:24],
+            "created": int(time.time()),
+            "model": str(body.get("model") or MODELS[0]),
+        }
+        if body.get("stream"):
+            options = body.get("stream_options")
+            include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
+            chunks = _stream(reply, meta, include_usage, self._config.token_delay)
+            return StreamingResponse(chunks, media_type="text/event-stream")
+        return _json(_completion(reply, meta))
+
+
+def _scripted_error(status: int) -> Response:
+    """Answer a ``[[error:CODE]]`` conversation."""
+    headers = {"retry-after": "1"} if status == 429 else None
+    return _json(error_body(status, f"simulated error {status}"), status, headers)
+
+
+def _message(reply: Reply) -> dict[str, Any]:
+    """Return the assistant message object of a non-streamed completion."""
+    message: dict[str, Any] = {"role": "assistant", "content": reply.content}
+    if reply.tool_calls:
+        message["tool_calls"] = reply.tool_calls
+    return message
+
+
+def _completion(reply: Reply, meta: dict[str, Any]) -> dict[str, Any]:
+    """Return a ``chat.completion`` object."""
+    return {
+        **meta,
+        "object": "chat.completion",
+        "choices": [
+            {
+                "index": 0,
+                "message": _message(reply),
+                "finish_reason": reply.finish_reason,
+                "logprobs": None,
+            }
+        ],
+        "usage": reply.usage,
+    }
+
+
+def _chunk(meta: dict[str, Any], delta: dict[str, Any], finish: str | None = None) -> bytes:
+    """Return one SSE event carrying a ``chat.completion.chunk``."""
+    payload = {
+        **meta,
+        "object": "chat.completion.chunk",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
+    }
+    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+
+
+async def _stream(
+    reply: Reply, meta: dict[str, Any], include_usage: bool, token_delay: float
+) -> AsyncIterator[bytes]:
+    """Yield the SSE events of a streamed completion, ending with ``[DONE]``."""
+    yield _chunk(meta, {"role": "assistant", "content": ""})
+    if reply.tool_calls:
+        for index, call in enumerate(reply.tool_calls):
+            yield _chunk(meta, {"tool_calls": [{"index": index, **call}]})
+    else:
+        for position, token in enumerate(_TOKEN_RE.findall(reply.content or "")):
+            if position and token_delay > 0:
+                await asyncio.sleep(token_delay)
+            yield _chunk(meta, {"content": token})
+    yield _chunk(meta, {}, reply.finish_reason)
+    if include_usage:
+        usage = {**meta, "object": "chat.completion.chunk", "choices": [], "usage": reply.usage}
+        yield b"data: " + json.dumps(usage, separators=(",", ":")).encode() + b"\n\n"
+    yield b"data: [DONE]\n\n"
+
+
+def _models() -> dict[str, Any]:
+    """Return the OpenAI model list."""
+    return {
+        "object": "list",
+        "data": [
+            {"id": name, "object": "model", "created": 0, "owned_by": "agentfleet-simulator"}
+            for name in MODELS
+        ],
+    }
+
+
+def create_app(config: SimulatorConfig | None = None) -> Starlette:
+    """Build the simulator application; each app has its own stats counters."""
+    config = config or SimulatorConfig()
+    stats = Stats()
+    completions = ChatCompletions(config, stats)
+
+    async def models(request: Request) -> Response:
+        return _json(_models())
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"ok": True})
+
+    async def get_stats(request: Request) -> Response:
+        return JSONResponse(stats.snapshot())
+
+    async def reset(request: Request) -> Response:
+        stats.reset()
+        return JSONResponse(stats.snapshot())
+
+    routes = [
+        Route("/v1/chat/completions", completions, methods=["POST"]),
+        Route("/p/{provider}/v1/chat/completions", completions, methods=["POST"]),
+        Route("/v1/models", models, methods=["GET"]),
+        Route("/p/{provider}/v1/models", models, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/_sim/stats", get_stats, methods=["GET"]),
+        Route("/_sim/reset", reset, methods=["POST"]),
+    ]
+    app = Starlette(routes=routes)
+    # Exposed for in-process users (e.g. tests using an ASGI transport).
+    app.state.stats = stats
+    return app
+
+
+__all__ = ["ChatCompletions", "SimulatorConfig", "Stats", "create_app", "error_body"]

@@ -1,0 +1,310 @@
+"""Bring up a whole fleet on this machine: Redis, the LLM simulator, a worker per pool, the API.
+
+The demo, the tests and the bench all start their processes through :class:`Stack`, so what
+the tests exercise is what users run: real ``redis-server``, real ``celery worker``
+processes on the real queues, the API under uvicorn, all over real sockets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, cast
+
+import httpx
+import redis
+from celery import Celery
+
+from workers.factory import create_app
+from workers.settings import Settings
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class StackError(RuntimeError):
+    """A process of the stack could not be started."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(check: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> None:
+    """Poll ``check`` until it is true; StackError after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except Exception:  # noqa: S110  (not up yet: connection refused and the like)
+            pass
+        time.sleep(interval)
+    raise StackError(f"timed out after {timeout}s waiting for {what}")
+
+
+def ensure_redis_server() -> str:
+    """Path of ``redis-server``; installs Debian's package when it is missing and we can."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    if shutil.which("apt-get") and os.geteuid() == 0:
+        print("redis-server not found: installing it with apt-get ...", file=sys.stderr)
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "redis-server"], check=True, env=env)
+        found = shutil.which("redis-server")
+        if found:
+            return found
+    raise StackError(
+        "redis-server is not installed. Install it (Debian/Ubuntu: apt-get install redis-server; "
+        "macOS: brew install redis) or set REDIS_URL to a running Redis."
+    )
+
+
+@dataclass
+class PoolSpec:
+    """One worker process: which queue, which Celery pool, how many slots."""
+
+    queue: str
+    pool: str
+    concurrency: int
+    name: str = ""
+
+    def node(self) -> str:
+        return self.name or f"{self.queue}"
+
+
+#: Pools of a fleet on a small machine (see README, "Choosing the agents pool").
+DEFAULT_POOLS = (
+    PoolSpec("agents", "gevent", 500),
+    PoolSpec("tools", "prefork", 4),
+    PoolSpec("batch", "prefork", 1),
+)
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+@dataclass
+class Stack:
+    """Processes of one fleet. Use as a context manager; everything stops on exit."""
+
+    workdir: Path
+    redis_url: str | None = None
+    env_overrides: Mapping[str, str] = field(default_factory=dict)
+    procs: list[Proc] = field(default_factory=list)
+    simulator_url: str = ""
+    api_url: str = ""
+
+    def __post_init__(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+
+    def __enter__(self) -> Stack:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    # --- processes -----------------------------------------------------------------------
+    def env(self) -> dict[str, str]:
+        """The environment every fleet process gets."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTFLEET_")}
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+        if self.redis_url:
+            env["AGENTFLEET_REDIS_URL"] = self.redis_url
+        if self.simulator_url:
+            env["AGENTFLEET_SIMULATOR_URL"] = self.simulator_url
+        env.update(self.env_overrides)
+        return env
+
+    def settings(self) -> Settings:
+        """The settings the fleet's processes run with."""
+        env = self.env()
+        fields = {
+            k.removeprefix("AGENTFLEET_").lower(): v
+            for k, v in env.items()
+            if k.startswith("AGENTFLEET_")
+        }
+        return Settings(**cast(dict[str, Any], fields))
+
+    def celery_app(self) -> Celery:
+        """A Celery app configured like the fleet's (for pings, results, send_task)."""
+        return create_app(self.settings())
+
+    def spawn(self, name: str, argv: list[str], env: Mapping[str, str] | None = None) -> Proc:
+        log_path = self.workdir / f"{name}.log"
+        log: IO[bytes] = log_path.open("ab")
+        popen = subprocess.Popen(
+            argv,
+            cwd=REPO,
+            env=dict(env or self.env()),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # our signals reach the whole process group
+        )
+        log.close()
+        proc = Proc(name, popen, log_path)
+        self.procs.append(proc)
+        return proc
+
+    def start_redis(self, extra_args: list[str] | None = None) -> str:
+        """A private ``redis-server`` on a free port, unless ``redis_url`` was given."""
+        if self.redis_url:
+            return self.redis_url
+        binary = ensure_redis_server()
+        port = free_port()
+        data = self.workdir / "redis"
+        data.mkdir(exist_ok=True)
+        argv = [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(data),
+            "--maxmemory-policy",
+            "noeviction",
+            *(extra_args or []),
+        ]
+        self.spawn("redis", argv)
+        url = f"redis://127.0.0.1:{port}/0"
+        client = redis.Redis.from_url(url, socket_connect_timeout=1)
+        wait_for(lambda: bool(client.ping()), 15, "redis-server")
+        client.close()
+        self.redis_url = url
+        return url
+
+    def start_simulator(self, latency: float = 0.0, port: int | None = None) -> str:
+        port = port or free_port()
+        argv = [
+            sys.executable,
+            "-m",
+            "ops.simulator",
+            "--port",
+            str(port),
+            "--latency",
+            str(latency),
+        ]
+        self.spawn(f"simulator-{port}", argv)
+        base = f"http://127.0.0.1:{port}"
+        wait_for(lambda: httpx.get(f"{base}/healthz").status_code == 200, 20, "the simulator")
+        self.simulator_url = f"{base}/v1"
+        return self.simulator_url
+
+    def start_worker(self, spec: PoolSpec, env: Mapping[str, str] | None = None) -> Proc:
+        node = f"{spec.node()}-{len(self.procs)}@%h"
+        argv = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "workers",
+            "worker",
+            "-Q",
+            spec.queue,
+            "-P",
+            spec.pool,
+            "-c",
+            str(spec.concurrency),
+            "-n",
+            node,
+            "--without-mingle",
+            "--without-gossip",
+            "--loglevel",
+            "INFO",
+        ]
+        return self.spawn(f"worker-{spec.node()}-{len(self.procs)}", argv, env)
+
+    def start_api(self, port: int | None = None) -> str:
+        port = port or free_port()
+        argv = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "producer.api:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ]
+        self.spawn(f"api-{port}", argv)
+        self.api_url = f"http://127.0.0.1:{port}"
+        wait_for(lambda: httpx.get(f"{self.api_url}/healthz").status_code == 200, 30, "the API")
+        return self.api_url
+
+    def wait_workers(self, app: Any, count: int, timeout: float = 60.0) -> list[str]:
+        """Wait until ``count`` workers answer a broadcast ping; returns their node names."""
+        seen: list[str] = []
+
+        def enough() -> bool:
+            replies = app.control.ping(timeout=0.5) or []
+            seen[:] = [name for reply in replies for name in reply]
+            return len(seen) >= count
+
+        try:
+            wait_for(enough, timeout, f"{count} workers", interval=0.2)
+        except StackError:
+            dead = [p for p in self.procs if not p.alive()]
+            detail = "\n".join(f"--- {p.name} exited:\n{p.tail()}" for p in dead)
+            raise StackError(f"only {len(seen)}/{count} workers answered\n{detail}") from None
+        return seen
+
+    def start_fleet(
+        self, pools: tuple[PoolSpec, ...] = DEFAULT_POOLS, llm_latency: float = 0.0
+    ) -> None:
+        """Redis, the simulator, one worker per pool and the API."""
+        self.start_redis()
+        self.start_simulator(latency=llm_latency)
+        for spec in pools:
+            self.start_worker(spec)
+        self.start_api()
+
+    def kill(self, proc: Proc, sig: int = signal.SIGKILL) -> None:
+        """Signal a process's whole group (a prefork worker and its children)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.popen.pid, sig)
+
+    def stop(self) -> None:
+        """Stop every process: SIGTERM, then SIGKILL whatever is still up after 10 s."""
+        for proc in reversed(self.procs):
+            if proc.alive():
+                self.kill(proc, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for proc in reversed(self.procs):
+            try:
+                proc.popen.wait(timeout=max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                self.kill(proc, signal.SIGKILL)
+                proc.popen.wait(timeout=5)
+        self.procs.clear()

@@ -1,0 +1,79 @@
+"""Response bodies of the HTTP API (request bodies are the payload models in tasks.models)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+
+class Links(BaseModel):
+    self: str
+
+
+class Accepted(BaseModel):
+    """202: the work is queued; poll ``links.self``."""
+
+    id: str
+    status: str
+    links: Links
+
+
+class Progress(BaseModel):
+    step: int
+    max_steps: int
+    tool_calls_done: int
+    tool_calls_total: int
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    llm_calls: int
+
+
+class ErrorInfo(BaseModel):
+    code: str
+    message: str
+
+
+class Run(BaseModel):
+    id: str
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    model: str | None
+    progress: Progress
+    usage: Usage
+    result: str | None
+    error: ErrorInfo | None
+    metadata: dict[str, str]
+    created_at: str | None
+    started_at: str | None
+    finished_at: str | None
+
+
+class ToolCall(BaseModel):
+    id: str
+    name: str | None
+    status: Literal["queued", "running", "succeeded", "failed"]
+    run_id: str | None
+    arguments: Any
+    result: dict[str, Any] | None
+    created_at: str | None
+    started_at: str | None
+    finished_at: str | None
+
+
+class ToolInfo(BaseModel):
+    name: str
+    description: str
+    parameters: dict[str, Any]
+
+
+class ToolList(BaseModel):
+    tools: list[ToolInfo]
+
+
+class Health(BaseModel):
+    ok: bool
+    redis: str

@@ -1,0 +1,272 @@
+"""Agent runs: ``agentfleet.run`` (step 1) and ``agentfleet.agent.step`` (steps 2..n).
+
+A step loads the run, calls the LLM, appends the answer, and then either finishes the run or
+replaces itself with a flat chord: the model's tool calls on ``tools``, and the next step as
+the body. ``Task.replace`` freezes the body with the current task ID, so every step of a run
+carries the run ID and the last one stores the final record as the run ID's Celery result;
+it also hands the run's place in an enclosing chord (a batch) to that last step. Building
+the chord by hand with ``task_id=run_id`` would keep the ID but lose that membership.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from typing import Any
+
+from billiard.exceptions import SoftTimeLimitExceeded
+from celery import Celery, Task, chord
+from celery.exceptions import Ignore
+from pydantic import ValidationError
+
+from tasks import names
+from tasks.errors import PermanentProviderError, RetryableProviderError
+from tasks.llm import Completion, ModelToolCall, complete
+from tasks.models import RunRequest, RunStatus, limit_problems
+from tasks.redisconn import get_redis
+from tasks.store import RunStore, StepClaim
+from tasks.toolcall import time_limits, tool_payload
+from tasks.tools import registry
+from tasks.views import run_view
+from workers.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def resolve_tools(request: RunRequest) -> list[str]:
+    """The tool names a run may use: those asked for, or every registered tool."""
+    return registry.names() if request.tools is None else list(dict.fromkeys(request.tools))
+
+
+def tool_messages(tool_results: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    """Chord results as ``role: tool`` messages; errors are shown to the model, not raised."""
+    messages = []
+    for result in tool_results or []:
+        if result.get("ok"):
+            content = json.dumps(result.get("output"))
+        else:
+            error = result.get("error") or {}
+            content = f"error ({error.get('code', 'tool_error')}): {error.get('message', '')}"
+        messages.append(
+            {"role": "tool", "tool_call_id": result.get("model_call_id", ""), "content": content}
+        )
+    return messages
+
+
+def _completion_from_transcript(messages: list[dict[str, Any]]) -> Completion:
+    """The answer a step already stored, for a step redelivered after it was applied."""
+    last = messages[-1]
+    calls = [
+        ModelToolCall(c["id"], c["function"]["name"], c["function"]["arguments"])
+        for c in last.get("tool_calls") or []
+    ]
+    return Completion(content=last.get("content"), tool_calls=calls)
+
+
+class StepRunner:
+    """One step of one run, from claiming the run to dispatching what comes next."""
+
+    def __init__(self, task: Task, settings: Settings, run_id: str, step: int) -> None:
+        self.task, self.settings, self.run_id, self.step = task, settings, run_id, step
+        self.store = RunStore(get_redis(settings), settings)
+
+    def run(self, tool_results: list[dict[str, Any]] | None) -> dict[str, Any]:
+        claim = self.store.begin_step(self.run_id, self.step)
+        if claim.outcome != "ok":
+            return self._not_ours(claim)
+        try:
+            return self._advance(claim, tool_results)
+        except Ignore:
+            raise
+        except BaseException:
+            # Anything unexpected: give the step back so a redelivery can take it at once.
+            self.store.release_step(self.run_id, self.step, claim.token)
+            raise
+
+    def _not_ours(self, claim: StepClaim) -> dict[str, Any]:
+        if claim.outcome == "busy":
+            raise self.task.retry(countdown=claim.wait_s + random.uniform(0.1, 1.0))
+        if claim.outcome == "poisoned":
+            return self._fail(
+                claim.token,
+                "redelivery_limit",
+                f"step {self.step} was delivered more than {self.settings.max_redeliveries} "
+                "times without finishing (workers lost while running it)",
+            )
+        if claim.outcome == "terminal":
+            # A final step delivered again: answer with the same record, so the result is
+            # stored (and an enclosing batch chord counts the run) even if the worker that
+            # finished the run died before Celery did either.
+            record = self.store.get_run(self.run_id)
+            if record:
+                return run_view(record)
+        # Already applied and dispatched, or the run is gone: nothing left to do.
+        raise Ignore()
+
+    def _advance(
+        self, claim: StepClaim, tool_results: list[dict[str, Any]] | None
+    ) -> dict[str, Any]:
+        run, transcript = claim.run, claim.messages
+        if int(run.get("applied_step") or 0) >= self.step:
+            completion = _completion_from_transcript(transcript)  # redelivered after applying
+        else:
+            max_steps = int(run["max_steps"])
+            if self.step > max_steps:
+                return self._fail(
+                    claim.token,
+                    "max_steps_exceeded",
+                    f"the run used its {max_steps} steps and the model still asked for tools",
+                )
+            new_messages = tool_messages(tool_results)
+            completion = self._call_llm(claim, run, transcript + new_messages)
+            self.store.apply_step(
+                self.run_id,
+                self.step,
+                [*new_messages, completion.assistant_message()],
+                completion.prompt_tokens,
+                completion.completion_tokens,
+                len(completion.tool_calls),
+            )
+        if completion.tool_calls:
+            self._dispatch_tools(claim, run, completion.tool_calls)
+        record = self.store.finish_step(
+            self.run_id,
+            self.step,
+            claim.token,
+            status=RunStatus.SUCCEEDED,
+            result=completion.content or "",
+        )
+        return run_view(record)
+
+    def _call_llm(
+        self, claim: StepClaim, run: dict[str, str], messages: list[dict[str, Any]]
+    ) -> Completion:
+        allowed = json.loads(run.get("tools") or "[]")
+        schemas = [registry.get(n).openai_schema() for n in allowed if n in registry]
+        try:
+            return complete(self.settings, messages, schemas, run["model"])
+        except PermanentProviderError as exc:
+            self._fail(claim.token, exc.code, exc.message)
+            raise Ignore() from None
+        except (RetryableProviderError, SoftTimeLimitExceeded) as exc:
+            self._retry_later(claim, exc)
+            raise  # unreachable: _retry_later raises
+
+    def _retry_later(self, claim: StepClaim, exc: BaseException) -> None:
+        attempts = int(self.store.redis.hincrby(self.store.run_key(self.run_id), "llm_retries", 1))
+        if attempts > self.settings.llm_max_retries:
+            cause = exc.message if isinstance(exc, RetryableProviderError) else "step timed out"
+            self._fail(
+                claim.token,
+                "provider_retries_exhausted",
+                f"gave up after {attempts - 1} retries: {cause}",
+            )
+            raise Ignore()
+        backoff = self.settings.retry_backoff_base * 2 ** (attempts - 1)
+        asked = exc.retry_after if isinstance(exc, RetryableProviderError) else None
+        countdown = min(max(backoff, asked or 0.0), self.settings.max_retry_countdown)
+        countdown *= random.uniform(1.0, 1.25)  # jitter: retries of many runs do not align
+        log.warning("run %s step %d: %s; retry in %.1fs", self.run_id, self.step, exc, countdown)
+        self.store.release_step(self.run_id, self.step, claim.token)
+        raise self.task.retry(countdown=countdown)
+
+    def _dispatch_tools(
+        self, claim: StepClaim, run: dict[str, str], calls: list[ModelToolCall]
+    ) -> None:
+        allowed = json.loads(run.get("tools") or "[]")
+        header = []
+        for index, call in enumerate(calls):
+            call_id = f"{self.run_id}-{self.step}-{index}"
+            soft, hard = time_limits(call.name, self.settings)
+            payload = tool_payload(
+                call_id,
+                call.name,
+                call.arguments,
+                run_id=self.run_id,
+                model_call_id=call.id,
+                allowed=allowed,
+            )
+            header.append(
+                self.task.app.signature(
+                    names.TOOL_CALL,
+                    args=(payload,),
+                    task_id=call_id,
+                    soft_time_limit=soft,
+                    time_limit=hard,
+                )
+            )
+        body = self.task.app.signature(names.AGENT_STEP, args=(self.run_id, self.step + 1))
+        try:
+            self.task.replace(chord(header, body))
+        except Ignore:
+            # Replaced: the chord is published. Mark the step dispatched, then ack.
+            self.store.finish_step(self.run_id, self.step, claim.token)
+            raise
+
+    def _fail(self, token: str, code: str, message: str) -> dict[str, Any]:
+        log.warning("run %s failed at step %d: %s", self.run_id, self.step, message)
+        record = self.store.finish_step(
+            self.run_id,
+            self.step,
+            token,
+            status=RunStatus.FAILED,
+            error={"code": code, "message": message},
+        )
+        return run_view(record)
+
+
+def register(app: Celery, settings: Settings) -> None:
+    """Register the run entry task and the step task on ``app``."""
+    limits = {
+        "soft_time_limit": settings.step_soft_time_limit,
+        "time_limit": settings.step_time_limit,
+        "max_retries": None,  # retry budgets are kept per run (llm_retries), not per message
+    }
+
+    @app.task(name=names.RUN, bind=True, shared=False, **limits)
+    def run(self: Task, request: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Start a run whose ID is this task's ID.
+
+        From the API, ``request`` is None: the run record was written before enqueueing.
+        From ``send_task``, ``request`` is a :class:`~tasks.models.RunRequest` as JSON.
+        """
+        run_id = str(self.request.id)
+        if request is not None:
+            failure = _create_from_payload(settings, run_id, request)
+            if failure is not None:
+                return failure
+        return StepRunner(self, settings, run_id, 1).run(None)
+
+    @app.task(name=names.AGENT_STEP, bind=True, shared=False, **limits)
+    def step(
+        self: Task, tool_results: list[dict[str, Any]] | None, run_id: str, step: int
+    ) -> dict[str, Any]:
+        """Step ``step`` of ``run_id``, with the previous step's tool results."""
+        return StepRunner(self, settings, run_id, step).run(tool_results)
+
+
+def _create_from_payload(
+    settings: Settings, run_id: str, payload: dict[str, Any]
+) -> dict[str, Any] | None:
+    """Create the run record for a ``send_task`` caller; a failed record if it is invalid."""
+    store = RunStore(get_redis(settings), settings)
+    try:
+        request = RunRequest.model_validate(payload)
+        problems = [f"{f}: {m}" for f, m in limit_problems(request, settings)]
+    except ValidationError as exc:
+        problems = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
+    if not problems:
+        store.create_run(run_id, request, resolve_tools(request))
+        return None
+    placeholder = RunRequest(input="(invalid request)")
+    store.create_run(run_id, placeholder, [])
+    claim = store.begin_step(run_id, 1)
+    record = store.finish_step(
+        run_id,
+        1,
+        claim.token,
+        status=RunStatus.FAILED,
+        error={"code": "invalid_request", "message": "; ".join(problems)},
+    )
+    return run_view(record)

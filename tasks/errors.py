@@ -1,0 +1,101 @@
+"""The one exception tree of agentfleet. Retry meaning lives in the type::
+
+    AgentfleetError
+    ├── ConfigError                 settings or registration that cannot work
+    ├── RunNotFound                 no run record under that ID
+    ├── ProviderError               an LLM provider call failed (provider, message)
+    │   ├── RetryableProviderError  try again later (retry_after seconds, if the provider said)
+    │   └── PermanentProviderError  the same request will fail again (status)
+    └── ToolError                   a tool call could not produce an output
+        ├── UnknownToolError        no tool of that name (or not allowed for the run)
+        ├── ToolArgumentsError      arguments are not JSON or do not match the schema
+        └── ToolExecutionError      the tool itself raised or timed out
+
+Third-party exceptions are translated into these at exactly one boundary each
+(``tasks.llm`` for the openai SDK, ``tasks.tools`` for tool functions). Every class takes
+only positional arguments and passes all of them to ``Exception.__init__``, so it survives
+the JSON result backend, which rebuilds exceptions as ``cls(*args)``.
+"""
+
+from __future__ import annotations
+
+
+class AgentfleetError(Exception):
+    """Root of every error agentfleet raises."""
+
+    #: Short machine-readable code, used in run records and API error bodies.
+    code = "agentfleet_error"
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0]) if self.args else self.code
+
+    def to_dict(self) -> dict[str, str]:
+        return {"code": self.code, "message": self.message}
+
+
+class ConfigError(AgentfleetError):
+    code = "config_error"
+
+
+class RunNotFound(AgentfleetError):
+    code = "run_not_found"
+
+
+class ProviderError(AgentfleetError):
+    """An LLM provider call failed. ``args == (message, provider)``."""
+
+    code = "provider_error"
+
+    def __init__(self, message: str, provider: str = "default", *rest: object) -> None:
+        super().__init__(message, provider, *rest)
+
+    @property
+    def provider(self) -> str:
+        return str(self.args[1])
+
+
+class RetryableProviderError(ProviderError):
+    """Worth retrying. ``args == (message, provider, retry_after_seconds_or_None)``."""
+
+    code = "provider_unavailable"
+
+    def __init__(
+        self, message: str, provider: str = "default", retry_after: float | None = None
+    ) -> None:
+        super().__init__(message, provider, retry_after)
+
+    @property
+    def retry_after(self) -> float | None:
+        value = self.args[2]
+        return float(value) if isinstance(value, int | float) else None
+
+
+class PermanentProviderError(ProviderError):
+    """Retrying cannot help. ``args == (message, provider, http_status_or_None)``."""
+
+    code = "provider_rejected"
+
+    def __init__(self, message: str, provider: str = "default", status: int | None = None) -> None:
+        super().__init__(message, provider, status)
+
+    @property
+    def status(self) -> int | None:
+        value = self.args[2]
+        return int(value) if isinstance(value, int) else None
+
+
+class ToolError(AgentfleetError):
+    code = "tool_error"
+
+
+class UnknownToolError(ToolError):
+    code = "unknown_tool"
+
+
+class ToolArgumentsError(ToolError):
+    code = "invalid_tool_arguments"
+
+
+class ToolExecutionError(ToolError):
+    code = "tool_failed"

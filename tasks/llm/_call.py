@@ -1,0 +1,138 @@
+"""Chat completions through the ``openai`` SDK; SDK errors become agentfleet errors here only."""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import openai
+from pydantic import ValidationError
+
+from tasks.errors import PermanentProviderError, ProviderError, RetryableProviderError
+from tasks.llm._client import get_client
+from workers.settings import Settings
+
+PROVIDER = "default"
+
+#: 408 timeout, 409 conflict, 429 rate limit: the request itself was fine, try again.
+_RETRYABLE_4XX = frozenset({408, 409, 429})
+
+
+@dataclass(frozen=True)
+class ModelToolCall:
+    """A tool call the model asked for; ``arguments`` is the raw JSON string it produced."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True)
+class Completion:
+    """The parts of a chat completion a step needs."""
+
+    content: str | None
+    tool_calls: list[ModelToolCall] = field(default_factory=list)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str | None = None
+
+    def assistant_message(self) -> dict[str, Any]:
+        """The message to append to the transcript, in chat-completions format."""
+        message: dict[str, Any] = {"role": "assistant", "content": self.content}
+        if self.tool_calls:
+            message["tool_calls"] = [
+                {
+                    "id": c.id,
+                    "type": "function",
+                    "function": {"name": c.name, "arguments": c.arguments},
+                }
+                for c in self.tool_calls
+            ]
+        return message
+
+
+def retry_after_seconds(headers: Any) -> float | None:
+    """``retry-after-ms``, else ``retry-after`` (seconds or an HTTP date), else None."""
+    if headers is None:
+        return None
+    millis = headers.get("retry-after-ms")
+    if millis:
+        try:
+            return max(float(millis) / 1000, 0.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value) if value else None
+        return max(parsed.timestamp() - time.time(), 0.0) if parsed else None
+
+
+def translate(exc: openai.OpenAIError, provider: str = PROVIDER) -> ProviderError:
+    """The one mapping from SDK exceptions to the agentfleet tree."""
+    if isinstance(exc, openai.APIConnectionError):  # includes APITimeoutError
+        return RetryableProviderError(f"{provider}: {type(exc).__name__}: {exc}", provider)
+    if isinstance(exc, openai.APIStatusError):
+        status = exc.status_code
+        if status == 429 and getattr(exc, "code", None) == "insufficient_quota":
+            return PermanentProviderError(f"{provider}: insufficient quota", provider, status)
+        if status in _RETRYABLE_4XX or status >= 500:
+            wait = retry_after_seconds(exc.response.headers)
+            message = f"{provider}: HTTP {status}: {exc.message}"
+            return RetryableProviderError(message, provider, wait)
+        return PermanentProviderError(f"{provider}: HTTP {status}: {exc.message}", provider, status)
+    if isinstance(exc, openai.APIResponseValidationError):
+        return PermanentProviderError(f"{provider}: malformed response: {exc}", provider, None)
+    return PermanentProviderError(f"{provider}: {type(exc).__name__}: {exc}", provider, None)
+
+
+def _parse(response: Any, provider: str) -> Completion:
+    # A provider that answers 200 with something that is not a chat completion is a
+    # provider fault the caller cannot fix by retrying the same request.
+    try:
+        choice = response.choices[0]
+        message = choice.message
+        calls = [
+            ModelToolCall(id=c.id, name=c.function.name, arguments=c.function.arguments or "")
+            for c in (message.tool_calls or [])
+        ]
+        usage = response.usage
+        return Completion(
+            content=message.content,
+            tool_calls=calls,
+            prompt_tokens=int(usage.prompt_tokens) if usage else 0,
+            completion_tokens=int(usage.completion_tokens) if usage else 0,
+            finish_reason=choice.finish_reason,
+        )
+    except (AttributeError, IndexError, TypeError, ValueError) as exc:
+        snippet = json.dumps(response)[:200] if isinstance(response, str) else repr(response)[:200]
+        raise PermanentProviderError(
+            f"{provider}: malformed response ({type(exc).__name__}): {snippet}", provider, None
+        ) from None
+
+
+def complete(
+    settings: Settings,
+    messages: list[dict[str, Any]],
+    tools: list[dict[str, Any]],
+    model: str,
+) -> Completion:
+    """One chat completion. Raises only :class:`~tasks.errors.ProviderError` subclasses."""
+    client = get_client(settings)
+    try:
+        kwargs: dict[str, Any] = {"model": model, "messages": messages}
+        if tools:
+            kwargs["tools"] = tools
+        response = client.chat.completions.create(**kwargs)
+    except openai.OpenAIError as exc:
+        raise translate(exc) from None
+    except (json.JSONDecodeError, ValidationError) as exc:
+        raise PermanentProviderError(f"{PROVIDER}: malformed response: {exc}", PROVIDER) from None
+    return _parse(response, PROVIDER)

@@ -1,0 +1,108 @@
+"""Versioned payloads on the wire and the records kept in Redis."""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tasks.errors import ToolArgumentsError
+from tasks.tools import registry
+from workers.settings import Settings
+
+
+class RunStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED)
+
+
+class RunRequest(BaseModel):
+    """What a caller asks for. This is also the JSON payload of ``send_task("agentfleet.run")``.
+
+    ``tools`` names the tools the model may call: omitted means every registered tool, an
+    empty list means none. Size limits come from settings (:func:`limit_problems`).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: Literal[1] = 1
+    input: str = Field(min_length=1, description="The user's prompt.")
+    system: str | None = Field(default=None, description="Optional system prompt.")
+    model: str | None = Field(default=None, description="Model name; the fleet default if unset.")
+    tools: list[str] | None = None
+    max_steps: int | None = Field(default=None, ge=1, description="LLM calls allowed.")
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+
+class ToolCallRequest(BaseModel):
+    """One tool call. ``id`` makes it idempotent: the same ID runs the tool once."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: Literal[1] = 1
+    id: str | None = Field(default=None, min_length=1, max_length=200, pattern=r"^[\w.:-]+$")
+    name: str = Field(min_length=1, max_length=64)
+    arguments: dict[str, Any] = Field(default_factory=dict)
+
+
+def limit_problems(request: RunRequest, settings: Settings) -> list[tuple[str, str]]:
+    """``(field, message)`` for every limit ``request`` breaks; empty when it is acceptable."""
+    problems: list[tuple[str, str]] = []
+    prompt_chars = len(request.input) + len(request.system or "")
+    if prompt_chars > settings.max_input_chars:
+        problems.append(
+            (
+                "input",
+                f"input and system prompt are {prompt_chars} characters; "
+                f"the limit is {settings.max_input_chars}",
+            )
+        )
+    if request.max_steps is not None and request.max_steps > settings.max_steps_limit:
+        problems.append(
+            (
+                "max_steps",
+                f"max_steps is {request.max_steps}; the limit is {settings.max_steps_limit}",
+            )
+        )
+    if request.tools is not None:
+        if len(request.tools) > settings.max_tools_per_run:
+            problems.append(
+                (
+                    "tools",
+                    f"{len(request.tools)} tools requested; the limit is "
+                    f"{settings.max_tools_per_run}",
+                )
+            )
+        unknown = sorted({t for t in request.tools if t not in registry})
+        if unknown:
+            problems.append(("tools", f"unknown tools: {', '.join(unknown)}"))
+    metadata_bytes = len(json.dumps(request.metadata).encode())
+    if metadata_bytes > settings.max_metadata_bytes:
+        problems.append(
+            (
+                "metadata",
+                f"metadata is {metadata_bytes} bytes as JSON; the limit is "
+                f"{settings.max_metadata_bytes}",
+            )
+        )
+    return problems
+
+
+def tool_call_problems(request: ToolCallRequest) -> list[tuple[str, str]]:
+    """``(field, message)`` for an unknown tool or arguments that do not fit its schema."""
+    if request.name not in registry:
+        return [("name", f"no tool named {request.name!r}")]
+    try:
+        registry.get(request.name).validate(request.arguments)
+    except ToolArgumentsError as exc:
+        return [("arguments", str(exc))]
+    return []

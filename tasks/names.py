@@ -1,0 +1,10 @@
+"""Public task names. They are part of the wire contract: other services ``send_task`` them."""
+
+from typing import Final
+
+#: Entry point for a whole agent run; its task ID is the run ID from enqueue to final result.
+RUN: Final = "agentfleet.run"
+#: One LLM step of a run (steps 2..n, dispatched as the body of a tool-call chord).
+AGENT_STEP: Final = "agentfleet.agent.step"
+#: One tool call; returns ``{"ok": true, "output": ...}`` or ``{"ok": false, "error": ...}``.
+TOOL_CALL: Final = "agentfleet.tool.call"

@@ -1,0 +1,99 @@
+"""``agentfleet.tool.call``: run one tool once, and always answer with a structured result."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from typing import Any
+
+from billiard.exceptions import SoftTimeLimitExceeded
+from celery import Celery, Task
+
+from tasks import names
+from tasks.errors import ToolError, ToolExecutionError, UnknownToolError
+from tasks.redisconn import get_redis
+from tasks.store import RunStore
+from tasks.tools import registry
+from workers.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def tool_payload(
+    call_id: str,
+    name: str,
+    arguments: str | dict[str, Any],
+    *,
+    run_id: str | None = None,
+    model_call_id: str | None = None,
+    allowed: list[str] | None = None,
+) -> dict[str, Any]:
+    """The JSON payload of ``agentfleet.tool.call`` (version 1)."""
+    payload: dict[str, Any] = {"version": 1, "id": call_id, "name": name, "arguments": arguments}
+    if run_id is not None:
+        payload["run_id"] = run_id
+    if model_call_id is not None:
+        payload["model_call_id"] = model_call_id
+    if allowed is not None:
+        payload["allowed"] = allowed
+    return payload
+
+
+def execute(name: str, arguments: str | dict[str, Any], allowed: list[str] | None) -> Any:
+    """Run a tool by name; raises only :class:`~tasks.errors.ToolError` subclasses."""
+    if allowed is not None and name not in allowed:
+        raise UnknownToolError(f"tool {name!r} is not available to this run")
+    tool = registry.get(name)
+    try:
+        return tool.invoke(arguments)
+    except ToolError:
+        raise
+    except SoftTimeLimitExceeded:
+        raise ToolExecutionError(f"tool {name!r} timed out") from None
+    except Exception as exc:  # the tool's own code: report it, never crash the worker
+        raise ToolExecutionError(f"tool {name!r} raised {type(exc).__name__}: {exc}") from None
+
+
+def time_limits(name: str, settings: Settings) -> tuple[float, float]:
+    """(soft, hard) seconds for one call of ``name``: its own timeout, else the default."""
+    soft = settings.tool_soft_time_limit
+    if name in registry and (own := registry.get(name).timeout):
+        soft = own
+    return soft, soft + (settings.tool_time_limit - settings.tool_soft_time_limit)
+
+
+def register(app: Celery, settings: Settings) -> None:
+    """Register the tool-call task on ``app``."""
+
+    @app.task(
+        name=names.TOOL_CALL,
+        bind=True,
+        shared=False,
+        max_retries=None,
+        soft_time_limit=settings.tool_soft_time_limit,
+        time_limit=settings.tool_time_limit,
+    )
+    def tool_call(self: Task, payload: dict[str, Any]) -> dict[str, Any]:
+        store = RunStore(get_redis(settings), settings)
+        call_id, name = str(payload["id"]), str(payload["name"])
+        arguments = payload.get("arguments") or {}
+        run_id = payload.get("run_id")
+        raw_args = arguments if isinstance(arguments, str) else json.dumps(arguments)
+        _, hard = time_limits(name, settings)
+        claim = store.begin_tool(call_id, name, raw_args, run_id, lease_s=hard)
+        if claim.outcome == "done":
+            assert claim.result is not None
+            return claim.result
+        if claim.outcome == "busy":
+            # Another worker holds the call (or died holding it): wait for the lease to end.
+            raise self.retry(countdown=claim.wait_s + random.uniform(0.1, 0.5))
+        result: dict[str, Any] = {"id": call_id, "name": name}
+        if payload.get("model_call_id"):
+            result["model_call_id"] = payload["model_call_id"]
+        try:
+            result |= {"ok": True, "output": execute(name, arguments, payload.get("allowed"))}
+        except ToolError as exc:
+            result |= {"ok": False, "error": exc.to_dict()}
+            log.info("tool call %s (%s) failed: %s", call_id, name, exc)
+        return store.complete_tool(call_id, claim.token, result, run_id)

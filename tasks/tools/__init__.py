@@ -1,0 +1,10 @@
+"""Tools: ``@tool`` on a typed function registers it; ``registry`` holds them all.
+
+Built-in tools load with this package. Your own tools live in your modules and are loaded by
+naming them in ``AGENTFLEET_TOOL_MODULES`` (comma-separated), on workers and on the API alike.
+"""
+
+from tasks.tools import builtin
+from tasks.tools._registry import Tool, ToolRegistry, load_tool_modules, registry, tool
+
+__all__ = ["Tool", "ToolRegistry", "builtin", "load_tool_modules", "registry", "tool"]

@@ -1,0 +1,189 @@
+"""``@tool``: typed Python functions become tools with a JSON schema and validated arguments."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, get_type_hints, overload
+
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create_model
+
+from tasks.errors import ConfigError, ToolArgumentsError, UnknownToolError
+
+ToolFunc = Callable[..., Any]
+
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+
+
+@dataclass(frozen=True)
+class Tool:
+    """A registered tool: the function, its argument model and its JSON schema."""
+
+    name: str
+    description: str
+    func: ToolFunc
+    arguments: type[BaseModel]
+    timeout: float | None = None
+    _output: TypeAdapter[Any] = field(repr=False, default_factory=lambda: TypeAdapter(Any))
+
+    @property
+    def parameters(self) -> dict[str, Any]:
+        """JSON schema of the arguments object."""
+        schema = self.arguments.model_json_schema()
+        schema.pop("title", None)
+        return schema
+
+    def openai_schema(self) -> dict[str, Any]:
+        """The ``tools=[...]`` entry the chat-completions API expects."""
+        return {
+            "type": "function",
+            "function": {
+                "name": self.name,
+                "description": self.description,
+                "parameters": self.parameters,
+            },
+        }
+
+    def validate(self, arguments: str | dict[str, Any] | None) -> BaseModel:
+        """Parse and check arguments (a JSON string from a model, or a dict from a caller)."""
+        if arguments is None or arguments == "":
+            arguments = {}
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments)
+            except json.JSONDecodeError as exc:
+                raise ToolArgumentsError(
+                    f"arguments for {self.name!r} are not valid JSON: {exc.msg}"
+                ) from None
+        if not isinstance(arguments, dict):
+            raise ToolArgumentsError(f"arguments for {self.name!r} must be a JSON object")
+        try:
+            return self.arguments.model_validate(arguments)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}"
+                for err in exc.errors()
+            )
+            raise ToolArgumentsError(f"invalid arguments for {self.name!r}: {problems}") from None
+
+    def invoke(self, arguments: str | dict[str, Any] | None) -> Any:
+        """Validate, run, and return a JSON-compatible output."""
+        model = self.validate(arguments)
+        result = self.func(**{name: getattr(model, name) for name in type(model).model_fields})
+        return self._output.dump_python(result, mode="json")
+
+
+class ToolRegistry:
+    """Name -> :class:`Tool`. The process-wide one is :data:`registry`."""
+
+    def __init__(self) -> None:
+        self._tools: dict[str, Tool] = {}
+
+    def add(self, item: Tool) -> Tool:
+        existing = self._tools.get(item.name)
+        if existing is not None and existing.func is not item.func:
+            raise ConfigError(f"two tools are named {item.name!r}")
+        self._tools[item.name] = item
+        return item
+
+    def get(self, name: str) -> Tool:
+        try:
+            return self._tools[name]
+        except KeyError:
+            raise UnknownToolError(f"no tool named {name!r}") from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tools
+
+    def names(self) -> list[str]:
+        return sorted(self._tools)
+
+    def all(self) -> list[Tool]:
+        return [self._tools[n] for n in self.names()]
+
+
+registry = ToolRegistry()
+
+
+def _argument_model(name: str, func: ToolFunc) -> type[BaseModel]:
+    hints = get_type_hints(func, include_extras=True)
+    fields: dict[str, Any] = {}
+    for param in inspect.signature(func).parameters.values():
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            raise ConfigError(f"tool {name!r}: *args/**kwargs cannot be described as a schema")
+        if param.name not in hints:
+            raise ConfigError(f"tool {name!r}: parameter {param.name!r} needs a type annotation")
+        default = ... if param.default is param.empty else param.default
+        fields[param.name] = (hints[param.name], default)
+    model: type[BaseModel] = create_model(
+        f"{name}_arguments",
+        __config__=ConfigDict(extra="forbid"),
+        **fields,
+    )
+    return model
+
+
+def _make_tool(
+    func: ToolFunc, name: str | None, description: str | None, timeout: float | None
+) -> Tool:
+    tool_name = name or func.__name__
+    if not tool_name or not set(tool_name) <= _NAME_CHARS or len(tool_name) > 64:
+        raise ConfigError(f"tool name {tool_name!r} must be 1-64 of [A-Za-z0-9_-]")
+    doc = description or inspect.getdoc(func) or ""
+    hints = get_type_hints(func, include_extras=True)
+    output: TypeAdapter[Any] = TypeAdapter(hints.get("return", Any))
+    return Tool(
+        name=tool_name,
+        description=doc.strip().split("\n\n")[0],
+        func=func,
+        arguments=_argument_model(tool_name, func),
+        timeout=timeout,
+        _output=output,
+    )
+
+
+@overload
+def tool(func: ToolFunc, /) -> ToolFunc: ...
+@overload
+def tool(
+    *, name: str | None = None, description: str | None = None, timeout: float | None = None
+) -> Callable[[ToolFunc], ToolFunc]: ...
+
+
+def tool(
+    func: ToolFunc | None = None,
+    /,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    timeout: float | None = None,
+) -> ToolFunc | Callable[[ToolFunc], ToolFunc]:
+    """Register a typed function as a tool.
+
+    The JSON schema comes from the annotations, the description from the docstring's first
+    paragraph; ``timeout`` (seconds) caps one call (default: ``AGENTFLEET_TOOL_SOFT_TIME_LIMIT``).
+    The function itself is returned unchanged, so it stays callable and testable.
+
+    >>> @tool
+    ... def add(a: int, b: int) -> int:
+    ...     '''Add two integers.'''
+    ...     return a + b
+    """
+
+    def decorate(f: ToolFunc) -> ToolFunc:
+        registry.add(_make_tool(f, name, description, timeout))
+        return f
+
+    return decorate(func) if func is not None else decorate
+
+
+def load_tool_modules(modules: Iterable[str]) -> None:
+    """Import the user's tool modules so their ``@tool`` functions register."""
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ConfigError(f"cannot import tool module {module!r}: {exc}") from exc

@@ -1,0 +1,89 @@
+"""Session fixtures: one real fleet (redis-server, simulator, workers, API) for the suite.
+
+Tests that kill or reconfigure workers start their own :class:`ops.stack.Stack` instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+from celery import Celery
+
+from ops.stack import PoolSpec, Stack, wait_for
+from producer.client import Client
+from workers.factory import create_app
+
+#: Worker settings for the shared fleet: small retry budgets so failure paths finish fast.
+FLEET_ENV = {
+    "AGENTFLEET_TOOL_MODULES": "tests.tooling",
+    "AGENTFLEET_LLM_MAX_RETRIES": "1",
+    "AGENTFLEET_RETRY_BACKOFF_BASE": "0.2",
+    "AGENTFLEET_LLM_TIMEOUT": "20",
+}
+FLEET_POOLS = (
+    PoolSpec("agents", "gevent", 100),
+    PoolSpec("tools", "prefork", 4),
+    PoolSpec("batch", "prefork", 1),
+)
+
+
+class Fleet:
+    """Handles on a running fleet for tests."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        self.settings = stack.settings()
+        self.app: Celery = create_app(self.settings)
+        self.redis = redis.Redis.from_url(stack.redis_url or "", decode_responses=True)
+        self.client = Client(stack.api_url)
+        self.http = httpx.Client(base_url=stack.api_url, timeout=10)
+        self.sim = httpx.Client(base_url=stack.simulator_url.removesuffix("/v1"), timeout=10)
+
+    def sim_stats(self) -> dict[str, Any]:
+        return dict(self.sim.get("/_sim/stats").json())
+
+    def run_keys(self) -> set[str]:
+        keys = self.redis.scan_iter(match=f"{self.settings.key_prefix}:run:*", count=1000)
+        return {k for k in keys if k.count(":") == 2}
+
+    def close(self) -> None:
+        self.client.close()
+        self.http.close()
+        self.sim.close()
+        self.redis.close()
+
+
+def make_stack(workdir: Path, env: dict[str, str], pools: tuple[PoolSpec, ...]) -> Stack:
+    stack = Stack(workdir, env_overrides=env)
+    stack.start_fleet(pools=pools)
+    return stack
+
+
+@pytest.fixture(scope="session")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    stack = make_stack(tmp_path_factory.mktemp("fleet"), FLEET_ENV, FLEET_POOLS)
+    try:
+        handle = Fleet(stack)
+        stack.wait_workers(handle.app, len(FLEET_POOLS))
+        yield handle
+        handle.close()
+    finally:
+        stack.stop()
+
+
+@pytest.fixture
+def wait() -> Callable[..., None]:
+    """``wait(lambda: condition, timeout, what)``: poll observable state, never sleep blindly."""
+    return wait_for
+
+
+@pytest.fixture(autouse=True)
+def _no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Tests talk to loopback only; a proxy variable would route that traffic elsewhere.
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)

@@ -1,0 +1,149 @@
+"""The HTTP API: status codes, validation, and nothing enqueued by rejected requests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.conftest import Fleet
+
+
+def _snapshot(fleet: Fleet) -> tuple[set[str], int, int]:
+    queued = sum(int(fleet.redis.llen(q)) for q in ("agents", "tools", "batch"))
+    return fleet.run_keys(), queued, fleet.sim_stats()["requests"]
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "says"),
+    [
+        ({}, "input", "Field required"),
+        ({"input": ""}, "input", "at least 1 character"),
+        ({"input": "x", "max_steps": 0}, "max_steps", "greater than or equal to 1"),
+        ({"input": "x", "max_steps": 51}, "max_steps", "the limit is 50"),
+        ({"input": "x" * 100_001}, "input", "the limit is 100000"),
+        ({"input": "x", "tools": ["nope"]}, "tools", "unknown tools: nope"),
+        ({"input": "x", "tools": ["calculator"] * 33}, "tools", "the limit is 32"),
+        ({"input": "x", "metadata": {"k": "v" * 5000}}, "metadata", "the limit is 4096"),
+        ({"input": "x", "metadata": {"k": 1}}, "metadata", "valid string"),
+        ({"input": "x", "surprise": 1}, "surprise", "Extra inputs are not permitted"),
+        ({"input": 5}, "input", "valid string"),
+    ],
+)
+def test_bad_run_bodies_are_422_and_enqueue_nothing(
+    fleet: Fleet, body: dict[str, Any], field: str, says: str
+) -> None:
+    before = _snapshot(fleet)
+    response = fleet.http.post("/v1/runs", json=body)
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"]
+    assert any(field in map(str, d["loc"]) and says in d["msg"] for d in detail), detail
+    assert _snapshot(fleet) == before
+
+
+def test_not_json_is_422(fleet: Fleet) -> None:
+    before = _snapshot(fleet)
+    response = fleet.http.post(
+        "/v1/runs", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 422
+    assert _snapshot(fleet) == before
+
+
+def test_oversized_body_is_413(fleet: Fleet) -> None:
+    response = fleet.http.post("/v1/runs", json={"input": "x" * 1_100_000})
+    assert response.status_code == 413
+    assert "larger than" in response.json()["detail"]
+
+
+def test_unknown_ids_are_404(fleet: Fleet) -> None:
+    for path in ("/v1/runs/nope", "/v1/tool-calls/nope"):
+        response = fleet.http.get(path)
+        assert response.status_code == 404
+        assert "no " in response.json()["detail"]
+        assert "'nope'" in response.json()["detail"]
+
+
+def test_create_run_answers_202_with_links(fleet: Fleet) -> None:
+    response = fleet.http.post("/v1/runs", json={"input": "links please", "metadata": {"a": "b"}})
+    assert response.status_code == 202
+    body = response.json()
+    assert body["status"] == "queued"
+    assert body["links"]["self"] == f"/v1/runs/{body['id']}"
+    run = fleet.client.wait(body["id"], timeout=30)
+    assert run.metadata == {"a": "b"}
+    assert run.status == "succeeded"
+
+
+def test_tool_call_round_trip_and_idempotent_id(fleet: Fleet) -> None:
+    body = {
+        "id": "api-once-1",
+        "name": "record_sleep",
+        "arguments": {"key": "api-once", "seconds": 0.1},
+    }
+    first = fleet.http.post("/v1/tool-calls", json=body)
+    assert first.status_code == 202
+    call = fleet.client.wait_tool_call("api-once-1", timeout=30)
+    assert call.status == "succeeded"
+    assert call.result is not None
+    assert call.result["ok"] is True
+    assert call.result["output"]["key"] == "api-once"
+    again = fleet.http.post("/v1/tool-calls", json=body)
+    assert again.status_code == 202
+    assert again.json()["status"] == "succeeded"
+    assert fleet.client.get_tool_call("api-once-1").result == call.result
+    assert fleet.redis.get("test:completed:api-once") == "1"
+
+
+def test_tool_that_raises_returns_structured_error(fleet: Fleet) -> None:
+    accepted = fleet.client.create_tool_call("explode", {"message": "nope"})
+    call = fleet.client.wait_tool_call(accepted.id, timeout=30)
+    assert call.status == "failed"
+    assert call.result == {
+        "id": accepted.id,
+        "name": "explode",
+        "ok": False,
+        "error": {"code": "tool_failed", "message": "tool 'explode' raised RuntimeError: nope"},
+    }
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"name": "no_such_tool"}, "name"),
+        ({"name": "calculator", "arguments": {"expr": "1"}}, "arguments"),
+        ({"name": "calculator", "arguments": {"expression": 5}}, "arguments"),
+        ({"name": "calculator", "id": "bad id with spaces"}, "id"),
+    ],
+)
+def test_bad_tool_calls_are_422(fleet: Fleet, body: dict[str, Any], field: str) -> None:
+    before = _snapshot(fleet)
+    response = fleet.http.post("/v1/tool-calls", json=body)
+    assert response.status_code == 422, response.text
+    assert any(field in map(str, d["loc"]) for d in response.json()["detail"])
+    assert _snapshot(fleet) == before
+
+
+def test_tools_listing_has_schemas(fleet: Fleet) -> None:
+    tools = {t.name: t for t in fleet.client.tools()}
+    assert {"calculator", "current_time", "json_extract", "wait", "explode"} <= set(tools)
+    calc = tools["calculator"].parameters
+    assert calc["properties"]["expression"] == {
+        "maxLength": 500,
+        "title": "Expression",
+        "type": "string",
+    }
+    assert calc["required"] == ["expression"]
+
+
+def test_health_and_openapi(fleet: Fleet) -> None:
+    assert fleet.client.health().ok is True
+    spec = fleet.http.get("/openapi.json").json()
+    assert {
+        "/v1/runs",
+        "/v1/runs/{run_id}",
+        "/v1/tool-calls",
+        "/v1/tool-calls/{call_id}",
+        "/v1/tools",
+        "/healthz",
+    } <= set(spec["paths"])

@@ -1,0 +1,54 @@
+"""The ``agentfleet`` command against the running API."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.conftest import Fleet
+
+
+def _cli(fleet: Fleet, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "producer.cli", "--api", fleet.stack.api_url, *args],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+
+
+def test_run_wait_status_and_tools(fleet: Fleet) -> None:
+    done = _cli(fleet, "run", 'call calculator {"expression": "1+1"}', "--wait")
+    assert done.returncode == 0, done.stderr
+    assert "status    succeeded" in done.stdout
+    assert "result    Results: calculator=2.0" in done.stdout
+    run_id = done.stdout.split()[1]
+    status = _cli(fleet, "--json", "status", run_id)
+    assert status.returncode == 0
+    assert json.loads(status.stdout)["progress"]["tool_calls_done"] == 1
+    tools = _cli(fleet, "tools")
+    assert tools.returncode == 0
+    assert "calculator" in tools.stdout
+
+
+def test_failed_run_and_unknown_id_exit_nonzero(fleet: Fleet) -> None:
+    failed = _cli(fleet, "run", "[[error:400]] x", "--wait")
+    assert failed.returncode == 1
+    assert "error     provider_rejected" in failed.stdout
+    missing = _cli(fleet, "status", "nope")
+    assert missing.returncode == 2
+    assert "HTTP 404" in missing.stderr
+
+
+def test_unreachable_api_is_a_clear_error() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "producer.cli", "--api", "http://127.0.0.1:9", "tools"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert out.returncode == 3
+    assert "cannot reach the API" in out.stderr

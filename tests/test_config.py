@@ -1,0 +1,87 @@
+"""Settings validation and the Celery configuration built from them."""
+
+from __future__ import annotations
+
+import pytest
+from celery.app.defaults import DEFAULTS
+from pydantic import ValidationError
+
+from workers.conf import celery_config
+from workers.factory import create_app
+from workers.settings import Settings
+
+#: Documented settings that Celery reads with ``conf.get`` but leaves out of its defaults table.
+READ_BUT_NOT_IN_DEFAULTS = {
+    "visibility_timeout",  # the Redis broker docs: set it in conf and both transport options
+    "redis_backend_health_check_interval",  # celery/backends/redis.py, configuration.rst
+}
+
+
+def test_every_key_we_set_is_a_real_celery_setting() -> None:
+    config = celery_config(Settings())
+    unknown = sorted(set(config) - set(DEFAULTS) - READ_BUT_NOT_IN_DEFAULTS)
+    assert unknown == []
+    assert "redis_backend_health_check_interval" not in DEFAULTS  # else drop it from the list
+
+
+def test_only_json_is_accepted() -> None:
+    config = celery_config(Settings())
+    assert config["accept_content"] == ["json"]
+    assert config["result_accept_content"] == ["json"]
+    assert config["task_serializer"] == config["result_serializer"] == "json"
+
+
+def test_durability_settings_for_long_idempotent_tasks() -> None:
+    s = Settings()
+    config = celery_config(s)
+    assert config["task_acks_late"]
+    assert config["task_reject_on_worker_lost"]
+    assert config["worker_prefetch_multiplier"] == 1
+    assert config["task_track_started"]
+    assert config["worker_send_task_events"]
+    assert config["result_backend_always_retry"]
+    assert config["worker_soft_shutdown_timeout"] > 0
+    vt = s.visibility_timeout
+    assert config["broker_transport_options"]["visibility_timeout"] == vt
+    assert config["result_backend_transport_options"]["visibility_timeout"] == vt
+    assert config["visibility_timeout"] == vt
+    assert s.llm_timeout < s.step_soft_time_limit < s.step_time_limit < vt
+
+
+def test_app_has_named_tasks_on_their_queues() -> None:
+    app = create_app(Settings())
+    routes = app.conf.task_routes
+    assert routes["agentfleet.run"]["queue"] == "agents"
+    assert routes["agentfleet.agent.step"]["queue"] == "agents"
+    assert routes["agentfleet.tool.call"]["queue"] == "tools"
+    assert {"agentfleet.run", "agentfleet.agent.step", "agentfleet.tool.call"} <= set(app.tasks)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "says"),
+    [
+        ({"llm_timeout": 100}, "llm_timeout < step_soft_time_limit"),
+        ({"step_soft_time_limit": 130}, "step_soft_time_limit < step_time_limit"),
+        ({"visibility_timeout": 400}, "visibility_timeout=400s is too short"),
+        ({"tool_soft_time_limit": 70}, "tool_soft_time_limit < tool_time_limit"),
+        ({"default_max_steps": 60}, "default_max_steps"),
+    ],
+)
+def test_impossible_settings_fail_at_start(overrides: dict[str, object], says: str) -> None:
+    with pytest.raises(ValidationError, match=says):
+        Settings(**overrides)  # type: ignore[arg-type]
+
+
+def test_settings_come_from_prefixed_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AGENTFLEET_REDIS_URL", "redis://example:6390/3")
+    monkeypatch.setenv("AGENTFLEET_TOOL_MODULES", "a.b, c")
+    s = Settings()
+    assert s.redis_url == "redis://example:6390/3"
+    assert s.broker == s.backend == "redis://example:6390/3"
+    assert s.tool_modules == ["a.b", "c"]
+    assert s.llm_endpoint == s.simulator_url  # no key configured: the simulator
+    monkeypatch.setenv("AGENTFLEET_LLM_BASE_URL", "https://llm.example/v1")
+    monkeypatch.setenv("AGENTFLEET_LLM_API_KEY", "sk-test")
+    s = Settings()
+    assert s.llm_endpoint == "https://llm.example/v1"
+    assert s.llm_key == "sk-test"

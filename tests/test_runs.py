@@ -1,0 +1,142 @@
+"""Agent runs end to end: API -> agents workers -> simulator -> tools workers -> result."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+from tests.conftest import Fleet
+
+
+def test_run_without_tools(fleet: Fleet) -> None:
+    accepted = fleet.client.create_run("hello fleet")
+    assert accepted.status == "queued"
+    run = fleet.client.wait(accepted.id, timeout=30)
+    assert run.status == "succeeded"
+    assert run.result == "Echo: hello fleet"
+    assert run.progress.step == 1
+    assert run.usage.llm_calls == 1
+    assert run.usage.prompt_tokens > 0
+    assert run.usage.completion_tokens > 0
+    assert run.usage.total_tokens == run.usage.prompt_tokens + run.usage.completion_tokens
+    assert run.started_at
+    assert run.finished_at
+    assert run.created_at
+    # The run ID is the Celery task ID from enqueue to the final result.
+    final = fleet.app.AsyncResult(accepted.id).get(timeout=10)
+    assert final["status"] == "succeeded"
+    assert final["result"] == "Echo: hello fleet"
+
+
+def test_three_parallel_tool_calls_run_concurrently(fleet: Fleet) -> None:
+    prompt = " ".join(f'call record_sleep {{"key": "par-{i}", "seconds": 1.0}}' for i in range(3))
+    run = fleet.client.wait(fleet.client.create_run(prompt).id, timeout=60)
+    assert run.status == "succeeded", run.error
+    assert run.progress.tool_calls_total == 3
+    assert run.progress.tool_calls_done == 3
+    assert run.usage.llm_calls == 2
+    assert run.result is not None
+    assert run.result.count("record_sleep=") == 3
+    outputs = [json.loads(part.split("=", 1)[1]) for part in run.result[9:].split("; ")]
+    # Concurrent: every call started before any call ended, in different processes.
+    assert max(o["started"] for o in outputs) < min(o["ended"] for o in outputs)
+    assert len({o["pid"] for o in outputs}) == 3
+    for i in range(3):
+        assert fleet.redis.get(f"test:completed:par-{i}") == "1"
+
+
+def test_max_steps_exceeded_fails_clearly(fleet: Fleet) -> None:
+    prompt = '[[loop]] call text_stats {"text": "again"}'
+    run = fleet.client.wait(fleet.client.create_run(prompt, max_steps=3).id, timeout=60)
+    assert run.status == "failed"
+    assert run.error is not None
+    assert run.error.code == "max_steps_exceeded"
+    assert "3 steps" in run.error.message
+    assert run.usage.llm_calls == 3
+    assert run.progress.tool_calls_done == 3
+
+
+def test_tool_that_raises_is_shown_to_the_model(fleet: Fleet) -> None:
+    run = fleet.client.wait(
+        fleet.client.create_run('call explode {"message": "kaboom"}').id, timeout=30
+    )
+    assert run.status == "succeeded"
+    assert run.result is not None
+    assert "explode=error (tool_failed)" in run.result
+    assert "kaboom" in run.result
+
+
+def test_invalid_tool_arguments_from_the_model(fleet: Fleet) -> None:
+    prompt = '[[badargs]] call calculator {"expression": "1+1"}'
+    run = fleet.client.wait(fleet.client.create_run(prompt).id, timeout=30)
+    assert run.status == "succeeded"
+    assert run.result is not None
+    assert "invalid_tool_arguments" in run.result
+    assert "not valid JSON" in run.result
+
+
+def test_unknown_and_disallowed_tools_are_errors_the_model_sees(fleet: Fleet) -> None:
+    prompt = 'call no_such_tool {} call calculator {"expression": "2*3"}'
+    run = fleet.client.wait(fleet.client.create_run(prompt, tools=["text_stats"]).id, timeout=30)
+    assert run.status == "succeeded"
+    assert run.result is not None
+    assert "no_such_tool=error (unknown_tool)" in run.result
+    assert "calculator=error (unknown_tool)" in run.result  # registered, but not allowed
+
+
+def test_model_answering_garbage_fails_the_run(fleet: Fleet) -> None:
+    run = fleet.client.wait(fleet.client.create_run("[[garbage]] hi").id, timeout=30)
+    assert run.status == "failed"
+    assert run.error is not None
+    assert run.error.code == "provider_rejected"
+    assert "malformed response" in run.error.message
+
+
+def test_provider_400_fails_without_retry(fleet: Fleet) -> None:
+    before = fleet.sim_stats()["by_tag"].get("e400", 0)
+    run = fleet.client.wait(fleet.client.create_run("[[error:400]] [[tag:e400]] x").id, timeout=30)
+    assert run.status == "failed"
+    assert run.error is not None
+    assert run.error.code == "provider_rejected"
+    assert "HTTP 400" in run.error.message
+    assert fleet.sim_stats()["by_tag"]["e400"] - before == 1
+
+
+def test_provider_500_is_retried_then_fails_naming_the_cause(fleet: Fleet) -> None:
+    before = fleet.sim_stats()["by_tag"].get("e500", 0)
+    run = fleet.client.wait(fleet.client.create_run("[[error:500]] [[tag:e500]] x").id, timeout=30)
+    assert run.status == "failed"
+    assert run.error is not None
+    assert run.error.code == "provider_retries_exhausted"
+    assert "HTTP 500" in run.error.message
+    assert "default" in run.error.message
+    # One first attempt plus AGENTFLEET_LLM_MAX_RETRIES=1 retry.
+    assert fleet.sim_stats()["by_tag"]["e500"] - before == 2
+
+
+def test_redelivered_step_changes_nothing(fleet: Fleet, wait: Callable[..., None]) -> None:
+    prompt = 'call text_stats {"text": "once"} [[tag:redeliver]]'
+    run = fleet.client.wait(fleet.client.create_run(prompt).id, timeout=30)
+    assert run.status == "succeeded"
+    calls_before = fleet.sim_stats()["by_tag"]["redeliver"]
+    record_before = fleet.redis.hgetall(f"af:run:{run.id}")
+    # Deliver both steps of the finished run again, as a broker redelivery would.
+    fleet.app.send_task("agentfleet.run", kwargs={"request": None}, task_id=run.id)
+    tool_result = {"id": f"{run.id}-1-0", "ok": True, "output": {}, "model_call_id": "x"}
+    fleet.app.send_task("agentfleet.agent.step", args=([tool_result], run.id, 2), task_id=run.id)
+    fleet.app.send_task("agentfleet.agent.step", args=([tool_result], run.id, 1), task_id=run.id)
+
+    # Wait until the agents worker has taken all three messages and holds none of them.
+    def settled() -> bool:
+        inspect = fleet.app.control.inspect(timeout=1)
+        held = [*(inspect.active() or {}).values(), *(inspect.reserved() or {}).values()]
+        return fleet.redis.llen("agents") == 0 and not any(
+            t["id"] == run.id for tasks in held for t in tasks
+        )
+
+    wait(settled, 15, "the redelivered steps to be handled")
+    after = fleet.client.get_run(run.id)
+    assert fleet.sim_stats()["by_tag"]["redeliver"] == calls_before
+    assert after.model_dump() == run.model_dump()
+    assert len(fleet.redis.lrange(f"af:run:{run.id}:messages", 0, -1)) == 4
+    assert fleet.redis.hget(f"af:run:{run.id}", "llm_calls") == record_before["llm_calls"]

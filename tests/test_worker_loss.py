@@ -1,0 +1,100 @@
+"""Workers SIGKILLed in the middle of runs: every run finishes, every tool call completes once.
+
+A private fleet with a short visibility timeout, so that messages held by a dead worker come
+back in seconds instead of an hour. The time arithmetic still holds:
+llm_timeout 3 < step soft 4 < hard 5; countdown 2 + hard 5 + margin 1 < visibility 8.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from ops.stack import PoolSpec, Proc, Stack
+from tests.conftest import Fleet
+
+SHORT = {
+    "AGENTFLEET_TOOL_MODULES": "tests.tooling",
+    "AGENTFLEET_LLM_TIMEOUT": "3",
+    "AGENTFLEET_STEP_SOFT_TIME_LIMIT": "4",
+    "AGENTFLEET_STEP_TIME_LIMIT": "5",
+    "AGENTFLEET_TOOL_SOFT_TIME_LIMIT": "4",
+    "AGENTFLEET_TOOL_TIME_LIMIT": "5",
+    "AGENTFLEET_MAX_RETRY_COUNTDOWN": "2",
+    "AGENTFLEET_VISIBILITY_MARGIN": "1",
+    "AGENTFLEET_VISIBILITY_TIMEOUT": "8",
+    "AGENTFLEET_UNACKED_RESTORE_INTERVAL": "1",
+    "AGENTFLEET_UNACKED_RESTORE_THROTTLE": "1",
+}
+AGENTS = PoolSpec("agents", "gevent", 50)
+TOOLS = PoolSpec("tools", "prefork", 4)
+
+
+@pytest.fixture(scope="module")
+def short_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    stack = Stack(Path(tmp_path_factory.mktemp("loss")), env_overrides=SHORT)
+    try:
+        stack.start_fleet(pools=(AGENTS, TOOLS))
+        fleet = Fleet(stack)
+        stack.wait_workers(fleet.app, 2)
+        yield fleet
+        fleet.close()
+    finally:
+        stack.stop()
+
+
+def _worker(fleet: Fleet, queue: str) -> Proc:
+    return next(p for p in fleet.stack.procs if p.name.startswith(f"worker-{queue}") and p.alive())
+
+
+def _counts(fleet: Fleet, prefix: str, keys: list[str]) -> list[int]:
+    values = fleet.redis.mget([f"test:{prefix}:{k}" for k in keys])
+    return [int(v or 0) for v in values]
+
+
+def test_tools_worker_killed_mid_load(short_fleet: Fleet, wait: Callable[..., None]) -> None:
+    fleet = short_fleet
+    keys = [f"t{run}-{i}" for run in range(8) for i in range(3)]
+    run_ids = [
+        fleet.client.create_run(
+            " ".join(f'call record_sleep {{"key": "t{run}-{i}", "seconds": 1.5}}' for i in range(3))
+        ).id
+        for run in range(8)
+    ]
+    # Kill the tools worker (main process and pool children) while tools are executing.
+    wait(lambda: sum(_counts(fleet, "started", keys)) >= 6, 30, "tools to start")
+    victim = _worker(fleet, "tools")
+    fleet.stack.kill(victim)
+    victim.popen.wait(timeout=10)
+    interrupted = sum(_counts(fleet, "started", keys)) - sum(_counts(fleet, "completed", keys))
+    assert interrupted > 0  # the kill really landed mid-execution
+    fleet.stack.start_worker(TOOLS)
+
+    runs = [fleet.client.wait(run_id, timeout=120) for run_id in run_ids]
+    assert [r.status for r in runs] == ["succeeded"] * 8
+    assert all(r.progress.tool_calls_done == 3 for r in runs)
+    assert _counts(fleet, "completed", keys) == [1] * len(keys)
+
+
+def test_agents_worker_killed_mid_load(short_fleet: Fleet, wait: Callable[..., None]) -> None:
+    fleet = short_fleet
+    keys = [f"a{run}" for run in range(12)]
+    run_ids = [
+        fleet.client.create_run(
+            f'[[latency:1.5]] call record_sleep {{"key": "a{run}", "seconds": 0.2}}'
+        ).id
+        for run in range(12)
+    ]
+    # Kill the agents worker while LLM calls are in flight.
+    wait(lambda: fleet.sim_stats()["in_flight"] >= 5, 30, "LLM calls in flight")
+    victim = _worker(fleet, "agents")
+    fleet.stack.kill(victim)
+    victim.popen.wait(timeout=10)
+    fleet.stack.start_worker(AGENTS)
+
+    runs = [fleet.client.wait(run_id, timeout=120) for run_id in run_ids]
+    assert [r.status for r in runs] == ["succeeded"] * 12
+    assert all(r.usage.llm_calls == 2 for r in runs)  # applied once each, whatever was lost
+    assert _counts(fleet, "completed", keys) == [1] * len(keys)

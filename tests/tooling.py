@@ -1,0 +1,37 @@
+"""Tools used by the tests, loaded into workers through ``AGENTFLEET_TOOL_MODULES``.
+
+They prove the documented registration path works, and they leave evidence in Redis so tests
+can count executions from outside the worker.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import redis
+
+from tasks.tools import tool
+from workers.settings import get_settings
+
+
+def _redis() -> redis.Redis:
+    return redis.Redis.from_url(get_settings().redis_url, decode_responses=True)
+
+
+@tool
+def explode(message: str) -> str:
+    """Always raises, to show that a failing tool is reported to the model."""
+    raise RuntimeError(message)
+
+
+@tool
+def record_sleep(key: str, seconds: float) -> dict[str, float | int | str]:
+    """Sleep, then count one completed execution under ``key`` in Redis."""
+    client = _redis()
+    client.incr(f"test:started:{key}")
+    started = time.time()
+    time.sleep(seconds)
+    ended = time.time()
+    client.incr(f"test:completed:{key}")
+    return {"key": key, "started": started, "ended": ended, "pid": os.getpid()}

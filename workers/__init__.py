@@ -1,0 +1,31 @@
+"""The agentfleet Celery app: ``celery -A workers worker -Q agents`` starts a worker.
+
+``workers.app`` is built on first access from :func:`workers.settings.get_settings`, so every
+process that uses it (worker, API, CLI) reads the same ``AGENTFLEET_*`` variables, and task
+modules can import ``workers.settings`` without building the app.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from workers.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+    app: Celery
+
+__all__ = ["Settings", "app", "get_settings"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "app":
+        from workers import signals  # connects the per-process hooks
+        from workers.factory import create_app
+
+        built = create_app(get_settings())
+        globals()["app"] = built
+        del signals
+        return built
+    raise AttributeError(f"module 'workers' has no attribute {name!r}")

@@ -1,0 +1,105 @@
+"""The Celery configuration, built from :class:`~workers.settings.Settings` in one place.
+
+Runs are long and their steps idempotent, so the fleet uses late acknowledgement with its own
+redelivery cap. The time arithmetic that keeps a step from being delivered twice:
+
+    llm_timeout (60)  <  step soft limit (90)  <  step hard limit (120)
+    max retry countdown (300) + longest hard limit (120) + margin (60)  <  visibility timeout (3600)
+
+A countdown message is reserved by a worker as soon as it is fetched and held unacked until
+its ETA, then it runs for at most the hard limit; only after the visibility timeout does Redis
+hand it to someone else. :class:`Settings` refuses values that break this ordering.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from workers import queues
+from workers.settings import Settings
+
+
+def transport_options(settings: Settings) -> dict[str, Any]:
+    """Redis transport options shared by the broker and the result backend."""
+    return {
+        # Must be the same on every process sharing the broker DB: the shortest one wins.
+        "visibility_timeout": settings.visibility_timeout,
+        "unacked_restore_interval": settings.unacked_restore_interval,
+        "unacked_restore_throttle": settings.unacked_restore_throttle,
+        "health_check_interval": 25,
+        "socket_connect_timeout": 5,
+        "socket_keepalive": True,
+        "retry_on_timeout": True,
+    }
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Every Celery setting agentfleet sets. A test checks each key is a real Celery setting."""
+    transport = transport_options(settings)
+    return {
+        "broker_url": settings.broker,
+        "result_backend": settings.backend,
+        "broker_transport_options": transport,
+        "result_backend_transport_options": {
+            **transport,
+            "retry_policy": {"timeout": 5.0},
+        },
+        # Docs: set it in all three places, or the shortest value silently wins.
+        "visibility_timeout": settings.visibility_timeout,
+        # JSON only: anyone who can write to Redis must not get code execution.
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "event_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        # Queues and routes.
+        "task_queues": queues.declare(),
+        "task_default_queue": queues.AGENTS,
+        "task_routes": queues.ROUTES,
+        "task_create_missing_queues": False,
+        # Durability: ack after the step is applied, requeue if the process dies; our own
+        # per-step delivery counter (tasks.store) stops a step that keeps killing workers.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # Off on purpose: our tasks deduplicate themselves (a stored tool result is returned,
+        # an applied step is skipped), and a redelivered chord header must report to its
+        # chord again. A worker can die after storing a header's SUCCESS but before the
+        # chord body is published; Celery's Redis join counts each header once and re-claims
+        # an abandoned dispatch, so the redelivery completes the chord. Celery's own dedup
+        # would skip that task and lose the chord.
+        "worker_deduplicate_successful_tasks": False,
+        "worker_soft_shutdown_timeout": settings.worker_soft_shutdown_timeout,
+        "worker_enable_soft_shutdown_on_idle": True,
+        "worker_eta_task_limit": 1000,
+        # Default limits for any task that does not set its own.
+        "task_soft_time_limit": settings.step_soft_time_limit,
+        "task_time_limit": settings.step_time_limit,
+        # Results and progress.
+        "task_track_started": True,
+        "result_expires": settings.result_expires,
+        "result_extended": False,  # would copy prompts into every stored state
+        "result_backend_always_retry": True,
+        "result_backend_max_retries": 10,
+        "redis_max_connections": settings.redis_max_connections,
+        "redis_socket_timeout": 30.0,
+        "redis_socket_connect_timeout": 5.0,
+        "redis_backend_health_check_interval": 25,
+        # Producers: bounded waits so the API answers 503 instead of hanging on a dead broker.
+        "broker_connection_retry_on_startup": True,
+        "broker_pool_limit": 64,
+        "broker_pool_acquire_timeout": 10.0,
+        "task_publish_retry": True,
+        "task_publish_retry_policy": {
+            "max_retries": 3,
+            "interval_start": 0.0,
+            "interval_step": 0.2,
+            "interval_max": 0.5,
+        },
+        # Events for Flower and monitoring.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "worker_hijack_root_logger": False,
+        "enable_utc": True,
+    }

@@ -1,0 +1,20 @@
+"""Build the fleet's Celery app."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from workers.conf import celery_config
+from workers.settings import Settings
+
+
+def create_app(settings: Settings) -> Celery:
+    """A Celery app configured from ``settings`` with every agentfleet task registered."""
+    # Imported here: the task modules import workers.queues, not this module, so there is
+    # no cycle, and the app stays the only place that knows about every task.
+    from tasks import register_tasks
+
+    app = Celery("agentfleet", set_as_current=False)
+    app.conf.update(celery_config(settings))
+    register_tasks(app, settings)
+    return app

@@ -1,0 +1,27 @@
+"""Queues, and which task goes to which. Each queue has its own worker pool (README)."""
+
+from typing import Final
+
+from kombu.entity import Exchange, Queue
+
+from tasks import names
+
+#: LLM steps: network-bound, served by a high-concurrency I/O pool.
+AGENTS: Final = "agents"
+#: Tool calls: CPU or blocking work, served by prefork (the only pool enforcing soft limits).
+TOOLS: Final = "tools"
+#: Chord bodies and collectors: short, kept off the busy queues.
+BATCH: Final = "batch"
+
+ALL: Final = (AGENTS, TOOLS, BATCH)
+
+ROUTES: Final[dict[str, dict[str, str]]] = {
+    names.RUN: {"queue": AGENTS},
+    names.AGENT_STEP: {"queue": AGENTS},
+    names.TOOL_CALL: {"queue": TOOLS},
+}
+
+
+def declare() -> tuple[Queue, ...]:
+    """The kombu queue declarations for every agentfleet queue."""
+    return tuple(Queue(name, Exchange(name, type="direct"), routing_key=name) for name in ALL)

@@ -1,0 +1,138 @@
+"""One settings object for the whole fleet, read from ``AGENTFLEET_*`` environment variables.
+
+Every process (API, workers, CLI, demo) builds its configuration from :class:`Settings`, so a
+misspelt variable or an impossible combination of time limits fails at start-up instead of
+surfacing as a duplicated run an hour later. See the README for the full list.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Annotated, Self
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+#: Where the built-in LLM simulator listens by default (``python -m ops.simulator``).
+DEFAULT_SIMULATOR_URL = "http://127.0.0.1:8799/v1"
+
+
+class Settings(BaseSettings):
+    """Fleet configuration. Field ``x`` is read from ``AGENTFLEET_X``."""
+
+    model_config = SettingsConfigDict(env_prefix="AGENTFLEET_", extra="ignore", frozen=True)
+
+    # --- Redis -------------------------------------------------------------------------
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    broker_url: str | None = Field(default=None, description="Defaults to redis_url.")
+    result_backend: str | None = Field(default=None, description="Defaults to redis_url.")
+    key_prefix: str = Field(default="af", description="Prefix of every key agentfleet writes.")
+    redis_max_connections: int = Field(default=2000, ge=10)
+
+    # --- LLM provider --------------------------------------------------------------------
+    llm_base_url: str | None = Field(
+        default=None, description="OpenAI-compatible endpoint; the simulator when no key is set."
+    )
+    llm_api_key: SecretStr | None = None
+    llm_model: str = "sim-1"
+    llm_timeout: float = Field(default=60.0, gt=0, description="Per-request read timeout (s).")
+    llm_connect_timeout: float = Field(default=5.0, gt=0)
+    simulator_url: str = DEFAULT_SIMULATOR_URL
+    llm_max_retries: int = Field(default=5, ge=0, description="Celery retries per step.")
+    retry_backoff_base: float = Field(default=1.0, gt=0)
+    max_retry_countdown: float = Field(default=300.0, gt=0)
+
+    # --- Time limits (seconds) -----------------------------------------------------------
+    step_soft_time_limit: float = Field(default=90.0, gt=0)
+    step_time_limit: float = Field(default=120.0, gt=0)
+    tool_soft_time_limit: float = Field(default=50.0, gt=0)
+    tool_time_limit: float = Field(default=60.0, gt=0)
+    visibility_timeout: int = Field(default=3600, gt=0)
+    visibility_margin: float = Field(
+        default=60.0,
+        ge=0,
+        description="Slack between the longest a message may stay unacked and the timeout.",
+    )
+    unacked_restore_interval: int = Field(default=10, ge=1)
+    unacked_restore_throttle: int = Field(default=10, ge=1)
+    worker_soft_shutdown_timeout: float = Field(default=45.0, ge=0)
+    max_redeliveries: int = Field(
+        default=5, ge=1, description="Deliveries of one step before the run fails as poisoned."
+    )
+
+    # --- Retention -----------------------------------------------------------------------
+    result_expires: int = Field(default=7 * 24 * 3600, gt=0)
+    run_ttl: int = Field(default=7 * 24 * 3600, gt=0)
+
+    # --- Limits on what callers may ask for ----------------------------------------------
+    default_max_steps: int = Field(default=10, ge=1)
+    max_steps_limit: int = Field(default=50, ge=1)
+    max_input_chars: int = Field(default=100_000, ge=1)
+    max_tools_per_run: int = Field(default=32, ge=1)
+    max_metadata_bytes: int = Field(default=4096, ge=2)
+
+    # --- Tools ---------------------------------------------------------------------------
+    tool_modules: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated modules whose @tool functions load."
+    )
+
+    log_level: str = "INFO"
+
+    @field_validator("tool_modules", mode="before")
+    @classmethod
+    def _split_modules(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [m.strip() for m in value.split(",") if m.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _check_timeouts(self) -> Self:
+        # The ordering that keeps a long LLM step from being delivered twice:
+        #   HTTP timeout < soft limit < hard limit, and
+        #   longest retry countdown + longest hard limit + margin < visibility timeout,
+        # because a countdown message sits unacknowledged in a worker until its ETA and
+        # then runs for at most the hard limit (README, "Time limits").
+        if not self.llm_timeout < self.step_soft_time_limit < self.step_time_limit:
+            raise ValueError(
+                "need llm_timeout < step_soft_time_limit < step_time_limit, got "
+                f"{self.llm_timeout} / {self.step_soft_time_limit} / {self.step_time_limit}"
+            )
+        if not self.tool_soft_time_limit < self.tool_time_limit:
+            raise ValueError("need tool_soft_time_limit < tool_time_limit")
+        longest = max(self.step_time_limit, self.tool_time_limit)
+        needed = self.max_retry_countdown + longest + self.visibility_margin
+        if self.visibility_timeout < needed:
+            raise ValueError(
+                f"visibility_timeout={self.visibility_timeout}s is too short: it must exceed "
+                f"max_retry_countdown + longest hard time limit + {self.visibility_margin}s "
+                f"= {needed:.0f}s, or late-acked tasks are redelivered while still running"
+            )
+        if self.default_max_steps > self.max_steps_limit:
+            raise ValueError("default_max_steps must not exceed max_steps_limit")
+        return self
+
+    @property
+    def broker(self) -> str:
+        return self.broker_url or self.redis_url
+
+    @property
+    def backend(self) -> str:
+        return self.result_backend or self.redis_url
+
+    @property
+    def llm_endpoint(self) -> str:
+        """The provider URL in force: the configured one, else the simulator."""
+        if self.llm_base_url:
+            return self.llm_base_url
+        return self.simulator_url
+
+    @property
+    def llm_key(self) -> str:
+        # The SDK refuses to build a client without a key; the simulator ignores it.
+        return self.llm_api_key.get_secret_value() if self.llm_api_key else "simulator"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, validated once."""
+    return Settings()
