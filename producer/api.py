@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import redis
-from celery import Celery
+from celery import Celery, states
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -118,12 +118,20 @@ def create_tool_call(body: ToolCallRequest, store: StoreDep, producer: ProducerD
 
 
 @router.get("/v1/tool-calls/{call_id}", response_model=schemas.ToolCall, responses={404: {}})
-def get_tool_call(call_id: str, store: StoreDep) -> Any:
+def get_tool_call(call_id: str, store: StoreDep, producer: ProducerDep) -> Any:
     """Status and structured result of a tool call."""
     record = store.get_tool_call(call_id)
     if record is None:
         raise NotFound("tool call", call_id)
-    return tool_call_view(record)
+    view = tool_call_view(record)
+    if view["result"] is None:
+        # Killed at its hard time limit, the task never stored a result of its own;
+        # Celery recorded the failure, so report it instead of "running" forever.
+        celery_result = producer.AsyncResult(call_id)
+        if celery_result.state == states.FAILURE:
+            error = {"code": "tool_call_lost", "message": f"did not return: {celery_result.result}"}
+            view |= {"status": "failed", "result": {"id": call_id, "ok": False, "error": error}}
+    return view
 
 
 @router.get("/v1/tools", response_model=schemas.ToolList)

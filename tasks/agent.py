@@ -197,6 +197,7 @@ class StepRunner:
                 )
             )
         body = self.task.app.signature(names.AGENT_STEP, args=(self.run_id, self.step + 1))
+        body.on_error(self.task.app.signature(names.TOOLS_FAILED))
         try:
             self.task.replace(chord(header, body))
         except Ignore:
@@ -244,6 +245,25 @@ def register(app: Celery, settings: Settings) -> None:
     ) -> dict[str, Any]:
         """Step ``step`` of ``run_id``, with the previous step's tool results."""
         return StepRunner(self, settings, run_id, step).run(tool_results)
+
+    @app.task(name=names.TOOLS_FAILED, bind=True, shared=False)
+    def tools_failed(self: Task, run_id: str) -> None:
+        """Errback of a tool chord; ``run_id`` is the failed body's task ID."""
+        _fail_after_lost_tools(self.app, settings, run_id)
+
+
+def _fail_after_lost_tools(app: Celery, settings: Settings, run_id: str) -> None:
+    """Fail a run whose tool chord errored (a tool call killed at its hard time limit)."""
+    cause = app.AsyncResult(run_id).result  # the ChordError Celery stored for the body
+    store = RunStore(get_redis(settings), settings)
+    store.finish_step(
+        run_id,
+        0,  # moves no step marker and holds no lease: only the final status changes
+        "",
+        status=RunStatus.FAILED,
+        error={"code": "tool_call_lost", "message": f"a tool call did not return: {cause}"},
+    )
+    log.warning("run %s failed: its tool chord errored: %s", run_id, cause)
 
 
 def _create_from_payload(

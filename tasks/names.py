@@ -6,5 +6,8 @@ from typing import Final
 RUN: Final = "agentfleet.run"
 #: One LLM step of a run (steps 2..n, dispatched as the body of a tool-call chord).
 AGENT_STEP: Final = "agentfleet.agent.step"
+#: Errback of a step's tool chord: fails the run when a tool call died outside the tool
+#: (killed at its hard time limit), so the run never waits for a chord that cannot finish.
+TOOLS_FAILED: Final = "agentfleet.agent.tools_failed"
 #: One tool call; returns ``{"ok": true, "output": ...}`` or ``{"ok": false, "error": ...}``.
 TOOL_CALL: Final = "agentfleet.tool.call"

@@ -147,3 +147,12 @@ def test_health_and_openapi(fleet: Fleet) -> None:
         "/v1/tools",
         "/healthz",
     } <= set(spec["paths"])
+
+
+def test_tool_call_killed_at_its_hard_limit_reads_as_failed(fleet: Fleet) -> None:
+    accepted = fleet.client.create_tool_call("stubborn", {"seconds": 60})
+    call = fleet.client.wait_tool_call(accepted.id, timeout=60)
+    assert call.status == "failed"
+    assert call.result is not None
+    assert call.result["error"]["code"] == "tool_call_lost"
+    assert "TimeLimitExceeded" in call.result["error"]["message"]

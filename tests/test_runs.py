@@ -140,3 +140,13 @@ def test_redelivered_step_changes_nothing(fleet: Fleet, wait: Callable[..., None
     assert after.model_dump() == run.model_dump()
     assert len(fleet.redis.lrange(f"af:run:{run.id}:messages", 0, -1)) == 4
     assert fleet.redis.hget(f"af:run:{run.id}", "llm_calls") == record_before["llm_calls"]
+
+
+def test_tool_killed_at_its_hard_limit_fails_the_run(fleet: Fleet) -> None:
+    # stubborn has timeout=1 (soft) and so a hard limit of 1 + 10 s; it ignores the soft one.
+    prompt = 'call stubborn {"seconds": 60} call text_stats {"text": "ok"}'
+    run = fleet.client.wait(fleet.client.create_run(prompt).id, timeout=60)
+    assert run.status == "failed"
+    assert run.error is not None
+    assert run.error.code == "tool_call_lost"
+    assert "TimeLimitExceeded" in run.error.message

@@ -10,6 +10,7 @@ import os
 import time
 
 import redis
+from billiard.exceptions import SoftTimeLimitExceeded
 
 from tasks.tools import tool
 from workers.settings import get_settings
@@ -23,6 +24,18 @@ def _redis() -> redis.Redis:
 def explode(message: str) -> str:
     """Always raises, to show that a failing tool is reported to the model."""
     raise RuntimeError(message)
+
+
+@tool(timeout=1)
+def stubborn(seconds: float) -> str:
+    """Ignores its soft time limit, so only the hard limit can stop it."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            time.sleep(deadline - time.monotonic())
+        except SoftTimeLimitExceeded:
+            continue
+    return "finished"
 
 
 @tool

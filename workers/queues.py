@@ -19,6 +19,7 @@ ROUTES: Final[dict[str, dict[str, str]]] = {
     names.RUN: {"queue": AGENTS},
     names.AGENT_STEP: {"queue": AGENTS},
     names.TOOL_CALL: {"queue": TOOLS},
+    names.TOOLS_FAILED: {"queue": BATCH},
 }
 
 
