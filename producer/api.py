@@ -13,8 +13,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from producer import schemas
 from producer.enqueue import Unavailable, submit_run, submit_tool_call
 from tasks.models import RunRequest, ToolCallRequest, limit_problems, tool_call_problems
-from tasks.redisconn import get_redis
-from tasks.store import RunStore
+from tasks.store import RunStore, get_store
 from tasks.tools import registry
 from tasks.views import run_view, tool_call_view
 from workers.settings import Settings, get_settings
@@ -53,10 +52,10 @@ class BodyLimit:
         await self.app(scope, receive, send)
 
 
-def get_store(request: Request) -> RunStore:
+def store_dep(request: Request) -> RunStore:
     """The run store of the settings this API was built with."""
     settings: Settings = request.app.state.settings
-    return RunStore(get_redis(settings), settings)
+    return get_store(settings)
 
 
 def get_settings_dep(request: Request) -> Settings:
@@ -69,7 +68,7 @@ def get_producer(request: Request) -> Celery:
     return app
 
 
-StoreDep = Annotated[RunStore, Depends(get_store)]
+StoreDep = Annotated[RunStore, Depends(store_dep)]
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 ProducerDep = Annotated[Celery, Depends(get_producer)]
 

@@ -24,8 +24,7 @@ from tasks import names
 from tasks.errors import PermanentProviderError, RetryableProviderError
 from tasks.llm import Completion, ModelToolCall, complete
 from tasks.models import RunRequest, RunStatus, limit_problems
-from tasks.redisconn import get_redis
-from tasks.store import RunStore, StepClaim
+from tasks.store import StepClaim, get_store
 from tasks.toolcall import time_limits, tool_payload
 from tasks.tools import registry
 from tasks.views import run_view
@@ -69,7 +68,7 @@ class StepRunner:
 
     def __init__(self, task: Task, settings: Settings, run_id: str, step: int) -> None:
         self.task, self.settings, self.run_id, self.step = task, settings, run_id, step
-        self.store = RunStore(get_redis(settings), settings)
+        self.store = get_store(settings)
 
     def run(self, tool_results: list[dict[str, Any]] | None) -> dict[str, Any]:
         claim = self.store.begin_step(self.run_id, self.step)
@@ -143,7 +142,7 @@ class StepRunner:
         self, claim: StepClaim, run: dict[str, str], messages: list[dict[str, Any]]
     ) -> Completion:
         allowed = json.loads(run.get("tools") or "[]")
-        schemas = [registry.get(n).openai_schema() for n in allowed if n in registry]
+        schemas = [registry.get(n).openai_schema for n in allowed if n in registry]
         try:
             return complete(self.settings, messages, schemas, run["model"])
         except PermanentProviderError as exc:
@@ -255,7 +254,7 @@ def register(app: Celery, settings: Settings) -> None:
 def _fail_after_lost_tools(app: Celery, settings: Settings, run_id: str) -> None:
     """Fail a run whose tool chord errored (a tool call killed at its hard time limit)."""
     cause = app.AsyncResult(run_id).result  # the ChordError Celery stored for the body
-    store = RunStore(get_redis(settings), settings)
+    store = get_store(settings)
     store.finish_step(
         run_id,
         0,  # moves no step marker and holds no lease: only the final status changes
@@ -270,7 +269,7 @@ def _create_from_payload(
     settings: Settings, run_id: str, payload: dict[str, Any]
 ) -> dict[str, Any] | None:
     """Create the run record for a ``send_task`` caller; a failed record if it is invalid."""
-    store = RunStore(get_redis(settings), settings)
+    store = get_store(settings)
     try:
         request = RunRequest.model_validate(payload)
         problems = [f"{f}: {m}" for f, m in limit_problems(request, settings)]

@@ -17,6 +17,7 @@ duplicate running alongside the original is held off by the lease.
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from collections.abc import Sequence
@@ -26,6 +27,7 @@ from typing import Any, cast
 import redis
 
 from tasks.models import RunRequest, RunStatus
+from tasks.redisconn import get_redis
 from workers.settings import Settings
 
 _CREATE_RUN = """
@@ -164,8 +166,20 @@ class ToolClaim:
     wait_s: float = 0.0
 
 
+_stores: dict[tuple[int, int], RunStore] = {}
+
+
 def _pairs(flat: Sequence[str]) -> dict[str, str]:
     return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+def get_store(settings: Settings) -> RunStore:
+    """The process's store for ``settings`` (its client is made after fork, see redisconn)."""
+    key = (os.getpid(), id(settings))
+    store = _stores.get(key)
+    if store is None:
+        store = _stores[key] = RunStore(get_redis(settings), settings)
+    return store
 
 
 class RunStore:

@@ -12,8 +12,7 @@ from celery import Celery, Task
 
 from tasks import names
 from tasks.errors import ToolError, ToolExecutionError, UnknownToolError
-from tasks.redisconn import get_redis
-from tasks.store import RunStore
+from tasks.store import get_store
 from tasks.tools import registry
 from workers.settings import Settings
 
@@ -75,7 +74,7 @@ def register(app: Celery, settings: Settings) -> None:
         time_limit=settings.tool_time_limit,
     )
     def tool_call(self: Task, payload: dict[str, Any]) -> dict[str, Any]:
-        store = RunStore(get_redis(settings), settings)
+        store = get_store(settings)
         call_id, name = str(payload["id"]), str(payload["name"])
         arguments = payload.get("arguments") or {}
         run_id = payload.get("run_id")

@@ -24,7 +24,7 @@ def test_schema_is_derived_from_annotations_and_docstring() -> None:
         return [query] * limit
 
     t = _make_tool(search, None, None, None)
-    schema = t.openai_schema()
+    schema = t.openai_schema
     assert schema["function"]["name"] == "search"
     assert schema["function"]["description"] == "Search something."
     params = schema["function"]["parameters"]

@@ -7,6 +7,7 @@ import inspect
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, get_type_hints, overload
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create_model
@@ -29,13 +30,14 @@ class Tool:
     timeout: float | None = None
     _output: TypeAdapter[Any] = field(repr=False, default_factory=lambda: TypeAdapter(Any))
 
-    @property
+    @cached_property
     def parameters(self) -> dict[str, Any]:
-        """JSON schema of the arguments object."""
+        """JSON schema of the arguments object (computed once: it is on every step's path)."""
         schema = self.arguments.model_json_schema()
         schema.pop("title", None)
         return schema
 
+    @cached_property
     def openai_schema(self) -> dict[str, Any]:
         """The ``tools=[...]`` entry the chat-completions API expects."""
         return {
