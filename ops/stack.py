@@ -8,6 +8,7 @@ processes on the real queues, the API under uvicorn, all over real sockets.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -18,7 +19,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import IO, Any
 
 import httpx
 import redis
@@ -143,13 +144,16 @@ class Stack:
 
     def settings(self) -> Settings:
         """The settings the fleet's processes run with."""
-        env = self.env()
-        fields = {
-            k.removeprefix("AGENTFLEET_").lower(): v
-            for k, v in env.items()
-            if k.startswith("AGENTFLEET_")
-        }
-        return Settings(**cast(dict[str, Any], fields))
+        fields: dict[str, Any] = {}
+        for key, value in self.env().items():
+            if key.startswith("AGENTFLEET_"):
+                # The environment source decodes JSON values (lists, objects); init values
+                # are taken as they are, so decode them here the same way.
+                is_json = value[:1] in ("[", "{")
+                fields[key.removeprefix("AGENTFLEET_").lower()] = (
+                    json.loads(value) if is_json else value
+                )
+        return Settings(**fields)
 
     def celery_app(self) -> Celery:
         """A Celery app configured like the fleet's (for pings, results, send_task)."""

@@ -12,6 +12,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from producer import schemas
 from producer.enqueue import Unavailable, submit_run, submit_tool_call
+from tasks.llm import get_guard
 from tasks.models import RunRequest, ToolCallRequest, limit_problems, tool_call_problems
 from tasks.store import RunStore, get_store
 from tasks.tools import registry
@@ -142,6 +143,12 @@ def list_tools() -> Any:
             for t in registry.all()
         ]
     }
+
+
+@router.get("/v1/providers", response_model=schemas.ProviderList)
+def list_providers(settings: SettingsDep) -> Any:
+    """Breaker state, failures, time to half-open and limiter fill of every provider."""
+    return {"providers": [get_guard(settings, p).snapshot() for p in settings.provider_list]}
 
 
 @router.get("/healthz", response_model=schemas.Health, responses={503: {}})

@@ -37,7 +37,11 @@ def _print_run(run: object, as_json: bool) -> None:
 
 def _cmd_run(client: Client, args: argparse.Namespace) -> int:
     accepted = client.create_run(
-        args.input, model=args.model, tools=args.tool, max_steps=args.max_steps
+        args.input,
+        model=args.model,
+        providers=args.provider,
+        tools=args.tool,
+        max_steps=args.max_steps,
     )
     if not args.wait:
         if args.json:
@@ -67,6 +71,27 @@ def _cmd_tools(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_providers(client: Client, args: argparse.Namespace) -> int:
+    providers = client.providers()
+    if args.json:
+        print(json.dumps([p.model_dump() for p in providers], indent=2))
+        return 0
+    print(
+        f"{'provider':<12}{'state':<11}{'failures':<10}{'half-open in':<14}{'held':<8}"
+        f"{'rpm fill':<10}tpm fill"
+    )
+    for p in providers:
+        rpm = f"{p.rpm.fill:.0%}" if p.rpm else "-"
+        tpm = f"{p.tpm.fill:.0%}" if p.tpm else "-"
+        half_open = f"{p.seconds_to_half_open:.1f}s" if p.state == "open" else "-"
+        held = f"{p.held_for_seconds:.1f}s" if p.held_for_seconds else "-"
+        print(
+            f"{p.name:<12}{p.state:<11}{f'{p.failures}/{p.fail_max}':<10}{half_open:<14}"
+            f"{held:<8}{rpm:<10}{tpm}"
+        )
+    return 0
+
+
 def _cmd_tool_call(client: Client, args: argparse.Namespace) -> int:
     accepted = client.create_tool_call(args.name, json.loads(args.arguments), call_id=args.id)
     call = client.wait_tool_call(accepted.id, timeout=args.timeout)
@@ -85,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="enqueue an agent run")
     run.add_argument("input", help="the prompt")
     run.add_argument("--wait", action="store_true", help="wait for the result")
-    run.add_argument("--model")
+    run.add_argument("--model", help="model, provider:model, or an alias")
+    run.add_argument("--provider", action="append", help="provider chain, in order (repeatable)")
     run.add_argument("--tool", action="append", help="allow this tool (repeatable)")
     run.add_argument("--max-steps", type=int)
     run.add_argument("--timeout", type=float, default=300.0, help="seconds to wait")
@@ -97,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     tools = sub.add_parser("tools", help="list the registered tools")
     tools.set_defaults(func=_cmd_tools)
+
+    providers = sub.add_parser("providers", help="breaker and rate-limit state per provider")
+    providers.set_defaults(func=_cmd_providers)
 
     call = sub.add_parser("tool-call", help="run one tool and wait for its result")
     call.add_argument("name")

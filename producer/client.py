@@ -83,6 +83,7 @@ class Client:
         *,
         system: str | None = None,
         model: str | None = None,
+        providers: list[str] | None = None,
         tools: list[str] | None = None,
         max_steps: int | None = None,
         metadata: dict[str, str] | None = None,
@@ -92,6 +93,7 @@ class Client:
         for key, value in (
             ("system", system),
             ("model", model),
+            ("providers", providers),
             ("tools", tools),
             ("max_steps", max_steps),
             ("metadata", metadata),
@@ -126,6 +128,9 @@ class Client:
 
     def tools(self) -> list[schemas.ToolInfo]:
         return schemas.ToolList.model_validate(self._call("GET", "/v1/tools")).tools
+
+    def providers(self) -> list[schemas.ProviderState]:
+        return schemas.ProviderList.model_validate(self._call("GET", "/v1/providers")).providers
 
     def health(self) -> schemas.Health:
         return schemas.Health.model_validate(self._call("GET", "/healthz"))

@@ -13,6 +13,7 @@ from kombu.exceptions import OperationalError
 from tasks import names
 from tasks.agent import resolve_tools
 from tasks.errors import AgentfleetError
+from tasks.llm import resolve_chain
 from tasks.models import RunRequest, ToolCallRequest
 from tasks.store import RunStore
 from tasks.toolcall import time_limits, tool_payload
@@ -30,10 +31,14 @@ def _publish(app: Celery, name: str, task_id: str, **options: Any) -> None:
 
 
 def submit_run(app: Celery, store: RunStore, request: RunRequest) -> str:
-    """Create a run and enqueue its first step; the run ID is the task ID."""
+    """Create a run and enqueue its first step; the run ID is the task ID.
+
+    ``request`` must have passed :func:`tasks.models.limit_problems` (its chain resolves).
+    """
     run_id = str(uuid.uuid4())
+    chain = resolve_chain(store.settings, request.model, request.providers)
     try:
-        store.create_run(run_id, request, resolve_tools(request))
+        store.create_run(run_id, request, resolve_tools(request), chain)
     except redis.RedisError as exc:
         raise Unavailable(f"run store unavailable: {exc}") from None
     try:

@@ -38,10 +38,20 @@ class ErrorInfo(BaseModel):
     message: str
 
 
+class Waiting(BaseModel):
+    """Why a running run is not making progress right now."""
+
+    reason: str
+    detail: str
+    retry_at: str
+
+
 class Run(BaseModel):
     id: str
     status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
     model: str | None
+    provider: str | None
+    waiting: Waiting | None
     progress: Progress
     usage: Usage
     result: str | None
@@ -72,6 +82,33 @@ class ToolInfo(BaseModel):
 
 class ToolList(BaseModel):
     tools: list[ToolInfo]
+
+
+class LimiterFill(BaseModel):
+    limit_per_minute: int
+    in_use: float
+    burst: float
+    fill: float
+
+
+class ProviderState(BaseModel):
+    """A provider as the whole fleet sees it."""
+
+    name: str
+    base_url: str
+    state: Literal["closed", "open", "half-open"]
+    failures: int
+    fail_max: int
+    opened_at: float | None
+    seconds_to_half_open: float
+    probes_in_flight: int
+    held_for_seconds: float
+    rpm: LimiterFill | None
+    tpm: LimiterFill | None
+
+
+class ProviderList(BaseModel):
+    providers: list[ProviderState]
 
 
 class Health(BaseModel):

@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import logging
 import random
+import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from billiard.exceptions import SoftTimeLimitExceeded
@@ -21,8 +23,8 @@ from celery.exceptions import Ignore
 from pydantic import ValidationError
 
 from tasks import names
-from tasks.errors import PermanentProviderError, RetryableProviderError
-from tasks.llm import Completion, ModelToolCall, complete
+from tasks.errors import PermanentProviderError, ProvidersUnavailable, RetryableProviderError
+from tasks.llm import Completion, ModelToolCall, Target, call_chain, resolve_chain
 from tasks.models import RunRequest, RunStatus, limit_problems
 from tasks.store import StepClaim, get_store
 from tasks.toolcall import time_limits, tool_payload
@@ -118,7 +120,7 @@ class StepRunner:
                     f"the run used its {max_steps} steps and the model still asked for tools",
                 )
             new_messages = tool_messages(tool_results)
-            completion = self._call_llm(claim, run, transcript + new_messages)
+            completion, target = self._call_llm(claim, run, transcript + new_messages)
             self.store.apply_step(
                 self.run_id,
                 self.step,
@@ -126,6 +128,7 @@ class StepRunner:
                 completion.prompt_tokens,
                 completion.completion_tokens,
                 len(completion.tool_calls),
+                target.provider,
             )
         if completion.tool_calls:
             self._dispatch_tools(claim, run, completion.tool_calls)
@@ -140,17 +143,48 @@ class StepRunner:
 
     def _call_llm(
         self, claim: StepClaim, run: dict[str, str], messages: list[dict[str, Any]]
-    ) -> Completion:
+    ) -> tuple[Completion, Target]:
         allowed = json.loads(run.get("tools") or "[]")
         schemas = [registry.get(n).openai_schema for n in allowed if n in registry]
+        chain = [Target(p, m) for p, m in json.loads(run["chain"])]
         try:
-            return complete(self.settings, messages, schemas, run["model"])
+            return call_chain(self.settings, chain, messages, schemas)
         except PermanentProviderError as exc:
             self._fail(claim.token, exc.code, exc.message)
             raise Ignore() from None
+        except ProvidersUnavailable as exc:
+            self._wait_for_providers(claim, exc)
+            raise  # unreachable: it raises
         except (RetryableProviderError, SoftTimeLimitExceeded) as exc:
             self._retry_later(claim, exc)
             raise  # unreachable: _retry_later raises
+
+    def _wait_for_providers(self, claim: StepClaim, exc: ProvidersUnavailable) -> None:
+        """Every provider is open, held or limited: come back when the first one may be.
+
+        Not an error: it does not spend the retry budget, and the run shows what it waits
+        for. Only a wait longer than ``max_provider_wait`` fails the run.
+        """
+        countdown = min(
+            max(exc.wait_s, 0.2) + random.uniform(0.1, 1.0), self.settings.max_retry_countdown
+        )
+        retry_at = datetime.now(UTC) + timedelta(seconds=countdown)
+        waiting = {
+            "reason": "providers_unavailable",
+            "detail": exc.message,
+            "retry_at": retry_at.isoformat(timespec="milliseconds"),
+        }
+        since = self.store.set_waiting(self.run_id, waiting)
+        waited = time.time() - since
+        if waited > self.settings.max_provider_wait:
+            self._fail(
+                claim.token,
+                exc.code,
+                f"no provider could take the call for {waited:.0f}s: {exc.message}",
+            )
+            raise Ignore()
+        self.store.release_step(self.run_id, self.step, claim.token)
+        raise self.task.retry(countdown=countdown)
 
     def _retry_later(self, claim: StepClaim, exc: BaseException) -> None:
         attempts = int(self.store.redis.hincrby(self.store.run_key(self.run_id), "llm_retries", 1))
@@ -183,6 +217,7 @@ class StepRunner:
                 call.name,
                 call.arguments,
                 run_id=self.run_id,
+                step=self.step,
                 model_call_id=call.id,
                 allowed=allowed,
             )
@@ -245,6 +280,11 @@ def register(app: Celery, settings: Settings) -> None:
         """Step ``step`` of ``run_id``, with the previous step's tool results."""
         return StepRunner(self, settings, run_id, step).run(tool_results)
 
+    @app.task(name=names.RESUME, bind=True, shared=False)
+    def resume(self: Task, run_id: str, step: int, body: dict[str, Any]) -> None:
+        """Recovery check for a tool chord whose dispatching worker died."""
+        _resume_after_lost_chord(self.app, settings, run_id, step, body)
+
     @app.task(name=names.TOOLS_FAILED, bind=True, shared=False)
     def tools_failed(self: Task, run_id: str) -> None:
         """Errback of a tool chord; ``run_id`` is the failed body's task ID."""
@@ -265,6 +305,26 @@ def _fail_after_lost_tools(app: Celery, settings: Settings, run_id: str) -> None
     log.warning("run %s failed: its tool chord errored: %s", run_id, cause)
 
 
+def _resume_after_lost_chord(
+    app: Celery, settings: Settings, run_id: str, step: int, body: dict[str, Any]
+) -> None:
+    """Publish step ``step + 1`` if every tool of ``step`` is done and it never started."""
+    store = get_store(settings)
+    run = store.get_run(run_id)
+    if run is None or RunStatus(run["status"]).terminal:
+        return
+    if int(run.get("dispatched_step") or 0) != step or run.get(f"deliveries:{step + 1}"):
+        return  # the run moved on: the chord did fire
+    count = int(run.get(f"tools:{step}") or 0)
+    results = store.tool_results([f"{run_id}-{step}-{i}" for i in range(count)])
+    if not results:
+        return  # tools still running: the last one to finish completes the chord
+    log.warning("run %s: the tool chord of step %d never fired; resuming it", run_id, step)
+    # The chord body as Celery would have sent it (same task ID, errback, and the run's
+    # place in any enclosing chord); a duplicate of a step is a no-op.
+    app.signature(body).apply_async((results,))
+
+
 def _create_from_payload(
     settings: Settings, run_id: str, payload: dict[str, Any]
 ) -> dict[str, Any] | None:
@@ -276,10 +336,11 @@ def _create_from_payload(
     except ValidationError as exc:
         problems = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
     if not problems:
-        store.create_run(run_id, request, resolve_tools(request))
+        chain = resolve_chain(settings, request.model, request.providers)
+        store.create_run(run_id, request, resolve_tools(request), chain)
         return None
     placeholder = RunRequest(input="(invalid request)")
-    store.create_run(run_id, placeholder, [])
+    store.create_run(run_id, placeholder, [], resolve_chain(settings, None))
     claim = store.begin_step(run_id, 1)
     record = store.finish_step(
         run_id,

@@ -5,7 +5,9 @@
     ├── RunNotFound                 no run record under that ID
     ├── ProviderError               an LLM provider call failed (provider, message)
     │   ├── RetryableProviderError  try again later (retry_after seconds, if the provider said)
+    │   │   └── RateLimitedError    429: slow down (not a breaker failure)
     │   └── PermanentProviderError  the same request will fail again (status)
+    ├── ProvidersUnavailable        every provider of the chain is open, held or rate-limited
     └── ToolError                   a tool call could not produce an output
         ├── UnknownToolError        no tool of that name (or not allowed for the run)
         ├── ToolArgumentsError      arguments are not JSON or do not match the schema
@@ -69,6 +71,25 @@ class RetryableProviderError(ProviderError):
     def retry_after(self) -> float | None:
         value = self.args[2]
         return float(value) if isinstance(value, int | float) else None
+
+
+class RateLimitedError(RetryableProviderError):
+    """The provider answered 429: it is up, and asks us to slow down."""
+
+    code = "provider_rate_limited"
+
+
+class ProvidersUnavailable(AgentfleetError):
+    """No provider of a chain may be called now. ``args == (message, wait_seconds)``."""
+
+    code = "providers_unavailable"
+
+    def __init__(self, message: str, wait_s: float = 1.0) -> None:
+        super().__init__(message, wait_s)
+
+    @property
+    def wait_s(self) -> float:
+        return float(self.args[1])
 
 
 class PermanentProviderError(ProviderError):

@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.errors import ToolArgumentsError
+from tasks.llm._routing import RoutingError, resolve_chain
 from tasks.tools import registry
 from workers.settings import Settings
 
@@ -37,7 +38,14 @@ class RunRequest(BaseModel):
     version: Literal[1] = 1
     input: str = Field(min_length=1, description="The user's prompt.")
     system: str | None = Field(default=None, description="Optional system prompt.")
-    model: str | None = Field(default=None, description="Model name; the fleet default if unset.")
+    model: str | None = Field(
+        default=None,
+        max_length=200,
+        description="A model, 'provider:model', or an alias naming a fallback chain.",
+    )
+    providers: list[str] | None = Field(
+        default=None, max_length=16, description="An explicit provider chain, in order."
+    )
     tools: list[str] | None = None
     max_steps: int | None = Field(default=None, ge=1, description="LLM calls allowed.")
     metadata: dict[str, str] = Field(default_factory=dict)
@@ -85,6 +93,10 @@ def limit_problems(request: RunRequest, settings: Settings) -> list[tuple[str, s
         unknown = sorted({t for t in request.tools if t not in registry})
         if unknown:
             problems.append(("tools", f"unknown tools: {', '.join(unknown)}"))
+    try:
+        resolve_chain(settings, request.model, request.providers)
+    except RoutingError as exc:
+        problems.append(("providers" if request.providers else "model", str(exc)))
     metadata_bytes = len(json.dumps(request.metadata).encode())
     if metadata_bytes > settings.max_metadata_bytes:
         problems.append(

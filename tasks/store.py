@@ -26,6 +26,7 @@ from typing import Any, cast
 
 import redis
 
+from tasks.llm._routing import Target
 from tasks.models import RunRequest, RunStatus
 from tasks.redisconn import get_redis
 from workers.settings import Settings
@@ -61,7 +62,8 @@ end
 return {'ok', redis.call('HGETALL', KEYS[1]), redis.call('LRANGE', KEYS[3], 0, -1)}
 """
 
-# ARGV: step, json {messages: [str], prompt_tokens, completion_tokens, tools_total, now}
+# ARGV: step, json {messages: [str], prompt_tokens, completion_tokens, tools_total, now,
+#                   provider}
 _APPLY_STEP = """
 local step = tonumber(ARGV[1])
 if tonumber(redis.call('HGET', KEYS[1], 'applied_step') or '0') >= step then return 0 end
@@ -71,7 +73,9 @@ redis.call('HINCRBY', KEYS[1], 'prompt_tokens', p.prompt_tokens)
 redis.call('HINCRBY', KEYS[1], 'completion_tokens', p.completion_tokens)
 redis.call('HINCRBY', KEYS[1], 'llm_calls', 1)
 redis.call('HINCRBY', KEYS[1], 'tools_total', p.tools_total)
-redis.call('HSET', KEYS[1], 'applied_step', step, 'step', step, 'updated_at', p.now)
+redis.call('HSET', KEYS[1], 'applied_step', step, 'step', step, 'updated_at', p.now,
+           'provider', p.provider, 'tools:' .. step, p.tools_total)
+redis.call('HDEL', KEYS[1], 'waiting', 'waiting_since')
 return 1
 """
 
@@ -206,13 +210,16 @@ class RunStore:
         return f"{self._p}:tool:{call_id}"
 
     # --- runs ----------------------------------------------------------------------------
-    def create_run(self, run_id: str, request: RunRequest, tools: list[str]) -> bool:
+    def create_run(
+        self, run_id: str, request: RunRequest, tools: list[str], chain: list[Target]
+    ) -> bool:
         """Write a queued run with its first messages. False if the ID already exists."""
         now = time.time()
         fields = {
             "id": run_id,
             "status": RunStatus.QUEUED.value,
-            "model": request.model or self.settings.llm_model,
+            "model": request.model or chain[0].model,
+            "chain": json.dumps([[t.provider, t.model] for t in chain]),
             "max_steps": request.max_steps or self.settings.default_max_steps,
             "tools": json.dumps(tools),
             "metadata": json.dumps(request.metadata),
@@ -272,6 +279,7 @@ class RunStore:
         prompt_tokens: int,
         completion_tokens: int,
         tools_total: int,
+        provider: str,
     ) -> bool:
         """Append this step's messages and usage once; False if it was applied before."""
         base = self.run_key(run_id)
@@ -281,6 +289,7 @@ class RunStore:
             "completion_tokens": completion_tokens,
             "tools_total": tools_total,
             "now": time.time(),
+            "provider": provider,
         }
         applied = self._apply_step(
             keys=[base, f"{base}:messages"], args=[step, json.dumps(payload)]
@@ -312,6 +321,15 @@ class RunStore:
         )
         return _pairs(reply)
 
+    def set_waiting(self, run_id: str, waiting: dict[str, Any]) -> float:
+        """Record why the run is waiting; returns since when it has been waiting."""
+        key = self.run_key(run_id)
+        pipe = self.redis.pipeline()
+        pipe.hsetnx(key, "waiting_since", time.time())
+        pipe.hset(key, "waiting", json.dumps(waiting))
+        pipe.hget(key, "waiting_since")
+        return float(pipe.execute()[-1])
+
     def release_step(self, run_id: str, step: int, token: str) -> None:
         base = self.run_key(run_id)
         self._release_step(keys=[base, f"{base}:lease"], args=[token, step])
@@ -337,6 +355,16 @@ class RunStore:
     def get_tool_call(self, call_id: str) -> dict[str, str] | None:
         data = cast(dict[str, str], self.redis.hgetall(self.tool_key(call_id)))
         return data or None
+
+    def tool_results(self, call_ids: list[str]) -> list[dict[str, Any]] | None:
+        """The stored results of ``call_ids`` in order, or None while any is missing."""
+        pipe = self.redis.pipeline(transaction=False)
+        for call_id in call_ids:
+            pipe.hget(self.tool_key(call_id), "result")
+        raw = pipe.execute()
+        if any(r is None for r in raw):
+            return None
+        return [json.loads(r) for r in raw]
 
     def begin_tool(
         self, call_id: str, name: str, arguments: str, run_id: str | None, lease_s: float

@@ -25,6 +25,7 @@ def tool_payload(
     arguments: str | dict[str, Any],
     *,
     run_id: str | None = None,
+    step: int | None = None,
     model_call_id: str | None = None,
     allowed: list[str] | None = None,
 ) -> dict[str, Any]:
@@ -32,6 +33,8 @@ def tool_payload(
     payload: dict[str, Any] = {"version": 1, "id": call_id, "name": name, "arguments": arguments}
     if run_id is not None:
         payload["run_id"] = run_id
+    if step is not None:
+        payload["step"] = step
     if model_call_id is not None:
         payload["model_call_id"] = model_call_id
     if allowed is not None:
@@ -83,6 +86,16 @@ def register(app: Celery, settings: Settings) -> None:
         claim = store.begin_tool(call_id, name, raw_args, run_id, lease_s=hard)
         if claim.outcome == "done":
             assert claim.result is not None
+            if self.request.chord and run_id:
+                # Delivered again after it completed: the worker that ran it died while
+                # finishing, perhaps holding the chord's dispatch claim (Celery keeps it
+                # ~21 s, and a report arriving meanwhile publishes nothing). Check again
+                # once that claim has lapsed.
+                self.app.send_task(
+                    names.RESUME,
+                    args=(run_id, int(payload.get("step") or 0), self.request.chord),
+                    countdown=settings.chord_recovery_delay,
+                )
             return claim.result
         if claim.outcome == "busy":
             # Another worker holds the call (or died holding it): wait for the lease to end.

@@ -37,6 +37,8 @@ def run_view(record: dict[str, str]) -> dict[str, Any]:
             "total_tokens": prompt + completion,
             "llm_calls": _int(record, "llm_calls"),
         },
+        "provider": record.get("provider"),
+        "waiting": json.loads(record["waiting"]) if record.get("waiting") else None,
         "result": record.get("result"),
         "error": json.loads(error) if error else None,
         "metadata": json.loads(record.get("metadata") or "{}"),

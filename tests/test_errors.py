@@ -21,6 +21,8 @@ SAMPLES: list[errors.AgentfleetError] = [
     errors.RetryableProviderError("busy", "p1", 2.5),
     errors.RetryableProviderError("down", "p2", None),
     errors.PermanentProviderError("rejected", "p1", 400),
+    errors.RateLimitedError("slow down", "p1", 2.0),
+    errors.ProvidersUnavailable("all open", 3.5),
     errors.ToolError("tool"),
     errors.UnknownToolError("no tool"),
     errors.ToolArgumentsError("bad args"),

@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
+from tasks.llm import resolve_chain
+from tasks.models import RunRequest
+from tasks.store import RunStore
 from tests.conftest import Fleet
 
 
@@ -150,3 +153,48 @@ def test_tool_killed_at_its_hard_limit_fails_the_run(fleet: Fleet) -> None:
     assert run.error is not None
     assert run.error.code == "tool_call_lost"
     assert "TimeLimitExceeded" in run.error.message
+
+
+def test_a_tool_chord_that_never_fired_is_resumed(fleet: Fleet, wait: Callable[..., None]) -> None:
+    # The state a worker leaves when it dies after the last tool finished but before the
+    # chord body was published: step 1 applied and dispatched, every tool result stored.
+    store = RunStore(fleet.redis, fleet.settings)
+    run_id = "lost-chord-1"
+    request = RunRequest(input='call text_stats {"text": "two words"}')
+    chain = resolve_chain(fleet.settings, None)
+    assert store.create_run(run_id, request, ["text_stats"], chain)
+    claim = store.begin_step(run_id, 1)
+    call = {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "text_stats", "arguments": '{"text": "two words"}'},
+    }
+    store.apply_step(
+        run_id,
+        1,
+        [{"role": "assistant", "content": None, "tool_calls": [call]}],
+        10,
+        5,
+        1,
+        "default",
+    )
+    store.finish_step(run_id, 1, claim.token)
+    body = fleet.app.signature("agentfleet.agent.step", args=(run_id, 2), task_id=run_id)
+
+    # A tool still missing: the check leaves the run alone.
+    tool_claim = store.begin_tool(f"{run_id}-1-0", "text_stats", "{}", run_id, lease_s=5)
+    check = fleet.app.send_task("agentfleet.agent.resume", args=(run_id, 1, dict(body)))
+    wait(lambda: check.state == "SUCCESS", 15, "the first recovery check")
+    assert fleet.client.get_run(run_id).status == "running"
+
+    store.complete_tool(
+        f"{run_id}-1-0",
+        tool_claim.token,
+        {"id": f"{run_id}-1-0", "ok": True, "output": {"words": 2}, "model_call_id": "call_1"},
+        run_id,
+    )
+    fleet.app.send_task("agentfleet.agent.resume", args=(run_id, 1, dict(body)))
+    run = fleet.client.wait(run_id, timeout=30)
+    assert run.status == "succeeded"
+    assert run.result == 'Results: text_stats={"words": 2}'
+    assert run.progress.step == 2

@@ -1,8 +1,9 @@
 """Workers SIGKILLed in the middle of runs: every run finishes, every tool call completes once.
 
 A private fleet with a short visibility timeout, so that messages held by a dead worker come
-back in seconds instead of an hour. The time arithmetic still holds:
-llm_timeout 3 < step soft 4 < hard 5; countdown 2 + hard 5 + margin 1 < visibility 8.
+back in seconds instead of an hour. The time arithmetic still holds: llm_timeout 3 < step
+soft 4 < hard 5; longest countdown (the chord recovery check, 22 s: Celery's chord dispatch
+claim lasts about 21 s) + hard 5 + margin 1 < visibility 30.
 """
 
 from __future__ import annotations
@@ -24,21 +25,23 @@ SHORT = {
     "AGENTFLEET_TOOL_TIME_LIMIT": "5",
     "AGENTFLEET_MAX_RETRY_COUNTDOWN": "2",
     "AGENTFLEET_VISIBILITY_MARGIN": "1",
-    "AGENTFLEET_VISIBILITY_TIMEOUT": "8",
+    "AGENTFLEET_VISIBILITY_TIMEOUT": "30",
+    "AGENTFLEET_CHORD_RECOVERY_DELAY": "22",
     "AGENTFLEET_UNACKED_RESTORE_INTERVAL": "1",
     "AGENTFLEET_UNACKED_RESTORE_THROTTLE": "1",
 }
 AGENTS = PoolSpec("agents", "gevent", 50)
 TOOLS = PoolSpec("tools", "prefork", 4)
+BATCH = PoolSpec("batch", "prefork", 1)
 
 
 @pytest.fixture(scope="module")
 def short_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     stack = Stack(Path(tmp_path_factory.mktemp("loss")), env_overrides=SHORT)
     try:
-        stack.start_fleet(pools=(AGENTS, TOOLS))
+        stack.start_fleet(pools=(AGENTS, TOOLS, BATCH))
         fleet = Fleet(stack)
-        stack.wait_workers(fleet.app, 2)
+        stack.wait_workers(fleet.app, 3)
         yield fleet
         fleet.close()
     finally:

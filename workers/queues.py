@@ -20,6 +20,7 @@ ROUTES: Final[dict[str, dict[str, str]]] = {
     names.AGENT_STEP: {"queue": AGENTS},
     names.TOOL_CALL: {"queue": TOOLS},
     names.TOOLS_FAILED: {"queue": BATCH},
+    names.RESUME: {"queue": BATCH},
 }
 
 

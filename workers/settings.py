@@ -7,14 +7,55 @@ surfacing as a duplicated run an hour later. See the README for the full list.
 
 from __future__ import annotations
 
+import json
+import os
 from functools import lru_cache
+from pathlib import Path
 from typing import Annotated, Self
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 #: Where the built-in LLM simulator listens by default (``python -m ops.simulator``).
 DEFAULT_SIMULATOR_URL = "http://127.0.0.1:8799/v1"
+
+
+class ProviderConfig(BaseModel):
+    """One OpenAI-compatible LLM endpoint, with its own breaker and rate limits."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,32}$")
+    base_url: str
+    api_key_env: str | None = Field(default=None, description="Variable holding the key.")
+    api_key_file: Path | None = Field(default=None, description="File holding the key.")
+    models: tuple[str, ...] = Field(default=(), description="Models served; empty = any.")
+    default_model: str | None = None
+    priority: int = Field(default=100, description="Lower goes first in the default chain.")
+    timeout: float = Field(default=60.0, gt=0)
+    connect_timeout: float = Field(default=5.0, gt=0)
+    rpm: int | None = Field(default=None, gt=0, description="Requests per minute, fleet-wide.")
+    tpm: int | None = Field(default=None, gt=0, description="Tokens per minute, fleet-wide.")
+    burst_seconds: float = Field(
+        default=1.0, gt=0, description="How many seconds of the rate may be spent at once."
+    )
+    fail_max: int = Field(default=5, ge=1, description="Consecutive failures that open it.")
+    reset_timeout: float = Field(default=30.0, gt=0, description="Open seconds before a probe.")
+    max_probes: int = Field(default=1, ge=1, description="Half-open trial calls, fleet-wide.")
+
+    def api_key(self) -> str:
+        """The key from the file or variable; a placeholder for keyless local servers."""
+        if self.api_key_file is not None:
+            return self.api_key_file.read_text().strip()
+        if self.api_key_env:
+            value = os.environ.get(self.api_key_env)
+            if not value:
+                raise ValueError(f"provider {self.name!r}: ${self.api_key_env} is not set")
+            return value
+        return "none"
+
+    def serves(self, model: str) -> bool:
+        return not self.models or model in self.models
 
 
 class Settings(BaseSettings):
@@ -39,6 +80,18 @@ class Settings(BaseSettings):
     llm_connect_timeout: float = Field(default=5.0, gt=0)
     simulator_url: str = DEFAULT_SIMULATOR_URL
     llm_max_retries: int = Field(default=5, ge=0, description="Celery retries per step.")
+    providers: list[ProviderConfig] = Field(
+        default_factory=list,
+        description="JSON list of providers; empty = one provider from llm_base_url/llm_api_key.",
+    )
+    providers_file: Path | None = Field(default=None, description="JSON file of providers.")
+    model_aliases: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description='JSON {"alias": ["provider:model", ...]}: a fallback chain by name.',
+    )
+    max_provider_wait: float = Field(
+        default=900.0, gt=0, description="Seconds a run may wait for any provider to be usable."
+    )
     retry_backoff_base: float = Field(default=1.0, gt=0)
     max_retry_countdown: float = Field(default=300.0, gt=0)
 
@@ -56,6 +109,12 @@ class Settings(BaseSettings):
     unacked_restore_interval: int = Field(default=10, ge=1)
     unacked_restore_throttle: int = Field(default=10, ge=1)
     worker_soft_shutdown_timeout: float = Field(default=45.0, ge=0)
+    chord_recovery_delay: float = Field(
+        default=30.0,
+        gt=0,
+        description="Wait before re-checking a tool chord whose worker died while finishing it; "
+        "longer than Celery's chord dispatch claim (about 21 s with our publish retries).",
+    )
     max_redeliveries: int = Field(
         default=5, ge=1, description="Deliveries of one step before the run fails as poisoned."
     )
@@ -100,16 +159,53 @@ class Settings(BaseSettings):
         if not self.tool_soft_time_limit < self.tool_time_limit:
             raise ValueError("need tool_soft_time_limit < tool_time_limit")
         longest = max(self.step_time_limit, self.tool_time_limit)
-        needed = self.max_retry_countdown + longest + self.visibility_margin
+        countdown = max(self.max_retry_countdown, self.chord_recovery_delay)
+        needed = countdown + longest + self.visibility_margin
         if self.visibility_timeout < needed:
             raise ValueError(
                 f"visibility_timeout={self.visibility_timeout}s is too short: it must exceed "
-                f"max_retry_countdown + longest hard time limit + {self.visibility_margin}s "
+                f"the longest countdown + longest hard time limit + {self.visibility_margin}s "
                 f"= {needed:.0f}s, or late-acked tasks are redelivered while still running"
             )
         if self.default_max_steps > self.max_steps_limit:
             raise ValueError("default_max_steps must not exceed max_steps_limit")
+        for provider in self.provider_list:
+            if not provider.timeout < self.step_soft_time_limit:
+                raise ValueError(
+                    f"provider {provider.name!r}: timeout {provider.timeout}s must be below "
+                    f"step_soft_time_limit {self.step_soft_time_limit}s"
+                )
+        names = [p.name for p in self.provider_list]
+        if len(set(names)) != len(names):
+            raise ValueError(f"provider names must be unique, got {names}")
+        for alias, targets in self.model_aliases.items():
+            for target in targets:
+                provider_name, _, model = target.partition(":")
+                if provider_name not in names or not model:
+                    raise ValueError(
+                        f"model alias {alias!r}: {target!r} is not 'provider:model' with a "
+                        f"configured provider ({', '.join(names)})"
+                    )
         return self
+
+    @property
+    def provider_list(self) -> list[ProviderConfig]:
+        """The configured providers, or one built from the single-provider settings."""
+        if self.providers:
+            return list(self.providers)
+        if self.providers_file is not None:
+            raw = json.loads(self.providers_file.read_text())
+            return [ProviderConfig.model_validate(p) for p in raw]
+        return [
+            ProviderConfig(
+                name="default",
+                base_url=self.llm_endpoint,
+                api_key_env="AGENTFLEET_LLM_API_KEY" if self.llm_api_key else None,
+                default_model=self.llm_model,
+                timeout=self.llm_timeout,
+                connect_timeout=self.llm_connect_timeout,
+            )
+        ]
 
     @property
     def broker(self) -> str:

@@ -17,7 +17,11 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from ._script import Reply, decide, first_user_text, parse_script
+from ._admin import admin_routes
+from ._faults import HANG_STATUS, Faults
+from ._providers import Providers, ProviderState
+from ._responses import error_body, json_response
+from ._script import Reply, Script, decide, first_user_text, parse_script
 
 MODELS = ("sim-1", "sim-2")
 """Model ids listed by ``/v1/models``; any model name is accepted on requests."""
@@ -83,27 +87,6 @@ class Stats:
         }
 
 
-def error_body(status: int, message: str) -> dict[str, Any]:
-    """Return an OpenAI-style error object for ``status``."""
-    if status == 429:
-        kind = "rate_limit_error"
-    elif status >= 500:
-        kind = "server_error"
-    else:
-        kind = "invalid_request_error"
-    return {"error": {"message": message, "type": kind, "param": None, "code": None}}
-
-
-def _json(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    """Serialise with plain ``json.dumps``: the cheapest path for the hot route."""
-    return Response(
-        json.dumps(payload, separators=(",", ":")),
-        status_code=status,
-        headers=headers,
-        media_type="application/json",
-    )
-
-
 class ChatCompletions:
     """ASGI endpoint for ``POST .../v1/chat/completions``.
 
@@ -111,37 +94,45 @@ class ChatCompletions:
     also covers the time spent streaming the response body.
     """
 
-    def __init__(self, config: SimulatorConfig, stats: Stats) -> None:
+    def __init__(self, config: SimulatorConfig, stats: Stats, providers: Providers) -> None:
         self._config = config
         self._stats = stats
+        self._providers = providers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         provider = scope.get("path_params", {}).get("provider", DEFAULT_PROVIDER)
+        # Counted and logged before anything else, so a call log proves
+        # whether a request reached the provider at all, even a failed one.
         self._stats.enter(provider)
+        state = self._providers.arrive(provider)
         try:
-            response = await self._respond(Request(scope, receive))
-            await response(scope, receive, send)
+            response = await self._respond(Request(scope, receive), state)
+            if response is not None:
+                await response(scope, receive, send)
         finally:
             self._stats.leave()
+            state.in_flight -= 1
 
-    async def _respond(self, request: Request) -> Response:
+    async def _respond(self, request: Request, state: ProviderState) -> Response | None:
+        """Choose the response, or ``None`` when the client left while it hung."""
         raw = await request.body()
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            return _json(error_body(400, "request body is not valid JSON"), 400)
-        if not isinstance(body, dict):
-            return _json(error_body(400, "request body must be a JSON object"), 400)
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
-            return _json(error_body(400, "'messages' must be a list of objects"), 400)
+        faults = state.faults
+        if faults is not None and faults.hang:
+            return await _hang(request.receive, faults, state)
 
+        body = _parse_body(raw)
+        if isinstance(body, Response):
+            return body
+        messages: list[dict[str, Any]] = body["messages"]
         script = parse_script(first_user_text(messages))
         self._stats.tag(script.tags)
-        latency = self._config.latency if script.latency is None else script.latency
+        latency = _latency(faults, script, self._config)
         if latency > 0:
             await asyncio.sleep(latency)
 
+        if faults is not None and faults.fails(state.rng):
+            state.errors_sent += 1
+            return _fault_error(faults, state.name)
         if script.error is not None:
             return _scripted_error(script.error)
         if script.garbage:
@@ -159,13 +150,71 @@ class ChatCompletions:
             include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
             chunks = _stream(reply, meta, include_usage, self._config.token_delay)
             return StreamingResponse(chunks, media_type="text/event-stream")
-        return _json(_completion(reply, meta))
+        return json_response(_completion(reply, meta))
+
+
+def _parse_body(raw: bytes) -> dict[str, Any] | Response:
+    """Return the request object, or the 400 response explaining why it is unusable."""
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return json_response(error_body(400, "request body is not valid JSON"), 400)
+    if not isinstance(body, dict):
+        return json_response(error_body(400, "request body must be a JSON object"), 400)
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+        return json_response(error_body(400, "'messages' must be a list of objects"), 400)
+    return body
+
+
+def _latency(faults: Faults | None, script: Script, config: SimulatorConfig) -> float:
+    """Seconds to wait: the provider's fault, else the prompt's directive, else the server's."""
+    if faults is not None and faults.latency is not None:
+        return faults.latency
+    return config.latency if script.latency is None else script.latency
+
+
+async def _hang(receive: Receive, faults: Faults, state: ProviderState) -> Response | None:
+    """Hold a request for ``hang_seconds`` and answer 504, unless the client leaves first."""
+    if not await _wait_unless_disconnected(receive, faults.hang_seconds):
+        return None
+    state.errors_sent += 1
+    message = f"simulated hang of {faults.hang_seconds:g}s for provider {state.name!r}"
+    return json_response(error_body(HANG_STATUS, message), HANG_STATUS)
+
+
+async def _wait_unless_disconnected(receive: Receive, seconds: float) -> bool:
+    """Wait ``seconds``; return ``False`` early if the client disconnects first.
+
+    The body has already been read, so the next ASGI message is the
+    disconnect. Watching for it keeps abandoned hangs from piling up for
+    minutes after a client has timed out.
+    """
+
+    async def disconnected() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(disconnected())
+    try:
+        done, _ = await asyncio.wait({watcher}, timeout=seconds)
+    finally:
+        watcher.cancel()
+    return not done
+
+
+def _fault_error(faults: Faults, provider: str) -> Response:
+    """Answer a request that the provider's ``error_rate`` picked to fail."""
+    status = faults.status
+    code = "rate_limit_exceeded" if status == 429 else None
+    message = f"simulated fault {status} for provider {provider!r}"
+    return json_response(error_body(status, message, code=code), status, faults.error_headers())
 
 
 def _scripted_error(status: int) -> Response:
     """Answer a ``[[error:CODE]]`` conversation."""
     headers = {"retry-after": "1"} if status == 429 else None
-    return _json(error_body(status, f"simulated error {status}"), status, headers)
+    return json_response(error_body(status, f"simulated error {status}"), status, headers)
 
 
 def _message(reply: Reply) -> dict[str, Any]:
@@ -235,13 +284,14 @@ def _models() -> dict[str, Any]:
 
 
 def create_app(config: SimulatorConfig | None = None) -> Starlette:
-    """Build the simulator application; each app has its own stats counters."""
+    """Build the simulator application; each app has its own counters and faults."""
     config = config or SimulatorConfig()
     stats = Stats()
-    completions = ChatCompletions(config, stats)
+    providers = Providers()
+    completions = ChatCompletions(config, stats, providers)
 
     async def models(request: Request) -> Response:
-        return _json(_models())
+        return json_response(_models())
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"ok": True})
@@ -251,6 +301,7 @@ def create_app(config: SimulatorConfig | None = None) -> Starlette:
 
     async def reset(request: Request) -> Response:
         stats.reset()
+        providers.reset()
         return JSONResponse(stats.snapshot())
 
     routes = [
@@ -261,10 +312,12 @@ def create_app(config: SimulatorConfig | None = None) -> Starlette:
         Route("/healthz", healthz, methods=["GET"]),
         Route("/_sim/stats", get_stats, methods=["GET"]),
         Route("/_sim/reset", reset, methods=["POST"]),
+        *admin_routes(providers),
     ]
     app = Starlette(routes=routes)
     # Exposed for in-process users (e.g. tests using an ASGI transport).
     app.state.stats = stats
+    app.state.providers = providers
     return app
 
 

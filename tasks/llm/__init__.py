@@ -1,14 +1,23 @@
-"""The LLM provider layer: one client per provider per process, one error boundary."""
+"""The LLM provider layer: clients, routing, fleet-wide guards, one error boundary."""
 
 from tasks.llm._call import Completion, ModelToolCall, complete, retry_after_seconds, translate
 from tasks.llm._client import get_client, reset_clients
+from tasks.llm._guard import ProviderGuard, get_guard
+from tasks.llm._router import call_chain
+from tasks.llm._routing import RoutingError, Target, resolve_chain
 
 __all__ = [
     "Completion",
     "ModelToolCall",
+    "ProviderGuard",
+    "RoutingError",
+    "Target",
+    "call_chain",
     "complete",
     "get_client",
+    "get_guard",
     "reset_clients",
+    "resolve_chain",
     "retry_after_seconds",
     "translate",
 ]

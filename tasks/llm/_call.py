@@ -11,11 +11,14 @@ from typing import Any
 import openai
 from pydantic import ValidationError
 
-from tasks.errors import PermanentProviderError, ProviderError, RetryableProviderError
+from tasks.errors import (
+    PermanentProviderError,
+    ProviderError,
+    RateLimitedError,
+    RetryableProviderError,
+)
 from tasks.llm._client import get_client
-from workers.settings import Settings
-
-PROVIDER = "default"
+from workers.settings import ProviderConfig
 
 #: 408 timeout, 409 conflict, 429 rate limit: the request itself was fine, try again.
 _RETRYABLE_4XX = frozenset({408, 409, 429})
@@ -75,7 +78,7 @@ def retry_after_seconds(headers: Any) -> float | None:
         return max(parsed.timestamp() - time.time(), 0.0) if parsed else None
 
 
-def translate(exc: openai.OpenAIError, provider: str = PROVIDER) -> ProviderError:
+def translate(exc: openai.OpenAIError, provider: str = "default") -> ProviderError:
     """The one mapping from SDK exceptions to the agentfleet tree."""
     if isinstance(exc, openai.APIConnectionError):  # includes APITimeoutError
         return RetryableProviderError(f"{provider}: {type(exc).__name__}: {exc}", provider)
@@ -86,6 +89,8 @@ def translate(exc: openai.OpenAIError, provider: str = PROVIDER) -> ProviderErro
         if status in _RETRYABLE_4XX or status >= 500:
             wait = retry_after_seconds(exc.response.headers)
             message = f"{provider}: HTTP {status}: {exc.message}"
+            if status == 429:
+                return RateLimitedError(message, provider, wait)
             return RetryableProviderError(message, provider, wait)
         return PermanentProviderError(f"{provider}: HTTP {status}: {exc.message}", provider, status)
     if isinstance(exc, openai.APIResponseValidationError):
@@ -119,20 +124,21 @@ def _parse(response: Any, provider: str) -> Completion:
 
 
 def complete(
-    settings: Settings,
+    provider: ProviderConfig,
     messages: list[dict[str, Any]],
     tools: list[dict[str, Any]],
     model: str,
 ) -> Completion:
     """One chat completion. Raises only :class:`~tasks.errors.ProviderError` subclasses."""
-    client = get_client(settings)
+    client = get_client(provider)
+    name = provider.name
     try:
         kwargs: dict[str, Any] = {"model": model, "messages": messages}
         if tools:
             kwargs["tools"] = tools
         response = client.chat.completions.create(**kwargs)
     except openai.OpenAIError as exc:
-        raise translate(exc) from None
+        raise translate(exc, name) from None
     except (json.JSONDecodeError, ValidationError) as exc:
-        raise PermanentProviderError(f"{PROVIDER}: malformed response: {exc}", PROVIDER) from None
-    return _parse(response, PROVIDER)
+        raise PermanentProviderError(f"{name}: malformed response: {exc}", name) from None
+    return _parse(response, name)

@@ -7,27 +7,27 @@ import os
 import httpx2
 import openai
 
-from workers.settings import Settings
+from workers.settings import ProviderConfig
 
-_clients: dict[tuple[int, str], openai.OpenAI] = {}
+_clients: dict[tuple[int, str, str], openai.OpenAI] = {}
 
 
-def get_client(settings: Settings) -> openai.OpenAI:
-    """The process's client for the configured provider.
+def get_client(provider: ProviderConfig) -> openai.OpenAI:
+    """The process's client for ``provider``.
 
     SDK retries are off (``max_retries=0``): Celery owns retries, so one failed call is one
     attempt, a soft time limit is never swallowed by the SDK's retry loop, and the timeout
     arithmetic in ``workers.conf`` holds. ``base_url`` is always explicit so that an
     ``OPENAI_BASE_URL`` in the environment cannot redirect the fleet.
     """
-    key = (os.getpid(), settings.llm_endpoint)
+    key = (os.getpid(), provider.name, provider.base_url)
     client = _clients.get(key)
     if client is None:
         client = openai.OpenAI(
-            base_url=settings.llm_endpoint,
-            api_key=settings.llm_key,
+            base_url=provider.base_url,
+            api_key=provider.api_key(),
             max_retries=0,
-            timeout=httpx2.Timeout(settings.llm_timeout, connect=settings.llm_connect_timeout),
+            timeout=httpx2.Timeout(provider.timeout, connect=provider.connect_timeout),
             http_client=openai.DefaultHttpxClient(
                 limits=httpx2.Limits(max_connections=4096, max_keepalive_connections=1024),
             ),

@@ -16,6 +16,9 @@ import httpx
 import openai
 import pytest
 
+from ops.simulator.faults import clear_faults, set_faults
+from ops.simulator.faults import main as faults_main
+
 ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.timeout(60)
@@ -419,3 +422,294 @@ def test_concurrent_latency_is_not_blocking(base_url: str) -> None:
     stats = _stats(base_url)
     assert stats["by_tag"] == {"conc": 200}
     assert stats["max_in_flight"] >= 50
+
+
+# --- Runtime fault injection per provider ---------------------------------
+
+
+@pytest.fixture
+def sim(base_url: str) -> Iterator[str]:
+    """The simulator URL, with faults, counters and call logs reset around the test."""
+    _reset(base_url)
+    yield base_url
+    _reset(base_url)
+
+
+def _provider_sdk(base_url: str, provider: str, timeout: float = 10) -> openai.OpenAI:
+    return openai.OpenAI(
+        base_url=f"{base_url}/p/{provider}/v1", api_key="sim", max_retries=0, timeout=timeout
+    )
+
+
+def _providers(base_url: str) -> dict[str, Any]:
+    result: dict[str, Any] = httpx.get(f"{base_url}/_sim/providers").json()["providers"]
+    return result
+
+
+def _calls(base_url: str, provider: str, since: float | None = None) -> list[float]:
+    params = {} if since is None else {"since": repr(since)}
+    response = httpx.get(f"{base_url}/_sim/providers/{provider}/calls", params=params)
+    response.raise_for_status()
+    body = response.json()
+    assert body["provider"] == provider
+    times: list[float] = body["times"]
+    return times
+
+
+def test_fault_500_hits_only_its_provider(sim: str) -> None:
+    answer = set_faults(sim, "a", status=500)
+    assert answer == {
+        "provider": "a",
+        "faults": {
+            "error_rate": 1.0,
+            "status": 500,
+            "retry_after": None,
+            "hang": False,
+            "hang_seconds": 300.0,
+            "latency": None,
+        },
+    }
+
+    with _provider_sdk(sim, "a") as a, _provider_sdk(sim, "b") as b:
+        for _ in range(3):
+            with pytest.raises(openai.InternalServerError) as caught:
+                a.chat.completions.create(model="sim-1", messages=_user("hi"))
+            assert caught.value.status_code == 500
+            assert isinstance(caught.value.body, dict)
+            assert caught.value.body["type"] == "server_error"
+            assert caught.value.body["code"] is None
+            assert "retry-after" not in caught.value.response.headers
+        result = b.chat.completions.create(model="sim-1", messages=_user("hi"))
+    assert result.choices[0].message.content == "Echo: hi"
+
+    providers = _providers(sim)
+    assert providers["a"]["requests"] == 3
+    assert providers["a"]["errors_sent"] == 3
+    assert providers["a"]["in_flight"] == 0
+    assert providers["a"]["faults"]["status"] == 500
+    assert providers["b"] == {"faults": None, "requests": 1, "errors_sent": 0, "in_flight": 0}
+
+
+def test_fault_error_rate_is_mixed_and_reproducible(sim: str) -> None:
+    def run() -> list[int]:
+        statuses: list[int] = []
+        with _provider_sdk(sim, "a") as sdk:
+            for i in range(40):
+                try:
+                    sdk.chat.completions.create(model="sim-1", messages=_user(f"n{i}"))
+                    statuses.append(200)
+                except openai.InternalServerError as exc:
+                    statuses.append(exc.status_code)
+        return statuses
+
+    set_faults(sim, "a", status=503, error_rate=0.5)
+    first = run()
+    assert set(first) == {200, 503}
+    assert _providers(sim)["a"]["errors_sent"] == first.count(503)
+
+    # Setting the faults again restarts the seeded sequence: same pattern.
+    set_faults(sim, "a", status=503, error_rate=0.5)
+    assert run() == first
+
+    set_faults(sim, "a", status=503, error_rate=0.0)
+    assert run() == [200] * 40
+
+
+def test_fault_429_carries_retry_after_headers(sim: str) -> None:
+    set_faults(sim, "a", status=429, retry_after=2)
+    with _provider_sdk(sim, "a") as sdk, pytest.raises(openai.RateLimitError) as caught:
+        sdk.chat.completions.create(model="sim-1", messages=_user("hi"))
+    assert caught.value.status_code == 429
+    assert caught.value.response.headers["retry-after"] == "2"
+    assert caught.value.response.headers["retry-after-ms"] == "2000"
+    assert isinstance(caught.value.body, dict)
+    assert caught.value.body["type"] == "rate_limit_error"
+    assert caught.value.body["code"] == "rate_limit_exceeded"
+
+    # Whole seconds are rounded up so a client never retries too early.
+    set_faults(sim, "a", status=503, retry_after=0.25)
+    response = httpx.post(f"{sim}/p/a/v1/chat/completions", json={"messages": _user("hi")})
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "1"
+    assert response.headers["retry-after-ms"] == "250"
+    assert response.json()["error"]["type"] == "server_error"
+
+
+def test_fault_hang_times_out_then_answers_504(sim: str) -> None:
+    set_faults(sim, "a", hang=True, hang_seconds=0.5)
+    with _provider_sdk(sim, "a", timeout=0.2) as sdk, pytest.raises(openai.APITimeoutError):
+        sdk.chat.completions.create(model="sim-1", messages=_user("hi"))
+
+    started = time.perf_counter()
+    with _provider_sdk(sim, "a", timeout=5) as sdk, pytest.raises(openai.InternalServerError) as e:
+        sdk.chat.completions.create(model="sim-1", messages=_user("hi"))
+    assert time.perf_counter() - started >= 0.5
+    assert e.value.status_code == 504
+    # Only the answered hang counts as sent; the abandoned one was never answered.
+    assert _providers(sim)["a"]["errors_sent"] == 1
+    assert _providers(sim)["a"]["requests"] == 2
+
+
+def test_fault_hang_ends_when_the_client_leaves(sim: str) -> None:
+    set_faults(sim, "a", hang=True, hang_seconds=30)
+    with _provider_sdk(sim, "a", timeout=0.2) as sdk, pytest.raises(openai.APITimeoutError):
+        sdk.chat.completions.create(model="sim-1", messages=_user("hi"))
+
+    # The server notices the disconnect instead of holding the request for 30 s.
+    deadline = time.monotonic() + 3
+    while _providers(sim)["a"]["in_flight"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _providers(sim)["a"]["in_flight"] == 0
+    assert _providers(sim)["a"]["errors_sent"] == 0
+    assert _stats(sim)["in_flight"] == 0
+
+
+def test_fault_latency_applies_to_its_provider_only(sim: str) -> None:
+    set_faults(sim, "a", latency=0.3)
+    with _provider_sdk(sim, "a") as a, _provider_sdk(sim, "b") as b:
+        started = time.perf_counter()
+        # The fault overrides the prompt's own latency; other directives still apply.
+        slow = a.chat.completions.create(model="sim-1", messages=_user("[[latency:5]][[reply:ok]]"))
+        slow_elapsed = time.perf_counter() - started
+
+        started = time.perf_counter()
+        fast = b.chat.completions.create(model="sim-1", messages=_user("hi"))
+        fast_elapsed = time.perf_counter() - started
+
+    assert slow.choices[0].message.content == "ok"
+    assert 0.3 <= slow_elapsed < 3
+    assert fast.choices[0].message.content == "Echo: hi"
+    assert fast_elapsed < 0.3
+
+
+def test_calls_log_filters_by_since(sim: str) -> None:
+    set_faults(sim, "a", status=500)
+    started = time.time()
+    with _provider_sdk(sim, "a") as sdk:
+        for _ in range(2):
+            with pytest.raises(openai.InternalServerError):
+                sdk.chat.completions.create(model="sim-1", messages=_user("hi"))
+        time.sleep(0.05)
+        window = time.time()
+        time.sleep(0.05)
+        quiet_end = time.time()
+        clear_faults(sim, "a")
+        sdk.chat.completions.create(model="sim-1", messages=_user("hi"))
+    finished = time.time()
+
+    # Failed calls are logged too: arrival is recorded before any fault applies.
+    every = _calls(sim, "a")
+    assert len(every) == 3
+    assert every == sorted(every)
+    assert started <= every[0]
+    assert every[-1] <= finished
+    assert _calls(sim, "a", since=window) == every[2:]
+    assert not [t for t in every if window <= t < quiet_end]
+    assert _calls(sim, "a", since=finished + 1) == []
+    assert _calls(sim, "never-called") == []
+
+    response = httpx.get(f"{sim}/_sim/providers/a/calls", params={"since": "soon"})
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "since"
+
+
+def test_delete_clears_faults(sim: str) -> None:
+    set_faults(sim, "a", status=500)
+    with _provider_sdk(sim, "a") as sdk:
+        with pytest.raises(openai.InternalServerError):
+            sdk.chat.completions.create(model="sim-1", messages=_user("hi"))
+        assert clear_faults(sim, "a") == {"provider": "a", "faults": None}
+        result = sdk.chat.completions.create(model="sim-1", messages=_user("hi"))
+
+    assert result.choices[0].message.content == "Echo: hi"
+    assert _providers(sim)["a"] == {"faults": None, "requests": 2, "errors_sent": 1, "in_flight": 0}
+    got = httpx.get(f"{sim}/_sim/providers/a/faults").json()
+    assert got == {"provider": "a", "faults": None}
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        (b"not json", None),
+        (b"[1]", None),
+        (b'{"status": 200}', "status"),
+        (b'{"status": 600}', "status"),
+        (b'{"status": "500"}', "status"),
+        (b'{"status": true}', "status"),
+        (b'{"error_rate": 1.5}', "error_rate"),
+        (b'{"error_rate": -0.1}', "error_rate"),
+        (b'{"retry_after": "2"}', "retry_after"),
+        (b'{"hang": "yes"}', "hang"),
+        (b'{"hang_seconds": -1}', "hang_seconds"),
+        (b'{"latency": NaN}', "latency"),
+        (b'{"latency": 1, "stauts": 500}', "stauts"),
+    ],
+)
+def test_bad_fault_bodies_are_400(sim: str, body: bytes, param: str | None) -> None:
+    response = httpx.put(f"{sim}/_sim/providers/a/faults", content=body)
+
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    assert error["param"] == param
+    assert error["message"]
+    # A refused body configures nothing.
+    assert "a" not in _providers(sim)
+
+
+def test_set_faults_raises_on_refusal(sim: str) -> None:
+    with pytest.raises(httpx.HTTPStatusError) as caught:
+        set_faults(sim, "a", status=200)
+    assert caught.value.response.status_code == 400
+
+
+def test_reset_clears_faults_and_call_logs(sim: str) -> None:
+    set_faults(sim, "a", status=500)
+    set_faults(sim, "b", latency=0.1)
+    with _provider_sdk(sim, "a") as sdk, pytest.raises(openai.InternalServerError):
+        sdk.chat.completions.create(model="sim-1", messages=_user("hi"))
+    assert len(_calls(sim, "a")) == 1
+
+    _reset(sim)
+
+    assert _providers(sim) == {}
+    assert _calls(sim, "a") == []
+    with _provider_sdk(sim, "a") as sdk:
+        result = sdk.chat.completions.create(model="sim-1", messages=_user("hi"))
+    assert result.choices[0].message.content == "Echo: hi"
+    assert _providers(sim)["a"]["faults"] is None
+
+
+def test_faults_cli(sim: str, capsys: pytest.CaptureFixture[str]) -> None:
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "ops.simulator.faults", "--url", sim, "--provider", "a"),
+            *("--status", "429", "--error-rate", "0.25", "--retry-after", "2"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    faults = json.loads(done.stdout)["faults"]
+    assert faults["status"] == 429
+    assert faults["error_rate"] == 0.25
+    assert faults["retry_after"] == 2.0
+    assert _providers(sim)["a"]["faults"] == faults
+
+    assert faults_main(["--url", sim, "--provider", "a", "--hang", "--latency", "0.5"]) == 0
+    assert json.loads(capsys.readouterr().out)["faults"] == {
+        "error_rate": 0.0,
+        "status": 500,
+        "retry_after": None,
+        "hang": True,
+        "hang_seconds": 300.0,
+        "latency": 0.5,
+    }
+    assert faults_main(["--url", sim, "--provider", "a", "--status", "200"]) == 1
+    assert "refused (400)" in capsys.readouterr().err
+    assert faults_main(["--url", sim, "--provider", "a", "--clear"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"provider": "a", "faults": None}
+    assert _providers(sim)["a"]["faults"] is None

@@ -1,0 +1,108 @@
+"""Per-provider state: fault settings, counters and the log of call arrival times."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._faults import Faults
+
+CALL_LOG_LIMIT = 20_000
+"""Arrival times kept per provider; older ones are forgotten first."""
+
+
+def _call_log() -> deque[float]:
+    return deque(maxlen=CALL_LOG_LIMIT)
+
+
+@dataclass(slots=True, eq=False)
+class ProviderState:
+    """Everything the simulator tracks for one provider name."""
+
+    name: str
+    faults: Faults | None = None
+    requests: int = 0
+    errors_sent: int = 0
+    """Responses sent because of the fault settings (injected errors and hang 504s)."""
+    in_flight: int = 0
+    calls: deque[float] = field(default_factory=_call_log)
+    """Epoch arrival times of chat requests, oldest first."""
+    rng: random.Random = field(init=False)
+    """Decides injected errors; seeded by name so runs are reproducible."""
+
+    def __post_init__(self) -> None:
+        self.reseed()
+
+    def reseed(self) -> None:
+        """Restart the error sequence from the provider's fixed seed."""
+        # String seeds are hashed with SHA-512, so they do not depend on
+        # PYTHONHASHSEED and every run sees the same sequence.
+        self.rng = random.Random(f"agentfleet-simulator:{self.name}")
+
+    def set_faults(self, faults: Faults | None) -> None:
+        """Replace (or with ``None`` clear) the fault settings."""
+        self.faults = faults
+        # Each new configuration replays the same error pattern from its start.
+        self.reseed()
+
+    def times_since(self, since: float) -> list[float]:
+        """Return the logged arrival times at or after ``since``."""
+        return [arrived for arrived in self.calls if arrived >= since]
+
+    def snapshot(self) -> dict[str, Any]:
+        """Return the faults and counters as a JSON-ready dict."""
+        return {
+            "faults": None if self.faults is None else self.faults.to_json(),
+            "requests": self.requests,
+            "errors_sent": self.errors_sent,
+            "in_flight": self.in_flight,
+        }
+
+
+class Providers:
+    """The providers seen by chat requests or configured through the admin routes."""
+
+    def __init__(self) -> None:
+        self._states: dict[str, ProviderState] = {}
+
+    def get(self, name: str) -> ProviderState | None:
+        """Return the state of ``name`` without creating it."""
+        return self._states.get(name)
+
+    def state(self, name: str) -> ProviderState:
+        """Return the state of ``name``, creating it on first use."""
+        found = self._states.get(name)
+        if found is None:
+            found = self._states[name] = ProviderState(name)
+        return found
+
+    def arrive(self, name: str) -> ProviderState:
+        """Count and log a chat request to ``name`` as it arrives."""
+        state = self.state(name)
+        state.requests += 1
+        state.in_flight += 1
+        state.calls.append(time.time())
+        return state
+
+    def reset(self) -> None:
+        """Forget faults, counters and call logs.
+
+        Providers with requests still running are kept so those requests
+        stay counted as in flight when they finish.
+        """
+        self._states = {name: s for name, s in self._states.items() if s.in_flight > 0}
+        for state in self._states.values():
+            state.set_faults(None)
+            state.requests = 0
+            state.errors_sent = 0
+            state.calls.clear()
+
+    def snapshot(self) -> dict[str, Any]:
+        """Return every provider's faults and counters, by name."""
+        return {name: self._states[name].snapshot() for name in sorted(self._states)}
+
+
+__all__ = ["CALL_LOG_LIMIT", "ProviderState", "Providers"]

@@ -1,0 +1,325 @@
+"""Fleet-wide protection of one provider: circuit breaker, Retry-After hold, rate limits.
+
+State lives in Redis so every worker process on every host sees the same breaker:
+
+- The breaker is pybreaker's, on ``CircuitRedisStorage`` (namespace per provider). Its
+  ``call()`` holds a lock for the whole guarded call, which would turn a gevent pool into one
+  LLM call at a time, so the call itself is never made inside it. Admission reads the stored
+  state in one Lua script; afterwards the outcome is replayed through ``breaker.call`` (a
+  lock held for microseconds), so pybreaker still counts failures, opens, half-opens and
+  closes, and notifies listeners.
+- Half-open allows ``max_probes`` trial calls across the whole fleet, not one per process.
+- A ``Retry-After`` from the provider holds every call to it until it elapses.
+- Requests and tokens per minute are GCRA limits, checked and spent in the same script; a
+  denied call is reported with its wait so the step is rescheduled, never slept on.
+
+Only provider-side failures count (5xx, timeouts, connection errors, 408/409). 4xx
+validation errors, 429s and Celery's control flow are never replayed into the breaker, so
+they neither trip nor close it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import pybreaker
+import redis
+
+from tasks.errors import RateLimitedError, RetryableProviderError
+from tasks.redisconn import get_redis
+from workers.settings import ProviderConfig, Settings
+
+log = logging.getLogger(__name__)
+
+# KEYS: state, opened_at, success_counter, probes, hold, rpm_tat, tpm_tat
+# ARGV: now, reset_timeout, max_probes, probe_ttl_ms, rpm, tpm, burst_s, cost_tokens
+# Returns {outcome, wait_seconds, probe}; outcome is ok | hold | open | probing | limited.
+_ADMIT = """
+local now = tonumber(ARGV[1])
+local hold = tonumber(redis.call('GET', KEYS[5]) or '0')
+if hold > now then return {'hold', tostring(hold - now), '0'} end
+local state = redis.call('GET', KEYS[1]) or 'closed'
+local probe = '0'
+if state == 'open' then
+  local left = tonumber(redis.call('GET', KEYS[2]) or '0') + tonumber(ARGV[2]) - now
+  if left > 0 then return {'open', tostring(left), '0'} end
+  -- Same transition as pybreaker's half_open(): its instances notice it on next use.
+  redis.call('SET', KEYS[1], 'half-open')
+  redis.call('SET', KEYS[3], 0)
+  state = 'half-open'
+end
+if state == 'half-open' then
+  local n = redis.call('INCR', KEYS[4])
+  if n == 1 then redis.call('PEXPIRE', KEYS[4], ARGV[4]) end
+  if n > tonumber(ARGV[3]) then
+    local ttl = redis.call('PTTL', KEYS[4])
+    if ttl < 100 then ttl = 100 end
+    return {'probing', tostring(ttl / 1000), '0'}
+  end
+  probe = '1'
+end
+local burst = tonumber(ARGV[7])
+local function gcra(key, per_minute, cost)
+  local interval = 60.0 / per_minute
+  local tat = tonumber(redis.call('GET', key) or '0')
+  if tat < now then tat = now end
+  local new_tat = tat + interval * cost
+  -- A call bigger than the burst may still go once the bucket is full.
+  local tolerance = math.max(burst, interval * cost)
+  local allow_at = new_tat - tolerance
+  if allow_at > now then return allow_at - now, nil end
+  return 0, new_tat
+end
+local wait, rpm_tat, tpm_tat, w = 0, nil, nil, 0
+if tonumber(ARGV[5]) > 0 then
+  w, rpm_tat = gcra(KEYS[6], tonumber(ARGV[5]), 1)
+  wait = math.max(wait, w)
+end
+if tonumber(ARGV[6]) > 0 then
+  w, tpm_tat = gcra(KEYS[7], tonumber(ARGV[6]), tonumber(ARGV[8]))
+  wait = math.max(wait, w)
+end
+if wait > 0 then
+  if probe == '1' then redis.call('DECR', KEYS[4]) end
+  return {'limited', tostring(wait), '0'}
+end
+if rpm_tat then
+  redis.call('SET', KEYS[6], tostring(rpm_tat), 'PX', math.ceil((rpm_tat - now) * 1000) + 1000)
+end
+if tpm_tat then
+  redis.call('SET', KEYS[7], tostring(tpm_tat), 'PX', math.ceil((tpm_tat - now) * 1000) + 1000)
+end
+return {'ok', '0', probe}
+"""
+
+# KEYS: tpm_tat. ARGV: now, tpm, token delta (actual - estimated).
+_CORRECT_TOKENS = """
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat == 0 then return 0 end
+local now = tonumber(ARGV[1])
+local new_tat = tat + (60.0 / tonumber(ARGV[2])) * tonumber(ARGV[3])
+if new_tat <= now then redis.call('DEL', KEYS[1]) return 1 end
+redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.ceil((new_tat - now) * 1000) + 1000)
+return 1
+"""
+
+# KEYS: hold. ARGV: until (epoch seconds). Keeps the later of the two.
+_HOLD = """
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+local until_ts = tonumber(ARGV[1])
+if until_ts > current then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', math.ceil((until_ts - tonumber(ARGV[2])) * 1000))
+end
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class Admission:
+    """The answer to "may I call this provider now?"."""
+
+    outcome: str  # ok | hold | open | probing | limited
+    wait_s: float
+    probe: bool
+    tokens: int
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome == "ok"
+
+
+def _replay(exc: BaseException | None) -> None:
+    if exc is not None:
+        raise exc
+
+
+class _Announcer(pybreaker.CircuitBreakerListener):
+    """Logs and publishes each state change once for the whole fleet, not once per process."""
+
+    def __init__(self, guard: ProviderGuard) -> None:
+        self.guard = guard
+
+    def state_change(
+        self,
+        cb: pybreaker.CircuitBreaker,
+        old_state: pybreaker.CircuitBreakerState | None,
+        new_state: pybreaker.CircuitBreakerState,
+    ) -> None:
+        g = self.guard
+        try:
+            opened_at = str(g.redis.get(g.keys["opened_at"]) or "0")
+            marker = f"{g.ns}:announced:{new_state.name}:{opened_at}"
+            if not g.redis.set(marker, os.getpid(), nx=True, ex=86400):
+                return  # another process announced this transition already
+            old = old_state.name if old_state else "unknown"
+            log.warning("provider %s: circuit %s -> %s", g.provider.name, old, new_state.name)
+            g.redis.xadd(
+                g.events_key,
+                {
+                    "provider": g.provider.name,
+                    "from": old,
+                    "to": new_state.name,
+                    "at": str(time.time()),
+                },
+                maxlen=1000,
+                approximate=True,
+            )
+        except redis.RedisError:
+            log.exception("could not announce the breaker state of %s", g.provider.name)
+
+
+class ProviderGuard:
+    """Breaker, Retry-After hold and rate limits of one provider."""
+
+    def __init__(self, provider: ProviderConfig, settings: Settings) -> None:
+        self.provider = provider
+        self.ns = f"{settings.key_prefix}:provider:{provider.name}"
+        self.events_key = f"{settings.key_prefix}:events:providers"
+        self.redis = get_redis(settings)
+        names = ("state", "fail_counter", "success_counter", "opened_at")
+        self.keys = {n: f"{self.ns}:pybreaker:{n}" for n in names} | {
+            "probes": f"{self.ns}:probes",
+            "hold": f"{self.ns}:hold",
+            "rpm": f"{self.ns}:rpm",
+            "tpm": f"{self.ns}:tpm",
+        }
+        self.breaker = pybreaker.CircuitBreaker(
+            fail_max=provider.fail_max,
+            reset_timeout=provider.reset_timeout,
+            name=provider.name,
+            throw_new_error_on_trip=False,
+            state_storage=pybreaker.CircuitRedisStorage(
+                pybreaker.STATE_CLOSED, get_redis(settings, decode=False), namespace=self.ns
+            ),
+            listeners=[_Announcer(self)],
+        )
+        self._admit = self.redis.register_script(_ADMIT)
+        self._correct = self.redis.register_script(_CORRECT_TOKENS)
+        self._hold = self.redis.register_script(_HOLD)
+        # A probe that never reports back (its worker died) frees its slot after this long.
+        self._probe_ttl_ms = int((provider.timeout + provider.connect_timeout + 5) * 1000)
+
+    def admit(self, estimated_tokens: int) -> Admission:
+        k = self.keys
+        reply = self._admit(
+            keys=[
+                k["state"],
+                k["opened_at"],
+                k["success_counter"],
+                k["probes"],
+                k["hold"],
+                k["rpm"],
+                k["tpm"],
+            ],
+            args=[
+                time.time(),
+                self.provider.reset_timeout,
+                self.provider.max_probes,
+                self._probe_ttl_ms,
+                self.provider.rpm or 0,
+                self.provider.tpm or 0,
+                self.provider.burst_seconds,
+                estimated_tokens,
+            ],
+        )
+        return Admission(reply[0], float(reply[1]), reply[2] == "1", estimated_tokens)
+
+    def succeeded(self, admission: Admission, actual_tokens: int) -> None:
+        self._record(admission, None)
+        if self.provider.tpm and actual_tokens != admission.tokens:
+            self._correct(
+                keys=[self.keys["tpm"]],
+                args=[time.time(), self.provider.tpm, actual_tokens - admission.tokens],
+            )
+
+    def failed(self, admission: Admission, exc: RetryableProviderError) -> None:
+        now = time.time()
+        if exc.retry_after:
+            self._hold(keys=[self.keys["hold"]], args=[now + exc.retry_after, now])
+        # A 429 says the provider is up and busy: the hold and the limiter handle it.
+        self._record(admission, None if isinstance(exc, RateLimitedError) else exc)
+
+    def release(self, admission: Admission) -> None:
+        """The call ended without a provider verdict (a 4xx, a time limit): count nothing."""
+        if admission.probe:
+            self.redis.delete(self.keys["probes"])
+
+    def _record(self, admission: Admission, exc: BaseException | None) -> None:
+        try:
+            self.breaker.call(_replay, exc)
+        except (pybreaker.CircuitBreakerError, RetryableProviderError):
+            pass  # the replayed failure itself, or the breaker was open already
+        finally:
+            if admission.probe:
+                self.redis.delete(self.keys["probes"])
+
+    def snapshot(self) -> dict[str, Any]:
+        """State for ``GET /v1/providers``."""
+        k = self.keys
+        values = self.redis.mget(
+            [
+                k["state"],
+                k["fail_counter"],
+                k["opened_at"],
+                k["hold"],
+                k["probes"],
+                k["rpm"],
+                k["tpm"],
+            ]
+        )
+        state, fails, opened_at, hold, probes, rpm_tat, tpm_tat = (
+            None if v is None else str(v) for v in values
+        )
+        now = time.time()
+        opened = float(opened_at or 0)
+        to_half_open = opened + self.provider.reset_timeout - now if state == "open" else 0.0
+        return {
+            "name": self.provider.name,
+            "base_url": self.provider.base_url,
+            "state": state or "closed",
+            "failures": int(fails or 0),
+            "fail_max": self.provider.fail_max,
+            "opened_at": opened or None,
+            "seconds_to_half_open": round(max(to_half_open, 0.0), 3),
+            "probes_in_flight": int(probes or 0),
+            "held_for_seconds": round(max(float(hold or 0) - now, 0.0), 3),
+            "rpm": self._fill(self.provider.rpm, rpm_tat, now),
+            "tpm": self._fill(self.provider.tpm, tpm_tat, now),
+        }
+
+    def _fill(self, per_minute: int | None, tat: str | None, now: float) -> dict[str, Any] | None:
+        if not per_minute:
+            return None
+        # Units spent and not yet replenished, out of the burst the limiter allows.
+        interval = 60.0 / per_minute
+        spent = max(float(tat or 0) - now, 0.0) / interval
+        capacity = max(self.provider.burst_seconds / interval, 1.0)
+        return {
+            "limit_per_minute": per_minute,
+            "in_use": round(spent, 2),
+            "burst": round(capacity, 2),
+            "fill": round(min(spent / capacity, 1.0), 3),
+        }
+
+
+_guards: dict[tuple[int, int, str], ProviderGuard] = {}
+
+
+def get_guard(settings: Settings, provider: ProviderConfig) -> ProviderGuard:
+    """The process's guard for ``provider`` (made after fork; its pybreaker is per process)."""
+    key = (os.getpid(), id(settings), provider.name)
+    guard = _guards.get(key)
+    if guard is None:
+        guard = _guards[key] = ProviderGuard(provider, settings)
+    return guard
+
+
+def estimate_tokens(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> int:
+    """A rough token count before the call (about 4 characters a token, plus an answer)."""
+    chars = len(json.dumps(messages)) + (len(json.dumps(tools)) if tools else 0)
+    return chars // 4 + 256
