@@ -102,6 +102,19 @@ def test_breaker_opens_runs_fall_back_and_traffic_returns(
     elapsed = time.time() - start
     probes = _calls(fleet, "a", since=opened_at + 1)
     assert len(probes) <= elapsed / RESET_TIMEOUT + 2, probes
+    # Exactly: no call was admitted while the breaker was open (from the fleet's events).
+    windows, opened = [], None
+    for _, event in fleet.redis.xrange("af:events:providers"):
+        if event["provider"] == "a" and event["to"] == "open":
+            opened = float(event["at"])
+        elif event["provider"] == "a" and opened is not None:
+            windows.append((opened, float(event["at"])))
+            opened = None
+    assert windows, "a's breaker never went from open to half-open"
+    admitted = fleet.sim.get("/_sim/providers/a/calls").json()["admitted"]
+    assert None not in admitted
+    inside = [a for a in admitted if any(lo < a < hi for lo, hi in windows)]
+    assert inside == [], (inside, fleet.redis.xrange("af:events:providers"), sorted(admitted))
 
     # a recovers: a probe succeeds, the breaker closes, traffic returns to a.
     clear_faults(sim, "a")

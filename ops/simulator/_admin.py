@@ -71,7 +71,8 @@ def admin_routes(providers: Providers) -> list[Route]:
         state = providers.get(name)
         # Asking about a provider that was never called is not an error: it saw no calls.
         times = [] if state is None else state.times_since(since)
-        return json_response({"provider": name, "times": times})
+        admitted = [] if state is None else state.admitted_since(since)
+        return json_response({"provider": name, "times": times, "admitted": admitted})
 
     return [
         Route("/_sim/providers", list_providers, methods=["GET"]),

@@ -19,7 +19,7 @@ from starlette.types import Receive, Scope, Send
 
 from ._admin import admin_routes
 from ._faults import HANG_STATUS, Faults
-from ._providers import Providers, ProviderState
+from ._providers import Providers, ProviderState, admitted_at
 from ._responses import error_body, json_response
 from ._script import Reply, Script, decide, first_user_text, parse_script
 
@@ -104,7 +104,7 @@ class ChatCompletions:
         # Counted and logged before anything else, so a call log proves
         # whether a request reached the provider at all, even a failed one.
         self._stats.enter(provider)
-        state = self._providers.arrive(provider)
+        state = self._providers.arrive(provider, admitted_at(scope.get("headers", [])))
         try:
             response = await self._respond(Request(scope, receive), state)
             if response is not None:

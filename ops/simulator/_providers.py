@@ -14,7 +14,13 @@ CALL_LOG_LIMIT = 20_000
 """Arrival times kept per provider; older ones are forgotten first."""
 
 
-def _call_log() -> deque[float]:
+#: Sent by agentfleet's workers: when the fleet admitted the call (its breaker and limits
+#: said yes). Logged next to the arrival time, so a test can tell a call admitted while a
+#: breaker was open from one admitted earlier that was still on its way.
+ADMITTED_HEADER = b"x-agentfleet-admitted-at"
+
+
+def _call_log() -> deque[tuple[float, float | None]]:
     return deque(maxlen=CALL_LOG_LIMIT)
 
 
@@ -28,8 +34,8 @@ class ProviderState:
     errors_sent: int = 0
     """Responses sent because of the fault settings (injected errors and hang 504s)."""
     in_flight: int = 0
-    calls: deque[float] = field(default_factory=_call_log)
-    """Epoch arrival times of chat requests, oldest first."""
+    calls: deque[tuple[float, float | None]] = field(default_factory=_call_log)
+    """(arrival, admitted-at or None) epoch times of chat requests, oldest first."""
     rng: random.Random = field(init=False)
     """Decides injected errors; seeded by name so runs are reproducible."""
 
@@ -50,7 +56,11 @@ class ProviderState:
 
     def times_since(self, since: float) -> list[float]:
         """Return the logged arrival times at or after ``since``."""
-        return [arrived for arrived in self.calls if arrived >= since]
+        return [arrived for arrived, _ in self.calls if arrived >= since]
+
+    def admitted_since(self, since: float) -> list[float | None]:
+        """The admission times sent with the calls that arrived at or after ``since``."""
+        return [admitted for arrived, admitted in self.calls if arrived >= since]
 
     def snapshot(self) -> dict[str, Any]:
         """Return the faults and counters as a JSON-ready dict."""
@@ -79,12 +89,12 @@ class Providers:
             found = self._states[name] = ProviderState(name)
         return found
 
-    def arrive(self, name: str) -> ProviderState:
+    def arrive(self, name: str, admitted_at: float | None = None) -> ProviderState:
         """Count and log a chat request to ``name`` as it arrives."""
         state = self.state(name)
         state.requests += 1
         state.in_flight += 1
-        state.calls.append(time.time())
+        state.calls.append((time.time(), admitted_at))
         return state
 
     def reset(self) -> None:
@@ -105,4 +115,15 @@ class Providers:
         return {name: self._states[name].snapshot() for name in sorted(self._states)}
 
 
-__all__ = ["CALL_LOG_LIMIT", "ProviderState", "Providers"]
+def admitted_at(headers: list[tuple[bytes, bytes]]) -> float | None:
+    """The admission time a request carries, if any (malformed values are ignored)."""
+    for key, value in headers:
+        if key == ADMITTED_HEADER:
+            try:
+                return float(value)
+            except ValueError:
+                return None
+    return None
+
+
+__all__ = ["ADMITTED_HEADER", "CALL_LOG_LIMIT", "ProviderState", "Providers", "admitted_at"]

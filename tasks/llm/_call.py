@@ -123,17 +123,25 @@ def _parse(response: Any, provider: str) -> Completion:
         ) from None
 
 
+#: Request header telling the provider (or a proxy in front of it) when the fleet admitted
+#: the call, so queueing between admission and arrival can be measured.
+ADMITTED_HEADER = "x-agentfleet-admitted-at"
+
+
 def complete(
     provider: ProviderConfig,
     messages: list[dict[str, Any]],
     tools: list[dict[str, Any]],
     model: str,
+    admitted_at: float | None = None,
 ) -> Completion:
     """One chat completion. Raises only :class:`~tasks.errors.ProviderError` subclasses."""
     client = get_client(provider)
     name = provider.name
     try:
         kwargs: dict[str, Any] = {"model": model, "messages": messages}
+        if admitted_at is not None:
+            kwargs["extra_headers"] = {ADMITTED_HEADER: repr(admitted_at)}
         if tools:
             kwargs["tools"] = tools
         response = client.chat.completions.create(**kwargs)

@@ -36,22 +36,31 @@ from workers.settings import ProviderConfig, Settings
 
 log = logging.getLogger(__name__)
 
-# KEYS: state, opened_at, success_counter, probes, hold, rpm_tat, tpm_tat
-# ARGV: now, reset_timeout, max_probes, probe_ttl_ms, rpm, tpm, burst_s, cost_tokens
-# Returns {outcome, wait_seconds, probe}; outcome is ok | hold | open | probing | limited.
+# KEYS: state, opened_at, success_counter, probes, hold, rpm_tat, tpm_tat, events
+# ARGV: now, reset_timeout, max_probes, probe_ttl_ms, rpm, tpm, burst_s, cost_tokens,
+#       provider, announce_prefix
+# Returns {outcome, wait_seconds, probe, half_opened}; outcome is
+# ok | hold | open | probing | limited.
 _ADMIT = """
 local now = tonumber(ARGV[1])
 local hold = tonumber(redis.call('GET', KEYS[5]) or '0')
-if hold > now then return {'hold', tostring(hold - now), '0'} end
+if hold > now then return {'hold', tostring(hold - now), '0', '0'} end
 local state = redis.call('GET', KEYS[1]) or 'closed'
-local probe = '0'
+local probe, half_opened = '0', '0'
 if state == 'open' then
   local left = tonumber(redis.call('GET', KEYS[2]) or '0') + tonumber(ARGV[2]) - now
-  if left > 0 then return {'open', tostring(left), '0'} end
+  if left > 0 then return {'open', tostring(left), '0', '0'} end
   -- Same transition as pybreaker's half_open(): its instances notice it on next use.
+  -- It happens here exactly once, so it is announced here, with the marker that keeps
+  -- the pybreaker listeners from announcing it again.
   redis.call('SET', KEYS[1], 'half-open')
   redis.call('SET', KEYS[3], 0)
+  redis.call('SET', ARGV[10] .. 'half-open', 'lua', 'EX', 86400)
+  redis.call('DEL', ARGV[10] .. 'open', ARGV[10] .. 'closed')
+  redis.call('XADD', KEYS[8], 'MAXLEN', '~', 1000, '*', 'provider', ARGV[9],
+             'from', 'open', 'to', 'half-open', 'at', ARGV[1])
   state = 'half-open'
+  half_opened = '1'
 end
 if state == 'half-open' then
   local n = redis.call('INCR', KEYS[4])
@@ -59,7 +68,7 @@ if state == 'half-open' then
   if n > tonumber(ARGV[3]) then
     local ttl = redis.call('PTTL', KEYS[4])
     if ttl < 100 then ttl = 100 end
-    return {'probing', tostring(ttl / 1000), '0'}
+    return {'probing', tostring(ttl / 1000), '0', half_opened}
   end
   probe = '1'
 end
@@ -86,7 +95,7 @@ if tonumber(ARGV[6]) > 0 then
 end
 if wait > 0 then
   if probe == '1' then redis.call('DECR', KEYS[4]) end
-  return {'limited', tostring(wait), '0'}
+  return {'limited', tostring(wait), '0', half_opened}
 end
 if rpm_tat then
   redis.call('SET', KEYS[6], tostring(rpm_tat), 'PX', math.ceil((rpm_tat - now) * 1000) + 1000)
@@ -94,7 +103,7 @@ end
 if tpm_tat then
   redis.call('SET', KEYS[7], tostring(tpm_tat), 'PX', math.ceil((tpm_tat - now) * 1000) + 1000)
 end
-return {'ok', '0', probe}
+return {'ok', '0', probe, half_opened}
 """
 
 # KEYS: tpm_tat. ARGV: now, tpm, token delta (actual - estimated).
@@ -127,10 +136,14 @@ class Admission:
     wait_s: float
     probe: bool
     tokens: int
+    at: float
 
     @property
     def ok(self) -> bool:
         return self.outcome == "ok"
+
+
+_STATES = (pybreaker.STATE_CLOSED, pybreaker.STATE_OPEN, pybreaker.STATE_HALF_OPEN)
 
 
 def _replay(exc: BaseException | None) -> None:
@@ -152,10 +165,19 @@ class _Announcer(pybreaker.CircuitBreakerListener):
     ) -> None:
         g = self.guard
         try:
-            opened_at = str(g.redis.get(g.keys["opened_at"]) or "0")
-            marker = f"{g.ns}:announced:{new_state.name}:{opened_at}"
+            # One marker per state: the first process to announce a state sets it and clears
+            # the others, so the same transition seen by N processes (or made twice by two
+            # processes tripping at once) is announced once.
+            marker = f"{g.announce_prefix}{new_state.name}"
             if not g.redis.set(marker, os.getpid(), nx=True, ex=86400):
-                return  # another process announced this transition already
+                return  # another process announced this state already
+            others = [f"{g.announce_prefix}{s}" for s in _STATES if s != new_state.name]
+            g.redis.delete(*others)
+            # pybreaker's open()/close() run ``self.state = storage.state = X``: chained
+            # assignment calls this listener *before* Redis holds X. The first announcer made
+            # the transition, so store X now: the fleet sees it from this instant, and the
+            # event's time is when the breaker really took effect.
+            g.storage.state = new_state.name
             old = old_state.name if old_state else "unknown"
             log.warning("provider %s: circuit %s -> %s", g.provider.name, old, new_state.name)
             g.redis.xadd(
@@ -180,6 +202,7 @@ class ProviderGuard:
         self.provider = provider
         self.ns = f"{settings.key_prefix}:provider:{provider.name}"
         self.events_key = f"{settings.key_prefix}:events:providers"
+        self.announce_prefix = f"{self.ns}:announced:"
         self.redis = get_redis(settings)
         names = ("state", "fail_counter", "success_counter", "opened_at")
         self.keys = {n: f"{self.ns}:pybreaker:{n}" for n in names} | {
@@ -188,14 +211,15 @@ class ProviderGuard:
             "rpm": f"{self.ns}:rpm",
             "tpm": f"{self.ns}:tpm",
         }
+        self.storage = pybreaker.CircuitRedisStorage(
+            pybreaker.STATE_CLOSED, get_redis(settings, decode=False), namespace=self.ns
+        )
         self.breaker = pybreaker.CircuitBreaker(
             fail_max=provider.fail_max,
             reset_timeout=provider.reset_timeout,
             name=provider.name,
             throw_new_error_on_trip=False,
-            state_storage=pybreaker.CircuitRedisStorage(
-                pybreaker.STATE_CLOSED, get_redis(settings, decode=False), namespace=self.ns
-            ),
+            state_storage=self.storage,
             listeners=[_Announcer(self)],
         )
         self._admit = self.redis.register_script(_ADMIT)
@@ -206,6 +230,7 @@ class ProviderGuard:
 
     def admit(self, estimated_tokens: int) -> Admission:
         k = self.keys
+        now = time.time()
         reply = self._admit(
             keys=[
                 k["state"],
@@ -215,9 +240,10 @@ class ProviderGuard:
                 k["hold"],
                 k["rpm"],
                 k["tpm"],
+                self.events_key,
             ],
             args=[
-                time.time(),
+                now,
                 self.provider.reset_timeout,
                 self.provider.max_probes,
                 self._probe_ttl_ms,
@@ -225,9 +251,13 @@ class ProviderGuard:
                 self.provider.tpm or 0,
                 self.provider.burst_seconds,
                 estimated_tokens,
+                self.provider.name,
+                self.announce_prefix,
             ],
         )
-        return Admission(reply[0], float(reply[1]), reply[2] == "1", estimated_tokens)
+        if reply[3] == "1":
+            log.warning("provider %s: circuit open -> half-open", self.provider.name)
+        return Admission(reply[0], float(reply[1]), reply[2] == "1", estimated_tokens, now)
 
     def succeeded(self, admission: Admission, actual_tokens: int) -> None:
         self._record(admission, None)

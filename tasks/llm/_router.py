@@ -36,7 +36,7 @@ def call_chain(
             skipped.append((target.provider, admission.outcome, admission.wait_s))
             continue
         try:
-            completion = complete(provider, messages, tools, target.model)
+            completion = complete(provider, messages, tools, target.model, admission.at)
         except RetryableProviderError as exc:
             guard.failed(admission, exc)
             if admission.probe:

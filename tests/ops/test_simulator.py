@@ -713,3 +713,16 @@ def test_faults_cli(sim: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert faults_main(["--url", sim, "--provider", "a", "--clear"]) == 0
     assert json.loads(capsys.readouterr().out) == {"provider": "a", "faults": None}
     assert _providers(sim)["a"]["faults"] is None
+
+
+def test_calls_log_keeps_the_admission_time_sent_by_the_fleet(sim: str) -> None:
+    with _provider_sdk(sim, "adm") as sdk:
+        sdk.chat.completions.create(
+            model="sim-1",
+            messages=[{"role": "user", "content": "hi"}],
+            extra_headers={"x-agentfleet-admitted-at": "1234.5678"},
+        )
+        sdk.chat.completions.create(model="sim-1", messages=[{"role": "user", "content": "x"}])
+    body = httpx.get(f"{sim}/_sim/providers/adm/calls").json()
+    assert len(body["times"]) == 2
+    assert body["admitted"] == [1234.5678, None]
