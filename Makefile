@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo serve test lint typecheck clean
+.PHONY: demo serve test lint typecheck bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,13 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
+
+## bench: agentfleet next to stock Celery on one private Redis (ops/bench.py).
+bench: $(STAMP)
+	$(PY) -m ops.bench
+
+bench-quick: $(STAMP)
+	$(PY) -m ops.bench --quick
 
 clean:
 	rm -rf $(VENV) .agentfleet .mypy_cache .ruff_cache

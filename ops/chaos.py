@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         sim = stack.start_simulator(latency=args.latency).removesuffix("/v1")
         stack.env_overrides = {"AGENTFLEET_PROVIDERS": _providers(sim)}
         for _ in range(2):
-            stack.start_worker(PoolSpec("agents", "gevent", 200))
+            stack.start_worker(PoolSpec("agents", "threads", 200))
         stack.start_worker(PoolSpec("tools", "prefork", 2))
         stack.start_worker(PoolSpec("batch", "prefork", 1))
         stack.start_api()

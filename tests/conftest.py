@@ -26,7 +26,7 @@ FLEET_ENV = {
     "AGENTFLEET_LLM_TIMEOUT": "20",
 }
 FLEET_POOLS = (
-    PoolSpec("agents", "gevent", 100),
+    PoolSpec("agents", "threads", 100),
     PoolSpec("tools", "prefork", 4),
     PoolSpec("batch", "prefork", 1),
 )

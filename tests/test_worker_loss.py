@@ -30,7 +30,7 @@ SHORT = {
     "AGENTFLEET_UNACKED_RESTORE_INTERVAL": "1",
     "AGENTFLEET_UNACKED_RESTORE_THROTTLE": "1",
 }
-AGENTS = PoolSpec("agents", "gevent", 50)
+AGENTS = PoolSpec("agents", "threads", 50)
 TOOLS = PoolSpec("tools", "prefork", 4)
 BATCH = PoolSpec("batch", "prefork", 1)
 
@@ -66,8 +66,19 @@ def test_tools_worker_killed_mid_load(short_fleet: Fleet, wait: Callable[..., No
         ).id
         for run in range(8)
     ]
+    call_ids = [f"{run_ids[run]}-1-{i}" for run in range(8) for i in range(3)]
+
+    def mid_execution() -> bool:
+        # Tools are sleeping, and every tool that finished has its result stored: the kill
+        # lands inside tool bodies, not between a tool's own side effect and the store.
+        started, completed = _counts(fleet, "started", keys), _counts(fleet, "completed", keys)
+        stored = [bool(fleet.redis.hexists(f"af:tool:{c}", "result")) for c in call_ids]
+        return sum(started) - sum(completed) >= 2 and all(
+            s for s, done in zip(stored, completed, strict=True) if done
+        )
+
     # Kill the tools worker (main process and pool children) while tools are executing.
-    wait(lambda: sum(_counts(fleet, "started", keys)) >= 6, 30, "tools to start")
+    wait(mid_execution, 30, "tools to be in the middle of running")
     victim = _worker(fleet, "tools")
     fleet.stack.kill(victim)
     victim.popen.wait(timeout=10)
