@@ -52,3 +52,14 @@ def test_unreachable_api_is_a_clear_error() -> None:
     )
     assert out.returncode == 3
     assert "cannot reach the API" in out.stderr
+
+
+def test_providers_table(fleet: Fleet) -> None:
+    out = _cli(fleet, "providers")
+    assert out.returncode == 0, out.stderr
+    header, *rows = out.stdout.splitlines()
+    assert header.split()[:3] == ["provider", "state", "failures"]
+    assert [r.split()[:2] for r in rows] == [["default", "closed"]]
+    as_json = json.loads(_cli(fleet, "--json", "providers").stdout)
+    assert as_json[0]["name"] == "default"
+    assert as_json[0]["fail_max"] == 5
