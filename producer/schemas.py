@@ -51,6 +51,7 @@ class Run(BaseModel):
     status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
     model: str | None
     provider: str | None
+    worker: str | None
     waiting: Waiting | None
     progress: Progress
     usage: Usage

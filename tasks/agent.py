@@ -87,7 +87,9 @@ class StepRunner:
 
     def _not_ours(self, claim: StepClaim) -> dict[str, Any]:
         if claim.outcome == "busy":
-            raise self.task.retry(countdown=claim.wait_s + random.uniform(0.1, 1.0))
+            # Another delivery of this run holds it: usually it finishes within moments, so
+            # look again soon rather than sleeping out the whole lease.
+            raise self.task.retry(countdown=min(claim.wait_s, 2.0) + random.uniform(0.1, 0.5))
         if claim.outcome == "poisoned":
             return self._fail(
                 claim.token,
@@ -129,6 +131,7 @@ class StepRunner:
                 completion.completion_tokens,
                 len(completion.tool_calls),
                 target.provider,
+                str(self.task.request.hostname or ""),
             )
         if completion.tool_calls:
             self._dispatch_tools(claim, run, completion.tool_calls)
@@ -232,6 +235,10 @@ class StepRunner:
             )
         body = self.task.app.signature(names.AGENT_STEP, args=(self.run_id, self.step + 1))
         body.on_error(self.task.app.signature(names.TOOLS_FAILED))
+        # Drop the lease before publishing: with fast tools the next step can start before
+        # this task returns, and must not find the run held. If this worker dies before the
+        # publish, the redelivered step finds its answer applied and publishes again.
+        self.store.drop_lease(self.run_id, claim.token)
         try:
             self.task.replace(chord(header, body))
         except Ignore:

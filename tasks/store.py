@@ -63,7 +63,7 @@ return {'ok', redis.call('HGETALL', KEYS[1]), redis.call('LRANGE', KEYS[3], 0, -
 """
 
 # ARGV: step, json {messages: [str], prompt_tokens, completion_tokens, tools_total, now,
-#                   provider}
+#                   provider, worker}
 _APPLY_STEP = """
 local step = tonumber(ARGV[1])
 if tonumber(redis.call('HGET', KEYS[1], 'applied_step') or '0') >= step then return 0 end
@@ -74,7 +74,7 @@ redis.call('HINCRBY', KEYS[1], 'completion_tokens', p.completion_tokens)
 redis.call('HINCRBY', KEYS[1], 'llm_calls', 1)
 redis.call('HINCRBY', KEYS[1], 'tools_total', p.tools_total)
 redis.call('HSET', KEYS[1], 'applied_step', step, 'step', step, 'updated_at', p.now,
-           'provider', p.provider, 'tools:' .. step, p.tools_total)
+           'provider', p.provider, 'tools:' .. step, p.tools_total, 'worker', p.worker)
 redis.call('HDEL', KEYS[1], 'waiting', 'waiting_since')
 return 1
 """
@@ -105,6 +105,12 @@ _RELEASE_STEP = """
 if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
 redis.call('HINCRBY', KEYS[1], 'deliveries:' .. ARGV[2], -1)
 return 1
+"""
+
+# ARGV: token. Drops the lease if this token still holds it.
+_DROP_LEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
 """
 
 # ARGV: json fields, ttl. Creates a tool-call record unless one exists.
@@ -198,6 +204,7 @@ class RunStore:
         self._apply_step = client.register_script(_APPLY_STEP)
         self._finish_step = client.register_script(_FINISH_STEP)
         self._release_step = client.register_script(_RELEASE_STEP)
+        self._drop_lease = client.register_script(_DROP_LEASE)
         self._create_tool = client.register_script(_CREATE_TOOL)
         self._begin_tool = client.register_script(_BEGIN_TOOL)
         self._complete_tool = client.register_script(_COMPLETE_TOOL)
@@ -280,6 +287,7 @@ class RunStore:
         completion_tokens: int,
         tools_total: int,
         provider: str,
+        worker: str = "",
     ) -> bool:
         """Append this step's messages and usage once; False if it was applied before."""
         base = self.run_key(run_id)
@@ -290,6 +298,7 @@ class RunStore:
             "tools_total": tools_total,
             "now": time.time(),
             "provider": provider,
+            "worker": worker,
         }
         applied = self._apply_step(
             keys=[base, f"{base}:messages"], args=[step, json.dumps(payload)]
@@ -333,6 +342,10 @@ class RunStore:
     def release_step(self, run_id: str, step: int, token: str) -> None:
         base = self.run_key(run_id)
         self._release_step(keys=[base, f"{base}:lease"], args=[token, step])
+
+    def drop_lease(self, run_id: str, token: str) -> None:
+        """Let the next step of the run start (it may arrive before this one has finished)."""
+        self._drop_lease(keys=[f"{self.run_key(run_id)}:lease"], args=[token])
 
     # --- tool calls ----------------------------------------------------------------------
     def create_tool_call(self, call_id: str, name: str, arguments: dict[str, Any]) -> bool:

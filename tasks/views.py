@@ -38,6 +38,7 @@ def run_view(record: dict[str, str]) -> dict[str, Any]:
             "llm_calls": _int(record, "llm_calls"),
         },
         "provider": record.get("provider"),
+        "worker": record.get("worker"),
         "waiting": json.loads(record["waiting"]) if record.get("waiting") else None,
         "result": record.get("result"),
         "error": json.loads(error) if error else None,

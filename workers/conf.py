@@ -30,6 +30,9 @@ def transport_options(settings: Settings) -> dict[str, Any]:
         "socket_connect_timeout": 5,
         "socket_keepalive": True,
         "retry_on_timeout": True,
+        # Acks come from every pool thread (late acks); kombu's default of 10 connections per
+        # channel makes them fail under load, and a failed ack waits out the visibility timeout.
+        "max_connections": settings.redis_max_connections,
     }
 
 

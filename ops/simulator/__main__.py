@@ -46,6 +46,8 @@ def main(argv: list[str] | None = None) -> None:
         # Benchmarks open thousands of connections at once; the default
         # listen backlog would drop some of them.
         backlog=4096,
+        # Longer than clients keep idle connections, so a reused one is never being closed.
+        timeout_keep_alive=30,
     )
 
 

@@ -29,7 +29,12 @@ def get_client(provider: ProviderConfig) -> openai.OpenAI:
             max_retries=0,
             timeout=httpx2.Timeout(provider.timeout, connect=provider.connect_timeout),
             http_client=openai.DefaultHttpxClient(
-                limits=httpx2.Limits(max_connections=4096, max_keepalive_connections=1024),
+                # Idle connections expire before common server idle timeouts (5 s in uvicorn):
+                # reusing one the server is closing fails as a connection error, which would
+                # count against the provider's breaker.
+                limits=httpx2.Limits(
+                    max_connections=4096, max_keepalive_connections=1024, keepalive_expiry=4.0
+                ),
             ),
         )
         _clients[key] = client
