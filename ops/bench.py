@@ -1063,27 +1063,20 @@ def progress(message: str) -> None:
 
 def run_sections(bench: Bench, only: Sequence[str]) -> dict[str, Any]:
     """Run the sections asked for, printing each table as soon as it is measured."""
+    sections: list[tuple[str, str, Callable[[], Sequence[Any]], Callable[[Any], str]]] = [
+        ("a", "latency", bench.latency, report_latency),
+        ("b", "throughput", bench.throughput, report_throughput),
+        ("c", "concurrency", bench.concurrency, report_concurrency),
+    ]
     numbers: dict[str, Any] = {}
-    if "a" in only:
-        progress("(a) latency")
-        latency = bench.latency()
-        numbers["latency"] = [asdict(r) for r in latency]
-        print(report_latency(latency), end="\n\n", flush=True)
-        if problems := report_problems("(a)", latency):
-            print(problems, end="\n\n", flush=True)
-    if "b" in only:
-        progress("(b) throughput")
-        drained = bench.throughput()
-        numbers["throughput"] = [asdict(r) for r in drained]
-        print(report_throughput(drained), end="\n\n", flush=True)
-        if problems := report_problems("(b)", drained):
-            print(problems, end="\n\n", flush=True)
-    if "c" in only:
-        progress("(c) concurrency")
-        concurrent = bench.concurrency()
-        numbers["concurrency"] = [asdict(r) for r in concurrent]
-        print(report_concurrency(concurrent), end="\n\n", flush=True)
-        if problems := report_problems("(c)", concurrent):
+    for key, name, measure, report in sections:
+        if key not in only:
+            continue
+        progress(f"({key}) {name}")
+        rows = measure()
+        numbers[name] = [asdict(r) for r in rows]
+        print(report(rows), end="\n\n", flush=True)
+        if problems := report_problems(f"({key})", rows):
             print(problems, end="\n\n", flush=True)
     return numbers
 

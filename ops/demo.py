@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--serve", action="store_true", help="keep the fleet up afterwards")
     parser.add_argument("--workdir", type=Path, default=REPO / ".agentfleet")
     args = parser.parse_args(argv)
-    stack = Stack(args.workdir, redis_url=os.environ.get("REDIS_URL"))
+    stack = Stack(args.workdir, redis_url=os.environ.get("REDIS_URL")).__enter__()
     try:
         print("starting redis, the LLM simulator, workers (agents, tools, batch) and the API ...")
         start = time.monotonic()

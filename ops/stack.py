@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -33,6 +34,12 @@ REPO = Path(__file__).resolve().parent.parent
 
 class StackError(RuntimeError):
     """A process of the stack could not be started."""
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    # Once: a second SIGTERM while the processes are being stopped must not cut that short.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise SystemExit(128 + signum)
 
 
 def free_port() -> int:
@@ -126,6 +133,10 @@ class Stack:
         self.workdir.mkdir(parents=True, exist_ok=True)
 
     def __enter__(self) -> Stack:
+        # The processes run in their own sessions, so a SIGTERM to this one alone would leave
+        # them behind: turn it into an ordinary exit, which stops them on the way out.
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, _exit_on_sigterm)
         return self
 
     def __exit__(self, *_: object) -> None:
