@@ -65,9 +65,8 @@ def main(argv: list[str] | None = None) -> int:
             f"  pybreaker .call():    {args.naive:>4} concurrent calls in {naive:6.2f}s "
             f"= {naive / args.latency:5.2f} x one call's latency (serialised by its lock)"
         )
-        print(
-            f"  state after: {guard.snapshot()['state']}, failures {guard.snapshot()['failures']}"
-        )
+        after = guard.snapshot()
+        print(f"  state after: {after['state']}, failures {after['failures']}")
     return 0
 
 

@@ -15,6 +15,8 @@ import pytest
 
 from ops.simulator.faults import clear_faults, set_faults
 from ops.stack import PoolSpec, Stack
+from tasks.errors import RateLimitedError, RetryableProviderError
+from tasks.llm import get_guard
 from tests.conftest import Fleet
 
 RESET_TIMEOUT = 3.0
@@ -201,3 +203,15 @@ def test_rate_limit_is_shared_by_the_fleet(pfleet: Fleet, sim: str) -> None:
     span = times[-1] - times[0]
     assert span >= n - 3, f"{n} calls in {span:.1f}s is faster than 60/min"
     assert all(len([t for t in times if s <= t < s + 1.0]) <= 2 for s in times)
+
+
+def test_a_429_neither_counts_nor_clears_breaker_failures(pfleet: Fleet, sim: str) -> None:
+    provider = next(p for p in pfleet.settings.provider_list if p.name == "a")
+    guard = get_guard(pfleet.settings, provider)
+    for _ in range(2):
+        guard.failed(guard.admit(10), RetryableProviderError("a: HTTP 500", "a"))
+    assert _state(pfleet, "a")["failures"] == 2
+    guard.failed(guard.admit(10), RateLimitedError("a: HTTP 429", "a", None))
+    state = _state(pfleet, "a")
+    assert state["failures"] == 2
+    assert state["state"] == "closed"

@@ -271,8 +271,13 @@ class ProviderGuard:
         now = time.time()
         if exc.retry_after:
             self._hold(keys=[self.keys["hold"]], args=[now + exc.retry_after, now])
-        # A 429 says the provider is up and busy: the hold and the limiter handle it.
-        self._record(admission, None if isinstance(exc, RateLimitedError) else exc)
+        if isinstance(exc, RateLimitedError):
+            # A 429 says the provider is up and busy: the hold and the limiter handle it.
+            # Replaying it as a success would reset the failure count (or close a half-open
+            # breaker), so the breaker hears nothing of it.
+            self.release(admission)
+            return
+        self._record(admission, exc)
 
     def release(self, admission: Admission) -> None:
         """The call ended without a provider verdict (a 4xx, a time limit): count nothing."""
