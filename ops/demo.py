@@ -1,9 +1,10 @@
 """The demo: bring up a whole fleet offline and watch real agent runs finish.
 
 ``python -m ops.demo`` starts Redis (``REDIS_URL`` if set, else a private ``redis-server``),
-the LLM simulator, one worker per pool and the API; enqueues several agent runs (one with
-parallel tool calls) and a single tool call through the HTTP API; prints each result; stops
-everything. ``--serve`` keeps the fleet up afterwards so you can poll and send more.
+the LLM simulator, one worker per pool and the API, with ``BROKER_URL`` as the broker if set
+(e.g. a RabbitMQ vhost); enqueues several agent runs (one with parallel tool calls) and a
+single tool call through the HTTP API; prints each result; stops everything. ``--serve``
+keeps the fleet up afterwards so you can poll and send more.
 """
 
 from __future__ import annotations
@@ -70,7 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--serve", action="store_true", help="keep the fleet up afterwards")
     parser.add_argument("--workdir", type=Path, default=REPO / ".agentfleet")
     args = parser.parse_args(argv)
-    stack = Stack(args.workdir, redis_url=os.environ.get("REDIS_URL")).__enter__()
+    stack = Stack(
+        args.workdir, redis_url=os.environ.get("REDIS_URL"), broker_url=os.environ.get("BROKER_URL")
+    ).__enter__()
     try:
         print("starting redis, the LLM simulator, workers (agents, tools, batch) and the API ...")
         start = time.monotonic()

@@ -128,6 +128,8 @@ class Stack:
     procs: list[Proc] = field(default_factory=list)
     simulator_url: str = ""
     api_url: str = ""
+    #: Celery broker, when not the stack's Redis (e.g. ``amqp://`` for RabbitMQ).
+    broker_url: str | None = None
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -151,6 +153,8 @@ class Stack:
             env["AGENTFLEET_REDIS_URL"] = self.redis_url
         if self.simulator_url:
             env["AGENTFLEET_SIMULATOR_URL"] = self.simulator_url
+        if self.broker_url:
+            env["AGENTFLEET_BROKER_URL"] = self.broker_url
         env.update(self.env_overrides)
         return env
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from celery import Celery
 from celery.app.defaults import DEFAULTS
 from pydantic import ValidationError
 
@@ -17,8 +18,13 @@ READ_BUT_NOT_IN_DEFAULTS = {
 }
 
 
-def test_every_key_we_set_is_a_real_celery_setting() -> None:
-    config = celery_config(Settings())
+#: A RabbitMQ broker URL; building the configuration does not connect to it.
+AMQP = "amqp://user:secret@rabbit.example:5672/fleet"
+
+
+@pytest.mark.parametrize("broker", [None, AMQP])
+def test_every_key_we_set_is_a_real_celery_setting(broker: str | None) -> None:
+    config = celery_config(Settings(broker_url=broker))
     unknown = sorted(set(config) - set(DEFAULTS) - READ_BUT_NOT_IN_DEFAULTS)
     assert unknown == []
     assert "redis_backend_health_check_interval" not in DEFAULTS  # else drop it from the list
@@ -65,11 +71,41 @@ def test_app_has_named_tasks_on_their_queues() -> None:
         ({"visibility_timeout": 400}, "visibility_timeout=400s is too short"),
         ({"tool_soft_time_limit": 70}, "tool_soft_time_limit < tool_time_limit"),
         ({"default_max_steps": 60}, "default_max_steps"),
+        ({"broker_url": "sqs://queue"}, "unsupported broker URL scheme 'sqs'"),
+        (
+            {"broker_url": AMQP, "broker_consumer_timeout": 150},
+            "broker_consumer_timeout=150.0s is too short",
+        ),
     ],
 )
 def test_impossible_settings_fail_at_start(overrides: dict[str, object], says: str) -> None:
     with pytest.raises(ValidationError, match=says):
         Settings(**overrides)  # type: ignore[arg-type]
+
+
+def test_a_redis_broker_gets_redis_transport_options_and_classic_queues() -> None:
+    config = celery_config(Settings(broker_url="redis://127.0.0.1:6390/1"))
+    assert config["broker_transport_options"]["visibility_timeout"] == 3600
+    assert [q.queue_arguments for q in config["task_queues"]] == [None, None, None]
+    assert "worker_detect_quorum_queues" not in config
+    assert type(create_app(Settings())).send_task is Celery.send_task
+
+
+def test_a_rabbitmq_broker_gets_quorum_queues_and_confirms() -> None:
+    settings = Settings(broker_url=AMQP)
+    config = celery_config(settings)
+    # No Redis option reaches RabbitMQ; the result backend (Redis) keeps its own.
+    assert config["broker_transport_options"] == {"confirm_publish": True}
+    assert config["result_backend_transport_options"]["visibility_timeout"] == 3600
+    assert [q.name for q in config["task_queues"]] == ["agents", "tools", "batch"]
+    for queue in config["task_queues"]:
+        assert queue.queue_arguments == {"x-queue-type": "quorum"}
+        assert queue.exchange.type == "topic"  # native delayed delivery routes through it
+        assert queue.durable
+    assert config["worker_detect_quorum_queues"] is True
+    assert config["broker_native_delayed_delivery_queue_type"] == "quorum"
+    # Countdowns under a second are rounded up before Celery routes them (workers.broker).
+    assert type(create_app(settings)).send_task is not Celery.send_task
 
 
 def test_settings_come_from_prefixed_environment(monkeypatch: pytest.MonkeyPatch) -> None:

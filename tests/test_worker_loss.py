@@ -57,8 +57,8 @@ def _counts(fleet: Fleet, prefix: str, keys: list[str]) -> list[int]:
     return [int(v or 0) for v in values]
 
 
-def test_tools_worker_killed_mid_load(short_fleet: Fleet, wait: Callable[..., None]) -> None:
-    fleet = short_fleet
+def kill_tools_worker_mid_load(fleet: Fleet, wait: Callable[..., None]) -> None:
+    """SIGKILL the tools worker while tools run: every run succeeds, every tool runs once."""
     keys = [f"t{run}-{i}" for run in range(8) for i in range(3)]
     run_ids = [
         fleet.client.create_run(
@@ -92,8 +92,8 @@ def test_tools_worker_killed_mid_load(short_fleet: Fleet, wait: Callable[..., No
     assert _counts(fleet, "completed", keys) == [1] * len(keys)
 
 
-def test_agents_worker_killed_mid_load(short_fleet: Fleet, wait: Callable[..., None]) -> None:
-    fleet = short_fleet
+def kill_agents_worker_mid_load(fleet: Fleet, wait: Callable[..., None]) -> None:
+    """SIGKILL the agents worker during LLM calls: every run succeeds, each step applied once."""
     keys = [f"a{run}" for run in range(12)]
     run_ids = [
         fleet.client.create_run(
@@ -112,3 +112,11 @@ def test_agents_worker_killed_mid_load(short_fleet: Fleet, wait: Callable[..., N
     assert [r.status for r in runs] == ["succeeded"] * 12
     assert all(r.usage.llm_calls == 2 for r in runs)  # applied once each, whatever was lost
     assert _counts(fleet, "completed", keys) == [1] * len(keys)
+
+
+def test_tools_worker_killed_mid_load(short_fleet: Fleet, wait: Callable[..., None]) -> None:
+    kill_tools_worker_mid_load(short_fleet, wait)
+
+
+def test_agents_worker_killed_mid_load(short_fleet: Fleet, wait: Callable[..., None]) -> None:
+    kill_agents_worker_mid_load(short_fleet, wait)

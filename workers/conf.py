@@ -16,11 +16,12 @@ from __future__ import annotations
 from typing import Any
 
 from workers import queues
+from workers.broker import broker_config
 from workers.settings import Settings
 
 
 def transport_options(settings: Settings) -> dict[str, Any]:
-    """Redis transport options shared by the broker and the result backend."""
+    """Redis transport options of the result backend, and of the broker if it is Redis."""
     return {
         # Must be the same on every process sharing the broker DB: the shortest one wins.
         "visibility_timeout": settings.visibility_timeout,
@@ -42,7 +43,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     return {
         "broker_url": settings.broker,
         "result_backend": settings.backend,
-        "broker_transport_options": transport,
+        # broker_transport_options and task_queues, for Redis or RabbitMQ (workers.broker).
+        **broker_config(settings, redis_transport=transport),
         "result_backend_transport_options": {
             **transport,
             "retry_policy": {"timeout": 5.0},
@@ -56,7 +58,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "accept_content": ["json"],
         "result_accept_content": ["json"],
         # Queues and routes.
-        "task_queues": queues.declare(),
         "task_default_queue": queues.AGENTS,
         "task_routes": queues.ROUTES,
         "task_create_missing_queues": False,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from celery import Celery
 
+from workers.broker import celery_class
 from workers.conf import celery_config
 from workers.settings import Settings
 
@@ -14,7 +15,7 @@ def create_app(settings: Settings) -> Celery:
     # no cycle, and the app stays the only place that knows about every task.
     from tasks import register_tasks
 
-    app = Celery("agentfleet", set_as_current=False)
+    app = celery_class(settings)("agentfleet", set_as_current=False)
     app.conf.update(celery_config(settings))
     register_tasks(app, settings)
     return app

@@ -24,6 +24,21 @@ ROUTES: Final[dict[str, dict[str, str]]] = {
 }
 
 
-def declare() -> tuple[Queue, ...]:
-    """The kombu queue declarations for every agentfleet queue."""
-    return tuple(Queue(name, Exchange(name, type="direct"), routing_key=name) for name in ALL)
+def declare(*, quorum: bool = False) -> tuple[Queue, ...]:
+    """The kombu queue declarations for every agentfleet queue.
+
+    ``quorum`` (RabbitMQ): replicated quorum queues on topic exchanges. Celery's native delayed
+    delivery hands a due countdown message back through the queue's exchange, and it cannot
+    do that through a direct one (it would hold the message in a worker until its ETA).
+    """
+    if not quorum:
+        return tuple(Queue(name, Exchange(name, type="direct"), routing_key=name) for name in ALL)
+    return tuple(
+        Queue(
+            name,
+            Exchange(name, type="topic"),
+            routing_key=name,
+            queue_arguments={"x-queue-type": "quorum"},
+        )
+        for name in ALL
+    )

@@ -16,6 +16,8 @@ from typing import Annotated, Self
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from workers.broker import BrokerKind, broker_kind
+
 #: Where the built-in LLM simulator listens by default (``python -m ops.simulator``).
 DEFAULT_SIMULATOR_URL = "http://127.0.0.1:8799/v1"
 
@@ -106,6 +108,12 @@ class Settings(BaseSettings):
         ge=0,
         description="Slack between the longest a message may stay unacked and the timeout.",
     )
+    broker_consumer_timeout: float = Field(
+        default=1800.0,
+        gt=0,
+        description="RabbitMQ's consumer_timeout (s) as configured on the broker: how long it "
+        "lets a delivery stay unacknowledged. Checked against the hard time limits.",
+    )
     unacked_restore_interval: int = Field(default=10, ge=1)
     unacked_restore_throttle: int = Field(default=10, ge=1)
     worker_soft_shutdown_timeout: float = Field(default=45.0, ge=0)
@@ -186,6 +194,21 @@ class Settings(BaseSettings):
                         f"model alias {alias!r}: {target!r} is not 'provider:model' with a "
                         f"configured provider ({', '.join(names)})"
                     )
+        return self
+
+    @model_validator(mode="after")
+    def _check_broker(self) -> Self:
+        kind = broker_kind(self.broker)  # an unsupported scheme stops the process here
+        longest = max(self.step_time_limit, self.tool_time_limit) + self.visibility_margin
+        if kind is BrokerKind.RABBITMQ and not longest < self.broker_consumer_timeout:
+            # A step is acknowledged when it ends (late acks); RabbitMQ closes the channel of
+            # a delivery held longer than consumer_timeout and hands it out again. Countdowns
+            # wait on the broker (native delayed delivery), so only the hard limits count.
+            raise ValueError(
+                f"broker_consumer_timeout={self.broker_consumer_timeout}s is too short: "
+                f"RabbitMQ's consumer_timeout must exceed the longest hard time limit + "
+                f"{self.visibility_margin}s = {longest:.0f}s"
+            )
         return self
 
     @property

@@ -1,0 +1,133 @@
+"""Broker-specific Celery options, chosen in one place from the broker URL's scheme.
+
+Redis (``redis://``, ``rediss://``, ``sentinel://``) has no acknowledgements of its own: kombu
+emulates them with a visibility timeout that every countdown plus the longest hard time limit
+must stay under (``workers.conf``). RabbitMQ (``amqp://``, ``amqps://``, ``pyamqp://``)
+acknowledges natively and gives unacknowledged messages back the moment a worker's connection
+drops, so there is no visibility timeout; instead:
+
+- every queue is a quorum queue (replicated, durable, at-least-once dead-lettering), bound to
+  a topic exchange, because Celery's native delayed delivery cannot route through direct ones;
+- quorum queues do not support global QoS, so Celery (``worker_detect_quorum_queues``) switches
+  to a static per-consumer prefetch, and countdowns (step retries, the chord recovery check)
+  wait in RabbitMQ's ``celery_delayed_*`` queues instead of unacknowledged in a worker;
+- publisher confirms, so a publish the broker did not take raises instead of vanishing;
+- RabbitMQ's ``consumer_timeout`` closes a channel holding a delivery unacknowledged for longer
+  (30 min by default); ``Settings`` checks it exceeds the longest hard time limit.
+
+The result backend and the run store stay on Redis whatever the broker is.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from celery import Celery, bootsteps
+from kombu.transport.native_delayed_delivery import (
+    bind_queue_to_native_delayed_delivery_exchange,
+)
+
+from workers import queues
+
+if TYPE_CHECKING:
+    from workers.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class BrokerKind(enum.StrEnum):
+    REDIS = "redis"
+    RABBITMQ = "rabbitmq"
+
+
+_SCHEMES = {
+    "redis": BrokerKind.REDIS,
+    "rediss": BrokerKind.REDIS,
+    "sentinel": BrokerKind.REDIS,
+    "amqp": BrokerKind.RABBITMQ,
+    "amqps": BrokerKind.RABBITMQ,
+    "pyamqp": BrokerKind.RABBITMQ,
+}
+
+
+def broker_kind(url: str) -> BrokerKind:
+    """Which broker ``url`` names; ValueError for a scheme the fleet is not configured for."""
+    # A failover list ("amqp://a;amqp://b") names one kind of broker: the first decides.
+    scheme = urlsplit(url.split(";", 1)[0].strip()).scheme.lower()
+    try:
+        return _SCHEMES[scheme]
+    except KeyError:
+        known = ", ".join(f"{s}://" for s in _SCHEMES)
+        raise ValueError(f"unsupported broker URL scheme {scheme!r}: use one of {known}") from None
+
+
+def broker_config(settings: Settings, redis_transport: dict[str, Any]) -> dict[str, Any]:
+    """The Celery settings that depend on which broker ``settings.broker`` is.
+
+    ``redis_transport`` is what a Redis broker gets (``workers.conf.transport_options``).
+    """
+    if broker_kind(settings.broker) is BrokerKind.REDIS:
+        return {
+            "broker_transport_options": redis_transport,
+            "task_queues": queues.declare(),
+        }
+    return {
+        # Only amqp options here: visibility_timeout and the other Redis ones mean nothing to
+        # RabbitMQ. Confirms make a rejected publish raise (the API answers 503, a retry is
+        # not silently dropped) at the price of a round trip per publish.
+        "broker_transport_options": {"confirm_publish": True},
+        "task_queues": queues.declare(quorum=True),
+        # The defaults, stated because the design depends on them: detect the quorum queues
+        # to disable global QoS, and keep countdowns in quorum queues on the broker.
+        "worker_detect_quorum_queues": True,
+        "broker_native_delayed_delivery_queue_type": "quorum",
+    }
+
+
+class DeclareFleetQueues(bootsteps.StartStopStep):
+    """Declare every fleet queue and bind it for native delayed delivery, whatever ``-Q`` says.
+
+    Celery binds every configured queue to the delayed-delivery exchange when a worker starts,
+    but declares only the queues that worker consumes. On a fresh vhost the first ``-Q agents``
+    worker cannot bind ``tools`` or ``batch`` (404, logged as "Native delayed delivery will
+    not be available"); if no later worker did, a countdown for them (a busy tool call's
+    retry, the chord recovery check) would be dead-lettered to nowhere and lost. This step runs
+    after Celery's, on every (re)connection, and leaves every queue declared and bound.
+    """
+
+    requires = ("celery.worker.consumer.delayed_delivery:DelayedDelivery",)
+
+    def start(self, c: Any) -> None:
+        with c.app.connection_for_write() as connection:
+            for queue in c.app.amqp.queues.values():
+                queue.bind(connection.default_channel).declare()
+                bind_queue_to_native_delayed_delivery_exchange(connection, queue)
+        log.info("every fleet queue is declared and bound for native delayed delivery")
+
+
+class RabbitMQCelery(Celery):
+    """The fleet's Celery app on a RabbitMQ broker.
+
+    Its workers run :class:`DeclareFleetQueues`, and its countdowns under one second become
+    one second: native delayed delivery (Celery 5.7) routes a countdown through RabbitMQ's
+    delay queues by ``int(countdown)`` whole seconds and raises ValueError for one that
+    truncates to 0. Inside ``Task.retry`` that error turns into a rejected message, and the
+    run would stop. Our short retries (a busy lease, a quick backoff) wait a little longer.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.steps["consumer"].add(DeclareFleetQueues)
+
+    def send_task(self, name: str, *args: Any, countdown: float | None = None, **kw: Any) -> Any:
+        if countdown is not None and 0 < countdown < 1:
+            countdown = 1.0
+        return super().send_task(name, *args, countdown=countdown, **kw)
+
+
+def celery_class(settings: Settings) -> type[Celery]:
+    """The Celery app class for the broker in ``settings``."""
+    return RabbitMQCelery if broker_kind(settings.broker) is BrokerKind.RABBITMQ else Celery
