@@ -7,7 +7,7 @@ from celery import Celery
 from celery.app.defaults import DEFAULTS
 from pydantic import ValidationError
 
-from workers.conf import celery_config
+from workers.conf import celery_config, worker_config
 from workers.factory import create_app
 from workers.settings import Settings
 
@@ -24,7 +24,8 @@ AMQP = "amqp://user:secret@rabbit.example:5672/fleet"
 
 @pytest.mark.parametrize("broker", [None, AMQP])
 def test_every_key_we_set_is_a_real_celery_setting(broker: str | None) -> None:
-    config = celery_config(Settings(broker_url=broker))
+    settings = Settings(broker_url=broker)
+    config = {**celery_config(settings), **worker_config(settings)}
     unknown = sorted(set(config) - set(DEFAULTS) - READ_BUT_NOT_IN_DEFAULTS)
     assert unknown == []
     assert "redis_backend_health_check_interval" not in DEFAULTS  # else drop it from the list
@@ -106,6 +107,15 @@ def test_a_rabbitmq_broker_gets_quorum_queues_and_confirms() -> None:
     assert config["broker_native_delayed_delivery_queue_type"] == "quorum"
     # Countdowns under a second are rounded up before Celery routes them (workers.broker).
     assert type(create_app(settings)).send_task is not Celery.send_task
+
+
+def test_workers_wait_out_a_redis_outage_and_the_api_does_not() -> None:
+    settings = Settings(redis_outage_wait=30)
+    api, worker = celery_config(settings), worker_config(settings)
+    assert api["task_publish_retry_policy"]["max_retries"] == 3
+    assert api["result_backend_max_retries"] == 10
+    assert worker["task_publish_retry_policy"]["max_retries"] == 60  # every 0.5 s for 30 s
+    assert worker["result_backend_max_retries"] == 60
 
 
 def test_settings_come_from_prefixed_environment(monkeypatch: pytest.MonkeyPatch) -> None:

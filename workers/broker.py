@@ -71,8 +71,14 @@ def broker_config(settings: Settings, redis_transport: dict[str, Any]) -> dict[s
     """
     if broker_kind(settings.broker) is BrokerKind.REDIS:
         return {
+            # kombu's own, fixed to reconnect after Redis restarts without losing a message.
+            "broker_transport": "workers.redis_transport:Transport",
             "broker_transport_options": redis_transport,
             "task_queues": queues.declare(),
+            # A task still running when its worker loses Redis finishes: its message comes back
+            # only after the visibility timeout, long after it ended, and our steps and tool
+            # calls are idempotent. Cancelling it would delay its run by that timeout (an hour).
+            "worker_cancel_long_running_tasks_on_connection_loss": False,
         }
     return {
         # Only amqp options here: visibility_timeout and the other Redis ones mean nothing to
@@ -84,6 +90,9 @@ def broker_config(settings: Settings, redis_transport: dict[str, Any]) -> dict[s
         # to disable global QoS, and keep countdowns in quorum queues on the broker.
         "worker_detect_quorum_queues": True,
         "broker_native_delayed_delivery_queue_type": "quorum",
+        # RabbitMQ hands the message of a task whose worker lost its connection to another
+        # worker at once: stop the original rather than run both (prefork pools only).
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
     }
 
 

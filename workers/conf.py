@@ -13,8 +13,10 @@ hand it to someone else. :class:`Settings` refuses values that break this orderi
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
+from tasks.redisconn import RETRY_INTERVAL
 from workers import queues
 from workers.broker import broker_config
 from workers.settings import Settings
@@ -66,7 +68,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
-        "worker_cancel_long_running_tasks_on_connection_loss": True,
         # Off on purpose: our tasks deduplicate themselves (a stored tool result is returned,
         # an applied step is skipped), and a redelivered chord header must report to its
         # chord again. A worker can die after storing a header's SUCCESS but before the
@@ -106,4 +107,27 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_send_sent_event": True,
         "worker_hijack_root_logger": False,
         "enable_utc": True,
+    }
+
+
+def worker_config(settings: Settings) -> dict[str, Any]:
+    """What workers change in :func:`celery_config`: they wait out a Redis outage.
+
+    A worker whose Redis restarts keeps retrying, for about ``redis_outage_wait`` seconds, the
+    publish or result write of the task it holds, instead of failing the task: with Redis as
+    the broker a failed task is still acknowledged once Redis is back, and its run would stop.
+    The API keeps the short budgets above and answers 503 at once.
+    """
+    attempts = max(1, math.ceil(settings.redis_outage_wait / RETRY_INTERVAL))
+    return {
+        "task_publish_retry_policy": {
+            "max_retries": attempts,
+            "interval_start": 0.0,
+            "interval_step": RETRY_INTERVAL,
+            "interval_max": RETRY_INTERVAL,
+        },
+        # Sleeps of up to 1 s with full jitter: about 0.5 s each.
+        "result_backend_max_retries": attempts,
+        "result_backend_base_sleep_between_retries_ms": 100,
+        "result_backend_max_sleep_between_retries_ms": 1000,
     }

@@ -71,6 +71,12 @@ class Settings(BaseSettings):
     result_backend: str | None = Field(default=None, description="Defaults to redis_url.")
     key_prefix: str = Field(default="af", description="Prefix of every key agentfleet writes.")
     redis_max_connections: int = Field(default=2000, ge=10)
+    redis_outage_wait: float = Field(
+        default=30.0,
+        ge=0,
+        description="Seconds a worker keeps retrying an unreachable Redis before failing the "
+        "task it is running; the API does not wait (503).",
+    )
 
     # --- LLM provider --------------------------------------------------------------------
     llm_base_url: str | None = Field(

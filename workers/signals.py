@@ -5,9 +5,22 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from celery.signals import after_setup_logger, worker_process_init
+from celery.signals import after_setup_logger, celeryd_init, worker_process_init
 
 from tasks.llm import reset_clients
+from tasks.redisconn import wait_out_outages
+from workers.conf import worker_config
+from workers.settings import get_settings
+
+
+@celeryd_init.connect
+def _wait_out_redis_outages(conf: Any, **_: Any) -> None:
+    # Celery's hook for worker-only configuration, sent before any client, backend or pool
+    # child exists: a task whose Redis restarts waits for it instead of failing halfway
+    # through a step. The API never gets here and answers 503 at once.
+    settings = get_settings()
+    wait_out_outages(settings.redis_outage_wait)
+    conf.update(worker_config(settings))
 
 
 @worker_process_init.connect

@@ -1,0 +1,63 @@
+"""kombu's Redis transport, with two fixes for workers that lose Redis (a restart, a failover).
+
+1. **Reconnecting.** When a worker loses Redis, Celery collects the broker connection (which
+   detaches the transport from its URL) and then closes it. Closing the consuming channel a
+   second time restores its unacknowledged messages through a new connection pool, and
+   building that pool reads the URL from the detached transport: kombu 5.7 raises
+   ``AttributeError`` there. The worker takes it for a fatal error and never consumes again,
+   so one Redis restart stops the whole fleet. Here it is a connection error, which Celery
+   ignores while it reconnects; the messages stay in kombu's unacked hash in Redis and come
+   back with the visibility timeout, like those of any worker that lost its connection.
+2. **A message taken as Redis goes away.** kombu takes a message with ``BRPOP`` and records it
+   as unacknowledged with a second command. If Redis shuts down in between, that record fails
+   and the message, now only in this process's memory, was dropped. Here it is kept and
+   pushed back onto its queue as soon as this worker consumes again. (A worker killed in that
+   moment still loses it: see "Worker loss" in the README.)
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import redis
+from kombu.transport import redis as kombu_redis
+
+log = logging.getLogger(__name__)
+
+#: Messages taken from a queue whose unacked record could not be written, as (queue, raw
+#: message). One consumer per worker process, and it runs in the main thread.
+_stranded: list[tuple[str, dict[str, Any]]] = []
+
+
+class Channel(kombu_redis.Channel):
+    def _connparams(self, asynchronous: bool = False) -> Any:
+        if self.connection.client is None:
+            raise redis.ConnectionError("the broker connection was closed after it was lost")
+        return super()._connparams(asynchronous=asynchronous)  # type: ignore[no-untyped-call]
+
+    def basic_consume(self, queue: str, *args: Any, **kwargs: Any) -> Any:
+        self._push_back_stranded()
+        return super().basic_consume(queue, *args, **kwargs)  # type: ignore[no-untyped-call]
+
+    def _push_back_stranded(self) -> None:
+        while _stranded:
+            queue, message = _stranded[-1]
+            # Raises while Redis is still away: the message stays for the next attempt.
+            self._put(queue, message)  # type: ignore[no-untyped-call]
+            _stranded.pop()
+            task_id = message.get("headers", {}).get("id")
+            log.warning(
+                "pushed task %s back onto %r: Redis went away as it was taken", task_id, queue
+            )
+
+
+class Transport(kombu_redis.Transport):
+    Channel = Channel
+
+    def _deliver(self, message: dict[str, Any], queue: str) -> None:
+        try:
+            super()._deliver(message, queue)  # type: ignore[no-untyped-call]
+        except self.connection_errors:
+            _stranded.append((queue, message))
+            raise
