@@ -52,7 +52,7 @@ from celery import Celery
 from ops import bench_plain
 from ops.stack import PoolSpec, Proc, Stack, StackError
 from producer.enqueue import submit_run
-from tasks.models import RunRequest
+from tasks.models import DEFAULT_TENANT, RunRequest
 from tasks.redisconn import get_redis
 from tasks.store import RunStore
 from workers.conf import celery_config
@@ -481,7 +481,7 @@ class Fleet:
 
     def submit(self, prompt: str) -> str:
         """Create a run and enqueue its first step; the run ID."""
-        return submit_run(self.app, self.store, RunRequest(input=prompt))
+        return submit_run(self.app, self.store, RunRequest(input=prompt), DEFAULT_TENANT)
 
     def close(self) -> None:
         """Release the broker and result-backend connections."""

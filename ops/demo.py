@@ -36,7 +36,7 @@ def _line(label: str, text: str) -> None:
     print(f"  {label:<16}{text}")
 
 
-def run_demo(client: Client, api_url: str) -> bool:
+def run_demo(client: Client, api_url: str, api_key: str) -> bool:
     accepted = {name: client.create_run(prompt) for name, prompt in RUNS.items()}
     tool_call = client.create_tool_call("calculator", {"expression": "2 ** 10"})
     print(f"enqueued {len(accepted)} agent runs and 1 tool call; waiting for them ...\n")
@@ -60,8 +60,10 @@ def run_demo(client: Client, api_url: str) -> bool:
     _line("result", str(call.result))
     first = next(iter(accepted.values())).id
     print("\npoll a run by ID (while the fleet is up: `make serve` keeps it running):")
-    print(f"  curl {api_url}/v1/runs/{first}")
-    print(f"  agentfleet --api {api_url} status {first}")
+    print(f"  export AGENTFLEET_API_URL={api_url} AGENTFLEET_API_KEY={api_key}")
+    print(f'  curl -H "Authorization: Bearer $AGENTFLEET_API_KEY" {api_url}/v1/runs/{first}')
+    print(f"  agentfleet status {first}")
+    print(f"  agentfleet watch {first}")
     return ok
 
 
@@ -78,11 +80,14 @@ def main(argv: list[str] | None = None) -> int:
         nodes = stack.wait_workers(stack.celery_app(), 3)
         print(f"fleet up in {time.monotonic() - start:.1f}s: workers {', '.join(sorted(nodes))}")
         print(f"API {stack.api_url}  (OpenAPI: {stack.api_url}/docs)  logs: {args.workdir}\n")
-        with Client(stack.api_url) as client:
-            ok = run_demo(client, stack.api_url)
+        with Client(stack.api_url, api_key=stack.api_key) as client:
+            ok = run_demo(client, stack.api_url, stack.api_key)
         print("\nall runs succeeded" if ok else "\nSOME RUNS DID NOT SUCCEED")
         if args.serve:
-            print(f"\nfleet is up; export AGENTFLEET_API_URL={stack.api_url}; Ctrl-C stops it")
+            print(
+                f"\nfleet is up; export AGENTFLEET_API_URL={stack.api_url} "
+                f"AGENTFLEET_API_KEY={stack.api_key}; Ctrl-C stops it"
+            )
             while all(p.alive() for p in stack.procs):
                 time.sleep(1)
         return 0 if ok else 1

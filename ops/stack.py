@@ -26,6 +26,8 @@ import httpx
 import redis
 from celery import Celery
 
+from producer.auth import create_key
+from tasks.models import DEFAULT_TENANT
 from workers.factory import create_app
 from workers.settings import Settings
 
@@ -128,6 +130,8 @@ class Stack:
     procs: list[Proc] = field(default_factory=list)
     simulator_url: str = ""
     api_url: str = ""
+    #: A key of tenant ``default``, made when the API starts (see :meth:`make_api_key`).
+    api_key: str = ""
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -151,6 +155,10 @@ class Stack:
             env["AGENTFLEET_REDIS_URL"] = self.redis_url
         if self.simulator_url:
             env["AGENTFLEET_SIMULATOR_URL"] = self.simulator_url
+        if self.api_url:
+            env["AGENTFLEET_API_URL"] = self.api_url
+        if self.api_key:
+            env["AGENTFLEET_API_KEY"] = self.api_key
         env.update(self.env_overrides)
         return env
 
@@ -260,7 +268,18 @@ class Stack:
         ]
         return self.spawn(f"worker-{spec.node()}-{len(self.procs)}", argv, env)
 
+    def make_api_key(self, tenant: str = DEFAULT_TENANT) -> str:
+        """A new API key of ``tenant``, stored (hashed) in the fleet's Redis."""
+        settings = self.settings()
+        client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+        try:
+            return create_key(client, settings, tenant)
+        finally:
+            client.close()
+
     def start_api(self, port: int | None = None) -> str:
+        if not self.api_key:
+            self.api_key = self.make_api_key()
         port = port or free_port()
         argv = [
             sys.executable,

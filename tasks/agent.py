@@ -23,10 +23,17 @@ from celery.exceptions import Ignore
 from pydantic import ValidationError
 
 from tasks import names
-from tasks.errors import PermanentProviderError, ProvidersUnavailable, RetryableProviderError
+from tasks.errors import (
+    PermanentProviderError,
+    ProvidersUnavailable,
+    RetryableProviderError,
+    RunCancelled,
+)
+from tasks.lifecycle import entry_options, follow_up
 from tasks.llm import Completion, ModelToolCall, Target, call_chain, resolve_chain
-from tasks.models import RunRequest, RunStatus, limit_problems
+from tasks.models import DEFAULT_TENANT, TENANT_PATTERN, RunRequest, RunStatus, limit_problems
 from tasks.store import StepClaim, get_store
+from tasks.streaming import TokenRelay
 from tasks.toolcall import time_limits, tool_payload
 from tasks.tools import registry
 from tasks.views import run_view
@@ -73,11 +80,15 @@ class StepRunner:
         self.store = get_store(settings)
 
     def run(self, tool_results: list[dict[str, Any]] | None) -> dict[str, Any]:
-        claim = self.store.begin_step(self.run_id, self.step)
+        claim = self.store.begin_step(self.run_id, self.step, self._worker())
         if claim.outcome != "ok":
             return self._not_ours(claim)
         try:
             return self._advance(claim, tool_results)
+        except RunCancelled:
+            # Cancelled while the model was answering: the run is final already.
+            self.store.drop_lease(self.run_id, claim.token)
+            return self._final_view()
         except Ignore:
             raise
         except BaseException:
@@ -98,14 +109,34 @@ class StepRunner:
                 "times without finishing (workers lost while running it)",
             )
         if claim.outcome == "terminal":
-            # A final step delivered again: answer with the same record, so the result is
-            # stored (and an enclosing batch chord counts the run) even if the worker that
-            # finished the run died before Celery did either.
-            record = self.store.get_run(self.run_id)
-            if record:
-                return run_view(record)
+            # A final step delivered again, or any step of a cancelled run: answer with the
+            # record, so the result is stored (and an enclosing batch chord counts the run)
+            # even if the worker that finished the run died before Celery did either.
+            return self._final_view()
+        if claim.outcome == "throttled":
+            # Its tenant has no free slot: the run waits in the tenant's queue, and the run
+            # that frees a slot publishes it again, in the same place in any batch chord.
+            options = entry_options(self.task.request)
+            if options:
+                self.store.redis.hset(self.store.run_key(self.run_id), "entry", json.dumps(options))
+            raise Ignore()
         # Already applied and dispatched, or the run is gone: nothing left to do.
         raise Ignore()
+
+    def _final_view(self) -> dict[str, Any]:
+        record = self.store.get_run(self.run_id)
+        if record is None:
+            raise Ignore()
+        return run_view(record)
+
+    def _worker(self) -> str:
+        return str(self.task.request.hostname or "")
+
+    def _finish(self, token: str, **final: Any) -> dict[str, Any]:
+        """Mark the step dispatched (or the run final) and start what that frees."""
+        finished = self.store.finish_step(self.run_id, self.step, token, **final)
+        follow_up(self.task.app, self.store, self.run_id, finished)
+        return run_view(finished.record)
 
     def _advance(
         self, claim: StepClaim, tool_results: list[dict[str, Any]] | None
@@ -123,26 +154,23 @@ class StepRunner:
                 )
             new_messages = tool_messages(tool_results)
             completion, target = self._call_llm(claim, run, transcript + new_messages)
-            self.store.apply_step(
+            applied = self.store.apply_step(
                 self.run_id,
                 self.step,
                 [*new_messages, completion.assistant_message()],
                 completion.prompt_tokens,
                 completion.completion_tokens,
                 len(completion.tool_calls),
-                target.provider,
-                str(self.task.request.hostname or ""),
+                target,
+                self._worker(),
             )
+            if applied < 0:
+                raise RunCancelled(self.run_id)
         if completion.tool_calls:
             self._dispatch_tools(claim, run, completion.tool_calls)
-        record = self.store.finish_step(
-            self.run_id,
-            self.step,
-            claim.token,
-            status=RunStatus.SUCCEEDED,
-            result=completion.content or "",
+        return self._finish(
+            claim.token, status=RunStatus.SUCCEEDED, result=completion.content or ""
         )
-        return run_view(record)
 
     def _call_llm(
         self, claim: StepClaim, run: dict[str, str], messages: list[dict[str, Any]]
@@ -150,8 +178,14 @@ class StepRunner:
         allowed = json.loads(run.get("tools") or "[]")
         schemas = [registry.get(n).openai_schema for n in allowed if n in registry]
         chain = [Target(p, m) for p, m in json.loads(run["chain"])]
+        relay = TokenRelay(self.store, self.run_id, self.step) if run.get("stream") == "1" else None
         try:
-            return call_chain(self.settings, chain, messages, schemas)
+            answer = call_chain(
+                self.settings, chain, messages, schemas, on_delta=relay.delta if relay else None
+            )
+            if relay:
+                relay.flush()
+            return answer
         except PermanentProviderError as exc:
             self._fail(claim.token, exc.code, exc.message)
             raise Ignore() from None
@@ -221,19 +255,14 @@ class StepRunner:
             self.task.replace(chord(header, body))
         except Ignore:
             # Replaced: the chord is published. Mark the step dispatched, then ack.
-            self.store.finish_step(self.run_id, self.step, claim.token)
+            self._finish(claim.token)
             raise
 
     def _fail(self, token: str, code: str, message: str) -> dict[str, Any]:
         log.warning("run %s failed at step %d: %s", self.run_id, self.step, message)
-        record = self.store.finish_step(
-            self.run_id,
-            self.step,
-            token,
-            status=RunStatus.FAILED,
-            error={"code": code, "message": message},
+        return self._finish(
+            token, status=RunStatus.FAILED, error={"code": code, "message": message}
         )
-        return run_view(record)
 
 
 def tool_call_id(run_id: str, step: int, index: int) -> str:
@@ -326,13 +355,14 @@ def _fail_after_lost_tools(app: Celery, settings: Settings, run_id: str) -> None
     """Fail a run whose tool chord errored (a tool call killed at its hard time limit)."""
     cause = app.AsyncResult(run_id).result  # the ChordError Celery stored for the body
     store = get_store(settings)
-    store.finish_step(
+    finished = store.finish_step(
         run_id,
         0,  # moves no step marker and holds no lease: only the final status changes
         "",
         status=RunStatus.FAILED,
         error={"code": "tool_call_lost", "message": f"a tool call did not return: {cause}"},
     )
+    follow_up(app, store, run_id, finished)
     log.warning("run %s failed: its tool chord errored: %s", run_id, cause)
 
 
@@ -359,25 +389,32 @@ def _resume_after_lost_chord(
 def _create_from_payload(
     settings: Settings, run_id: str, payload: dict[str, Any]
 ) -> dict[str, Any] | None:
-    """Create the run record for a ``send_task`` caller; a failed record if it is invalid."""
+    """Create the run record for a ``send_task`` caller; a failed record if it is invalid.
+
+    The payload is a :class:`~tasks.models.RunRequest`, plus an optional ``tenant`` (a
+    service with broker access is trusted to name its tenant; default ``default``).
+    """
     store = get_store(settings)
+    payload = dict(payload)
+    tenant = str(payload.pop("tenant", None) or DEFAULT_TENANT)
+    problems = [] if TENANT_PATTERN.match(tenant) else [f"tenant: invalid name {tenant!r}"]
     try:
         request = RunRequest.model_validate(payload)
-        problems = [f"{f}: {m}" for f, m in limit_problems(request, settings)]
+        problems += [f"{f}: {m}" for f, m in limit_problems(request, settings)]
     except ValidationError as exc:
-        problems = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
+        problems += [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
     if not problems:
         chain = resolve_chain(settings, request.model, request.providers)
-        store.create_run(run_id, request, resolve_tools(request), chain)
+        store.create_run(run_id, request, resolve_tools(request), chain, tenant=tenant)
         return None
     placeholder = RunRequest(input="(invalid request)")
     store.create_run(run_id, placeholder, [], resolve_chain(settings, None))
     claim = store.begin_step(run_id, 1)
-    record = store.finish_step(
+    finished = store.finish_step(
         run_id,
         1,
         claim.token,
         status=RunStatus.FAILED,
         error={"code": "invalid_request", "message": "; ".join(problems)},
     )
-    return run_view(record)
+    return run_view(finished.record)

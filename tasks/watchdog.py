@@ -28,8 +28,8 @@ from typing import Any
 
 from celery import Celery
 
-from tasks import names
 from tasks.agent import completion_from_transcript, step_signature, tool_call_id, tool_signatures
+from tasks.lifecycle import start_run
 from tasks.models import RunStatus
 from tasks.store import RunStore, get_store
 from workers.settings import Settings
@@ -92,7 +92,7 @@ def _resend(
 ) -> Recovery:
     dispatched = int(run.get("dispatched_step") or 0)
     if dispatched == 0:
-        app.signature(names.RUN, task_id=run_id).apply_async()
+        start_run(app, store, run_id)  # with its batch chord membership, if it was throttled
         return Recovery(run_id, "entry")
     count = int(run.get(f"tools:{dispatched}") or 0)
     call_ids = [tool_call_id(run_id, dispatched, i) for i in range(count)]

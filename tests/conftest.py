@@ -5,6 +5,8 @@ Tests that kill or reconfigure workers start their own :class:`ops.stack.Stack` 
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,8 @@ FLEET_ENV = {
     "AGENTFLEET_LLM_MAX_RETRIES": "1",
     "AGENTFLEET_RETRY_BACKOFF_BASE": "0.2",
     "AGENTFLEET_LLM_TIMEOUT": "20",
+    "AGENTFLEET_CALLBACK_SECRET": "callback-test-secret",
+    "AGENTFLEET_TENANT_LIMITS": '{"capped": 3}',
 }
 #: Short limits for fleets whose tests kill workers or lose messages, so that what a dead
 #: worker held comes back in seconds instead of an hour. The arithmetic still holds:
@@ -61,8 +65,12 @@ class Fleet:
         self.settings = stack.settings()
         self.app: Celery = create_app(self.settings)
         self.redis = redis.Redis.from_url(stack.redis_url or "", decode_responses=True)
-        self.client = Client(stack.api_url)
-        self.http = httpx.Client(base_url=stack.api_url, timeout=10)
+        self.client = Client(stack.api_url, api_key=stack.api_key)
+        self.http = httpx.Client(
+            base_url=stack.api_url,
+            timeout=10,
+            headers={"Authorization": f"Bearer {stack.api_key}"},
+        )
         self.sim = httpx.Client(base_url=stack.simulator_url.removesuffix("/v1"), timeout=10)
 
     def sim_stats(self) -> dict[str, Any]:
@@ -81,6 +89,33 @@ class Fleet:
         """A live worker process of the pool on ``queue``."""
         return next(
             p for p in self.stack.procs if p.name.startswith(f"worker-{queue}") and p.alive()
+        )
+
+    def client_of(self, tenant: str) -> Client:
+        """A client with a new API key of ``tenant``."""
+        return Client(self.stack.api_url, api_key=self.stack.make_api_key(tenant))
+
+    def tagged(self, tag: str) -> int:
+        """LLM calls the simulator saw from prompts carrying ``[[tag:<tag>]]``."""
+        return int(self.sim_stats()["by_tag"].get(tag, 0))
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """``agentfleet ARGS`` against this fleet's API with its key."""
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "producer.cli",
+                "--api",
+                self.stack.api_url,
+                "--api-key",
+                self.stack.api_key,
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
         )
 
     def close(self) -> None:

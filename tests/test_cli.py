@@ -9,35 +9,25 @@ import sys
 from tests.conftest import Fleet
 
 
-def _cli(fleet: Fleet, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "producer.cli", "--api", fleet.stack.api_url, *args],
-        capture_output=True,
-        text=True,
-        timeout=90,
-        check=False,
-    )
-
-
 def test_run_wait_status_and_tools(fleet: Fleet) -> None:
-    done = _cli(fleet, "run", 'call calculator {"expression": "1+1"}', "--wait")
+    done = fleet.cli("run", 'call calculator {"expression": "1+1"}', "--wait")
     assert done.returncode == 0, done.stderr
     assert "status    succeeded" in done.stdout
     assert "result    Results: calculator=2.0" in done.stdout
     run_id = done.stdout.split()[1]
-    status = _cli(fleet, "--json", "status", run_id)
+    status = fleet.cli("--json", "status", run_id)
     assert status.returncode == 0
     assert json.loads(status.stdout)["progress"]["tool_calls_done"] == 1
-    tools = _cli(fleet, "tools")
+    tools = fleet.cli("tools")
     assert tools.returncode == 0
     assert "calculator" in tools.stdout
 
 
 def test_failed_run_and_unknown_id_exit_nonzero(fleet: Fleet) -> None:
-    failed = _cli(fleet, "run", "[[error:400]] x", "--wait")
+    failed = fleet.cli("run", "[[error:400]] x", "--wait")
     assert failed.returncode == 1
     assert "error     provider_rejected" in failed.stdout
-    missing = _cli(fleet, "status", "nope")
+    missing = fleet.cli("status", "nope")
     assert missing.returncode == 2
     assert "HTTP 404" in missing.stderr
 
@@ -55,11 +45,11 @@ def test_unreachable_api_is_a_clear_error() -> None:
 
 
 def test_providers_table(fleet: Fleet) -> None:
-    out = _cli(fleet, "providers")
+    out = fleet.cli("providers")
     assert out.returncode == 0, out.stderr
     header, *rows = out.stdout.splitlines()
     assert header.split()[:3] == ["provider", "state", "failures"]
     assert [r.split()[:2] for r in rows] == [["default", "closed"]]
-    as_json = json.loads(_cli(fleet, "--json", "providers").stdout)
+    as_json = json.loads(fleet.cli("--json", "providers").stdout)
     assert as_json[0]["name"] == "default"
     assert as_json[0]["fail_max"] == 5

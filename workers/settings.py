@@ -128,6 +128,33 @@ class Settings(BaseSettings):
         default=15.0, gt=0, description="Seconds between the watchdog's sweeps (fleet-wide)."
     )
 
+    # --- Tenants, API keys, the producer surface -----------------------------------------
+    api_keys: dict[str, str] = Field(
+        default_factory=dict,
+        description="API keys given hashed: {sha256 hex of the key: tenant}; more live in Redis.",
+    )
+    tenant_max_in_flight: int = Field(
+        default=0, ge=0, description="Runs of one tenant running at once; 0 = no cap."
+    )
+    tenant_limits: dict[str, int] = Field(
+        default_factory=dict, description="Per-tenant caps overriding tenant_max_in_flight."
+    )
+    idempotency_ttl: int = Field(
+        default=24 * 3600, gt=0, description="Seconds an Idempotency-Key keeps its answer."
+    )
+    max_batch_items: int = Field(default=10_000, ge=1)
+    events_max_len: int = Field(
+        default=10_000, ge=100, description="Events kept per run (oldest trimmed first)."
+    )
+    stream_flush_interval: float = Field(
+        default=0.1, gt=0, description="Seconds between writes of streamed token deltas."
+    )
+    callback_secret: SecretStr | None = Field(
+        default=None, description="HMAC-SHA256 key signing completion callbacks."
+    )
+    callback_max_attempts: int = Field(default=8, ge=1)
+    callback_timeout: float = Field(default=10.0, gt=0)
+
     # --- Retention -----------------------------------------------------------------------
     result_expires: int = Field(default=7 * 24 * 3600, gt=0)
     run_ttl: int = Field(default=7 * 24 * 3600, gt=0)
@@ -196,6 +223,10 @@ class Settings(BaseSettings):
                         f"configured provider ({', '.join(names)})"
                     )
         return self
+
+    def tenant_cap(self, tenant: str) -> int:
+        """Runs ``tenant`` may have running at once; 0 = no cap."""
+        return self.tenant_limits.get(tenant, self.tenant_max_in_flight)
 
     @property
     def provider_list(self) -> list[ProviderConfig]:
