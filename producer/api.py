@@ -12,11 +12,13 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from producer import schemas
 from producer.enqueue import Unavailable, submit_run, submit_tool_call
+from producer.logcontext import RunIdContext
 from tasks.llm import get_guard
 from tasks.models import RunRequest, ToolCallRequest, limit_problems, tool_call_problems
 from tasks.store import RunStore, get_store
 from tasks.tools import registry
 from tasks.views import run_view, tool_call_view
+from workers.logs import configure_api_logging
 from workers.settings import Settings, get_settings
 
 #: Largest request body accepted; bigger ones get 413 before they are read.
@@ -187,6 +189,7 @@ def create_api(settings: Settings | None = None, celery_app: Celery | None = Non
     api.state.settings = settings
     api.state.celery = celery_app
     api.add_middleware(BodyLimit)
+    api.add_middleware(RunIdContext)
     api.add_exception_handler(NotFound, _not_found)
     api.add_exception_handler(Unavailable, _unavailable)
     api.add_exception_handler(redis.RedisError, _unavailable)
@@ -194,4 +197,7 @@ def create_api(settings: Settings | None = None, celery_app: Celery | None = Non
     return api
 
 
+# uvicorn has set up its loggers by the time it imports this module: make them structured
+# too when AGENTFLEET_LOG_FORMAT=json.
+configure_api_logging(get_settings())
 app = create_api()
