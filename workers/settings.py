@@ -62,7 +62,10 @@ class ProviderConfig(BaseModel):
 class Settings(BaseSettings):
     """Fleet configuration. Field ``x`` is read from ``AGENTFLEET_X``."""
 
-    model_config = SettingsConfigDict(env_prefix="AGENTFLEET_", extra="ignore", frozen=True)
+    # An empty variable counts as unset: deployment files pass optional ones as ${VAR:-}.
+    model_config = SettingsConfigDict(
+        env_prefix="AGENTFLEET_", extra="ignore", frozen=True, env_ignore_empty=True
+    )
 
     # --- Redis -------------------------------------------------------------------------
     redis_url: str = "redis://127.0.0.1:6379/0"
