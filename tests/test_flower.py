@@ -106,6 +106,8 @@ def test_flower_lists_our_workers_and_redacted_tasks(
     assert f"run_id={run.id}" in call["args"]
     assert "name=text_stats" in call["args"]
     assert call["worker"] in nodes
+    # Producers send task-sent events too (the worker that dispatched the tool chord here).
+    assert call["sent"] is not None
 
     info = flowers.writable.get(f"/api/task/info/{call_id}")
     assert info.status_code == 200
