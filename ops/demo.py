@@ -1,7 +1,7 @@
 """The demo: bring up a whole fleet offline and watch real agent runs finish.
 
 ``python -m ops.demo`` starts Redis (``REDIS_URL`` if set, else a private ``redis-server``),
-the LLM simulator, one worker per pool and the API; enqueues several agent runs (one with
+the LLM simulator, one worker per pool, the API and Flower; enqueues several agent runs (one with
 parallel tool calls) and a single tool call through the HTTP API; prints each result; stops
 everything. ``--serve`` keeps the fleet up afterwards so you can poll and send more.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import sys
 import time
 from pathlib import Path
@@ -67,6 +68,16 @@ def run_demo(client: Client, api_url: str, api_key: str) -> bool:
     return ok
 
 
+def start_flower(stack: Stack) -> str:
+    """Flower for the demo fleet (basic auth, a fresh password unless one is configured)."""
+    configured = os.environ.get("AGENTFLEET_FLOWER_BASIC_AUTH")
+    auth = configured or f"admin:{secrets.token_urlsafe(9)}"
+    port = os.environ.get("AGENTFLEET_FLOWER_PORT")
+    url = stack.start_flower(port=int(port) if port else None, basic_auth=auth)
+    shown = "from AGENTFLEET_FLOWER_BASIC_AUTH" if configured else auth.replace(":", " / ", 1)
+    return f"Flower {url}  (basic auth: {shown})"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ops.demo", description=__doc__)
     parser.add_argument("--serve", action="store_true", help="keep the fleet up afterwards")
@@ -74,12 +85,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     stack = Stack(args.workdir, redis_url=os.environ.get("REDIS_URL")).__enter__()
     try:
-        print("starting redis, the LLM simulator, workers (agents, tools, batch) and the API ...")
+        print("starting redis, the LLM simulator, workers (agents, tools, batch), API, Flower ...")
         start = time.monotonic()
         stack.start_fleet()
         nodes = stack.wait_workers(stack.celery_app(), 3)
         print(f"fleet up in {time.monotonic() - start:.1f}s: workers {', '.join(sorted(nodes))}")
-        print(f"API {stack.api_url}  (OpenAPI: {stack.api_url}/docs)  logs: {args.workdir}\n")
+        print(f"API {stack.api_url}  (OpenAPI: {stack.api_url}/docs)  logs: {args.workdir}")
+        print(start_flower(stack) + "\n")
         with Client(stack.api_url, api_key=stack.api_key) as client:
             ok = run_demo(client, stack.api_url, stack.api_key)
         print("\nall runs succeeded" if ok else "\nSOME RUNS DID NOT SUCCEED")

@@ -23,6 +23,7 @@ from producer.enqueue import (
 )
 from producer.events import EVENT_ID, sse_stream
 from producer.idempotency import fingerprint, run_once
+from producer.logcontext import RunIdContext
 from tasks.batch import batch_key, batch_view
 from tasks.errors import Unauthorized
 from tasks.lifecycle import follow_up
@@ -39,6 +40,7 @@ from tasks.models import (
 from tasks.store import RunStore, get_store
 from tasks.tools import registry
 from tasks.views import run_view, tool_call_view
+from workers.logs import configure_api_logging
 from workers.settings import Settings, get_settings
 
 #: Largest request body accepted; bigger ones get 413 before they are read.
@@ -418,6 +420,7 @@ def create_api(settings: Settings | None = None, celery_app: Celery | None = Non
     api.state.settings = settings
     api.state.celery = celery_app
     api.add_middleware(BodyLimit)
+    api.add_middleware(RunIdContext)
     api.add_exception_handler(NotFound, _not_found)
     api.add_exception_handler(Unavailable, _unavailable)
     api.add_exception_handler(redis.RedisError, _unavailable)
@@ -428,4 +431,7 @@ def create_api(settings: Settings | None = None, celery_app: Celery | None = Non
     return api
 
 
+# uvicorn has set up its loggers by the time it imports this module: make them structured
+# too when AGENTFLEET_LOG_FORMAT=json.
+configure_api_logging(get_settings())
 app = create_api()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import time
 import uuid
 from typing import Any, cast
@@ -20,6 +21,9 @@ from tasks.llm import Target, resolve_chain
 from tasks.models import BatchRequest, PromptItem, RunRequest, ToolCallItem, ToolCallRequest
 from tasks.store import RunStore
 from tasks.toolcall import time_limits, tool_payload
+from workers.logs import REQUEST_RUN_ID
+
+log = logging.getLogger(__name__)
 
 
 class Unavailable(AgentfleetError):
@@ -29,8 +33,8 @@ class Unavailable(AgentfleetError):
 
 
 def _publish(app: Celery, name: str, task_id: str, **options: Any) -> None:
-    # argsrepr/kwargsrepr keep prompts and arguments out of task events (and so out of Flower).
-    app.send_task(name, task_id=task_id, argsrepr="(...)", kwargsrepr="{...}", **options)
+    # Task events (and Flower) show summarized arguments: see workers/redact.py.
+    app.send_task(name, task_id=task_id, **options)
 
 
 def submit_run(app: Celery, store: RunStore, request: RunRequest, tenant: str) -> str:
@@ -39,6 +43,7 @@ def submit_run(app: Celery, store: RunStore, request: RunRequest, tenant: str) -
     ``request`` must have passed :func:`tasks.models.limit_problems` (its chain resolves).
     """
     run_id = str(uuid.uuid4())
+    REQUEST_RUN_ID.set(run_id)  # log lines of the rest of this request name the run
     chain = resolve_chain(store.settings, request.model, request.providers)
     try:
         store.create_run(run_id, request, resolve_tools(request), chain, tenant=tenant)
@@ -51,6 +56,7 @@ def submit_run(app: Celery, store: RunStore, request: RunRequest, tenant: str) -
         with contextlib.suppress(redis.RedisError):
             store.delete_run(run_id)
         raise Unavailable(f"broker unavailable: {exc}") from None
+    log.info("run %s enqueued", run_id)
     return run_id
 
 

@@ -8,10 +8,11 @@ surfacing as a duplicated run an hour later. See the README for the full list.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Self
+from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -61,7 +62,10 @@ class ProviderConfig(BaseModel):
 class Settings(BaseSettings):
     """Fleet configuration. Field ``x`` is read from ``AGENTFLEET_X``."""
 
-    model_config = SettingsConfigDict(env_prefix="AGENTFLEET_", extra="ignore", frozen=True)
+    # An empty variable counts as unset: deployment files pass optional ones as ${VAR:-}.
+    model_config = SettingsConfigDict(
+        env_prefix="AGENTFLEET_", extra="ignore", frozen=True, env_ignore_empty=True
+    )
 
     # --- Redis -------------------------------------------------------------------------
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -69,6 +73,12 @@ class Settings(BaseSettings):
     result_backend: str | None = Field(default=None, description="Defaults to redis_url.")
     key_prefix: str = Field(default="af", description="Prefix of every key agentfleet writes.")
     redis_max_connections: int = Field(default=2000, ge=10)
+    redis_sentinel_master: str | None = Field(
+        default=None, description="Sentinel master name; needed when a URL is sentinel://."
+    )
+    redis_sentinel_password: SecretStr | None = Field(
+        default=None, description="Password of the Sentinel servers (not of Redis itself)."
+    )
 
     # --- LLM provider --------------------------------------------------------------------
     llm_base_url: str | None = Field(
@@ -171,7 +181,35 @@ class Settings(BaseSettings):
         default_factory=list, description="Comma-separated modules whose @tool functions load."
     )
 
-    log_level: str = "INFO"
+    # --- Logs ----------------------------------------------------------------------------
+    log_level: str = Field(
+        default="INFO", description="Level of workers and the API; unset = a worker's -l."
+    )
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="json: one JSON object per line, with run and task IDs."
+    )
+
+    # --- Flower (python -m ops.flower) ---------------------------------------------------
+    flower_port: int = Field(default=5555, ge=1, le=65535)
+    flower_address: str = Field(default="127.0.0.1", description="Interface Flower binds.")
+    flower_basic_auth: SecretStr | None = Field(
+        default=None, description="user:password[,user2:password2]; required off loopback."
+    )
+    flower_read_only: bool = Field(
+        default=False, description="Refuse every control operation (shutdown, revoke, ...)."
+    )
+    flower_purge_offline_workers: int | None = Field(
+        default=600, ge=1, description="Seconds after which Flower forgets an offline worker."
+    )
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _known_level(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.strip().upper()
+            if value not in logging.getLevelNamesMapping():
+                raise ValueError(f"unknown log level {value!r}")
+        return value
 
     @field_validator("tool_modules", mode="before")
     @classmethod
@@ -228,6 +266,15 @@ class Settings(BaseSettings):
         """Runs ``tenant`` may have running at once; 0 = no cap."""
         return self.tenant_limits.get(tenant, self.tenant_max_in_flight)
 
+    @model_validator(mode="after")
+    def _check_sentinel(self) -> Self:
+        urls = (self.redis_url, self.broker, self.backend)
+        if any(is_sentinel(u) for u in urls) and not self.redis_sentinel_master:
+            raise ValueError(
+                "sentinel:// URLs need AGENTFLEET_REDIS_SENTINEL_MASTER (the master's name)"
+            )
+        return self
+
     @property
     def provider_list(self) -> list[ProviderConfig]:
         """The configured providers, or one built from the single-provider settings."""
@@ -266,6 +313,11 @@ class Settings(BaseSettings):
     def llm_key(self) -> str:
         # The SDK refuses to build a client without a key; the simulator ignores it.
         return self.llm_api_key.get_secret_value() if self.llm_api_key else "simulator"
+
+
+def is_sentinel(url: str) -> bool:
+    """True for Celery's Sentinel URL form, ``sentinel://h1:26379;sentinel://h2:26379/0``."""
+    return url.startswith("sentinel://")
 
 
 @lru_cache(maxsize=1)
