@@ -12,6 +12,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from producer import schemas
 from producer.enqueue import Unavailable, submit_run, submit_tool_call
+from producer.metrics import router as metrics_router
 from tasks.llm import get_guard
 from tasks.models import RunRequest, ToolCallRequest, limit_problems, tool_call_problems
 from tasks.store import RunStore, get_store
@@ -191,6 +192,7 @@ def create_api(settings: Settings | None = None, celery_app: Celery | None = Non
     api.add_exception_handler(Unavailable, _unavailable)
     api.add_exception_handler(redis.RedisError, _unavailable)
     api.include_router(router)
+    api.include_router(metrics_router)
     return api
 
 

@@ -71,6 +71,7 @@ class StepRunner:
     def __init__(self, task: Task, settings: Settings, run_id: str, step: int) -> None:
         self.task, self.settings, self.run_id, self.step = task, settings, run_id, step
         self.store = get_store(settings)
+        self.began = time.monotonic()
 
     def run(self, tool_results: list[dict[str, Any]] | None) -> dict[str, Any]:
         claim = self.store.begin_step(self.run_id, self.step)
@@ -133,6 +134,7 @@ class StepRunner:
                 target.provider,
                 str(self.task.request.hostname or ""),
             )
+            self.store.metrics.step_applied(time.monotonic() - self.began, target, completion)
         if completion.tool_calls:
             self._dispatch_tools(claim, run, completion.tool_calls)
         record = self.store.finish_step(

@@ -27,6 +27,7 @@ from typing import Any, cast
 import redis
 
 from tasks.llm._routing import Target
+from tasks.metrics import Recorder
 from tasks.models import RunRequest, RunStatus
 from tasks.redisconn import get_redis
 from workers.settings import Settings
@@ -208,6 +209,7 @@ class RunStore:
         self._create_tool = client.register_script(_CREATE_TOOL)
         self._begin_tool = client.register_script(_BEGIN_TOOL)
         self._complete_tool = client.register_script(_COMPLETE_TOOL)
+        self.metrics = Recorder(client, settings.key_prefix)
 
     # --- keys ----------------------------------------------------------------------------
     def run_key(self, run_id: str) -> str:
@@ -250,6 +252,8 @@ class RunStore:
             keys=[base, f"{base}:messages"],
             args=[json.dumps(fields), self.settings.run_ttl, *messages],
         )
+        if created:
+            self.metrics.run_enqueued()
         return bool(created)
 
     def delete_run(self, run_id: str) -> None:
@@ -328,7 +332,9 @@ class RunStore:
             keys=[base, f"{base}:lease", f"{base}:messages"],
             args=[token, step, json.dumps(payload)],
         )
-        return _pairs(reply)
+        record = _pairs(reply)
+        self.metrics.run_finished(base, record)  # once per run, when the record is final
+        return record
 
     def set_waiting(self, run_id: str, waiting: dict[str, Any]) -> float:
         """Record why the run is waiting; returns since when it has been waiting."""
