@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from billiard.exceptions import SoftTimeLimitExceeded
-from celery import Celery, Task, chord
+from celery import Celery, Signature, Task, chord
 from celery.exceptions import Ignore
 from pydantic import ValidationError
 
@@ -55,7 +55,7 @@ def tool_messages(tool_results: list[dict[str, Any]] | None) -> list[dict[str, A
     return messages
 
 
-def _completion_from_transcript(messages: list[dict[str, Any]]) -> Completion:
+def completion_from_transcript(messages: list[dict[str, Any]]) -> Completion:
     """The answer a step already stored, for a step redelivered after it was applied."""
     last = messages[-1]
     calls = [
@@ -113,7 +113,7 @@ class StepRunner:
     ) -> dict[str, Any]:
         run, transcript = claim.run, claim.messages
         if int(run.get("applied_step") or 0) >= self.step:
-            completion = _completion_from_transcript(transcript)  # redelivered after applying
+            completion = completion_from_transcript(transcript)  # redelivered after applying
         else:
             max_steps = int(run["max_steps"])
             if self.step > max_steps:
@@ -188,7 +188,7 @@ class StepRunner:
                 f"no provider could take the call for {waited:.0f}s: {exc.message}",
             )
             raise Ignore()
-        self.store.release_step(self.run_id, self.step, claim.token)
+        self.store.release_step(self.run_id, self.step, claim.token, after=countdown)
         raise self.task.retry(countdown=countdown)
 
     def _retry_later(self, claim: StepClaim, exc: BaseException) -> None:
@@ -206,37 +206,15 @@ class StepRunner:
         countdown = min(max(backoff, asked or 0.0), self.settings.max_retry_countdown)
         countdown *= random.uniform(1.0, 1.25)  # jitter: retries of many runs do not align
         log.warning("run %s step %d: %s; retry in %.1fs", self.run_id, self.step, exc, countdown)
-        self.store.release_step(self.run_id, self.step, claim.token)
+        self.store.release_step(self.run_id, self.step, claim.token, after=countdown)
         raise self.task.retry(countdown=countdown)
 
     def _dispatch_tools(
         self, claim: StepClaim, run: dict[str, str], calls: list[ModelToolCall]
     ) -> None:
-        allowed = json.loads(run.get("tools") or "[]")
-        header = []
-        for index, call in enumerate(calls):
-            call_id = f"{self.run_id}-{self.step}-{index}"
-            soft, hard = time_limits(call.name, self.settings)
-            payload = tool_payload(
-                call_id,
-                call.name,
-                call.arguments,
-                run_id=self.run_id,
-                step=self.step,
-                model_call_id=call.id,
-                allowed=allowed,
-            )
-            header.append(
-                self.task.app.signature(
-                    names.TOOL_CALL,
-                    args=(payload,),
-                    task_id=call_id,
-                    soft_time_limit=soft,
-                    time_limit=hard,
-                )
-            )
-        body = self.task.app.signature(names.AGENT_STEP, args=(self.run_id, self.step + 1))
-        body.on_error(self.task.app.signature(names.TOOLS_FAILED))
+        app = self.task.app
+        header = tool_signatures(app, self.settings, self.run_id, self.step, run, calls)
+        body = step_signature(app, self.run_id, self.step + 1)
         # Drop the lease before publishing: with fast tools the next step can start before
         # this task returns, and must not find the run held. If this worker dies before the
         # publish, the redelivered step finds its answer applied and publishes again.
@@ -258,6 +236,52 @@ class StepRunner:
             error={"code": code, "message": message},
         )
         return run_view(record)
+
+
+def tool_call_id(run_id: str, step: int, index: int) -> str:
+    return f"{run_id}-{step}-{index}"
+
+
+def tool_signatures(
+    app: Celery,
+    settings: Settings,
+    run_id: str,
+    step: int,
+    run: dict[str, str],
+    calls: list[ModelToolCall],
+) -> list[Signature]:
+    """One ``agentfleet.tool.call`` per tool call the model made in ``step``."""
+    allowed = json.loads(run.get("tools") or "[]")
+    signatures = []
+    for index, call in enumerate(calls):
+        call_id = tool_call_id(run_id, step, index)
+        soft, hard = time_limits(call.name, settings)
+        payload = tool_payload(
+            call_id,
+            call.name,
+            call.arguments,
+            run_id=run_id,
+            step=step,
+            model_call_id=call.id,
+            allowed=allowed,
+        )
+        signatures.append(
+            app.signature(
+                names.TOOL_CALL,
+                args=(payload,),
+                task_id=call_id,
+                soft_time_limit=soft,
+                time_limit=hard,
+            )
+        )
+    return signatures
+
+
+def step_signature(app: Celery, run_id: str, step: int) -> Signature:
+    """Step ``step`` of ``run_id``, to be called with the previous step's tool results."""
+    body = app.signature(names.AGENT_STEP, args=(run_id, step))
+    body.on_error(app.signature(names.TOOLS_FAILED))
+    return body
 
 
 def register(app: Celery, settings: Settings) -> None:
@@ -325,7 +349,7 @@ def _resume_after_lost_chord(
     if int(run.get("dispatched_step") or 0) != step or run.get(f"deliveries:{step + 1}"):
         return  # the run moved on: the chord did fire
     count = int(run.get(f"tools:{step}") or 0)
-    results = store.tool_results([f"{run_id}-{step}-{i}" for i in range(count)])
+    results = store.tool_results([tool_call_id(run_id, step, i) for i in range(count)])
     if not results:
         return  # tools still running: the last one to finish completes the chord
     log.warning("run %s: the tool chord of step %d never fired; resuming it", run_id, step)

@@ -7,11 +7,14 @@ Keys (``<p>`` is ``AGENTFLEET_KEY_PREFIX``)::
     <p>:run:<id>:lease      string: the token of the worker applying a step (expires)
     <p>:tool:<id>           hash: name, arguments, status, result, timestamps
     <p>:tool:<id>:lease     string: the token of the worker running the tool (expires)
+    <p>:runs:active         sorted set: unfinished runs, scored by the time by which their
+                            next progress is due (the watchdog's worklist)
 
 A step moves ``applied_step`` (its LLM answer is in the transcript) and then
 ``dispatched_step`` (its successor is enqueued, or the run is final). Each transition is one
 Lua script, so a redelivered step finds out in one round trip what is left to do, and a
-duplicate running alongside the original is held off by the lease.
+duplicate running alongside the original is held off by the lease. The same scripts move the
+run's due time in ``<p>:runs:active``, so keeping the watchdog's worklist costs no round trip.
 """
 
 from __future__ import annotations
@@ -32,21 +35,24 @@ from tasks.models import RunRequest, RunStatus
 from tasks.redisconn import get_redis
 from workers.settings import Settings
 
+# ARGV: fields json, ttl, due, messages...
 _CREATE_RUN = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local fields = cjson.decode(ARGV[1])
 for k, v in pairs(fields) do redis.call('HSET', KEYS[1], k, v) end
-for i = 3, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
+for i = 4, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('EXPIRE', KEYS[2], ARGV[2])
+redis.call('ZADD', KEYS[3], ARGV[3], fields.id)
 return 1
 """
 
-# ARGV: token, step, lease_ms, max_deliveries, now
+# ARGV: token, step, lease_ms, max_deliveries, now, due, run_id
 _BEGIN_STEP = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing'} end
 local status = redis.call('HGET', KEYS[1], 'status')
 if status == 'succeeded' or status == 'failed' or status == 'cancelled' then
+  redis.call('ZREM', KEYS[4], ARGV[7])
   return {'terminal', status}
 end
 if tonumber(redis.call('HGET', KEYS[1], 'dispatched_step') or '0') >= tonumber(ARGV[2]) then
@@ -60,6 +66,7 @@ if n > tonumber(ARGV[4]) then return {'poisoned', tostring(n)} end
 if status == 'queued' then
   redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[5])
 end
+redis.call('ZADD', KEYS[4], ARGV[6], ARGV[7])
 return {'ok', redis.call('HGETALL', KEYS[1]), redis.call('LRANGE', KEYS[3], 0, -1)}
 """
 
@@ -80,7 +87,7 @@ redis.call('HDEL', KEYS[1], 'waiting', 'waiting_since')
 return 1
 """
 
-# ARGV: token, step, json {now, ttl, [status, result, error]}
+# ARGV: token, step, json {now, ttl, run_id, due, [status, result, error]}
 _FINISH_STEP = """
 local p = cjson.decode(ARGV[3])
 local step = tonumber(ARGV[2])
@@ -96,15 +103,20 @@ if p.status then
   end
   redis.call('EXPIRE', KEYS[1], p.ttl)
   redis.call('EXPIRE', KEYS[3], p.ttl)
+  redis.call('ZREM', KEYS[4], p.run_id)
+else
+  redis.call('ZADD', KEYS[4], 'XX', p.due, p.run_id)
 end
 if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
 return redis.call('HGETALL', KEYS[1])
 """
 
-# ARGV: token, step. Gives the step back (for a retry): not a crash, so not a delivery.
+# ARGV: token, step, due, run_id. Gives the step back (for a retry): not a crash, so not a
+# delivery.
 _RELEASE_STEP = """
 if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
 redis.call('HINCRBY', KEYS[1], 'deliveries:' .. ARGV[2], -1)
+redis.call('ZADD', KEYS[3], 'XX', ARGV[3], ARGV[4])
 return 1
 """
 
@@ -123,7 +135,7 @@ redis.call('EXPIRE', KEYS[1], ARGV[2])
 return 1
 """
 
-# ARGV: token, lease_ms, now, name, arguments, run_id
+# ARGV: token, lease_ms, now, name, arguments, run_id, due
 _BEGIN_TOOL = """
 local result = redis.call('HGET', KEYS[1], 'result')
 if result then return {'done', result} end
@@ -133,17 +145,22 @@ end
 redis.call('HSETNX', KEYS[1], 'created_at', ARGV[3])
 redis.call('HSETNX', KEYS[1], 'name', ARGV[4])
 redis.call('HSETNX', KEYS[1], 'arguments', ARGV[5])
-if ARGV[6] ~= '' then redis.call('HSETNX', KEYS[1], 'run_id', ARGV[6]) end
+if ARGV[6] ~= '' then
+  redis.call('HSETNX', KEYS[1], 'run_id', ARGV[6])
+  redis.call('ZADD', KEYS[3], 'XX', ARGV[7], ARGV[6])
+end
 redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[3])
 redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 return {'ok'}
 """
 
-# ARGV: token, result json, status, now, ttl. First result wins; counts once on the run.
+# ARGV: token, result json, status, now, ttl, due, run_id. First result wins; counts once on
+# the run.
 _COMPLETE_TOOL = """
 if redis.call('HSETNX', KEYS[1], 'result', ARGV[2]) == 1 then
   redis.call('HSET', KEYS[1], 'status', ARGV[3], 'finished_at', ARGV[4])
   if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('HINCRBY', KEYS[3], 'tools_done', 1) end
+  if ARGV[7] ~= '' then redis.call('ZADD', KEYS[4], 'XX', ARGV[6], ARGV[7]) end
 end
 if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
 redis.call('EXPIRE', KEYS[1], ARGV[5])
@@ -218,6 +235,15 @@ class RunStore:
     def tool_key(self, call_id: str) -> str:
         return f"{self._p}:tool:{call_id}"
 
+    @property
+    def active_key(self) -> str:
+        return f"{self._p}:runs:active"
+
+    def due(self, seconds: float) -> float:
+        """When progress is due for a stage that may take ``seconds``: after that, plus the
+        stall allowance, the watchdog takes the run for lost."""
+        return time.time() + seconds + self.settings.stall_timeout
+
     # --- runs ----------------------------------------------------------------------------
     def create_run(
         self, run_id: str, request: RunRequest, tools: list[str], chain: list[Target]
@@ -249,8 +275,8 @@ class RunStore:
         messages.append(json.dumps({"role": "user", "content": request.input}))
         base = self.run_key(run_id)
         created = self._create_run(
-            keys=[base, f"{base}:messages"],
-            args=[json.dumps(fields), self.settings.run_ttl, *messages],
+            keys=[base, f"{base}:messages", self.active_key],
+            args=[json.dumps(fields), self.settings.run_ttl, self.due(0), *messages],
         )
         if created:
             self.metrics.run_enqueued()
@@ -258,7 +284,10 @@ class RunStore:
 
     def delete_run(self, run_id: str) -> None:
         base = self.run_key(run_id)
-        self.redis.delete(base, f"{base}:messages")
+        pipe = self.redis.pipeline()
+        pipe.delete(base, f"{base}:messages")
+        pipe.zrem(self.active_key, run_id)
+        pipe.execute()
 
     def get_run(self, run_id: str) -> dict[str, str] | None:
         data = cast(dict[str, str], self.redis.hgetall(self.run_key(run_id)))
@@ -273,8 +302,16 @@ class RunStore:
         base = self.run_key(run_id)
         lease_ms = int(self.settings.step_time_limit * 1000)
         reply = self._begin_step(
-            keys=[base, f"{base}:lease", f"{base}:messages"],
-            args=[token, step, lease_ms, self.settings.max_redeliveries, time.time()],
+            keys=[base, f"{base}:lease", f"{base}:messages", self.active_key],
+            args=[
+                token,
+                step,
+                lease_ms,
+                self.settings.max_redeliveries,
+                time.time(),
+                self.due(self.settings.step_time_limit),
+                run_id,
+            ],
         )
         outcome = reply[0]
         if outcome == "ok":
@@ -321,7 +358,13 @@ class RunStore:
     ) -> dict[str, str]:
         """Mark the step dispatched (and the run final, if ``status``); drop the lease."""
         base = self.run_key(run_id)
-        payload: dict[str, Any] = {"now": time.time(), "ttl": self.settings.run_ttl}
+        payload: dict[str, Any] = {
+            "now": time.time(),
+            "ttl": self.settings.run_ttl,
+            "run_id": run_id,
+            # Not final: its tool calls are queued, and each one pushes this on as it starts.
+            "due": self.due(self.settings.tool_time_limit),
+        }
         if status is not None:
             payload["status"] = status.value
         if result is not None:
@@ -329,7 +372,7 @@ class RunStore:
         if error is not None:
             payload["error"] = json.dumps(error)
         reply = self._finish_step(
-            keys=[base, f"{base}:lease", f"{base}:messages"],
+            keys=[base, f"{base}:lease", f"{base}:messages", self.active_key],
             args=[token, step, json.dumps(payload)],
         )
         record = _pairs(reply)
@@ -345,9 +388,29 @@ class RunStore:
         pipe.hget(key, "waiting_since")
         return float(pipe.execute()[-1])
 
-    def release_step(self, run_id: str, step: int, token: str) -> None:
+    def release_step(self, run_id: str, step: int, token: str, after: float = 0.0) -> None:
+        """Give the step back; its retry comes ``after`` seconds from now."""
         base = self.run_key(run_id)
-        self._release_step(keys=[base, f"{base}:lease"], args=[token, step])
+        self._release_step(
+            keys=[base, f"{base}:lease", self.active_key],
+            args=[token, step, self.due(after + self.settings.step_time_limit), run_id],
+        )
+
+    def touch(self, run_id: str, seconds: float) -> None:
+        """Push the run's due time to ``seconds`` (plus the stall allowance) from now."""
+        self.redis.zadd(self.active_key, {run_id: self.due(seconds)}, xx=True)
+
+    def overdue(self, limit: int) -> list[str]:
+        """Unfinished runs whose progress is overdue, most overdue first."""
+        found = self.redis.zrangebyscore(self.active_key, "-inf", time.time(), 0, limit)
+        return cast(list[str], found)
+
+    def forget(self, run_id: str) -> None:
+        self.redis.zrem(self.active_key, run_id)
+
+    def holds_lease(self, run_id: str) -> bool:
+        """Whether a worker holds the run's step (a live one, or a dead one until it expires)."""
+        return bool(self.redis.exists(f"{self.run_key(run_id)}:lease"))
 
     def drop_lease(self, run_id: str, token: str) -> None:
         """Let the next step of the run start (it may arrive before this one has finished)."""
@@ -375,15 +438,26 @@ class RunStore:
         data = cast(dict[str, str], self.redis.hgetall(self.tool_key(call_id)))
         return data or None
 
-    def tool_results(self, call_ids: list[str]) -> list[dict[str, Any]] | None:
-        """The stored results of ``call_ids`` in order, or None while any is missing."""
+    def tool_leases(self, call_ids: list[str]) -> list[bool]:
+        """Whether each call is held by a worker right now."""
+        pipe = self.redis.pipeline(transaction=False)
+        for call_id in call_ids:
+            pipe.exists(f"{self.tool_key(call_id)}:lease")
+        return [bool(n) for n in pipe.execute()]
+
+    def stored_tool_results(self, call_ids: list[str]) -> list[dict[str, Any] | None]:
+        """The stored result of each of ``call_ids``, None where there is none yet."""
         pipe = self.redis.pipeline(transaction=False)
         for call_id in call_ids:
             pipe.hget(self.tool_key(call_id), "result")
-        raw = pipe.execute()
-        if any(r is None for r in raw):
+        return [None if r is None else json.loads(r) for r in pipe.execute()]
+
+    def tool_results(self, call_ids: list[str]) -> list[dict[str, Any]] | None:
+        """The stored results of ``call_ids`` in order, or None while any is missing."""
+        results = self.stored_tool_results(call_ids)
+        if any(r is None for r in results):
             return None
-        return [json.loads(r) for r in raw]
+        return cast(list[dict[str, Any]], results)
 
     def begin_tool(
         self, call_id: str, name: str, arguments: str, run_id: str | None, lease_s: float
@@ -391,8 +465,16 @@ class RunStore:
         token = uuid.uuid4().hex
         key = self.tool_key(call_id)
         reply = self._begin_tool(
-            keys=[key, f"{key}:lease"],
-            args=[token, int(lease_s * 1000), time.time(), name, arguments, run_id or ""],
+            keys=[key, f"{key}:lease", self.active_key],
+            args=[
+                token,
+                int(lease_s * 1000),
+                time.time(),
+                name,
+                arguments,
+                run_id or "",
+                self.due(lease_s),
+            ],
         )
         if reply[0] == "done":
             return ToolClaim("done", token, result=json.loads(reply[1]))
@@ -407,13 +489,15 @@ class RunStore:
         key = self.tool_key(call_id)
         run_key = self.run_key(run_id) if run_id else f"{key}:no-run"
         stored = self._complete_tool(
-            keys=[key, f"{key}:lease", run_key],
+            keys=[key, f"{key}:lease", run_key, self.active_key],
             args=[
                 token,
                 json.dumps(result),
                 "succeeded" if result.get("ok") else "failed",
                 time.time(),
                 self.settings.run_ttl,
+                self.due(0),
+                run_id or "",
             ],
         )
         return cast(dict[str, Any], json.loads(stored))

@@ -14,7 +14,7 @@ import pytest
 import redis
 from celery import Celery
 
-from ops.stack import PoolSpec, Stack, wait_for
+from ops.stack import PoolSpec, Proc, Stack, wait_for
 from producer.client import Client
 from workers.factory import create_app
 
@@ -24,6 +24,27 @@ FLEET_ENV = {
     "AGENTFLEET_LLM_MAX_RETRIES": "1",
     "AGENTFLEET_RETRY_BACKOFF_BASE": "0.2",
     "AGENTFLEET_LLM_TIMEOUT": "20",
+}
+#: Short limits for fleets whose tests kill workers or lose messages, so that what a dead
+#: worker held comes back in seconds instead of an hour. The arithmetic still holds:
+#: llm_timeout 3 < step soft 4 < hard 5; longest countdown (the chord recovery check, 22 s:
+#: Celery's chord dispatch claim lasts about 21 s) + hard 5 + margin 1 < visibility 30.
+#: The watchdog takes a run for lost 5 s after its stage's time is up.
+SHORT_LIMITS = {
+    "AGENTFLEET_TOOL_MODULES": "tests.tooling",
+    "AGENTFLEET_LLM_TIMEOUT": "3",
+    "AGENTFLEET_STEP_SOFT_TIME_LIMIT": "4",
+    "AGENTFLEET_STEP_TIME_LIMIT": "5",
+    "AGENTFLEET_TOOL_SOFT_TIME_LIMIT": "4",
+    "AGENTFLEET_TOOL_TIME_LIMIT": "5",
+    "AGENTFLEET_MAX_RETRY_COUNTDOWN": "2",
+    "AGENTFLEET_VISIBILITY_MARGIN": "1",
+    "AGENTFLEET_VISIBILITY_TIMEOUT": "30",
+    "AGENTFLEET_CHORD_RECOVERY_DELAY": "22",
+    "AGENTFLEET_UNACKED_RESTORE_INTERVAL": "1",
+    "AGENTFLEET_UNACKED_RESTORE_THROTTLE": "1",
+    "AGENTFLEET_STALL_TIMEOUT": "5",
+    "AGENTFLEET_WATCHDOG_INTERVAL": "1",
 }
 FLEET_POOLS = (
     PoolSpec("agents", "threads", 100),
@@ -50,6 +71,17 @@ class Fleet:
     def run_keys(self) -> set[str]:
         keys = self.redis.scan_iter(match=f"{self.settings.key_prefix}:run:*", count=1000)
         return {k for k in keys if k.count(":") == 2}
+
+    def counts(self, prefix: str, keys: list[str]) -> list[int]:
+        """The ``test:<prefix>:<key>`` counters the tools of ``tests.tooling`` keep."""
+        values = self.redis.mget([f"test:{prefix}:{k}" for k in keys])
+        return [int(v or 0) for v in values]
+
+    def worker_of(self, queue: str) -> Proc:
+        """A live worker process of the pool on ``queue``."""
+        return next(
+            p for p in self.stack.procs if p.name.startswith(f"worker-{queue}") and p.alive()
+        )
 
     def close(self) -> None:
         self.client.close()

@@ -118,6 +118,15 @@ class Settings(BaseSettings):
     max_redeliveries: int = Field(
         default=5, ge=1, description="Deliveries of one step before the run fails as poisoned."
     )
+    stall_timeout: float = Field(
+        default=300.0,
+        gt=0,
+        description="Seconds a run may go without progress beyond what its current stage may "
+        "take before the watchdog sends its next message again.",
+    )
+    watchdog_interval: float = Field(
+        default=15.0, gt=0, description="Seconds between the watchdog's sweeps (fleet-wide)."
+    )
 
     # --- Retention -----------------------------------------------------------------------
     result_expires: int = Field(default=7 * 24 * 3600, gt=0)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from celery.signals import after_setup_logger, worker_process_init
+from celery.signals import after_setup_logger, worker_process_init, worker_ready, worker_shutdown
 
+from tasks import watchdog
 from tasks.llm import reset_clients
+from workers.settings import get_settings
 
 
 @worker_process_init.connect
@@ -23,3 +25,15 @@ def _quiet_http_logs(**_: Any) -> None:
     # task log. Its warnings and errors still show.
     for name in ("httpx", "httpx2", "openai"):
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+@worker_ready.connect
+def _start_watchdog(sender: Any = None, **_: Any) -> None:
+    # In the worker's main process: every node sweeps for stalled runs, one sweep per
+    # interval wins fleet-wide, so the fleet keeps its watchdog whichever nodes die.
+    watchdog.start(sender.app, get_settings())
+
+
+@worker_shutdown.connect
+def _stop_watchdog(**_: Any) -> None:
+    watchdog.stop()
