@@ -97,7 +97,7 @@ class MetricKeys:
 
     @property
     def active_runs(self) -> str:
-        """Sorted set of runs in flight (member run ID, score = time of last progress)."""
+        """Sorted set of unfinished runs (the watchdog's worklist, scored by due time)."""
         return f"{self.prefix}:runs:active"
 
 
