@@ -28,6 +28,7 @@ from celery import Celery
 
 from producer.auth import create_key
 from tasks.models import DEFAULT_TENANT
+from tasks.redisconn import get_redis
 from workers.factory import create_app
 from workers.settings import Settings
 
@@ -283,11 +284,7 @@ class Stack:
     def make_api_key(self, tenant: str = DEFAULT_TENANT) -> str:
         """A new API key of ``tenant``, stored (hashed) in the fleet's Redis."""
         settings = self.settings()
-        client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
-        try:
-            return create_key(client, settings, tenant)
-        finally:
-            client.close()
+        return create_key(get_redis(settings), settings, tenant)
 
     def start_api(self, port: int | None = None, log_level: str = "warning") -> str:
         if not self.api_key:

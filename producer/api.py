@@ -24,6 +24,7 @@ from producer.enqueue import (
 from producer.events import EVENT_ID, sse_stream
 from producer.idempotency import fingerprint, run_once
 from producer.logcontext import RunIdContext
+from producer.metrics import router as metrics_router
 from tasks.batch import batch_key, batch_view
 from tasks.errors import Unauthorized
 from tasks.lifecycle import follow_up
@@ -428,6 +429,7 @@ def create_api(settings: Settings | None = None, celery_app: Celery | None = Non
     api.add_exception_handler(BadRequest, _bad_request)
     api.include_router(router)
     api.include_router(public)
+    api.include_router(metrics_router)
     return api
 
 

@@ -78,6 +78,7 @@ class StepRunner:
     def __init__(self, task: Task, settings: Settings, run_id: str, step: int) -> None:
         self.task, self.settings, self.run_id, self.step = task, settings, run_id, step
         self.store = get_store(settings)
+        self.began = time.monotonic()
 
     def run(self, tool_results: list[dict[str, Any]] | None) -> dict[str, Any]:
         claim = self.store.begin_step(self.run_id, self.step, self._worker())
@@ -164,6 +165,7 @@ class StepRunner:
                 target,
                 self._worker(),
             )
+            self.store.metrics.step_applied(time.monotonic() - self.began, target, completion)
             if applied < 0:
                 raise RunCancelled(self.run_id)
         if completion.tool_calls:

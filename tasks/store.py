@@ -36,6 +36,7 @@ import redis
 
 from tasks import scripts
 from tasks.llm._routing import Target
+from tasks.metrics import Recorder
 from tasks.models import RunRequest, RunStatus
 from tasks.redisconn import get_redis
 from workers.settings import Settings
@@ -115,6 +116,7 @@ class RunStore:
         self._begin_tool = client.register_script(scripts.BEGIN_TOOL)
         self._complete_tool = client.register_script(scripts.COMPLETE_TOOL)
         self._cancel_tool = client.register_script(scripts.CANCEL_TOOL)
+        self.metrics = Recorder(client, settings.key_prefix)
 
     def _ctx(self, run_id: str | None) -> str:
         """The context argument every script takes (see :mod:`tasks.scripts`)."""
@@ -178,7 +180,9 @@ class RunStore:
                 args=[self._ctx(run_id), json.dumps(fields), self.due(0), *messages],
                 client=pipe,
             )
-        return sum(int(r) for r in pipe.execute())
+        created = sum(int(r) for r in pipe.execute())
+        self.metrics.runs_enqueued(created)
+        return created
 
     def _run_fields(
         self,
@@ -312,12 +316,16 @@ class RunStore:
             keys=[base, f"{base}:lease"],
             args=[self._ctx(run_id), token, step, json.dumps(payload)],
         )
-        return Finished(_pairs(reply[0]), reply[1], reply[2], reply[3])
+        finished = Finished(_pairs(reply[0]), reply[1], reply[2], reply[3])
+        self.metrics.run_finished(base, finished.record)  # once per run, when it is final
+        return finished
 
     def cancel_run(self, run_id: str, reason: str) -> tuple[str, Finished]:
         """Cancel a run unless it is final: (``cancelled`` | ``final:<status>`` | ``missing``,
         what to start because of it)."""
         reply = self._cancel_run(keys=[self.run_key(run_id)], args=[self._ctx(run_id), reason])
+        if reply[0] == "cancelled":
+            self.metrics.run_finished(self.run_key(run_id), self.get_run(run_id) or {})
         return reply[0], Finished({"id": run_id}, reply[1], reply[2], reply[3])
 
     def events(

@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from ops.stack import PoolSpec, Proc, Stack
@@ -67,7 +66,7 @@ def test_worker_and_api_lines_are_json_with_run_and_task_ids(json_fleet: Fleet) 
     run = fleet.client.create_run(f'call text_stats {{"text": "{secret}"}} {secret}')
     final = fleet.client.wait(run.id, timeout=60)
     assert final.status == "succeeded"
-    assert httpx.get(f"{fleet.stack.api_url}/v1/runs/{run.id}").status_code == 200
+    assert fleet.http.get(f"/v1/runs/{run.id}").status_code == 200
 
     agents = _lines(_proc(fleet, "worker-agents"))
     ours = [e for e in agents if e.get("run_id") == run.id]

@@ -41,7 +41,7 @@ def test_runs_go_through_sentinel(tmp_path: Path) -> None:
         stack.start_api()
         stack.wait_workers(stack.celery_app(), 2)
 
-        with Client(stack.api_url) as client:
+        with Client(stack.api_url, api_key=stack.api_key) as client:
             run = client.create_run('call calculator {"expression": "6*7"}')
             final = client.wait(run.id, timeout=60)
         assert final.status == "succeeded"

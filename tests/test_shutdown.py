@@ -51,7 +51,7 @@ def test_prefork_worker_requeues_a_running_call_after_the_soft_shutdown(
         app = stack.celery_app()
         stack.wait_workers(app, 1)
         broker = redis.Redis.from_url(stack.redis_url or "")
-        with Client(stack.api_url) as client:
+        with Client(stack.api_url, api_key=stack.api_key) as client:
             call = client.create_tool_call("wait", {"seconds": 8})
             wait(lambda: client.get_tool_call(call.id).status == "running", 20, "the call")
 
@@ -83,7 +83,7 @@ def test_threads_worker_finishes_running_steps_before_it_exits(
         app = stack.celery_app()
         stack.wait_workers(app, 1)
         broker = redis.Redis.from_url(stack.redis_url or "")
-        with Client(stack.api_url) as client:
+        with Client(stack.api_url, api_key=stack.api_key) as client:
             run = client.create_run("[[latency:4]] a slow answer")
             wait(lambda: client.get_run(run.id).status == "running", 20, "the run to start")
 

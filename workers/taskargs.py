@@ -20,6 +20,9 @@ PARAMS: Final[Mapping[str, tuple[str, ...]]] = {
     names.RESUME: ("run_id", "step", "body"),
     names.TOOLS_FAILED: ("run_id",),
     names.TOOL_CALL: ("payload",),
+    names.BATCH_DISPATCH: ("batch_id",),
+    names.BATCH_COLLECT: ("results", "batch_id"),
+    names.CALLBACK: ("kind", "ident"),
 }
 
 #: Every public task name shares this prefix; a name with it but missing above is ours too.
