@@ -2,7 +2,8 @@
 
 ``python -m ops.demo`` starts Redis (``REDIS_URL`` if set, else a private ``redis-server``),
 the LLM simulator, one worker per pool, the API and Flower; enqueues several agent runs (one with
-parallel tool calls) and a single tool call through the HTTP API; prints each result; stops
+parallel tool calls), a single tool call, a small batch and a streamed run through the HTTP API;
+prints each result; stops
 everything. ``--serve`` keeps the fleet up afterwards so you can poll and send more.
 """
 
@@ -14,6 +15,7 @@ import secrets
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from ops.stack import REPO, Stack, StackError
 from producer.client import Client
@@ -33,8 +35,32 @@ RUNS = {
 }
 
 
+#: A batch: an agent run, a single prompt and a single tool call, finished as one.
+BATCH: list[dict[str, Any]] = [
+    {"input": 'call calculator {"expression": "2 ** 8"}'},
+    {"type": "prompt", "input": "Summarise the fleet in one line."},
+    {
+        "type": "tool_call",
+        "name": "transform_text",
+        "arguments": {"text": "fleet", "operation": "upper"},
+    },
+]
+
+
 def _line(label: str, text: str) -> None:
     print(f"  {label:<16}{text}")
+
+
+def _demo_batch(client: Client) -> bool:
+    """A small batch of a run, a prompt and a tool call, and one run's streamed events."""
+    batch = client.wait_batch(client.create_batch(BATCH).id, timeout=120)
+    print(f"batch of {batch.total}: {batch.status}, {batch.counts.succeeded} succeeded")
+    _line("batch id", batch.id)
+    streamed = client.create_run("Tell the fleet a short story.", stream=True)
+    kinds = [event.type for event in client.events(streamed.id)]
+    print(f"streamed run: {kinds[-1]}")
+    _line("events", f"{len(kinds)}: {', '.join(dict.fromkeys(kinds))}")
+    return batch.counts.succeeded == batch.total and kinds[-1] == "succeeded"
 
 
 def run_demo(client: Client, api_url: str, api_key: str) -> bool:
@@ -59,6 +85,7 @@ def run_demo(client: Client, api_url: str, api_key: str) -> bool:
     print(f"single tool call: {call.status}")
     _line("call id", call.id)
     _line("result", str(call.result))
+    ok &= _demo_batch(client)
     first = next(iter(accepted.values())).id
     print("\npoll a run by ID (while the fleet is up: `make serve` keeps it running):")
     print(f"  export AGENTFLEET_API_URL={api_url} AGENTFLEET_API_KEY={api_key}")
