@@ -64,6 +64,7 @@ from celery import Celery, canvas
 
 from ops import bench_plain
 from ops.stack import PoolSpec, Proc, Stack, StackError, free_port, wait_for
+from producer.auth import create_key
 from producer.enqueue import submit_run
 from tasks import names
 from tasks.models import DEFAULT_TENANT, RunRequest
@@ -657,15 +658,18 @@ def timed_calls(
 class HttpSubmitter:
     """``POST /v1/runs`` with one kept-alive connection per calling thread."""
 
-    def __init__(self, base_url: str) -> None:
+    def __init__(self, base_url: str, api_key: str) -> None:
         self.base_url = base_url
+        self.headers = {"Authorization": f"Bearer {api_key}"}
         self._local = threading.local()
         self._clients: list[httpx.Client] = []
 
     def __call__(self) -> str:
         client: httpx.Client | None = getattr(self._local, "client", None)
         if client is None:
-            client = self._local.client = httpx.Client(base_url=self.base_url, timeout=30)
+            client = self._local.client = httpx.Client(
+                base_url=self.base_url, timeout=30, headers=self.headers
+            )
             self._clients.append(client)
         response = client.post("/v1/runs", json={"input": ONE_STEP_PROMPT})
         if response.status_code != 202:
@@ -1096,7 +1100,8 @@ class Bench:
             with self.workers([]) as procs:
                 api, base_url = self.start_api(fleet.settings.redis_url, processes)
                 procs.append(api)
-                submitter = HttpSubmitter(base_url)
+                key = create_key(fleet.store.redis, fleet.settings, "bench")
+                submitter = HttpSubmitter(base_url, key)
                 try:
                     self._accept(result, fleet, submitter, [api])
                 finally:
