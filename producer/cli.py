@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import httpx
 
@@ -58,10 +59,13 @@ def _cmd_run(client: Client, args: argparse.Namespace) -> int:
 
 
 def _watch(client: Client, run_id: str, as_json: bool) -> int:
-    """Follow a run's events live: one line per event, tokens as they stream."""
+    """Follow a run's events live: one line per event with the run's progress so far, and
+    streamed tokens as they come."""
     status = "running"
     tokens = False
+    progress = _Progress()
     for event in client.events(run_id):
+        progress.update(event.type, event.data)
         if as_json:
             print(json.dumps({"id": event.id, "type": event.type, "data": event.data}), flush=True)
         elif event.type == "token":
@@ -71,10 +75,36 @@ def _watch(client: Client, run_id: str, as_json: bool) -> int:
             if tokens:
                 print()
                 tokens = False
-            print(f"[{event.type}] {_describe(event.type, event.data)}", flush=True)
+            line = f"{progress.bar()}  {event.type:<18} {_describe(event.type, event.data)}"
+            print(line.rstrip(), flush=True)
         if event.type in ("succeeded", "failed", "cancelled"):
             status = event.type
     return 0 if status == "succeeded" else 1
+
+
+class _Progress:
+    """Step of max, tool calls done of asked, tokens: what the events so far add up to."""
+
+    def __init__(self) -> None:
+        self.step = self.max_steps = self.tools_done = self.tools_total = self.tokens = 0
+
+    def update(self, kind: str, data: dict[str, Any]) -> None:
+        if kind == "queued":
+            self.max_steps = int(data.get("max_steps") or 0)
+        elif kind == "llm_call_started":
+            self.step = int(data.get("step") or 0)
+        elif kind == "llm_call_finished":
+            self.tools_total += int(data.get("tool_calls") or 0)
+            self.tokens += int(data.get("prompt_tokens") or 0)
+            self.tokens += int(data.get("completion_tokens") or 0)
+        elif kind == "tool_call_finished":
+            self.tools_done += 1
+
+    def bar(self) -> str:
+        return (
+            f"[step {self.step}/{self.max_steps} | tools {self.tools_done}/{self.tools_total} | "
+            f"{self.tokens} tokens]"
+        )
 
 
 def _describe(kind: str, data: dict[str, object]) -> str:

@@ -53,3 +53,27 @@ def test_providers_table(fleet: Fleet) -> None:
     as_json = json.loads(fleet.cli("--json", "providers").stdout)
     assert as_json[0]["name"] == "default"
     assert as_json[0]["fail_max"] == 5
+
+
+def test_run_watch_shows_events_and_progress(fleet: Fleet) -> None:
+    out = fleet.cli("run", 'call calculator {"expression": "2+3"} then finish', "--watch")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    kinds = [line.split("]", 1)[1].split()[0] for line in lines if line.startswith("[step")]
+    assert kinds[0] == "queued"
+    assert kinds[-1] == "succeeded"
+    assert "tool_call_finished" in kinds
+    assert lines[-1].startswith("[step 2/10 | tools 1/1 |")
+    assert "Results: calculator=5.0" in out.stdout  # the streamed answer
+
+
+def test_watch_of_a_finished_run_replays_it(fleet: Fleet) -> None:
+    run_id = fleet.client.create_run("hello watch").id
+    fleet.client.wait(run_id)
+    out = fleet.cli("--json", "watch", run_id)
+    assert out.returncode == 0, out.stderr
+    events = [json.loads(line) for line in out.stdout.splitlines()]
+    assert events[0]["type"] == "queued"
+    assert events[-1]["type"] == "succeeded"
+    assert events[-1]["data"]["result"] == "Echo: hello watch"
+    assert len({e["id"] for e in events}) == len(events)
