@@ -12,6 +12,18 @@ are noisy, so read the ratios, not the absolute numbers):
 ``c`` concurrency
     Two-step runs at 2 s of LLM latency (step 1 asks for a ``text_stats`` call, step 2
     answers): effective concurrency = total LLM wait / wall time, for each ``agents`` pool.
+``d`` accept
+    Runs accepted per second with no worker running, from concurrent clients: ``POST
+    /v1/runs`` through the API (one and two uvicorn processes) and ``submit_run`` in process,
+    against Celery's own ``apply_async`` of the entry task ``agentfleet.run``.
+``e`` chord
+    A run whose model asks for 100 tool calls at once (a chord of 100 ``agentfleet.tool.call``
+    tasks and the next step as its body) against a plain Celery chord of 100 no-ops and a
+    collecting body, each on a prefork 1x2 worker.
+``f`` memory
+    Runs parked on a slow LLM call (the simulator waits): Redis ``used_memory`` and the
+    ``agents`` workers' RSS per run in flight, the first time (threads and connections are
+    made) and again (they are reused).
 
 Every configuration gets its own Redis database, so work a failed configuration leaves behind
 (a timeout, a dead worker) cannot leak into the next one. Every process is started through
@@ -19,7 +31,7 @@ Every configuration gets its own Redis database, so work a failed configuration 
 
 Usage::
 
-    python -m ops.bench [--quick] [--only a,b,c] [--pools gevent,threads,prefork]
+    python -m ops.bench [--quick] [--only a,b,c,d,e,f] [--pools gevent,threads,prefork]
                         [--json out.json]
 """
 
@@ -36,6 +48,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -47,12 +60,14 @@ from typing import Any, NamedTuple
 
 import httpx
 import redis
-from celery import Celery
+from celery import Celery, canvas
 
 from ops import bench_plain
-from ops.stack import PoolSpec, Proc, Stack, StackError
+from ops.stack import PoolSpec, Proc, Stack, StackError, free_port, wait_for
+from producer.auth import create_key
 from producer.enqueue import submit_run
-from tasks.models import RunRequest
+from tasks import names
+from tasks.models import DEFAULT_TENANT, RunRequest
 from tasks.redisconn import get_redis
 from tasks.store import RunStore
 from workers.conf import celery_config
@@ -67,6 +82,19 @@ SLOW_LLM_S = 2.0
 TWO_STEP_PROMPT = f'call text_stats {{"text": "x"}} [[latency:{SLOW_LLM_S:g}]]'
 #: The same conversation without the latency directive, to warm the whole path up.
 WARM_TWO_STEP_PROMPT = 'call text_stats {"text": "x"}'
+
+#: Section (e): tool calls the model asks for in one turn, so the chord's header size.
+CHORD_SIZE = 100
+CHORD_PROMPT = " ".join(['call text_stats {"text": "x"}'] * CHORD_SIZE)
+#: Section (f): seconds each parked run's LLM call takes; long enough to sample memory.
+PARK_LLM_S = 40.0
+PARK_PROMPT = f"[[latency:{PARK_LLM_S:g}]] parked"
+#: Section (f) parks each run's record and messages next to Celery's bookkeeping; this many
+#: runs are sampled with ``MEMORY USAGE`` to tell the two apart.
+RECORD_SAMPLE = 50
+
+#: Every section, in the order they run (see the module docstring).
+SECTIONS = ("a", "b", "c", "d", "e", "f")
 
 #: Targets each section is read against.
 TARGET_LATENCY_RATIO = 2.0
@@ -99,10 +127,31 @@ class Sizes:
     runs_r: int
     prefork_runs: int
     prefork_wide_runs: int
+    accept_n: int
+    chord_reps: int
+    park_runs: tuple[int, ...]
 
 
-FULL = Sizes(latency_n=500, backlog_m=3000, runs_r=2000, prefork_runs=40, prefork_wide_runs=400)
-QUICK = Sizes(latency_n=100, backlog_m=600, runs_r=200, prefork_runs=8, prefork_wide_runs=128)
+FULL = Sizes(
+    latency_n=500,
+    backlog_m=3000,
+    runs_r=2000,
+    prefork_runs=40,
+    prefork_wide_runs=400,
+    accept_n=3000,
+    chord_reps=10,
+    park_runs=(100, 500),
+)
+QUICK = Sizes(
+    latency_n=100,
+    backlog_m=600,
+    runs_r=200,
+    prefork_runs=8,
+    prefork_wide_runs=128,
+    accept_n=500,
+    chord_reps=3,
+    park_runs=(50,),
+)
 
 
 @dataclass(frozen=True)
@@ -138,6 +187,12 @@ THROUGHPUT_POOLS = (
     AgentsPool("threads", 100, 2),
     AgentsPool("prefork", 2),
 )
+
+
+#: Sections (e) and (f): the fleet's own ``agents`` pool (threads, chosen by section c), one
+#: process for (e), whose two LLM steps per run are not what it measures.
+CHORD_AGENTS = AgentsPool("threads", 100)
+PARK_AGENTS = AgentsPool("threads", 500, 2)
 
 
 def concurrency_configs(sizes: Sizes) -> list[tuple[AgentsPool, int]]:
@@ -222,6 +277,69 @@ class ConcurrencyResult:
     problem: str = ""
 
 
+@dataclass
+class AcceptResult:
+    """Section (d): runs accepted through one path by ``clients`` at once, no worker running."""
+
+    config: str
+    items: int
+    clients: int
+    per_s: float = math.nan
+    p50_ms: float = math.nan
+    p99_ms: float = math.nan
+    #: Messages that reached the ``agents`` queue: must equal ``items``.
+    queued: int = 0
+    #: CPU seconds over the measured window: ``server`` is the API (when there is one).
+    cpu_s: dict[str, float] = field(default_factory=dict)
+    busy_pct: float = math.nan
+    problem: str = ""
+
+
+@dataclass
+class ChordResult:
+    """Section (e): ``reps`` chords of ``size`` header tasks, one after another, seconds."""
+
+    config: str
+    size: int
+    reps: int
+    wall_p50_s: float = math.nan
+    wall_min_s: float = math.nan
+    wall_max_s: float = math.nan
+    #: For runs, from the records: creation to the first tool starting (step 1, publishing
+    #: the chord), first tool start to last tool end, and from there to the run's end (the
+    #: chord's join, step 2 with 100 tool results).
+    before_tools_p50_s: float = math.nan
+    tools_p50_s: float = math.nan
+    after_tools_p50_s: float = math.nan
+    done: int = 0
+    problem: str = ""
+
+
+@dataclass
+class MemoryResult:
+    """Section (f): ``runs`` runs parked on a :data:`PARK_LLM_S` LLM call at once."""
+
+    config: str
+    runs: int
+    #: ``first``: the workers make threads and connections; ``again``: they reuse them.
+    phase: str
+    #: LLM calls the simulator held when memory was sampled (all ``runs`` once parked).
+    in_flight: int = 0
+    #: ``used_memory`` growth per run: keys, connections and their buffers.
+    redis_kb_per_run: float = math.nan
+    #: Growth of the keys alone (``MEMORY USAGE`` of every key): runs, messages, results.
+    keys_kb_per_run: float = math.nan
+    #: ``MEMORY USAGE`` of a run's own keys (record, transcript, lease), sampled.
+    record_kb_per_run: float = math.nan
+    rss_kb_per_run: float = math.nan
+    #: Growth per run once they all finished: what a run keeps until its TTL.
+    redis_kb_per_finished_run: float = math.nan
+    keys_kb_per_finished_run: float = math.nan
+    done: int = 0
+    failed: int = 0
+    problem: str = ""
+
+
 # --- measuring helpers -------------------------------------------------------------------------
 def percentile(values: Sequence[float], pct: float) -> float:
     """Nearest-rank percentile; NaN for no values."""
@@ -266,6 +384,74 @@ def machine_busy_seconds() -> float:
         ticks = [int(value) for value in stat.readline().split()[1:9]]
     idle = ticks[3] + ticks[4]  # idle, iowait; guest time is already inside user and nice
     return (sum(ticks) - idle) / _CLK_TCK
+
+
+def group_rss_bytes(pgid: int) -> int:
+    """Resident memory of every process in a process group (see :func:`group_cpu_seconds`)."""
+    pages = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as stat:
+                raw = stat.read()
+            with open(f"/proc/{entry.name}/statm") as statm:
+                resident = int(statm.read().split()[1])
+        except OSError:  # the process exited while we looked
+            continue
+        if int(raw[raw.rindex(")") + 2 :].split()[2]) == pgid:
+            pages += resident
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def settle(client: redis.Redis, timeout: float = 30.0) -> None:
+    """Wait until the broker holds no unacknowledged message.
+
+    A run's record is final before Celery stores its result and acknowledges the message, so
+    memory sampled as soon as the records say "done" would still count that bookkeeping.
+    """
+    wait_for(lambda: client.hlen("unacked") == 0, timeout, "every message to be acknowledged")
+
+
+def redis_used_memory(client: redis.Redis) -> int:
+    """Bytes Redis has allocated (``INFO memory`` ``used_memory``), client buffers included."""
+    return int(client.info("memory")["used_memory"])
+
+
+def keys_memory(client: redis.Redis) -> int:
+    """Bytes every key of the database takes (``MEMORY USAGE``, all elements), summed.
+
+    Exact and steady, unlike ``used_memory``, but it leaves out connections and buffers.
+    """
+    total = 0
+    batch: list[str] = []
+    for key in [*client.scan_iter(count=1000), None]:
+        if key is not None:
+            batch.append(key)
+        if batch and (key is None or len(batch) == 1000):
+            pipe = client.pipeline(transaction=False)
+            for name in batch:
+                pipe.memory_usage(name, samples=0)
+            total += sum(int(n or 0) for n in pipe.execute())
+            batch = []
+    return total
+
+
+def steady_used_memory(client: redis.Redis, timeout: float) -> int:
+    """``used_memory`` once three samples a second apart agree within 0.5 %.
+
+    After a burst Redis holds megabytes of client query and output buffers, which it shrinks
+    over the next few seconds: sampled at once, they would be charged to the runs. After
+    ``timeout``, the last sample.
+    """
+    deadline = time.monotonic() + timeout
+    samples = [redis_used_memory(client)]
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        samples = [*samples[-2:], redis_used_memory(client)]
+        if len(samples) == 3 and max(samples) - min(samples) <= samples[-1] * 0.005:
+            break
+    return samples[-1]
 
 
 class CpuMeter:
@@ -451,6 +637,51 @@ def enqueue_many(submit: Callable[[], str], count: int, timeout: float) -> tuple
     return ids, time.perf_counter() - start
 
 
+def timed_calls(
+    submit: Callable[[], str], count: int, clients: int, timeout: float
+) -> tuple[list[str], float, list[float]]:
+    """Call ``submit`` ``count`` times from ``clients`` threads: IDs, seconds, ms per call."""
+    durations: list[float] = []
+
+    def one(_: int) -> str:
+        start = time.perf_counter()
+        item = submit()
+        durations.append((time.perf_counter() - start) * 1000)  # atomic under the GIL
+        return item
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(clients, thread_name_prefix="client") as pool:
+        ids = list(pool.map(one, range(count), timeout=timeout))
+    return ids, time.perf_counter() - start, durations
+
+
+class HttpSubmitter:
+    """``POST /v1/runs`` with one kept-alive connection per calling thread."""
+
+    def __init__(self, base_url: str, api_key: str) -> None:
+        self.base_url = base_url
+        self.headers = {"Authorization": f"Bearer {api_key}"}
+        self._local = threading.local()
+        self._clients: list[httpx.Client] = []
+
+    def __call__(self) -> str:
+        client: httpx.Client | None = getattr(self._local, "client", None)
+        if client is None:
+            client = self._local.client = httpx.Client(
+                base_url=self.base_url, timeout=30, headers=self.headers
+            )
+            self._clients.append(client)
+        response = client.post("/v1/runs", json={"input": ONE_STEP_PROMPT})
+        if response.status_code != 202:
+            raise StackError(f"POST /v1/runs answered {response.status_code}: {response.text}")
+        return str(response.json()["id"])
+
+    def close(self) -> None:
+        """Close every thread's connection."""
+        for client in self._clients:
+            client.close()
+
+
 # --- the fleet and the baseline under test -------------------------------------------------------
 def plain_producer(url: str) -> Celery:
     """The bench's producer for the baseline: :func:`ops.bench_plain.create_app` on ``url``.
@@ -481,7 +712,7 @@ class Fleet:
 
     def submit(self, prompt: str) -> str:
         """Create a run and enqueue its first step; the run ID."""
-        return submit_run(self.app, self.store, RunRequest(input=prompt))
+        return submit_run(self.app, self.store, RunRequest(input=prompt), DEFAULT_TENANT)
 
     def close(self) -> None:
         """Release the broker and result-backend connections."""
@@ -835,6 +1066,237 @@ class Bench:
             took = [f.took for f in finished]
             result.run_p50_s, result.run_max_s = percentile(took, 50), max(took)
 
+    # --- (d) accept ----------------------------------------------------------------------------
+    def accept(self) -> list[AcceptResult]:
+        """Section (d): runs accepted per second by each path, with no worker running."""
+        results = [self._accept_apply_async(), self._accept_in_process()]
+        results.extend(self._accept_http(processes) for processes in (1, 2))
+        return results
+
+    def _accept_apply_async(self) -> AcceptResult:
+        fleet = Fleet.connect(self.fresh_db())
+        entry = fleet.app.tasks[names.RUN]
+        result = AcceptResult("Celery apply_async(agentfleet.run)", self.sizes.accept_n, 0)
+        try:
+            payload = {"request": {"input": ONE_STEP_PROMPT}}
+            self._accept(result, fleet, lambda: str(entry.apply_async(kwargs=payload).id), [])
+        finally:
+            fleet.close()
+        return result
+
+    def _accept_in_process(self) -> AcceptResult:
+        fleet = Fleet.connect(self.fresh_db())
+        result = AcceptResult("submit_run in process", self.sizes.accept_n, 0)
+        try:
+            self._accept(result, fleet, lambda: fleet.submit(ONE_STEP_PROMPT), [])
+        finally:
+            fleet.close()
+        return result
+
+    def _accept_http(self, processes: int) -> AcceptResult:
+        fleet = Fleet.connect(self.fresh_db())
+        result = AcceptResult(f"POST /v1/runs, uvicorn x{processes}", self.sizes.accept_n, 0)
+        try:
+            with self.workers([]) as procs:
+                api, base_url = self.start_api(fleet.settings.redis_url, processes)
+                procs.append(api)
+                key = create_key(fleet.store.redis, fleet.settings, "bench")
+                submitter = HttpSubmitter(base_url, key)
+                try:
+                    self._accept(result, fleet, submitter, [api])
+                finally:
+                    submitter.close()
+        except (StackError, OSError) as exc:
+            result.problem = f"{type(exc).__name__}: {exc}"
+        finally:
+            fleet.close()
+        return result
+
+    def _accept(
+        self, result: AcceptResult, fleet: Fleet, submit: Callable[[], str], server: list[Proc]
+    ) -> None:
+        result.clients = ENQUEUE_THREADS
+        queue = fleet.store.redis
+        try:
+            # Warm-up: connections, the API's worker processes, first-call caches.
+            timed_calls(submit, 200, ENQUEUE_THREADS, 120)
+            before = int(queue.llen("agents"))
+            meter = self.meter({"server": server})
+            meter.start()
+            ids, seconds, durations = timed_calls(submit, result.items, ENQUEUE_THREADS, 300)
+            result.cpu_s, result.busy_pct = meter.stop(), meter.busy_pct
+        except (StackError, OSError, redis.RedisError, TimeoutError, httpx.HTTPError) as exc:
+            result.problem = f"{type(exc).__name__}: {exc}"
+            return
+        result.per_s = len(ids) / seconds
+        result.p50_ms, result.p99_ms = percentile(durations, 50), percentile(durations, 99)
+        result.queued = int(queue.llen("agents")) - before
+        if result.queued != result.items:
+            result.problem = f"{result.queued} messages queued for {result.items} accepted runs"
+
+    def start_api(self, url: str, processes: int) -> tuple[Proc, str]:
+        """The producer API on database ``url`` with ``processes`` uvicorn workers."""
+        port = free_port()
+        argv = [
+            sys.executable, "-m", "uvicorn", "producer.api:app", "--host", "127.0.0.1",
+            "--port", str(port), "--log-level", "warning", "--workers", str(processes),
+        ]  # fmt: skip
+        env = {**self.stack.env(), "AGENTFLEET_REDIS_URL": url}
+        proc = self.stack.spawn(f"api-{port}", argv, env)
+        base_url = f"http://127.0.0.1:{port}"
+        wait_for(lambda: httpx.get(f"{base_url}/healthz").status_code == 200, 60, "the API")
+        return proc, base_url
+
+    # --- (e) chord -----------------------------------------------------------------------------
+    def chord(self) -> list[ChordResult]:
+        """Section (e): a plain chord of 100 no-ops, then a run fanning out 100 tool calls."""
+        return [self._chord_plain(), self._chord_runs()]
+
+    def _chord_plain(self) -> ChordResult:
+        url = self.fresh_db()
+        app = plain_producer(url)
+        noop, collect = bench_plain.noop_task(app), bench_plain.collect_task(app)
+        result = ChordResult(
+            f"plain Celery chord, {CHORD_SIZE} no-ops + body, prefork 1x2",
+            CHORD_SIZE,
+            self.sizes.chord_reps,
+        )
+
+        def once() -> float:
+            start = time.perf_counter()
+            header = [noop.s() for _ in range(CHORD_SIZE)]
+            count = canvas.chord(header)(collect.s()).get(timeout=120)
+            if count != CHORD_SIZE:
+                raise StackError(f"the chord body saw {count} of {CHORD_SIZE} results")
+            return time.perf_counter() - start
+
+        try:
+            with self.workers([self.start_plain(url)]):
+                self.stack.wait_workers(app, 1)
+                once()  # warm-up: pool children, connections
+                walls = [once() for _ in range(result.reps)]
+            self._chord_walls(result, walls)
+        except (StackError, OSError, redis.RedisError, TimeoutError) as exc:
+            result.problem = f"{type(exc).__name__}: {exc}"
+        finally:
+            app.close()
+        return result
+
+    def _chord_runs(self) -> ChordResult:
+        fleet = Fleet.connect(self.fresh_db())
+        result = ChordResult(
+            f"agentfleet run, {CHORD_SIZE} tool calls, tools prefork "
+            f"1x{TOOLS_POOL.concurrency}, agents {CHORD_AGENTS.label}",
+            CHORD_SIZE,
+            self.sizes.chord_reps,
+        )
+        url = fleet.settings.redis_url
+        procs: list[Proc] = []
+        try:
+            with self.workers(procs):
+                procs.extend([*self.start_agents(url, CHORD_AGENTS), self.start_tools(url)])
+                self.stack.wait_workers(fleet.app, CHORD_AGENTS.processes + 1)
+                self._chord_run_once(fleet)  # warm-up
+                parts = [self._chord_run_once(fleet) for _ in range(result.reps)]
+            self._chord_walls(result, [p[0] for p in parts])
+            result.before_tools_p50_s = percentile([p[1] for p in parts], 50)
+            result.tools_p50_s = percentile([p[2] for p in parts], 50)
+            result.after_tools_p50_s = percentile([p[3] for p in parts], 50)
+        except (StackError, OSError, redis.RedisError, TimeoutError) as exc:
+            result.problem = f"{type(exc).__name__}: {exc}\n{self.log_tails(procs)}"
+        finally:
+            fleet.close()
+        return result
+
+    @staticmethod
+    def _chord_run_once(fleet: Fleet) -> tuple[float, float, float, float]:
+        """One run of :data:`CHORD_PROMPT`: wall, then before / during / after its tools."""
+        start = time.perf_counter()
+        run_id = fleet.submit(CHORD_PROMPT)
+        final = fleet.app.AsyncResult(run_id).get(timeout=120)
+        wall = time.perf_counter() - start
+        if final["status"] != "succeeded" or final["progress"]["tool_calls_done"] != CHORD_SIZE:
+            raise StackError(f"run {run_id}: {final['status']}, {final['progress']}")
+        record = fleet.store.get_run(run_id) or {}
+        pipe = fleet.store.redis.pipeline(transaction=False)
+        for index in range(CHORD_SIZE):
+            pipe.hmget(fleet.store.tool_key(f"{run_id}-1-{index}"), "started_at", "finished_at")
+        times = pipe.execute()
+        first = min(float(started) for started, _ in times)
+        last = max(float(finished) for _, finished in times)
+        created, finished = float(record["created_at"]), float(record["finished_at"])
+        return wall, first - created, last - first, finished - last
+
+    @staticmethod
+    def _chord_walls(result: ChordResult, walls: Sequence[float]) -> None:
+        result.done = len(walls)
+        result.wall_p50_s = percentile(walls, 50)
+        result.wall_min_s, result.wall_max_s = min(walls), max(walls)
+
+    # --- (f) memory ----------------------------------------------------------------------------
+    def memory(self) -> list[MemoryResult]:
+        """Section (f): memory per run parked on a slow LLM call, for each number of runs."""
+        return [row for runs in self.sizes.park_runs for row in self._memory_one(runs)]
+
+    def _memory_one(self, runs: int) -> list[MemoryResult]:
+        fleet = Fleet.connect(self.fresh_db())
+        rows = [MemoryResult(PARK_AGENTS.label, runs, phase) for phase in ("first", "again")]
+        url = fleet.settings.redis_url
+        procs: list[Proc] = []
+        try:
+            with self.workers(procs):
+                agents = self.start_agents(url, PARK_AGENTS)
+                procs.extend(agents)
+                self.stack.wait_workers(fleet.app, PARK_AGENTS.processes, timeout=120)
+                self.wait_runs(fleet, ONE_STEP_PROMPT, 20, procs, timeout=60)
+                for row in rows:
+                    self._park(row, fleet, agents)
+        except (StackError, OSError, redis.RedisError, TimeoutError) as exc:
+            for row in rows:
+                row.problem = row.problem or f"{type(exc).__name__}: {exc}"
+            rows[-1].problem += f"\n{self.log_tails(procs)}"
+        finally:
+            fleet.close()
+        return rows
+
+    def _park(self, row: MemoryResult, fleet: Fleet, agents: Sequence[Proc]) -> None:
+        client = fleet.store.redis
+
+        def rss() -> int:
+            return sum(group_rss_bytes(p.popen.pid) for p in agents)
+
+        settle(client)
+        redis_before, rss_before = steady_used_memory(client, 30), rss()
+        keys_before = keys_memory(client)
+        ids, _ = enqueue_many(lambda: fleet.submit(PARK_PROMPT), row.runs, 120)
+
+        def parked() -> bool:
+            row.in_flight = int(self.simulator_stats()["in_flight"])
+            return row.in_flight >= row.runs
+
+        # Well before the first of them returns, or the count could never be reached.
+        wait_for(parked, PARK_LLM_S / 4, f"{row.runs} runs parked on the simulator", 0.2)
+        kib = 1024 * row.runs
+        # Before the first parked call returns: they all started within the wait above.
+        row.redis_kb_per_run = (steady_used_memory(client, PARK_LLM_S / 2) - redis_before) / kib
+        row.rss_kb_per_run = (rss() - rss_before) / kib
+        row.keys_kb_per_run = (keys_memory(client) - keys_before) / kib
+        pipe = client.pipeline(transaction=False)
+        for run_id in ids[:RECORD_SAMPLE]:
+            base = fleet.store.run_key(run_id)
+            for key in (base, f"{base}:messages", f"{base}:lease"):
+                pipe.memory_usage(key, samples=0)
+        sampled = sum(int(n or 0) for n in pipe.execute())
+        row.record_kb_per_run = sampled / 1024 / min(len(ids), RECORD_SAMPLE)
+        tracker = Tracker(ids, run_probe(fleet.store))
+        deadline = time.monotonic() + PARK_LLM_S * 3 + 60
+        row.problem = tracker.wait(deadline, agents)
+        finished = tracker.succeeded("succeeded")
+        row.done, row.failed = len(finished), len(tracker.finished) - len(finished)
+        settle(client)
+        row.redis_kb_per_finished_run = (steady_used_memory(client, 30) - redis_before) / kib
+        row.keys_kb_per_finished_run = (keys_memory(client) - keys_before) / kib
+
 
 # --- output ------------------------------------------------------------------------------------
 def fmt(value: object, digits: int = 1) -> str:
@@ -1008,6 +1470,114 @@ def report_concurrency(results: Sequence[ConcurrencyResult]) -> str:
     return text
 
 
+def per_item_ms(cpu: dict[str, float], name: str, items: int) -> float:
+    """CPU milliseconds of ``name`` per item; NaN when it was not measured."""
+    return cpu_cell(cpu, name) * 1000 / items if items else math.nan
+
+
+def report_accept(results: Sequence[AcceptResult]) -> str:
+    """Section (d) as text."""
+    base = results[0].per_s if results else math.nan
+    rows = [
+        [
+            r.config,
+            r.items,
+            r.per_s,
+            ratio(r.per_s, base),
+            r.p50_ms,
+            r.p99_ms,
+            r.queued,
+            per_item_ms(r.cpu_s, "server", r.items) if "server" in r.cpu_s else math.nan,
+            per_item_ms(r.cpu_s, "redis", r.items),
+            per_item_ms(r.cpu_s, "bench", r.items),
+            r.busy_pct,
+        ]
+        for r in results
+    ]
+    headers = [
+        "path", "runs", "accepted/s", "vs apply_async", "p50 ms", "p99 ms", "queued",
+        "cpu ms/run api", "cpu ms/run redis", "cpu ms/run clients", "busy %",
+    ]  # fmt: skip
+    clients = results[0].clients if results else ENQUEUE_THREADS
+    return table(
+        f"(d) accept: runs enqueued by {clients} concurrent clients (threads of this process), "
+        "no worker running\n    apply_async = Celery's publish of the entry task (the worker "
+        "creates the record); submit_run = record\n    + publish, what the API does per "
+        "request; POST = over HTTP (httpx, kept-alive connections)\n    CPU per accepted run "
+        f"over the measured window; clients and API share the {os.cpu_count()} cores",
+        headers,
+        rows,
+    )
+
+
+def report_chord(results: Sequence[ChordResult]) -> str:
+    """Section (e) as text."""
+    base = results[0].wall_p50_s if results else math.nan
+    rows = [
+        [
+            r.config,
+            r.reps,
+            r.wall_p50_s,
+            r.wall_min_s,
+            r.wall_max_s,
+            ratio(r.wall_p50_s, base),
+            r.wall_p50_s * 1000 / r.size,
+            r.before_tools_p50_s,
+            r.tools_p50_s,
+            r.after_tools_p50_s,
+        ]
+        for r in results
+    ]
+    headers = [
+        "configuration", "chords", "p50 s", "min s", "max s", "vs plain", "ms per header task",
+        "before tools p50 s", "tools p50 s", "after tools p50 s",
+    ]  # fmt: skip
+    return table(
+        f"(e) chord of {CHORD_SIZE}: one chord at a time, apply to the body's result; the "
+        f"run is submit_run of a prompt\n    asking for {CHORD_SIZE} text_stats calls "
+        "(zero-latency simulator), to AsyncResult(run_id).get()\n    before tools = created "
+        "to the first tool start (step 1 and publishing the chord); tools = first tool\n    "
+        "start to last tool end; after tools = to the run's end (the chord's join and step 2)",
+        headers,
+        [[fmt(v, 3) if isinstance(v, float) else v for v in row] for row in rows],
+    )
+
+
+def report_memory(results: Sequence[MemoryResult]) -> str:
+    """Section (f) as text."""
+    rows = [
+        [
+            r.config,
+            r.runs,
+            r.phase,
+            r.in_flight,
+            r.redis_kb_per_run,
+            r.keys_kb_per_run,
+            r.record_kb_per_run,
+            r.rss_kb_per_run,
+            r.redis_kb_per_finished_run,
+            r.keys_kb_per_finished_run,
+            f"{r.done}/{r.failed}",
+        ]
+        for r in results
+    ]
+    headers = [
+        "agents pool", "runs parked", "time", "LLM calls held", "Redis KB/run", "keys KB/run",
+        "run's own keys KB", "worker RSS KB/run", "Redis KB/run done", "keys KB/run done",
+        "ok/failed",
+    ]  # fmt: skip
+    return table(
+        f"(f) memory per run in flight: one-step runs parked on a {PARK_LLM_S:g} s LLM call, "
+        "sampled once all are waiting\n    Redis = used_memory delta (keys, connections, "
+        "buffers); keys = MEMORY USAGE of every key; run's own\n    keys = record + transcript "
+        "+ lease; worker RSS = agents processes' resident memory delta;\n    first = threads "
+        "and connections made, again = reused; done = once the runs finished (kept until "
+        "their TTL)",
+        headers,
+        rows,
+    )
+
+
 def json_safe(value: Any) -> Any:
     """``value`` with NaN (a number not measured) as null, which strict JSON readers accept."""
     if isinstance(value, float) and math.isnan(value):
@@ -1030,7 +1600,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """Parse the command line."""
     parser = argparse.ArgumentParser(prog="python -m ops.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
-    parser.add_argument("--only", default="a,b,c", help="sections to run, e.g. a,c")
+    parser.add_argument("--only", default=",".join(SECTIONS), help="sections to run, e.g. a,d")
     parser.add_argument(
         "--pools", default="gevent,threads,prefork", help="agents pool families to measure"
     )
@@ -1038,7 +1608,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.only = [s.strip() for s in args.only.split(",") if s.strip()]
     args.pools = [p.strip() for p in args.pools.split(",") if p.strip()]
-    if unknown := set(args.only) - {"a", "b", "c"}:
+    if unknown := set(args.only) - set(SECTIONS):
         parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
     if unknown := set(args.pools) - set(LATENCY_POOLS):
         parser.error(f"unknown pools: {', '.join(sorted(unknown))}")
@@ -1067,6 +1637,9 @@ def run_sections(bench: Bench, only: Sequence[str]) -> dict[str, Any]:
         ("a", "latency", bench.latency, report_latency),
         ("b", "throughput", bench.throughput, report_throughput),
         ("c", "concurrency", bench.concurrency, report_concurrency),
+        ("d", "accept", bench.accept, report_accept),
+        ("e", "chord", bench.chord, report_chord),
+        ("f", "memory", bench.memory, report_memory),
     ]
     numbers: dict[str, Any] = {}
     for key, name, measure, report in sections:

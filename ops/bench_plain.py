@@ -1,4 +1,4 @@
-"""The baseline of ``python -m ops.bench``: stock Celery with one no-op task.
+"""The baseline of ``python -m ops.bench``: stock Celery with a no-op task and a chord body.
 
 A worker runs it with::
 
@@ -23,6 +23,7 @@ QUEUE = "plain"
 URL_ENV = "BENCH_REDIS_URL"
 
 NOOP = "plain.noop"
+COLLECT = "plain.collect"
 
 
 def create_app(url: str) -> Celery:
@@ -40,12 +41,22 @@ def create_app(url: str) -> Celery:
     def noop() -> None:
         """Do nothing: a round trip through the queue and the result backend."""
 
+    @app.task(name=COLLECT, shared=False)
+    def collect(results: list[Any]) -> int:
+        """A chord body: how many header results arrived."""
+        return len(results)
+
     return app
 
 
 def noop_task(app: Celery) -> Any:
     """The ``noop`` task registered on ``app``."""
     return app.tasks[NOOP]
+
+
+def collect_task(app: Celery) -> Any:
+    """The ``collect`` chord body registered on ``app``."""
+    return app.tasks[COLLECT]
 
 
 #: The app ``celery -A ops.bench_plain`` loads.

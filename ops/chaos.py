@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
 
         flipper = threading.Thread(target=flip, daemon=True)
         ids: list[str] = []
-        with Client(stack.api_url) as client:
+        with Client(stack.api_url, api_key=stack.api_key) as client:
             start = time.time()
             flipper.start()
             for i in range(args.runs):

@@ -1,19 +1,21 @@
 """The demo: bring up a whole fleet offline and watch real agent runs finish.
 
 ``python -m ops.demo`` starts Redis (``REDIS_URL`` if set, else a private ``redis-server``),
-the LLM simulator, one worker per pool and the API, with ``BROKER_URL`` as the broker if set
-(e.g. a RabbitMQ vhost); enqueues several agent runs (one with parallel tool calls) and a
-single tool call through the HTTP API; prints each result; stops everything. ``--serve``
-keeps the fleet up afterwards so you can poll and send more.
+the LLM simulator, one worker per pool, the API and Flower, with ``BROKER_URL`` as the broker
+if set (e.g. a RabbitMQ vhost); enqueues several agent runs (one with parallel tool calls), a
+single tool call, a small batch and a streamed run through the HTTP API; prints each result;
+stops everything. ``--serve`` keeps the fleet up afterwards so you can poll and send more.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from ops.stack import REPO, Stack, StackError
 from producer.client import Client
@@ -33,11 +35,35 @@ RUNS = {
 }
 
 
+#: A batch: an agent run, a single prompt and a single tool call, finished as one.
+BATCH: list[dict[str, Any]] = [
+    {"input": 'call calculator {"expression": "2 ** 8"}'},
+    {"type": "prompt", "input": "Summarise the fleet in one line."},
+    {
+        "type": "tool_call",
+        "name": "transform_text",
+        "arguments": {"text": "fleet", "operation": "upper"},
+    },
+]
+
+
 def _line(label: str, text: str) -> None:
     print(f"  {label:<16}{text}")
 
 
-def run_demo(client: Client, api_url: str) -> bool:
+def _demo_batch(client: Client) -> bool:
+    """A small batch of a run, a prompt and a tool call, and one run's streamed events."""
+    batch = client.wait_batch(client.create_batch(BATCH).id, timeout=120)
+    print(f"batch of {batch.total}: {batch.status}, {batch.counts.succeeded} succeeded")
+    _line("batch id", batch.id)
+    streamed = client.create_run("Tell the fleet a short story.", stream=True)
+    kinds = [event.type for event in client.events(streamed.id)]
+    print(f"streamed run: {kinds[-1]}")
+    _line("events", f"{len(kinds)}: {', '.join(dict.fromkeys(kinds))}")
+    return batch.counts.succeeded == batch.total and kinds[-1] == "succeeded"
+
+
+def run_demo(client: Client, api_url: str, api_key: str) -> bool:
     accepted = {name: client.create_run(prompt) for name, prompt in RUNS.items()}
     tool_call = client.create_tool_call("calculator", {"expression": "2 ** 10"})
     print(f"enqueued {len(accepted)} agent runs and 1 tool call; waiting for them ...\n")
@@ -59,11 +85,24 @@ def run_demo(client: Client, api_url: str) -> bool:
     print(f"single tool call: {call.status}")
     _line("call id", call.id)
     _line("result", str(call.result))
+    ok &= _demo_batch(client)
     first = next(iter(accepted.values())).id
     print("\npoll a run by ID (while the fleet is up: `make serve` keeps it running):")
-    print(f"  curl {api_url}/v1/runs/{first}")
-    print(f"  agentfleet --api {api_url} status {first}")
+    print(f"  export AGENTFLEET_API_URL={api_url} AGENTFLEET_API_KEY={api_key}")
+    print(f'  curl -H "Authorization: Bearer $AGENTFLEET_API_KEY" {api_url}/v1/runs/{first}')
+    print(f"  agentfleet status {first}")
+    print(f"  agentfleet watch {first}")
     return ok
+
+
+def start_flower(stack: Stack) -> str:
+    """Flower for the demo fleet (basic auth, a fresh password unless one is configured)."""
+    configured = os.environ.get("AGENTFLEET_FLOWER_BASIC_AUTH")
+    auth = configured or f"admin:{secrets.token_urlsafe(9)}"
+    port = os.environ.get("AGENTFLEET_FLOWER_PORT")
+    url = stack.start_flower(port=int(port) if port else None, basic_auth=auth)
+    shown = "from AGENTFLEET_FLOWER_BASIC_AUTH" if configured else auth.replace(":", " / ", 1)
+    return f"Flower {url}  (basic auth: {shown})"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,17 +114,21 @@ def main(argv: list[str] | None = None) -> int:
         args.workdir, redis_url=os.environ.get("REDIS_URL"), broker_url=os.environ.get("BROKER_URL")
     ).__enter__()
     try:
-        print("starting redis, the LLM simulator, workers (agents, tools, batch) and the API ...")
+        print("starting redis, the LLM simulator, workers (agents, tools, batch), API, Flower ...")
         start = time.monotonic()
         stack.start_fleet()
         nodes = stack.wait_workers(stack.celery_app(), 3)
         print(f"fleet up in {time.monotonic() - start:.1f}s: workers {', '.join(sorted(nodes))}")
-        print(f"API {stack.api_url}  (OpenAPI: {stack.api_url}/docs)  logs: {args.workdir}\n")
-        with Client(stack.api_url) as client:
-            ok = run_demo(client, stack.api_url)
+        print(f"API {stack.api_url}  (OpenAPI: {stack.api_url}/docs)  logs: {args.workdir}")
+        print(start_flower(stack) + "\n")
+        with Client(stack.api_url, api_key=stack.api_key) as client:
+            ok = run_demo(client, stack.api_url, stack.api_key)
         print("\nall runs succeeded" if ok else "\nSOME RUNS DID NOT SUCCEED")
         if args.serve:
-            print(f"\nfleet is up; export AGENTFLEET_API_URL={stack.api_url}; Ctrl-C stops it")
+            print(
+                f"\nfleet is up; export AGENTFLEET_API_URL={stack.api_url} "
+                f"AGENTFLEET_API_KEY={stack.api_key}; Ctrl-C stops it"
+            )
             while all(p.alive() for p in stack.procs):
                 time.sleep(1)
         return 0 if ok else 1

@@ -26,6 +26,9 @@ import httpx
 import redis
 from celery import Celery
 
+from producer.auth import create_key
+from tasks.models import DEFAULT_TENANT
+from tasks.redisconn import get_redis
 from workers.factory import create_app
 from workers.settings import Settings
 
@@ -102,6 +105,44 @@ DEFAULT_POOLS = (
 )
 
 
+# The command lines of the fleet's processes. docker-compose.yml and ops/k8s run the same
+# ones (a test compares them), so what the tests start is what is deployed.
+
+
+def worker_command(spec: PoolSpec, node: str, python: str = sys.executable) -> list[str]:
+    """A ``celery worker`` for one pool."""
+    return [
+        *(python, "-m", "celery", "-A", "workers", "worker"),
+        *("-Q", spec.queue, "-P", spec.pool, "-c", str(spec.concurrency), "-n", node),
+        # Mingle and gossip cost a round of messages per worker; nothing here uses them.
+        *("--without-mingle", "--without-gossip", "--loglevel", "INFO"),
+    ]
+
+
+def api_command(
+    host: str, port: int, log_level: str = "warning", python: str = sys.executable
+) -> list[str]:
+    """The HTTP API under uvicorn."""
+    return [
+        *(python, "-m", "uvicorn", "producer.api:app"),
+        *("--host", host, "--port", str(port), "--log-level", log_level),
+    ]
+
+
+def simulator_command(
+    host: str, port: int, latency: float = 0.0, python: str = sys.executable
+) -> list[str]:
+    """The LLM simulator."""
+    return [python, "-m", "ops.simulator", "--host", host, "--port", str(port)] + (
+        ["--latency", str(latency)] if latency else []
+    )
+
+
+def flower_command(python: str = sys.executable) -> list[str]:
+    """Flower, configured from the ``AGENTFLEET_FLOWER_*`` settings (ops/flower.py)."""
+    return [python, "-m", "ops.flower"]
+
+
 @dataclass
 class Proc:
     name: str
@@ -128,6 +169,9 @@ class Stack:
     procs: list[Proc] = field(default_factory=list)
     simulator_url: str = ""
     api_url: str = ""
+    #: A key of tenant ``default``, made when the API starts (see :meth:`make_api_key`).
+    api_key: str = ""
+    flower_url: str = ""
     #: Celery broker, when not the stack's Redis (e.g. ``amqp://`` for RabbitMQ).
     broker_url: str | None = None
 
@@ -153,6 +197,10 @@ class Stack:
             env["AGENTFLEET_REDIS_URL"] = self.redis_url
         if self.simulator_url:
             env["AGENTFLEET_SIMULATOR_URL"] = self.simulator_url
+        if self.api_url:
+            env["AGENTFLEET_API_URL"] = self.api_url
+        if self.api_key:
+            env["AGENTFLEET_API_KEY"] = self.api_key
         if self.broker_url:
             env["AGENTFLEET_BROKER_URL"] = self.broker_url
         env.update(self.env_overrides)
@@ -225,15 +273,7 @@ class Stack:
 
     def start_simulator(self, latency: float = 0.0, port: int | None = None) -> str:
         port = port or free_port()
-        argv = [
-            sys.executable,
-            "-m",
-            "ops.simulator",
-            "--port",
-            str(port),
-            "--latency",
-            str(latency),
-        ]
+        argv = simulator_command("127.0.0.1", port, latency)
         self.spawn(f"simulator-{port}", argv)
         base = f"http://127.0.0.1:{port}"
         wait_for(lambda: httpx.get(f"{base}/healthz").status_code == 200, 20, "the simulator")
@@ -242,46 +282,51 @@ class Stack:
 
     def start_worker(self, spec: PoolSpec, env: Mapping[str, str] | None = None) -> Proc:
         node = f"{spec.node()}-{len(self.procs)}@%h"
-        argv = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "workers",
-            "worker",
-            "-Q",
-            spec.queue,
-            "-P",
-            spec.pool,
-            "-c",
-            str(spec.concurrency),
-            "-n",
-            node,
-            "--without-mingle",
-            "--without-gossip",
-            "--loglevel",
-            "INFO",
-        ]
+        argv = worker_command(spec, node)
         return self.spawn(f"worker-{spec.node()}-{len(self.procs)}", argv, env)
 
-    def start_api(self, port: int | None = None) -> str:
+    def make_api_key(self, tenant: str = DEFAULT_TENANT) -> str:
+        """A new API key of ``tenant``, stored (hashed) in the fleet's Redis."""
+        settings = self.settings()
+        return create_key(get_redis(settings), settings, tenant)
+
+    def start_api(self, port: int | None = None, log_level: str = "warning") -> str:
+        if not self.api_key:
+            self.api_key = self.make_api_key()
         port = port or free_port()
-        argv = [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "producer.api:app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ]
+        argv = api_command("127.0.0.1", port, log_level)
         self.spawn(f"api-{port}", argv)
         self.api_url = f"http://127.0.0.1:{port}"
         wait_for(lambda: httpx.get(f"{self.api_url}/healthz").status_code == 200, 30, "the API")
         return self.api_url
+
+    def start_flower(
+        self, port: int | None = None, basic_auth: str | None = None, read_only: bool = False
+    ) -> str:
+        """Flower on loopback through ``python -m ops.flower``; its URL once it answers."""
+        port = port or free_port()
+        env = self.env()
+        env |= {
+            "AGENTFLEET_FLOWER_PORT": str(port),
+            "AGENTFLEET_FLOWER_ADDRESS": "127.0.0.1",
+            "AGENTFLEET_FLOWER_READ_ONLY": "true" if read_only else "false",
+        }
+        if basic_auth:
+            env["AGENTFLEET_FLOWER_BASIC_AUTH"] = basic_auth
+        proc = self.spawn(f"flower-{port}", flower_command(), env)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            if not proc.alive():
+                raise StackError(f"Flower exited:\n{proc.tail()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/healthcheck").status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise StackError(f"Flower did not answer within 30s:\n{proc.tail()}")
+            time.sleep(0.1)
+        self.flower_url = url
+        return url
 
     def wait_workers(self, app: Any, count: int, timeout: float = 60.0) -> list[str]:
         """Wait until ``count`` workers answer a broadcast ping; returns their node names."""

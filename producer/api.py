@@ -2,21 +2,46 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from collections.abc import Callable
+from typing import Annotated, Any, cast
 
 import redis
 from celery import Celery, states
-from fastapi import APIRouter, Depends, FastAPI, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from producer import schemas
-from producer.enqueue import Unavailable, submit_run, submit_tool_call
+from producer.auth import TenantDep, require_tenant
+from producer.batches import cancel_items
+from producer.enqueue import (
+    Unavailable,
+    submit_batch,
+    submit_run,
+    submit_tool_call,
+    tool_call_key,
+)
+from producer.events import EVENT_ID, sse_stream
+from producer.idempotency import fingerprint, run_once
+from producer.logcontext import RunIdContext
+from producer.metrics import router as metrics_router
+from tasks.batch import batch_key, batch_view
+from tasks.errors import Unauthorized
+from tasks.lifecycle import follow_up
 from tasks.llm import get_guard
-from tasks.models import RunRequest, ToolCallRequest, limit_problems, tool_call_problems
+from tasks.models import (
+    DEFAULT_TENANT,
+    BatchRequest,
+    RunRequest,
+    ToolCallRequest,
+    batch_problems,
+    limit_problems,
+    tool_call_problems,
+)
 from tasks.store import RunStore, get_store
 from tasks.tools import registry
 from tasks.views import run_view, tool_call_view
+from workers.logs import configure_api_logging
 from workers.settings import Settings, get_settings
 
 #: Largest request body accepted; bigger ones get 413 before they are read.
@@ -26,6 +51,10 @@ MAX_BODY_BYTES = 1_000_000
 class NotFound(Exception):
     def __init__(self, kind: str, ident: str) -> None:
         super().__init__(f"no {kind} with id {ident!r}")
+
+
+class BadRequest(Exception):
+    """A 400 whose message says what is wrong."""
 
 
 def _problem(status: int, problems: list[tuple[str, str]]) -> JSONResponse:
@@ -73,65 +102,260 @@ StoreDep = Annotated[RunStore, Depends(store_dep)]
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 ProducerDep = Annotated[Celery, Depends(get_producer)]
 
-router = APIRouter()
+router = APIRouter(dependencies=[Depends(require_tenant)])
+public = APIRouter()
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        description="Send the same key again (within 24 h by default) to get the same answer "
+        "instead of creating the work twice.",
+    ),
+]
+ACCEPT_ERRORS: dict[int | str, dict[str, Any]] = {
+    422: {"description": "Invalid request"},
+    503: {"description": "Unavailable"},
+}
 
 
-@router.post(
-    "/v1/runs",
-    status_code=202,
-    response_model=schemas.Accepted,
-    responses={422: {"description": "Invalid request"}, 503: {"description": "Unavailable"}},
-)
+def _accepted(ident: str, status: str, link: str) -> JSONResponse:
+    return JSONResponse({"id": ident, "status": status, "links": {"self": link}}, status_code=202)
+
+
+def _own_run(store: RunStore, tenant: str, run_id: str) -> dict[str, str]:
+    """The run's record if it belongs to ``tenant``; another tenant's run does not exist."""
+    record = store.get_run(run_id)
+    if record is None or record.get("tenant", DEFAULT_TENANT) != tenant:
+        raise NotFound("run", run_id)
+    return record
+
+
+@router.post("/v1/runs", status_code=202, response_model=schemas.Accepted, responses=ACCEPT_ERRORS)
 def create_run(
-    body: RunRequest, store: StoreDep, settings: SettingsDep, producer: ProducerDep
+    request: Request,
+    body: RunRequest,
+    store: StoreDep,
+    settings: SettingsDep,
+    producer: ProducerDep,
+    tenant: TenantDep,
+    idempotency_key: IdempotencyKey = None,
 ) -> Any:
     """Enqueue an agent run. Answers at once; poll ``GET /v1/runs/{id}``."""
-    problems = limit_problems(body, settings)
-    if problems:
-        return _problem(422, problems)
-    run_id = submit_run(producer, store, body)
-    return {"id": run_id, "status": "queued", "links": {"self": f"/v1/runs/{run_id}"}}
+
+    def produce() -> JSONResponse:
+        problems = limit_problems(body, settings) + _callback_problems(body.callback_url, settings)
+        if problems:
+            return _problem(422, problems)
+        run_id = submit_run(producer, store, body, tenant)
+        return _accepted(run_id, "queued", f"/v1/runs/{run_id}")
+
+    return _once(request, store, tenant, idempotency_key, body, produce)
 
 
 @router.get("/v1/runs/{run_id}", response_model=schemas.Run, responses={404: {}})
-def get_run(run_id: str, store: StoreDep) -> Any:
+def get_run(run_id: str, store: StoreDep, tenant: TenantDep) -> Any:
     """Status, progress, usage and result of a run."""
-    record = store.get_run(run_id)
-    if record is None:
-        raise NotFound("run", run_id)
-    return run_view(record)
+    return run_view(_own_run(store, tenant, run_id))
 
 
-@router.post("/v1/tool-calls", status_code=202, response_model=schemas.Accepted)
-def create_tool_call(body: ToolCallRequest, store: StoreDep, producer: ProducerDep) -> Any:
+@router.post(
+    "/v1/runs/{run_id}/cancel",
+    response_model=schemas.Run,
+    responses={404: {}, 409: {"description": "The run is already final"}},
+)
+def cancel_run(
+    request: Request,
+    run_id: str,
+    store: StoreDep,
+    producer: ProducerDep,
+    tenant: TenantDep,
+    idempotency_key: IdempotencyKey = None,
+) -> Any:
+    """Cancel a run: queued steps do nothing, the model's answer in progress is dropped, tool
+    calls not yet started never start. A final run cannot be cancelled (409)."""
+
+    def produce() -> JSONResponse:
+        _own_run(store, tenant, run_id)
+        outcome, finished = store.cancel_run(run_id, "cancelled by request")
+        if outcome != "cancelled":
+            status = outcome.removeprefix("final:")
+            return JSONResponse({"detail": f"run {run_id} is already {status}"}, status_code=409)
+        follow_up(producer, store, run_id, finished)
+        return JSONResponse(run_view(_own_run(store, tenant, run_id)))
+
+    return _once(request, store, tenant, idempotency_key, {"run": run_id}, produce)
+
+
+@router.get(
+    "/v1/runs/{run_id}/events",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}}, 404: {}},
+)
+async def run_events(
+    run_id: str,
+    request: Request,
+    store: StoreDep,
+    tenant: TenantDep,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    after: Annotated[str | None, Query(description="Resume after this event ID.")] = None,
+) -> StreamingResponse:
+    """The run's events as Server-Sent Events, from the start or after ``Last-Event-ID``;
+    the stream ends after the run's final event."""
+    _own_run(store, tenant, run_id)
+    start = last_event_id or after or "0-0"
+    if not EVENT_ID.match(start):
+        raise BadRequest(f"not an event ID: {start!r}")
+    return StreamingResponse(
+        sse_stream(request, store.settings, run_id, start),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+@router.post(
+    "/v1/tool-calls", status_code=202, response_model=schemas.Accepted, responses=ACCEPT_ERRORS
+)
+def create_tool_call(
+    request: Request,
+    body: ToolCallRequest,
+    store: StoreDep,
+    producer: ProducerDep,
+    tenant: TenantDep,
+    idempotency_key: IdempotencyKey = None,
+) -> Any:
     """Enqueue one tool call. An ``id`` that was used before returns that call."""
-    problems = tool_call_problems(body)
-    if problems:
-        return _problem(422, problems)
-    call_id, _ = submit_tool_call(producer, store, body)
-    record = store.get_tool_call(call_id) or {}
-    return {
-        "id": call_id,
-        "status": record.get("status", "queued"),
-        "links": {"self": f"/v1/tool-calls/{call_id}"},
-    }
+
+    def produce() -> JSONResponse:
+        problems = tool_call_problems(body)
+        if problems:
+            return _problem(422, problems)
+        call_id, _ = submit_tool_call(producer, store, body, tenant)
+        record = store.get_tool_call(call_id) or {}
+        public = body.id or call_id
+        return _accepted(public, record.get("status", "queued"), f"/v1/tool-calls/{public}")
+
+    return _once(request, store, tenant, idempotency_key, body, produce)
 
 
 @router.get("/v1/tool-calls/{call_id}", response_model=schemas.ToolCall, responses={404: {}})
-def get_tool_call(call_id: str, store: StoreDep, producer: ProducerDep) -> Any:
+def get_tool_call(call_id: str, store: StoreDep, producer: ProducerDep, tenant: TenantDep) -> Any:
     """Status and structured result of a tool call."""
-    record = store.get_tool_call(call_id)
-    if record is None:
-        raise NotFound("tool call", call_id)
-    view = tool_call_view(record)
+    stored_id, record = _own_tool_call(store, tenant, call_id)
+    view = tool_call_view(record) | {"id": call_id}
     if view["result"] is None:
         # Killed at its hard time limit, the task never stored a result of its own;
         # Celery recorded the failure, so report it instead of "running" forever.
-        celery_result = producer.AsyncResult(call_id)
+        celery_result = producer.AsyncResult(stored_id)
         if celery_result.state == states.FAILURE:
             error = {"code": "tool_call_lost", "message": f"did not return: {celery_result.result}"}
             view |= {"status": "failed", "result": {"id": call_id, "ok": False, "error": error}}
     return view
+
+
+def _own_tool_call(store: RunStore, tenant: str, call_id: str) -> tuple[str, dict[str, str]]:
+    """(stored ID, record) of a tool call of ``tenant``: its own ID, or one we generated, or
+    one made inside one of its runs."""
+    for stored_id in (tool_call_key(tenant, call_id), call_id):
+        record = store.get_tool_call(stored_id)
+        if record is None:
+            continue
+        owner = record.get("tenant")
+        if owner is None and record.get("run_id"):
+            owner = (store.get_run(record["run_id"]) or {}).get("tenant", DEFAULT_TENANT)
+        if (owner or DEFAULT_TENANT) == tenant:
+            return stored_id, record
+    raise NotFound("tool call", call_id)
+
+
+@router.post(
+    "/v1/batches", status_code=202, response_model=schemas.Accepted, responses=ACCEPT_ERRORS
+)
+def create_batch(
+    request: Request,
+    body: BatchRequest,
+    store: StoreDep,
+    settings: SettingsDep,
+    producer: ProducerDep,
+    tenant: TenantDep,
+    idempotency_key: IdempotencyKey = None,
+) -> Any:
+    """Enqueue up to ``AGENTFLEET_MAX_BATCH_ITEMS`` runs, prompts or tool calls as one chord.
+    Each item is pollable by its own ID (listed by ``GET /v1/batches/{id}``)."""
+
+    def produce() -> JSONResponse:
+        problems = batch_problems(body, settings) + _callback_problems(body.callback_url, settings)
+        if problems:
+            return _problem(422, problems)
+        batch_id = submit_batch(producer, store, body, tenant)
+        return _accepted(batch_id, "queued", f"/v1/batches/{batch_id}")
+
+    return _once(request, store, tenant, idempotency_key, body, produce)
+
+
+def _own_batch(store: RunStore, tenant: str, batch_id: str) -> dict[str, str]:
+    record = cast(dict[str, str], store.redis.hgetall(batch_key(store, batch_id)))
+    if not record or record.get("tenant") != tenant:
+        raise NotFound("batch", batch_id)
+    return record
+
+
+@router.get("/v1/batches/{batch_id}", response_model=schemas.Batch, responses={404: {}})
+def get_batch(
+    batch_id: str,
+    store: StoreDep,
+    tenant: TenantDep,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=0, le=1000)] = 100,
+) -> Any:
+    """``completed`` of ``total``, counts, one page of items (``offset``, ``limit``) with
+    their status and result or error, and the aggregate once every item is final."""
+    return batch_view(store, _own_batch(store, tenant, batch_id), offset, limit)
+
+
+@router.post(
+    "/v1/batches/{batch_id}/cancel",
+    response_model=schemas.Batch,
+    responses={404: {}, 409: {"description": "The batch is already final"}},
+)
+def cancel_batch(
+    request: Request,
+    batch_id: str,
+    store: StoreDep,
+    producer: ProducerDep,
+    tenant: TenantDep,
+    idempotency_key: IdempotencyKey = None,
+) -> Any:
+    """Cancel every item that is not final; a batch not yet dispatched never publishes."""
+
+    def produce() -> JSONResponse:
+        record = _own_batch(store, tenant, batch_id)
+        if record.get("status") in ("completed", "cancelled"):
+            return JSONResponse(
+                {"detail": f"batch {batch_id} is already {record['status']}"}, status_code=409
+            )
+        cancel_items(producer, store, batch_id)
+        return JSONResponse(batch_view(store, _own_batch(store, tenant, batch_id), 0, 0))
+
+    return _once(request, store, tenant, idempotency_key, {"batch": batch_id}, produce)
+
+
+def _callback_problems(url: object, settings: Settings) -> list[tuple[str, str]]:
+    if url is not None and settings.callback_secret is None:
+        return [("callback_url", "callbacks are off: the server has no AGENTFLEET_CALLBACK_SECRET")]
+    return []
+
+
+def _once(
+    request: Request,
+    store: RunStore,
+    tenant: str,
+    key: str | None,
+    body: Any,
+    produce: Callable[[], JSONResponse],
+) -> JSONResponse:
+    digest = fingerprint(request.method, request.url.path, body)
+    return run_once(store, tenant, key, digest, produce)
 
 
 @router.get("/v1/tools", response_model=schemas.ToolList)
@@ -151,7 +375,7 @@ def list_providers(settings: SettingsDep) -> Any:
     return {"providers": [get_guard(settings, p).snapshot() for p in settings.provider_list]}
 
 
-@router.get("/healthz", response_model=schemas.Health, responses={503: {}})
+@public.get("/healthz", response_model=schemas.Health, responses={503: {}})
 def healthz(response: Response, store: StoreDep) -> Any:
     """Liveness and Redis reachability."""
     try:
@@ -164,6 +388,16 @@ def healthz(response: Response, store: StoreDep) -> Any:
 
 def _not_found(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": str(exc)}, status_code=404)
+
+
+def _unauthorized(_: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse(
+        {"detail": str(exc)}, status_code=401, headers={"WWW-Authenticate": "Bearer"}
+    )
+
+
+def _bad_request(_: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse({"detail": str(exc)}, status_code=400)
 
 
 def _unavailable(_: Request, exc: Exception) -> JSONResponse:
@@ -187,11 +421,19 @@ def create_api(settings: Settings | None = None, celery_app: Celery | None = Non
     api.state.settings = settings
     api.state.celery = celery_app
     api.add_middleware(BodyLimit)
+    api.add_middleware(RunIdContext)
     api.add_exception_handler(NotFound, _not_found)
     api.add_exception_handler(Unavailable, _unavailable)
     api.add_exception_handler(redis.RedisError, _unavailable)
+    api.add_exception_handler(Unauthorized, _unauthorized)
+    api.add_exception_handler(BadRequest, _bad_request)
     api.include_router(router)
+    api.include_router(public)
+    api.include_router(metrics_router)
     return api
 
 
+# uvicorn has set up its loggers by the time it imports this module: make them structured
+# too when AGENTFLEET_LOG_FORMAT=json.
+configure_api_logging(get_settings())
 app = create_api()

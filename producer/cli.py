@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import httpx
 
@@ -42,7 +43,10 @@ def _cmd_run(client: Client, args: argparse.Namespace) -> int:
         providers=args.provider,
         tools=args.tool,
         max_steps=args.max_steps,
+        stream=args.watch,
     )
+    if args.watch:
+        return _watch(client, accepted.id, args.json)
     if not args.wait:
         if args.json:
             print(accepted.model_dump_json(indent=2))
@@ -52,6 +56,122 @@ def _cmd_run(client: Client, args: argparse.Namespace) -> int:
     run = client.wait(accepted.id, timeout=args.timeout)
     _print_run(run, args.json)
     return 0 if run.status == "succeeded" else 1
+
+
+def _watch(client: Client, run_id: str, as_json: bool) -> int:
+    """Follow a run's events live: one line per event with the run's progress so far, and
+    streamed tokens as they come."""
+    status = "running"
+    tokens = False
+    progress = _Progress()
+    for event in client.events(run_id):
+        progress.update(event.type, event.data)
+        if as_json:
+            print(json.dumps({"id": event.id, "type": event.type, "data": event.data}), flush=True)
+        elif event.type == "token":
+            print(event.data.get("text", ""), end="", flush=True)
+            tokens = True
+        else:
+            if tokens:
+                print()
+                tokens = False
+            line = f"{progress.bar()}  {event.type:<18} {_describe(event.type, event.data)}"
+            print(line.rstrip(), flush=True)
+        if event.type in ("succeeded", "failed", "cancelled"):
+            status = event.type
+    return 0 if status == "succeeded" else 1
+
+
+class _Progress:
+    """Step of max, tool calls done of asked, tokens: what the events so far add up to."""
+
+    def __init__(self) -> None:
+        self.step = self.max_steps = self.tools_done = self.tools_total = self.tokens = 0
+
+    def update(self, kind: str, data: dict[str, Any]) -> None:
+        if kind == "queued":
+            self.max_steps = int(data.get("max_steps") or 0)
+        elif kind == "llm_call_started":
+            self.step = int(data.get("step") or 0)
+        elif kind == "llm_call_finished":
+            self.tools_total += int(data.get("tool_calls") or 0)
+            self.tokens += int(data.get("prompt_tokens") or 0)
+            self.tokens += int(data.get("completion_tokens") or 0)
+        elif kind == "tool_call_finished":
+            self.tools_done += 1
+
+    def bar(self) -> str:
+        return (
+            f"[step {self.step}/{self.max_steps} | tools {self.tools_done}/{self.tools_total} | "
+            f"{self.tokens} tokens]"
+        )
+
+
+def _describe(kind: str, data: dict[str, object]) -> str:
+    if kind == "llm_call_finished":
+        return (
+            f"step {data.get('step')}: {data.get('provider')} answered, "
+            f"{data.get('prompt_tokens')}+{data.get('completion_tokens')} tokens, "
+            f"{data.get('tool_calls')} tool calls"
+        )
+    if kind in ("tool_call_started", "tool_call_finished"):
+        ok = "" if kind == "tool_call_started" else (" ok" if data.get("ok") else " error")
+        return f"step {data.get('step')}: {data.get('name')} ({data.get('id')}){ok}"
+    shown = {k: v for k, v in data.items() if k != "run_id"}
+    return ", ".join(f"{k}={v}" for k, v in shown.items())
+
+
+def _cmd_watch(client: Client, args: argparse.Namespace) -> int:
+    return _watch(client, args.id, args.json)
+
+
+def _cmd_cancel(client: Client, args: argparse.Namespace) -> int:
+    _print_run(client.cancel(args.id), args.json)
+    return 0
+
+
+def _cmd_batch(client: Client, args: argparse.Namespace) -> int:
+    if args.action == "submit":
+        accepted = client.create_batch_from_jsonl(args.target)
+        print(f"{accepted.id}  queued  (agentfleet batch status {accepted.id})")
+        if not args.wait:
+            return 0
+        batch = client.wait_batch(accepted.id, timeout=args.timeout)
+    elif args.action == "cancel":
+        batch = client.cancel_batch(args.target)
+    else:
+        batch = client.get_batch(args.target, limit=0 if not args.json else 100)
+    if args.json:
+        print(batch.model_dump_json(indent=2))
+    else:
+        counts = batch.counts
+        print(
+            f"batch {batch.id}  {batch.status}  {batch.completed}/{batch.total} done: "
+            f"{counts.succeeded} succeeded, {counts.failed} failed, {counts.cancelled} cancelled"
+        )
+    return 0 if batch.counts.failed == 0 else 1
+
+
+def _cmd_keys(_: Client | None, args: argparse.Namespace) -> int:
+    import redis
+
+    from producer.auth import create_key, list_keys, revoke_key
+    from workers.settings import get_settings
+
+    settings = get_settings()
+    connection = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    if args.action == "create":
+        key = create_key(connection, settings, args.tenant)
+        print(key)
+        print(f"(tenant {args.tenant}; shown once, stored hashed)", file=sys.stderr)
+    elif args.action == "revoke":
+        if not revoke_key(connection, settings, args.key):
+            print("agentfleet: no such key", file=sys.stderr)
+            return 2
+    else:
+        for digest, tenant in sorted(list_keys(connection, settings).items()):
+            print(f"{digest}  {tenant}")
+    return 0
 
 
 def _cmd_status(client: Client, args: argparse.Namespace) -> int:
@@ -104,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="agentfleet", description="Enqueue LLM agent runs and tool calls, and follow them."
     )
     parser.add_argument("--api", help="API URL (default: $AGENTFLEET_API_URL or :8000)")
+    parser.add_argument("--api-key", help="API key (default: $AGENTFLEET_API_KEY)")
     parser.add_argument("--json", action="store_true", help="print JSON")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -115,7 +236,29 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--tool", action="append", help="allow this tool (repeatable)")
     run.add_argument("--max-steps", type=int)
     run.add_argument("--timeout", type=float, default=300.0, help="seconds to wait")
+    run.add_argument("--watch", action="store_true", help="stream the run's events live")
     run.set_defaults(func=_cmd_run)
+
+    watch = sub.add_parser("watch", help="follow a run's events live")
+    watch.add_argument("id")
+    watch.set_defaults(func=_cmd_watch)
+
+    cancel = sub.add_parser("cancel", help="cancel a run")
+    cancel.add_argument("id")
+    cancel.set_defaults(func=_cmd_cancel)
+
+    batch = sub.add_parser("batch", help="submit a batch from JSONL, or show or cancel one")
+    batch.add_argument("action", choices=("submit", "status", "cancel"))
+    batch.add_argument("target", help="a JSONL file (submit) or a batch ID")
+    batch.add_argument("--wait", action="store_true", help="wait until every item is final")
+    batch.add_argument("--timeout", type=float, default=3600.0)
+    batch.set_defaults(func=_cmd_batch)
+
+    keys = sub.add_parser("keys", help="manage API keys (talks to Redis directly)")
+    keys.add_argument("action", choices=("create", "list", "revoke"))
+    keys.add_argument("--tenant", default="default", help="tenant of a new key")
+    keys.add_argument("--key", help="the key (or its SHA-256) to revoke")
+    keys.set_defaults(func=_cmd_keys, offline=True)
 
     status = sub.add_parser("status", help="show a run")
     status.add_argument("id")
@@ -138,9 +281,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "offline", False):
+        code: int = args.func(None, args)
+        return code
     try:
-        with Client(args.api) as client:
-            code: int = args.func(client, args)
+        with Client(args.api, api_key=args.api_key) as client:
+            code = args.func(client, args)
             return code
     except ApiError as exc:
         print(f"agentfleet: {exc}", file=sys.stderr)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import httpx
@@ -21,6 +24,21 @@ class _HasStatus(Protocol):
 
 
 _Polled = TypeVar("_Polled", bound=_HasStatus)
+
+
+def _parse_sse(lines: Iterator[str]) -> Iterator[Event]:
+    """Events of a text/event-stream (``id``, ``event`` and ``data`` fields)."""
+    fields: dict[str, str] = {}
+    for line in lines:
+        if not line:
+            if "data" in fields:
+                yield Event(
+                    fields.get("id", ""), fields.get("event", "message"), json.loads(fields["data"])
+                )
+            fields = {}
+        elif not line.startswith(":"):
+            name, _, value = line.partition(":")
+            fields[name] = value.removeprefix(" ")
 
 
 def _poll(get: Callable[[], _Polled], what: str, timeout: float, interval: float) -> _Polled:
@@ -48,15 +66,29 @@ class ApiError(Exception):
         return f"HTTP {self.args[0]}: {self.args[1]}"
 
 
+@dataclass(frozen=True)
+class Event:
+    """One event of a run: ``id`` (resume after it), ``type`` and its ``data``."""
+
+    id: str
+    type: str
+    data: dict[str, Any]
+
+
 class Client:
     """``Client().create_run("...")`` then ``.wait(run_id)``.
 
-    ``base_url`` defaults to ``AGENTFLEET_API_URL``, else ``http://127.0.0.1:8000``.
+    ``base_url`` defaults to ``AGENTFLEET_API_URL``, else ``http://127.0.0.1:8000``;
+    ``api_key`` to ``AGENTFLEET_API_KEY``.
     """
 
-    def __init__(self, base_url: str | None = None, timeout: float = 10.0) -> None:
+    def __init__(
+        self, base_url: str | None = None, timeout: float = 10.0, api_key: str | None = None
+    ) -> None:
         url = base_url or os.environ.get("AGENTFLEET_API_URL") or DEFAULT_URL
-        self._http = httpx.Client(base_url=url, timeout=timeout)
+        key = api_key or os.environ.get("AGENTFLEET_API_KEY")
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self._http = httpx.Client(base_url=url, timeout=timeout, headers=headers)
 
     def __enter__(self) -> Client:
         return self
@@ -67,7 +99,11 @@ class Client:
     def close(self) -> None:
         self._http.close()
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+    def _call(
+        self, method: str, path: str, idempotency_key: str | None = None, **kwargs: Any
+    ) -> Any:
+        if idempotency_key is not None:
+            kwargs["headers"] = {"Idempotency-Key": idempotency_key}
         response = self._http.request(method, path, **kwargs)
         if response.status_code >= 400:
             try:
@@ -87,6 +123,9 @@ class Client:
         tools: list[str] | None = None,
         max_steps: int | None = None,
         metadata: dict[str, str] | None = None,
+        stream: bool = False,
+        callback_url: str | None = None,
+        idempotency_key: str | None = None,
     ) -> schemas.Accepted:
         """Enqueue a run; returns its ID and links at once."""
         body: dict[str, Any] = {"input": input}
@@ -97,10 +136,101 @@ class Client:
             ("tools", tools),
             ("max_steps", max_steps),
             ("metadata", metadata),
+            ("callback_url", callback_url),
         ):
             if value is not None:
                 body[key] = value
-        return schemas.Accepted.model_validate(self._call("POST", "/v1/runs", json=body))
+        if stream:
+            body["stream"] = True
+        answer = self._call("POST", "/v1/runs", idempotency_key, json=body)
+        return schemas.Accepted.model_validate(answer)
+
+    def cancel(self, run_id: str) -> schemas.Run:
+        return schemas.Run.model_validate(self._call("POST", f"/v1/runs/{run_id}/cancel"))
+
+    def events(
+        self, run_id: str, after: str | None = None, reconnect: bool = True
+    ) -> Iterator[Event]:
+        """The run's events until its final one, resuming after ``after``; a dropped
+        connection is picked up again after the last event seen (``reconnect``)."""
+        last = after
+        while True:
+            headers = {"Last-Event-ID": last} if last else {}
+            try:
+                with self._http.stream(
+                    "GET",
+                    f"/v1/runs/{run_id}/events",
+                    headers=headers,
+                    timeout=httpx.Timeout(10, read=60),
+                ) as response:
+                    if response.status_code >= 400:
+                        response.read()
+                        raise ApiError(response.status_code, response.json().get("detail"))
+                    for event in _parse_sse(response.iter_lines()):
+                        last = event.id
+                        yield event
+                        if event.type in TERMINAL:
+                            return
+            except (httpx.TransportError, httpx.RemoteProtocolError):
+                if not reconnect:
+                    raise
+                time.sleep(0.5)
+                continue
+            if not reconnect:
+                return
+
+    def create_batch(
+        self,
+        items: list[dict[str, Any]],
+        *,
+        callback_url: str | None = None,
+        metadata: dict[str, str] | None = None,
+        idempotency_key: str | None = None,
+    ) -> schemas.Accepted:
+        """Enqueue runs (``{"input": ...}``), prompts (``{"type": "prompt", ...}``) and tool
+        calls (``{"type": "tool_call", "name": ..., "arguments": ...}``) as one batch."""
+        body: dict[str, Any] = {"items": items}
+        if callback_url is not None:
+            body["callback_url"] = callback_url
+        if metadata is not None:
+            body["metadata"] = metadata
+        answer = self._call("POST", "/v1/batches", idempotency_key, json=body)
+        return schemas.Accepted.model_validate(answer)
+
+    def create_batch_from_jsonl(self, path: str | Path, **options: Any) -> schemas.Accepted:
+        """A batch from a JSONL file: one item per line (blank lines skipped)."""
+        items = []
+        for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+            if line.strip():
+                try:
+                    items.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"{path}:{number}: not JSON: {exc}") from None
+        return self.create_batch(items, **options)
+
+    def get_batch(self, batch_id: str, offset: int = 0, limit: int = 100) -> schemas.Batch:
+        params = {"offset": offset, "limit": limit}
+        return schemas.Batch.model_validate(
+            self._call("GET", f"/v1/batches/{batch_id}", params=params)
+        )
+
+    def wait_batch(
+        self, batch_id: str, timeout: float = 600.0, interval: float = 0.5
+    ) -> schemas.Batch:
+        """Poll until every item is final; TimeoutError after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            batch = self.get_batch(batch_id, limit=0)
+            if batch.status in ("completed", "cancelled") and batch.result is not None:
+                return batch
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"batch {batch_id}: {batch.completed}/{batch.total} after {timeout}s"
+                )
+            time.sleep(interval)
+
+    def cancel_batch(self, batch_id: str) -> schemas.Batch:
+        return schemas.Batch.model_validate(self._call("POST", f"/v1/batches/{batch_id}/cancel"))
 
     def get_run(self, run_id: str) -> schemas.Run:
         return schemas.Run.model_validate(self._call("GET", f"/v1/runs/{run_id}"))

@@ -115,3 +115,33 @@ class ProviderList(BaseModel):
 class Health(BaseModel):
     ok: bool
     redis: str
+
+
+class BatchItemView(BaseModel):
+    id: str
+    kind: Literal["run", "tool_call"]
+    status: str
+    result: Any = None
+    error: Any = None
+
+
+class BatchCounts(BaseModel):
+    succeeded: int
+    failed: int
+    cancelled: int
+
+
+class Batch(BaseModel):
+    """A batch: ``completed`` of ``total`` items are final; ``result`` once all are."""
+
+    id: str
+    status: Literal["queued", "running", "completed", "cancelled"]
+    total: int
+    completed: int
+    counts: BatchCounts
+    items: list[BatchItemView]
+    items_offset: int
+    result: dict[str, Any] | None
+    metadata: dict[str, str]
+    created_at: str | None
+    finished_at: str | None

@@ -16,9 +16,11 @@ if TYPE_CHECKING:
 
 def register_tasks(app: Celery, settings: Settings) -> None:
     """Load the configured tool modules and register every agentfleet task on ``app``."""
-    from tasks import agent, toolcall
+    from tasks import agent, batch, callbacks, toolcall
     from tasks.tools import load_tool_modules
 
     load_tool_modules(settings.tool_modules)
     agent.register(app, settings)
     toolcall.register(app, settings)
+    batch.register(app, settings)
+    callbacks.register(app, settings)

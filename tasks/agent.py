@@ -18,15 +18,22 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from billiard.exceptions import SoftTimeLimitExceeded
-from celery import Celery, Task, chord
+from celery import Celery, Signature, Task, chord
 from celery.exceptions import Ignore
 from pydantic import ValidationError
 
 from tasks import names
-from tasks.errors import PermanentProviderError, ProvidersUnavailable, RetryableProviderError
+from tasks.errors import (
+    PermanentProviderError,
+    ProvidersUnavailable,
+    RetryableProviderError,
+    RunCancelled,
+)
+from tasks.lifecycle import entry_options, follow_up
 from tasks.llm import Completion, ModelToolCall, Target, call_chain, resolve_chain
-from tasks.models import RunRequest, RunStatus, limit_problems
+from tasks.models import DEFAULT_TENANT, TENANT_PATTERN, RunRequest, RunStatus, limit_problems
 from tasks.store import StepClaim, get_store
+from tasks.streaming import TokenRelay
 from tasks.toolcall import time_limits, tool_payload
 from tasks.tools import registry
 from tasks.views import run_view
@@ -55,7 +62,7 @@ def tool_messages(tool_results: list[dict[str, Any]] | None) -> list[dict[str, A
     return messages
 
 
-def _completion_from_transcript(messages: list[dict[str, Any]]) -> Completion:
+def completion_from_transcript(messages: list[dict[str, Any]]) -> Completion:
     """The answer a step already stored, for a step redelivered after it was applied."""
     last = messages[-1]
     calls = [
@@ -71,13 +78,18 @@ class StepRunner:
     def __init__(self, task: Task, settings: Settings, run_id: str, step: int) -> None:
         self.task, self.settings, self.run_id, self.step = task, settings, run_id, step
         self.store = get_store(settings)
+        self.began = time.monotonic()
 
     def run(self, tool_results: list[dict[str, Any]] | None) -> dict[str, Any]:
-        claim = self.store.begin_step(self.run_id, self.step)
+        claim = self.store.begin_step(self.run_id, self.step, self._worker())
         if claim.outcome != "ok":
             return self._not_ours(claim)
         try:
             return self._advance(claim, tool_results)
+        except RunCancelled:
+            # Cancelled while the model was answering: the run is final already.
+            self.store.drop_lease(self.run_id, claim.token)
+            return self._final_view()
         except Ignore:
             raise
         except BaseException:
@@ -98,21 +110,41 @@ class StepRunner:
                 "times without finishing (workers lost while running it)",
             )
         if claim.outcome == "terminal":
-            # A final step delivered again: answer with the same record, so the result is
-            # stored (and an enclosing batch chord counts the run) even if the worker that
-            # finished the run died before Celery did either.
-            record = self.store.get_run(self.run_id)
-            if record:
-                return run_view(record)
+            # A final step delivered again, or any step of a cancelled run: answer with the
+            # record, so the result is stored (and an enclosing batch chord counts the run)
+            # even if the worker that finished the run died before Celery did either.
+            return self._final_view()
+        if claim.outcome == "throttled":
+            # Its tenant has no free slot: the run waits in the tenant's queue, and the run
+            # that frees a slot publishes it again, in the same place in any batch chord.
+            options = entry_options(self.task.request)
+            if options:
+                self.store.redis.hset(self.store.run_key(self.run_id), "entry", json.dumps(options))
+            raise Ignore()
         # Already applied and dispatched, or the run is gone: nothing left to do.
         raise Ignore()
+
+    def _final_view(self) -> dict[str, Any]:
+        record = self.store.get_run(self.run_id)
+        if record is None:
+            raise Ignore()
+        return run_view(record)
+
+    def _worker(self) -> str:
+        return str(self.task.request.hostname or "")
+
+    def _finish(self, token: str, **final: Any) -> dict[str, Any]:
+        """Mark the step dispatched (or the run final) and start what that frees."""
+        finished = self.store.finish_step(self.run_id, self.step, token, **final)
+        follow_up(self.task.app, self.store, self.run_id, finished)
+        return run_view(finished.record)
 
     def _advance(
         self, claim: StepClaim, tool_results: list[dict[str, Any]] | None
     ) -> dict[str, Any]:
         run, transcript = claim.run, claim.messages
         if int(run.get("applied_step") or 0) >= self.step:
-            completion = _completion_from_transcript(transcript)  # redelivered after applying
+            completion = completion_from_transcript(transcript)  # redelivered after applying
         else:
             max_steps = int(run["max_steps"])
             if self.step > max_steps:
@@ -123,26 +155,24 @@ class StepRunner:
                 )
             new_messages = tool_messages(tool_results)
             completion, target = self._call_llm(claim, run, transcript + new_messages)
-            self.store.apply_step(
+            applied = self.store.apply_step(
                 self.run_id,
                 self.step,
                 [*new_messages, completion.assistant_message()],
                 completion.prompt_tokens,
                 completion.completion_tokens,
                 len(completion.tool_calls),
-                target.provider,
-                str(self.task.request.hostname or ""),
+                target,
+                self._worker(),
             )
+            self.store.metrics.step_applied(time.monotonic() - self.began, target, completion)
+            if applied < 0:
+                raise RunCancelled(self.run_id)
         if completion.tool_calls:
             self._dispatch_tools(claim, run, completion.tool_calls)
-        record = self.store.finish_step(
-            self.run_id,
-            self.step,
-            claim.token,
-            status=RunStatus.SUCCEEDED,
-            result=completion.content or "",
+        return self._finish(
+            claim.token, status=RunStatus.SUCCEEDED, result=completion.content or ""
         )
-        return run_view(record)
 
     def _call_llm(
         self, claim: StepClaim, run: dict[str, str], messages: list[dict[str, Any]]
@@ -150,8 +180,14 @@ class StepRunner:
         allowed = json.loads(run.get("tools") or "[]")
         schemas = [registry.get(n).openai_schema for n in allowed if n in registry]
         chain = [Target(p, m) for p, m in json.loads(run["chain"])]
+        relay = TokenRelay(self.store, self.run_id, self.step) if run.get("stream") == "1" else None
         try:
-            return call_chain(self.settings, chain, messages, schemas)
+            answer = call_chain(
+                self.settings, chain, messages, schemas, on_delta=relay.delta if relay else None
+            )
+            if relay:
+                relay.flush()
+            return answer
         except PermanentProviderError as exc:
             self._fail(claim.token, exc.code, exc.message)
             raise Ignore() from None
@@ -186,7 +222,7 @@ class StepRunner:
                 f"no provider could take the call for {waited:.0f}s: {exc.message}",
             )
             raise Ignore()
-        self.store.release_step(self.run_id, self.step, claim.token)
+        self.store.release_step(self.run_id, self.step, claim.token, after=countdown)
         raise self.task.retry(countdown=countdown)
 
     def _retry_later(self, claim: StepClaim, exc: BaseException) -> None:
@@ -204,37 +240,15 @@ class StepRunner:
         countdown = min(max(backoff, asked or 0.0), self.settings.max_retry_countdown)
         countdown *= random.uniform(1.0, 1.25)  # jitter: retries of many runs do not align
         log.warning("run %s step %d: %s; retry in %.1fs", self.run_id, self.step, exc, countdown)
-        self.store.release_step(self.run_id, self.step, claim.token)
+        self.store.release_step(self.run_id, self.step, claim.token, after=countdown)
         raise self.task.retry(countdown=countdown)
 
     def _dispatch_tools(
         self, claim: StepClaim, run: dict[str, str], calls: list[ModelToolCall]
     ) -> None:
-        allowed = json.loads(run.get("tools") or "[]")
-        header = []
-        for index, call in enumerate(calls):
-            call_id = f"{self.run_id}-{self.step}-{index}"
-            soft, hard = time_limits(call.name, self.settings)
-            payload = tool_payload(
-                call_id,
-                call.name,
-                call.arguments,
-                run_id=self.run_id,
-                step=self.step,
-                model_call_id=call.id,
-                allowed=allowed,
-            )
-            header.append(
-                self.task.app.signature(
-                    names.TOOL_CALL,
-                    args=(payload,),
-                    task_id=call_id,
-                    soft_time_limit=soft,
-                    time_limit=hard,
-                )
-            )
-        body = self.task.app.signature(names.AGENT_STEP, args=(self.run_id, self.step + 1))
-        body.on_error(self.task.app.signature(names.TOOLS_FAILED))
+        app = self.task.app
+        header = tool_signatures(app, self.settings, self.run_id, self.step, run, calls)
+        body = step_signature(app, self.run_id, self.step + 1)
         # Drop the lease before publishing: with fast tools the next step can start before
         # this task returns, and must not find the run held. If this worker dies before the
         # publish, the redelivered step finds its answer applied and publishes again.
@@ -243,21 +257,67 @@ class StepRunner:
             self.task.replace(chord(header, body))
         except Ignore:
             # Replaced: the chord is published. Mark the step dispatched, then ack.
-            self.store.finish_step(self.run_id, self.step, claim.token)
+            self._finish(claim.token)
             raise
 
     def _fail(self, token: str, code: str, message: str) -> dict[str, Any]:
         log.warning("run %s failed at step %d: %s", self.run_id, self.step, message)
-        record = self.store.finish_step(
-            self.run_id,
-            self.step,
-            token,
-            status=RunStatus.FAILED,
-            error={"code": code, "message": message},
+        return self._finish(
+            token, status=RunStatus.FAILED, error={"code": code, "message": message}
         )
-        return run_view(record)
 
 
+def tool_call_id(run_id: str, step: int, index: int) -> str:
+    return f"{run_id}-{step}-{index}"
+
+
+def tool_signatures(
+    app: Celery,
+    settings: Settings,
+    run_id: str,
+    step: int,
+    run: dict[str, str],
+    calls: list[ModelToolCall],
+) -> list[Signature]:
+    """One ``agentfleet.tool.call`` per tool call the model made in ``step``."""
+    allowed = json.loads(run.get("tools") or "[]")
+    signatures = []
+    for index, call in enumerate(calls):
+        call_id = tool_call_id(run_id, step, index)
+        soft, hard = time_limits(call.name, settings)
+        payload = tool_payload(
+            call_id,
+            call.name,
+            call.arguments,
+            run_id=run_id,
+            step=step,
+            model_call_id=call.id,
+            allowed=allowed,
+        )
+        signatures.append(
+            app.signature(
+                names.TOOL_CALL,
+                args=(payload,),
+                task_id=call_id,
+                soft_time_limit=soft,
+                time_limit=hard,
+            )
+        )
+    return signatures
+
+
+def step_signature(app: Celery, run_id: str, step: int) -> Signature:
+    """Step ``step`` of ``run_id``, to be called with the previous step's tool results."""
+    body = app.signature(names.AGENT_STEP, args=(run_id, step))
+    body.on_error(app.signature(names.TOOLS_FAILED))
+    return body
+
+
+# Shallow Ignore: every step that dispatches tools ends in ``Ignore`` (``Task.replace`` raises
+# it), and Celery copies each frame of its traceback, every code position included, and
+# formats it. The task functions raise it again from their own frame, so there is one frame
+# to copy instead of the whole path down to ``replace``: that copying was a seventh of the
+# agents pool's CPU at zero LLM latency (py-spy).
 def register(app: Celery, settings: Settings) -> None:
     """Register the run entry task and the step task on ``app``."""
     limits = {
@@ -278,14 +338,22 @@ def register(app: Celery, settings: Settings) -> None:
             failure = _create_from_payload(settings, run_id, request)
             if failure is not None:
                 return failure
-        return StepRunner(self, settings, run_id, 1).run(None)
+        try:
+            return StepRunner(self, settings, run_id, 1).run(None)
+        except Ignore:
+            raise Ignore() from None  # see "Shallow Ignore" above
 
-    @app.task(name=names.AGENT_STEP, bind=True, shared=False, **limits)
+    # Steps 2..n carry the run ID as their task ID too (Task.replace), whose STARTED state
+    # step 1 stored already; the run record says what is running.
+    @app.task(name=names.AGENT_STEP, bind=True, shared=False, track_started=False, **limits)
     def step(
         self: Task, tool_results: list[dict[str, Any]] | None, run_id: str, step: int
     ) -> dict[str, Any]:
         """Step ``step`` of ``run_id``, with the previous step's tool results."""
-        return StepRunner(self, settings, run_id, step).run(tool_results)
+        try:
+            return StepRunner(self, settings, run_id, step).run(tool_results)
+        except Ignore:
+            raise Ignore() from None  # see "Shallow Ignore" above
 
     @app.task(name=names.RESUME, bind=True, shared=False)
     def resume(self: Task, run_id: str, step: int, body: dict[str, Any]) -> None:
@@ -302,13 +370,14 @@ def _fail_after_lost_tools(app: Celery, settings: Settings, run_id: str) -> None
     """Fail a run whose tool chord errored (a tool call killed at its hard time limit)."""
     cause = app.AsyncResult(run_id).result  # the ChordError Celery stored for the body
     store = get_store(settings)
-    store.finish_step(
+    finished = store.finish_step(
         run_id,
         0,  # moves no step marker and holds no lease: only the final status changes
         "",
         status=RunStatus.FAILED,
         error={"code": "tool_call_lost", "message": f"a tool call did not return: {cause}"},
     )
+    follow_up(app, store, run_id, finished)
     log.warning("run %s failed: its tool chord errored: %s", run_id, cause)
 
 
@@ -323,7 +392,7 @@ def _resume_after_lost_chord(
     if int(run.get("dispatched_step") or 0) != step or run.get(f"deliveries:{step + 1}"):
         return  # the run moved on: the chord did fire
     count = int(run.get(f"tools:{step}") or 0)
-    results = store.tool_results([f"{run_id}-{step}-{i}" for i in range(count)])
+    results = store.tool_results([tool_call_id(run_id, step, i) for i in range(count)])
     if not results:
         return  # tools still running: the last one to finish completes the chord
     log.warning("run %s: the tool chord of step %d never fired; resuming it", run_id, step)
@@ -335,25 +404,32 @@ def _resume_after_lost_chord(
 def _create_from_payload(
     settings: Settings, run_id: str, payload: dict[str, Any]
 ) -> dict[str, Any] | None:
-    """Create the run record for a ``send_task`` caller; a failed record if it is invalid."""
+    """Create the run record for a ``send_task`` caller; a failed record if it is invalid.
+
+    The payload is a :class:`~tasks.models.RunRequest`, plus an optional ``tenant`` (a
+    service with broker access is trusted to name its tenant; default ``default``).
+    """
     store = get_store(settings)
+    payload = dict(payload)
+    tenant = str(payload.pop("tenant", None) or DEFAULT_TENANT)
+    problems = [] if TENANT_PATTERN.match(tenant) else [f"tenant: invalid name {tenant!r}"]
     try:
         request = RunRequest.model_validate(payload)
-        problems = [f"{f}: {m}" for f, m in limit_problems(request, settings)]
+        problems += [f"{f}: {m}" for f, m in limit_problems(request, settings)]
     except ValidationError as exc:
-        problems = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
+        problems += [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
     if not problems:
         chain = resolve_chain(settings, request.model, request.providers)
-        store.create_run(run_id, request, resolve_tools(request), chain)
+        store.create_run(run_id, request, resolve_tools(request), chain, tenant=tenant)
         return None
     placeholder = RunRequest(input="(invalid request)")
     store.create_run(run_id, placeholder, [], resolve_chain(settings, None))
     claim = store.begin_step(run_id, 1)
-    record = store.finish_step(
+    finished = store.finish_step(
         run_id,
         1,
         claim.token,
         status=RunStatus.FAILED,
         error={"code": "invalid_request", "message": "; ".join(problems)},
     )
-    return run_view(record)
+    return run_view(finished.record)

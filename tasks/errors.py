@@ -3,6 +3,8 @@
     AgentfleetError
     ├── ConfigError                 settings or registration that cannot work
     ├── RunNotFound                 no run record under that ID
+    ├── RunCancelled                the run was cancelled while a step was working on it
+    ├── Unauthorized                no API key, or one that is not known (HTTP 401)
     ├── ProviderError               an LLM provider call failed (provider, message)
     │   ├── RetryableProviderError  try again later (retry_after seconds, if the provider said)
     │   │   └── RateLimitedError    429: slow down (not a breaker failure)
@@ -42,6 +44,14 @@ class ConfigError(AgentfleetError):
 
 class RunNotFound(AgentfleetError):
     code = "run_not_found"
+
+
+class RunCancelled(AgentfleetError):
+    code = "cancelled"
+
+
+class Unauthorized(AgentfleetError):
+    code = "unauthorized"
 
 
 class ProviderError(AgentfleetError):

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import json
+import re
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator
 
 from tasks.errors import ToolArgumentsError
 from tasks.llm._routing import RoutingError, resolve_chain
 from tasks.tools import registry
 from workers.settings import Settings
+
+#: Tenant names: short, and safe inside Redis keys.
+TENANT_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+#: The tenant of runs sent without one (``send_task`` callers that do not name theirs).
+DEFAULT_TENANT = "default"
 
 
 class RunStatus(StrEnum):
@@ -49,6 +55,12 @@ class RunRequest(BaseModel):
     tools: list[str] | None = None
     max_steps: int | None = Field(default=None, ge=1, description="LLM calls allowed.")
     metadata: dict[str, str] = Field(default_factory=dict)
+    stream: bool = Field(
+        default=False, description="Stream the model's tokens as events of the run."
+    )
+    callback_url: HttpUrl | None = Field(
+        default=None, description="POSTed the final record, signed, when the run finishes."
+    )
 
 
 class ToolCallRequest(BaseModel):
@@ -118,3 +130,87 @@ def tool_call_problems(request: ToolCallRequest) -> list[tuple[str, str]]:
     except ToolArgumentsError as exc:
         return [("arguments", str(exc))]
     return []
+
+
+class RunItem(RunRequest):
+    """A batch item: one agent run."""
+
+    type: Literal["run"] = "run"
+
+
+class PromptItem(BaseModel):
+    """A batch item: one prompt answered by one LLM call, without tools."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["prompt"]
+    input: str = Field(min_length=1)
+    system: str | None = None
+    model: str | None = Field(default=None, max_length=200)
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+    def as_run(self) -> RunRequest:
+        return RunRequest(
+            input=self.input,
+            system=self.system,
+            model=self.model,
+            tools=[],
+            max_steps=1,
+            metadata=self.metadata,
+        )
+
+
+class ToolCallItem(BaseModel):
+    """A batch item: one tool call."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["tool_call"]
+    name: str = Field(min_length=1, max_length=64)
+    arguments: dict[str, Any] = Field(default_factory=dict)
+
+
+BatchItem = Annotated[RunItem | PromptItem | ToolCallItem, Field(discriminator="type")]
+
+
+class BatchRequest(BaseModel):
+    """Many runs, prompts or tool calls, finished as one; ``type`` defaults to ``run``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: Literal[1] = 1
+    items: list[BatchItem] = Field(min_length=1)
+    callback_url: HttpUrl | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("items", mode="before")
+    @classmethod
+    def _default_type(cls, value: object) -> object:
+        if isinstance(value, list):
+            return [
+                {**v, "type": v.get("type", "run")} if isinstance(v, dict) else v for v in value
+            ]
+        return value
+
+
+def batch_problems(request: BatchRequest, settings: Settings) -> list[tuple[str, str]]:
+    """``(field, message)`` for the batch's size and for every item's own problems."""
+    if len(request.items) > settings.max_batch_items:
+        return [
+            (
+                "items",
+                f"{len(request.items)} items; the limit is {settings.max_batch_items}",
+            )
+        ]
+    problems: list[tuple[str, str]] = []
+    for index, item in enumerate(request.items):
+        if isinstance(item, ToolCallItem):
+            found = tool_call_problems(ToolCallRequest(name=item.name, arguments=item.arguments))
+        else:
+            found = limit_problems(
+                item.as_run() if isinstance(item, PromptItem) else item, settings
+            )
+        problems += [(f"items.{index}.{f}", m) for f, m in found]
+        if len(problems) >= 20:  # enough to fix; a 10,000-item report helps nobody
+            break
+    return problems

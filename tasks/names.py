@@ -13,3 +13,9 @@ TOOLS_FAILED: Final = "agentfleet.agent.tools_failed"
 RESUME: Final = "agentfleet.agent.resume"
 #: One tool call; returns ``{"ok": true, "output": ...}`` or ``{"ok": false, "error": ...}``.
 TOOL_CALL: Final = "agentfleet.tool.call"
+#: Publishes a batch's chord (its items as the header, ``BATCH_COLLECT`` as the body).
+BATCH_DISPATCH: Final = "agentfleet.batch.dispatch"
+#: Body of a batch's chord: aggregates the items into the batch's final record.
+BATCH_COLLECT: Final = "agentfleet.batch.collect"
+#: POSTs a finished run's or batch's record to its ``callback_url``, signed.
+CALLBACK: Final = "agentfleet.callback"

@@ -5,12 +5,17 @@ from __future__ import annotations
 import math
 import os
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import redis
 from redis.backoff import ConstantBackoff
 from redis.retry import Retry
+from redis.sentinel import Sentinel
 
-from workers.settings import Settings
+from workers.settings import Settings, is_sentinel
+
+#: Port of a Sentinel server when its URL names none.
+SENTINEL_PORT = 26379
 
 _clients: dict[tuple[int, str, bool], redis.Redis] = {}
 
@@ -29,6 +34,16 @@ def wait_out_outages(seconds: float) -> None:
     _outage_wait = seconds
 
 
+def _patience() -> dict[str, Any]:
+    """Connection options that retry a lost connection for ``_outage_wait`` seconds."""
+    if _outage_wait <= 0:
+        return {}
+    # Connecting and each command are retried; our scripts are safe to run again.
+    return {
+        "retry": Retry(ConstantBackoff(RETRY_INTERVAL), math.ceil(_outage_wait / RETRY_INTERVAL))
+    }
+
+
 def get_redis(settings: Settings, *, decode: bool = True) -> redis.Redis:
     """A client for ``settings.redis_url``, created lazily in each process.
 
@@ -38,12 +53,10 @@ def get_redis(settings: Settings, *, decode: bool = True) -> redis.Redis:
     """
     key = (os.getpid(), settings.redis_url, decode)
     client = _clients.get(key)
+    if client is None and is_sentinel(settings.redis_url):
+        client = _sentinel_master(settings, decode)
+        _clients[key] = client
     if client is None:
-        patience: dict[str, Any] = {}
-        if _outage_wait > 0:
-            # Connecting and each command (scripts included: they are idempotent) are retried.
-            attempts = math.ceil(_outage_wait / RETRY_INTERVAL)
-            patience["retry"] = Retry(ConstantBackoff(RETRY_INTERVAL), attempts)
         pool = redis.BlockingConnectionPool.from_url(
             settings.redis_url,
             max_connections=settings.redis_max_connections,
@@ -52,8 +65,54 @@ def get_redis(settings: Settings, *, decode: bool = True) -> redis.Redis:
             socket_timeout=10,
             socket_connect_timeout=5,
             health_check_interval=25,
-            **patience,
+            **_patience(),
         )
         client = redis.Redis(connection_pool=pool)
         _clients[key] = client
+    return client
+
+
+def parse_sentinel_url(url: str) -> tuple[list[tuple[str, int]], str | None, int]:
+    """Sentinel servers, the Redis password and the DB of a Celery-style Sentinel URL.
+
+    ``sentinel://:password@h1:26379/0;sentinel://h2:26379/0``: the form Celery and kombu
+    take for ``broker_url`` and ``result_backend``, so one value serves all three.
+    """
+    hosts: list[tuple[str, int]] = []
+    password: str | None = None
+    db = 0
+    for part in filter(None, (p.strip() for p in url.split(";"))):
+        parsed = urlsplit(part)
+        if parsed.scheme != "sentinel" or not parsed.hostname:
+            raise ValueError(f"not a sentinel:// URL: {part!r}")
+        hosts.append((parsed.hostname, parsed.port or SENTINEL_PORT))
+        password = password or (unquote(parsed.password) if parsed.password else None)
+        if parsed.path.strip("/"):
+            db = int(parsed.path.strip("/"))
+    return hosts, password, db
+
+
+def _sentinel_master(settings: Settings, decode: bool) -> redis.Redis:
+    # The master is looked up through the Sentinels on every new connection, so a
+    # failover moves the run store along with the broker and the result backend.
+    hosts, password, db = parse_sentinel_url(settings.redis_url)
+    secret = settings.redis_sentinel_password
+    sentinel = Sentinel(
+        hosts,
+        sentinel_kwargs={"password": secret.get_secret_value()} if secret else None,
+        socket_timeout=5,
+        socket_connect_timeout=5,
+    )
+    assert settings.redis_sentinel_master  # Settings refuses sentinel:// without it
+    client: redis.Redis = sentinel.master_for(
+        settings.redis_sentinel_master,
+        db=db,
+        password=password,
+        decode_responses=decode,
+        socket_timeout=10,
+        socket_connect_timeout=5,
+        health_check_interval=25,
+        max_connections=settings.redis_max_connections,
+        **_patience(),
+    )
     return client

@@ -5,13 +5,21 @@ Keys (``<p>`` is ``AGENTFLEET_KEY_PREFIX``)::
     <p>:run:<id>            hash: status, step counters, usage, timestamps, result, error
     <p>:run:<id>:messages   list: the transcript, one JSON message per entry
     <p>:run:<id>:lease      string: the token of the worker applying a step (expires)
+    <p>:run:<id>:events     stream: what happened to the run, in order (bounded, expires)
     <p>:tool:<id>           hash: name, arguments, status, result, timestamps
     <p>:tool:<id>:lease     string: the token of the worker running the tool (expires)
+    <p>:runs:active         sorted set: unfinished runs, scored by the time by which their
+                            next progress is due (the watchdog's worklist)
+    <p>:tenant:<t>:inflight set: the tenant's runs that hold one of its slots
+    <p>:tenant:<t>:waiting  sorted set: the tenant's runs waiting for a slot, by age
+    <p>:batch:<id>          hash: a batch's totals (see tasks.batch)
 
 A step moves ``applied_step`` (its LLM answer is in the transcript) and then
 ``dispatched_step`` (its successor is enqueued, or the run is final). Each transition is one
-Lua script, so a redelivered step finds out in one round trip what is left to do, and a
-duplicate running alongside the original is held off by the lease.
+Lua script (:mod:`tasks.scripts`), so a redelivered step finds out in one round trip what is
+left to do, and a duplicate running alongside the original is held off by the lease. The same
+scripts append the run's events and move its due time in ``<p>:runs:active``, so neither
+costs a round trip.
 """
 
 from __future__ import annotations
@@ -26,128 +34,12 @@ from typing import Any, cast
 
 import redis
 
+from tasks import scripts
 from tasks.llm._routing import Target
+from tasks.metrics import Recorder
 from tasks.models import RunRequest, RunStatus
 from tasks.redisconn import get_redis
 from workers.settings import Settings
-
-_CREATE_RUN = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-local fields = cjson.decode(ARGV[1])
-for k, v in pairs(fields) do redis.call('HSET', KEYS[1], k, v) end
-for i = 3, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-redis.call('EXPIRE', KEYS[2], ARGV[2])
-return 1
-"""
-
-# ARGV: token, step, lease_ms, max_deliveries, now
-_BEGIN_STEP = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing'} end
-local status = redis.call('HGET', KEYS[1], 'status')
-if status == 'succeeded' or status == 'failed' or status == 'cancelled' then
-  return {'terminal', status}
-end
-if tonumber(redis.call('HGET', KEYS[1], 'dispatched_step') or '0') >= tonumber(ARGV[2]) then
-  return {'done'}
-end
-if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[3]) then
-  return {'busy', tostring(redis.call('PTTL', KEYS[2]))}
-end
-local n = redis.call('HINCRBY', KEYS[1], 'deliveries:' .. ARGV[2], 1)
-if n > tonumber(ARGV[4]) then return {'poisoned', tostring(n)} end
-if status == 'queued' then
-  redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[5])
-end
-return {'ok', redis.call('HGETALL', KEYS[1]), redis.call('LRANGE', KEYS[3], 0, -1)}
-"""
-
-# ARGV: step, json {messages: [str], prompt_tokens, completion_tokens, tools_total, now,
-#                   provider, worker}
-_APPLY_STEP = """
-local step = tonumber(ARGV[1])
-if tonumber(redis.call('HGET', KEYS[1], 'applied_step') or '0') >= step then return 0 end
-local p = cjson.decode(ARGV[2])
-for _, m in ipairs(p.messages) do redis.call('RPUSH', KEYS[2], m) end
-redis.call('HINCRBY', KEYS[1], 'prompt_tokens', p.prompt_tokens)
-redis.call('HINCRBY', KEYS[1], 'completion_tokens', p.completion_tokens)
-redis.call('HINCRBY', KEYS[1], 'llm_calls', 1)
-redis.call('HINCRBY', KEYS[1], 'tools_total', p.tools_total)
-redis.call('HSET', KEYS[1], 'applied_step', step, 'step', step, 'updated_at', p.now,
-           'provider', p.provider, 'tools:' .. step, p.tools_total, 'worker', p.worker)
-redis.call('HDEL', KEYS[1], 'waiting', 'waiting_since')
-return 1
-"""
-
-# ARGV: token, step, json {now, ttl, [status, result, error]}
-_FINISH_STEP = """
-local p = cjson.decode(ARGV[3])
-local step = tonumber(ARGV[2])
-if tonumber(redis.call('HGET', KEYS[1], 'dispatched_step') or '0') < step then
-  redis.call('HSET', KEYS[1], 'dispatched_step', step, 'updated_at', p.now)
-end
-if p.status then
-  local status = redis.call('HGET', KEYS[1], 'status')
-  if status ~= 'succeeded' and status ~= 'failed' and status ~= 'cancelled' then
-    redis.call('HSET', KEYS[1], 'status', p.status, 'finished_at', p.now)
-    if p.result then redis.call('HSET', KEYS[1], 'result', p.result) end
-    if p.error then redis.call('HSET', KEYS[1], 'error', p.error) end
-  end
-  redis.call('EXPIRE', KEYS[1], p.ttl)
-  redis.call('EXPIRE', KEYS[3], p.ttl)
-end
-if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
-return redis.call('HGETALL', KEYS[1])
-"""
-
-# ARGV: token, step. Gives the step back (for a retry): not a crash, so not a delivery.
-_RELEASE_STEP = """
-if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
-redis.call('HINCRBY', KEYS[1], 'deliveries:' .. ARGV[2], -1)
-return 1
-"""
-
-# ARGV: token. Drops the lease if this token still holds it.
-_DROP_LEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
-# ARGV: json fields, ttl. Creates a tool-call record unless one exists.
-_CREATE_TOOL = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-local fields = cjson.decode(ARGV[1])
-for k, v in pairs(fields) do redis.call('HSET', KEYS[1], k, v) end
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-return 1
-"""
-
-# ARGV: token, lease_ms, now, name, arguments, run_id
-_BEGIN_TOOL = """
-local result = redis.call('HGET', KEYS[1], 'result')
-if result then return {'done', result} end
-if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return {'busy', tostring(redis.call('PTTL', KEYS[2]))}
-end
-redis.call('HSETNX', KEYS[1], 'created_at', ARGV[3])
-redis.call('HSETNX', KEYS[1], 'name', ARGV[4])
-redis.call('HSETNX', KEYS[1], 'arguments', ARGV[5])
-if ARGV[6] ~= '' then redis.call('HSETNX', KEYS[1], 'run_id', ARGV[6]) end
-redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[3])
-redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-return {'ok'}
-"""
-
-# ARGV: token, result json, status, now, ttl. First result wins; counts once on the run.
-_COMPLETE_TOOL = """
-if redis.call('HSETNX', KEYS[1], 'result', ARGV[2]) == 1 then
-  redis.call('HSET', KEYS[1], 'status', ARGV[3], 'finished_at', ARGV[4])
-  if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('HINCRBY', KEYS[3], 'tools_done', 1) end
-end
-if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
-redis.call('EXPIRE', KEYS[1], ARGV[5])
-return redis.call('HGET', KEYS[1], 'result')
-"""
 
 
 @dataclass(frozen=True)
@@ -155,8 +47,9 @@ class StepClaim:
     """What :meth:`RunStore.begin_step` found.
 
     ``outcome`` is ``ok`` (the caller holds the lease), ``busy`` (another worker does; retry
-    after ``wait_s``), ``done`` (already applied and dispatched), ``terminal``, ``missing``
-    or ``poisoned`` (delivered more than ``max_redeliveries`` times).
+    after ``wait_s``), ``done`` (already applied and dispatched), ``terminal``, ``missing``,
+    ``throttled`` (its tenant has no free slot; the run waits its turn) or ``poisoned``
+    (delivered more than ``max_redeliveries`` times).
     """
 
     outcome: str
@@ -168,12 +61,25 @@ class StepClaim:
 
 @dataclass(frozen=True)
 class ToolClaim:
-    """What :meth:`RunStore.begin_tool` found: ``ok``, ``busy`` (``wait_s``) or ``done``."""
+    """What :meth:`RunStore.begin_tool` found: ``ok``, ``busy`` (``wait_s``), ``done`` or
+    ``cancelled`` (its run was cancelled)."""
 
     outcome: str
     token: str
     result: dict[str, Any] | None = None
     wait_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A run's record after a transition, and what the caller must start because of it:
+    ``kick``, a run of the same tenant that now has a slot, and ``batch``, a batch whose
+    last item just finished."""
+
+    record: dict[str, str]
+    kick: str = ""
+    batch: str = ""
+    final: str = ""  # the final status, when this transition made the run final
 
 
 _stores: dict[tuple[int, int], RunStore] = {}
@@ -199,15 +105,30 @@ class RunStore:
         self.redis = client
         self.settings = settings
         self._p = settings.key_prefix
-        self._create_run = client.register_script(_CREATE_RUN)
-        self._begin_step = client.register_script(_BEGIN_STEP)
-        self._apply_step = client.register_script(_APPLY_STEP)
-        self._finish_step = client.register_script(_FINISH_STEP)
-        self._release_step = client.register_script(_RELEASE_STEP)
-        self._drop_lease = client.register_script(_DROP_LEASE)
-        self._create_tool = client.register_script(_CREATE_TOOL)
-        self._begin_tool = client.register_script(_BEGIN_TOOL)
-        self._complete_tool = client.register_script(_COMPLETE_TOOL)
+        self._create_run = client.register_script(scripts.CREATE_RUN)
+        self._begin_step = client.register_script(scripts.BEGIN_STEP)
+        self._apply_step = client.register_script(scripts.APPLY_STEP)
+        self._finish_step = client.register_script(scripts.FINISH_STEP)
+        self._cancel_run = client.register_script(scripts.CANCEL_RUN)
+        self._release_step = client.register_script(scripts.RELEASE_STEP)
+        self._drop_lease = client.register_script(scripts.DROP_LEASE)
+        self._create_tool = client.register_script(scripts.CREATE_TOOL)
+        self._begin_tool = client.register_script(scripts.BEGIN_TOOL)
+        self._complete_tool = client.register_script(scripts.COMPLETE_TOOL)
+        self._cancel_tool = client.register_script(scripts.CANCEL_TOOL)
+        self.metrics = Recorder(client, settings.key_prefix)
+
+    def _ctx(self, run_id: str | None) -> str:
+        """The context argument every script takes (see :mod:`tasks.scripts`)."""
+        return json.dumps(
+            {
+                "now": time.time(),
+                "prefix": self._p,
+                "ttl": self.settings.run_ttl,
+                "maxlen": self.settings.events_max_len,
+                "run_id": run_id or "",
+            }
+        )
 
     # --- keys ----------------------------------------------------------------------------
     def run_key(self, run_id: str) -> str:
@@ -216,20 +137,74 @@ class RunStore:
     def tool_key(self, call_id: str) -> str:
         return f"{self._p}:tool:{call_id}"
 
+    @property
+    def active_key(self) -> str:
+        return f"{self._p}:runs:active"
+
+    def due(self, seconds: float) -> float:
+        """When progress is due for a stage that may take ``seconds``: after that, plus the
+        stall allowance, the watchdog takes the run for lost."""
+        return time.time() + seconds + self.settings.stall_timeout
+
     # --- runs ----------------------------------------------------------------------------
     def create_run(
-        self, run_id: str, request: RunRequest, tools: list[str], chain: list[Target]
+        self,
+        run_id: str,
+        request: RunRequest,
+        tools: list[str],
+        chain: list[Target],
+        *,
+        tenant: str = "default",
+        batch_id: str | None = None,
     ) -> bool:
         """Write a queued run with its first messages. False if the ID already exists."""
+        created = self.create_runs(
+            [(run_id, request, tools, chain)], tenant=tenant, batch_id=batch_id
+        )
+        return created == 1
+
+    def create_runs(
+        self,
+        runs: Sequence[tuple[str, RunRequest, list[str], list[Target]]],
+        *,
+        tenant: str = "default",
+        batch_id: str | None = None,
+    ) -> int:
+        """Write many queued runs in pipelined round trips; returns how many were new."""
+        pipe = self.redis.pipeline(transaction=False)
+        for run_id, request, tools, chain in runs:
+            fields, messages = self._run_fields(run_id, request, tools, chain, tenant, batch_id)
+            base = self.run_key(run_id)
+            self._create_run(
+                keys=[base, f"{base}:messages"],
+                args=[self._ctx(run_id), json.dumps(fields), self.due(0), *messages],
+                client=pipe,
+            )
+        created = sum(int(r) for r in pipe.execute())
+        self.metrics.runs_enqueued(created)
+        return created
+
+    def _run_fields(
+        self,
+        run_id: str,
+        request: RunRequest,
+        tools: list[str],
+        chain: list[Target],
+        tenant: str,
+        batch_id: str | None,
+    ) -> tuple[dict[str, Any], list[str]]:
         now = time.time()
-        fields = {
+        fields: dict[str, Any] = {
             "id": run_id,
+            "tenant": tenant,
+            "cap": self.settings.tenant_cap(tenant),
             "status": RunStatus.QUEUED.value,
             "model": request.model or chain[0].model,
             "chain": json.dumps([[t.provider, t.model] for t in chain]),
             "max_steps": request.max_steps or self.settings.default_max_steps,
             "tools": json.dumps(tools),
             "metadata": json.dumps(request.metadata),
+            "stream": int(request.stream),
             "created_at": now,
             "updated_at": now,
             "step": 0,
@@ -241,20 +216,22 @@ class RunStore:
             "completion_tokens": 0,
             "llm_calls": 0,
         }
+        if batch_id:
+            fields["batch_id"] = batch_id
+        if request.callback_url:
+            fields["callback_url"] = str(request.callback_url)
         messages = []
         if request.system:
             messages.append(json.dumps({"role": "system", "content": request.system}))
         messages.append(json.dumps({"role": "user", "content": request.input}))
-        base = self.run_key(run_id)
-        created = self._create_run(
-            keys=[base, f"{base}:messages"],
-            args=[json.dumps(fields), self.settings.run_ttl, *messages],
-        )
-        return bool(created)
+        return fields, messages
 
     def delete_run(self, run_id: str) -> None:
         base = self.run_key(run_id)
-        self.redis.delete(base, f"{base}:messages")
+        pipe = self.redis.pipeline()
+        pipe.delete(base, f"{base}:messages", f"{base}:events")
+        pipe.zrem(self.active_key, run_id)
+        pipe.execute()
 
     def get_run(self, run_id: str) -> dict[str, str] | None:
         data = cast(dict[str, str], self.redis.hgetall(self.run_key(run_id)))
@@ -264,13 +241,21 @@ class RunStore:
         raw = cast(list[str], self.redis.lrange(f"{self.run_key(run_id)}:messages", 0, -1))
         return [json.loads(m) for m in raw]
 
-    def begin_step(self, run_id: str, step: int) -> StepClaim:
+    def begin_step(self, run_id: str, step: int, worker: str = "") -> StepClaim:
         token = uuid.uuid4().hex
         base = self.run_key(run_id)
         lease_ms = int(self.settings.step_time_limit * 1000)
         reply = self._begin_step(
             keys=[base, f"{base}:lease", f"{base}:messages"],
-            args=[token, step, lease_ms, self.settings.max_redeliveries, time.time()],
+            args=[
+                self._ctx(run_id),
+                token,
+                step,
+                lease_ms,
+                self.settings.max_redeliveries,
+                self.due(self.settings.step_time_limit),
+                worker,
+            ],
         )
         outcome = reply[0]
         if outcome == "ok":
@@ -286,24 +271,26 @@ class RunStore:
         prompt_tokens: int,
         completion_tokens: int,
         tools_total: int,
-        provider: str,
+        target: Target,
         worker: str = "",
-    ) -> bool:
-        """Append this step's messages and usage once; False if it was applied before."""
+    ) -> int:
+        """Append this step's messages and usage once: 1 applied now, 0 applied before,
+        -1 the run is final (cancelled while the model answered)."""
         base = self.run_key(run_id)
         payload = {
             "messages": [json.dumps(m) for m in messages],
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,
             "tools_total": tools_total,
-            "now": time.time(),
-            "provider": provider,
+            "provider": target.provider,
+            "model": target.model,
             "worker": worker,
         }
         applied = self._apply_step(
-            keys=[base, f"{base}:messages"], args=[step, json.dumps(payload)]
+            keys=[base, f"{base}:messages"],
+            args=[self._ctx(run_id), step, json.dumps(payload)],
         )
-        return bool(applied)
+        return int(applied)
 
     def finish_step(
         self,
@@ -314,10 +301,11 @@ class RunStore:
         status: RunStatus | None = None,
         result: str | None = None,
         error: dict[str, str] | None = None,
-    ) -> dict[str, str]:
+    ) -> Finished:
         """Mark the step dispatched (and the run final, if ``status``); drop the lease."""
         base = self.run_key(run_id)
-        payload: dict[str, Any] = {"now": time.time(), "ttl": self.settings.run_ttl}
+        # Not final: its tool calls are queued, and each one pushes this on as it starts.
+        payload: dict[str, Any] = {"due": self.due(self.settings.tool_time_limit)}
         if status is not None:
             payload["status"] = status.value
         if result is not None:
@@ -325,10 +313,40 @@ class RunStore:
         if error is not None:
             payload["error"] = json.dumps(error)
         reply = self._finish_step(
-            keys=[base, f"{base}:lease", f"{base}:messages"],
-            args=[token, step, json.dumps(payload)],
+            keys=[base, f"{base}:lease"],
+            args=[self._ctx(run_id), token, step, json.dumps(payload)],
         )
-        return _pairs(reply)
+        finished = Finished(_pairs(reply[0]), reply[1], reply[2], reply[3])
+        self.metrics.run_finished(base, finished.record)  # once per run, when it is final
+        return finished
+
+    def cancel_run(self, run_id: str, reason: str) -> tuple[str, Finished]:
+        """Cancel a run unless it is final: (``cancelled`` | ``final:<status>`` | ``missing``,
+        what to start because of it)."""
+        reply = self._cancel_run(keys=[self.run_key(run_id)], args=[self._ctx(run_id), reason])
+        if reply[0] == "cancelled":
+            self.metrics.run_finished(self.run_key(run_id), self.get_run(run_id) or {})
+        return reply[0], Finished({"id": run_id}, reply[1], reply[2], reply[3])
+
+    def events(
+        self, run_id: str, after: str = "0-0", count: int = 1000
+    ) -> list[tuple[str, dict[str, str]]]:
+        """Events of a run after the event ID ``after`` (exclusive), oldest first."""
+        key = f"{self.run_key(run_id)}:events"
+        return cast(
+            list[tuple[str, dict[str, str]]],
+            self.redis.xrange(key, min=f"({after}" if after != "0-0" else "-", count=count),
+        )
+
+    def add_event(self, run_id: str, kind: str, data: dict[str, Any]) -> None:
+        """Append an event from outside a transition (streamed tokens)."""
+        key = f"{self.run_key(run_id)}:events"
+        self.redis.xadd(
+            key,
+            {"type": kind, "data": json.dumps(data)},
+            maxlen=self.settings.events_max_len,
+            approximate=True,
+        )
 
     def set_waiting(self, run_id: str, waiting: dict[str, Any]) -> float:
         """Record why the run is waiting; returns since when it has been waiting."""
@@ -339,28 +357,66 @@ class RunStore:
         pipe.hget(key, "waiting_since")
         return float(pipe.execute()[-1])
 
-    def release_step(self, run_id: str, step: int, token: str) -> None:
+    def release_step(self, run_id: str, step: int, token: str, after: float = 0.0) -> None:
+        """Give the step back; its retry comes ``after`` seconds from now."""
         base = self.run_key(run_id)
-        self._release_step(keys=[base, f"{base}:lease"], args=[token, step])
+        self._release_step(
+            keys=[base, f"{base}:lease"],
+            args=[self._ctx(run_id), token, step, self.due(after + self.settings.step_time_limit)],
+        )
+
+    def touch(self, run_id: str, seconds: float) -> None:
+        """Push the run's due time to ``seconds`` (plus the stall allowance) from now."""
+        self.redis.zadd(self.active_key, {run_id: self.due(seconds)}, xx=True)
+
+    def overdue(self, limit: int) -> list[str]:
+        """Unfinished runs whose progress is overdue, most overdue first."""
+        found = self.redis.zrangebyscore(self.active_key, "-inf", time.time(), 0, limit)
+        return cast(list[str], found)
+
+    def forget(self, run_id: str) -> None:
+        self.redis.zrem(self.active_key, run_id)
+
+    def holds_lease(self, run_id: str) -> bool:
+        """Whether a worker holds the run's step (a live one, or a dead one until it expires)."""
+        return bool(self.redis.exists(f"{self.run_key(run_id)}:lease"))
 
     def drop_lease(self, run_id: str, token: str) -> None:
         """Let the next step of the run start (it may arrive before this one has finished)."""
         self._drop_lease(keys=[f"{self.run_key(run_id)}:lease"], args=[token])
 
     # --- tool calls ----------------------------------------------------------------------
-    def create_tool_call(self, call_id: str, name: str, arguments: dict[str, Any]) -> bool:
-        now = time.time()
-        fields = {
+    def create_tool_call(
+        self,
+        call_id: str,
+        name: str,
+        arguments: dict[str, Any],
+        *,
+        tenant: str = "default",
+        batch_id: str | None = None,
+        client: Any = None,
+    ) -> bool:
+        fields: dict[str, Any] = {
             "id": call_id,
+            "tenant": tenant,
             "name": name,
             "arguments": json.dumps(arguments),
             "status": "queued",
-            "created_at": now,
+            "created_at": time.time(),
         }
+        if batch_id:
+            fields["batch_id"] = batch_id
         created = self._create_tool(
-            keys=[self.tool_key(call_id)], args=[json.dumps(fields), self.settings.run_ttl]
+            keys=[self.tool_key(call_id)],
+            args=[self._ctx(None), json.dumps(fields)],
+            client=client or self.redis,
         )
         return bool(created)
+
+    def cancel_tool_call(self, call_id: str, reason: str) -> tuple[str, str]:
+        """Cancel a standalone call not yet started: (outcome, finished batch or '')."""
+        reply = self._cancel_tool(keys=[self.tool_key(call_id)], args=[self._ctx(None), reason])
+        return reply[0], reply[1]
 
     def delete_tool_call(self, call_id: str) -> None:
         self.redis.delete(self.tool_key(call_id))
@@ -369,45 +425,73 @@ class RunStore:
         data = cast(dict[str, str], self.redis.hgetall(self.tool_key(call_id)))
         return data or None
 
-    def tool_results(self, call_ids: list[str]) -> list[dict[str, Any]] | None:
-        """The stored results of ``call_ids`` in order, or None while any is missing."""
+    def tool_leases(self, call_ids: list[str]) -> list[bool]:
+        """Whether each call is held by a worker right now."""
+        pipe = self.redis.pipeline(transaction=False)
+        for call_id in call_ids:
+            pipe.exists(f"{self.tool_key(call_id)}:lease")
+        return [bool(n) for n in pipe.execute()]
+
+    def stored_tool_results(self, call_ids: list[str]) -> list[dict[str, Any] | None]:
+        """The stored result of each of ``call_ids``, None where there is none yet."""
         pipe = self.redis.pipeline(transaction=False)
         for call_id in call_ids:
             pipe.hget(self.tool_key(call_id), "result")
-        raw = pipe.execute()
-        if any(r is None for r in raw):
+        return [None if r is None else json.loads(r) for r in pipe.execute()]
+
+    def tool_results(self, call_ids: list[str]) -> list[dict[str, Any]] | None:
+        """The stored results of ``call_ids`` in order, or None while any is missing."""
+        results = self.stored_tool_results(call_ids)
+        if any(r is None for r in results):
             return None
-        return [json.loads(r) for r in raw]
+        return cast(list[dict[str, Any]], results)
 
     def begin_tool(
-        self, call_id: str, name: str, arguments: str, run_id: str | None, lease_s: float
+        self,
+        call_id: str,
+        name: str,
+        arguments: str,
+        run_id: str | None,
+        lease_s: float,
+        step: int = 0,
     ) -> ToolClaim:
         token = uuid.uuid4().hex
         key = self.tool_key(call_id)
+        run_key = self.run_key(run_id) if run_id else f"{key}:no-run"
         reply = self._begin_tool(
-            keys=[key, f"{key}:lease"],
-            args=[token, int(lease_s * 1000), time.time(), name, arguments, run_id or ""],
+            keys=[key, f"{key}:lease", run_key],
+            args=[
+                self._ctx(run_id),
+                token,
+                int(lease_s * 1000),
+                name,
+                arguments,
+                self.due(lease_s),
+                step,
+                call_id,
+            ],
         )
         if reply[0] == "done":
             return ToolClaim("done", token, result=json.loads(reply[1]))
         if reply[0] == "busy":
             return ToolClaim("busy", token, wait_s=max(int(reply[1]) / 1000, 0.0))
-        return ToolClaim("ok", token)
+        return ToolClaim(reply[0], token)
 
     def complete_tool(
-        self, call_id: str, token: str, result: dict[str, Any], run_id: str | None
-    ) -> dict[str, Any]:
-        """Store the result unless one is stored; returns the result that won."""
+        self,
+        call_id: str,
+        token: str,
+        result: dict[str, Any],
+        run_id: str | None,
+        step: int = 0,
+        status: str | None = None,
+    ) -> tuple[dict[str, Any], str]:
+        """Store the result unless one is stored: (the result that won, finished batch)."""
         key = self.tool_key(call_id)
         run_key = self.run_key(run_id) if run_id else f"{key}:no-run"
-        stored = self._complete_tool(
+        status = status or ("succeeded" if result.get("ok") else "failed")
+        stored, batch = self._complete_tool(
             keys=[key, f"{key}:lease", run_key],
-            args=[
-                token,
-                json.dumps(result),
-                "succeeded" if result.get("ok") else "failed",
-                time.time(),
-                self.settings.run_ttl,
-            ],
+            args=[self._ctx(run_id), token, json.dumps(result), status, self.due(0), step],
         )
-        return cast(dict[str, Any], json.loads(stored))
+        return cast(dict[str, Any], json.loads(stored)), batch

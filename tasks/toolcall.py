@@ -12,6 +12,7 @@ from celery import Celery, Task
 
 from tasks import names
 from tasks.errors import ToolError, ToolExecutionError, UnknownToolError
+from tasks.lifecycle import batch_finished
 from tasks.store import get_store
 from tasks.tools import registry
 from workers.settings import Settings
@@ -83,7 +84,8 @@ def register(app: Celery, settings: Settings) -> None:
         run_id = payload.get("run_id")
         raw_args = arguments if isinstance(arguments, str) else json.dumps(arguments)
         _, hard = time_limits(name, settings)
-        claim = store.begin_tool(call_id, name, raw_args, run_id, lease_s=hard)
+        step = int(payload.get("step") or 0)
+        claim = store.begin_tool(call_id, name, raw_args, run_id, lease_s=hard, step=step)
         if claim.outcome == "done":
             assert claim.result is not None
             if self.request.chord and run_id:
@@ -93,7 +95,7 @@ def register(app: Celery, settings: Settings) -> None:
                 # once that claim has lapsed.
                 self.app.send_task(
                     names.RESUME,
-                    args=(run_id, int(payload.get("step") or 0), self.request.chord),
+                    args=(run_id, step, self.request.chord),
                     countdown=settings.chord_recovery_delay,
                 )
             return claim.result
@@ -103,9 +105,16 @@ def register(app: Celery, settings: Settings) -> None:
         result: dict[str, Any] = {"id": call_id, "name": name}
         if payload.get("model_call_id"):
             result["model_call_id"] = payload["model_call_id"]
+        if claim.outcome == "cancelled":
+            # Its run was cancelled: answer without running, so the chord still completes.
+            result |= {"ok": False, "error": {"code": "cancelled", "message": "run cancelled"}}
+            stored, _ = store.complete_tool(call_id, claim.token, result, run_id, step, "cancelled")
+            return stored
         try:
             result |= {"ok": True, "output": execute(name, arguments, payload.get("allowed"))}
         except ToolError as exc:
             result |= {"ok": False, "error": exc.to_dict()}
             log.info("tool call %s (%s) failed: %s", call_id, name, exc)
-        return store.complete_tool(call_id, claim.token, result, run_id)
+        stored, batch = store.complete_tool(call_id, claim.token, result, run_id, step)
+        batch_finished(self.app, batch)
+        return stored

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 
-def _iso(value: str | None) -> str | None:
+def iso(value: str | None) -> str | None:
     if not value:
         return None
     return datetime.fromtimestamp(float(value), UTC).isoformat(timespec="milliseconds")
@@ -43,9 +43,9 @@ def run_view(record: dict[str, str]) -> dict[str, Any]:
         "result": record.get("result"),
         "error": json.loads(error) if error else None,
         "metadata": json.loads(record.get("metadata") or "{}"),
-        "created_at": _iso(record.get("created_at")),
-        "started_at": _iso(record.get("started_at")),
-        "finished_at": _iso(record.get("finished_at")),
+        "created_at": iso(record.get("created_at")),
+        "started_at": iso(record.get("started_at")),
+        "finished_at": iso(record.get("finished_at")),
     }
 
 
@@ -59,7 +59,7 @@ def tool_call_view(record: dict[str, str]) -> dict[str, Any]:
         "run_id": record.get("run_id"),
         "arguments": json.loads(record["arguments"]) if record.get("arguments") else None,
         "result": json.loads(result) if result else None,
-        "created_at": _iso(record.get("created_at")),
-        "started_at": _iso(record.get("started_at")),
-        "finished_at": _iso(record.get("finished_at")),
+        "created_at": iso(record.get("created_at")),
+        "started_at": iso(record.get("started_at")),
+        "finished_at": iso(record.get("finished_at")),
     }

@@ -5,6 +5,8 @@ Tests that kill or reconfigure workers start their own :class:`ops.stack.Stack` 
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,7 @@ import pytest
 import redis
 from celery import Celery
 
-from ops.stack import PoolSpec, Stack, wait_for
+from ops.stack import PoolSpec, Proc, Stack, wait_for
 from producer.client import Client
 from workers.factory import create_app
 
@@ -24,6 +26,29 @@ FLEET_ENV = {
     "AGENTFLEET_LLM_MAX_RETRIES": "1",
     "AGENTFLEET_RETRY_BACKOFF_BASE": "0.2",
     "AGENTFLEET_LLM_TIMEOUT": "20",
+    "AGENTFLEET_CALLBACK_SECRET": "callback-test-secret",
+    "AGENTFLEET_TENANT_LIMITS": '{"capped": 3}',
+}
+#: Short limits for fleets whose tests kill workers or lose messages, so that what a dead
+#: worker held comes back in seconds instead of an hour. The arithmetic still holds:
+#: llm_timeout 3 < step soft 4 < hard 5; longest countdown (the chord recovery check, 22 s:
+#: Celery's chord dispatch claim lasts about 21 s) + hard 5 + margin 1 < visibility 30.
+#: The watchdog takes a run for lost 5 s after its stage's time is up.
+SHORT_LIMITS = {
+    "AGENTFLEET_TOOL_MODULES": "tests.tooling",
+    "AGENTFLEET_LLM_TIMEOUT": "3",
+    "AGENTFLEET_STEP_SOFT_TIME_LIMIT": "4",
+    "AGENTFLEET_STEP_TIME_LIMIT": "5",
+    "AGENTFLEET_TOOL_SOFT_TIME_LIMIT": "4",
+    "AGENTFLEET_TOOL_TIME_LIMIT": "5",
+    "AGENTFLEET_MAX_RETRY_COUNTDOWN": "2",
+    "AGENTFLEET_VISIBILITY_MARGIN": "1",
+    "AGENTFLEET_VISIBILITY_TIMEOUT": "30",
+    "AGENTFLEET_CHORD_RECOVERY_DELAY": "22",
+    "AGENTFLEET_UNACKED_RESTORE_INTERVAL": "1",
+    "AGENTFLEET_UNACKED_RESTORE_THROTTLE": "1",
+    "AGENTFLEET_STALL_TIMEOUT": "5",
+    "AGENTFLEET_WATCHDOG_INTERVAL": "1",
 }
 FLEET_POOLS = (
     PoolSpec("agents", "threads", 100),
@@ -40,8 +65,12 @@ class Fleet:
         self.settings = stack.settings()
         self.app: Celery = create_app(self.settings)
         self.redis = redis.Redis.from_url(stack.redis_url or "", decode_responses=True)
-        self.client = Client(stack.api_url)
-        self.http = httpx.Client(base_url=stack.api_url, timeout=10)
+        self.client = Client(stack.api_url, api_key=stack.api_key)
+        self.http = httpx.Client(
+            base_url=stack.api_url,
+            timeout=10,
+            headers={"Authorization": f"Bearer {stack.api_key}"},
+        )
         self.sim = httpx.Client(base_url=stack.simulator_url.removesuffix("/v1"), timeout=10)
 
     def sim_stats(self) -> dict[str, Any]:
@@ -50,6 +79,44 @@ class Fleet:
     def run_keys(self) -> set[str]:
         keys = self.redis.scan_iter(match=f"{self.settings.key_prefix}:run:*", count=1000)
         return {k for k in keys if k.count(":") == 2}
+
+    def counts(self, prefix: str, keys: list[str]) -> list[int]:
+        """The ``test:<prefix>:<key>`` counters the tools of ``tests.tooling`` keep."""
+        values = self.redis.mget([f"test:{prefix}:{k}" for k in keys])
+        return [int(v or 0) for v in values]
+
+    def worker_of(self, queue: str) -> Proc:
+        """A live worker process of the pool on ``queue``."""
+        return next(
+            p for p in self.stack.procs if p.name.startswith(f"worker-{queue}") and p.alive()
+        )
+
+    def client_of(self, tenant: str) -> Client:
+        """A client with a new API key of ``tenant``."""
+        return Client(self.stack.api_url, api_key=self.stack.make_api_key(tenant))
+
+    def tagged(self, tag: str) -> int:
+        """LLM calls the simulator saw from prompts carrying ``[[tag:<tag>]]``."""
+        return int(self.sim_stats()["by_tag"].get(tag, 0))
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """``agentfleet ARGS`` against this fleet's API with its key."""
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "producer.cli",
+                "--api",
+                self.stack.api_url,
+                "--api-key",
+                self.stack.api_key,
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
 
     def close(self) -> None:
         self.client.close()

@@ -9,35 +9,25 @@ import sys
 from tests.conftest import Fleet
 
 
-def _cli(fleet: Fleet, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "producer.cli", "--api", fleet.stack.api_url, *args],
-        capture_output=True,
-        text=True,
-        timeout=90,
-        check=False,
-    )
-
-
 def test_run_wait_status_and_tools(fleet: Fleet) -> None:
-    done = _cli(fleet, "run", 'call calculator {"expression": "1+1"}', "--wait")
+    done = fleet.cli("run", 'call calculator {"expression": "1+1"}', "--wait")
     assert done.returncode == 0, done.stderr
     assert "status    succeeded" in done.stdout
     assert "result    Results: calculator=2.0" in done.stdout
     run_id = done.stdout.split()[1]
-    status = _cli(fleet, "--json", "status", run_id)
+    status = fleet.cli("--json", "status", run_id)
     assert status.returncode == 0
     assert json.loads(status.stdout)["progress"]["tool_calls_done"] == 1
-    tools = _cli(fleet, "tools")
+    tools = fleet.cli("tools")
     assert tools.returncode == 0
     assert "calculator" in tools.stdout
 
 
 def test_failed_run_and_unknown_id_exit_nonzero(fleet: Fleet) -> None:
-    failed = _cli(fleet, "run", "[[error:400]] x", "--wait")
+    failed = fleet.cli("run", "[[error:400]] x", "--wait")
     assert failed.returncode == 1
     assert "error     provider_rejected" in failed.stdout
-    missing = _cli(fleet, "status", "nope")
+    missing = fleet.cli("status", "nope")
     assert missing.returncode == 2
     assert "HTTP 404" in missing.stderr
 
@@ -55,11 +45,35 @@ def test_unreachable_api_is_a_clear_error() -> None:
 
 
 def test_providers_table(fleet: Fleet) -> None:
-    out = _cli(fleet, "providers")
+    out = fleet.cli("providers")
     assert out.returncode == 0, out.stderr
     header, *rows = out.stdout.splitlines()
     assert header.split()[:3] == ["provider", "state", "failures"]
     assert [r.split()[:2] for r in rows] == [["default", "closed"]]
-    as_json = json.loads(_cli(fleet, "--json", "providers").stdout)
+    as_json = json.loads(fleet.cli("--json", "providers").stdout)
     assert as_json[0]["name"] == "default"
     assert as_json[0]["fail_max"] == 5
+
+
+def test_run_watch_shows_events_and_progress(fleet: Fleet) -> None:
+    out = fleet.cli("run", 'call calculator {"expression": "2+3"} then finish', "--watch")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    kinds = [line.split("]", 1)[1].split()[0] for line in lines if line.startswith("[step")]
+    assert kinds[0] == "queued"
+    assert kinds[-1] == "succeeded"
+    assert "tool_call_finished" in kinds
+    assert lines[-1].startswith("[step 2/10 | tools 1/1 |")
+    assert "Results: calculator=5.0" in out.stdout  # the streamed answer
+
+
+def test_watch_of_a_finished_run_replays_it(fleet: Fleet) -> None:
+    run_id = fleet.client.create_run("hello watch").id
+    fleet.client.wait(run_id)
+    out = fleet.cli("--json", "watch", run_id)
+    assert out.returncode == 0, out.stderr
+    events = [json.loads(line) for line in out.stdout.splitlines()]
+    assert events[0]["type"] == "queued"
+    assert events[-1]["type"] == "succeeded"
+    assert events[-1]["data"]["result"] == "Echo: hello watch"
+    assert len({e["id"] for e in events}) == len(events)

@@ -26,11 +26,10 @@ from urllib.parse import unquote, urlsplit
 import pytest
 
 from ops.stack import Stack
-from tests.conftest import Fleet
+from tests.conftest import SHORT_LIMITS, Fleet
 from tests.test_worker_loss import (
     AGENTS,
     BATCH,
-    SHORT,
     TOOLS,
     kill_agents_worker_mid_load,
     kill_tools_worker_mid_load,
@@ -40,7 +39,11 @@ from workers import queues
 RABBITMQ_URL = os.environ.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672")
 #: Quick retries, so the countdown path is taken in seconds: backoff 0.3 s then 0.6 s, both
 #: under a second, which native delayed delivery cannot express (see workers.broker).
-RABBIT_ENV = {**SHORT, "AGENTFLEET_LLM_MAX_RETRIES": "2", "AGENTFLEET_RETRY_BACKOFF_BASE": "0.3"}
+RABBIT_ENV = {
+    **SHORT_LIMITS,
+    "AGENTFLEET_LLM_MAX_RETRIES": "2",
+    "AGENTFLEET_RETRY_BACKOFF_BASE": "0.3",
+}
 
 
 def _ctl(*args: str) -> str:

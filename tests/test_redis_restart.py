@@ -27,11 +27,11 @@ import pytest
 import redis
 
 from ops.stack import PoolSpec, Proc, Stack, StackError, wait_for
-from tests.conftest import Fleet
-from tests.test_worker_loss import AGENTS, BATCH, SHORT
+from tests.conftest import SHORT_LIMITS, Fleet
+from tests.test_worker_loss import AGENTS, BATCH
 
 RESTART_ENV = {
-    **SHORT,
+    **SHORT_LIMITS,
     "AGENTFLEET_LLM_TIMEOUT": "8",
     "AGENTFLEET_STEP_SOFT_TIME_LIMIT": "10",
     "AGENTFLEET_STEP_TIME_LIMIT": "12",

@@ -176,7 +176,7 @@ def test_a_tool_chord_that_never_fired_is_resumed(fleet: Fleet, wait: Callable[.
         10,
         5,
         1,
-        "default",
+        chain[0],
     )
     store.finish_step(run_id, 1, claim.token)
     body = fleet.app.signature("agentfleet.agent.step", args=(run_id, 2), task_id=run_id)

@@ -1,9 +1,7 @@
 """Workers SIGKILLed in the middle of runs: every run finishes, every tool call completes once.
 
-A private fleet with a short visibility timeout, so that messages held by a dead worker come
-back in seconds instead of an hour. The time arithmetic still holds: llm_timeout 3 < step
-soft 4 < hard 5; longest countdown (the chord recovery check, 22 s: Celery's chord dispatch
-claim lasts about 21 s) + hard 5 + margin 1 < visibility 30.
+A private fleet with short limits (``SHORT_LIMITS``), so that messages held by a dead worker
+come back in seconds instead of an hour, and the watchdog resends what no queue holds.
 """
 
 from __future__ import annotations
@@ -13,23 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from ops.stack import PoolSpec, Proc, Stack
-from tests.conftest import Fleet
+from ops.stack import PoolSpec, Stack
+from tests.conftest import SHORT_LIMITS, Fleet
 
-SHORT = {
-    "AGENTFLEET_TOOL_MODULES": "tests.tooling",
-    "AGENTFLEET_LLM_TIMEOUT": "3",
-    "AGENTFLEET_STEP_SOFT_TIME_LIMIT": "4",
-    "AGENTFLEET_STEP_TIME_LIMIT": "5",
-    "AGENTFLEET_TOOL_SOFT_TIME_LIMIT": "4",
-    "AGENTFLEET_TOOL_TIME_LIMIT": "5",
-    "AGENTFLEET_MAX_RETRY_COUNTDOWN": "2",
-    "AGENTFLEET_VISIBILITY_MARGIN": "1",
-    "AGENTFLEET_VISIBILITY_TIMEOUT": "30",
-    "AGENTFLEET_CHORD_RECOVERY_DELAY": "22",
-    "AGENTFLEET_UNACKED_RESTORE_INTERVAL": "1",
-    "AGENTFLEET_UNACKED_RESTORE_THROTTLE": "1",
-}
 AGENTS = PoolSpec("agents", "threads", 50)
 TOOLS = PoolSpec("tools", "prefork", 4)
 BATCH = PoolSpec("batch", "prefork", 1)
@@ -37,7 +21,7 @@ BATCH = PoolSpec("batch", "prefork", 1)
 
 @pytest.fixture(scope="module")
 def short_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    stack = Stack(Path(tmp_path_factory.mktemp("loss")), env_overrides=SHORT)
+    stack = Stack(Path(tmp_path_factory.mktemp("loss")), env_overrides=SHORT_LIMITS)
     try:
         stack.start_fleet(pools=(AGENTS, TOOLS, BATCH))
         fleet = Fleet(stack)
@@ -46,15 +30,6 @@ def short_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         fleet.close()
     finally:
         stack.stop()
-
-
-def _worker(fleet: Fleet, queue: str) -> Proc:
-    return next(p for p in fleet.stack.procs if p.name.startswith(f"worker-{queue}") and p.alive())
-
-
-def _counts(fleet: Fleet, prefix: str, keys: list[str]) -> list[int]:
-    values = fleet.redis.mget([f"test:{prefix}:{k}" for k in keys])
-    return [int(v or 0) for v in values]
 
 
 def kill_tools_worker_mid_load(fleet: Fleet, wait: Callable[..., None]) -> None:
@@ -71,7 +46,7 @@ def kill_tools_worker_mid_load(fleet: Fleet, wait: Callable[..., None]) -> None:
     def mid_execution() -> bool:
         # Tools are sleeping, and every tool that finished has its result stored: the kill
         # lands inside tool bodies, not between a tool's own side effect and the store.
-        started, completed = _counts(fleet, "started", keys), _counts(fleet, "completed", keys)
+        started, completed = fleet.counts("started", keys), fleet.counts("completed", keys)
         stored = [bool(fleet.redis.hexists(f"af:tool:{c}", "result")) for c in call_ids]
         return sum(started) - sum(completed) >= 2 and all(
             s for s, done in zip(stored, completed, strict=True) if done
@@ -79,17 +54,17 @@ def kill_tools_worker_mid_load(fleet: Fleet, wait: Callable[..., None]) -> None:
 
     # Kill the tools worker (main process and pool children) while tools are executing.
     wait(mid_execution, 30, "tools to be in the middle of running")
-    victim = _worker(fleet, "tools")
+    victim = fleet.worker_of("tools")
     fleet.stack.kill(victim)
     victim.popen.wait(timeout=10)
-    interrupted = sum(_counts(fleet, "started", keys)) - sum(_counts(fleet, "completed", keys))
+    interrupted = sum(fleet.counts("started", keys)) - sum(fleet.counts("completed", keys))
     assert interrupted > 0  # the kill really landed mid-execution
     fleet.stack.start_worker(TOOLS)
 
     runs = [fleet.client.wait(run_id, timeout=120) for run_id in run_ids]
     assert [r.status for r in runs] == ["succeeded"] * 8
     assert all(r.progress.tool_calls_done == 3 for r in runs)
-    assert _counts(fleet, "completed", keys) == [1] * len(keys)
+    assert fleet.counts("completed", keys) == [1] * len(keys)
 
 
 def kill_agents_worker_mid_load(fleet: Fleet, wait: Callable[..., None]) -> None:
@@ -103,7 +78,7 @@ def kill_agents_worker_mid_load(fleet: Fleet, wait: Callable[..., None]) -> None
     ]
     # Kill the agents worker while LLM calls are in flight.
     wait(lambda: fleet.sim_stats()["in_flight"] >= 5, 30, "LLM calls in flight")
-    victim = _worker(fleet, "agents")
+    victim = fleet.worker_of("agents")
     fleet.stack.kill(victim)
     victim.popen.wait(timeout=10)
     fleet.stack.start_worker(AGENTS)
@@ -111,7 +86,7 @@ def kill_agents_worker_mid_load(fleet: Fleet, wait: Callable[..., None]) -> None
     runs = [fleet.client.wait(run_id, timeout=120) for run_id in run_ids]
     assert [r.status for r in runs] == ["succeeded"] * 12
     assert all(r.usage.llm_calls == 2 for r in runs)  # applied once each, whatever was lost
-    assert _counts(fleet, "completed", keys) == [1] * len(keys)
+    assert fleet.counts("completed", keys) == [1] * len(keys)
 
 
 def test_tools_worker_killed_mid_load(short_fleet: Fleet, wait: Callable[..., None]) -> None:

@@ -64,6 +64,11 @@ def broker_kind(url: str) -> BrokerKind:
         raise ValueError(f"unsupported broker URL scheme {scheme!r}: use one of {known}") from None
 
 
+def _redis_transport(url: str) -> str:
+    scheme = urlsplit(url.split(";", 1)[0].strip()).scheme.lower()
+    return "SentinelTransport" if scheme == "sentinel" else "Transport"
+
+
 def broker_config(settings: Settings, redis_transport: dict[str, Any]) -> dict[str, Any]:
     """The Celery settings that depend on which broker ``settings.broker`` is.
 
@@ -72,7 +77,7 @@ def broker_config(settings: Settings, redis_transport: dict[str, Any]) -> dict[s
     if broker_kind(settings.broker) is BrokerKind.REDIS:
         return {
             # kombu's own, fixed to reconnect after Redis restarts without losing a message.
-            "broker_transport": "workers.redis_transport:Transport",
+            "broker_transport": f"workers.redis_transport:{_redis_transport(settings.broker)}",
             "broker_transport_options": redis_transport,
             "task_queues": queues.declare(),
             # A task still running when its worker loses Redis finishes: its message comes back

@@ -36,7 +36,21 @@ def transport_options(settings: Settings) -> dict[str, Any]:
         # Acks come from every pool thread (late acks); kombu's default of 10 connections per
         # channel makes them fail under load, and a failed ack waits out the visibility timeout.
         "max_connections": settings.redis_max_connections,
+        **sentinel_options(settings),
     }
+
+
+def sentinel_options(settings: Settings) -> dict[str, Any]:
+    """Transport options for ``sentinel://`` broker and backend URLs (empty otherwise)."""
+    if not settings.redis_sentinel_master:
+        return {}
+    options: dict[str, Any] = {"master_name": settings.redis_sentinel_master}
+    if settings.redis_sentinel_password:
+        # Credentials of the Sentinel servers; Redis's own password is in the URL.
+        options["sentinel_kwargs"] = {
+            "password": settings.redis_sentinel_password.get_secret_value()
+        }
+    return options
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:

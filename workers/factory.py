@@ -15,7 +15,14 @@ def create_app(settings: Settings) -> Celery:
     # no cycle, and the app stays the only place that knows about every task.
     from tasks import register_tasks
 
-    app = celery_class(settings)("agentfleet", set_as_current=False)
+    app = celery_class(settings)(
+        "agentfleet",
+        set_as_current=False,
+        # Task argument and result reprs are summarized before they reach events, Flower
+        # and logs (workers/redact.py).
+        amqp="workers.redact:RedactingAMQP",
+        events="workers.redact:RedactingEvents",
+    )
     app.conf.update(celery_config(settings))
     register_tasks(app, settings)
     return app

@@ -21,6 +21,9 @@ ROUTES: Final[dict[str, dict[str, str]]] = {
     names.TOOL_CALL: {"queue": TOOLS},
     names.TOOLS_FAILED: {"queue": BATCH},
     names.RESUME: {"queue": BATCH},
+    names.BATCH_DISPATCH: {"queue": BATCH},
+    names.BATCH_COLLECT: {"queue": BATCH},
+    names.CALLBACK: {"queue": BATCH},
 }
 
 

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 _stranded: list[tuple[str, dict[str, Any]]] = []
 
 
-class Channel(kombu_redis.Channel):
+class _ChannelFixes(kombu_redis.Channel):
     def _connparams(self, asynchronous: bool = False) -> Any:
         if self.connection.client is None:
             raise redis.ConnectionError("the broker connection was closed after it was lost")
@@ -52,12 +52,30 @@ class Channel(kombu_redis.Channel):
             )
 
 
-class Transport(kombu_redis.Transport):
-    Channel = Channel
-
+class _TransportFixes(kombu_redis.Transport):
     def _deliver(self, message: dict[str, Any], queue: str) -> None:
         try:
             super()._deliver(message, queue)  # type: ignore[no-untyped-call]
         except self.connection_errors:
             _stranded.append((queue, message))
             raise
+
+
+class Channel(_ChannelFixes):
+    pass
+
+
+class Transport(_TransportFixes):
+    """For ``redis://`` and ``rediss://`` broker URLs."""
+
+    Channel = Channel
+
+
+class SentinelChannel(_ChannelFixes, kombu_redis.SentinelChannel):
+    pass
+
+
+class SentinelTransport(_TransportFixes, kombu_redis.SentinelTransport):
+    """For ``sentinel://`` broker URLs."""
+
+    Channel = SentinelChannel

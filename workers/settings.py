@@ -8,10 +8,11 @@ surfacing as a duplicated run an hour later. See the README for the full list.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Self
+from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -63,7 +64,10 @@ class ProviderConfig(BaseModel):
 class Settings(BaseSettings):
     """Fleet configuration. Field ``x`` is read from ``AGENTFLEET_X``."""
 
-    model_config = SettingsConfigDict(env_prefix="AGENTFLEET_", extra="ignore", frozen=True)
+    # An empty variable counts as unset: deployment files pass optional ones as ${VAR:-}.
+    model_config = SettingsConfigDict(
+        env_prefix="AGENTFLEET_", extra="ignore", frozen=True, env_ignore_empty=True
+    )
 
     # --- Redis -------------------------------------------------------------------------
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -71,6 +75,12 @@ class Settings(BaseSettings):
     result_backend: str | None = Field(default=None, description="Defaults to redis_url.")
     key_prefix: str = Field(default="af", description="Prefix of every key agentfleet writes.")
     redis_max_connections: int = Field(default=2000, ge=10)
+    redis_sentinel_master: str | None = Field(
+        default=None, description="Sentinel master name; needed when a URL is sentinel://."
+    )
+    redis_sentinel_password: SecretStr | None = Field(
+        default=None, description="Password of the Sentinel servers (not of Redis itself)."
+    )
     redis_outage_wait: float = Field(
         default=30.0,
         ge=0,
@@ -132,6 +142,42 @@ class Settings(BaseSettings):
     max_redeliveries: int = Field(
         default=5, ge=1, description="Deliveries of one step before the run fails as poisoned."
     )
+    stall_timeout: float = Field(
+        default=300.0,
+        gt=0,
+        description="Seconds a run may go without progress beyond what its current stage may "
+        "take before the watchdog sends its next message again.",
+    )
+    watchdog_interval: float = Field(
+        default=15.0, gt=0, description="Seconds between the watchdog's sweeps (fleet-wide)."
+    )
+
+    # --- Tenants, API keys, the producer surface -----------------------------------------
+    api_keys: dict[str, str] = Field(
+        default_factory=dict,
+        description="API keys given hashed: {sha256 hex of the key: tenant}; more live in Redis.",
+    )
+    tenant_max_in_flight: int = Field(
+        default=0, ge=0, description="Runs of one tenant running at once; 0 = no cap."
+    )
+    tenant_limits: dict[str, int] = Field(
+        default_factory=dict, description="Per-tenant caps overriding tenant_max_in_flight."
+    )
+    idempotency_ttl: int = Field(
+        default=24 * 3600, gt=0, description="Seconds an Idempotency-Key keeps its answer."
+    )
+    max_batch_items: int = Field(default=10_000, ge=1)
+    events_max_len: int = Field(
+        default=10_000, ge=100, description="Events kept per run (oldest trimmed first)."
+    )
+    stream_flush_interval: float = Field(
+        default=0.1, gt=0, description="Seconds between writes of streamed token deltas."
+    )
+    callback_secret: SecretStr | None = Field(
+        default=None, description="HMAC-SHA256 key signing completion callbacks."
+    )
+    callback_max_attempts: int = Field(default=8, ge=1)
+    callback_timeout: float = Field(default=10.0, gt=0)
 
     # --- Retention -----------------------------------------------------------------------
     result_expires: int = Field(default=7 * 24 * 3600, gt=0)
@@ -149,7 +195,35 @@ class Settings(BaseSettings):
         default_factory=list, description="Comma-separated modules whose @tool functions load."
     )
 
-    log_level: str = "INFO"
+    # --- Logs ----------------------------------------------------------------------------
+    log_level: str = Field(
+        default="INFO", description="Level of workers and the API; unset = a worker's -l."
+    )
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="json: one JSON object per line, with run and task IDs."
+    )
+
+    # --- Flower (python -m ops.flower) ---------------------------------------------------
+    flower_port: int = Field(default=5555, ge=1, le=65535)
+    flower_address: str = Field(default="127.0.0.1", description="Interface Flower binds.")
+    flower_basic_auth: SecretStr | None = Field(
+        default=None, description="user:password[,user2:password2]; required off loopback."
+    )
+    flower_read_only: bool = Field(
+        default=False, description="Refuse every control operation (shutdown, revoke, ...)."
+    )
+    flower_purge_offline_workers: int | None = Field(
+        default=600, ge=1, description="Seconds after which Flower forgets an offline worker."
+    )
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _known_level(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.strip().upper()
+            if value not in logging.getLevelNamesMapping():
+                raise ValueError(f"unknown log level {value!r}")
+        return value
 
     @field_validator("tool_modules", mode="before")
     @classmethod
@@ -217,6 +291,19 @@ class Settings(BaseSettings):
             )
         return self
 
+    def tenant_cap(self, tenant: str) -> int:
+        """Runs ``tenant`` may have running at once; 0 = no cap."""
+        return self.tenant_limits.get(tenant, self.tenant_max_in_flight)
+
+    @model_validator(mode="after")
+    def _check_sentinel(self) -> Self:
+        urls = (self.redis_url, self.broker, self.backend)
+        if any(is_sentinel(u) for u in urls) and not self.redis_sentinel_master:
+            raise ValueError(
+                "sentinel:// URLs need AGENTFLEET_REDIS_SENTINEL_MASTER (the master's name)"
+            )
+        return self
+
     @property
     def provider_list(self) -> list[ProviderConfig]:
         """The configured providers, or one built from the single-provider settings."""
@@ -255,6 +342,11 @@ class Settings(BaseSettings):
     def llm_key(self) -> str:
         # The SDK refuses to build a client without a key; the simulator ignores it.
         return self.llm_api_key.get_secret_value() if self.llm_api_key else "simulator"
+
+
+def is_sentinel(url: str) -> bool:
+    """True for Celery's Sentinel URL form, ``sentinel://h1:26379;sentinel://h2:26379/0``."""
+    return url.startswith("sentinel://")
 
 
 @lru_cache(maxsize=1)

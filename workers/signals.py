@@ -5,12 +5,25 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from celery.signals import after_setup_logger, celeryd_init, worker_process_init
+from celery.signals import (
+    after_setup_logger,
+    after_setup_task_logger,
+    celeryd_after_setup,
+    celeryd_init,
+    task_received,
+    worker_process_init,
+    worker_ready,
+    worker_shutdown,
+)
 
+from tasks import watchdog
 from tasks.llm import reset_clients
 from tasks.redisconn import wait_out_outages
+from workers import logs, redact
 from workers.conf import worker_config
 from workers.settings import get_settings
+
+log = logging.getLogger(__name__)
 
 
 @celeryd_init.connect
@@ -36,3 +49,59 @@ def _quiet_http_logs(**_: Any) -> None:
     # task log. Its warnings and errors still show.
     for name in ("httpx", "httpx2", "openai"):
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+@worker_ready.connect
+def _start_watchdog(sender: Any = None, **_: Any) -> None:
+    # In the worker's main process: every node sweeps for stalled runs, one sweep per
+    # interval wins fleet-wide, so the fleet keeps its watchdog whichever nodes die.
+    watchdog.start(sender.app, get_settings())
+
+
+@worker_shutdown.connect
+def _stop_watchdog(**_: Any) -> None:
+    watchdog.stop()
+
+
+@after_setup_logger.connect
+def _structured_root_logs(logger: logging.Logger, **_: Any) -> None:
+    from celery.utils.log import get_multiprocessing_logger
+
+    settings = get_settings()
+    logs.configure_celery_logger(logger, settings)
+    pool_logger = get_multiprocessing_logger()  # billiard's, with a handler of its own
+    if pool_logger is not None:
+        logs.configure_celery_logger(pool_logger, settings)
+
+
+@after_setup_task_logger.connect
+def _structured_task_logs(logger: logging.Logger, **_: Any) -> None:
+    # celery.task has its own handler and does not propagate to the root.
+    logs.configure_celery_logger(logger, get_settings())
+
+
+@celeryd_init.connect
+def _no_banner_with_json_logs(instance: Any, **_: Any) -> None:
+    # The startup banner is printed straight to stdout, the one output that would not be
+    # JSON; it is replaced by the "worker starting" line below.
+    if get_settings().log_format == "json":
+        instance.quiet = True
+
+
+@celeryd_after_setup.connect
+def _log_worker_start(sender: str, instance: Any, **_: Any) -> None:
+    queues = ",".join(sorted(instance.app.amqp.queues.consume_from or ()))
+    pool = getattr(instance.pool_cls, "__module__", str(instance.pool_cls)).rsplit(".", 1)[-1]
+    log.info(
+        "worker %s starting: queues=%s pool=%s concurrency=%s",
+        sender,
+        queues,
+        pool,
+        instance.concurrency,
+    )
+
+
+@task_received.connect
+def _redact_received(request: Any, **_: Any) -> None:
+    # Messages from publishers that do not run our code carry their own argument reprs.
+    redact.redact_received(request)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import email.utils
 import json
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -128,14 +129,54 @@ def _parse(response: Any, provider: str) -> Completion:
 ADMITTED_HEADER = "x-agentfleet-admitted-at"
 
 
+def _assemble(chunks: Iterable[Any], on_delta: Callable[[str], None], provider: str) -> Completion:
+    """A completion from a streamed answer, handing each text delta to ``on_delta``."""
+    text: list[str] = []
+    calls: dict[int, dict[str, str]] = {}
+    usage = None
+    finish_reason = None
+    try:
+        for chunk in chunks:
+            usage = chunk.usage or usage
+            for choice in chunk.choices or []:
+                delta = choice.delta
+                finish_reason = choice.finish_reason or finish_reason
+                if delta.content:
+                    text.append(delta.content)
+                    on_delta(delta.content)
+                for call in delta.tool_calls or []:
+                    part = calls.setdefault(call.index, {"id": "", "name": "", "arguments": ""})
+                    part["id"] = call.id or part["id"]
+                    if call.function is not None:
+                        part["name"] += call.function.name or ""
+                        part["arguments"] += call.function.arguments or ""
+    except (AttributeError, TypeError) as exc:
+        raise PermanentProviderError(
+            f"{provider}: malformed stream ({type(exc).__name__}: {exc})", provider, None
+        ) from None
+    return Completion(
+        content="".join(text) if text or not calls else None,
+        tool_calls=[
+            ModelToolCall(c["id"], c["name"], c["arguments"]) for _, c in sorted(calls.items())
+        ],
+        prompt_tokens=int(usage.prompt_tokens) if usage else 0,
+        completion_tokens=int(usage.completion_tokens) if usage else 0,
+        finish_reason=finish_reason,
+    )
+
+
 def complete(
     provider: ProviderConfig,
     messages: list[dict[str, Any]],
     tools: list[dict[str, Any]],
     model: str,
     admitted_at: float | None = None,
+    on_delta: Callable[[str], None] | None = None,
 ) -> Completion:
-    """One chat completion. Raises only :class:`~tasks.errors.ProviderError` subclasses."""
+    """One chat completion. Raises only :class:`~tasks.errors.ProviderError` subclasses.
+
+    With ``on_delta`` the answer is streamed and each text delta is handed to it as it comes.
+    """
     client = get_client(provider)
     name = provider.name
     try:
@@ -144,9 +185,14 @@ def complete(
             kwargs["extra_headers"] = {ADMITTED_HEADER: repr(admitted_at)}
         if tools:
             kwargs["tools"] = tools
-        response = client.chat.completions.create(**kwargs)
+        if on_delta is None:
+            return _parse(client.chat.completions.create(**kwargs), name)
+        stream = client.chat.completions.create(
+            **kwargs, stream=True, stream_options={"include_usage": True}
+        )
+        with stream:
+            return _assemble(stream, on_delta, name)
     except openai.OpenAIError as exc:
         raise translate(exc, name) from None
     except (json.JSONDecodeError, ValidationError) as exc:
         raise PermanentProviderError(f"{name}: malformed response: {exc}", name) from None
-    return _parse(response, name)

@@ -31,6 +31,7 @@ import pybreaker
 import redis
 
 from tasks.errors import RateLimitedError, RetryableProviderError
+from tasks.metrics import Recorder
 from tasks.redisconn import get_redis
 from workers.settings import ProviderConfig, Settings
 
@@ -40,7 +41,8 @@ log = logging.getLogger(__name__)
 # ARGV: now, reset_timeout, max_probes, probe_ttl_ms, rpm, tpm, burst_s, cost_tokens,
 #       provider, announce_prefix
 # Returns {outcome, wait_seconds, probe, half_opened}; outcome is
-# ok | hold | open | probing | limited.
+# ok | hold | open | probing | limited. A limited answer adds which limits said no
+# ("rpm", "tpm" or "rpm,tpm"), for the denial metrics.
 _ADMIT = """
 local now = tonumber(ARGV[1])
 local hold = tonumber(redis.call('GET', KEYS[5]) or '0')
@@ -84,18 +86,20 @@ local function gcra(key, per_minute, cost)
   if allow_at > now then return allow_at - now, nil end
   return 0, new_tat
 end
-local wait, rpm_tat, tpm_tat, w = 0, nil, nil, 0
+local wait, rpm_tat, tpm_tat, w, by = 0, nil, nil, 0, {}
 if tonumber(ARGV[5]) > 0 then
   w, rpm_tat = gcra(KEYS[6], tonumber(ARGV[5]), 1)
   wait = math.max(wait, w)
+  if w > 0 then by[#by + 1] = 'rpm' end
 end
 if tonumber(ARGV[6]) > 0 then
   w, tpm_tat = gcra(KEYS[7], tonumber(ARGV[6]), tonumber(ARGV[8]))
   wait = math.max(wait, w)
+  if w > 0 then by[#by + 1] = 'tpm' end
 end
 if wait > 0 then
   if probe == '1' then redis.call('DECR', KEYS[4]) end
-  return {'limited', tostring(wait), '0', half_opened}
+  return {'limited', tostring(wait), '0', half_opened, table.concat(by, ',')}
 end
 if rpm_tat then
   redis.call('SET', KEYS[6], tostring(rpm_tat), 'PX', math.ceil((rpm_tat - now) * 1000) + 1000)
@@ -225,6 +229,7 @@ class ProviderGuard:
         self._admit = self.redis.register_script(_ADMIT)
         self._correct = self.redis.register_script(_CORRECT_TOKENS)
         self._hold = self.redis.register_script(_HOLD)
+        self.metrics = Recorder(self.redis, settings.key_prefix)
         # A probe that never reports back (its worker died) frees its slot after this long.
         self._probe_ttl_ms = int((provider.timeout + provider.connect_timeout + 5) * 1000)
 
@@ -257,6 +262,7 @@ class ProviderGuard:
         )
         if reply[3] == "1":
             log.warning("provider %s: circuit open -> half-open", self.provider.name)
+        self.metrics.admission(self.provider.name, reply)
         return Admission(reply[0], float(reply[1]), reply[2] == "1", estimated_tokens, now)
 
     def succeeded(self, admission: Admission, actual_tokens: int) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from tasks.errors import PermanentProviderError, ProvidersUnavailable, RetryableProviderError
@@ -16,6 +17,7 @@ def call_chain(
     chain: list[Target],
     messages: list[dict[str, Any]],
     tools: list[dict[str, Any]],
+    on_delta: Callable[[str], None] | None = None,
 ) -> tuple[Completion, Target]:
     """One chat completion from the first available provider of ``chain``.
 
@@ -36,7 +38,9 @@ def call_chain(
             skipped.append((target.provider, admission.outcome, admission.wait_s))
             continue
         try:
-            completion = complete(provider, messages, tools, target.model, admission.at)
+            completion = complete(
+                provider, messages, tools, target.model, admission.at, on_delta=on_delta
+            )
         except RetryableProviderError as exc:
             guard.failed(admission, exc)
             if admission.probe:

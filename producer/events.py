@@ -1,0 +1,69 @@
+"""A run's events as Server-Sent Events, read from its Redis Stream.
+
+The SSE ``id`` of each event is its stream entry ID, so a client that reconnects with
+``Last-Event-ID`` resumes with ``XREAD`` after exactly that entry: nothing lost, nothing
+repeated, in order. The stream ends after the run's final event (``succeeded``, ``failed``
+or ``cancelled``); a finished run's stream replays until it expires with the run.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+import redis.asyncio as aioredis
+from starlette.requests import Request
+
+from workers.settings import Settings
+
+#: A Redis Stream entry ID.
+EVENT_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+FINAL_EVENTS = frozenset({"succeeded", "failed", "cancelled"})
+#: Seconds between keep-alive comments while nothing happens (proxies drop idle streams).
+KEEPALIVE = 15.0
+
+_clients: dict[tuple[int, str], aioredis.Redis] = {}
+
+
+def _client(settings: Settings) -> aioredis.Redis:
+    # One pool per event loop and URL; SSE connections block in XREAD, not in a thread.
+    import asyncio
+
+    key = (id(asyncio.get_running_loop()), settings.redis_url)
+    if key not in _clients:
+        _clients[key] = aioredis.Redis.from_url(
+            settings.redis_url,
+            decode_responses=True,
+            socket_connect_timeout=5,
+            socket_timeout=KEEPALIVE + 10,
+            max_connections=settings.redis_max_connections,
+        )
+    return _clients[key]
+
+
+def format_event(event_id: str, kind: str, data: str) -> str:
+    return f"id: {event_id}\nevent: {kind}\ndata: {data}\n\n"
+
+
+async def sse_stream(
+    request: Request, settings: Settings, run_id: str, after: str
+) -> AsyncIterator[str]:
+    client = _client(settings)
+    key = f"{settings.key_prefix}:run:{run_id}:events"
+    last = after
+    yield "retry: 1000\n\n"
+    while not await request.is_disconnected():
+        reply: Any = await client.xread({key: last}, count=500, block=int(KEEPALIVE * 1000))
+        if not reply:
+            yield ": keep-alive\n\n"
+            continue
+        for _, entries in reply:
+            for event_id, fields in entries:
+                last = event_id
+                kind = fields.get("type", "message")
+                data = json.loads(fields.get("data") or "{}")
+                yield format_event(event_id, kind, json.dumps({"run_id": run_id, **data}))
+                if kind in FINAL_EVENTS:
+                    return

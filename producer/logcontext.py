@@ -1,0 +1,35 @@
+"""The run ID of the current API request, for log lines (``workers.logs``)."""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from workers.logs import REQUEST_RUN_ID
+
+#: Routes that name a run: ``/v1/runs/{run_id}`` and anything below it.
+RUN_PATH: Final = re.compile(r"^/v1/runs/(?P<run_id>[^/]+)")
+
+
+class RunIdContext:
+    """Sets the request's run ID (from its path) for every line logged while it is served.
+
+    Sync routes run in a worker thread with a copy of this context, so they see it too.
+    ``POST /v1/runs`` sets it once the new run's ID exists (``producer.enqueue``).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        match = RUN_PATH.match(scope.get("path", "")) if scope["type"] == "http" else None
+        if match is None:
+            await self.app(scope, receive, send)
+            return
+        token = REQUEST_RUN_ID.set(match["run_id"])
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            REQUEST_RUN_ID.reset(token)

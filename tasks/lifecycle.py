@@ -1,0 +1,49 @@
+"""What follows a run's transition: a waiting run that now has a slot, a batch whose last item
+finished, a completion callback. The store's scripts say which; this module starts them."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from celery import Celery
+
+from tasks import names
+from tasks.store import Finished, RunStore
+
+log = logging.getLogger(__name__)
+
+#: The options of a run's entry message that place it in an enclosing chord (a batch): kept
+#: when a run has to wait for a slot, so that starting it later keeps its place.
+ENTRY_OPTIONS = ("chord", "group_id", "group_index", "root_id")
+
+
+def entry_options(request: Any) -> dict[str, Any]:
+    """The chord membership of the task ``request`` is running, as message options."""
+    options = {name: getattr(request, name, None) for name in ENTRY_OPTIONS}
+    options["group_id"] = getattr(request, "group", None)
+    return {k: v for k, v in options.items() if v is not None}
+
+
+def start_run(app: Celery, store: RunStore, run_id: str) -> None:
+    """Publish a run's entry message again, with the chord membership it was sent with."""
+    raw = store.redis.hget(store.run_key(run_id), "entry")
+    options = json.loads(raw) if raw else {}
+    app.signature(names.RUN, task_id=run_id, **options).apply_async()
+
+
+def follow_up(app: Celery, store: RunStore, run_id: str, finished: Finished) -> None:
+    """Start what ``finished`` says must start. Each is idempotent where it lands."""
+    if finished.kick:
+        log.info("run %s finished; run %s takes its tenant's slot", run_id, finished.kick)
+        start_run(app, store, finished.kick)
+    if finished.batch:
+        app.send_task(names.BATCH_COLLECT, args=(None, finished.batch))
+    if finished.final and store.redis.hexists(store.run_key(run_id), "callback_url"):
+        app.send_task(names.CALLBACK, args=("run", run_id))
+
+
+def batch_finished(app: Celery, batch_id: str) -> None:
+    if batch_id:
+        app.send_task(names.BATCH_COLLECT, args=(None, batch_id))

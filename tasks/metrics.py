@@ -1,0 +1,186 @@
+"""Fleet-wide metrics, written to Redis where the work happens and read by ``GET /metrics``.
+
+Workers are separate processes on many hosts, so an in-process Prometheus counter would show
+one process's share. Every number is kept in Redis instead, and any API replica serves the
+whole fleet's (:mod:`producer.metrics`). Keys (``<p>`` is ``AGENTFLEET_KEY_PREFIX``)::
+
+    <p>:metrics:runs                 hash: enqueued, succeeded, failed, cancelled
+    <p>:metrics:run_seconds          hash: histogram of created -> finished, per bucket + sum
+    <p>:metrics:step_seconds         hash: histogram of a step's claim -> its answer stored
+    <p>:metrics:llm                  hash: ["provider", "model", "prompt"|"completion"|"calls"]
+    <p>:metrics:admission_denials    hash: ["provider", reason]
+
+A histogram hash holds one field per bucket (its upper bound, ``+Inf`` for the last) counting
+the observations that fall in that bucket alone, and ``sum``; the reader accumulates them.
+One ``HINCRBY`` per observation, instead of one per bucket above it.
+
+Recording never fails the work it measures: a write that fails is logged and dropped.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+from bisect import bisect_left
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final, ParamSpec
+
+import redis
+
+if TYPE_CHECKING:
+    from tasks.llm._call import Completion
+    from tasks.llm._routing import Target
+
+log = logging.getLogger(__name__)
+
+#: Upper bounds (s) of the run-latency buckets: a run takes from under a second (one step,
+#: fast model) to many minutes (long tool chains, waiting for providers).
+RUN_BUCKETS: Final = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+#: Upper bounds (s) of the step-latency buckets: one LLM call plus a few Redis scripts.
+STEP_BUCKETS: Final = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+#: Terminal statuses counted in ``<p>:metrics:runs``.
+FINISHED_STATUSES: Final = ("succeeded", "failed", "cancelled")
+#: Why a provider refused a call (``ProviderGuard.admit`` outcomes, rate limits split).
+DENIAL_REASONS: Final = ("breaker_open", "breaker_half_open", "retry_after", "rpm", "tpm")
+_DENIAL_OF_OUTCOME: Final = {
+    "open": "breaker_open",
+    "probing": "breaker_half_open",  # half-open, and its fleet-wide probes are all out
+    "hold": "retry_after",
+}
+#: Token kinds in ``<p>:metrics:llm``, next to the ``calls`` count.
+TOKEN_KINDS: Final = ("prompt", "completion")
+
+#: Field of a run record set when its end was counted, so a run is counted once however
+#: often its final step is delivered or its end is recorded again.
+COUNTED_FIELD: Final = "metrics_counted"
+
+# KEYS: run record, runs counters, run-latency histogram. ARGV: status, bucket, seconds.
+_RUN_FINISHED = f"""
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('HSETNX', KEYS[1], '{COUNTED_FIELD}', 1) == 0 then return 0 end
+redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
+redis.call('HINCRBY', KEYS[3], ARGV[2], 1)
+redis.call('HINCRBYFLOAT', KEYS[3], 'sum', ARGV[3])
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class MetricKeys:
+    """Where the metrics of a fleet live, for the writers and the reader alike."""
+
+    prefix: str
+
+    @property
+    def runs(self) -> str:
+        return f"{self.prefix}:metrics:runs"
+
+    @property
+    def run_seconds(self) -> str:
+        return f"{self.prefix}:metrics:run_seconds"
+
+    @property
+    def step_seconds(self) -> str:
+        return f"{self.prefix}:metrics:step_seconds"
+
+    @property
+    def llm(self) -> str:
+        return f"{self.prefix}:metrics:llm"
+
+    @property
+    def admission_denials(self) -> str:
+        return f"{self.prefix}:metrics:admission_denials"
+
+    @property
+    def active_runs(self) -> str:
+        """Sorted set of unfinished runs (the watchdog's worklist, scored by due time)."""
+        return f"{self.prefix}:runs:active"
+
+
+def bucket_field(bounds: Sequence[float], value: float) -> str:
+    """The histogram field ``value`` is counted in: the first bound >= value, else ``+Inf``."""
+    index = bisect_left(bounds, value)
+    return "+Inf" if index == len(bounds) else format_bound(bounds[index])
+
+
+def format_bound(bound: float) -> str:
+    """A bucket bound as Prometheus writes ``le``: ``0.5``, ``1.0``, ``+Inf``."""
+    return "+Inf" if math.isinf(bound) else repr(float(bound))
+
+
+def label_field(*labels: str) -> str:
+    """A hash field naming a label set; JSON, so any character in a model name is safe."""
+    return json.dumps(labels, separators=(",", ":"))
+
+
+_P = ParamSpec("_P")
+
+
+def _best_effort(method: Callable[_P, None]) -> Callable[_P, None]:
+    @functools.wraps(method)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> None:
+        try:
+            method(*args, **kwargs)
+        except Exception as exc:  # a metric must never fail the run it measures
+            log.warning("metrics: could not record %s: %s", method.__name__, exc)
+
+    return wrapper
+
+
+class Recorder:
+    """Writes the fleet's metrics; each method is one round trip and never raises."""
+
+    def __init__(self, client: redis.Redis, prefix: str) -> None:
+        self.redis = client
+        self.keys = MetricKeys(prefix)
+        self._run_finished = client.register_script(_RUN_FINISHED)
+
+    @_best_effort
+    def runs_enqueued(self, count: int = 1) -> None:
+        """``count`` run records were created (through the API, ``send_task`` or a batch)."""
+        if count:
+            self.redis.hincrby(self.keys.runs, "enqueued", count)
+
+    @_best_effort
+    def run_finished(self, run_key: str, record: dict[str, str]) -> None:
+        """Count a run that ``record`` shows finished, once per run; no-op otherwise."""
+        status = record.get("status")
+        if status not in FINISHED_STATUSES or not record.get("finished_at"):
+            return
+        seconds = max(float(record["finished_at"]) - float(record.get("created_at") or 0), 0.0)
+        self._run_finished(
+            keys=[run_key, self.keys.runs, self.keys.run_seconds],
+            args=[status, bucket_field(RUN_BUCKETS, seconds), repr(seconds)],
+        )
+
+    @_best_effort
+    def step_applied(self, seconds: float, target: Target, completion: Completion) -> None:
+        """A step stored its LLM answer ``seconds`` after it claimed its run."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hincrby(self.keys.step_seconds, bucket_field(STEP_BUCKETS, seconds), 1)
+        pipe.hincrbyfloat(self.keys.step_seconds, "sum", seconds)
+        llm, who = self.keys.llm, (target.provider, target.model)
+        pipe.hincrby(llm, label_field(*who, "calls"), 1)
+        pipe.hincrby(llm, label_field(*who, "prompt"), completion.prompt_tokens)
+        pipe.hincrby(llm, label_field(*who, "completion"), completion.completion_tokens)
+        pipe.execute()
+
+    @_best_effort
+    def admission(self, provider: str, reply: Sequence[str]) -> None:
+        """Count a refusal in ``reply`` (the admission script's answer); nothing for ``ok``."""
+        outcome = reply[0]
+        if outcome == "ok":
+            return
+        if outcome == "limited":
+            # The script names the limits that said no; either may, or both.
+            reasons = [r for r in (reply[4] if len(reply) > 4 else "").split(",") if r]
+        else:
+            reasons = [_DENIAL_OF_OUTCOME.get(outcome, outcome)]
+        pipe = self.redis.pipeline(transaction=False)
+        for reason in reasons:
+            pipe.hincrby(self.keys.admission_denials, label_field(provider, reason), 1)
+        pipe.execute()

@@ -1,0 +1,290 @@
+"""The Lua scripts behind :mod:`tasks.store`: every transition of a run in one round trip.
+
+Each script takes a context JSON as ``ARGV[1]``: ``now``, ``prefix`` (the key prefix),
+``ttl`` (record lifetime), ``maxlen`` (event stream bound) and ``run_id``. A transition that
+matters to a watcher appends its event to ``<p>:run:<id>:events`` in the same script, so the
+stream's order is the order of the transitions and nothing is recorded without its event.
+
+Keys derived inside the scripts (tenant slots, batches) are built from ``prefix``: the store
+runs on one Redis, not a cluster.
+"""
+
+from __future__ import annotations
+
+# Shared by the scripts below: append an event; the side effects of a run becoming final.
+_COMMON = """
+local ctx = cjson.decode(ARGV[1])
+local function emit(run_key, kind, data)
+  local ev = run_key .. ':events'
+  redis.call('XADD', ev, 'MAXLEN', '~', ctx.maxlen, '*', 'type', kind, 'data', cjson.encode(data))
+  redis.call('EXPIRE', ev, ctx.ttl)
+end
+-- Count an item of a batch as final; returns the batch ID if it was the last one, else ''.
+local function count_in_batch(batch_id, status)
+  if not batch_id then return '' end
+  local b = ctx.prefix .. ':batch:' .. batch_id
+  redis.call('HINCRBY', b, 'n_' .. status, 1)
+  local done = redis.call('HINCRBY', b, 'completed', 1)
+  if done == tonumber(redis.call('HGET', b, 'total') or '-1') then return batch_id end
+  return ''
+end
+local function is_final(status)
+  return status == 'succeeded' or status == 'failed' or status == 'cancelled'
+end
+-- Mark the run final and release what it held.
+-- Returns {run to start now, finished batch, the final status}.
+local function finalize(run_key, run_id, status, data)
+  redis.call('HSET', run_key, 'status', status, 'finished_at', ctx.now)
+  redis.call('ZREM', ctx.prefix .. ':runs:active', run_id)
+  redis.call('EXPIRE', run_key, ctx.ttl)
+  redis.call('EXPIRE', run_key .. ':messages', ctx.ttl)
+  local kick = ''
+  local tenant = redis.call('HGET', run_key, 'tenant')
+  local cap = tonumber(redis.call('HGET', run_key, 'cap') or '0')
+  if tenant and cap > 0 then
+    local t = ctx.prefix .. ':tenant:' .. tenant
+    redis.call('SREM', t .. ':inflight', run_id)
+    redis.call('ZREM', t .. ':waiting', run_id)
+    if redis.call('SCARD', t .. ':inflight') < cap then
+      local popped = redis.call('ZPOPMIN', t .. ':waiting')
+      if popped[1] then kick = popped[1] end
+    end
+  end
+  local batch_done = count_in_batch(redis.call('HGET', run_key, 'batch_id'), status)
+  emit(run_key, status, data)
+  return {kick, batch_done, status}
+end
+"""
+
+# KEYS: run, messages. ARGV: ctx, fields json, due, messages...
+CREATE_RUN = (
+    _COMMON
+    + """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local fields = cjson.decode(ARGV[2])
+for k, v in pairs(fields) do redis.call('HSET', KEYS[1], k, v) end
+for i = 4, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
+redis.call('EXPIRE', KEYS[1], ctx.ttl)
+redis.call('EXPIRE', KEYS[2], ctx.ttl)
+redis.call('ZADD', ctx.prefix .. ':runs:active', ARGV[3], ctx.run_id)
+emit(KEYS[1], 'queued', {model = fields.model, max_steps = tonumber(fields.max_steps)})
+return 1
+"""
+)
+
+# KEYS: run, lease, messages. ARGV: ctx, token, step, lease_ms, max_deliveries, due, worker
+BEGIN_STEP = (
+    _COMMON
+    + """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing'} end
+local status = redis.call('HGET', KEYS[1], 'status')
+if is_final(status) then
+  redis.call('ZREM', ctx.prefix .. ':runs:active', ctx.run_id)
+  return {'terminal', status}
+end
+local step = tonumber(ARGV[3])
+if tonumber(redis.call('HGET', KEYS[1], 'dispatched_step') or '0') >= step then
+  return {'done'}
+end
+if status == 'queued' then
+  -- The tenant's cap on runs in flight: over it, the run waits its turn in a queue of the
+  -- tenant's own, and the run that frees a slot starts the first one waiting.
+  local tenant = redis.call('HGET', KEYS[1], 'tenant')
+  local cap = tonumber(redis.call('HGET', KEYS[1], 'cap') or '0')
+  if tenant and cap > 0 then
+    local t = ctx.prefix .. ':tenant:' .. tenant
+    if redis.call('SISMEMBER', t .. ':inflight', ctx.run_id) == 0 then
+      if redis.call('SCARD', t .. ':inflight') >= cap then
+        local score = redis.call('HGET', KEYS[1], 'created_at')
+        redis.call('ZADD', t .. ':waiting', 'NX', score, ctx.run_id)
+        redis.call('ZADD', ctx.prefix .. ':runs:active', ARGV[6], ctx.run_id)
+        return {'throttled'}
+      end
+      redis.call('SADD', t .. ':inflight', ctx.run_id)
+    end
+  end
+end
+if not redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[4]) then
+  return {'busy', tostring(redis.call('PTTL', KEYS[2]))}
+end
+local n = redis.call('HINCRBY', KEYS[1], 'deliveries:' .. ARGV[3], 1)
+if n > tonumber(ARGV[5]) then return {'poisoned', tostring(n)} end
+if status == 'queued' then
+  redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ctx.now)
+  emit(KEYS[1], 'started', {worker = ARGV[7]})
+end
+redis.call('ZADD', ctx.prefix .. ':runs:active', ARGV[6], ctx.run_id)
+if tonumber(redis.call('HGET', KEYS[1], 'applied_step') or '0') < step then
+  emit(KEYS[1], 'llm_call_started', {step = step})
+end
+return {'ok', redis.call('HGETALL', KEYS[1]), redis.call('LRANGE', KEYS[3], 0, -1)}
+"""
+)
+
+# KEYS: run, messages. ARGV: ctx, step, json {messages: [str], prompt_tokens,
+# completion_tokens, tools_total, provider, model, worker}. 1 applied, 0 applied before,
+# -1 the run is final (cancelled while the model was answering).
+APPLY_STEP = (
+    _COMMON
+    + """
+local step = tonumber(ARGV[2])
+if is_final(redis.call('HGET', KEYS[1], 'status')) then return -1 end
+if tonumber(redis.call('HGET', KEYS[1], 'applied_step') or '0') >= step then return 0 end
+local p = cjson.decode(ARGV[3])
+for _, m in ipairs(p.messages) do redis.call('RPUSH', KEYS[2], m) end
+redis.call('HINCRBY', KEYS[1], 'prompt_tokens', p.prompt_tokens)
+redis.call('HINCRBY', KEYS[1], 'completion_tokens', p.completion_tokens)
+redis.call('HINCRBY', KEYS[1], 'llm_calls', 1)
+redis.call('HINCRBY', KEYS[1], 'tools_total', p.tools_total)
+redis.call('HSET', KEYS[1], 'applied_step', step, 'step', step, 'updated_at', ctx.now,
+           'provider', p.provider, 'tools:' .. step, p.tools_total, 'worker', p.worker)
+redis.call('HDEL', KEYS[1], 'waiting', 'waiting_since')
+emit(KEYS[1], 'llm_call_finished', {step = step, provider = p.provider, model = p.model,
+     prompt_tokens = p.prompt_tokens, completion_tokens = p.completion_tokens,
+     tool_calls = p.tools_total})
+return 1
+"""
+)
+
+# KEYS: run, lease. ARGV: ctx, token, step, json {due, [status, result, error]}.
+# Returns {record, run to start now, finished batch, final status if this made it final}.
+FINISH_STEP = (
+    _COMMON
+    + """
+local p = cjson.decode(ARGV[4])
+local step = tonumber(ARGV[3])
+local follow = {'', '', ''}
+if tonumber(redis.call('HGET', KEYS[1], 'dispatched_step') or '0') < step then
+  redis.call('HSET', KEYS[1], 'dispatched_step', step, 'updated_at', ctx.now)
+  emit(KEYS[1], 'step_finished', {step = step,
+       tool_calls = tonumber(redis.call('HGET', KEYS[1], 'tools:' .. step) or '0')})
+end
+local status = redis.call('HGET', KEYS[1], 'status')
+if p.status then
+  if not is_final(status) then
+    if p.result then redis.call('HSET', KEYS[1], 'result', p.result) end
+    if p.error then redis.call('HSET', KEYS[1], 'error', p.error) end
+    local data = {result = p.result}
+    if p.error then data = {error = cjson.decode(p.error)} end
+    follow = finalize(KEYS[1], ctx.run_id, p.status, data)
+  end
+elseif not is_final(status) then
+  redis.call('ZADD', ctx.prefix .. ':runs:active', 'XX', p.due, ctx.run_id)
+end
+if redis.call('GET', KEYS[2]) == ARGV[2] then redis.call('DEL', KEYS[2]) end
+return {redis.call('HGETALL', KEYS[1]), follow[1], follow[2], follow[3]}
+"""
+)
+
+# KEYS: run. ARGV: ctx, reason. Returns {outcome, run to start now, finished batch}.
+CANCEL_RUN = (
+    _COMMON
+    + """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return {'missing', '', '', ''} end
+if is_final(status) then return {'final:' .. status, '', '', ''} end
+redis.call('HSET', KEYS[1], 'cancel_requested_at', ctx.now)
+local follow = finalize(KEYS[1], ctx.run_id, 'cancelled', {reason = ARGV[2]})
+return {'cancelled', follow[1], follow[2], follow[3]}
+"""
+)
+
+# KEYS: run, lease. ARGV: ctx, token, step, due. Gives the step back (for a retry): not a
+# crash, so not a delivery.
+RELEASE_STEP = (
+    _COMMON
+    + """
+if redis.call('GET', KEYS[2]) == ARGV[2] then redis.call('DEL', KEYS[2]) end
+redis.call('HINCRBY', KEYS[1], 'deliveries:' .. ARGV[3], -1)
+redis.call('ZADD', ctx.prefix .. ':runs:active', 'XX', ARGV[4], ctx.run_id)
+return 1
+"""
+)
+
+# KEYS: lease. ARGV: token. Drops the lease if this token still holds it.
+DROP_LEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# KEYS: tool. ARGV: ctx, fields json. Creates a tool-call record unless one exists.
+CREATE_TOOL = (
+    _COMMON
+    + """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local fields = cjson.decode(ARGV[2])
+for k, v in pairs(fields) do redis.call('HSET', KEYS[1], k, v) end
+redis.call('EXPIRE', KEYS[1], ctx.ttl)
+return 1
+"""
+)
+
+# KEYS: tool, lease, run. ARGV: ctx, token, lease_ms, name, arguments, due, step, call id.
+# ``cancelled``: the run it belongs to was cancelled; the tool must not run.
+BEGIN_TOOL = (
+    _COMMON
+    + """
+local result = redis.call('HGET', KEYS[1], 'result')
+if result then return {'done', result} end
+if ctx.run_id ~= '' and redis.call('HGET', KEYS[3], 'status') == 'cancelled' then
+  return {'cancelled'}
+end
+if not redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[3]) then
+  return {'busy', tostring(redis.call('PTTL', KEYS[2]))}
+end
+redis.call('HSETNX', KEYS[1], 'created_at', ctx.now)
+redis.call('HSETNX', KEYS[1], 'id', ARGV[8])
+redis.call('HSETNX', KEYS[1], 'name', ARGV[4])
+redis.call('HSETNX', KEYS[1], 'arguments', ARGV[5])
+if ctx.run_id ~= '' then
+  redis.call('HSETNX', KEYS[1], 'run_id', ctx.run_id)
+  redis.call('ZADD', ctx.prefix .. ':runs:active', 'XX', ARGV[6], ctx.run_id)
+  emit(KEYS[3], 'tool_call_started', {id = ARGV[8], name = ARGV[4], step = tonumber(ARGV[7])})
+end
+redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ctx.now)
+redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+return {'ok'}
+"""
+)
+
+# KEYS: tool, lease, run. ARGV: ctx, token, result json, status, due, step.
+# First result wins; counts once on the run (or on the batch of a standalone call).
+# Returns {result, finished batch}.
+COMPLETE_TOOL = (
+    _COMMON
+    + """
+local batch_done = ''
+if redis.call('HSETNX', KEYS[1], 'result', ARGV[3]) == 1 then
+  redis.call('HSET', KEYS[1], 'status', ARGV[4], 'finished_at', ctx.now)
+  if ctx.run_id ~= '' and redis.call('EXISTS', KEYS[3]) == 1 then
+    redis.call('HINCRBY', KEYS[3], 'tools_done', 1)
+    redis.call('ZADD', ctx.prefix .. ':runs:active', 'XX', ARGV[5], ctx.run_id)
+    local id = redis.call('HGET', KEYS[1], 'id') or ''
+    emit(KEYS[3], 'tool_call_finished', {id = id, name = redis.call('HGET', KEYS[1], 'name'),
+         ok = ARGV[4] == 'succeeded', step = tonumber(ARGV[6])})
+  end
+  batch_done = count_in_batch(redis.call('HGET', KEYS[1], 'batch_id'), ARGV[4])
+end
+if redis.call('GET', KEYS[2]) == ARGV[2] then redis.call('DEL', KEYS[2]) end
+redis.call('EXPIRE', KEYS[1], ctx.ttl)
+return {redis.call('HGET', KEYS[1], 'result'), batch_done}
+"""
+)
+
+# KEYS: tool. ARGV: ctx, reason. A standalone tool call not yet started gets a cancelled
+# result (and counts on its batch); one with a result keeps it.
+CANCEL_TOOL = (
+    _COMMON
+    + """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing', ''} end
+if redis.call('HEXISTS', KEYS[1], 'result') == 1 or redis.call('EXISTS', KEYS[1] .. ':lease') == 1
+then
+  return {redis.call('HGET', KEYS[1], 'status'), ''}
+end
+local id = redis.call('HGET', KEYS[1], 'id')
+local result = cjson.encode({id = id, name = redis.call('HGET', KEYS[1], 'name'), ok = false,
+                             error = {code = 'cancelled', message = ARGV[2]}})
+redis.call('HSET', KEYS[1], 'result', result, 'status', 'cancelled', 'finished_at', ctx.now)
+return {'cancelled', count_in_batch(redis.call('HGET', KEYS[1], 'batch_id'), 'cancelled')}
+"""
+)

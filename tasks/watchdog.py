@@ -1,0 +1,163 @@
+"""The watchdog: finds runs whose progress is overdue and sends their next message again.
+
+Late acks cover a worker that dies while it runs a task: the message goes back to its queue
+after the visibility timeout. They do not cover a message that no worker holds and no queue
+has: the Redis transport pops a message and only then records it as unacknowledged, and a
+SIGKILL between the two loses it; a publish can also die with the process making it. If that
+message was a run's next step or one of its tool calls, nothing would ever move the run again.
+
+Every progress point of a run (created, step begun, step dispatched, retry scheduled, tool
+begun or finished) sets the time by which the next one is due in ``<p>:runs:active`` (see
+:mod:`tasks.store`): what the stage may take plus ``stall_timeout``. Each worker runs a
+:class:`Watchdog` thread; one sweep per ``watchdog_interval`` wins a Redis lock fleet-wide and
+sends the next message of each overdue run again. Steps and tool calls are idempotent, so a
+message sent again that was not lost after all finds its work done and does nothing; resends
+back off (``stall_timeout`` doubling) so a deep backlog is not flooded with duplicates.
+
+A resent step is not a member of an enclosing batch chord; the batch's own sweep collects it.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from celery import Celery
+
+from tasks.agent import completion_from_transcript, step_signature, tool_call_id, tool_signatures
+from tasks.lifecycle import start_run
+from tasks.models import RunStatus
+from tasks.store import RunStore, get_store
+from workers.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: Overdue runs handled per sweep; the rest wait for the next one.
+SWEEP_BATCH = 500
+#: Resends of one run back off up to ``stall_timeout * 2**MAX_BACKOFF_DOUBLINGS`` apart.
+MAX_BACKOFF_DOUBLINGS = 5
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """What a sweep did for one overdue run.
+
+    ``action``: ``forgotten`` (final or gone), ``held`` (a worker holds it; wait for its lease),
+    ``entry`` (step 1 sent again), ``step`` (the step after a finished tool chord sent again)
+    or ``tools`` (tool calls that no worker holds and no result answers sent again).
+    """
+
+    run_id: str
+    action: str
+    detail: str = ""
+
+
+def sweep(app: Celery, settings: Settings, limit: int = SWEEP_BATCH) -> list[Recovery]:
+    """One pass over the overdue runs."""
+    store = get_store(settings)
+    return [recover(app, settings, store, run_id) for run_id in store.overdue(limit)]
+
+
+def recover(app: Celery, settings: Settings, store: RunStore, run_id: str) -> Recovery:
+    """Send the next message of one overdue run again, if no worker is on it."""
+    run = store.get_run(run_id)
+    if run is None or RunStatus(run["status"]).terminal:
+        store.forget(run_id)
+        return Recovery(run_id, "forgotten")
+    if store.holds_lease(run_id):
+        # A step is running, or its worker died: the lease lapses within the hard limit and
+        # Celery redelivers the step; look again after that.
+        store.touch(run_id, settings.step_time_limit)
+        return Recovery(run_id, "held")
+    resends = int(store.redis.hincrby(store.run_key(run_id), "watchdog_resends", 1))
+    doublings = min(resends - 1, MAX_BACKOFF_DOUBLINGS)
+    store.touch(run_id, settings.stall_timeout * (2**doublings - 1))
+    recovery = _resend(app, settings, store, run_id, run)
+    log.warning(
+        "run %s made no progress in time: %s %s (resend %d)",
+        run_id,
+        recovery.action,
+        recovery.detail,
+        resends,
+    )
+    return recovery
+
+
+def _resend(
+    app: Celery, settings: Settings, store: RunStore, run_id: str, run: dict[str, str]
+) -> Recovery:
+    dispatched = int(run.get("dispatched_step") or 0)
+    if dispatched == 0:
+        start_run(app, store, run_id)  # with its batch chord membership, if it was throttled
+        return Recovery(run_id, "entry")
+    count = int(run.get(f"tools:{dispatched}") or 0)
+    call_ids = [tool_call_id(run_id, dispatched, i) for i in range(count)]
+    results = store.stored_tool_results(call_ids)
+    if all(r is not None for r in results):
+        body = step_signature(app, run_id, dispatched + 1).set(task_id=run_id)
+        body.apply_async((results,))
+        return Recovery(run_id, "step", f"{dispatched + 1}")
+    calls = _tool_calls_of(store.messages(run_id))
+    signatures = tool_signatures(app, settings, run_id, dispatched, run, calls)
+    held = store.tool_leases(call_ids)
+    lost = [s for s, r, h in zip(signatures, results, held, strict=True) if r is None and not h]
+    for signature in lost:
+        # Outside the chord: the result lands in the store, and a later sweep sends the step.
+        signature.apply_async()
+    return Recovery(run_id, "tools", f"{len(lost)} of {count}")
+
+
+def _tool_calls_of(messages: list[dict[str, Any]]) -> list[Any]:
+    """The tool calls of the last assistant message that made any."""
+    for index in range(len(messages) - 1, -1, -1):
+        if messages[index].get("role") == "assistant" and messages[index].get("tool_calls"):
+            return completion_from_transcript(messages[: index + 1]).tool_calls
+    return []
+
+
+class Watchdog(threading.Thread):
+    """Sweeps in the background of a worker; one sweep per interval wins fleet-wide."""
+
+    def __init__(self, app: Celery, settings: Settings) -> None:
+        super().__init__(name="agentfleet-watchdog", daemon=True)
+        self.app, self.settings = app, settings
+        self._stopped = threading.Event()
+        self._token = uuid.uuid4().hex
+
+    def run(self) -> None:
+        interval = self.settings.watchdog_interval
+        while not self._stopped.wait(interval * random.uniform(0.8, 1.2)):
+            try:
+                if self._my_turn(interval):
+                    sweep(self.app, self.settings)
+            except Exception:
+                # Redis down, a broker hiccup: the next sweep tries again.
+                log.exception("watchdog sweep failed")
+
+    def _my_turn(self, interval: float) -> bool:
+        store = get_store(self.settings)
+        key = f"{self.settings.key_prefix}:watchdog:sweep"
+        return bool(store.redis.set(key, self._token, nx=True, px=int(interval * 900)))
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+
+_running: Watchdog | None = None
+
+
+def start(app: Celery, settings: Settings) -> None:
+    """Start this process's watchdog (once)."""
+    global _running
+    if _running is None:
+        _running = Watchdog(app, settings)
+        _running.start()
+
+
+def stop() -> None:
+    if _running is not None:
+        _running.stop()

@@ -1,0 +1,104 @@
+"""The watchdog sends a run's lost message again, and the run finishes as if nothing happened.
+
+Messages are lost on purpose, deterministically: a run record written with no message behind
+it (its publish died with the producer), and tool calls deleted from the ``tools`` queue
+before any worker took them (popped by a worker that was SIGKILLed before it recorded them).
+Short limits keep the stall allowance in seconds: stall 2 s, sweeps every 0.5 s.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from ops.stack import PoolSpec, Stack, wait_for
+from tasks.llm import resolve_chain
+from tasks.models import RunRequest
+from tasks.store import RunStore
+from tests.conftest import SHORT_LIMITS, Fleet
+
+SHORT = SHORT_LIMITS | {"AGENTFLEET_STALL_TIMEOUT": "2", "AGENTFLEET_WATCHDOG_INTERVAL": "0.5"}
+AGENTS = PoolSpec("agents", "threads", 20)
+TOOLS = PoolSpec("tools", "prefork", 3)
+
+
+@pytest.fixture(scope="module")
+def watched(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    # No tools worker at first: the tool-call test loses tool messages before one starts.
+    stack = Stack(Path(tmp_path_factory.mktemp("watchdog")), env_overrides=SHORT)
+    try:
+        stack.start_fleet(pools=(AGENTS,))
+        fleet = Fleet(stack)
+        stack.wait_workers(fleet.app, 1)
+        yield fleet
+        fleet.close()
+    finally:
+        stack.stop()
+
+
+def test_run_whose_first_message_was_lost_finishes(
+    watched: Fleet, wait: Callable[..., None]
+) -> None:
+    settings = watched.settings
+    store = RunStore(watched.redis, settings)
+    run_id = "lost-entry-1"
+    store.create_run(run_id, RunRequest(input="hello there"), [], resolve_chain(settings, None))
+    assert watched.redis.zscore(store.active_key, run_id) is not None
+
+    wait(lambda: watched.client.get_run(run_id).status == "succeeded", 30, "the run")
+
+    run = watched.redis.hgetall(store.run_key(run_id))
+    assert run["watchdog_resends"] == "1"
+    assert run["result"] == "Echo: hello there"
+    # Final runs leave the worklist.
+    assert watched.redis.zscore(store.active_key, run_id) is None
+
+
+def test_tool_calls_lost_from_the_queue_run_once_and_the_run_finishes(
+    watched: Fleet, wait: Callable[..., None]
+) -> None:
+    keys = [f"lost-{i}" for i in range(3)]
+    prompt = " ".join(f'call record_sleep {{"key": "{k}", "seconds": 0.2}}' for k in keys)
+    run_id = watched.client.create_run(prompt).id
+    store = RunStore(watched.redis, watched.settings)
+
+    # Step 1 dispatched its chord; the three tool calls sit in the queue with no worker.
+    wait(lambda: watched.redis.llen("tools") == 3, 20, "the tool calls queued")
+    watched.redis.delete("tools")  # lost: no queue and no worker has them
+
+    watched.stack.start_worker(TOOLS)
+    watched.stack.wait_workers(watched.app, 2)
+    wait(lambda: watched.client.get_run(run_id).status == "succeeded", 60, "the run")
+
+    run = watched.redis.hgetall(store.run_key(run_id))
+    # One resend of the tool calls, one of the step after them (the lost chord never fires).
+    assert int(run["watchdog_resends"]) >= 2
+    started = watched.redis.mget([f"test:started:{k}" for k in keys])
+    completed = watched.redis.mget([f"test:completed:{k}" for k in keys])
+    assert started == ["1", "1", "1"]
+    assert completed == ["1", "1", "1"]
+    messages = store.messages(run_id)
+    tool_messages = [m for m in messages if m["role"] == "tool"]
+    assert len(tool_messages) == 3
+    assert all(json.loads(m["content"])["key"] in keys for m in tool_messages)
+    assert run["status"] == "succeeded"
+    assert run["tools_done"] == "3"
+
+
+def test_overdue_run_held_by_a_worker_is_left_alone(watched: Fleet) -> None:
+    """A run whose step lease is held is running (or its worker's lease is lapsing)."""
+    settings = watched.settings
+    store = RunStore(watched.redis, settings)
+    run_id = "held-1"
+    store.create_run(run_id, RunRequest(input="hi"), [], resolve_chain(settings, None))
+    watched.redis.set(f"{store.run_key(run_id)}:lease", "someone-else", px=3000)
+    # Overdue now, but held: the sweep must push its due time past the lease, not resend.
+    watched.redis.zadd(store.active_key, {run_id: 0})
+    wait_for(lambda: float(watched.redis.zscore(store.active_key, run_id) or 0) > 0, 10, "a sweep")
+    assert watched.redis.hget(store.run_key(run_id), "watchdog_resends") is None
+    assert watched.redis.hget(store.run_key(run_id), "status") == "queued"
+    store.forget(run_id)
+    store.delete_run(run_id)
