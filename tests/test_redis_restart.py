@@ -11,6 +11,8 @@ A short visibility timeout (40 s), so messages held by a worker that lost its co
 back within the test instead of after an hour; time limits well above the outage (a prefork
 parent cannot collect finished jobs while it reconnects, and its time-limit timer keeps
 running): llm_timeout 8 < step soft 10 < hard 12; chord recovery 22 + hard 12 + margin 1 < 40.
+The watchdog is on, as in production, but late enough (15 s past a stage) to stay out of the way
+of 200 runs queued on 50 threads.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ RESTART_ENV = {
     "AGENTFLEET_TOOL_SOFT_TIME_LIMIT": "10",
     "AGENTFLEET_TOOL_TIME_LIMIT": "12",
     "AGENTFLEET_VISIBILITY_TIMEOUT": "40",
+    # Past the backlog of 200 runs, so that the watchdog resends only what was really lost.
+    "AGENTFLEET_STALL_TIMEOUT": "15",
 }
 TOOLS_8 = PoolSpec("tools", "prefork", 8)
 RUNS = 200
