@@ -367,9 +367,23 @@ def register(app: Celery, settings: Settings) -> None:
 
 
 def _fail_after_lost_tools(app: Celery, settings: Settings, run_id: str) -> None:
-    """Fail a run whose tool chord errored (a tool call killed at its hard time limit)."""
+    """Fail a run whose tool chord errored (a tool call killed at its hard time limit).
+
+    The chord can also error with every tool result stored: Celery's join is not retried,
+    so a Redis outage in the instant the last tool finished fails it. Then the run goes on
+    with the stored results instead.
+    """
     cause = app.AsyncResult(run_id).result  # the ChordError Celery stored for the body
     store = get_store(settings)
+    run = store.get_run(run_id)
+    if run is not None and not RunStatus(run["status"]).terminal:
+        step = int(run.get("dispatched_step") or 0)
+        count = int(run.get(f"tools:{step}") or 0)
+        results = store.tool_results([tool_call_id(run_id, step, i) for i in range(count)])
+        if count and results is not None and not run.get(f"deliveries:{step + 1}"):
+            log.warning("run %s: its tool chord failed to join (%s); resuming", run_id, cause)
+            step_signature(app, run_id, step + 1).set(task_id=run_id).apply_async((results,))
+            return
     finished = store.finish_step(
         run_id,
         0,  # moves no step marker and holds no lease: only the final status changes

@@ -176,6 +176,22 @@ def test_parallel_tool_calls_as_a_chord(rabbit_fleet: Fleet) -> None:
     assert final["id"] == run.id
 
 
+def test_a_batch_as_a_chord(rabbit_fleet: Fleet) -> None:
+    items: list[dict[str, object]] = [
+        {"input": f'call calculator {{"expression": "{i}*3"}}'} for i in range(30)
+    ]
+    items += [{"type": "tool_call", "name": "calculator", "arguments": {"expression": "7*6"}}]
+    items += [{"input": '[[loop]] call calculator {"expression": "1"}', "max_steps": 1}]
+    batch_id = rabbit_fleet.client.create_batch(items).id
+    batch = rabbit_fleet.client.wait_batch(batch_id, timeout=120)
+    assert batch.status == "completed"
+    assert (batch.completed, batch.total) == (32, 32)
+    assert batch.counts.succeeded == 31
+    assert batch.counts.failed == 1
+    assert batch.result is not None
+    assert [f["error"]["code"] for f in batch.result["failed_items"]] == ["max_steps_exceeded"]
+
+
 def test_a_tool_call(rabbit_fleet: Fleet) -> None:
     accepted = rabbit_fleet.client.create_tool_call("calculator", {"expression": "2 ** 10"})
     call = rabbit_fleet.client.wait_tool_call(accepted.id, timeout=30)

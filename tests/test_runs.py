@@ -198,3 +198,32 @@ def test_a_tool_chord_that_never_fired_is_resumed(fleet: Fleet, wait: Callable[.
     assert run.status == "succeeded"
     assert run.result == 'Results: text_stats={"words": 2}'
     assert run.progress.step == 2
+
+
+def test_a_chord_that_failed_to_join_with_every_result_stored_goes_on(
+    fleet: Fleet, wait: Callable[..., None]
+) -> None:
+    # Celery's chord join is not retried: a Redis outage as the last tool finished makes the
+    # chord error although every result is stored. The errback resumes instead of failing.
+    store = RunStore(fleet.redis, fleet.settings)
+    run_id = "join-failed-1"
+    chain = resolve_chain(fleet.settings, None)
+    request = RunRequest(input='call text_stats {"text": "three little words"}')
+    assert store.create_run(run_id, request, ["text_stats"], chain)
+    claim = store.begin_step(run_id, 1)
+    call = {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "text_stats", "arguments": '{"text": "three little words"}'},
+    }
+    message = {"role": "assistant", "content": None, "tool_calls": [call]}
+    store.apply_step(run_id, 1, [message], 10, 5, 1, chain[0])
+    store.finish_step(run_id, 1, claim.token)
+    tool_claim = store.begin_tool(f"{run_id}-1-0", "text_stats", "{}", run_id, lease_s=5)
+    output = {"id": f"{run_id}-1-0", "ok": True, "output": {"words": 3}, "model_call_id": "call_1"}
+    store.complete_tool(f"{run_id}-1-0", tool_claim.token, output, run_id)
+
+    fleet.app.send_task("agentfleet.agent.tools_failed", args=(run_id,))
+    run = fleet.client.wait(run_id, timeout=30)
+    assert run.status == "succeeded", run.error
+    assert run.result == 'Results: text_stats={"words": 3}'
