@@ -40,8 +40,15 @@ def follow_up(app: Celery, store: RunStore, run_id: str, finished: Finished) -> 
         start_run(app, store, finished.kick)
     if finished.batch:
         app.send_task(names.BATCH_COLLECT, args=(None, finished.batch))
-    if finished.final and store.redis.hexists(store.run_key(run_id), "callback_url"):
+    if finished.final and _wants_callback(store, run_id, finished.record):
         app.send_task(names.CALLBACK, args=("run", run_id))
+
+
+def _wants_callback(store: RunStore, run_id: str, record: dict[str, str]) -> bool:
+    # A step's transition returns the whole record; a cancel returns none, so look it up.
+    if "status" in record:
+        return "callback_url" in record
+    return bool(store.redis.hexists(store.run_key(run_id), "callback_url"))
 
 
 def batch_finished(app: Celery, batch_id: str) -> None:
