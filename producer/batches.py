@@ -9,20 +9,27 @@ from tasks.lifecycle import batch_finished, follow_up
 from tasks.store import RunStore
 
 REASON = "batch cancelled"
+#: Items cancelled per pipelined round trip.
+CHUNK = 1000
 
 
 def cancel_items(app: Celery, store: RunStore, batch_id: str) -> int:
     """Mark the batch cancelled (so an undispatched one never publishes) and cancel its
     items; returns how many were cancelled."""
     store.redis.hset(batch_key(store, batch_id), "status", "cancelled")
+    items = [item.partition(":") for item in items_of(store, batch_id)]
+    runs = [ident for kind, _, ident in items if kind == "run"]
+    calls = [ident for kind, _, ident in items if kind != "run"]
     cancelled = 0
-    for item in items_of(store, batch_id):
-        kind, _, ident = item.partition(":")
-        if kind == "run":
-            outcome, finished = store.cancel_run(ident, REASON)
-            follow_up(app, store, ident, finished)
-        else:
-            outcome, batch = store.cancel_tool_call(ident, REASON)
+    for start in range(0, len(runs), CHUNK):
+        chunk = runs[start : start + CHUNK]
+        for run_id, (outcome, finished) in zip(
+            chunk, store.cancel_runs(chunk, REASON), strict=True
+        ):
+            follow_up(app, store, run_id, finished)
+            cancelled += outcome == "cancelled"
+    for start in range(0, len(calls), CHUNK):
+        for outcome, batch in store.cancel_tool_calls(calls[start : start + CHUNK], REASON):
             batch_finished(app, batch)
-        cancelled += outcome == "cancelled"
+            cancelled += outcome == "cancelled"
     return cancelled

@@ -42,11 +42,11 @@ def batch_key(store: RunStore, batch_id: str) -> str:
     return f"{store.settings.key_prefix}:batch:{batch_id}"
 
 
-def item_signature(app: Celery, settings: Settings, store: RunStore, item: str) -> Any:
+def item_signature(app: Celery, settings: Settings, item: str, record: dict[str, str]) -> Any:
+    """The message of one item; ``record`` is a tool call's record (unused for runs)."""
     kind, _, ident = item.partition(":")
     if kind == "run":
         return app.signature(names.RUN, task_id=ident)
-    record = store.get_tool_call(ident) or {}
     name = record.get("name", "")
     soft, hard = time_limits(name, settings)
     payload = tool_payload(ident, name, json.loads(record.get("arguments") or "{}"))
@@ -146,7 +146,10 @@ def register(app: Celery, settings: Settings) -> None:
         if store.redis.hget(key, "status") == "cancelled":
             return
         store.redis.hset(key, "status", "running")
-        header = [item_signature(self.app, settings, store, i) for i in items_of(store, batch_id)]
+        items = items_of(store, batch_id)
+        calls = [i for i in items if not i.startswith("run:")]
+        records = dict(zip(calls, item_records(store, calls), strict=True))  # one pipeline
+        header = [item_signature(self.app, settings, i, records.get(i, {})) for i in items]
         # Immutable: the collector reads the records, so the body message does not carry
         # every item's result (megabytes for a large batch).
         body = self.app.signature(names.BATCH_COLLECT, args=(None, batch_id), immutable=True)

@@ -38,19 +38,12 @@ def follow_up(app: Celery, store: RunStore, run_id: str, finished: Finished) -> 
     if finished.kick:
         log.info("run %s finished; run %s takes its tenant's slot", run_id, finished.kick)
         start_run(app, store, finished.kick)
-    if finished.batch:
-        app.send_task(names.BATCH_COLLECT, args=(None, finished.batch))
-    if finished.final and _wants_callback(store, run_id, finished.record):
+    batch_finished(app, finished.batch)
+    if finished.final and "callback_url" in finished.record:
         app.send_task(names.CALLBACK, args=("run", run_id))
 
 
-def _wants_callback(store: RunStore, run_id: str, record: dict[str, str]) -> bool:
-    # A step's transition returns the whole record; a cancel returns none, so look it up.
-    if "status" in record:
-        return "callback_url" in record
-    return bool(store.redis.hexists(store.run_key(run_id), "callback_url"))
-
-
 def batch_finished(app: Celery, batch_id: str) -> None:
+    """Send the collector of a batch whose last item just finished (``''``: none did)."""
     if batch_id:
         app.send_task(names.BATCH_COLLECT, args=(None, batch_id))

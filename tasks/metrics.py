@@ -145,17 +145,27 @@ class Recorder:
         if count:
             self.redis.hincrby(self.keys.runs, "enqueued", count)
 
-    @_best_effort
     def run_finished(self, run_key: str, record: dict[str, str]) -> None:
         """Count a run that ``record`` shows finished, once per run; no-op otherwise."""
-        status = record.get("status")
-        if status not in FINISHED_STATUSES or not record.get("finished_at"):
-            return
-        seconds = max(float(record["finished_at"]) - float(record.get("created_at") or 0), 0.0)
-        self._run_finished(
-            keys=[run_key, self.keys.runs, self.keys.run_seconds],
-            args=[status, bucket_field(RUN_BUCKETS, seconds), repr(seconds)],
-        )
+        self.runs_finished([(run_key, record)])
+
+    @_best_effort
+    def runs_finished(self, runs: Sequence[tuple[str, dict[str, str]]]) -> None:
+        """:meth:`run_finished` for many (run key, record) pairs, in one pipeline."""
+        pipe = self.redis.pipeline(transaction=False)
+        for run_key, record in runs:
+            status = record.get("status")
+            if status not in FINISHED_STATUSES or not record.get("finished_at"):
+                continue
+            created = float(record.get("created_at") or 0)
+            seconds = max(float(record["finished_at"]) - created, 0.0)
+            self._run_finished(
+                keys=[run_key, self.keys.runs, self.keys.run_seconds],
+                args=[status, bucket_field(RUN_BUCKETS, seconds), repr(seconds)],
+                client=pipe,
+            )
+        if len(pipe):
+            pipe.execute()
 
     @_best_effort
     def step_applied(self, seconds: float, target: Target, completion: Completion) -> None:

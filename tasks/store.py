@@ -323,30 +323,27 @@ class RunStore:
     def cancel_run(self, run_id: str, reason: str) -> tuple[str, Finished]:
         """Cancel a run unless it is final: (``cancelled`` | ``final:<status>`` | ``missing``,
         what to start because of it)."""
-        reply = self._cancel_run(keys=[self.run_key(run_id)], args=[self._ctx(run_id), reason])
-        if reply[0] == "cancelled":
-            self.metrics.run_finished(self.run_key(run_id), self.get_run(run_id) or {})
-        return reply[0], Finished({"id": run_id}, reply[1], reply[2], reply[3])
+        return self.cancel_runs([run_id], reason)[0]
 
-    def events(
-        self, run_id: str, after: str = "0-0", count: int = 1000
-    ) -> list[tuple[str, dict[str, str]]]:
-        """Events of a run after the event ID ``after`` (exclusive), oldest first."""
-        key = f"{self.run_key(run_id)}:events"
-        return cast(
-            list[tuple[str, dict[str, str]]],
-            self.redis.xrange(key, min=f"({after}" if after != "0-0" else "-", count=count),
-        )
-
-    def add_event(self, run_id: str, kind: str, data: dict[str, Any]) -> None:
-        """Append an event from outside a transition (streamed tokens)."""
-        key = f"{self.run_key(run_id)}:events"
-        self.redis.xadd(
-            key,
-            {"type": kind, "data": json.dumps(data)},
-            maxlen=self.settings.events_max_len,
-            approximate=True,
-        )
+    def cancel_runs(self, run_ids: Sequence[str], reason: str) -> list[tuple[str, Finished]]:
+        """:meth:`cancel_run` for many runs, in two pipelined round trips (plus the metrics)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for run_id in run_ids:
+            self._cancel_run(
+                keys=[self.run_key(run_id)], args=[self._ctx(run_id), reason], client=pipe
+            )
+        replies = pipe.execute()
+        cancelled = [
+            r for r, reply in zip(run_ids, replies, strict=True) if reply[0] == "cancelled"
+        ]
+        for run_id in cancelled:
+            pipe.hgetall(self.run_key(run_id))
+        records = dict(zip(cancelled, cast(list[dict[str, str]], pipe.execute()), strict=True))
+        self.metrics.runs_finished([(self.run_key(r), records[r]) for r in cancelled])
+        return [
+            (reply[0], Finished(records.get(run_id, {"id": run_id}), *reply[1:4]))
+            for run_id, reply in zip(run_ids, replies, strict=True)
+        ]
 
     def set_waiting(self, run_id: str, waiting: dict[str, Any]) -> float:
         """Record why the run is waiting; returns since when it has been waiting."""
@@ -413,10 +410,15 @@ class RunStore:
         )
         return bool(created)
 
-    def cancel_tool_call(self, call_id: str, reason: str) -> tuple[str, str]:
-        """Cancel a standalone call not yet started: (outcome, finished batch or '')."""
-        reply = self._cancel_tool(keys=[self.tool_key(call_id)], args=[self._ctx(None), reason])
-        return reply[0], reply[1]
+    def cancel_tool_calls(self, call_ids: Sequence[str], reason: str) -> list[tuple[str, str]]:
+        """Cancel standalone calls not yet started, pipelined: (outcome, finished batch or '')
+        per call."""
+        pipe = self.redis.pipeline(transaction=False)
+        for call_id in call_ids:
+            self._cancel_tool(
+                keys=[self.tool_key(call_id)], args=[self._ctx(None), reason], client=pipe
+            )
+        return [(reply[0], reply[1]) for reply in pipe.execute()]
 
     def delete_tool_call(self, call_id: str) -> None:
         self.redis.delete(self.tool_key(call_id))

@@ -5,10 +5,10 @@ Tests that kill or reconfigure workers start their own :class:`ops.stack.Stack` 
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -125,22 +125,32 @@ class Fleet:
         self.redis.close()
 
 
-def make_stack(workdir: Path, env: dict[str, str], pools: tuple[PoolSpec, ...]) -> Stack:
-    stack = Stack(workdir, env_overrides=env)
-    stack.start_fleet(pools=pools)
-    return stack
+@contextlib.contextmanager
+def private_fleet(stack: Stack, start: Callable[[Stack], object], workers: int) -> Iterator[Fleet]:
+    """Start ``stack`` with ``start``, wait for ``workers`` workers, hand out a :class:`Fleet`;
+    afterwards (or if starting fails) stop every process."""
+    try:
+        start(stack)
+        handle = Fleet(stack)
+        try:
+            stack.wait_workers(handle.app, workers)
+            yield handle
+        finally:
+            handle.close()
+    finally:
+        stack.stop()
+
+
+def with_pools(*pools: PoolSpec) -> Callable[[Stack], None]:
+    """A ``start`` for :func:`private_fleet`: Redis, the simulator, ``pools`` and the API."""
+    return lambda stack: stack.start_fleet(pools=pools)
 
 
 @pytest.fixture(scope="session")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    stack = make_stack(tmp_path_factory.mktemp("fleet"), FLEET_ENV, FLEET_POOLS)
-    try:
-        handle = Fleet(stack)
-        stack.wait_workers(handle.app, len(FLEET_POOLS))
+    stack = Stack(tmp_path_factory.mktemp("fleet"), env_overrides=FLEET_ENV)
+    with private_fleet(stack, with_pools(*FLEET_POOLS), len(FLEET_POOLS)) as handle:
         yield handle
-        handle.close()
-    finally:
-        stack.stop()
 
 
 @pytest.fixture

@@ -41,17 +41,29 @@ def test_cancel_a_run_mid_way(fleet: Fleet, wait: Callable[..., None]) -> None:
 
 
 def test_cancel_a_batch_stops_its_work(fleet: Fleet, wait: Callable[..., None]) -> None:
-    items = [{"input": f"[[latency:0.3]] [[tag:cancel-batch]] item {i}"} for i in range(300)]
-    batch_id = fleet.client.create_batch(items).id
+    items: list[dict[str, object]] = [
+        {"input": f"[[latency:0.3]] [[tag:cancel-batch]] item {i}"} for i in range(300)
+    ]
+    # Eight 3 s tool calls on 4 tools slots: at least four are still queued at the cancel.
+    waits = [{"type": "tool_call", "name": "wait", "arguments": {"seconds": 3}}] * 8
+    batch_id = fleet.client.create_batch(items + waits).id
     wait(lambda: fleet.client.get_batch(batch_id, limit=0).completed >= 5, 60, "some items")
     fleet.client.cancel_batch(batch_id)
     calls_at_cancel = fleet.tagged("cancel-batch")
 
     batch = fleet.client.wait_batch(batch_id, timeout=60)
     assert batch.status == "cancelled"
-    assert batch.completed == batch.total == 300
+    assert batch.completed == batch.total == 308
     assert batch.counts.cancelled > 0
-    assert batch.counts.succeeded + batch.counts.cancelled == 300
+    assert batch.counts.succeeded + batch.counts.cancelled == 308
+    tools = fleet.client.get_batch(batch_id, offset=300, limit=8).items
+    assert [t.kind for t in tools] == ["tool_call"] * 8
+    assert sum(t.status == "cancelled" for t in tools) >= 4
+    assert all(
+        t.error == {"code": "cancelled", "message": "batch cancelled"}
+        for t in tools
+        if t.status == "cancelled"
+    )
     time.sleep(1.5)
     # Only calls already in flight at the cancel could still arrive.
     assert fleet.tagged("cancel-batch") <= calls_at_cancel + 100

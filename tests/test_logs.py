@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from ops.stack import PoolSpec, Proc, Stack
-from tests.conftest import Fleet
+from tests.conftest import Fleet, private_fleet
 
 JSON_ENV = {
     "AGENTFLEET_LOG_FORMAT": "json",
@@ -25,19 +25,16 @@ FIELDS = {"timestamp", "level", "logger", "message"}
 
 @pytest.fixture(scope="module")
 def json_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    stack = Stack(Path(tmp_path_factory.mktemp("jsonlogs")), env_overrides=JSON_ENV)
-    try:
+    def start(stack: Stack) -> None:
         stack.start_redis()
         stack.start_simulator()
         stack.start_worker(PoolSpec("agents", "threads", 10))
         stack.start_worker(PoolSpec("tools", "prefork", 2))
         stack.start_api(log_level="info")  # uvicorn's access lines too
-        fleet = Fleet(stack)
-        stack.wait_workers(fleet.app, 2)
+
+    stack = Stack(Path(tmp_path_factory.mktemp("jsonlogs")), env_overrides=JSON_ENV)
+    with private_fleet(stack, start, 2) as fleet:
         yield fleet
-        fleet.close()
-    finally:
-        stack.stop()
 
 
 def _lines(proc: Proc) -> list[dict[str, Any]]:

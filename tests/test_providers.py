@@ -17,7 +17,7 @@ from ops.simulator.faults import clear_faults, set_faults
 from ops.stack import PoolSpec, Stack
 from tasks.errors import RateLimitedError, RetryableProviderError
 from tasks.llm import get_guard
-from tests.conftest import Fleet
+from tests.conftest import Fleet, private_fleet
 
 RESET_TIMEOUT = 3.0
 FAIL_MAX = 3
@@ -36,8 +36,7 @@ def _providers(sim: str) -> str:
 
 @pytest.fixture(scope="module")
 def pfleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    stack = Stack(Path(tmp_path_factory.mktemp("providers")))
-    try:
+    def start(stack: Stack) -> None:
         stack.start_redis()
         sim = stack.start_simulator().removesuffix("/v1")
         stack.env_overrides = {
@@ -50,12 +49,9 @@ def pfleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
             stack.start_worker(PoolSpec("agents", "threads", 100))
         stack.start_worker(PoolSpec("tools", "prefork", 2))
         stack.start_api()
-        fleet = Fleet(stack)
-        stack.wait_workers(fleet.app, 3)
+
+    with private_fleet(Stack(Path(tmp_path_factory.mktemp("providers"))), start, 3) as fleet:
         yield fleet
-        fleet.close()
-    finally:
-        stack.stop()
 
 
 @pytest.fixture

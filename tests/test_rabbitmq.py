@@ -26,7 +26,7 @@ from urllib.parse import unquote, urlsplit
 import pytest
 
 from ops.stack import Stack
-from tests.conftest import SHORT_LIMITS, Fleet
+from tests.conftest import SHORT_LIMITS, Fleet, private_fleet, with_pools
 from tests.test_worker_loss import (
     AGENTS,
     BATCH,
@@ -99,14 +99,8 @@ def vhost() -> Iterator[str]:
 def rabbit_fleet(vhost: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     workdir = Path(tmp_path_factory.mktemp("rabbitmq"))
     stack = Stack(workdir, env_overrides=RABBIT_ENV, broker_url=broker_url(vhost))
-    try:
-        stack.start_fleet(pools=(AGENTS, TOOLS, BATCH))
-        fleet = Fleet(stack)
-        stack.wait_workers(fleet.app, 3)
+    with private_fleet(stack, with_pools(AGENTS, TOOLS, BATCH), 3) as fleet:
         yield fleet
-        fleet.close()
-    finally:
-        stack.stop()
 
 
 def _queues(vhost: str) -> dict[str, tuple[str, int]]:

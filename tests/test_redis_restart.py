@@ -29,7 +29,7 @@ import pytest
 import redis
 
 from ops.stack import PoolSpec, Proc, Stack, StackError, wait_for
-from tests.conftest import SHORT_LIMITS, Fleet
+from tests.conftest import SHORT_LIMITS, Fleet, private_fleet
 from tests.test_worker_loss import AGENTS, BATCH
 
 RESTART_ENV = {
@@ -54,19 +54,13 @@ APPEND_ONLY = ["--appendonly", "yes", "--appendfsync", "everysec"]
 
 @pytest.fixture(scope="module")
 def persistent_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    stack = Stack(Path(tmp_path_factory.mktemp("restart")), env_overrides=RESTART_ENV)
-    try:
+    def start(stack: Stack) -> None:
         stack.start_redis(extra_args=APPEND_ONLY)
-        stack.start_simulator()
-        for spec in (AGENTS, TOOLS_8, BATCH):
-            stack.start_worker(spec)
-        stack.start_api()
-        fleet = Fleet(stack)
-        stack.wait_workers(fleet.app, 3)
+        stack.start_fleet(pools=(AGENTS, TOOLS_8, BATCH))  # Redis above is kept
+
+    stack = Stack(Path(tmp_path_factory.mktemp("restart")), env_overrides=RESTART_ENV)
+    with private_fleet(stack, start, 3) as fleet:
         yield fleet
-        fleet.close()
-    finally:
-        stack.stop()
 
 
 def _redis_proc(stack: Stack) -> Proc:

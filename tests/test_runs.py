@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from tasks.llm import resolve_chain
 from tasks.models import RunRequest
-from tasks.store import RunStore
+from tasks.store import RunStore, ToolClaim
 from tests.conftest import Fleet
 
 
@@ -155,44 +155,49 @@ def test_tool_killed_at_its_hard_limit_fails_the_run(fleet: Fleet) -> None:
     assert "TimeLimitExceeded" in run.error.message
 
 
+def _step_one_dispatched(store: RunStore, run_id: str, text: str) -> ToolClaim:
+    """A run whose step 1 asked for one ``text_stats`` call, applied and dispatched, with
+    that call begun (its claim returned) and no result yet: as if its chord were published."""
+    chain = resolve_chain(store.settings, None)
+    request = RunRequest(input=f'call text_stats {{"text": "{text}"}}')
+    assert store.create_run(run_id, request, ["text_stats"], chain)
+    claim = store.begin_step(run_id, 1)
+    arguments = json.dumps({"text": text})
+    call = {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "text_stats", "arguments": arguments},
+    }
+    message = {"role": "assistant", "content": None, "tool_calls": [call]}
+    store.apply_step(run_id, 1, [message], 10, 5, 1, chain[0])
+    store.finish_step(run_id, 1, claim.token)
+    return store.begin_tool(f"{run_id}-1-0", "text_stats", "{}", run_id, lease_s=5)
+
+
+def _store_words(store: RunStore, run_id: str, claim: ToolClaim, words: int) -> None:
+    output = {
+        "id": f"{run_id}-1-0",
+        "ok": True,
+        "output": {"words": words},
+        "model_call_id": "call_1",
+    }
+    store.complete_tool(f"{run_id}-1-0", claim.token, output, run_id)
+
+
 def test_a_tool_chord_that_never_fired_is_resumed(fleet: Fleet, wait: Callable[..., None]) -> None:
     # The state a worker leaves when it dies after the last tool finished but before the
     # chord body was published: step 1 applied and dispatched, every tool result stored.
     store = RunStore(fleet.redis, fleet.settings)
     run_id = "lost-chord-1"
-    request = RunRequest(input='call text_stats {"text": "two words"}')
-    chain = resolve_chain(fleet.settings, None)
-    assert store.create_run(run_id, request, ["text_stats"], chain)
-    claim = store.begin_step(run_id, 1)
-    call = {
-        "id": "call_1",
-        "type": "function",
-        "function": {"name": "text_stats", "arguments": '{"text": "two words"}'},
-    }
-    store.apply_step(
-        run_id,
-        1,
-        [{"role": "assistant", "content": None, "tool_calls": [call]}],
-        10,
-        5,
-        1,
-        chain[0],
-    )
-    store.finish_step(run_id, 1, claim.token)
+    tool_claim = _step_one_dispatched(store, run_id, "two words")
     body = fleet.app.signature("agentfleet.agent.step", args=(run_id, 2), task_id=run_id)
 
     # A tool still missing: the check leaves the run alone.
-    tool_claim = store.begin_tool(f"{run_id}-1-0", "text_stats", "{}", run_id, lease_s=5)
     check = fleet.app.send_task("agentfleet.agent.resume", args=(run_id, 1, dict(body)))
     wait(lambda: check.state == "SUCCESS", 15, "the first recovery check")
     assert fleet.client.get_run(run_id).status == "running"
 
-    store.complete_tool(
-        f"{run_id}-1-0",
-        tool_claim.token,
-        {"id": f"{run_id}-1-0", "ok": True, "output": {"words": 2}, "model_call_id": "call_1"},
-        run_id,
-    )
+    _store_words(store, run_id, tool_claim, 2)
     fleet.app.send_task("agentfleet.agent.resume", args=(run_id, 1, dict(body)))
     run = fleet.client.wait(run_id, timeout=30)
     assert run.status == "succeeded"
@@ -200,28 +205,12 @@ def test_a_tool_chord_that_never_fired_is_resumed(fleet: Fleet, wait: Callable[.
     assert run.progress.step == 2
 
 
-def test_a_chord_that_failed_to_join_with_every_result_stored_goes_on(
-    fleet: Fleet, wait: Callable[..., None]
-) -> None:
+def test_a_chord_that_failed_to_join_with_every_result_stored_goes_on(fleet: Fleet) -> None:
     # Celery's chord join is not retried: a Redis outage as the last tool finished makes the
     # chord error although every result is stored. The errback resumes instead of failing.
     store = RunStore(fleet.redis, fleet.settings)
     run_id = "join-failed-1"
-    chain = resolve_chain(fleet.settings, None)
-    request = RunRequest(input='call text_stats {"text": "three little words"}')
-    assert store.create_run(run_id, request, ["text_stats"], chain)
-    claim = store.begin_step(run_id, 1)
-    call = {
-        "id": "call_1",
-        "type": "function",
-        "function": {"name": "text_stats", "arguments": '{"text": "three little words"}'},
-    }
-    message = {"role": "assistant", "content": None, "tool_calls": [call]}
-    store.apply_step(run_id, 1, [message], 10, 5, 1, chain[0])
-    store.finish_step(run_id, 1, claim.token)
-    tool_claim = store.begin_tool(f"{run_id}-1-0", "text_stats", "{}", run_id, lease_s=5)
-    output = {"id": f"{run_id}-1-0", "ok": True, "output": {"words": 3}, "model_call_id": "call_1"}
-    store.complete_tool(f"{run_id}-1-0", tool_claim.token, output, run_id)
+    _store_words(store, run_id, _step_one_dispatched(store, run_id, "three little words"), 3)
 
     fleet.app.send_task("agentfleet.agent.tools_failed", args=(run_id,))
     run = fleet.client.wait(run_id, timeout=30)

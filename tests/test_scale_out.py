@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from ops.stack import PoolSpec, Stack
-from tests.conftest import SHORT_LIMITS, Fleet
+from tests.conftest import SHORT_LIMITS, Fleet, private_fleet, with_pools
 
 AGENTS = PoolSpec("agents", "threads", 10)
 
@@ -18,20 +18,11 @@ AGENTS = PoolSpec("agents", "threads", 10)
 @pytest.fixture(scope="module")
 def three_agents(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     stack = Stack(Path(tmp_path_factory.mktemp("scale")), env_overrides=SHORT_LIMITS)
-    try:
-        stack.start_redis()
-        stack.start_simulator()
-        for _ in range(3):
-            stack.start_worker(AGENTS)
-        stack.start_worker(PoolSpec("tools", "prefork", 2))
-        stack.start_api()
-        fleet = Fleet(stack)
+    start = with_pools(AGENTS, AGENTS, AGENTS, PoolSpec("tools", "prefork", 2))
+    with private_fleet(stack, start, 4) as fleet:
         nodes = stack.wait_workers(fleet.app, 4)
         assert len({n for n in nodes if n.startswith("agents-")}) == 3
         yield fleet
-        fleet.close()
-    finally:
-        stack.stop()
 
 
 def test_work_spreads_over_three_workers(three_agents: Fleet) -> None:

@@ -18,7 +18,7 @@ from ops.stack import PoolSpec, Stack, wait_for
 from tasks.llm import resolve_chain
 from tasks.models import RunRequest
 from tasks.store import RunStore
-from tests.conftest import SHORT_LIMITS, Fleet
+from tests.conftest import SHORT_LIMITS, Fleet, private_fleet, with_pools
 
 SHORT = SHORT_LIMITS | {"AGENTFLEET_STALL_TIMEOUT": "2", "AGENTFLEET_WATCHDOG_INTERVAL": "0.5"}
 AGENTS = PoolSpec("agents", "threads", 20)
@@ -29,14 +29,8 @@ TOOLS = PoolSpec("tools", "prefork", 3)
 def watched(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     # No tools worker at first: the tool-call test loses tool messages before one starts.
     stack = Stack(Path(tmp_path_factory.mktemp("watchdog")), env_overrides=SHORT)
-    try:
-        stack.start_fleet(pools=(AGENTS,))
-        fleet = Fleet(stack)
-        stack.wait_workers(fleet.app, 1)
+    with private_fleet(stack, with_pools(AGENTS), 1) as fleet:
         yield fleet
-        fleet.close()
-    finally:
-        stack.stop()
 
 
 def test_run_whose_first_message_was_lost_finishes(

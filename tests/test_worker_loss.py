@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from ops.stack import PoolSpec, Stack
-from tests.conftest import SHORT_LIMITS, Fleet
+from tests.conftest import SHORT_LIMITS, Fleet, private_fleet, with_pools
 
 AGENTS = PoolSpec("agents", "threads", 50)
 TOOLS = PoolSpec("tools", "prefork", 4)
@@ -22,14 +22,8 @@ BATCH = PoolSpec("batch", "prefork", 1)
 @pytest.fixture(scope="module")
 def short_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     stack = Stack(Path(tmp_path_factory.mktemp("loss")), env_overrides=SHORT_LIMITS)
-    try:
-        stack.start_fleet(pools=(AGENTS, TOOLS, BATCH))
-        fleet = Fleet(stack)
-        stack.wait_workers(fleet.app, 3)
+    with private_fleet(stack, with_pools(AGENTS, TOOLS, BATCH), 3) as fleet:
         yield fleet
-        fleet.close()
-    finally:
-        stack.stop()
 
 
 def kill_tools_worker_mid_load(fleet: Fleet, wait: Callable[..., None]) -> None:
