@@ -313,11 +313,6 @@ def step_signature(app: Celery, run_id: str, step: int) -> Signature:
     return body
 
 
-# Shallow Ignore: every step that dispatches tools ends in ``Ignore`` (``Task.replace`` raises
-# it), and Celery copies each frame of its traceback, every code position included, and
-# formats it. The task functions raise it again from their own frame, so there is one frame
-# to copy instead of the whole path down to ``replace``: that copying was a seventh of the
-# agents pool's CPU at zero LLM latency (py-spy).
 def register(app: Celery, settings: Settings) -> None:
     """Register the run entry task and the step task on ``app``."""
     limits = {
@@ -338,10 +333,7 @@ def register(app: Celery, settings: Settings) -> None:
             failure = _create_from_payload(settings, run_id, request)
             if failure is not None:
                 return failure
-        try:
-            return StepRunner(self, settings, run_id, 1).run(None)
-        except Ignore:
-            raise Ignore() from None  # see "Shallow Ignore" above
+        return StepRunner(self, settings, run_id, 1).run(None)
 
     # Steps 2..n carry the run ID as their task ID too (Task.replace), whose STARTED state
     # step 1 stored already; the run record says what is running.
@@ -350,10 +342,7 @@ def register(app: Celery, settings: Settings) -> None:
         self: Task, tool_results: list[dict[str, Any]] | None, run_id: str, step: int
     ) -> dict[str, Any]:
         """Step ``step`` of ``run_id``, with the previous step's tool results."""
-        try:
-            return StepRunner(self, settings, run_id, step).run(tool_results)
-        except Ignore:
-            raise Ignore() from None  # see "Shallow Ignore" above
+        return StepRunner(self, settings, run_id, step).run(tool_results)
 
     @app.task(name=names.RESUME, bind=True, shared=False)
     def resume(self: Task, run_id: str, step: int, body: dict[str, Any]) -> None:

@@ -69,10 +69,14 @@ def time_limits(name: str, settings: Settings) -> tuple[float, float]:
 def register(app: Celery, settings: Settings) -> None:
     """Register the tool-call task on ``app``."""
 
+    # No STARTED state in the result backend: the tool-call record says ``running`` (what
+    # GET /v1/tool-calls/{id} shows) and task events tell Flower; Celery's own write would
+    # be a read, a write and a publish more per call.
     @app.task(
         name=names.TOOL_CALL,
         bind=True,
         shared=False,
+        track_started=False,
         max_retries=None,
         soft_time_limit=settings.tool_soft_time_limit,
         time_limit=settings.tool_time_limit,

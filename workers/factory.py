@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from celery import Celery
 
+from workers import controlflow
 from workers.broker import celery_class
 from workers.conf import celery_config
 from workers.settings import Settings
@@ -24,5 +25,6 @@ def create_app(settings: Settings) -> Celery:
         events="workers.redact:RedactingEvents",
     )
     app.conf.update(celery_config(settings))
+    controlflow.install()
     register_tasks(app, settings)
     return app

@@ -1,0 +1,80 @@
+"""The two speed fixes workers make to Celery and kombu keep their behaviour.
+
+``workers.controlflow``: ``Ignore`` is kept without its traceback, every other exception with
+it. ``workers.redis_transport``: a channel shares one Redis client across publishes, acks and
+threads, and makes a new one for a new connection pool.
+"""
+
+from __future__ import annotations
+
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from celery.app import trace
+from celery.exceptions import Ignore
+from kombu import Connection
+
+from tests.conftest import Fleet
+from workers.controlflow import ControlFlowExceptionInfo
+
+
+def _info_of(exc: BaseException) -> ControlFlowExceptionInfo:
+    try:
+        raise exc
+    except BaseException:
+        return ControlFlowExceptionInfo(internal=True)
+
+
+def test_ignore_keeps_no_traceback() -> None:
+    info = _info_of(Ignore("replaced"))
+    assert info.tb is None
+    assert info.traceback == "Ignore: replaced"
+    assert isinstance(info.exception.exc, Ignore)
+    assert info.internal
+
+
+def test_other_exceptions_keep_their_traceback() -> None:
+    info = _info_of(ValueError("boom"))
+    assert info.tb is not None
+    assert info.traceback.startswith("Traceback (most recent call last):")
+    assert "_info_of" in info.traceback
+    assert info.traceback.rstrip().endswith("ValueError: boom")
+
+
+def test_the_app_installs_it(fleet: Fleet) -> None:
+    # Building the app (every worker does) replaces the tracer's ExceptionInfo.
+    assert trace.ExceptionInfo is ControlFlowExceptionInfo  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def channel(fleet: Fleet):  # type: ignore[no-untyped-def]
+    url = fleet.stack.redis_url or ""
+    with Connection(url, transport="workers.redis_transport:Transport") as conn:
+        yield conn.default_channel
+
+
+def test_channel_shares_one_client_across_threads(channel, fleet: Fleet) -> None:  # type: ignore[no-untyped-def]
+    first = channel._create_client()
+    assert channel._create_client() is first
+    key = f"test:shared-client:{uuid.uuid4().hex}"
+
+    def bump(_: int) -> None:
+        with channel.conn_or_acquire() as client:
+            assert client is first
+            with client.pipeline() as pipe:
+                pipe.incr(key).expire(key, 60).execute()
+
+    # Fewer threads than the channel pool's connections (kombu: 10), as in a worker.
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(bump, range(800)))
+    assert int(fleet.redis.get(key) or 0) == 800
+
+
+def test_a_new_pool_gets_a_new_client(channel) -> None:  # type: ignore[no-untyped-def]
+    first = channel._create_client()
+    channel._pool = None  # what kombu does when the connection is reset
+    second = channel._create_client()
+    assert second is not first
+    assert second.connection_pool is channel.pool
+    assert second.ping()
