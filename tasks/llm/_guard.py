@@ -37,12 +37,13 @@ from workers.settings import ProviderConfig, Settings
 
 log = logging.getLogger(__name__)
 
-# KEYS: state, opened_at, success_counter, probes, hold, rpm_tat, tpm_tat, events
+# KEYS: state, opened_at, success_counter, probes, hold, rpm_tat, tpm_tat, events,
+#       fail_counter
 # ARGV: now, reset_timeout, max_probes, probe_ttl_ms, rpm, tpm, burst_s, cost_tokens,
 #       provider, announce_prefix
 # Returns {outcome, wait_seconds, probe, half_opened}; outcome is
 # ok | hold | open | probing | limited. A limited answer adds which limits said no
-# ("rpm", "tpm" or "rpm,tpm"), for the denial metrics.
+# ("rpm", "tpm" or "rpm,tpm"), for the denial metrics; an ok answer adds '' and 'clean'.
 _ADMIT = """
 local now = tonumber(ARGV[1])
 local hold = tonumber(redis.call('GET', KEYS[5]) or '0')
@@ -107,7 +108,10 @@ end
 if tpm_tat then
   redis.call('SET', KEYS[7], tostring(tpm_tat), 'PX', math.ceil((tpm_tat - now) * 1000) + 1000)
 end
-return {'ok', '0', probe, half_opened}
+-- 'clean': closed with no failure counted, so a success would change nothing in pybreaker.
+local clean = '0'
+if state == 'closed' and tonumber(redis.call('GET', KEYS[9]) or '0') == 0 then clean = '1' end
+return {'ok', '0', probe, half_opened, '', clean}
 """
 
 # KEYS: tpm_tat. ARGV: now, tpm, token delta (actual - estimated).
@@ -141,6 +145,8 @@ class Admission:
     probe: bool
     tokens: int
     at: float
+    #: The breaker was closed with no failure counted when the call was admitted.
+    clean: bool = False
 
     @property
     def ok(self) -> bool:
@@ -246,6 +252,7 @@ class ProviderGuard:
                 k["rpm"],
                 k["tpm"],
                 self.events_key,
+                k["fail_counter"],
             ],
             args=[
                 now,
@@ -263,10 +270,15 @@ class ProviderGuard:
         if reply[3] == "1":
             log.warning("provider %s: circuit open -> half-open", self.provider.name)
         self.metrics.admission(self.provider.name, reply)
-        return Admission(reply[0], float(reply[1]), reply[2] == "1", estimated_tokens, now)
+        clean = len(reply) > 5 and reply[5] == "1"
+        return Admission(reply[0], float(reply[1]), reply[2] == "1", estimated_tokens, now, clean)
 
     def succeeded(self, admission: Admission, actual_tokens: int) -> None:
-        self._record(admission, None)
+        # A success on a clean closed breaker would only set the failure count to the 0 it
+        # already is: skip pybreaker's two round trips (read the state, reset the count),
+        # which every step paid. Any other success goes through the breaker.
+        if not admission.clean:
+            self._record(admission, None)
         if self.provider.tpm and actual_tokens != admission.tokens:
             self._correct(
                 keys=[self.keys["tpm"]],
