@@ -31,6 +31,7 @@ from tasks.errors import (
 )
 from tasks.lifecycle import entry_options, follow_up
 from tasks.llm import Completion, ModelToolCall, Target, call_chain, resolve_chain
+from tasks.metrics import step_fields
 from tasks.models import DEFAULT_TENANT, TENANT_PATTERN, RunRequest, RunStatus, limit_problems
 from tasks.store import StepClaim, get_store
 from tasks.streaming import TokenRelay
@@ -163,9 +164,9 @@ class StepRunner:
                 completion.completion_tokens,
                 len(completion.tool_calls),
                 target,
+                step_fields(time.monotonic() - self.began, target, completion),
                 self._worker(),
             )
-            self.store.metrics.step_applied(time.monotonic() - self.began, target, completion)
             if applied < 0:
                 raise RunCancelled(self.run_id)
         if completion.tool_calls:

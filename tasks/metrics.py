@@ -14,7 +14,10 @@ A histogram hash holds one field per bucket (its upper bound, ``+Inf`` for the l
 the observations that fall in that bucket alone, and ``sum``; the reader accumulates them.
 One ``HINCRBY`` per observation, instead of one per bucket above it.
 
-Recording never fails the work it measures: a write that fails is logged and dropped.
+Runs and steps are counted by the Lua scripts of :mod:`tasks.scripts`, in the transition
+that makes them true: a run once, when it becomes final; a step once, when its answer is
+applied. :class:`Recorder` writes the rest, and never fails the work it measures: a write
+that fails is logged and dropped.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import math
 from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, ParamSpec
+from typing import TYPE_CHECKING, Any, Final, ParamSpec
 
 import redis
 
@@ -53,20 +56,6 @@ _DENIAL_OF_OUTCOME: Final = {
 }
 #: Token kinds in ``<p>:metrics:llm``, next to the ``calls`` count.
 TOKEN_KINDS: Final = ("prompt", "completion")
-
-#: Field of a run record set when its end was counted, so a run is counted once however
-#: often its final step is delivered or its end is recorded again.
-COUNTED_FIELD: Final = "metrics_counted"
-
-# KEYS: run record, runs counters, run-latency histogram. ARGV: status, bucket, seconds.
-_RUN_FINISHED = f"""
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-if redis.call('HSETNX', KEYS[1], '{COUNTED_FIELD}', 1) == 0 then return 0 end
-redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
-redis.call('HINCRBY', KEYS[3], ARGV[2], 1)
-redis.call('HINCRBYFLOAT', KEYS[3], 'sum', ARGV[3])
-return 1
-"""
 
 
 @dataclass(frozen=True)
@@ -117,6 +106,18 @@ def label_field(*labels: str) -> str:
     return json.dumps(labels, separators=(",", ":"))
 
 
+def step_fields(seconds: float, target: Target, completion: Completion) -> dict[str, Any]:
+    """What the step-applying script counts for a step that took ``seconds`` to answer."""
+    who = (target.provider, target.model)
+    return {
+        "bucket": bucket_field(STEP_BUCKETS, seconds),
+        "seconds": seconds,
+        "calls": label_field(*who, "calls"),
+        "prompt": label_field(*who, "prompt"),
+        "completion": label_field(*who, "completion"),
+    }
+
+
 _P = ParamSpec("_P")
 
 
@@ -137,47 +138,12 @@ class Recorder:
     def __init__(self, client: redis.Redis, prefix: str) -> None:
         self.redis = client
         self.keys = MetricKeys(prefix)
-        self._run_finished = client.register_script(_RUN_FINISHED)
 
     @_best_effort
     def runs_enqueued(self, count: int = 1) -> None:
         """``count`` run records were created (through the API, ``send_task`` or a batch)."""
         if count:
             self.redis.hincrby(self.keys.runs, "enqueued", count)
-
-    def run_finished(self, run_key: str, record: dict[str, str]) -> None:
-        """Count a run that ``record`` shows finished, once per run; no-op otherwise."""
-        self.runs_finished([(run_key, record)])
-
-    @_best_effort
-    def runs_finished(self, runs: Sequence[tuple[str, dict[str, str]]]) -> None:
-        """:meth:`run_finished` for many (run key, record) pairs, in one pipeline."""
-        pipe = self.redis.pipeline(transaction=False)
-        for run_key, record in runs:
-            status = record.get("status")
-            if status not in FINISHED_STATUSES or not record.get("finished_at"):
-                continue
-            created = float(record.get("created_at") or 0)
-            seconds = max(float(record["finished_at"]) - created, 0.0)
-            self._run_finished(
-                keys=[run_key, self.keys.runs, self.keys.run_seconds],
-                args=[status, bucket_field(RUN_BUCKETS, seconds), repr(seconds)],
-                client=pipe,
-            )
-        if len(pipe):
-            pipe.execute()
-
-    @_best_effort
-    def step_applied(self, seconds: float, target: Target, completion: Completion) -> None:
-        """A step stored its LLM answer ``seconds`` after it claimed its run."""
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.hincrby(self.keys.step_seconds, bucket_field(STEP_BUCKETS, seconds), 1)
-        pipe.hincrbyfloat(self.keys.step_seconds, "sum", seconds)
-        llm, who = self.keys.llm, (target.provider, target.model)
-        pipe.hincrby(llm, label_field(*who, "calls"), 1)
-        pipe.hincrby(llm, label_field(*who, "prompt"), completion.prompt_tokens)
-        pipe.hincrby(llm, label_field(*who, "completion"), completion.completion_tokens)
-        pipe.execute()
 
     @_best_effort
     def admission(self, provider: str, reply: Sequence[str]) -> None:

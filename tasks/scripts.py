@@ -5,15 +5,28 @@ Each script takes a context JSON as ``ARGV[1]``: ``now``, ``prefix`` (the key pr
 matters to a watcher appends its event to ``<p>:run:<id>:events`` in the same script, so the
 stream's order is the order of the transitions and nothing is recorded without its event.
 
-Keys derived inside the scripts (tenant slots, batches) are built from ``prefix``: the store
-runs on one Redis, not a cluster.
+Keys derived inside the scripts (tenant slots, batches, metrics) are built from ``prefix``:
+the store runs on one Redis, not a cluster.
+
+The fleet's metrics of runs and steps (:mod:`tasks.metrics`) are counted by the transitions
+that make them true, in the same round trip: a run when it becomes final, a step when its
+answer is applied.
 """
 
 from __future__ import annotations
 
+from tasks.metrics import RUN_BUCKETS, format_bound
+
+#: The run-latency buckets as a Lua table of {upper bound, field name}.
+_RUN_BUCKETS_LUA = "{" + ", ".join(f"{{{b!r}, '{format_bound(b)}'}}" for b in RUN_BUCKETS) + "}"
+
 # Shared by the scripts below: append an event; the side effects of a run becoming final.
-_COMMON = """
+_COMMON = (
+    """
 local ctx = cjson.decode(ARGV[1])
+local RUN_BUCKETS = """
+    + _RUN_BUCKETS_LUA
+    + """
 local function emit(run_key, kind, data)
   local ev = run_key .. ':events'
   redis.call('XADD', ev, 'MAXLEN', '~', ctx.maxlen, '*', 'type', kind, 'data', cjson.encode(data))
@@ -30,6 +43,20 @@ local function count_in_batch(batch_id, status)
 end
 local function is_final(status)
   return status == 'succeeded' or status == 'failed' or status == 'cancelled'
+end
+-- The run metrics: one more run with this final status, and its created -> finished time.
+local function count_finished(run_key, status)
+  if redis.call('HSETNX', run_key, 'metrics_counted', 1) == 0 then return end
+  redis.call('HINCRBY', ctx.prefix .. ':metrics:runs', status, 1)
+  local created = tonumber(redis.call('HGET', run_key, 'created_at') or ctx.now)
+  local seconds = math.max(ctx.now - created, 0)
+  local field = '+Inf'
+  for _, bucket in ipairs(RUN_BUCKETS) do
+    if seconds <= bucket[1] then field = bucket[2] break end
+  end
+  local hist = ctx.prefix .. ':metrics:run_seconds'
+  redis.call('HINCRBY', hist, field, 1)
+  redis.call('HINCRBYFLOAT', hist, 'sum', tostring(seconds))
 end
 -- Mark the run final and release what it held.
 -- Returns {run to start now, finished batch, the final status}.
@@ -51,10 +78,12 @@ local function finalize(run_key, run_id, status, data)
     end
   end
   local batch_done = count_in_batch(redis.call('HGET', run_key, 'batch_id'), status)
+  count_finished(run_key, status)
   emit(run_key, status, data)
   return {kick, batch_done, status}
 end
 """
+)
 
 # KEYS: run, messages. ARGV: ctx, fields json, due, messages...
 CREATE_RUN = (
@@ -122,8 +151,8 @@ return {'ok', redis.call('HGETALL', KEYS[1]), redis.call('LRANGE', KEYS[3], 0, -
 )
 
 # KEYS: run, messages. ARGV: ctx, step, json {messages: [str], prompt_tokens,
-# completion_tokens, tools_total, provider, model, worker}. 1 applied, 0 applied before,
-# -1 the run is final (cancelled while the model was answering).
+# completion_tokens, tools_total, provider, model, worker, metrics (tasks.metrics.step_fields)}.
+# 1 applied, 0 applied before, -1 the run is final (cancelled while the model was answering).
 APPLY_STEP = (
     _COMMON
     + """
@@ -142,6 +171,12 @@ redis.call('HDEL', KEYS[1], 'waiting', 'waiting_since')
 emit(KEYS[1], 'llm_call_finished', {step = step, provider = p.provider, model = p.model,
      prompt_tokens = p.prompt_tokens, completion_tokens = p.completion_tokens,
      tool_calls = p.tools_total})
+local m, steps, llm = p.metrics, ctx.prefix .. ':metrics:step_seconds', ctx.prefix .. ':metrics:llm'
+redis.call('HINCRBY', steps, m.bucket, 1)
+redis.call('HINCRBYFLOAT', steps, 'sum', tostring(m.seconds))
+redis.call('HINCRBY', llm, m.calls, 1)
+redis.call('HINCRBY', llm, m.prompt, p.prompt_tokens)
+redis.call('HINCRBY', llm, m.completion, p.completion_tokens)
 return 1
 """
 )

@@ -272,10 +272,12 @@ class RunStore:
         completion_tokens: int,
         tools_total: int,
         target: Target,
+        metrics: dict[str, Any],
         worker: str = "",
     ) -> int:
         """Append this step's messages and usage once: 1 applied now, 0 applied before,
-        -1 the run is final (cancelled while the model answered)."""
+        -1 the run is final (cancelled while the model answered). ``metrics`` is what
+        :func:`tasks.metrics.step_fields` gives for the step."""
         base = self.run_key(run_id)
         payload = {
             "messages": [json.dumps(m) for m in messages],
@@ -285,6 +287,7 @@ class RunStore:
             "provider": target.provider,
             "model": target.model,
             "worker": worker,
+            "metrics": metrics,
         }
         applied = self._apply_step(
             keys=[base, f"{base}:messages"],
@@ -316,9 +319,7 @@ class RunStore:
             keys=[base, f"{base}:lease"],
             args=[self._ctx(run_id), token, step, json.dumps(payload)],
         )
-        finished = Finished(_pairs(reply[0]), reply[1], reply[2], reply[3])
-        self.metrics.run_finished(base, finished.record)  # once per run, when it is final
-        return finished
+        return Finished(_pairs(reply[0]), reply[1], reply[2], reply[3])
 
     def cancel_run(self, run_id: str, reason: str) -> tuple[str, Finished]:
         """Cancel a run unless it is final: (``cancelled`` | ``final:<status>`` | ``missing``,
@@ -326,7 +327,7 @@ class RunStore:
         return self.cancel_runs([run_id], reason)[0]
 
     def cancel_runs(self, run_ids: Sequence[str], reason: str) -> list[tuple[str, Finished]]:
-        """:meth:`cancel_run` for many runs, in two pipelined round trips (plus the metrics)."""
+        """:meth:`cancel_run` for many runs, in two pipelined round trips."""
         pipe = self.redis.pipeline(transaction=False)
         for run_id in run_ids:
             self._cancel_run(
@@ -339,7 +340,6 @@ class RunStore:
         for run_id in cancelled:
             pipe.hgetall(self.run_key(run_id))
         records = dict(zip(cancelled, cast(list[dict[str, str]], pipe.execute()), strict=True))
-        self.metrics.runs_finished([(self.run_key(r), records[r]) for r in cancelled])
         return [
             (reply[0], Finished(records.get(run_id, {"id": run_id}), *reply[1:4]))
             for run_id, reply in zip(run_ids, replies, strict=True)
