@@ -78,3 +78,14 @@ def test_a_new_pool_gets_a_new_client(channel) -> None:  # type: ignore[no-untyp
     assert second is not first
     assert second.connection_pool is channel.pool
     assert second.ping()
+
+
+def test_workers_keep_no_subscription_to_tool_results(fleet: Fleet) -> None:
+    # A step that dispatches tool calls freezes a chord; the worker must not stay subscribed
+    # to its members' result channels (workers/results.py).
+    calls = " ".join(f'call text_stats {{"text": "{w}"}}' for w in ("a", "b", "c"))
+    run_id = fleet.client.create_run(calls).id
+    assert fleet.client.wait(run_id, timeout=60).status == "succeeded"
+    tool_ids = [f"{run_id}-1-{i}" for i in range(3)]
+    assert fleet.redis.exists(*[f"celery-task-meta-{t}" for t in tool_ids]) == 3
+    assert fleet.redis.pubsub_channels(f"celery-task-meta-{run_id}*") == []

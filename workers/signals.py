@@ -19,7 +19,7 @@ from celery.signals import (
 from tasks import watchdog
 from tasks.llm import reset_clients
 from tasks.redisconn import wait_out_outages
-from workers import logs, redact
+from workers import logs, redact, results
 from workers.conf import worker_config
 from workers.settings import get_settings
 
@@ -34,6 +34,8 @@ def _wait_out_redis_outages(conf: Any, **_: Any) -> None:
     settings = get_settings()
     wait_out_outages(settings.redis_outage_wait)
     conf.update(worker_config(settings))
+    # A worker waits for no result: see workers/results.py.
+    results.untrack_pending_results()
 
 
 @worker_process_init.connect
