@@ -302,6 +302,10 @@ def tool_signatures(
                 task_id=call_id,
                 soft_time_limit=soft,
                 time_limit=hard,
+                # The chord joins on its own keys, and the run store keeps the result (the
+                # run, GET /v1/tool-calls and a redelivery read it there): Celery's own copy
+                # under the call's ID would be a read, a write and a publish more per call.
+                ignore_result=True,
             )
         )
     return signatures

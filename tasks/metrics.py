@@ -15,9 +15,9 @@ the observations that fall in that bucket alone, and ``sum``; the reader accumul
 One ``HINCRBY`` per observation, instead of one per bucket above it.
 
 Runs and steps are counted by the Lua scripts of :mod:`tasks.scripts`, in the transition
-that makes them true: a run once, when it becomes final; a step once, when its answer is
-applied. :class:`Recorder` writes the rest, and never fails the work it measures: a write
-that fails is logged and dropped.
+that makes them true: a run when it is created and once when it becomes final; a step once,
+when its answer is applied. :class:`Recorder` writes the admission denials, and never fails
+the work it measures: a write that fails is logged and dropped.
 """
 
 from __future__ import annotations
@@ -138,12 +138,6 @@ class Recorder:
     def __init__(self, client: redis.Redis, prefix: str) -> None:
         self.redis = client
         self.keys = MetricKeys(prefix)
-
-    @_best_effort
-    def runs_enqueued(self, count: int = 1) -> None:
-        """``count`` run records were created (through the API, ``send_task`` or a batch)."""
-        if count:
-            self.redis.hincrby(self.keys.runs, "enqueued", count)
 
     @_best_effort
     def admission(self, provider: str, reply: Sequence[str]) -> None:

@@ -9,8 +9,8 @@ Keys derived inside the scripts (tenant slots, batches, metrics) are built from 
 the store runs on one Redis, not a cluster.
 
 The fleet's metrics of runs and steps (:mod:`tasks.metrics`) are counted by the transitions
-that make them true, in the same round trip: a run when it becomes final, a step when its
-answer is applied.
+that make them true, in the same round trip: a run when it is created and when it becomes
+final, a step when its answer is applied.
 """
 
 from __future__ import annotations
@@ -96,6 +96,7 @@ for i = 4, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
 redis.call('EXPIRE', KEYS[1], ctx.ttl)
 redis.call('EXPIRE', KEYS[2], ctx.ttl)
 redis.call('ZADD', ctx.prefix .. ':runs:active', ARGV[3], ctx.run_id)
+redis.call('HINCRBY', ctx.prefix .. ':metrics:runs', 'enqueued', 1)
 emit(KEYS[1], 'queued', {model = fields.model, max_steps = tonumber(fields.max_steps)})
 return 1
 """

@@ -33,10 +33,10 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import redis
+from redis.commands.core import Script
 
 from tasks import scripts
 from tasks.llm._routing import Target
-from tasks.metrics import Recorder
 from tasks.models import RunRequest, RunStatus
 from tasks.redisconn import get_redis
 from workers.settings import Settings
@@ -116,7 +116,6 @@ class RunStore:
         self._begin_tool = client.register_script(scripts.BEGIN_TOOL)
         self._complete_tool = client.register_script(scripts.COMPLETE_TOOL)
         self._cancel_tool = client.register_script(scripts.CANCEL_TOOL)
-        self.metrics = Recorder(client, settings.key_prefix)
 
     def _ctx(self, run_id: str | None) -> str:
         """The context argument every script takes (see :mod:`tasks.scripts`)."""
@@ -171,18 +170,31 @@ class RunStore:
         batch_id: str | None = None,
     ) -> int:
         """Write many queued runs in pipelined round trips; returns how many were new."""
-        pipe = self.redis.pipeline(transaction=False)
+        calls = []
         for run_id, request, tools, chain in runs:
             fields, messages = self._run_fields(run_id, request, tools, chain, tenant, batch_id)
             base = self.run_key(run_id)
-            self._create_run(
-                keys=[base, f"{base}:messages"],
-                args=[self._ctx(run_id), json.dumps(fields), self.due(0), *messages],
-                client=pipe,
+            calls.append(
+                (
+                    [base, f"{base}:messages"],
+                    [self._ctx(run_id), json.dumps(fields), self.due(0), *messages],
+                )
             )
-        created = sum(int(r) for r in pipe.execute())
-        self.metrics.runs_enqueued(created)
-        return created
+        return sum(int(r) for r in self._each(self._create_run, calls))
+
+    def _each(self, script: Script, calls: Sequence[tuple[list[str], list[Any]]]) -> list[Any]:
+        """Run ``script`` once per (keys, args): directly for one call, else in one pipeline.
+
+        Not a pipeline of one: a pipeline holding a script first asks Redis whether it has
+        the script, a round trip more than the call itself.
+        """
+        if len(calls) == 1:
+            keys, args = calls[0]
+            return [script(keys=keys, args=args)]
+        pipe = self.redis.pipeline(transaction=False)
+        for keys, args in calls:
+            script(keys=keys, args=args, client=pipe)
+        return list(pipe.execute())
 
     def _run_fields(
         self,
@@ -328,12 +340,10 @@ class RunStore:
 
     def cancel_runs(self, run_ids: Sequence[str], reason: str) -> list[tuple[str, Finished]]:
         """:meth:`cancel_run` for many runs, in two pipelined round trips."""
+        replies = self._each(
+            self._cancel_run, [([self.run_key(r)], [self._ctx(r), reason]) for r in run_ids]
+        )
         pipe = self.redis.pipeline(transaction=False)
-        for run_id in run_ids:
-            self._cancel_run(
-                keys=[self.run_key(run_id)], args=[self._ctx(run_id), reason], client=pipe
-            )
-        replies = pipe.execute()
         cancelled = [
             r for r, reply in zip(run_ids, replies, strict=True) if reply[0] == "cancelled"
         ]

@@ -290,8 +290,8 @@ def test_recording_never_raises_when_redis_is_down(caplog: pytest.LogCaptureFixt
     dead = redis.Redis(port=free_port(), retry=Retry(NoBackoff(), 0), decode_responses=True)
     recorder = Recorder(dead, "af")
     with caplog.at_level(logging.WARNING, logger="tasks.metrics"):
-        recorder.runs_enqueued()
         recorder.admission("default", ["open", "1.0", "0", "0"])
+        recorder.admission("default", ["limited", "1.0", "0", "0", "rpm,tpm"])
     messages = [r.getMessage() for r in caplog.records]
     assert len(messages) == 2, messages
     assert all(m.startswith("metrics: could not record") for m in messages)

@@ -86,6 +86,4 @@ def test_workers_keep_no_subscription_to_tool_results(fleet: Fleet) -> None:
     calls = " ".join(f'call text_stats {{"text": "{w}"}}' for w in ("a", "b", "c"))
     run_id = fleet.client.create_run(calls).id
     assert fleet.client.wait(run_id, timeout=60).status == "succeeded"
-    tool_ids = [f"{run_id}-1-{i}" for i in range(3)]
-    assert fleet.redis.exists(*[f"celery-task-meta-{t}" for t in tool_ids]) == 3
     assert fleet.redis.pubsub_channels(f"celery-task-meta-{run_id}*") == []
