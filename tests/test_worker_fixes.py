@@ -1,8 +1,10 @@
-"""The two speed fixes workers make to Celery and kombu keep their behaviour.
+"""The speed fixes workers make to Celery and kombu keep their behaviour.
 
 ``workers.controlflow``: ``Ignore`` is kept without its traceback, every other exception with
 it. ``workers.redis_transport``: a channel shares one Redis client across publishes, acks and
-threads, and makes a new one for a new connection pool.
+threads, and makes a new one for a new connection pool. ``workers.results``: workers keep no
+subscription to results they never wait for, and store a state in one script that never
+overwrites a ``SUCCESS``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from kombu import Connection
 
 from tests.conftest import Fleet
 from workers.controlflow import ControlFlowExceptionInfo
+from workers.results import store_result_once
 
 
 def _info_of(exc: BaseException) -> ControlFlowExceptionInfo:
@@ -87,3 +90,42 @@ def test_workers_keep_no_subscription_to_tool_results(fleet: Fleet) -> None:
     run_id = fleet.client.create_run(calls).id
     assert fleet.client.wait(run_id, timeout=60).status == "succeeded"
     assert fleet.redis.pubsub_channels(f"celery-task-meta-{run_id}*") == []
+
+
+def test_one_round_trip_store_keeps_celerys_rules(fleet: Fleet) -> None:
+    backend = fleet.app.backend
+    task_id = f"test-store-{uuid.uuid4().hex}"
+
+    def stored() -> tuple[str, object]:
+        result = fleet.app.AsyncResult(task_id)  # a new one: a ready result caches its state
+        return result.state, result.result
+
+    store_result_once(backend, task_id, {"pid": 1}, "STARTED")
+    assert stored() == ("STARTED", {"pid": 1})
+    assert 0 < fleet.redis.ttl(f"celery-task-meta-{task_id}") <= backend.expires
+    store_result_once(backend, task_id, {"answer": 42}, "SUCCESS")
+    assert stored() == ("SUCCESS", {"answer": 42})
+    # A late or redelivered state never replaces a stored SUCCESS.
+    store_result_once(backend, task_id, {"pid": 2}, "STARTED")
+    late = backend.prepare_exception(ValueError("late"))
+    store_result_once(backend, task_id, late, "FAILURE")
+    assert stored() == ("SUCCESS", {"answer": 42})
+
+
+def test_one_round_trip_store_publishes_the_state(fleet: Fleet) -> None:
+    # What AsyncResult.get() waits on: the state is published on the task's channel.
+    backend = fleet.app.backend
+    task_id = f"test-store-{uuid.uuid4().hex}"
+    pubsub = fleet.redis.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(f"celery-task-meta-{task_id}")
+    try:
+        store_result_once(backend, task_id, "done", "SUCCESS")
+        message = None
+        for _ in range(50):
+            message = pubsub.get_message(timeout=0.1)
+            if message:
+                break
+        assert message is not None
+        assert '"status": "SUCCESS"' in message["data"]
+    finally:
+        pubsub.close()

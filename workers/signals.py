@@ -35,7 +35,7 @@ def _wait_out_redis_outages(conf: Any, **_: Any) -> None:
     wait_out_outages(settings.redis_outage_wait)
     conf.update(worker_config(settings))
     # A worker waits for no result: see workers/results.py.
-    results.untrack_pending_results()
+    results.install()
 
 
 @worker_process_init.connect
