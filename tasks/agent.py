@@ -33,7 +33,7 @@ from tasks.lifecycle import entry_options, follow_up
 from tasks.llm import Completion, ModelToolCall, Target, call_chain, resolve_chain
 from tasks.metrics import step_fields
 from tasks.models import DEFAULT_TENANT, TENANT_PATTERN, RunRequest, RunStatus, limit_problems
-from tasks.store import StepClaim, get_store
+from tasks.store import Finished, StepAnswer, StepClaim, get_store
 from tasks.streaming import TokenRelay
 from tasks.toolcall import time_limits, tool_payload
 from tasks.tools import registry
@@ -136,7 +136,10 @@ class StepRunner:
 
     def _finish(self, token: str, **final: Any) -> dict[str, Any]:
         """Mark the step dispatched (or the run final) and start what that frees."""
-        finished = self.store.finish_step(self.run_id, self.step, token, **final)
+        return self._followed(self.store.finish_step(self.run_id, self.step, token, **final))
+
+    def _followed(self, finished: Finished) -> dict[str, Any]:
+        """Start what the step's end freed; the run's record as the task's result."""
         follow_up(self.task.app, self.store, self.run_id, finished)
         return run_view(finished.record)
 
@@ -156,9 +159,7 @@ class StepRunner:
                 )
             new_messages = tool_messages(tool_results)
             completion, target = self._call_llm(claim, run, transcript + new_messages)
-            applied = self.store.apply_step(
-                self.run_id,
-                self.step,
+            answer = StepAnswer(
                 [*new_messages, completion.assistant_message()],
                 completion.prompt_tokens,
                 completion.completion_tokens,
@@ -167,7 +168,15 @@ class StepRunner:
                 step_fields(time.monotonic() - self.began, target, completion),
                 self._worker(),
             )
-            if applied < 0:
+            if not completion.tool_calls:
+                # The run's last step: its answer and its end in one round trip.
+                finished = self.store.apply_and_finish_step(
+                    self.run_id, self.step, claim.token, answer, completion.content or ""
+                )
+                if finished is None:
+                    raise RunCancelled(self.run_id)
+                return self._followed(finished)
+            if self.store.apply_step(self.run_id, self.step, answer) < 0:
                 raise RunCancelled(self.run_id)
         if completion.tool_calls:
             self._dispatch_tools(claim, run, completion.tool_calls)

@@ -151,64 +151,85 @@ return {'ok', redis.call('HGETALL', KEYS[1]), redis.call('LRANGE', KEYS[3], 0, -
 """
 )
 
-# KEYS: run, messages. ARGV: ctx, step, json {messages: [str], prompt_tokens,
-# completion_tokens, tools_total, provider, model, worker, metrics (tasks.metrics.step_fields)}.
-# 1 applied, 0 applied before, -1 the run is final (cancelled while the model was answering).
-APPLY_STEP = (
-    _COMMON
-    + """
-local step = tonumber(ARGV[2])
-if is_final(redis.call('HGET', KEYS[1], 'status')) then return -1 end
-if tonumber(redis.call('HGET', KEYS[1], 'applied_step') or '0') >= step then return 0 end
-local p = cjson.decode(ARGV[3])
-for _, m in ipairs(p.messages) do redis.call('RPUSH', KEYS[2], m) end
-redis.call('HINCRBY', KEYS[1], 'prompt_tokens', p.prompt_tokens)
-redis.call('HINCRBY', KEYS[1], 'completion_tokens', p.completion_tokens)
-redis.call('HINCRBY', KEYS[1], 'llm_calls', 1)
-redis.call('HINCRBY', KEYS[1], 'tools_total', p.tools_total)
-redis.call('HSET', KEYS[1], 'applied_step', step, 'step', step, 'updated_at', ctx.now,
-           'provider', p.provider, 'tools:' .. step, p.tools_total, 'worker', p.worker)
-redis.call('HDEL', KEYS[1], 'waiting', 'waiting_since')
-emit(KEYS[1], 'llm_call_finished', {step = step, provider = p.provider, model = p.model,
-     prompt_tokens = p.prompt_tokens, completion_tokens = p.completion_tokens,
-     tool_calls = p.tools_total})
-local m, steps, llm = p.metrics, ctx.prefix .. ':metrics:step_seconds', ctx.prefix .. ':metrics:llm'
-redis.call('HINCRBY', steps, m.bucket, 1)
-redis.call('HINCRBYFLOAT', steps, 'sum', tostring(m.seconds))
-redis.call('HINCRBY', llm, m.calls, 1)
-redis.call('HINCRBY', llm, m.prompt, p.prompt_tokens)
-redis.call('HINCRBY', llm, m.completion, p.completion_tokens)
-return 1
+# The two halves of a step's end, as functions, so that a step that ends the run does both in
+# one script. apply: append the step's answer and usage once; 1 applied, 0 applied before,
+# -1 the run is final (cancelled while the model was answering). p: {messages: [str],
+# prompt_tokens, completion_tokens, tools_total, provider, model, worker, metrics
+# (tasks.metrics.step_fields)}. finish: mark the step dispatched (and the run final, if
+# p.status), drop the lease; returns {record, run to start now, finished batch, final status
+# if this made it final}. p: {due, [status, result, error]}.
+_STEP_END = """
+local function apply(run_key, messages_key, step, p)
+  if is_final(redis.call('HGET', run_key, 'status')) then return -1 end
+  if tonumber(redis.call('HGET', run_key, 'applied_step') or '0') >= step then return 0 end
+  for _, m in ipairs(p.messages) do redis.call('RPUSH', messages_key, m) end
+  redis.call('HINCRBY', run_key, 'prompt_tokens', p.prompt_tokens)
+  redis.call('HINCRBY', run_key, 'completion_tokens', p.completion_tokens)
+  redis.call('HINCRBY', run_key, 'llm_calls', 1)
+  redis.call('HINCRBY', run_key, 'tools_total', p.tools_total)
+  redis.call('HSET', run_key, 'applied_step', step, 'step', step, 'updated_at', ctx.now,
+             'provider', p.provider, 'tools:' .. step, p.tools_total, 'worker', p.worker)
+  redis.call('HDEL', run_key, 'waiting', 'waiting_since')
+  emit(run_key, 'llm_call_finished', {step = step, provider = p.provider, model = p.model,
+       prompt_tokens = p.prompt_tokens, completion_tokens = p.completion_tokens,
+       tool_calls = p.tools_total})
+  local m = p.metrics
+  local steps, llm = ctx.prefix .. ':metrics:step_seconds', ctx.prefix .. ':metrics:llm'
+  redis.call('HINCRBY', steps, m.bucket, 1)
+  redis.call('HINCRBYFLOAT', steps, 'sum', tostring(m.seconds))
+  redis.call('HINCRBY', llm, m.calls, 1)
+  redis.call('HINCRBY', llm, m.prompt, p.prompt_tokens)
+  redis.call('HINCRBY', llm, m.completion, p.completion_tokens)
+  return 1
+end
+local function finish(run_key, lease_key, token, step, p)
+  local follow = {'', '', ''}
+  if tonumber(redis.call('HGET', run_key, 'dispatched_step') or '0') < step then
+    redis.call('HSET', run_key, 'dispatched_step', step, 'updated_at', ctx.now)
+    emit(run_key, 'step_finished', {step = step,
+         tool_calls = tonumber(redis.call('HGET', run_key, 'tools:' .. step) or '0')})
+  end
+  local status = redis.call('HGET', run_key, 'status')
+  if p.status then
+    if not is_final(status) then
+      if p.result then redis.call('HSET', run_key, 'result', p.result) end
+      if p.error then redis.call('HSET', run_key, 'error', p.error) end
+      local data = {result = p.result}
+      if p.error then data = {error = cjson.decode(p.error)} end
+      follow = finalize(run_key, ctx.run_id, p.status, data)
+    end
+  elseif not is_final(status) then
+    redis.call('ZADD', ctx.prefix .. ':runs:active', 'XX', p.due, ctx.run_id)
+  end
+  if redis.call('GET', lease_key) == token then redis.call('DEL', lease_key) end
+  return {redis.call('HGETALL', run_key), follow[1], follow[2], follow[3]}
+end
 """
+
+# KEYS: run, messages. ARGV: ctx, step, apply json.
+APPLY_STEP = (
+    _COMMON + _STEP_END + "return apply(KEYS[1], KEYS[2], tonumber(ARGV[2]), cjson.decode(ARGV[3]))"
 )
 
-# KEYS: run, lease. ARGV: ctx, token, step, json {due, [status, result, error]}.
-# Returns {record, run to start now, finished batch, final status if this made it final}.
+# KEYS: run, lease. ARGV: ctx, token, step, finish json.
 FINISH_STEP = (
     _COMMON
+    + _STEP_END
+    + "return finish(KEYS[1], KEYS[2], ARGV[2], tonumber(ARGV[3]), cjson.decode(ARGV[4]))"
+)
+
+# A step that ends the run: both in one round trip. KEYS: run, messages, lease. ARGV: ctx,
+# token, step, apply json, finish json. Returns {-1} (final already: nothing finished), or
+# {applied, record, run to start now, finished batch, final status}.
+APPLY_AND_FINISH_STEP = (
+    _COMMON
+    + _STEP_END
     + """
-local p = cjson.decode(ARGV[4])
 local step = tonumber(ARGV[3])
-local follow = {'', '', ''}
-if tonumber(redis.call('HGET', KEYS[1], 'dispatched_step') or '0') < step then
-  redis.call('HSET', KEYS[1], 'dispatched_step', step, 'updated_at', ctx.now)
-  emit(KEYS[1], 'step_finished', {step = step,
-       tool_calls = tonumber(redis.call('HGET', KEYS[1], 'tools:' .. step) or '0')})
-end
-local status = redis.call('HGET', KEYS[1], 'status')
-if p.status then
-  if not is_final(status) then
-    if p.result then redis.call('HSET', KEYS[1], 'result', p.result) end
-    if p.error then redis.call('HSET', KEYS[1], 'error', p.error) end
-    local data = {result = p.result}
-    if p.error then data = {error = cjson.decode(p.error)} end
-    follow = finalize(KEYS[1], ctx.run_id, p.status, data)
-  end
-elseif not is_final(status) then
-  redis.call('ZADD', ctx.prefix .. ':runs:active', 'XX', p.due, ctx.run_id)
-end
-if redis.call('GET', KEYS[2]) == ARGV[2] then redis.call('DEL', KEYS[2]) end
-return {redis.call('HGETALL', KEYS[1]), follow[1], follow[2], follow[3]}
+local applied = apply(KEYS[1], KEYS[2], step, cjson.decode(ARGV[4]))
+if applied < 0 then return {applied} end
+local done = finish(KEYS[1], KEYS[3], ARGV[2], step, cjson.decode(ARGV[5]))
+return {applied, done[1], done[2], done[3], done[4]}
 """
 )
 

@@ -98,6 +98,34 @@ def get_store(settings: Settings) -> RunStore:
     return store
 
 
+@dataclass(frozen=True)
+class StepAnswer:
+    """What a step stores once its model has answered."""
+
+    messages: list[dict[str, Any]]  # the tool results it was given, then the model's message
+    prompt_tokens: int
+    completion_tokens: int
+    tool_calls: int
+    target: Target
+    metrics: dict[str, Any]  # tasks.metrics.step_fields
+    worker: str = ""
+
+    def payload(self) -> str:
+        """The JSON the step-ending scripts take (``apply`` in :mod:`tasks.scripts`)."""
+        return json.dumps(
+            {
+                "messages": [json.dumps(m) for m in self.messages],
+                "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens,
+                "tools_total": self.tool_calls,
+                "provider": self.target.provider,
+                "model": self.target.model,
+                "worker": self.worker,
+                "metrics": self.metrics,
+            }
+        )
+
+
 class RunStore:
     """Reads and writes run and tool-call records. Safe to share across threads/greenlets."""
 
@@ -109,6 +137,7 @@ class RunStore:
         self._begin_step = client.register_script(scripts.BEGIN_STEP)
         self._apply_step = client.register_script(scripts.APPLY_STEP)
         self._finish_step = client.register_script(scripts.FINISH_STEP)
+        self._apply_and_finish_step = client.register_script(scripts.APPLY_AND_FINISH_STEP)
         self._cancel_run = client.register_script(scripts.CANCEL_RUN)
         self._release_step = client.register_script(scripts.RELEASE_STEP)
         self._drop_lease = client.register_script(scripts.DROP_LEASE)
@@ -275,35 +304,13 @@ class RunStore:
         wait_s = int(reply[1]) / 1000 if outcome == "busy" else 0.0
         return StepClaim(outcome, token, {}, [], wait_s=max(wait_s, 0.0))
 
-    def apply_step(
-        self,
-        run_id: str,
-        step: int,
-        messages: list[dict[str, Any]],
-        prompt_tokens: int,
-        completion_tokens: int,
-        tools_total: int,
-        target: Target,
-        metrics: dict[str, Any],
-        worker: str = "",
-    ) -> int:
-        """Append this step's messages and usage once: 1 applied now, 0 applied before,
-        -1 the run is final (cancelled while the model answered). ``metrics`` is what
-        :func:`tasks.metrics.step_fields` gives for the step."""
+    def apply_step(self, run_id: str, step: int, answer: StepAnswer) -> int:
+        """Append this step's answer and usage once: 1 applied now, 0 applied before, -1 the
+        run is final (cancelled while the model answered)."""
         base = self.run_key(run_id)
-        payload = {
-            "messages": [json.dumps(m) for m in messages],
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "tools_total": tools_total,
-            "provider": target.provider,
-            "model": target.model,
-            "worker": worker,
-            "metrics": metrics,
-        }
         applied = self._apply_step(
             keys=[base, f"{base}:messages"],
-            args=[self._ctx(run_id), step, json.dumps(payload)],
+            args=[self._ctx(run_id), step, answer.payload()],
         )
         return int(applied)
 
@@ -319,6 +326,35 @@ class RunStore:
     ) -> Finished:
         """Mark the step dispatched (and the run final, if ``status``); drop the lease."""
         base = self.run_key(run_id)
+        reply = self._finish_step(
+            keys=[base, f"{base}:lease"],
+            args=[self._ctx(run_id), token, step, self._finish_payload(status, result, error)],
+        )
+        return Finished(_pairs(reply[0]), reply[1], reply[2], reply[3])
+
+    def apply_and_finish_step(
+        self, run_id: str, step: int, token: str, answer: StepAnswer, result: str
+    ) -> Finished | None:
+        """:meth:`apply_step`, then :meth:`finish_step` with the run succeeded, in one round
+        trip; None if the run was final already (cancelled while the model answered)."""
+        base = self.run_key(run_id)
+        reply = self._apply_and_finish_step(
+            keys=[base, f"{base}:messages", f"{base}:lease"],
+            args=[
+                self._ctx(run_id),
+                token,
+                step,
+                answer.payload(),
+                self._finish_payload(RunStatus.SUCCEEDED, result, None),
+            ],
+        )
+        if int(reply[0]) < 0:
+            return None
+        return Finished(_pairs(reply[1]), reply[2], reply[3], reply[4])
+
+    def _finish_payload(
+        self, status: RunStatus | None, result: str | None, error: dict[str, str] | None
+    ) -> str:
         # Not final: its tool calls are queued, and each one pushes this on as it starts.
         payload: dict[str, Any] = {"due": self.due(self.settings.tool_time_limit)}
         if status is not None:
@@ -327,11 +363,7 @@ class RunStore:
             payload["result"] = result
         if error is not None:
             payload["error"] = json.dumps(error)
-        reply = self._finish_step(
-            keys=[base, f"{base}:lease"],
-            args=[self._ctx(run_id), token, step, json.dumps(payload)],
-        )
-        return Finished(_pairs(reply[0]), reply[1], reply[2], reply[3])
+        return json.dumps(payload)
 
     def cancel_run(self, run_id: str, reason: str) -> tuple[str, Finished]:
         """Cancel a run unless it is final: (``cancelled`` | ``final:<status>`` | ``missing``,

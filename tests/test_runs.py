@@ -9,7 +9,7 @@ from tasks.agent import completion_from_transcript
 from tasks.llm import resolve_chain
 from tasks.metrics import step_fields
 from tasks.models import RunRequest
-from tasks.store import RunStore, ToolClaim
+from tasks.store import RunStore, StepAnswer, ToolClaim
 from tests.conftest import Fleet
 
 
@@ -171,8 +171,8 @@ def _step_one_dispatched(store: RunStore, run_id: str, text: str) -> ToolClaim:
         "function": {"name": "text_stats", "arguments": arguments},
     }
     message = {"role": "assistant", "content": None, "tool_calls": [call]}
-    usage = step_fields(0.01, chain[0], completion_from_transcript([message]))
-    store.apply_step(run_id, 1, [message], 10, 5, 1, chain[0], usage)
+    metrics = step_fields(0.01, chain[0], completion_from_transcript([message]))
+    store.apply_step(run_id, 1, StepAnswer([message], 10, 5, 1, chain[0], metrics))
     store.finish_step(run_id, 1, claim.token)
     return store.begin_tool(f"{run_id}-1-0", "text_stats", "{}", run_id, lease_s=5)
 
