@@ -416,6 +416,22 @@ class RunStore:
     def forget(self, run_id: str) -> None:
         self.redis.zrem(self.active_key, run_id)
 
+    def waits_for_slot(self, run: dict[str, str]) -> bool:
+        """Whether ``run`` waits in its tenant's queue while the tenant has no free slot.
+
+        Then the run that frees a slot starts it; a run that waits while a slot is free lost
+        that message, and needs it sent again.
+        """
+        tenant, cap = run.get("tenant"), int(run.get("cap") or 0)
+        if not tenant or cap <= 0 or run.get("status") != RunStatus.QUEUED.value:
+            return False
+        t = f"{self._p}:tenant:{tenant}"
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zscore(f"{t}:waiting", run["id"])
+        pipe.scard(f"{t}:inflight")
+        waiting, inflight = pipe.execute()
+        return waiting is not None and int(inflight) >= cap
+
     def holds_lease(self, run_id: str) -> bool:
         """Whether a worker holds the run's step (a live one, or a dead one until it expires)."""
         return bool(self.redis.exists(f"{self.run_key(run_id)}:lease"))

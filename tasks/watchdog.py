@@ -47,7 +47,8 @@ class Recovery:
     """What a sweep did for one overdue run.
 
     ``action``: ``forgotten`` (final or gone), ``held`` (a worker holds it; wait for its lease),
-    ``entry`` (step 1 sent again), ``step`` (the step after a finished tool chord sent again)
+    ``waiting`` (its tenant is at its cap: the run that frees a slot starts it), ``entry`` (step
+    1 sent again), ``step`` (the step after a finished tool chord sent again)
     or ``tools`` (tool calls that no worker holds and no result answers sent again).
     """
 
@@ -73,6 +74,10 @@ def recover(app: Celery, settings: Settings, store: RunStore, run_id: str) -> Re
         # Celery redelivers the step; look again after that.
         store.touch(run_id, settings.step_time_limit)
         return Recovery(run_id, "held")
+    if store.waits_for_slot(run):
+        # Its tenant is at its cap: the run that frees a slot starts it. Look again later.
+        store.touch(run_id, settings.stall_timeout)
+        return Recovery(run_id, "waiting")
     resends = int(store.redis.hincrby(store.run_key(run_id), "watchdog_resends", 1))
     doublings = min(resends - 1, MAX_BACKOFF_DOUBLINGS)
     store.touch(run_id, settings.stall_timeout * (2**doublings - 1))

@@ -9,6 +9,7 @@ Short limits keep the stall allowance in seconds: stall 2 s, sweeps every 0.5 s.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,8 +17,9 @@ import pytest
 
 from ops.stack import PoolSpec, Stack, wait_for
 from tasks.llm import resolve_chain
-from tasks.models import RunRequest
+from tasks.models import RunRequest, RunStatus
 from tasks.store import RunStore
+from tasks.watchdog import recover
 from tests.conftest import SHORT_LIMITS, Fleet, private_fleet, with_pools
 
 SHORT = SHORT_LIMITS | {"AGENTFLEET_STALL_TIMEOUT": "2", "AGENTFLEET_WATCHDOG_INTERVAL": "0.5"}
@@ -96,3 +98,29 @@ def test_overdue_run_held_by_a_worker_is_left_alone(watched: Fleet) -> None:
     assert watched.redis.hget(store.run_key(run_id), "status") == "queued"
     store.forget(run_id)
     store.delete_run(run_id)
+
+
+def test_a_run_waiting_for_its_tenant_is_resent_only_if_its_start_was_lost(
+    watched: Fleet,
+) -> None:
+    # Keys of their own: the fleet's workers and watchdog never see these runs.
+    settings = watched.settings.model_copy(
+        update={"key_prefix": "wdcap", "tenant_limits": {"capped": 1}}
+    )
+    store = RunStore(watched.redis, settings)
+    chain = resolve_chain(settings, None)
+    for run_id in ("cap-a", "cap-b"):
+        assert store.create_run(run_id, RunRequest(input="hi"), [], chain, tenant="capped")
+    first = store.begin_step("cap-a", 1)
+    assert first.outcome == "ok"
+    assert store.begin_step("cap-b", 1).outcome == "throttled"
+
+    # The tenant is at its cap: the run ahead of it will start it; nothing is sent.
+    assert recover(watched.app, settings, store, "cap-b").action == "waiting"
+    assert watched.redis.hget(store.run_key("cap-b"), "watchdog_resends") is None
+    assert watched.redis.zscore(store.active_key, "cap-b") > time.time()
+
+    # The run ahead finishes, and the message that would start the waiting one is lost.
+    finished = store.finish_step("cap-a", 1, first.token, status=RunStatus.SUCCEEDED, result="x")
+    assert finished.kick == "cap-b"
+    assert recover(watched.app, settings, store, "cap-b").action == "entry"
