@@ -9,8 +9,12 @@ overwrites a ``SUCCESS``.
 
 from __future__ import annotations
 
+import base64
+import json
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 from celery.app import trace
@@ -127,5 +131,43 @@ def test_one_round_trip_store_publishes_the_state(fleet: Fleet) -> None:
                 break
         assert message is not None
         assert '"status": "SUCCESS"' in message["data"]
+    finally:
+        pubsub.close()
+
+
+def _task_events(raw: str) -> list[dict[str, Any]]:
+    """The events in one published ``task.multi`` message (kombu's JSON envelope)."""
+    envelope = json.loads(raw)
+    body = (
+        base64.b64decode(envelope["body"])
+        if envelope.get("properties", {}).get("body_encoding") == "base64"
+        else envelope["body"]
+    )
+    events = json.loads(body)
+    return events if isinstance(events, list) else [events]
+
+
+def test_task_events_are_published_in_batches_and_none_is_lost(fleet: Fleet) -> None:
+    # workers/consumer.py: a worker publishes its task events a window at a time.
+    pubsub = fleet.redis.pubsub(ignore_subscribe_messages=True)
+    pubsub.psubscribe("*celeryev/task.multi")
+    try:
+        ids = [fleet.client.create_run(f"events {i}").id for i in range(20)]
+        for run_id in ids:
+            assert fleet.client.wait(run_id, timeout=60).status == "succeeded"
+        wanted = {(i, kind) for i in ids for kind in ("task-received", "task-succeeded")}
+        seen: set[tuple[str, str]] = set()
+        publishes = 0
+        deadline = time.monotonic() + 10
+        while not wanted <= seen and time.monotonic() < deadline:
+            message = pubsub.get_message(timeout=0.2)
+            if not message:
+                continue
+            ours = [e for e in _task_events(message["data"]) if e.get("uuid") in ids]
+            publishes += bool(ours)
+            seen |= {(e["uuid"], e["type"]) for e in ours}
+        assert wanted <= seen, sorted(wanted - seen)[:5]
+        # 60 events of these runs (received, started, succeeded): far fewer publishes.
+        assert publishes <= len(ids), publishes
     finally:
         pubsub.close()

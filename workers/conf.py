@@ -116,8 +116,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "interval_step": 0.2,
             "interval_max": 0.5,
         },
-        # Events for Flower and monitoring.
+        # Events for Flower and monitoring, published in batches (workers/consumer.py).
         "worker_send_task_events": True,
+        "worker_consumer": "workers.consumer:Consumer",
         "task_send_sent_event": True,
         "worker_hijack_root_logger": False,
         "enable_utc": True,
