@@ -15,10 +15,16 @@ final, a step when its answer is applied.
 
 from __future__ import annotations
 
-from tasks.metrics import RUN_BUCKETS, format_bound
+from tasks.metrics import RUN_BUCKETS, MetricKeys, format_bound
 
 #: The run-latency buckets as a Lua table of {upper bound, field name}.
 _RUN_BUCKETS_LUA = "{" + ", ".join(f"{{{b!r}, '{format_bound(b)}'}}" for b in RUN_BUCKETS) + "}"
+#: The metric keys the scripts write, after ``prefix``: named in one place, MetricKeys.
+_SUFFIX = MetricKeys("")
+_METRIC_KEYS_LUA = (
+    f"{{runs = '{_SUFFIX.runs}', run_seconds = '{_SUFFIX.run_seconds}', "
+    f"step_seconds = '{_SUFFIX.step_seconds}', llm = '{_SUFFIX.llm}'}}"
+)
 
 # Shared by the scripts below: append an event; the side effects of a run becoming final.
 _COMMON = (
@@ -26,6 +32,9 @@ _COMMON = (
 local ctx = cjson.decode(ARGV[1])
 local RUN_BUCKETS = """
     + _RUN_BUCKETS_LUA
+    + """
+local METRIC = """
+    + _METRIC_KEYS_LUA
     + """
 local function emit(run_key, kind, data)
   local ev = run_key .. ':events'
@@ -45,16 +54,16 @@ local function is_final(status)
   return status == 'succeeded' or status == 'failed' or status == 'cancelled'
 end
 -- The run metrics: one more run with this final status, and its created -> finished time.
+-- Called by finalize, which each caller runs only on a run that is not final yet: once a run.
 local function count_finished(run_key, status)
-  if redis.call('HSETNX', run_key, 'metrics_counted', 1) == 0 then return end
-  redis.call('HINCRBY', ctx.prefix .. ':metrics:runs', status, 1)
+  redis.call('HINCRBY', ctx.prefix .. METRIC.runs, status, 1)
   local created = tonumber(redis.call('HGET', run_key, 'created_at') or ctx.now)
   local seconds = math.max(ctx.now - created, 0)
   local field = '+Inf'
   for _, bucket in ipairs(RUN_BUCKETS) do
     if seconds <= bucket[1] then field = bucket[2] break end
   end
-  local hist = ctx.prefix .. ':metrics:run_seconds'
+  local hist = ctx.prefix .. METRIC.run_seconds
   redis.call('HINCRBY', hist, field, 1)
   redis.call('HINCRBYFLOAT', hist, 'sum', tostring(seconds))
 end
@@ -96,7 +105,7 @@ for i = 4, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
 redis.call('EXPIRE', KEYS[1], ctx.ttl)
 redis.call('EXPIRE', KEYS[2], ctx.ttl)
 redis.call('ZADD', ctx.prefix .. ':runs:active', ARGV[3], ctx.run_id)
-redis.call('HINCRBY', ctx.prefix .. ':metrics:runs', 'enqueued', 1)
+redis.call('HINCRBY', ctx.prefix .. METRIC.runs, 'enqueued', 1)
 emit(KEYS[1], 'queued', {model = fields.model, max_steps = tonumber(fields.max_steps)})
 return 1
 """
@@ -174,7 +183,7 @@ local function apply(run_key, messages_key, step, p)
        prompt_tokens = p.prompt_tokens, completion_tokens = p.completion_tokens,
        tool_calls = p.tools_total})
   local m = p.metrics
-  local steps, llm = ctx.prefix .. ':metrics:step_seconds', ctx.prefix .. ':metrics:llm'
+  local steps, llm = ctx.prefix .. METRIC.step_seconds, ctx.prefix .. METRIC.llm
   redis.call('HINCRBY', steps, m.bucket, 1)
   redis.call('HINCRBYFLOAT', steps, 'sum', tostring(m.seconds))
   redis.call('HINCRBY', llm, m.calls, 1)
