@@ -4,12 +4,13 @@
 it. ``workers.redis_transport``: a channel shares one Redis client across publishes, acks and
 threads, and makes a new one for a new connection pool. ``workers.results``: workers keep no
 subscription to results they never wait for, and store a state in one script that never
-overwrites a ``SUCCESS``.
+overwrites a ``SUCCESS``. ``workers.heap``: the heap alive at start-up is frozen.
 """
 
 from __future__ import annotations
 
 import base64
+import gc
 import json
 import time
 import uuid
@@ -23,6 +24,7 @@ from kombu import Connection
 
 from tests.conftest import Fleet
 from workers.controlflow import ControlFlowExceptionInfo
+from workers.heap import freeze_startup_heap
 from workers.results import store_result_once
 
 
@@ -171,3 +173,13 @@ def test_task_events_are_published_in_batches_and_none_is_lost(fleet: Fleet) -> 
         assert publishes <= len(ids), publishes
     finally:
         pubsub.close()
+
+
+def test_workers_freeze_their_startup_heap() -> None:
+    # Every worker runs it once it is ready; here it runs in the test process.
+    before = gc.get_freeze_count()
+    try:
+        freeze_startup_heap()
+        assert gc.get_freeze_count() > before
+    finally:
+        gc.unfreeze()

@@ -19,7 +19,7 @@ from celery.signals import (
 from tasks import watchdog
 from tasks.llm import reset_clients
 from tasks.redisconn import wait_out_outages
-from workers import logs, redact, results
+from workers import heap, logs, redact, results
 from workers.conf import worker_config
 from workers.settings import get_settings
 
@@ -43,6 +43,7 @@ def _fresh_clients_after_fork(**_: Any) -> None:
     # A pool child inherits the parent's HTTP clients, sockets included; sharing them across
     # processes corrupts TLS streams. Each child builds its own on first use.
     reset_clients()
+    heap.freeze_startup_heap()
 
 
 @after_setup_logger.connect
@@ -58,6 +59,8 @@ def _start_watchdog(sender: Any = None, **_: Any) -> None:
     # In the worker's main process: every node sweeps for stalled runs, one sweep per
     # interval wins fleet-wide, so the fleet keeps its watchdog whichever nodes die.
     watchdog.start(sender.app, get_settings())
+    # Threads and gevent pools run tasks in this process; prefork children freeze their own.
+    heap.freeze_startup_heap()
 
 
 @worker_shutdown.connect
