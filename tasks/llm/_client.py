@@ -7,7 +7,11 @@ import os
 import httpx2
 import openai
 
+from tasks.llm._transport import PerThreadTransport, threads_are_greenlets
 from workers.settings import ProviderConfig
+
+#: Seconds an idle connection to a provider is kept.
+KEEPALIVE_S = 4.0
 
 _clients: dict[tuple[int, str, str], openai.OpenAI] = {}
 
@@ -28,17 +32,22 @@ def get_client(provider: ProviderConfig) -> openai.OpenAI:
             api_key=provider.api_key(),
             max_retries=0,
             timeout=httpx2.Timeout(provider.timeout, connect=provider.connect_timeout),
-            http_client=openai.DefaultHttpxClient(
-                # Idle connections expire before common server idle timeouts (5 s in uvicorn):
-                # reusing one the server is closing fails as a connection error, which would
-                # count against the provider's breaker.
-                limits=httpx2.Limits(
-                    max_connections=4096, max_keepalive_connections=1024, keepalive_expiry=4.0
-                ),
-            ),
+            http_client=_http_client(),
         )
         _clients[key] = client
     return client
+
+
+def _http_client() -> httpx2.Client:
+    # Idle connections expire before common server idle timeouts (5 s in uvicorn): reusing one
+    # the server is closing fails as a connection error, which would count against the
+    # provider's breaker.
+    if threads_are_greenlets():
+        limits = httpx2.Limits(
+            max_connections=4096, max_keepalive_connections=1024, keepalive_expiry=KEEPALIVE_S
+        )
+        return openai.DefaultHttpxClient(limits=limits)
+    return openai.DefaultHttpxClient(transport=PerThreadTransport(keepalive_expiry=KEEPALIVE_S))
 
 
 def reset_clients() -> None:
