@@ -147,6 +147,7 @@ class StepRunner:
         self, claim: StepClaim, tool_results: list[dict[str, Any]] | None
     ) -> dict[str, Any]:
         run, transcript = claim.run, claim.messages
+        lease_held = True
         if int(run.get("applied_step") or 0) >= self.step:
             completion = completion_from_transcript(transcript)  # redelivered after applying
         else:
@@ -176,10 +177,11 @@ class StepRunner:
                 if finished is None:
                     raise RunCancelled(self.run_id)
                 return self._followed(finished)
-            if self.store.apply_step(self.run_id, self.step, answer) < 0:
+            if self.store.apply_step(self.run_id, self.step, claim.token, answer) < 0:
                 raise RunCancelled(self.run_id)
+            lease_held = False  # the same script dropped it
         if completion.tool_calls:
-            self._dispatch_tools(claim, run, completion.tool_calls)
+            self._dispatch_tools(claim, run, completion.tool_calls, lease_held)
         return self._finish(
             claim.token, status=RunStatus.SUCCEEDED, result=completion.content or ""
         )
@@ -254,15 +256,17 @@ class StepRunner:
         raise self.task.retry(countdown=countdown)
 
     def _dispatch_tools(
-        self, claim: StepClaim, run: dict[str, str], calls: list[ModelToolCall]
+        self, claim: StepClaim, run: dict[str, str], calls: list[ModelToolCall], lease_held: bool
     ) -> None:
         app = self.task.app
         header = tool_signatures(app, self.settings, self.run_id, self.step, run, calls)
         body = step_signature(app, self.run_id, self.step + 1)
-        # Drop the lease before publishing: with fast tools the next step can start before
-        # this task returns, and must not find the run held. If this worker dies before the
-        # publish, the redelivered step finds its answer applied and publishes again.
-        self.store.drop_lease(self.run_id, claim.token)
+        # The lease is dropped before publishing (by apply_step, or here for a step whose
+        # answer was applied before): with fast tools the next step can start before this task
+        # returns, and must not find the run held. If this worker dies before the publish,
+        # the redelivered step finds its answer applied and publishes again.
+        if lease_held:
+            self.store.drop_lease(self.run_id, claim.token)
         try:
             self.task.replace(chord(header, body))
         except Ignore:

@@ -215,9 +215,17 @@ local function finish(run_key, lease_key, token, step, p)
 end
 """
 
-# KEYS: run, messages. ARGV: ctx, step, apply json.
+# The answer of a step that dispatches tool calls, then its lease dropped unless the run is
+# final: the next step may start before this step's task has returned. KEYS: run, messages,
+# lease. ARGV: ctx, step, apply json, token. Returns what apply returns.
 APPLY_STEP = (
-    _COMMON + _STEP_END + "return apply(KEYS[1], KEYS[2], tonumber(ARGV[2]), cjson.decode(ARGV[3]))"
+    _COMMON
+    + _STEP_END
+    + """
+local applied = apply(KEYS[1], KEYS[2], tonumber(ARGV[2]), cjson.decode(ARGV[3]))
+if applied >= 0 and redis.call('GET', KEYS[3]) == ARGV[4] then redis.call('DEL', KEYS[3]) end
+return applied
+"""
 )
 
 # KEYS: run, lease. ARGV: ctx, token, step, finish json.

@@ -304,13 +304,14 @@ class RunStore:
         wait_s = int(reply[1]) / 1000 if outcome == "busy" else 0.0
         return StepClaim(outcome, token, {}, [], wait_s=max(wait_s, 0.0))
 
-    def apply_step(self, run_id: str, step: int, answer: StepAnswer) -> int:
-        """Append this step's answer and usage once: 1 applied now, 0 applied before, -1 the
-        run is final (cancelled while the model answered)."""
+    def apply_step(self, run_id: str, step: int, token: str, answer: StepAnswer) -> int:
+        """Append this step's answer and usage once, then drop the lease ``token`` holds
+        (unless the run is final): 1 applied now, 0 applied before, -1 the run is final
+        (cancelled while the model answered)."""
         base = self.run_key(run_id)
         applied = self._apply_step(
-            keys=[base, f"{base}:messages"],
-            args=[self._ctx(run_id), step, answer.payload()],
+            keys=[base, f"{base}:messages", f"{base}:lease"],
+            args=[self._ctx(run_id), step, answer.payload(), token],
         )
         return int(applied)
 

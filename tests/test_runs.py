@@ -172,9 +172,28 @@ def _step_one_dispatched(store: RunStore, run_id: str, text: str) -> ToolClaim:
     }
     message = {"role": "assistant", "content": None, "tool_calls": [call]}
     metrics = step_fields(0.01, chain[0], completion_from_transcript([message]))
-    store.apply_step(run_id, 1, StepAnswer([message], 10, 5, 1, chain[0], metrics))
+    store.apply_step(run_id, 1, claim.token, StepAnswer([message], 10, 5, 1, chain[0], metrics))
     store.finish_step(run_id, 1, claim.token)
     return store.begin_tool(f"{run_id}-1-0", "text_stats", "{}", run_id, lease_s=5)
+
+
+def test_applying_a_tool_step_drops_only_its_own_lease(fleet: Fleet) -> None:
+    store = RunStore(fleet.redis, fleet.settings)
+    run_id = "apply-drops-lease-1"
+    chain = resolve_chain(store.settings, None)
+    assert store.create_run(run_id, RunRequest(input="hi"), [], chain)
+    claim = store.begin_step(run_id, 1)
+    message = {"role": "assistant", "content": "hi"}
+    metrics = step_fields(0.01, chain[0], completion_from_transcript([message]))
+    answer = StepAnswer([message], 10, 5, 0, chain[0], metrics)
+    assert store.holds_lease(run_id)
+    # Another token's apply stores the answer but leaves the lease to its holder.
+    assert store.apply_step(run_id, 1, "not-the-holder", answer) == 1
+    assert store.holds_lease(run_id)
+    # The holder's (a redelivery: applied before) drops it, and applies nothing twice.
+    assert store.apply_step(run_id, 1, claim.token, answer) == 0
+    assert not store.holds_lease(run_id)
+    assert store.get_run(run_id)["prompt_tokens"] == "10"
 
 
 def _store_words(store: RunStore, run_id: str, claim: ToolClaim, words: int) -> None:
