@@ -183,3 +183,32 @@ def test_workers_freeze_their_startup_heap() -> None:
         assert gc.get_freeze_count() > before
     finally:
         gc.unfreeze()
+
+
+def test_a_workers_task_sent_events_join_its_batches(fleet: Fleet) -> None:
+    # The agents worker (threads) publishes each run's tool call: its task-sent event goes
+    # out in the worker's task.multi batch, not in a PUBLISH of its own.
+    pubsub = fleet.redis.pubsub(ignore_subscribe_messages=True)
+    pubsub.psubscribe("*celeryev/task.multi", "*celeryev/task.sent")
+    try:
+        ids = [fleet.client.create_run(f'call text_stats {{"text": "{i}"}}').id for i in range(5)]
+        for run_id in ids:
+            assert fleet.client.wait(run_id, timeout=60).status == "succeeded"
+        tool_calls = {f"{run_id}-1-0" for run_id in ids}
+        batched: set[str] = set()
+        alone: set[str] = set()
+        deadline = time.monotonic() + 10
+        while not tool_calls <= batched | alone and time.monotonic() < deadline:
+            message = pubsub.get_message(timeout=0.2)
+            if not message:
+                continue
+            sent = {
+                e["uuid"]
+                for e in _task_events(message["data"])
+                if e.get("type") == "task-sent" and e.get("uuid") in tool_calls
+            }
+            (batched if message["channel"].endswith("task.multi") else alone).update(sent)
+        assert batched == tool_calls, (sorted(batched), sorted(alone))
+        assert not alone
+    finally:
+        pubsub.close()

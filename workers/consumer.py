@@ -7,10 +7,19 @@ CPU (py-spy, two-step runs at 2 s LLM latency). Here the first event buffered sc
 flush :data:`EVENT_FLUSH_DELAY` later, in the event loop, so each ``PUBLISH`` carries the
 events of that window. Monitors (Flower) see an event at most that much later, and a worker
 shutting down flushes what it holds first.
+
+The ``task-sent`` events of the tasks a worker publishes itself (a step's tool calls, a
+chord's body, a retry) join the same buffer when the task runs in the consumer's own process
+(threads and gevent pools): Celery publishes each one on its own, a ``PUBLISH`` per task sent.
+A prefork child has no consumer and publishes them as Celery does.
 """
 
 from __future__ import annotations
 
+import os
+from typing import Any
+
+from celery.events.dispatcher import EventDispatcher
 from celery.worker.consumer import Consumer as CeleryConsumer
 
 #: Seconds the first buffered task event waits for others to share its publish.
@@ -22,10 +31,42 @@ EVENT_FLUSH_DELAY = 0.05
 EVENT_BUFFER_LIMIT = 100_000
 
 
+#: The consumer's dispatcher and the process it belongs to: a prefork child forked after it
+#: was set holds a copy of it, which no event loop flushes.
+_buffer: tuple[int, EventDispatcher] | None = None
+
+
+def buffer_sent_event(sender: EventDispatcher, fields: dict[str, Any]) -> bool:
+    """Add a ``task-sent`` event to this process's consumer's buffer; False if it has none."""
+    if _buffer is None:
+        return False
+    pid, dispatcher = _buffer
+    if pid != os.getpid() or dispatcher is sender or not dispatcher.enabled:
+        return False
+    if dispatcher.groups and "task" not in dispatcher.groups:
+        return False  # task events are off: Celery still publishes task-sent, so do we
+    if "task" not in dispatcher.buffer_group:
+        return False  # a consumer without an event loop buffers nothing (gevent, eventlet)
+    dispatcher.send("task-sent", **fields)
+    return True
+
+
 class Consumer(CeleryConsumer):
     """Celery's consumer with task events flushed at most every :data:`EVENT_FLUSH_DELAY`."""
 
     _flush_scheduled = False
+    _event_dispatcher: EventDispatcher | None = None
+
+    @property
+    def event_dispatcher(self) -> EventDispatcher | None:
+        return self._event_dispatcher
+
+    @event_dispatcher.setter
+    def event_dispatcher(self, dispatcher: EventDispatcher | None) -> None:
+        # Set by Celery's Events bootstep when the consumer (re)connects, and cleared on stop.
+        global _buffer
+        self._event_dispatcher = dispatcher
+        _buffer = (os.getpid(), dispatcher) if dispatcher is not None else None
 
     def on_send_event_buffered(self) -> None:
         # Any thread: a pool thread sends task-started and task-succeeded itself.

@@ -36,6 +36,7 @@ from celery.app.amqp import AMQP
 from celery.app.events import Events
 from celery.events.dispatcher import EventDispatcher
 
+from workers import consumer
 from workers.taskargs import bind, is_ours
 
 #: Keys whose string values are shown as they are, when they look like an ID or a name.
@@ -130,7 +131,11 @@ class RedactingDispatcher(EventDispatcher):
         return super().send(type, *args, **_redact_fields(type, fields))
 
     def publish(self, type: str, fields: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
-        return super().publish(type, _redact_fields(type, fields), *args, **kwargs)
+        fields = _redact_fields(type, fields)
+        # In a worker, the task-sent events of what it publishes go out with its own batch.
+        if type == "task-sent" and consumer.buffer_sent_event(self, fields):
+            return None
+        return super().publish(type, fields, *args, **kwargs)
 
 
 class RedactingEvents(Events):
