@@ -4,7 +4,8 @@
 it. ``workers.redis_transport``: a channel shares one Redis client across publishes, acks and
 threads, and makes a new one for a new connection pool. ``workers.results``: workers keep no
 subscription to results they never wait for, and store a state in one script that never
-overwrites a ``SUCCESS``. ``workers.heap``: the heap alive at start-up is frozen.
+overwrites a ``SUCCESS``, set a chord's size in one round trip, and subscribe to no result
+when sending a task. ``workers.heap``: the heap alive at start-up is frozen.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from kombu import Connection
 
 from tests.conftest import Fleet
 from workers.controlflow import ControlFlowExceptionInfo
+from workers.factory import create_app
 from workers.heap import freeze_startup_heap
-from workers.results import store_result_once
+from workers.results import set_chord_size_at_once, store_result_once
 
 
 def _info_of(exc: BaseException) -> ControlFlowExceptionInfo:
@@ -212,3 +214,28 @@ def test_a_workers_task_sent_events_join_its_batches(fleet: Fleet) -> None:
         assert not alone
     finally:
         pubsub.close()
+
+
+def test_sending_subscribes_to_nothing_and_get_still_waits(fleet: Fleet) -> None:
+    # workers.results.install_everywhere: the sender subscribes when it waits, not when it sends.
+    app = create_app(fleet.settings)
+    try:
+        result = app.send_task("agentfleet.run", kwargs={"request": {"input": "subscribe?"}})
+        assert not app.backend.result_consumer.subscribed_to
+        final = result.get(timeout=30)
+        assert final["id"] == result.id
+        assert final["status"] == "succeeded"
+    finally:
+        app.close()
+
+
+def test_a_chord_size_is_set_and_its_old_claim_cleared_at_once(fleet: Fleet) -> None:
+    backend = fleet.app.backend
+    group_id = f"size-{uuid.uuid4()}"
+    claim_key = backend.get_key_for_group(group_id, ".c")
+    size_key = backend.get_key_for_group(group_id, ".s")
+    fleet.redis.set(claim_key, "an old dispatch claim")
+    set_chord_size_at_once(backend, group_id, 3)
+    assert fleet.redis.get(claim_key) is None
+    assert fleet.redis.get(size_key) == "3"
+    assert 0 < fleet.redis.ttl(size_key) <= int(backend.chord_expires or backend.expires)

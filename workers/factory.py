@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-from workers import controlflow
+from workers import controlflow, results
 from workers.broker import celery_class
 from workers.conf import celery_config
 from workers.settings import Settings
@@ -26,5 +26,6 @@ def create_app(settings: Settings) -> Celery:
     )
     app.conf.update(celery_config(settings))
     controlflow.install()
+    results.install_everywhere()
     register_tasks(app, settings)
     return app

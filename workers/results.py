@@ -15,8 +15,19 @@ so that a redelivered task cannot overwrite a ``SUCCESS``: a ``GET``, then ``SET
 read-then-write can race), in one round trip; a run's ``STARTED`` and final states are each
 one round trip less on its path.
 
-:func:`install` applies both in a worker process. Callers that wait for results (the API, the
-CLI, a ``send_task`` client) are untouched.
+**The chord's size in one round trip.** Every tool-dispatching step sets its chord's size:
+Celery clears the chord's dispatch claim, then writes the size, two round trips; here one
+transaction does both.
+
+:func:`install` applies these in a worker process. Callers that wait for results (the API,
+the CLI, a ``send_task`` client) are untouched, except in one way, in every process
+(:func:`install_everywhere`):
+
+**No subscription on send.** Celery's Redis backend ``SUBSCRIBE``\\s to a task's result
+channel as it sends the task, in case the sender waits for it, and unsubscribes when the
+``AsyncResult`` is dropped: the API, which never waits, paid two pub/sub commands per run it
+accepted. ``AsyncResult.get()`` subscribes when it starts waiting and then reads the stored
+state, so a result that arrived in between is not missed.
 """
 
 from __future__ import annotations
@@ -83,9 +94,36 @@ def store_result_once(
     return result
 
 
+def set_chord_size_at_once(backend: RedisBackend, group_id: str, chord_size: int) -> None:
+    """``RedisBackend.set_chord_size`` in one round trip: a reapplied chord (same group ID)
+    loses its old dispatch claim, and gets its size."""
+
+    def write() -> None:
+        with backend.client.pipeline() as pipe:
+            pipe.delete(backend.get_key_for_group(group_id, ".c"))
+            pipe.set(
+                backend.get_key_for_group(group_id, ".s"),
+                chord_size,
+                ex=backend.chord_expires or None,
+            )
+            pipe.execute()
+
+    backend.ensure(write, ())
+
+
+def _no_subscription_on_send(self: RedisBackend, producer: Any, task_id: str) -> None:
+    return None
+
+
+def install_everywhere() -> None:
+    """What every process (API, workers, clients built on the app) changes, in this process."""
+    RedisBackend.on_task_call = _no_subscription_on_send
+
+
 def install() -> None:
     """Worker mode for Celery's result backends, in this process."""
     AsyncBackendMixin.add_pending_result = _untracked
     AsyncBackendMixin.remove_pending_result = _untracked
     AsyncBackendMixin.add_pending_results = lambda self, results, weak=False: list(results)
     RedisBackend._store_result = store_result_once
+    RedisBackend.set_chord_size = set_chord_size_at_once
