@@ -8,10 +8,11 @@ flush :data:`EVENT_FLUSH_DELAY` later, in the event loop, so each ``PUBLISH`` ca
 events of that window. Monitors (Flower) see an event at most that much later, and a worker
 shutting down flushes what it holds first.
 
-The ``task-sent`` events of the tasks a worker publishes itself (a step's tool calls, a
-chord's body, a retry) join the same buffer when the task runs in the consumer's own process
-(threads and gevent pools): Celery publishes each one on its own, a ``PUBLISH`` per task sent.
-A prefork child has no consumer and publishes them as Celery does.
+The ``task-sent`` events of the tasks a worker publishes itself (a step's tool calls, a retry)
+join the same buffer on a threads pool, whose tasks run in the consumer's own process: Celery
+publishes each one on its own, a ``PUBLISH`` per task sent. A prefork child has no consumer,
+and a gevent or eventlet consumer has no event loop to flush a buffer: they publish them as
+Celery does.
 """
 
 from __future__ import annotations
