@@ -147,9 +147,14 @@ class StepRunner:
         self, claim: StepClaim, tool_results: list[dict[str, Any]] | None
     ) -> dict[str, Any]:
         run, transcript = claim.run, claim.messages
-        lease_held = True
+        # A step that dispatches tool calls drops its lease before publishing them: with fast
+        # tools the next step can start before this task returns, and must not find the run
+        # held. If this worker dies before the publish, the redelivered step finds its answer
+        # applied and publishes again.
         if int(run.get("applied_step") or 0) >= self.step:
             completion = completion_from_transcript(transcript)  # redelivered after applying
+            if completion.tool_calls:
+                self.store.drop_lease(self.run_id, claim.token)
         else:
             max_steps = int(run["max_steps"])
             if self.step > max_steps:
@@ -166,7 +171,7 @@ class StepRunner:
                 completion.completion_tokens,
                 len(completion.tool_calls),
                 target,
-                step_fields(time.monotonic() - self.began, target, completion),
+                step_fields(time.monotonic() - self.began, target),
                 self._worker(),
             )
             if not completion.tool_calls:
@@ -177,11 +182,11 @@ class StepRunner:
                 if finished is None:
                     raise RunCancelled(self.run_id)
                 return self._followed(finished)
+            # The answer applied and the lease dropped, in one script.
             if self.store.apply_step(self.run_id, self.step, claim.token, answer) < 0:
                 raise RunCancelled(self.run_id)
-            lease_held = False  # the same script dropped it
         if completion.tool_calls:
-            self._dispatch_tools(claim, run, completion.tool_calls, lease_held)
+            self._dispatch_tools(claim, run, completion.tool_calls)
         return self._finish(
             claim.token, status=RunStatus.SUCCEEDED, result=completion.content or ""
         )
@@ -256,17 +261,11 @@ class StepRunner:
         raise self.task.retry(countdown=countdown)
 
     def _dispatch_tools(
-        self, claim: StepClaim, run: dict[str, str], calls: list[ModelToolCall], lease_held: bool
+        self, claim: StepClaim, run: dict[str, str], calls: list[ModelToolCall]
     ) -> None:
         app = self.task.app
         header = tool_signatures(app, self.settings, self.run_id, self.step, run, calls)
         body = step_signature(app, self.run_id, self.step + 1)
-        # The lease is dropped before publishing (by apply_step, or here for a step whose
-        # answer was applied before): with fast tools the next step can start before this task
-        # returns, and must not find the run held. If this worker dies before the publish,
-        # the redelivered step finds its answer applied and publishes again.
-        if lease_held:
-            self.store.drop_lease(self.run_id, claim.token)
         try:
             self.task.replace(chord(header, body))
         except Ignore:

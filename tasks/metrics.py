@@ -34,7 +34,6 @@ from typing import TYPE_CHECKING, Any, Final, ParamSpec
 import redis
 
 if TYPE_CHECKING:
-    from tasks.llm._call import Completion
     from tasks.llm._routing import Target
 
 log = logging.getLogger(__name__)
@@ -106,7 +105,7 @@ def label_field(*labels: str) -> str:
     return json.dumps(labels, separators=(",", ":"))
 
 
-def step_fields(seconds: float, target: Target, completion: Completion) -> dict[str, Any]:
+def step_fields(seconds: float, target: Target) -> dict[str, Any]:
     """What the step-applying script counts for a step that took ``seconds`` to answer."""
     who = (target.provider, target.model)
     return {

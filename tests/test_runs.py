@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
-from tasks.agent import completion_from_transcript
 from tasks.llm import resolve_chain
 from tasks.metrics import step_fields
 from tasks.models import RunRequest
@@ -171,7 +170,7 @@ def _step_one_dispatched(store: RunStore, run_id: str, text: str) -> ToolClaim:
         "function": {"name": "text_stats", "arguments": arguments},
     }
     message = {"role": "assistant", "content": None, "tool_calls": [call]}
-    metrics = step_fields(0.01, chain[0], completion_from_transcript([message]))
+    metrics = step_fields(0.01, chain[0])
     store.apply_step(run_id, 1, claim.token, StepAnswer([message], 10, 5, 1, chain[0], metrics))
     store.finish_step(run_id, 1, claim.token)
     return store.begin_tool(f"{run_id}-1-0", "text_stats", "{}", run_id, lease_s=5)
@@ -184,7 +183,7 @@ def test_applying_a_tool_step_drops_only_its_own_lease(fleet: Fleet) -> None:
     assert store.create_run(run_id, RunRequest(input="hi"), [], chain)
     claim = store.begin_step(run_id, 1)
     message = {"role": "assistant", "content": "hi"}
-    metrics = step_fields(0.01, chain[0], completion_from_transcript([message]))
+    metrics = step_fields(0.01, chain[0])
     answer = StepAnswer([message], 10, 5, 0, chain[0], metrics)
     assert store.holds_lease(run_id)
     # Another token's apply stores the answer but leaves the lease to its holder.
