@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from tasks.llm import resolve_chain
 from tasks.metrics import step_fields
-from tasks.models import RunRequest
+from tasks.models import RunRequest, RunStatus
 from tasks.store import RunStore, StepAnswer, ToolClaim
 from tests.conftest import Fleet
 
@@ -193,6 +193,9 @@ def test_applying_a_tool_step_drops_only_its_own_lease(fleet: Fleet) -> None:
     assert store.apply_step(run_id, 1, claim.token, answer) == 0
     assert not store.holds_lease(run_id)
     assert store.get_run(run_id)["prompt_tokens"] == "10"
+    # Ended, so tests that wait for the fleet's runs to finish do not wait for this one.
+    finished = store.finish_step(run_id, 1, claim.token, status=RunStatus.SUCCEEDED, result="hi")
+    assert finished.record["status"] == "succeeded"
 
 
 def _store_words(store: RunStore, run_id: str, claim: ToolClaim, words: int) -> None:
