@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +13,8 @@ import pytest
 
 from ops.stack import PoolSpec, Proc, Stack
 from tests.conftest import Fleet, private_fleet
+from workers.logs import RECEIPT_LOGGER, quiet_receipts
+from workers.settings import Settings
 
 JSON_ENV = {
     "AGENTFLEET_LOG_FORMAT": "json",
@@ -70,6 +73,9 @@ def test_worker_and_api_lines_are_json_with_run_and_task_ids(json_fleet: Fleet) 
     # Step 1 (the run entry task, replaced by its tool chord) and step 2 each log a line.
     assert {e["task"] for e in ours} == {"agentfleet.run", "agentfleet.agent.step"}
     assert all(e["task_id"] == run.id for e in ours)
+    # Each task's end is logged at INFO; its receipt only at DEBUG (workers/logs.py).
+    assert any(" succeeded in " in e["message"] for e in ours)
+    assert not [e for e in agents if e["logger"] == RECEIPT_LOGGER], "receipts logged at INFO"
 
     tools = _lines(_proc(fleet, "worker-tools"))
     calls = [e for e in tools if e.get("run_id") == run.id]
@@ -92,3 +98,28 @@ def test_worker_and_api_lines_are_json_with_run_and_task_ids(json_fleet: Fleet) 
     for proc in fleet.stack.procs:
         if proc.name.startswith(("worker-", "api-")):
             assert secret not in proc.log.read_text(), proc.name
+
+
+@pytest.mark.parametrize(
+    ("worker_level", "env_level", "receipts"),
+    [
+        (logging.INFO, None, False),
+        (logging.DEBUG, None, True),
+        (logging.DEBUG, "INFO", False),  # AGENTFLEET_LOG_LEVEL wins over -l
+        (logging.INFO, "DEBUG", True),
+    ],
+)
+def test_task_receipts_are_logged_only_at_debug(
+    worker_level: int, env_level: str | None, receipts: bool
+) -> None:
+    logger, root = logging.getLogger(RECEIPT_LOGGER), logging.getLogger()
+    before = logger.level, root.level
+    try:
+        logger.setLevel(logging.NOTSET)
+        settings = Settings() if env_level is None else Settings(log_level=env_level)
+        quiet_receipts(worker_level, settings)
+        root.setLevel(logging.DEBUG)  # what a DEBUG worker's root logger has
+        assert logger.isEnabledFor(logging.INFO) is receipts
+    finally:
+        logger.setLevel(before[0])
+        root.setLevel(before[1])

@@ -35,6 +35,9 @@ from workers.redact import redact_log_record
 from workers.settings import Settings
 from workers.taskargs import run_id_of
 
+#: Celery's logger for "Task ... received": one line per message a worker takes.
+RECEIPT_LOGGER: Final = "celery.worker.strategy"
+
 #: The run of the current API request, where its route names one.
 REQUEST_RUN_ID: ContextVar[str | None] = ContextVar("agentfleet_request_run_id", default=None)
 
@@ -105,6 +108,20 @@ def configure_celery_logger(logger: logging.Logger, settings: Settings) -> None:
     level = _level(settings)
     if level is not None:
         logger.setLevel(level)
+
+
+def quiet_receipts(worker_level: int | None, settings: Settings) -> None:
+    """Log Celery's "Task ... received" lines only when the worker logs at DEBUG.
+
+    Celery logs every message a worker takes at INFO, from the consumer's one thread, before
+    the task starts: in an ``agents`` worker under load that line was a twentieth of the
+    process's CPU (py-spy). The task's end ("succeeded", "retry", "ignored", failures) is
+    still logged at INFO, and Flower sees the receipt as a ``task-received`` event.
+    """
+    level = _level(settings)
+    level = level if level is not None else worker_level
+    if level is None or level > logging.DEBUG:
+        logging.getLogger(RECEIPT_LOGGER).setLevel(logging.WARNING)
 
 
 def configure_api_logging(settings: Settings) -> None:

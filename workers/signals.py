@@ -69,11 +69,12 @@ def _stop_watchdog(**_: Any) -> None:
 
 
 @after_setup_logger.connect
-def _structured_root_logs(logger: logging.Logger, **_: Any) -> None:
+def _structured_root_logs(logger: logging.Logger, loglevel: int | None = None, **_: Any) -> None:
     from celery.utils.log import get_multiprocessing_logger
 
     settings = get_settings()
     logs.configure_celery_logger(logger, settings)
+    logs.quiet_receipts(loglevel, settings)  # Celery passes the worker's -l as a number
     pool_logger = get_multiprocessing_logger()  # billiard's, with a handler of its own
     if pool_logger is not None:
         logs.configure_celery_logger(pool_logger, settings)
