@@ -193,6 +193,11 @@ THROUGHPUT_POOLS = (
 )
 
 
+#: How tables name stock Celery running the same LLM calls (:mod:`ops.bench_plain`): a floor.
+PLAIN_LLM = "plain Celery + openai (floor)"
+#: Section (c): the pool the floor runs its LLM calls on, the fleet's own at its size.
+PLAIN_CONCURRENCY_POOL = AgentsPool(FLEET_AGENTS_POOL, 500, 2)
+
 #: Sections (e) and (f): the fleet's own ``agents`` pool (threads, chosen by section c), one
 #: process for (e), whose two LLM steps per run are not what it measures.
 CHORD_AGENTS = AgentsPool(FLEET_AGENTS_POOL, 100)
@@ -763,12 +768,18 @@ class Bench:
             TOOLS_POOL, {**self.stack.env(), "AGENTFLEET_REDIS_URL": url}
         )
 
-    def start_plain(self, url: str) -> Proc:
-        """A stock Celery prefork -c 2 worker for :mod:`ops.bench_plain` on database ``url``."""
-        env = {**self.stack.env(), bench_plain.URL_ENV: url}
+    def start_plain(
+        self, url: str, pool: str = "prefork", concurrency: int = 2, queue: str = bench_plain.QUEUE
+    ) -> Proc:
+        """A stock Celery worker for :mod:`ops.bench_plain` on database ``url``."""
+        env = {
+            **self.stack.env(),
+            bench_plain.URL_ENV: url,
+            bench_plain.LLM_URL_ENV: f"{self.simulator_base}/v1",
+        }
         argv = [
             sys.executable, "-m", "celery", "-A", "ops.bench_plain", "worker",
-            "-P", "prefork", "-c", "2", "-Q", bench_plain.QUEUE,
+            "-P", pool, "-c", str(concurrency), "-Q", queue,
             "-n", f"plain-{len(self.stack.procs)}@%h",
             # The flags Stack gives agentfleet's workers, so both log and start alike.
             "--without-mingle", "--without-gossip", "--loglevel", "INFO",
@@ -920,8 +931,12 @@ class Bench:
 
     # --- (b) throughput ----------------------------------------------------------------------
     def throughput(self) -> list[DrainResult]:
-        """Section (b): a backlog of M items enqueued first, then drained on the same cores."""
-        results = [self._drain_plain()]
+        """Section (b): a backlog of M items enqueued first, then drained on the same cores.
+
+        The first row is the baseline; the second, stock Celery making one openai SDK call
+        per task, is the floor of an LLM step on this machine (see :mod:`ops.bench_plain`).
+        """
+        results = [self._drain_plain(), self._drain_plain_llm()]
         for agents in THROUGHPUT_POOLS:
             if agents.pool in self.families:
                 results.append(self._drain_runs(agents))
@@ -937,6 +952,26 @@ class Bench:
             self._drain(
                 result,
                 submit=lambda: str(noop.apply_async().id),
+                probe=plain_probe(app, client),
+                ok="SUCCESS",
+                start_workers=lambda: [self.start_plain(url)],
+            )
+        finally:
+            app.close()
+            client.close()
+        return result
+
+    def _drain_plain_llm(self) -> DrainResult:
+        url = self.fresh_db()
+        app = plain_producer(url)
+        client = redis.Redis.from_url(url)
+        step = app.tasks[bench_plain.LLM_STEP]
+        messages = [{"role": "user", "content": ONE_STEP_PROMPT}]
+        result = DrainResult(f"{PLAIN_LLM} prefork 1x2", self.sizes.backlog_m)
+        try:
+            self._drain(
+                result,
+                submit=lambda: str(step.apply_async((messages,)).id),
                 probe=plain_probe(app, client),
                 ok="SUCCESS",
                 start_workers=lambda: [self.start_plain(url)],
@@ -1001,12 +1036,69 @@ class Bench:
 
     # --- (c) concurrency ---------------------------------------------------------------------
     def concurrency(self) -> list[ConcurrencyResult]:
-        """Section (c): two-step runs at 2 s of LLM latency through each ``agents`` pool."""
-        return [
+        """Section (c): two-step runs at 2 s of LLM latency through each ``agents`` pool.
+
+        With the threads pool, the same calls on stock Celery first: the floor of what they
+        cost on this machine (see :mod:`ops.bench_plain`).
+        """
+        results = []
+        if FLEET_AGENTS_POOL in self.families:
+            results.append(self._concurrency_plain(PLAIN_CONCURRENCY_POOL, self.sizes.runs_r))
+        results.extend(
             self._concurrency_one(agents, runs)
             for agents, runs in concurrency_configs(self.sizes)
             if agents.pool in self.families
-        ]
+        )
+        return results
+
+    def _concurrency_plain(self, agents: AgentsPool, runs: int) -> ConcurrencyResult:
+        url = self.fresh_db()
+        app = plain_producer(url)
+        client = redis.Redis.from_url(url)
+        result = ConcurrencyResult(f"{PLAIN_LLM} {agents.label}", runs)
+        procs: list[Proc] = []
+        try:
+            with self.workers(procs):
+                for _ in range(agents.processes):
+                    procs.append(self.start_plain(url, agents.pool, agents.concurrency))
+                procs.append(self.start_plain(url, queue=bench_plain.TOOLS_QUEUE))
+                self.stack.wait_workers(app, len(procs), timeout=120)
+                # Warm up like agentfleet's workers: clients, connections, pool children.
+                warm = [
+                    bench_plain.agent_run(app, WARM_TWO_STEP_PROMPT).apply_async()
+                    for _ in range(min(2 * agents.slots, 200))
+                ]
+                for started in warm:
+                    started.get(timeout=120)
+                self.simulator_stats(reset=True)
+                meter = self.meter({"agents": procs[:-1], "tools": procs[-1:]})
+                meter.start()
+                waves = math.ceil(runs / agents.slots)
+                deadline = time.monotonic() + 120 + waves * 4 * SLOW_LLM_S + runs * 0.05
+                first_enqueue = time.time()
+                ids, result.enqueue_s = enqueue_many(
+                    lambda: str(bench_plain.agent_run(app, TWO_STEP_PROMPT).apply_async().id),
+                    runs,
+                    300,
+                )
+                tracker = Tracker(ids, plain_probe(app, client))
+                problem = tracker.wait(deadline, procs)
+                result.cpu_s, result.busy_pct = meter.stop(), meter.busy_pct
+                result.max_llm_in_flight = int(self.simulator_stats()["max_in_flight"])
+                if problem:
+                    result.problem = f"{problem}\n{self.log_tails(procs)}"
+                finished = tracker.succeeded("SUCCESS")
+                result.done = len(finished)
+                result.failed = len(tracker.finished) - len(finished)
+                if finished:
+                    result.wall_s = finished[-1].at - first_enqueue
+                    result.effective_concurrency = result.done * 2 * SLOW_LLM_S / result.wall_s
+        except (StackError, OSError, redis.RedisError, TimeoutError) as exc:
+            result.problem = f"{type(exc).__name__}: {exc}\n{self.log_tails(procs)}"
+        finally:
+            app.close()
+            client.close()
+        return result
 
     def _concurrency_one(self, agents: AgentsPool, runs: int) -> ConcurrencyResult:
         fleet = Fleet.connect(self.fresh_db())
@@ -1420,7 +1512,8 @@ def report_throughput(results: Sequence[DrainResult]) -> str:
         headers,
         rows,
     )
-    best = max((ratio(r.drain_per_s, plain) for r in results[1:]), default=math.nan)
+    ours = [r for r in results[1:] if not r.config.startswith("plain")]
+    best = max((ratio(r.drain_per_s, plain) for r in ours), default=math.nan)
     if not math.isnan(best):
         met = verdict(best >= TARGET_THROUGHPUT_RATIO)
         text += f"\n\nbest steps/s vs plain tasks/s: {best:.2f} (target >= "
@@ -1466,7 +1559,11 @@ def report_concurrency(results: Sequence[ConcurrencyResult]) -> str:
         headers,
         rows,
     )
-    scored = [r for r in results if not math.isnan(r.effective_concurrency)]
+    scored = [
+        r
+        for r in results
+        if not math.isnan(r.effective_concurrency) and not r.config.startswith("plain")
+    ]
     if scored:
         best = max(scored, key=lambda r: r.effective_concurrency)
         met = verdict(best.effective_concurrency >= TARGET_CONCURRENCY)

@@ -7,14 +7,22 @@ A worker runs it with::
 
 The app keeps Celery's defaults (JSON serializer, Redis broker and result backend) apart from
 the queue name, so what the bench compares agentfleet against is what a new Celery user gets.
+
+It also has the smallest agent loop one can write on stock Celery and the stock ``openai``
+client: a run is a chain of an LLM call, a tool call on a prefork queue, and a second LLM call
+(:func:`agent_run`). It keeps no run state, takes no lease, sends no task events and acks
+early; nothing survives a lost worker. The bench runs it on the same pools and simulator as
+agentfleet's runs, as the floor of what the same calls cost on this machine.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
-from celery import Celery
+from celery import Celery, Signature, chain
+from openai import OpenAI
 
 #: The only queue the baseline uses, so it never shares a list with agentfleet's queues.
 QUEUE = "plain"
@@ -22,8 +30,40 @@ QUEUE = "plain"
 #: Where the worker process finds Redis; the bench sets it for the worker it starts.
 URL_ENV = "BENCH_REDIS_URL"
 
+#: The tool calls of :func:`agent_run` go to this queue, served by a prefork worker.
+TOOLS_QUEUE = "plain-tools"
+#: The OpenAI-compatible endpoint of the agent loop (the simulator), read by the workers.
+LLM_URL_ENV = "BENCH_LLM_BASE_URL"
+
 NOOP = "plain.noop"
 COLLECT = "plain.collect"
+LLM_STEP = "plain.llm_step"
+TOOL_STEP = "plain.tool_step"
+
+#: The one tool the agent loop offers, as the openai SDK takes it.
+TEXT_STATS = {
+    "type": "function",
+    "function": {
+        "name": "text_stats",
+        "description": "Count characters, words and lines in a text.",
+        "parameters": {
+            "type": "object",
+            "properties": {"text": {"type": "string"}},
+            "required": ["text"],
+        },
+    },
+}
+
+_client: OpenAI | None = None
+
+
+def llm_client() -> OpenAI:
+    """One client per process, made on first use (after a prefork child is forked)."""
+    global _client
+    if _client is None:
+        base_url = os.environ.get(LLM_URL_ENV, "http://127.0.0.1:8000/v1")
+        _client = OpenAI(base_url=base_url, api_key="bench", max_retries=0, timeout=60.0)
+    return _client
 
 
 def create_app(url: str) -> Celery:
@@ -46,7 +86,41 @@ def create_app(url: str) -> Celery:
         """A chord body: how many header results arrived."""
         return len(results)
 
+    @app.task(name=LLM_STEP, shared=False)
+    def llm_step(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """One LLM call on the conversation; the conversation with the answer appended."""
+        completion = llm_client().chat.completions.create(
+            model="sim-1",
+            messages=messages,  # type: ignore[arg-type]
+            tools=[TEXT_STATS],  # type: ignore[list-item]
+        )
+        answer = completion.choices[0].message.model_dump(exclude_none=True)
+        return [*messages, answer]
+
+    @app.task(name=TOOL_STEP, shared=False)
+    def tool_step(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Answer the last message's tool calls (``text_stats``) in one task."""
+        results = []
+        for call in messages[-1].get("tool_calls") or []:
+            text = str(json.loads(call["function"]["arguments"]).get("text", ""))
+            stats = {"characters": len(text), "words": len(text.split())}
+            content = json.dumps(stats)
+            results.append({"role": "tool", "tool_call_id": call["id"], "content": content})
+        return [*messages, *results]
+
     return app
+
+
+def agent_run(app: Celery, prompt: str) -> Signature:
+    """A two-step agent run as one chain: LLM call, tool call (on :data:`TOOLS_QUEUE`), LLM call.
+
+    Its ``apply_async()`` result is the last call's, so its ID is the run's to poll.
+    """
+    return chain(
+        app.signature(LLM_STEP, args=([{"role": "user", "content": prompt}],)),
+        app.signature(TOOL_STEP, queue=TOOLS_QUEUE),
+        app.signature(LLM_STEP),
+    )
 
 
 def noop_task(app: Celery) -> Any:
