@@ -936,42 +936,30 @@ class Bench:
         The first row is the baseline; the second, stock Celery making one openai SDK call
         per task, is the floor of an LLM step on this machine (see :mod:`ops.bench_plain`).
         """
-        results = [self._drain_plain(), self._drain_plain_llm()]
+        results = [self._drain_plain(), self._drain_plain(llm=True)]
         for agents in THROUGHPUT_POOLS:
             if agents.pool in self.families:
                 results.append(self._drain_runs(agents))
         return results
 
-    def _drain_plain(self) -> DrainResult:
+    def _drain_plain(self, llm: bool = False) -> DrainResult:
+        """Stock Celery's no-op tasks, or with ``llm`` its one-SDK-call tasks (the floor)."""
         url = self.fresh_db()
         app = plain_producer(url)
         client = redis.Redis.from_url(url)
-        noop = bench_plain.noop_task(app)
-        result = DrainResult("plain Celery prefork 1x2", self.sizes.backlog_m)
+        if llm:
+            step = app.tasks[bench_plain.LLM_STEP]
+            messages = [{"role": "user", "content": ONE_STEP_PROMPT}]
+            result = DrainResult(f"{PLAIN_LLM} prefork 1x2", self.sizes.backlog_m)
+            submit = lambda: str(step.apply_async((messages,)).id)  # noqa: E731
+        else:
+            noop = bench_plain.noop_task(app)
+            result = DrainResult("plain Celery prefork 1x2", self.sizes.backlog_m)
+            submit = lambda: str(noop.apply_async().id)  # noqa: E731
         try:
             self._drain(
                 result,
-                submit=lambda: str(noop.apply_async().id),
-                probe=plain_probe(app, client),
-                ok="SUCCESS",
-                start_workers=lambda: [self.start_plain(url)],
-            )
-        finally:
-            app.close()
-            client.close()
-        return result
-
-    def _drain_plain_llm(self) -> DrainResult:
-        url = self.fresh_db()
-        app = plain_producer(url)
-        client = redis.Redis.from_url(url)
-        step = app.tasks[bench_plain.LLM_STEP]
-        messages = [{"role": "user", "content": ONE_STEP_PROMPT}]
-        result = DrainResult(f"{PLAIN_LLM} prefork 1x2", self.sizes.backlog_m)
-        try:
-            self._drain(
-                result,
-                submit=lambda: str(step.apply_async((messages,)).id),
+                submit=submit,
                 probe=plain_probe(app, client),
                 ok="SUCCESS",
                 start_workers=lambda: [self.start_plain(url)],
