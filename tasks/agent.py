@@ -2,10 +2,11 @@
 
 A step loads the run, calls the LLM, appends the answer, and then either finishes the run or
 replaces itself with a flat chord: the model's tool calls on ``tools``, and the next step as
-the body. ``Task.replace`` freezes the body with the current task ID, so every step of a run
-carries the run ID and the last one stores the final record as the run ID's Celery result;
-it also hands the run's place in an enclosing chord (a batch) to that last step. Building
-the chord by hand with ``task_id=run_id`` would keep the ID but lose that membership.
+the body (one tool call is a chain instead: see :func:`fan_out`). ``Task.replace`` freezes
+the body with the current task ID, so every step of a run carries the run ID and the last
+one stores the final record as the run ID's Celery result; it also hands the run's place in
+an enclosing chord (a batch) to that last step. Building the chord by hand with
+``task_id=run_id`` would keep the ID but lose that membership.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from billiard.exceptions import SoftTimeLimitExceeded
-from celery import Celery, Signature, Task, chord
+from celery import Celery, Signature, Task, chain, chord, states
 from celery.exceptions import Ignore
 from pydantic import ValidationError
 
@@ -267,9 +268,9 @@ class StepRunner:
         header = tool_signatures(app, self.settings, self.run_id, self.step, run, calls)
         body = step_signature(app, self.run_id, self.step + 1)
         try:
-            self.task.replace(chord(header, body))
+            self.task.replace(fan_out(app, self.run_id, header, body))
         except Ignore:
-            # Replaced: the chord is published. Mark the step dispatched, then ack.
+            # Replaced: the tool calls are published. Mark the step dispatched, then ack.
             self._finish(claim.token)
             raise
 
@@ -323,6 +324,24 @@ def tool_signatures(
     return signatures
 
 
+def fan_out(app: Celery, run_id: str, calls: list[Signature], next_step: Signature) -> Signature:
+    """A step's tool calls, with the next step after them.
+
+    Several calls are a flat chord: they run in parallel, and the next step gets their results
+    in the order the model asked for them. One call is a chain, as Celery itself unrolls a
+    group of one: the call hands its result to the next step directly, without a chord's join
+    (on the tools worker, a script and five more Redis round trips; on the agents worker, the
+    chord's size). The call gets the errback a chord gives its body, so a call killed at its
+    hard time limit fails the run the same way.
+    """
+    if len(calls) == 1:
+        (call,) = calls
+        # Immutable: Celery calls an errback with the failed task's ID, here the call's.
+        call.on_error(app.signature(names.TOOLS_FAILED, args=(run_id,), immutable=True))
+        return chain(call, next_step)
+    return chord(calls, next_step)
+
+
 def step_signature(app: Celery, run_id: str, step: int) -> Signature:
     """Step ``step`` of ``run_id``, to be called with the previous step's tool results."""
     body = app.signature(names.AGENT_STEP, args=(run_id, step))
@@ -356,9 +375,15 @@ def register(app: Celery, settings: Settings) -> None:
     # step 1 stored already; the run record says what is running.
     @app.task(name=names.AGENT_STEP, bind=True, shared=False, track_started=False, **limits)
     def step(
-        self: Task, tool_results: list[dict[str, Any]] | None, run_id: str, step: int
+        self: Task,
+        tool_results: list[dict[str, Any]] | dict[str, Any] | None,
+        run_id: str,
+        step: int,
     ) -> dict[str, Any]:
-        """Step ``step`` of ``run_id``, with the previous step's tool results."""
+        """Step ``step`` of ``run_id``, with the previous step's tool results (a chord's list,
+        or the one result a chain hands over: see :func:`fan_out`)."""
+        if isinstance(tool_results, dict):
+            tool_results = [tool_results]
         return StepRunner(self, settings, run_id, step).run(tool_results)
 
     @app.task(name=names.RESUME, bind=True, shared=False)
@@ -368,26 +393,33 @@ def register(app: Celery, settings: Settings) -> None:
 
     @app.task(name=names.TOOLS_FAILED, bind=True, shared=False)
     def tools_failed(self: Task, run_id: str) -> None:
-        """Errback of a tool chord; ``run_id`` is the failed body's task ID."""
+        """Errback of a step's tool calls: a tool chord's body, whose task ID is the run ID,
+        or a single call (:func:`fan_out`), whose errback names the run."""
         _fail_after_lost_tools(self.app, settings, run_id)
 
 
 def _fail_after_lost_tools(app: Celery, settings: Settings, run_id: str) -> None:
-    """Fail a run whose tool chord errored (a tool call killed at its hard time limit).
+    """Fail a run whose tool calls errored (a tool call killed at its hard time limit).
 
-    The chord can also error with every tool result stored: Celery's join is not retried,
+    A chord can also error with every tool result stored: Celery's join is not retried,
     so a Redis outage in the instant the last tool finished fails it. Then the run goes on
     with the stored results instead.
     """
-    cause = app.AsyncResult(run_id).result  # the ChordError Celery stored for the body
     store = get_store(settings)
     run = store.get_run(run_id)
+    step = int((run or {}).get("dispatched_step") or 0)
+    count = int((run or {}).get(f"tools:{step}") or 0)
+    # The ChordError Celery stored for the body, or a single call's own failure.
+    failed = app.AsyncResult(run_id)
+    if failed.state != states.FAILURE and count == 1:
+        failed = app.AsyncResult(tool_call_id(run_id, step, 0))
+    cause = failed.result
     if run is not None and not RunStatus(run["status"]).terminal:
-        step = int(run.get("dispatched_step") or 0)
-        count = int(run.get(f"tools:{step}") or 0)
         results = store.tool_results([tool_call_id(run_id, step, i) for i in range(count)])
         if count and results is not None and not run.get(f"deliveries:{step + 1}"):
-            log.warning("run %s: its tool chord failed to join (%s); resuming", run_id, cause)
+            log.warning(
+                "run %s: its tool calls errored, every result stored (%s); resuming", run_id, cause
+            )
             step_signature(app, run_id, step + 1).set(task_id=run_id).apply_async((results,))
             return
     finished = store.finish_step(
@@ -398,7 +430,7 @@ def _fail_after_lost_tools(app: Celery, settings: Settings, run_id: str) -> None
         error={"code": "tool_call_lost", "message": f"a tool call did not return: {cause}"},
     )
     follow_up(app, store, run_id, finished)
-    log.warning("run %s failed: its tool chord errored: %s", run_id, cause)
+    log.warning("run %s failed: its tool calls errored: %s", run_id, cause)
 
 
 def _resume_after_lost_chord(

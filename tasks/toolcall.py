@@ -71,12 +71,15 @@ def register(app: Celery, settings: Settings) -> None:
 
     # No STARTED state in the result backend: the tool-call record says ``running`` (what
     # GET /v1/tool-calls/{id} shows) and task events tell Flower; Celery's own write would
-    # be a read, a write and a publish more per call.
+    # be a read, a write and a publish more per call. A run's calls store no result either
+    # (ignore_result), but their failures, which only a kill at the hard time limit makes,
+    # are stored: the errback of a run's single call reads the cause there.
     @app.task(
         name=names.TOOL_CALL,
         bind=True,
         shared=False,
         track_started=False,
+        store_errors_even_if_ignored=True,
         max_retries=None,
         soft_time_limit=settings.tool_soft_time_limit,
         time_limit=settings.tool_time_limit,

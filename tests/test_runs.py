@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
+import pytest
+
 from tasks.llm import resolve_chain
 from tasks.metrics import step_fields
 from tasks.models import RunRequest, RunStatus
@@ -146,14 +148,37 @@ def test_redelivered_step_changes_nothing(fleet: Fleet, wait: Callable[..., None
     assert fleet.redis.hget(f"af:run:{run.id}", "llm_calls") == record_before["llm_calls"]
 
 
-def test_tool_killed_at_its_hard_limit_fails_the_run(fleet: Fleet) -> None:
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        'call stubborn {"seconds": 60} call text_stats {"text": "ok"}',  # a chord
+        'call stubborn {"seconds": 60}',  # one call: a chain (tasks.agent.fan_out)
+    ],
+    ids=["chord", "chain"],
+)
+def test_tool_killed_at_its_hard_limit_fails_the_run(fleet: Fleet, prompt: str) -> None:
     # stubborn has timeout=1 (soft) and so a hard limit of 1 + 10 s; it ignores the soft one.
-    prompt = 'call stubborn {"seconds": 60} call text_stats {"text": "ok"}'
     run = fleet.client.wait(fleet.client.create_run(prompt).id, timeout=60)
     assert run.status == "failed"
     assert run.error is not None
     assert run.error.code == "tool_call_lost"
     assert "TimeLimitExceeded" in run.error.message
+
+
+def test_one_tool_call_hands_its_result_on_without_a_chord(fleet: Fleet) -> None:
+    def chord_keys() -> set[str]:
+        return set(fleet.redis.scan_iter("celery-taskset-meta-*"))
+
+    before = chord_keys()
+    one = fleet.client.wait(fleet.client.create_run('call text_stats {"text": "a b"}').id, 60)
+    assert one.status == "succeeded", one.error
+    assert one.result == 'Results: text_stats={"characters": 3, "words": 2, "lines": 1}'
+    assert chord_keys() <= before, "a single tool call was joined by a chord"
+    calls = 'call text_stats {"text": "a"} call text_stats {"text": "b c"}'
+    two = fleet.client.wait(fleet.client.create_run(calls).id, 60)
+    assert two.status == "succeeded", two.error
+    assert two.progress.tool_calls_done == 2
+    assert chord_keys() - before, "two tool calls were not joined by a chord"
 
 
 def _step_one_dispatched(store: RunStore, run_id: str, text: str) -> ToolClaim:

@@ -76,6 +76,8 @@ def _render(key: str, value: Any, depth: int = 0) -> str:
         return f"<{len(value)} chars>"
     if isinstance(value, Mapping) and key in EXPANDED_KEYS and depth == 0:
         return "{" + ", ".join(f"{k}={_render(str(k), v, 1)}" for k, v in value.items()) + "}"
+    if key == "tool_results" and isinstance(value, Mapping):
+        value = [value]  # the one result a chain hands to the next step (tasks.agent.fan_out)
     label = LABELS.get(key)
     if isinstance(value, Sequence | set | frozenset) and not isinstance(value, Mapping):
         return f"<{len(value)} {label or 'items'}>"
