@@ -27,15 +27,21 @@ def short_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
 
 
 def kill_tools_worker_mid_load(fleet: Fleet, wait: Callable[..., None]) -> None:
-    """SIGKILL the tools worker while tools run: every run succeeds, every tool runs once."""
-    keys = [f"t{run}-{i}" for run in range(8) for i in range(3)]
+    """SIGKILL the tools worker while tools run: every run succeeds, every tool runs once.
+
+    Runs with three calls (a chord) and runs with one (a chain, tasks.agent.fan_out).
+    """
+    calls_per_run = [1] * 4 + [3] * 8  # single calls first: the kill lands among them
+    keys_of = [[f"t{run}-{i}" for i in range(n)] for run, n in enumerate(calls_per_run)]
+    keys = [key for run_keys in keys_of for key in run_keys]
     run_ids = [
         fleet.client.create_run(
-            " ".join(f'call record_sleep {{"key": "t{run}-{i}", "seconds": 1.5}}' for i in range(3))
+            " ".join(f'call record_sleep {{"key": "{k}", "seconds": 1.5}}' for k in run_keys)
         ).id
-        for run in range(8)
+        for run_keys in keys_of
     ]
-    call_ids = [f"{run_ids[run]}-1-{i}" for run in range(8) for i in range(3)]
+    pairs = zip(run_ids, calls_per_run, strict=True)
+    call_ids = [f"{run_id}-1-{i}" for run_id, n in pairs for i in range(n)]
 
     def mid_execution() -> bool:
         # Tools are sleeping, and every tool that finished has its result stored: the kill
@@ -56,8 +62,8 @@ def kill_tools_worker_mid_load(fleet: Fleet, wait: Callable[..., None]) -> None:
     fleet.stack.start_worker(TOOLS)
 
     runs = [fleet.client.wait(run_id, timeout=120) for run_id in run_ids]
-    assert [r.status for r in runs] == ["succeeded"] * 8
-    assert all(r.progress.tool_calls_done == 3 for r in runs)
+    assert [r.status for r in runs] == ["succeeded"] * len(run_ids)
+    assert [r.progress.tool_calls_done for r in runs] == calls_per_run
     assert fleet.counts("completed", keys) == [1] * len(keys)
 
 
