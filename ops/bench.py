@@ -1061,26 +1061,16 @@ class Bench:
                 self.simulator_stats(reset=True)
                 meter = self.meter({"agents": procs[:-1], "tools": procs[-1:]})
                 meter.start()
-                waves = math.ceil(runs / agents.slots)
-                deadline = time.monotonic() + 120 + waves * 4 * SLOW_LLM_S + runs * 0.05
-                first_enqueue = time.time()
-                ids, result.enqueue_s = enqueue_many(
+                self._drive_runs(
+                    result,
                     lambda: str(bench_plain.agent_run(app, TWO_STEP_PROMPT).apply_async().id),
-                    runs,
-                    300,
+                    plain_probe(app, client),
+                    "SUCCESS",
+                    agents.slots,
+                    procs,
                 )
-                tracker = Tracker(ids, plain_probe(app, client))
-                problem = tracker.wait(deadline, procs)
                 result.cpu_s, result.busy_pct = meter.stop(), meter.busy_pct
                 result.max_llm_in_flight = int(self.simulator_stats()["max_in_flight"])
-                if problem:
-                    result.problem = f"{problem}\n{self.log_tails(procs)}"
-                finished = tracker.succeeded("SUCCESS")
-                result.done = len(finished)
-                result.failed = len(tracker.finished) - len(finished)
-                if finished:
-                    result.wall_s = finished[-1].at - first_enqueue
-                    result.effective_concurrency = result.done * 2 * SLOW_LLM_S / result.wall_s
         except (StackError, OSError, redis.RedisError, TimeoutError) as exc:
             result.problem = f"{type(exc).__name__}: {exc}\n{self.log_tails(procs)}"
         finally:
@@ -1114,6 +1104,33 @@ class Bench:
             fleet.close()
         return result
 
+    def _drive_runs(
+        self,
+        result: ConcurrencyResult,
+        submit: Callable[[], str],
+        probe: Probe,
+        ok: str,
+        slots: int,
+        procs: Sequence[Proc],
+    ) -> list[Finished]:
+        """Enqueue ``result.runs`` runs, wait for them, and score the wall and concurrency."""
+        # Generous: the waves the slots allow, at twice their ideal length, plus time to
+        # enqueue and for per-task overhead.
+        waves = math.ceil(result.runs / slots)
+        deadline = time.monotonic() + 120 + waves * 4 * SLOW_LLM_S + result.runs * 0.05
+        first_enqueue = time.time()
+        ids, result.enqueue_s = enqueue_many(submit, result.runs, 300)
+        tracker = Tracker(ids, probe)
+        problem = tracker.wait(deadline, procs)
+        if problem:
+            result.problem = f"{problem}\n{self.log_tails(procs)}"
+        finished = tracker.succeeded(ok)
+        result.done, result.failed = len(finished), len(tracker.finished) - len(finished)
+        if finished:
+            result.wall_s = finished[-1].at - first_enqueue
+            result.effective_concurrency = result.done * 2 * SLOW_LLM_S / result.wall_s
+        return finished
+
     def _measure_concurrency(
         self,
         result: ConcurrencyResult,
@@ -1122,21 +1139,15 @@ class Bench:
         agents_procs: Sequence[Proc],
         procs: Sequence[Proc],
     ) -> None:
-        # Generous: the waves the slots allow, at twice their ideal length, plus time to
-        # enqueue and for per-task overhead.
-        waves = math.ceil(result.runs / agents.slots)
-        deadline = time.monotonic() + 120 + waves * 4 * SLOW_LLM_S + result.runs * 0.05
         retries_before = [len(retry_countdowns(p)) for p in agents_procs]
-        first_enqueue = time.time()
-        ids, result.enqueue_s = enqueue_many(
-            lambda: fleet.submit(TWO_STEP_PROMPT), result.runs, 300
+        finished = self._drive_runs(
+            result,
+            lambda: fleet.submit(TWO_STEP_PROMPT),
+            run_probe(fleet.store),
+            "succeeded",
+            agents.slots,
+            procs,
         )
-        tracker = Tracker(ids, run_probe(fleet.store))
-        problem = tracker.wait(deadline, procs)
-        if problem:
-            result.problem = f"{problem}\n{self.log_tails(procs)}"
-        finished = tracker.succeeded("succeeded")
-        result.done, result.failed = len(finished), len(tracker.finished) - len(finished)
         retries = [
             countdown
             for proc, before in zip(agents_procs, retries_before, strict=True)
@@ -1145,8 +1156,6 @@ class Bench:
         result.step_retries = len(retries)
         result.longest_retry_s = max(retries, default=math.nan)
         if finished:
-            result.wall_s = finished[-1].at - first_enqueue
-            result.effective_concurrency = result.done * 2 * SLOW_LLM_S / result.wall_s
             took = [f.took for f in finished]
             result.run_p50_s, result.run_max_s = percentile(took, 50), max(took)
 
@@ -1500,7 +1509,7 @@ def report_throughput(results: Sequence[DrainResult]) -> str:
         headers,
         rows,
     )
-    ours = [r for r in results[1:] if not r.config.startswith("plain")]
+    ours = [r for r in results[1:] if not r.config.startswith(PLAIN_LLM)]
     best = max((ratio(r.drain_per_s, plain) for r in ours), default=math.nan)
     if not math.isnan(best):
         met = verdict(best >= TARGET_THROUGHPUT_RATIO)
@@ -1550,7 +1559,7 @@ def report_concurrency(results: Sequence[ConcurrencyResult]) -> str:
     scored = [
         r
         for r in results
-        if not math.isnan(r.effective_concurrency) and not r.config.startswith("plain")
+        if not math.isnan(r.effective_concurrency) and not r.config.startswith(PLAIN_LLM)
     ]
     if scored:
         best = max(scored, key=lambda r: r.effective_concurrency)

@@ -330,8 +330,8 @@ def fan_out(app: Celery, run_id: str, calls: list[Signature], next_step: Signatu
     Several calls are a flat chord: they run in parallel, and the next step gets their results
     in the order the model asked for them. One call is a chain, as Celery itself unrolls a
     group of one: the call hands its result to the next step directly, without a chord's join
-    (on the tools worker, a script and five more Redis round trips; on the agents worker, the
-    chord's size). The call gets the errback a chord gives its body, so a call killed at its
+    (on the tools worker, five Redis round trips, three of them scripts; on the agents worker,
+    the chord's size). The call gets the errback a chord gives its body, so a call killed at its
     hard time limit fails the run the same way.
     """
     if len(calls) == 1:

@@ -114,9 +114,9 @@ def quiet_receipts(worker_level: int | None, settings: Settings) -> None:
     """Log Celery's "Task ... received" lines only when the worker logs at DEBUG.
 
     Celery logs every message a worker takes at INFO, from the consumer's one thread, before
-    the task starts: in an ``agents`` worker under load that line was a twentieth of the
-    process's CPU (py-spy). The task's end ("succeeded", "retry", "ignored", failures) is
-    still logged at INFO, and Flower sees the receipt as a ``task-received`` event.
+    the task starts: a second line per task, next to its end ("succeeded", "retry",
+    "ignored", failures), which stays at INFO. Flower sees the receipt as a
+    ``task-received`` event.
     """
     level = _level(settings)
     level = level if level is not None else worker_level
