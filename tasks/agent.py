@@ -20,7 +20,7 @@ from typing import Any
 
 from billiard.exceptions import SoftTimeLimitExceeded
 from celery import Celery, Signature, Task, chain, chord, states
-from celery.exceptions import Ignore
+from celery.exceptions import Ignore, Retry
 from pydantic import ValidationError
 
 from tasks import names
@@ -29,8 +29,9 @@ from tasks.errors import (
     ProvidersUnavailable,
     RetryableProviderError,
     RunCancelled,
+    RunFailed,
 )
-from tasks.lifecycle import entry_options, follow_up
+from tasks.lifecycle import entry_options, follow_up, start_run
 from tasks.llm import Completion, ModelToolCall, Target, call_chain, resolve_chain
 from tasks.metrics import step_fields
 from tasks.models import DEFAULT_TENANT, TENANT_PATTERN, RunRequest, RunStatus, limit_problems
@@ -83,6 +84,8 @@ class StepRunner:
         self.began = time.monotonic()
 
     def run(self, tool_results: list[dict[str, Any]] | None) -> dict[str, Any]:
+        """The run's final record if this step ended it with success; :class:`RunFailed` if it
+        ended it otherwise; ``Ignore`` or ``Retry`` if the run goes on."""
         claim = self.store.begin_step(self.run_id, self.step, self._worker())
         if claim.outcome != "ok":
             return self._not_ours(claim)
@@ -92,7 +95,13 @@ class StepRunner:
             # Cancelled while the model was answering: the run is final already.
             self.store.drop_lease(self.run_id, claim.token)
             return self._final_view()
-        except Ignore:
+        except PermanentProviderError as exc:
+            return self._fail(claim.token, exc.code, exc.message)
+        except ProvidersUnavailable as exc:
+            return self._wait_for_providers(claim, exc)
+        except (RetryableProviderError, SoftTimeLimitExceeded) as exc:
+            return self._retry_later(claim, exc)
+        except (Ignore, Retry, RunFailed):
             raise
         except BaseException:
             # Anything unexpected: give the step back so a redelivery can take it at once.
@@ -130,19 +139,15 @@ class StepRunner:
         record = self.store.get_run(self.run_id)
         if record is None:
             raise Ignore()
-        return run_view(record)
+        return concluded(record)
 
     def _worker(self) -> str:
         return str(self.task.request.hostname or "")
 
-    def _finish(self, token: str, **final: Any) -> dict[str, Any]:
-        """Mark the step dispatched (or the run final) and start what that frees."""
-        return self._followed(self.store.finish_step(self.run_id, self.step, token, **final))
-
     def _followed(self, finished: Finished) -> dict[str, Any]:
-        """Start what the step's end freed; the run's record as the task's result."""
+        """Start what the run's end freed; end the task as the run ended (:func:`concluded`)."""
         follow_up(self.task.app, self.store, self.run_id, finished)
-        return run_view(finished.record)
+        return concluded(finished.record)
 
     def _advance(
         self, claim: StepClaim, tool_results: list[dict[str, Any]] | None
@@ -151,34 +156,35 @@ class StepRunner:
         # A step that dispatches tool calls drops its lease before publishing them: with fast
         # tools the next step can start before this task returns, and must not find the run
         # held. If this worker dies before the publish, the redelivered step finds its answer
-        # applied and publishes again.
+        # applied and publishes again. The run's last step dispatches no tool calls: no step
+        # would read their results.
+        last_step = self.step >= int(run["max_steps"])
         if int(run.get("applied_step") or 0) >= self.step:
             completion = completion_from_transcript(transcript)  # redelivered after applying
-            if completion.tool_calls:
+            dispatching = bool(completion.tool_calls) and not last_step
+            if dispatching:
                 self.store.drop_lease(self.run_id, claim.token)
+        elif self.step > int(run["max_steps"]):
+            # Published by a release that dispatched the last step's tool calls: none is left.
+            return self._fail(claim.token, **_out_of_steps(run))
         else:
-            max_steps = int(run["max_steps"])
-            if self.step > max_steps:
-                return self._fail(
-                    claim.token,
-                    "max_steps_exceeded",
-                    f"the run used its {max_steps} steps and the model still asked for tools",
-                )
             new_messages = tool_messages(tool_results)
-            completion, target = self._call_llm(claim, run, transcript + new_messages)
+            completion, target = self._call_llm(run, transcript + new_messages)
+            dispatching = bool(completion.tool_calls) and not last_step
             answer = StepAnswer(
                 [*new_messages, completion.assistant_message()],
                 completion.prompt_tokens,
                 completion.completion_tokens,
-                len(completion.tool_calls),
+                len(completion.tool_calls) if dispatching else 0,
                 target,
                 step_fields(time.monotonic() - self.began, target),
                 self._worker(),
+                asked=len(completion.tool_calls),
             )
-            if not completion.tool_calls:
+            if not dispatching:
                 # The run's last step: its answer and its end in one round trip.
                 finished = self.store.apply_and_finish_step(
-                    self.run_id, self.step, claim.token, answer, completion.content or ""
+                    self.run_id, self.step, claim.token, answer, **_ending(completion, run)
                 )
                 if finished is None:
                     raise RunCancelled(self.run_id)
@@ -186,37 +192,27 @@ class StepRunner:
             # The answer applied and the lease dropped, in one script.
             if self.store.apply_step(self.run_id, self.step, claim.token, answer) < 0:
                 raise RunCancelled(self.run_id)
-        if completion.tool_calls:
+        if dispatching:
             self._dispatch_tools(claim, run, completion.tool_calls)
-        return self._finish(
-            claim.token, status=RunStatus.SUCCEEDED, result=completion.content or ""
+        return self._followed(  # redelivered after the answer that ended the run was applied
+            self.store.finish_step(self.run_id, self.step, claim.token, **_ending(completion, run))
         )
 
     def _call_llm(
-        self, claim: StepClaim, run: dict[str, str], messages: list[dict[str, Any]]
+        self, run: dict[str, str], messages: list[dict[str, Any]]
     ) -> tuple[Completion, Target]:
         allowed = json.loads(run.get("tools") or "[]")
         schemas = [registry.get(n).openai_schema for n in allowed if n in registry]
         chain = [Target(p, m) for p, m in json.loads(run["chain"])]
         relay = TokenRelay(self.store, self.run_id, self.step) if run.get("stream") == "1" else None
-        try:
-            answer = call_chain(
-                self.settings, chain, messages, schemas, on_delta=relay.delta if relay else None
-            )
-            if relay:
-                relay.flush()
-            return answer
-        except PermanentProviderError as exc:
-            self._fail(claim.token, exc.code, exc.message)
-            raise Ignore() from None
-        except ProvidersUnavailable as exc:
-            self._wait_for_providers(claim, exc)
-            raise  # unreachable: it raises
-        except (RetryableProviderError, SoftTimeLimitExceeded) as exc:
-            self._retry_later(claim, exc)
-            raise  # unreachable: _retry_later raises
+        answer = call_chain(
+            self.settings, chain, messages, schemas, on_delta=relay.delta if relay else None
+        )
+        if relay:
+            relay.flush()
+        return answer
 
-    def _wait_for_providers(self, claim: StepClaim, exc: ProvidersUnavailable) -> None:
+    def _wait_for_providers(self, claim: StepClaim, exc: ProvidersUnavailable) -> dict[str, Any]:
         """Every provider is open, held or limited: come back when the first one may be.
 
         Not an error: it does not spend the retry budget, and the run shows what it waits
@@ -234,25 +230,23 @@ class StepRunner:
         since = self.store.set_waiting(self.run_id, waiting)
         waited = time.time() - since
         if waited > self.settings.max_provider_wait:
-            self._fail(
+            return self._fail(
                 claim.token,
                 exc.code,
                 f"no provider could take the call for {waited:.0f}s: {exc.message}",
             )
-            raise Ignore()
         self.store.release_step(self.run_id, self.step, claim.token, after=countdown)
         raise self.task.retry(countdown=countdown)
 
-    def _retry_later(self, claim: StepClaim, exc: BaseException) -> None:
+    def _retry_later(self, claim: StepClaim, exc: BaseException) -> dict[str, Any]:
         attempts = int(self.store.redis.hincrby(self.store.run_key(self.run_id), "llm_retries", 1))
         if attempts > self.settings.llm_max_retries:
             cause = exc.message if isinstance(exc, RetryableProviderError) else "step timed out"
-            self._fail(
+            return self._fail(
                 claim.token,
                 "provider_retries_exhausted",
                 f"gave up after {attempts - 1} retries: {cause}",
             )
-            raise Ignore()
         backoff = self.settings.retry_backoff_base * 2 ** (attempts - 1)
         asked = exc.retry_after if isinstance(exc, RetryableProviderError) else None
         countdown = min(max(backoff, asked or 0.0), self.settings.max_retry_countdown)
@@ -270,15 +264,47 @@ class StepRunner:
         try:
             self.task.replace(fan_out(app, self.run_id, header, body))
         except Ignore:
-            # Replaced: the tool calls are published. Mark the step dispatched, then ack.
-            self._finish(claim.token)
+            # Replaced: the tool calls are published, and the run's place in any enclosing
+            # chord went with them. Mark the step dispatched, then end as ignored: the run's
+            # end is recorded by the step that ends it, also if it was cancelled meanwhile.
+            finished = self.store.finish_step(self.run_id, self.step, claim.token)
+            follow_up(app, self.store, self.run_id, finished)
             raise
 
     def _fail(self, token: str, code: str, message: str) -> dict[str, Any]:
+        """End the run failed (:class:`RunFailed`), unless it ended otherwise first."""
         log.warning("run %s failed at step %d: %s", self.run_id, self.step, message)
-        return self._finish(
-            token, status=RunStatus.FAILED, error={"code": code, "message": message}
+        error = {"code": code, "message": message}
+        return self._followed(
+            self.store.finish_step(
+                self.run_id, self.step, token, status=RunStatus.FAILED, error=error
+            )
         )
+
+
+def concluded(record: dict[str, str]) -> dict[str, Any]:
+    """How the task that ends a run ends: its record as the result if it succeeded, else
+    :class:`RunFailed` with the record, so that its Celery state and its task event tell the
+    truth (``FAILURE``) and ``AsyncResult(run_id).get()`` returns either way."""
+    view = run_view(record)
+    if view["status"] == RunStatus.SUCCEEDED.value:
+        return view
+    raise RunFailed.of(view)
+
+
+def _ending(completion: Completion, run: dict[str, str]) -> dict[str, Any]:
+    """The final state of a run whose step dispatches nothing: succeeded with the model's
+    answer, or failed if the model still asked for tools in the run's last step."""
+    if not completion.tool_calls:
+        return {"status": RunStatus.SUCCEEDED, "result": completion.content or ""}
+    failure = _out_of_steps(run)
+    return {"status": RunStatus.FAILED, "error": failure}
+
+
+def _out_of_steps(run: dict[str, str]) -> dict[str, str]:
+    max_steps = int(run["max_steps"])
+    message = f"the run used its {max_steps} steps and the model still asked for tools"
+    return {"code": "max_steps_exceeded", "message": message}
 
 
 def tool_call_id(run_id: str, step: int, index: int) -> str:
@@ -355,6 +381,9 @@ def register(app: Celery, settings: Settings) -> None:
         "soft_time_limit": settings.step_soft_time_limit,
         "time_limit": settings.step_time_limit,
         "max_retries": None,  # retry budgets are kept per run (llm_retries), not per message
+        # How a run that did not succeed ends: logged at INFO without a traceback, not an error
+        # of the worker, while its state and task event still say FAILURE.
+        "throws": (RunFailed,),
     }
 
     @app.task(name=names.RUN, bind=True, shared=False, **limits)
@@ -366,9 +395,7 @@ def register(app: Celery, settings: Settings) -> None:
         """
         run_id = str(self.request.id)
         if request is not None:
-            failure = _create_from_payload(settings, run_id, request)
-            if failure is not None:
-                return failure
+            _create_from_payload(settings, run_id, request)
         return StepRunner(self, settings, run_id, 1).run(None)
 
     # Steps 2..n carry the run ID as their task ID too (Task.replace), whose STARTED state
@@ -409,11 +436,10 @@ def _fail_after_lost_tools(app: Celery, settings: Settings, run_id: str) -> None
     run = store.get_run(run_id)
     step = int((run or {}).get("dispatched_step") or 0)
     count = int((run or {}).get(f"tools:{step}") or 0)
-    # The ChordError Celery stored for the body, or a single call's own failure.
-    failed = app.AsyncResult(run_id)
-    if failed.state != states.FAILURE and count == 1:
-        failed = app.AsyncResult(tool_call_id(run_id, step, 0))
-    cause = failed.result
+    # The failure the call that died stored under its own ID (no failure but a run's end is
+    # stored under the run's: workers/results.py).
+    calls = [app.AsyncResult(tool_call_id(run_id, step, i)) for i in range(count)]
+    cause = next((c.result for c in calls if c.state == states.FAILURE), "no failure stored")
     if run is not None and not RunStatus(run["status"]).terminal:
         results = store.tool_results([tool_call_id(run_id, step, i) for i in range(count)])
         if count and results is not None and not run.get(f"deliveries:{step + 1}"):
@@ -431,6 +457,9 @@ def _fail_after_lost_tools(app: Celery, settings: Settings, run_id: str) -> None
     )
     follow_up(app, store, run_id, finished)
     log.warning("run %s failed: its tool calls errored: %s", run_id, cause)
+    if finished.final:
+        # No step of the run is left to record its end under the run ID: send one that does.
+        start_run(app, store, run_id)
 
 
 def _resume_after_lost_chord(
@@ -453,10 +482,9 @@ def _resume_after_lost_chord(
     app.signature(body).apply_async((results,))
 
 
-def _create_from_payload(
-    settings: Settings, run_id: str, payload: dict[str, Any]
-) -> dict[str, Any] | None:
-    """Create the run record for a ``send_task`` caller; a failed record if it is invalid.
+def _create_from_payload(settings: Settings, run_id: str, payload: dict[str, Any]) -> None:
+    """Create the run record for a ``send_task`` caller; if the payload is invalid, a failed
+    record, and :class:`RunFailed`.
 
     The payload is a :class:`~tasks.models.RunRequest`, plus an optional ``tenant`` (a
     service with broker access is trusted to name its tenant; default ``default``).
@@ -473,7 +501,7 @@ def _create_from_payload(
     if not problems:
         chain = resolve_chain(settings, request.model, request.providers)
         store.create_run(run_id, request, resolve_tools(request), chain, tenant=tenant)
-        return None
+        return
     placeholder = RunRequest(input="(invalid request)")
     store.create_run(run_id, placeholder, [], resolve_chain(settings, None))
     claim = store.begin_step(run_id, 1)
@@ -484,4 +512,4 @@ def _create_from_payload(
         status=RunStatus.FAILED,
         error={"code": "invalid_request", "message": "; ".join(problems)},
     )
-    return run_view(finished.record)
+    raise RunFailed.of(run_view(finished.record))

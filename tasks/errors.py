@@ -4,6 +4,7 @@
     ├── ConfigError                 settings or registration that cannot work
     ├── RunNotFound                 no run record under that ID
     ├── RunCancelled                the run was cancelled while a step was working on it
+    ├── RunFailed                   how a run that did not succeed ends its Celery task (record)
     ├── Unauthorized                no API key, or one that is not known (HTTP 401)
     ├── ProviderError               an LLM provider call failed (provider, message)
     │   ├── RetryableProviderError  try again later (retry_after seconds, if the provider said)
@@ -22,6 +23,8 @@ the JSON result backend, which rebuilds exceptions as ``cls(*args)``.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class AgentfleetError(Exception):
@@ -48,6 +51,43 @@ class RunNotFound(AgentfleetError):
 
 class RunCancelled(AgentfleetError):
     code = "cancelled"
+
+
+class RunFailed(AgentfleetError):
+    """A run ended without succeeding: failed, or cancelled. ``args == (message, record)``.
+
+    The task that records a run's end raises it, so the run ID's Celery state is ``FAILURE``
+    and its ``task-failed`` event reaches Flower. ``record`` is the final run record as
+    ``GET /v1/runs/{id}`` shows it: ``AsyncResult(run_id).get()`` raises this exception
+    (rebuilt by name where this module is not importable, with the same ``args``), and
+    ``get(propagate=False)`` returns it.
+    """
+
+    code = "run_failed"
+
+    def __init__(self, message: str, record: dict[str, Any] | None = None) -> None:
+        super().__init__(message, record or {})
+
+    @classmethod
+    def of(cls, record: dict[str, Any]) -> RunFailed:
+        """The exception that ends the task of a run whose final record is ``record``."""
+        error = record.get("error") or {}
+        code = error.get("code") or record.get("status")
+        message = f"run {record.get('id')} {record.get('status')}: {code}"
+        if error.get("message"):
+            message += f": {error['message']}"
+        return cls(message, record)
+
+    @property
+    def record(self) -> dict[str, Any]:
+        return dict(self.args[1])
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __repr__(self) -> str:
+        # What Flower and the task-failed event show: not the record, which holds the answer.
+        return f"{type(self).__name__}({self.message!r})"
 
 
 class Unauthorized(AgentfleetError):

@@ -38,6 +38,8 @@ def follow_up(app: Celery, store: RunStore, run_id: str, finished: Finished) -> 
     if finished.kick:
         log.info("run %s finished; run %s takes its tenant's slot", run_id, finished.kick)
         start_run(app, store, finished.kick)
+    if finished.resend:
+        start_run(app, store, finished.resend)  # it finds the run final, and ends as it did
     batch_finished(app, finished.batch)
     if finished.final and "callback_url" in finished.record:
         app.send_task(names.CALLBACK, args=("run", run_id))

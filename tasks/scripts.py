@@ -153,7 +153,8 @@ if status == 'queued' then
   emit(KEYS[1], 'started', {worker = ARGV[7]})
 end
 redis.call('ZADD', ctx.prefix .. ':runs:active', ARGV[6], ctx.run_id)
-if tonumber(redis.call('HGET', KEYS[1], 'applied_step') or '0') < step then
+if tonumber(redis.call('HGET', KEYS[1], 'applied_step') or '0') < step
+   and step <= tonumber(redis.call('HGET', KEYS[1], 'max_steps') or step) then
   emit(KEYS[1], 'llm_call_started', {step = step})
 end
 return {'ok', redis.call('HGETALL', KEYS[1]), redis.call('LRANGE', KEYS[3], 0, -1)}
@@ -181,7 +182,12 @@ local function apply(run_key, messages_key, step, p)
   redis.call('HDEL', run_key, 'waiting', 'waiting_since')
   emit(run_key, 'llm_call_finished', {step = step, provider = p.provider, model = p.model,
        prompt_tokens = p.prompt_tokens, completion_tokens = p.completion_tokens,
-       tool_calls = p.tools_total})
+       tool_calls = p.asked})
+  -- A step that dispatches tool calls is finished once its answer is in: its event goes out
+  -- now, before the tool calls are published and can start.
+  if p.tools_total > 0 then
+    emit(run_key, 'step_finished', {step = step, tool_calls = p.tools_total})
+  end
   local m = p.metrics
   local steps, llm = ctx.prefix .. METRIC.step_seconds, ctx.prefix .. METRIC.llm
   redis.call('HINCRBY', steps, m.bucket, 1)
@@ -195,8 +201,10 @@ local function finish(run_key, lease_key, token, step, p)
   local follow = {'', '', ''}
   if tonumber(redis.call('HGET', run_key, 'dispatched_step') or '0') < step then
     redis.call('HSET', run_key, 'dispatched_step', step, 'updated_at', ctx.now)
-    emit(run_key, 'step_finished', {step = step,
-         tool_calls = tonumber(redis.call('HGET', run_key, 'tools:' .. step) or '0')})
+    -- A step with tool calls had its event when its answer was applied.
+    if tonumber(redis.call('HGET', run_key, 'tools:' .. step) or '0') == 0 then
+      emit(run_key, 'step_finished', {step = step, tool_calls = 0})
+    end
   end
   local status = redis.call('HGET', run_key, 'status')
   if p.status then
@@ -250,16 +258,24 @@ return {applied, done[1], done[2], done[3], done[4]}
 """
 )
 
-# KEYS: run. ARGV: ctx, reason. Returns {outcome, run to start now, finished batch}.
+# KEYS: run. ARGV: ctx, reason. Returns {outcome, run to start now, finished batch, final
+# status, run whose end no message will record}: a run waiting for its tenant's slot has no
+# message in any queue, so the caller publishes one that finds it cancelled.
 CANCEL_RUN = (
     _COMMON
     + """
 local status = redis.call('HGET', KEYS[1], 'status')
-if not status then return {'missing', '', '', ''} end
-if is_final(status) then return {'final:' .. status, '', '', ''} end
+if not status then return {'missing', '', '', '', ''} end
+if is_final(status) then return {'final:' .. status, '', '', '', ''} end
 redis.call('HSET', KEYS[1], 'cancel_requested_at', ctx.now)
+local parked = ''
+local tenant = redis.call('HGET', KEYS[1], 'tenant')
+if tenant and redis.call('ZSCORE', ctx.prefix .. ':tenant:' .. tenant .. ':waiting', ctx.run_id)
+then
+  parked = ctx.run_id
+end
 local follow = finalize(KEYS[1], ctx.run_id, 'cancelled', {reason = ARGV[2]})
-return {'cancelled', follow[1], follow[2], follow[3]}
+return {'cancelled', follow[1], follow[2], follow[3], parked}
 """
 )
 

@@ -80,9 +80,17 @@ class Finished:
     kick: str = ""
     batch: str = ""
     final: str = ""  # the final status, when this transition made the run final
+    #: A run made final while no message of it was queued (waiting for its tenant's slot):
+    #: its entry message must be sent again, for a worker to record its end in Celery.
+    resend: str = ""
 
 
 _stores: dict[tuple[int, int], RunStore] = {}
+
+
+def run_key(prefix: str, run_id: str) -> str:
+    """The key of a run's record (its other keys add a suffix)."""
+    return f"{prefix}:run:{run_id}"
 
 
 def _pairs(flat: Sequence[str]) -> dict[str, str]:
@@ -109,6 +117,7 @@ class StepAnswer:
     target: Target
     metrics: dict[str, Any]  # tasks.metrics.step_fields
     worker: str = ""
+    asked: int = 0  # the tool calls the model asked for (``tool_calls`` are those dispatched)
 
     def payload(self) -> str:
         """The JSON the step-ending scripts take (``apply`` in :mod:`tasks.scripts`)."""
@@ -118,6 +127,7 @@ class StepAnswer:
                 "prompt_tokens": self.prompt_tokens,
                 "completion_tokens": self.completion_tokens,
                 "tools_total": self.tool_calls,
+                "asked": self.asked,
                 "provider": self.target.provider,
                 "model": self.target.model,
                 "worker": self.worker,
@@ -160,7 +170,7 @@ class RunStore:
 
     # --- keys ----------------------------------------------------------------------------
     def run_key(self, run_id: str) -> str:
-        return f"{self._p}:run:{run_id}"
+        return run_key(self._p, run_id)
 
     def tool_key(self, call_id: str) -> str:
         return f"{self._p}:tool:{call_id}"
@@ -334,10 +344,18 @@ class RunStore:
         return Finished(_pairs(reply[0]), reply[1], reply[2], reply[3])
 
     def apply_and_finish_step(
-        self, run_id: str, step: int, token: str, answer: StepAnswer, result: str
+        self,
+        run_id: str,
+        step: int,
+        token: str,
+        answer: StepAnswer,
+        *,
+        status: RunStatus,
+        result: str | None = None,
+        error: dict[str, str] | None = None,
     ) -> Finished | None:
-        """:meth:`apply_step`, then :meth:`finish_step` with the run succeeded, in one round
-        trip; None if the run was final already (cancelled while the model answered)."""
+        """:meth:`apply_step`, then :meth:`finish_step` with the run final, in one round trip;
+        None if the run was final already (cancelled while the model answered)."""
         base = self.run_key(run_id)
         reply = self._apply_and_finish_step(
             keys=[base, f"{base}:messages", f"{base}:lease"],
@@ -346,7 +364,7 @@ class RunStore:
                 token,
                 step,
                 answer.payload(),
-                self._finish_payload(RunStatus.SUCCEEDED, result, None),
+                self._finish_payload(status, result, error),
             ],
         )
         if int(reply[0]) < 0:
@@ -384,7 +402,7 @@ class RunStore:
             pipe.hgetall(self.run_key(run_id))
         records = dict(zip(cancelled, cast(list[dict[str, str]], pipe.execute()), strict=True))
         return [
-            (reply[0], Finished(records.get(run_id, {"id": run_id}), *reply[1:4]))
+            (reply[0], Finished(records.get(run_id, {"id": run_id}), *reply[1:5]))
             for run_id, reply in zip(run_ids, replies, strict=True)
         ]
 

@@ -8,6 +8,7 @@ from collections.abc import Callable
 import pytest
 
 from producer.client import ApiError
+from tasks.errors import RunFailed
 from tests.conftest import Fleet
 
 
@@ -31,9 +32,10 @@ def test_cancel_a_run_mid_way(fleet: Fleet, wait: Callable[..., None]) -> None:
     assert run.usage.llm_calls < 40
     events = [e.type for e in fleet.client.events(run_id)]
     assert events[-1] == "cancelled"
-    # The run's Celery result is its final record (an enclosing batch counts it).
-    result = fleet.app.AsyncResult(run_id).get(timeout=20)
-    assert result["status"] == "cancelled"
+    # The run's Celery result is its end: FAILURE, with its final record.
+    with pytest.raises(RunFailed) as ended:
+        fleet.app.AsyncResult(run_id).get(timeout=20)
+    assert ended.value.record["status"] == "cancelled"
 
     with pytest.raises(ApiError) as again:
         fleet.client.cancel(run_id)

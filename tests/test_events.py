@@ -73,3 +73,18 @@ def test_bad_last_event_id_is_a_400(fleet: Fleet) -> None:
     response = fleet.http.get(f"/v1/runs/{run_id}/events", headers={"Last-Event-ID": "nope"})
     assert response.status_code == 400
     assert "not an event ID" in response.json()["detail"]
+
+
+def test_events_are_in_the_order_things_happened(fleet: Fleet) -> None:
+    # A step is finished before the tool calls it dispatches start; the next step's LLM call
+    # starts after they all finished.
+    prompt = 'call calculator {"expression": "6*7"} call text_stats {"text": "in order"}'
+    run_ids = [fleet.client.create_run(prompt).id for _ in range(10)]
+    for run_id in run_ids:
+        assert fleet.client.wait(run_id, timeout=30).status == "succeeded"
+        kinds = [e.type for e in fleet.client.events(run_id)]
+        step_1 = ["queued", "started", "llm_call_started", "llm_call_finished", "step_finished"]
+        assert kinds[:5] == step_1, kinds
+        assert sorted(kinds[5:9]) == ["tool_call_finished"] * 2 + ["tool_call_started"] * 2
+        step_2 = ["llm_call_started", "llm_call_finished", "step_finished", "succeeded"]
+        assert kinds[9:] == step_2, kinds

@@ -159,6 +159,47 @@ def test_runs_from_other_publishers_are_redacted_too(
     assert shown["kwargs"].startswith("{request=<RunRequest ")
 
 
+def _failed_counts(flowers: Flowers) -> dict[str, int]:
+    """Flower's count of ``task-failed`` events per worker (its workers page)."""
+    data = flowers.writable.get("/workers", params={"json": "1"}).json()["data"]
+    return {w["hostname"]: int(w.get("task-failed", 0)) for w in data}
+
+
+def test_flower_tells_how_each_run_ended(
+    fleet: Fleet, flowers: Flowers, wait: Callable[..., None]
+) -> None:
+    before = _failed_counts(flowers)
+    ended = {
+        fleet.client.create_run("flower: succeeds").id: "SUCCESS",
+        fleet.client.create_run("[[error:400]] flower: refused").id: "FAILURE",
+        fleet.client.create_run('[[loop]] call text_stats {"text": "x"}', max_steps=2).id: (
+            "FAILURE"
+        ),
+    }
+    cancelled = fleet.client.create_run("[[latency:2]] flower: cancelled").id
+    key = f"{fleet.settings.key_prefix}:run:{cancelled}"
+    wait(lambda: fleet.redis.hget(key, "status") == "running", 30, "the run to start")
+    fleet.client.cancel(cancelled)
+    ended[cancelled] = "FAILURE"
+    for run_id in ended:
+        fleet.client.wait(run_id, timeout=60)
+
+    def states() -> dict[str, str | None]:
+        tasks = flowers.writable.get("/api/tasks").json()
+        return {run_id: tasks.get(run_id, {}).get("state") for run_id in ended}
+
+    wait(lambda: states() == ended, 30, f"Flower to see how the runs ended: {states()}")
+    # Each failed or cancelled run counts once as a failure of the worker that ended it.
+    after = _failed_counts(flowers)
+    assert sum(after.values()) - sum(before.values()) == 3
+    assert all(after[node] >= before.get(node, 0) for node in after)
+    assert (
+        sum(n for node, n in after.items() if node.startswith("agents"))
+        - sum(n for node, n in before.items() if node.startswith("agents"))
+        == 3
+    )
+
+
 def test_basic_auth_is_enforced(flowers: Flowers) -> None:
     for path in ("/api/workers", "/api/tasks", "/"):
         assert httpx.get(f"{flowers.url}{path}").status_code == 401, path

@@ -59,7 +59,14 @@ def test_max_steps_exceeded_fails_clearly(fleet: Fleet) -> None:
     assert run.error.code == "max_steps_exceeded"
     assert "3 steps" in run.error.message
     assert run.usage.llm_calls == 3
-    assert run.progress.tool_calls_done == 3
+    # The last step's tool calls are not dispatched: no step is left to read them.
+    assert run.progress.tool_calls_done == 2
+    assert run.progress.tool_calls_total == 2
+    assert fleet.redis.exists(f"{fleet.settings.key_prefix}:tool:{run.id}-3-0") == 0
+    events = [e.type for e in fleet.client.events(run.id)]
+    assert events.count("llm_call_started") == 3
+    assert events.count("tool_call_started") == 2
+    assert events[-2:] == ["step_finished", "failed"]
 
 
 def test_tool_that_raises_is_shown_to_the_model(fleet: Fleet) -> None:

@@ -19,7 +19,10 @@ SCRIPT = textwrap.dedent(
     app.conf.update(task_serializer="json", accept_content=["json"], result_serializer="json")
     payload = json.loads(sys.argv[2])
     result = app.send_task("agentfleet.run", kwargs={"request": payload}, queue="agents")
-    final = result.get(timeout=60)
+    try:
+        final = result.get(timeout=60)
+    except Exception as exc:  # a run that did not succeed: RunFailed(message, record)
+        final = exc.args[1]
     leaked = sorted(m for m in ("workers", "tasks", "producer", "ops") if m in sys.modules)
     print(json.dumps({"id": result.id, "final": final, "leaked": leaked}))
     """

@@ -23,6 +23,7 @@ from celery.app import trace
 from celery.exceptions import Ignore
 from kombu import Connection
 
+from tasks.errors import RunFailed
 from tests.conftest import Fleet
 from workers.controlflow import ControlFlowExceptionInfo
 from workers.factory import create_app
@@ -118,6 +119,29 @@ def test_one_round_trip_store_keeps_celerys_rules(fleet: Fleet) -> None:
     late = backend.prepare_exception(ValueError("late"))
     store_result_once(backend, task_id, late, "FAILURE")
     assert stored() == ("SUCCESS", {"answer": 42})
+
+
+def test_a_runs_failure_is_stored_only_as_its_end(fleet: Fleet) -> None:
+    # What Celery passes on to a run's step when a tool call of its chain fails, and the
+    # run's own end, as the worker stores them (the run records' prefix installed).
+    backend = fleet.app.backend
+    run_id = fleet.client.create_run("a run to fail").id
+    fleet.client.wait(run_id, timeout=30)
+    run_keys = f"{fleet.settings.key_prefix}:run:"
+    fleet.redis.delete(f"celery-task-meta-{run_id}")
+    lost = backend.prepare_exception(TimeoutError("tool call killed"))
+    store_result_once(backend, run_id, lost, "FAILURE", run_keys=run_keys)
+    assert fleet.redis.get(f"celery-task-meta-{run_id}") is None
+    end = backend.prepare_exception(RunFailed("run failed: tool_call_lost", {"id": run_id}))
+    store_result_once(backend, run_id, end, "FAILURE", run_keys=run_keys)
+    result = fleet.app.AsyncResult(run_id)
+    assert result.state == "FAILURE"
+    assert isinstance(result.result, RunFailed)
+    assert result.result.record == {"id": run_id}
+    # A task ID that names no run stores any failure, as Celery does.
+    other = f"test-store-{uuid.uuid4().hex}"
+    store_result_once(backend, other, lost, "FAILURE", run_keys=run_keys)
+    assert fleet.app.AsyncResult(other).state == "FAILURE"
 
 
 def test_one_round_trip_store_publishes_the_state(fleet: Fleet) -> None:

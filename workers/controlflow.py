@@ -1,4 +1,5 @@
 """``Ignore`` is control flow, not an error: Celery need not copy and print its traceback.
+Nor does :class:`~tasks.errors.RunFailed`, how a run that did not succeed ends its task.
 
 Every step that dispatches tool calls ends in ``Task.replace``, which raises ``Ignore``; the
 step of a throttled tenant and a redelivered step that was already applied raise it too.
@@ -22,15 +23,17 @@ from billiard.einfo import ExceptionInfo, ExceptionWithTraceback
 from celery.app import trace
 from celery.exceptions import Ignore
 
+from tasks.errors import RunFailed
+
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 
 
 class ControlFlowExceptionInfo(ExceptionInfo):
-    """An ``ExceptionInfo`` that drops the traceback of ``Ignore``."""
+    """An ``ExceptionInfo`` that drops the traceback of ``Ignore`` and ``RunFailed``."""
 
     def __init__(self, exc_info: ExcInfo | None = None, internal: bool = False) -> None:
         exc_type, exception, tb = exc_info or sys.exc_info()
-        if not isinstance(exception, Ignore):
+        if not isinstance(exception, Ignore | RunFailed):
             super().__init__((exc_type, exception, tb), internal)
             return
         self.type = exc_type

@@ -15,6 +15,12 @@ so that a redelivered task cannot overwrite a ``SUCCESS``: a ``GET``, then ``SET
 read-then-write can race), in one round trip; a run's ``STARTED`` and final states are each
 one round trip less on its path.
 
+**A run's failure is its end.** Celery stores a failure under the IDs of the tasks after a
+failed one: a tool call of a run's chain or chord that dies at its hard time limit stores its
+error under the run ID, whose ``get()`` would then raise it while the run's errback is still
+failing the run. The same script stores a failure under a run's ID only as
+:class:`~tasks.errors.RunFailed`, which the task that ends the run raises with its record.
+
 **The chord's size in one round trip.** Every tool-dispatching step sets its chord's size:
 Celery clears the chord's dispatch claim, then writes the size, two round trips; here one
 transaction does both.
@@ -41,14 +47,20 @@ from celery.backends.redis import RedisBackend
 from celery.exceptions import BackendStoreError
 from kombu.utils.encoding import bytes_to_str
 
-# KEYS: the task's meta key. ARGV: the encoded meta, seconds to keep it (0: forever).
-# Returns 0 (a SUCCESS is stored already: nothing written) or 1.
+from tasks.errors import RunFailed
+
+# KEYS: the task's meta key, the run record its task ID would name. ARGV: the encoded meta,
+# seconds to keep it (0: forever), '1' if it is a failure other than a run's end. Returns 0
+# (nothing written) or 1. A SUCCESS stored is never overwritten; a run's end is stored only by
+# the task that ends it (RunFailed), never a failure Celery passes on to the run's step from
+# a tool call of its chain or chord, or a step's own crash, while the run goes on.
 _STORE_UNLESS_SUCCEEDED = """
 local current = redis.call('GET', KEYS[1])
 if current then
   local ok, meta = pcall(cjson.decode, current)
   if ok and type(meta) == 'table' and meta.status == 'SUCCESS' then return 0 end
 end
+if ARGV[3] == '1' and redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 local ttl = tonumber(ARGV[2])
 if ttl > 0 then
   redis.call('SET', KEYS[1], ARGV[1], 'EX', ttl)
@@ -71,9 +83,13 @@ def store_result_once(
     state: str,
     traceback: Any = None,
     request: Any = None,
+    *,
+    run_keys: str = "",
     **kwargs: Any,
 ) -> Any:
-    """``RedisBackend._store_result`` in one round trip: never over a stored ``SUCCESS``."""
+    """``RedisBackend._store_result`` in one round trip: never over a stored ``SUCCESS``, and
+    a run's failure only as :class:`~tasks.errors.RunFailed` (``run_keys``: the run records'
+    key prefix, to which the task ID is appended)."""
     meta = backend._get_result_meta(
         result=result, state=state, traceback=traceback, request=request
     )
@@ -87,11 +103,23 @@ def store_result_once(
         script = backend._store_once_script = backend.client.register_script(
             _STORE_UNLESS_SUCCEEDED
         )
+    key = backend.get_key_for_task(task_id)
+    foreign = state == states.FAILURE and not _is_run_end(result)
     store = functools.partial(
-        script, keys=[backend.get_key_for_task(task_id)], args=[value, int(expires or 0)]
+        script,
+        keys=[key, f"{run_keys}{bytes_to_str(task_id)}" if run_keys else key],
+        args=[value, int(expires or 0), "1" if foreign and run_keys else "0"],
     )
     backend.ensure(store, ())
     return result
+
+
+def _is_run_end(result: Any) -> bool:
+    """Whether a failure to store is a run's end: Celery hands the backend the exception
+    already encoded (``exc_type``, ``exc_message``, ``exc_module``)."""
+    if isinstance(result, dict):
+        return result.get("exc_type") == RunFailed.__name__
+    return isinstance(result, RunFailed)
 
 
 def set_chord_size_at_once(backend: RedisBackend, group_id: str, chord_size: int) -> None:
@@ -120,10 +148,11 @@ def install_everywhere() -> None:
     RedisBackend.on_task_call = _no_subscription_on_send
 
 
-def install() -> None:
-    """Worker mode for Celery's result backends, in this process."""
+def install(run_keys: str) -> None:
+    """Worker mode for Celery's result backends, in this process (``run_keys``: the run
+    records' key prefix)."""
     AsyncBackendMixin.add_pending_result = _untracked
     AsyncBackendMixin.remove_pending_result = _untracked
     AsyncBackendMixin.add_pending_results = lambda self, results, weak=False: list(results)
-    RedisBackend._store_result = store_result_once
+    RedisBackend._store_result = functools.partialmethod(store_result_once, run_keys=run_keys)
     RedisBackend.set_chord_size = set_chord_size_at_once

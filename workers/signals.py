@@ -19,6 +19,7 @@ from celery.signals import (
 from tasks import watchdog
 from tasks.llm import reset_clients
 from tasks.redisconn import wait_out_outages
+from tasks.store import run_key
 from workers import heap, logs, redact, results
 from workers.conf import worker_config
 from workers.settings import get_settings
@@ -35,7 +36,7 @@ def _wait_out_redis_outages(conf: Any, **_: Any) -> None:
     wait_out_outages(settings.redis_outage_wait)
     conf.update(worker_config(settings))
     # A worker waits for no result: see workers/results.py.
-    results.install()
+    results.install(run_key(settings.key_prefix, ""))
 
 
 @worker_process_init.connect
