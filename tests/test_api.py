@@ -28,6 +28,13 @@ def _snapshot(fleet: Fleet) -> tuple[set[str], int, int]:
         ({"input": "x", "metadata": {"k": 1}}, "metadata", "valid string"),
         ({"input": "x", "surprise": 1}, "surprise", "Extra inputs are not permitted"),
         ({"input": 5}, "input", "valid string"),
+        ({"input": " \n\t "}, "input", "input is blank"),
+        ({"input": "x", "stream": "yes"}, "stream", "valid boolean"),
+        (
+            {"input": "x", "model": "nosuchprovider:m"},
+            "model",
+            "no provider named 'nosuchprovider'",
+        ),
     ],
 )
 def test_bad_run_bodies_are_422_and_enqueue_nothing(
