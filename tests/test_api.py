@@ -102,6 +102,14 @@ def test_tool_call_round_trip_and_idempotent_id(fleet: Fleet) -> None:
     assert fleet.redis.get("test:completed:api-once") == "1"
 
 
+def test_tool_call_result_carries_the_callers_id(fleet: Fleet) -> None:
+    body = {"id": "own-id-1", "name": "calculator", "arguments": {"expression": "1+2"}}
+    assert fleet.http.post("/v1/tool-calls", json=body).status_code == 202
+    call = fleet.client.wait_tool_call("own-id-1", timeout=30)
+    assert call.id == "own-id-1"
+    assert call.result == {"id": "own-id-1", "name": "calculator", "ok": True, "output": 3.0}
+
+
 def test_tool_that_raises_returns_structured_error(fleet: Fleet) -> None:
     accepted = fleet.client.create_tool_call("explode", {"message": "nope"})
     call = fleet.client.wait_tool_call(accepted.id, timeout=30)
