@@ -242,7 +242,7 @@ def create_tool_call(
 def get_tool_call(call_id: str, store: StoreDep, producer: ProducerDep, tenant: TenantDep) -> Any:
     """Status and structured result of a tool call."""
     stored_id, record = _own_tool_call(store, tenant, call_id)
-    view = tool_call_view(record) | {"id": call_id}
+    view = tool_call_view(record, call_id)
     if view["result"] is None:
         # Killed at its hard time limit, the task never stored a result of its own;
         # Celery recorded the failure, so report it instead of "running" forever.

@@ -1,4 +1,10 @@
-"""``agentfleet``: the command line for the producer API."""
+"""``agentfleet``: the command line for the producer API.
+
+Exit codes (the README's CLI section lists them too): 0 done, and the run, tool call or batch
+succeeded; 1 it finished without succeeding; 2 refused: the API answered with an error, or
+the command line or a setting is invalid; 3 the API (for ``keys``, Redis) cannot be reached;
+4 ``--wait`` timed out; 130 interrupted (Ctrl-C).
+"""
 
 from __future__ import annotations
 
@@ -6,11 +12,29 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from producer.client import ApiError, Client
+
+if TYPE_CHECKING:  # the keys command alone needs them; the rest stays a thin HTTP client
+    import redis
+
+    from workers.settings import Settings
+
+EXIT_OK = 0
+EXIT_NOT_SUCCEEDED = 1
+EXIT_REFUSED = 2
+EXIT_UNREACHABLE = 3
+EXIT_TIMEOUT = 4
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
+
+
+def _fail(code: int, message: str) -> int:
+    """Print ``agentfleet: message`` as one line on stderr; return ``code``."""
+    print(f"agentfleet: {' '.join(message.split())}", file=sys.stderr)
+    return code
 
 
 def _print_run(run: object, as_json: bool) -> None:
@@ -52,10 +76,10 @@ def _cmd_run(client: Client, args: argparse.Namespace) -> int:
             print(accepted.model_dump_json(indent=2))
         else:
             print(f"{accepted.id}  queued  (agentfleet status {accepted.id})")
-        return 0
+        return EXIT_OK
     run = client.wait(accepted.id, timeout=args.timeout)
     _print_run(run, args.json)
-    return 0 if run.status == "succeeded" else 1
+    return EXIT_OK if run.status == "succeeded" else EXIT_NOT_SUCCEEDED
 
 
 def _watch(client: Client, run_id: str, as_json: bool) -> int:
@@ -79,7 +103,7 @@ def _watch(client: Client, run_id: str, as_json: bool) -> int:
             print(line.rstrip(), flush=True)
         if event.type in ("succeeded", "failed", "cancelled"):
             status = event.type
-    return 0 if status == "succeeded" else 1
+    return EXIT_OK if status == "succeeded" else EXIT_NOT_SUCCEEDED
 
 
 class _Progress:
@@ -127,7 +151,7 @@ def _cmd_watch(client: Client, args: argparse.Namespace) -> int:
 
 def _cmd_cancel(client: Client, args: argparse.Namespace) -> int:
     _print_run(client.cancel(args.id), args.json)
-    return 0
+    return EXIT_OK
 
 
 def _cmd_batch(client: Client, args: argparse.Namespace) -> int:
@@ -135,7 +159,7 @@ def _cmd_batch(client: Client, args: argparse.Namespace) -> int:
         accepted = client.create_batch_from_jsonl(args.target)
         print(f"{accepted.id}  queued  (agentfleet batch status {accepted.id})")
         if not args.wait:
-            return 0
+            return EXIT_OK
         batch = client.wait_batch(accepted.id, timeout=args.timeout)
     elif args.action == "cancel":
         batch = client.cancel_batch(args.target)
@@ -149,53 +173,87 @@ def _cmd_batch(client: Client, args: argparse.Namespace) -> int:
             f"batch {batch.id}  {batch.status}  {batch.completed}/{batch.total} done: "
             f"{counts.succeeded} succeeded, {counts.failed} failed, {counts.cancelled} cancelled"
         )
-    return 0 if batch.counts.failed == 0 else 1
+    return EXIT_OK if batch.counts.failed == 0 else EXIT_NOT_SUCCEEDED
 
 
 def _cmd_keys(_: Client | None, args: argparse.Namespace) -> int:
     import redis
 
-    from producer.auth import create_key, list_keys, revoke_key
+    from tasks.redisconn import get_redis
     from workers.settings import get_settings
 
-    settings = get_settings()
-    connection = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    try:
+        settings = get_settings()
+    except ValueError as exc:  # pydantic's ValidationError and pydantic-settings' SettingsError
+        return _fail(EXIT_REFUSED, _settings_problem(exc))
+    try:
+        connection = get_redis(settings)
+    except ValueError as exc:
+        return _fail(EXIT_REFUSED, f"invalid setting AGENTFLEET_REDIS_URL: {exc}")
+    try:
+        return _keys(connection, settings, args)
+    except redis.RedisError as exc:
+        return _fail(EXIT_UNREACHABLE, f"cannot reach Redis: {exc}")
+    except ValueError as exc:  # a tenant name that is not allowed
+        return _fail(EXIT_REFUSED, str(exc))
+
+
+def _keys(connection: redis.Redis, settings: Settings, args: argparse.Namespace) -> int:
+    from producer.auth import create_key, list_keys, revoke_key
+
     if args.action == "create":
-        key = create_key(connection, settings, args.tenant)
-        print(key)
+        print(create_key(connection, settings, args.tenant))
         print(f"(tenant {args.tenant}; shown once, stored hashed)", file=sys.stderr)
     elif args.action == "revoke":
+        if not args.key:
+            return _fail(EXIT_REFUSED, "keys revoke needs --key")
         if not revoke_key(connection, settings, args.key):
-            print("agentfleet: no such key", file=sys.stderr)
-            return 2
+            return _fail(EXIT_REFUSED, "no such key")
     else:
         for digest, tenant in sorted(list_keys(connection, settings).items()):
             print(f"{digest}  {tenant}")
-    return 0
+    return EXIT_OK
+
+
+def _settings_problem(exc: ValueError) -> str:
+    """A settings error in one line that names the variables."""
+    from pydantic import ValidationError
+
+    if not isinstance(exc, ValidationError):
+        return f"invalid settings: {exc}"
+    problems = []
+    for error in exc.errors():
+        if not error["loc"]:  # a rule across settings (e.g. the time-limit arithmetic)
+            problems.append(f"invalid settings: {error['msg']}")
+            continue
+        field, *rest = error["loc"]
+        name = f"AGENTFLEET_{str(field).upper()}" + "".join(f"[{part}]" for part in rest)
+        problems.append(f"invalid setting {name}: {error['msg']}")
+    return "; ".join(problems)
 
 
 def _cmd_status(client: Client, args: argparse.Namespace) -> int:
     _print_run(client.get_run(args.id), args.json)
-    return 0
+    return EXIT_OK
 
 
 def _cmd_tools(client: Client, args: argparse.Namespace) -> int:
     tools = client.tools()
     if args.json:
         print(json.dumps([t.model_dump() for t in tools], indent=2))
-        return 0
+        return EXIT_OK
     width = max((len(t.name) for t in tools), default=0)
     for t in tools:
         params = ", ".join(t.parameters.get("properties", {}))
         print(f"{t.name:<{width}}  ({params})  {t.description.splitlines()[0]}")
-    return 0
+    return EXIT_OK
 
 
 def _cmd_providers(client: Client, args: argparse.Namespace) -> int:
     providers = client.providers()
     if args.json:
         print(json.dumps([p.model_dump() for p in providers], indent=2))
-        return 0
+        return EXIT_OK
     print(
         f"{'provider':<12}{'state':<11}{'failures':<10}{'half-open in':<14}{'held':<8}"
         f"{'rpm fill':<10}tpm fill"
@@ -209,26 +267,49 @@ def _cmd_providers(client: Client, args: argparse.Namespace) -> int:
             f"{p.name:<12}{p.state:<11}{f'{p.failures}/{p.fail_max}':<10}{half_open:<14}"
             f"{held:<8}{rpm:<10}{tpm}"
         )
-    return 0
+    return EXIT_OK
 
 
 def _cmd_tool_call(client: Client, args: argparse.Namespace) -> int:
     accepted = client.create_tool_call(args.name, json.loads(args.arguments), call_id=args.id)
     call = client.wait_tool_call(accepted.id, timeout=args.timeout)
     print(call.model_dump_json(indent=2))
-    return 0 if call.status == "succeeded" else 1
+    return EXIT_OK if call.status == "succeeded" else EXIT_NOT_SUCCEEDED
+
+
+def _global_options() -> argparse.ArgumentParser:
+    """``--api``, ``--api-key`` and ``--json``, taken before or after the subcommand.
+
+    No defaults here (the main parser sets them): a subcommand's defaults would overwrite
+    what was given before it.
+    """
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument(
+        "--api", default=argparse.SUPPRESS, help="API URL (default: $AGENTFLEET_API_URL or :8000)"
+    )
+    options.add_argument(
+        "--api-key", default=argparse.SUPPRESS, help="API key (default: $AGENTFLEET_API_KEY)"
+    )
+    options.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="print JSON"
+    )
+    return options
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="agentfleet", description="Enqueue LLM agent runs and tool calls, and follow them."
+        prog="agentfleet",
+        description="Enqueue LLM agent runs and tool calls, and follow them.",
+        epilog="exit codes: 0 succeeded, 1 finished without succeeding, 2 refused (the API "
+        "said no, or bad arguments or settings), 3 cannot reach the API (or Redis), "
+        "4 timed out, 130 interrupted",
+        parents=[_global_options()],
     )
-    parser.add_argument("--api", help="API URL (default: $AGENTFLEET_API_URL or :8000)")
-    parser.add_argument("--api-key", help="API key (default: $AGENTFLEET_API_KEY)")
-    parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.set_defaults(api=None, api_key=None, json=False)
     sub = parser.add_subparsers(dest="command", required=True)
+    common = [_global_options()]
 
-    run = sub.add_parser("run", help="enqueue an agent run")
+    run = sub.add_parser("run", parents=common, help="enqueue an agent run")
     run.add_argument("input", help="the prompt")
     run.add_argument("--wait", action="store_true", help="wait for the result")
     run.add_argument("--model", help="model, provider:model, or an alias")
@@ -239,38 +320,42 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--watch", action="store_true", help="stream the run's events live")
     run.set_defaults(func=_cmd_run)
 
-    watch = sub.add_parser("watch", help="follow a run's events live")
+    watch = sub.add_parser("watch", parents=common, help="follow a run's events live")
     watch.add_argument("id")
     watch.set_defaults(func=_cmd_watch)
 
-    cancel = sub.add_parser("cancel", help="cancel a run")
+    cancel = sub.add_parser("cancel", parents=common, help="cancel a run")
     cancel.add_argument("id")
     cancel.set_defaults(func=_cmd_cancel)
 
-    batch = sub.add_parser("batch", help="submit a batch from JSONL, or show or cancel one")
+    batch = sub.add_parser(
+        "batch", parents=common, help="submit a batch from JSONL, or show or cancel one"
+    )
     batch.add_argument("action", choices=("submit", "status", "cancel"))
     batch.add_argument("target", help="a JSONL file (submit) or a batch ID")
     batch.add_argument("--wait", action="store_true", help="wait until every item is final")
     batch.add_argument("--timeout", type=float, default=3600.0)
     batch.set_defaults(func=_cmd_batch)
 
-    keys = sub.add_parser("keys", help="manage API keys (talks to Redis directly)")
+    keys = sub.add_parser("keys", parents=common, help="manage API keys (talks to Redis directly)")
     keys.add_argument("action", choices=("create", "list", "revoke"))
     keys.add_argument("--tenant", default="default", help="tenant of a new key")
     keys.add_argument("--key", help="the key (or its SHA-256) to revoke")
     keys.set_defaults(func=_cmd_keys, offline=True)
 
-    status = sub.add_parser("status", help="show a run")
+    status = sub.add_parser("status", parents=common, help="show a run")
     status.add_argument("id")
     status.set_defaults(func=_cmd_status)
 
-    tools = sub.add_parser("tools", help="list the registered tools")
+    tools = sub.add_parser("tools", parents=common, help="list the registered tools")
     tools.set_defaults(func=_cmd_tools)
 
-    providers = sub.add_parser("providers", help="breaker and rate-limit state per provider")
+    providers = sub.add_parser(
+        "providers", parents=common, help="breaker and rate-limit state per provider"
+    )
     providers.set_defaults(func=_cmd_providers)
 
-    call = sub.add_parser("tool-call", help="run one tool and wait for its result")
+    call = sub.add_parser("tool-call", parents=common, help="run one tool and wait for its result")
     call.add_argument("name")
     call.add_argument("arguments", nargs="?", default="{}", help="JSON object")
     call.add_argument("--id", help="idempotency ID: the same ID runs the tool once")
@@ -280,23 +365,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (see the module docstring)."""
     args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except KeyboardInterrupt:
+        return _fail(EXIT_INTERRUPTED, "interrupted")
+    except ApiError as exc:
+        return _fail(EXIT_REFUSED, str(exc))
+    except httpx.HTTPError as exc:
+        return _fail(EXIT_UNREACHABLE, f"cannot reach the API: {exc}")
+    except TimeoutError as exc:
+        return _fail(EXIT_TIMEOUT, str(exc))
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     if getattr(args, "offline", False):
         code: int = args.func(None, args)
         return code
-    try:
-        with Client(args.api, api_key=args.api_key) as client:
-            code = args.func(client, args)
-            return code
-    except ApiError as exc:
-        print(f"agentfleet: {exc}", file=sys.stderr)
-        return 2
-    except httpx.HTTPError as exc:
-        print(f"agentfleet: cannot reach the API: {exc}", file=sys.stderr)
-        return 3
-    except TimeoutError as exc:
-        print(f"agentfleet: {exc}", file=sys.stderr)
-        return 4
+    with Client(args.api, api_key=args.api_key) as client:
+        code = args.func(client, args)
+        return code
 
 
 if __name__ == "__main__":

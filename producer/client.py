@@ -63,7 +63,21 @@ class ApiError(Exception):
         return int(self.args[0])
 
     def __str__(self) -> str:
-        return f"HTTP {self.args[0]}: {self.args[1]}"
+        return f"HTTP {self.args[0]}: {_describe_detail(self.args[1])}"
+
+
+def _describe_detail(detail: object) -> str:
+    """An error body's ``detail`` in words: a validation error's list becomes
+    ``field: message; ...`` (the ``body`` of its location left out)."""
+    if isinstance(detail, str):
+        return detail
+    if isinstance(detail, list) and all(isinstance(d, dict) and "msg" in d for d in detail):
+        problems = []
+        for item in detail:
+            where = ".".join(str(part) for part in item.get("loc", ()) if part != "body")
+            problems.append(f"{where}: {item['msg']}" if where else str(item["msg"]))
+        return "; ".join(problems)
+    return json.dumps(detail)
 
 
 @dataclass(frozen=True)

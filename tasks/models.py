@@ -7,7 +7,15 @@ import re
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    StrictBool,
+    field_validator,
+)
 
 from tasks.errors import ToolArgumentsError
 from tasks.llm._routing import RoutingError, resolve_chain
@@ -18,6 +26,19 @@ from workers.settings import Settings
 TENANT_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 #: The tenant of runs sent without one (``send_task`` callers that do not name theirs).
 DEFAULT_TENANT = "default"
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("input is blank: it needs a character other than whitespace")
+    return value
+
+
+#: A prompt: at least one character that is not whitespace. The schema's pattern says so to
+#: clients; the validator says it in words.
+Prompt = Annotated[
+    str, Field(min_length=1, json_schema_extra={"pattern": r"\S"}), AfterValidator(_not_blank)
+]
 
 
 class RunStatus(StrEnum):
@@ -42,7 +63,7 @@ class RunRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     version: Literal[1] = 1
-    input: str = Field(min_length=1, description="The user's prompt.")
+    input: Prompt = Field(description="The user's prompt.")
     system: str | None = Field(default=None, description="Optional system prompt.")
     model: str | None = Field(
         default=None,
@@ -55,7 +76,8 @@ class RunRequest(BaseModel):
     tools: list[str] | None = None
     max_steps: int | None = Field(default=None, ge=1, description="LLM calls allowed.")
     metadata: dict[str, str] = Field(default_factory=dict)
-    stream: bool = Field(
+    # Strict: a lax bool would take "yes", "on" or 1 from JSON and guess what was meant.
+    stream: StrictBool = Field(
         default=False, description="Stream the model's tokens as events of the run."
     )
     callback_url: HttpUrl | None = Field(
@@ -144,7 +166,7 @@ class PromptItem(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     type: Literal["prompt"]
-    input: str = Field(min_length=1)
+    input: Prompt
     system: str | None = None
     model: str | None = Field(default=None, max_length=200)
     metadata: dict[str, str] = Field(default_factory=dict)

@@ -43,6 +43,15 @@ def tool_payload(
     return payload
 
 
+def _either(request: dict[str, Any] | None, payload: dict[str, Any] | None) -> dict[str, Any]:
+    if request is not None:
+        return request
+    if payload is None:
+        # What Python says of a missing argument, naming the keyword to send.
+        raise TypeError("agentfleet.tool.call needs its call: kwargs={'request': {...}}")
+    return payload
+
+
 def execute(name: str, arguments: str | dict[str, Any], allowed: list[str] | None) -> Any:
     """Run a tool by name; raises only :class:`~tasks.errors.ToolError` subclasses."""
     if allowed is not None and name not in allowed:
@@ -84,7 +93,14 @@ def register(app: Celery, settings: Settings) -> None:
         soft_time_limit=settings.tool_soft_time_limit,
         time_limit=settings.tool_time_limit,
     )
-    def tool_call(self: Task, payload: dict[str, Any]) -> dict[str, Any]:
+    def tool_call(
+        self: Task,
+        request: dict[str, Any] | None = None,
+        payload: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Run the call ``request`` (:func:`tool_payload`): ``request`` is the keyword of both
+        entry tasks for ``send_task`` callers; ``payload`` is its former name, still taken."""
+        payload = _either(request, payload)
         store = get_store(settings)
         call_id, name = str(payload["id"]), str(payload["name"])
         arguments = payload.get("arguments") or {}

@@ -49,16 +49,23 @@ def run_view(record: dict[str, str]) -> dict[str, Any]:
     }
 
 
-def tool_call_view(record: dict[str, str]) -> dict[str, Any]:
-    """A tool-call record as callers see it (``GET /v1/tool-calls/{id}``)."""
-    result = record.get("result")
+def tool_call_view(record: dict[str, str], public_id: str | None = None) -> dict[str, Any]:
+    """A tool-call record as callers see it (``GET /v1/tool-calls/{id}``).
+
+    ``public_id`` is the ID the caller knows the call by, which the view and its result
+    carry (default: the stored ID; a caller's own ID is stored inside its tenant's namespace).
+    """
+    ident = public_id or record["id"]
+    result = json.loads(record["result"]) if record.get("result") else None
+    if result is not None:
+        result["id"] = ident
     return {
-        "id": record["id"],
+        "id": ident,
         "name": record.get("name"),
         "status": record.get("status", "queued"),
         "run_id": record.get("run_id"),
         "arguments": json.loads(record["arguments"]) if record.get("arguments") else None,
-        "result": json.loads(result) if result else None,
+        "result": result,
         "created_at": iso(record.get("created_at")),
         "started_at": iso(record.get("started_at")),
         "finished_at": iso(record.get("finished_at")),

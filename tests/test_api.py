@@ -28,6 +28,13 @@ def _snapshot(fleet: Fleet) -> tuple[set[str], int, int]:
         ({"input": "x", "metadata": {"k": 1}}, "metadata", "valid string"),
         ({"input": "x", "surprise": 1}, "surprise", "Extra inputs are not permitted"),
         ({"input": 5}, "input", "valid string"),
+        ({"input": " \n\t "}, "input", "input is blank"),
+        ({"input": "x", "stream": "yes"}, "stream", "valid boolean"),
+        (
+            {"input": "x", "model": "nosuchprovider:m"},
+            "model",
+            "no provider named 'nosuchprovider'",
+        ),
     ],
 )
 def test_bad_run_bodies_are_422_and_enqueue_nothing(
@@ -93,6 +100,14 @@ def test_tool_call_round_trip_and_idempotent_id(fleet: Fleet) -> None:
     assert again.json()["status"] == "succeeded"
     assert fleet.client.get_tool_call("api-once-1").result == call.result
     assert fleet.redis.get("test:completed:api-once") == "1"
+
+
+def test_tool_call_result_carries_the_callers_id(fleet: Fleet) -> None:
+    body = {"id": "own-id-1", "name": "calculator", "arguments": {"expression": "1+2"}}
+    assert fleet.http.post("/v1/tool-calls", json=body).status_code == 202
+    call = fleet.client.wait_tool_call("own-id-1", timeout=30)
+    assert call.id == "own-id-1"
+    assert call.result == {"id": "own-id-1", "name": "calculator", "ok": True, "output": 3.0}
 
 
 def test_tool_that_raises_returns_structured_error(fleet: Fleet) -> None:

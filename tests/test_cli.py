@@ -3,10 +3,29 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
+from ops.stack import free_port
 from tests.conftest import Fleet
+
+#: The installed console script, as a user runs it.
+AGENTFLEET = str(Path(sys.executable).with_name("agentfleet"))
+
+
+def _agentfleet(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [AGENTFLEET, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=None if env is None else os.environ | env,
+    )
 
 
 def test_run_wait_status_and_tools(fleet: Fleet) -> None:
@@ -77,3 +96,76 @@ def test_watch_of_a_finished_run_replays_it(fleet: Fleet) -> None:
     assert events[-1]["type"] == "succeeded"
     assert events[-1]["data"]["result"] == "Echo: hello watch"
     assert len({e["id"] for e in events}) == len(events)
+
+
+def test_options_work_after_the_subcommand(fleet: Fleet) -> None:
+    run_id = fleet.client.create_run("options after the subcommand").id
+    fleet.client.wait(run_id, timeout=30)
+    out = _agentfleet(
+        "status", run_id, "--json", "--api", fleet.stack.api_url, "--api-key", fleet.stack.api_key
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["id"] == run_id
+    unreachable = _agentfleet("tools", "--api", "http://127.0.0.1:9")
+    assert unreachable.returncode == 3, unreachable.stderr
+
+
+def test_refused_request_is_one_readable_line(fleet: Fleet) -> None:
+    out = fleet.cli("run", "x", "--max-steps", "999")
+    assert out.returncode == 2
+    assert out.stderr == "agentfleet: HTTP 422: max_steps: max_steps is 999; the limit is 50\n"
+
+
+def test_keys_with_redis_down_is_one_line() -> None:
+    out = _agentfleet(
+        "keys", "create", env={"AGENTFLEET_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
+    )
+    assert out.returncode == 3
+    assert out.stderr.startswith("agentfleet: cannot reach Redis: "), out.stderr
+    assert len(out.stderr.splitlines()) == 1, out.stderr
+
+
+def test_keys_with_a_bad_setting_is_one_line() -> None:
+    out = _agentfleet("keys", "create", env={"AGENTFLEET_TOOL_TIME_LIMIT": "soon"})
+    assert out.returncode == 2
+    assert out.stderr.startswith("agentfleet: invalid setting AGENTFLEET_TOOL_TIME_LIMIT: ")
+    assert len(out.stderr.splitlines()) == 1, out.stderr
+
+
+def test_ctrl_c_in_watch_exits_cleanly(fleet: Fleet) -> None:
+    run_id = fleet.client.create_run("[[latency:15]] a slow answer to interrupt").id
+    watch = subprocess.Popen(
+        [
+            AGENTFLEET,
+            "--api",
+            fleet.stack.api_url,
+            "--api-key",
+            fleet.stack.api_key,
+            "watch",
+            run_id,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert watch.stdout is not None
+        assert "queued" in watch.stdout.readline()  # following the run's events by now
+        watch.send_signal(signal.SIGINT)
+        _, err = watch.communicate(timeout=30)
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+            watch.communicate()
+        fleet.client.cancel(run_id)
+    assert "Traceback" not in err
+    assert err == "agentfleet: interrupted\n"
+    assert watch.returncode == 130
+
+
+def test_wait_that_runs_out_exits_4(fleet: Fleet) -> None:
+    out = fleet.cli("run", "[[latency:15]] too slow to wait for", "--wait", "--timeout", "1")
+    run_id = out.stderr.split()[2]  # "agentfleet: run <id> still ... after 1.0s"
+    fleet.client.cancel(run_id)
+    assert out.returncode == 4, out.stderr
+    assert re.fullmatch(f"agentfleet: run {run_id} still (queued|running) after 1.0s\n", out.stderr)

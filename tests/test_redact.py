@@ -80,6 +80,12 @@ def test_tool_call_shows_ids_and_tool_name_not_arguments(app: Celery) -> None:
     assert kwargsrepr == "{}"
 
 
+def test_tool_call_sent_by_name_shows_ids_not_arguments() -> None:
+    request = {"id": "call-1", "name": "lookup", "arguments": {"token": API_KEY}}
+    _, kwargsrepr = describe(names.TOOL_CALL, (), {"request": request}) or ("", "")
+    assert kwargsrepr == "{request={id=call-1, name=lookup, arguments=<dict 43 B>}}"
+
+
 def test_text_in_an_id_field_is_not_shown() -> None:
     argsrepr, _ = describe(names.TOOLS_FAILED, (PROMPT,), None) or ("", "")
     assert argsrepr == f"{{run_id=<{len(PROMPT)} chars>}}"
@@ -100,6 +106,8 @@ def test_run_id_of_each_task() -> None:
         "r-5"
     )
     assert run_id_of(names.TOOL_CALL, "c", (tool_payload("c", "t", {}),), {}) is None
+    sent = {"request": tool_payload("c", "t", {}, run_id="r-6")}
+    assert run_id_of(names.TOOL_CALL, "c", (), sent) == "r-6"
     assert run_id_of("celery.chord_unlock", "x", (), {}) is None
 
 

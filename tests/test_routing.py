@@ -61,3 +61,20 @@ def test_aliases_must_name_configured_providers() -> None:
         Settings(providers=PROVIDERS, model_aliases={"x": ["ghost:m1"]})
     with pytest.raises(ValidationError, match="must be below step_soft_time_limit"):
         Settings(providers=[ProviderConfig(name="slow", base_url="http://x", timeout=100)])
+
+
+def test_unknown_provider_prefix_is_refused_and_colon_models_still_resolve() -> None:
+    settings = Settings(
+        providers=[
+            ProviderConfig(name="local", base_url="http://l/v1", priority=1, models=("llama3:8b",)),
+            ProviderConfig(name="any", base_url="http://a/v1", priority=2),
+        ]
+    )
+    with pytest.raises(RoutingError, match="no provider named 'nosuchprovider'"):
+        resolve_chain(settings, "nosuchprovider:m")
+    # A model that names no provider but is listed by one is a model name with a colon.
+    assert resolve_chain(settings, "llama3:8b") == [
+        Target("local", "llama3:8b"),
+        Target("any", "llama3:8b"),
+    ]
+    assert resolve_chain(settings, "any:qwen2:7b") == [Target("any", "qwen2:7b")]

@@ -7,6 +7,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from tests.conftest import Fleet
 
 SCRIPT = textwrap.dedent(
@@ -17,8 +19,8 @@ SCRIPT = textwrap.dedent(
     url = sys.argv[1]
     app = Celery("other-service", broker=url, backend=url)
     app.conf.update(task_serializer="json", accept_content=["json"], result_serializer="json")
-    payload = json.loads(sys.argv[2])
-    result = app.send_task("agentfleet.run", kwargs={"request": payload}, queue="agents")
+    task, queue, kwargs = sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+    result = app.send_task(task, kwargs=kwargs, queue=queue)
     try:
         final = result.get(timeout=60)
     except Exception as exc:  # a run that did not succeed: RunFailed(message, record)
@@ -29,10 +31,17 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def _send(fleet: Fleet, payload: dict[str, object]) -> dict[str, object]:
+def _send(
+    fleet: Fleet,
+    payload: dict[str, object],
+    task: str = "agentfleet.run",
+    queue: str = "agents",
+    keyword: str = "request",
+) -> dict[str, object]:
     # -I: isolated mode, no PYTHONPATH, and the working directory is not the repository.
+    kwargs = json.dumps({keyword: payload})
     out = subprocess.run(
-        [sys.executable, "-I", "-c", SCRIPT, fleet.stack.redis_url or "", json.dumps(payload)],
+        [sys.executable, "-I", "-c", SCRIPT, fleet.stack.redis_url or "", task, queue, kwargs],
         cwd="/",
         capture_output=True,
         text=True,
@@ -62,3 +71,15 @@ def test_send_task_with_invalid_payload_records_a_failed_run(fleet: Fleet) -> No
     assert final["error"]["code"] == "invalid_request"
     assert "input" in final["error"]["message"]
     assert fleet.client.get_run(str(reply["id"])).status == "failed"
+
+
+# ``request`` is the documented keyword of both entry tasks; ``payload`` is the tool call's
+# older name, still accepted.
+@pytest.mark.parametrize("keyword", ["request", "payload"])
+def test_send_task_tool_call_takes_the_request_keyword(fleet: Fleet, keyword: str) -> None:
+    call_id = f"sent-by-name-{keyword}"
+    call = {"id": call_id, "name": "calculator", "arguments": {"expression": "6*7"}}
+    reply = _send(fleet, call, task="agentfleet.tool.call", queue="tools", keyword=keyword)
+    assert reply["leaked"] == []
+    assert reply["final"] == {"id": call_id, "name": "calculator", "ok": True, "output": 42.0}
+    assert fleet.client.get_tool_call(call_id).status == "succeeded"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Literal
 
 import pytest
@@ -10,6 +11,7 @@ from pydantic import Field
 from tasks.errors import ConfigError, ToolArgumentsError, UnknownToolError
 from tasks.tools import ToolRegistry, load_tool_modules, registry
 from tasks.tools._registry import _make_tool
+from tests.conftest import Fleet
 
 
 def test_schema_is_derived_from_annotations_and_docstring() -> None:
@@ -117,3 +119,31 @@ def test_user_modules_load_by_configuration() -> None:
     assert "explode" in registry
     with pytest.raises(ConfigError, match=r"cannot import tool module 'no\.such\.module'"):
         load_tool_modules(["no.such.module"])
+
+
+def test_async_tool_is_awaited() -> None:
+    async def fetch(n: int) -> dict[str, int]:
+        """Fetch something slowly."""
+        await asyncio.sleep(0)
+        return {"n": n * 2}
+
+    assert _make_tool(fetch, None, None, None).invoke({"n": 21}) == {"n": 42}
+
+
+def test_async_tool_runs_on_the_tools_worker(fleet: Fleet) -> None:
+    accepted = fleet.client.create_tool_call("async_double", {"n": 21})
+    call = fleet.client.wait_tool_call(accepted.id, timeout=30)
+    assert call.status == "succeeded", call.result
+    assert call.result is not None
+    assert call.result["output"] == 42
+
+
+def test_async_tool_stops_at_its_soft_time_limit(fleet: Fleet) -> None:
+    accepted = fleet.client.create_tool_call("async_sleep", {"seconds": 30})
+    call = fleet.client.wait_tool_call(accepted.id, timeout=25)
+    assert call.status == "failed"
+    assert call.result is not None
+    assert call.result["error"] == {
+        "code": "tool_failed",
+        "message": "tool 'async_sleep' timed out",
+    }

@@ -6,6 +6,7 @@ can count executions from outside the worker.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 
@@ -48,3 +49,17 @@ def record_sleep(key: str, seconds: float) -> dict[str, float | int | str]:
     ended = time.time()
     client.incr(f"test:completed:{key}")
     return {"key": key, "started": started, "ended": ended, "pid": os.getpid()}
+
+
+@tool
+async def async_double(n: int) -> int:
+    """Doubles ``n`` after yielding to the event loop: an ``async def`` tool."""
+    await asyncio.sleep(0.01)
+    return 2 * n
+
+
+@tool(timeout=1)
+async def async_sleep(seconds: float) -> str:
+    """Sleeps on the event loop, so only its soft time limit can cut it short."""
+    await asyncio.sleep(seconds)
+    return "finished"

@@ -6,7 +6,7 @@ arguments (which can hold keys), so agentfleet tasks show a short summary instea
 
     agentfleet.agent.step   {tool_results=<3 results>, run_id=6f1c..., step=2}
     agentfleet.run          {request=<RunRequest 1.2 kB>}   (or request=None from the API)
-    agentfleet.tool.call    {payload={version=1, id=..., name=calculator, arguments=<18 chars>}}
+    agentfleet.tool.call    {request={version=1, id=..., name=calculator, arguments=<18 chars>}}
 
 Only IDs, step numbers, tool names and numbers are shown verbatim; strings and containers
 become their type and size. :func:`describe` is the one rule; it is applied where the
@@ -36,6 +36,7 @@ from celery.app.amqp import AMQP
 from celery.app.events import Events
 from celery.events.dispatcher import EventDispatcher
 
+from tasks import names
 from workers import consumer
 from workers.taskargs import bind, is_ours
 
@@ -43,8 +44,11 @@ from workers.taskargs import bind, is_ours
 VISIBLE_KEYS: Final = frozenset({"run_id", "id", "name", "model_call_id"})
 #: What an ID or a tool name looks like; anything else (spaces, long text) is summarized.
 ID_LIKE: Final = re.compile(r"[A-Za-z0-9_.:@-]{1,100}")
-#: Mappings whose fields are listed one level deep (a tool-call payload's IDs help).
-EXPANDED_KEYS: Final = frozenset({"payload"})
+#: Mappings whose fields are listed one level deep, by task (a tool call's IDs help; a
+#: run's ``request`` is a prompt and is not).
+EXPANDED: Final[Mapping[str, frozenset[str]]] = {
+    names.TOOL_CALL: frozenset({"request", "payload"}),
+}
 #: Names shown for summarized values, by parameter name.
 LABELS: Final[Mapping[str, str]] = {
     "request": "RunRequest",
@@ -67,15 +71,15 @@ def _size(value: Any) -> str:
         return _bytes(len(repr(value).encode()))
 
 
-def _render(key: str, value: Any, depth: int = 0) -> str:
+def _render(key: str, value: Any, expand: bool = False) -> str:
     if value is None or isinstance(value, bool | int | float):
         return repr(value)
     if isinstance(value, str):
         if key in VISIBLE_KEYS and ID_LIKE.fullmatch(value):
             return value
         return f"<{len(value)} chars>"
-    if isinstance(value, Mapping) and key in EXPANDED_KEYS and depth == 0:
-        return "{" + ", ".join(f"{k}={_render(str(k), v, 1)}" for k, v in value.items()) + "}"
+    if isinstance(value, Mapping) and expand:
+        return "{" + ", ".join(f"{k}={_render(str(k), v)}" for k, v in value.items()) + "}"
     if key == "tool_results" and isinstance(value, Mapping):
         value = [value]  # the one result a chain hands to the next step (tasks.agent.fan_out)
     label = LABELS.get(key)
@@ -90,10 +94,14 @@ def describe(
     """(argsrepr, kwargsrepr) safe to show for an agentfleet task; None for other tasks."""
     if not is_ours(name):
         return None
-    positional = bind(name, args, None)
-    shown_args = ", ".join(f"{k}={_render(k, v)}" for k, v in positional.items())
-    shown_kwargs = ", ".join(f"{k}={_render(str(k), v)}" for k, v in (kwargs or {}).items())
-    return "{" + shown_args + "}", "{" + shown_kwargs + "}"
+    expanded = EXPANDED.get(name, frozenset())
+    return _show(bind(name, args, None), expanded), _show(kwargs or {}, expanded)
+
+
+def _show(arguments: Mapping[str, Any], expanded: frozenset[str]) -> str:
+    return (
+        "{" + ", ".join(f"{k}={_render(k, v, k in expanded)}" for k, v in arguments.items()) + "}"
+    )
 
 
 def summarize_result(shown: object) -> str:

@@ -19,7 +19,7 @@ PARAMS: Final[Mapping[str, tuple[str, ...]]] = {
     names.AGENT_STEP: ("tool_results", "run_id", "step"),
     names.RESUME: ("run_id", "step", "body"),
     names.TOOLS_FAILED: ("run_id",),
-    names.TOOL_CALL: ("payload",),
+    names.TOOL_CALL: ("request", "payload"),
     names.BATCH_DISPATCH: ("batch_id",),
     names.BATCH_COLLECT: ("results", "batch_id"),
     names.CALLBACK: ("kind", "ident"),
@@ -60,7 +60,7 @@ def run_id_of(
         return task_id
     bound = bind(name, args, kwargs)
     value = bound.get("run_id")
-    payload = bound.get("payload")
+    payload = bound.get("request") or bound.get("payload")
     if value is None and isinstance(payload, Mapping):
         value = payload.get("run_id")
     return value if isinstance(value, str) and value else None

@@ -35,7 +35,9 @@ def resolve_chain(
 
     - ``providers`` names the chain explicitly (each with ``model`` or its default model);
     - ``model`` may be an alias (``AGENTFLEET_MODEL_ALIASES``), ``provider:model``, or a plain
-      model name served by one or more providers (in priority order);
+      model name served by one or more providers (in priority order); a name with a colon
+      whose first part is no provider's name (``llama3:8b``) must be listed in some provider's
+      ``models``;
     - neither: every provider in priority order, each with its default model.
     """
     configured = {p.name: p for p in settings.provider_list}
@@ -60,6 +62,13 @@ def resolve_chain(
         if not configured[name].serves(rest):
             raise RoutingError(f"provider {name!r} does not serve model {rest!r}")
         return [Target(name, rest)]
+    if sep and not any(model in p.models for p in by_priority):
+        # A typo in a provider's name would otherwise reach a provider that serves any model.
+        raise RoutingError(
+            f"no provider named {name!r} (providers: {', '.join(configured)}); for a model "
+            f"whose name has a colon, list it in a provider's models or ask for "
+            f"'provider:{model}'"
+        )
     chain = [Target(p.name, model) for p in by_priority if p.serves(model)]
     if not chain:
         raise RoutingError(f"no provider serves model {model!r}")

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import inspect
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, get_type_hints, overload
@@ -72,10 +73,22 @@ class Tool:
             raise ToolArgumentsError(f"invalid arguments for {self.name!r}: {problems}") from None
 
     def invoke(self, arguments: str | dict[str, Any] | None) -> Any:
-        """Validate, run, and return a JSON-compatible output."""
+        """Validate, run, and return a JSON-compatible output.
+
+        An ``async def`` tool runs to completion on an event loop of its own, in the calling
+        thread: the tool task's main thread, where Celery's soft time limit interrupts the
+        loop like any other code (and the hard limit ends the process).
+        """
         model = self.validate(arguments)
         result = self.func(**{name: getattr(model, name) for name in type(model).model_fields})
+        if inspect.isawaitable(result):
+            result = asyncio.run(_awaited(result))
         return self._output.dump_python(result, mode="json")
+
+
+async def _awaited(value: Awaitable[Any]) -> Any:
+    # asyncio.run takes coroutines only; a tool may return any awaitable.
+    return await value
 
 
 class ToolRegistry:
