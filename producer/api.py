@@ -9,11 +9,11 @@ import redis
 from celery import Celery, states
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from producer import schemas
 from producer.auth import TenantDep, require_tenant
 from producer.batches import cancel_items
+from producer.bodylimit import BodyLimit
 from producer.enqueue import (
     Unavailable,
     submit_batch,
@@ -44,9 +44,6 @@ from tasks.views import run_view, tool_call_view
 from workers.logs import configure_api_logging
 from workers.settings import Settings, get_settings
 
-#: Largest request body accepted; bigger ones get 413 before they are read.
-MAX_BODY_BYTES = 1_000_000
-
 
 class NotFound(Exception):
     def __init__(self, kind: str, ident: str) -> None:
@@ -61,25 +58,6 @@ def _problem(status: int, problems: list[tuple[str, str]]) -> JSONResponse:
     # Same shape as FastAPI's own 422s, so clients parse one format.
     detail = [{"loc": ["body", f], "msg": m, "type": "value_error"} for f, m in problems]
     return JSONResponse({"detail": detail}, status_code=status)
-
-
-class BodyLimit:
-    """413 for bodies over ``MAX_BODY_BYTES`` (by Content-Length, or while streaming)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            length = dict(scope["headers"]).get(b"content-length")
-            if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
-                response = JSONResponse(
-                    {"detail": f"request body is larger than {MAX_BODY_BYTES} bytes"},
-                    status_code=413,
-                )
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
 
 
 def store_dep(request: Request) -> RunStore:

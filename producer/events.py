@@ -3,7 +3,8 @@
 The SSE ``id`` of each event is its stream entry ID, so a client that reconnects with
 ``Last-Event-ID`` resumes with ``XREAD`` after exactly that entry: nothing lost, nothing
 repeated, in order. The stream ends after the run's final event (``succeeded``, ``failed``
-or ``cancelled``); a finished run's stream replays until it expires with the run.
+or ``cancelled``); a finished run's stream replays until it expires with the run. A stream of
+a finished run (or of one gone) sends what follows the given ID, if anything, and ends.
 """
 
 from __future__ import annotations
@@ -47,16 +48,29 @@ def format_event(event_id: str, kind: str, data: str) -> str:
     return f"id: {event_id}\nevent: {kind}\ndata: {data}\n\n"
 
 
+async def _has_ended(client: aioredis.Redis, run_key: str) -> bool:
+    """Whether the run is final or gone: nothing will be appended to its stream any more."""
+    status = await client.hget(run_key, "status")
+    return status is None or status in FINAL_EVENTS
+
+
 async def sse_stream(
     request: Request, settings: Settings, run_id: str, after: str
 ) -> AsyncIterator[str]:
     client = _client(settings)
-    key = f"{settings.key_prefix}:run:{run_id}:events"
+    run_key = f"{settings.key_prefix}:run:{run_id}"
+    key = f"{run_key}:events"
     last = after
     yield "retry: 1000\n\n"
     while not await request.is_disconnected():
-        reply: Any = await client.xread({key: last}, count=500, block=int(KEEPALIVE * 1000))
+        # The final event is appended in the same script that makes the run final, so once
+        # the record says final everything there is to send is already in the stream.
+        ended = await _has_ended(client, run_key)
+        block = None if ended else int(KEEPALIVE * 1000)
+        reply: Any = await client.xread({key: last}, count=500, block=block)
         if not reply:
+            if ended:
+                return
             yield ": keep-alive\n\n"
             continue
         for _, entries in reply:

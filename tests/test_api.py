@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.conftest import Fleet
+
+#: README: "bodies over 1 MB (413)".
+BODY_LIMIT = 1_000_000
 
 
 def _snapshot(fleet: Fleet) -> tuple[set[str], int, int]:
@@ -61,6 +67,99 @@ def test_oversized_body_is_413(fleet: Fleet) -> None:
     response = fleet.http.post("/v1/runs", json={"input": "x" * 1_100_000})
     assert response.status_code == 413
     assert "larger than" in response.json()["detail"]
+
+
+class _ChunkedUpload:
+    """A JSON body of about ``size`` bytes sent in chunks (no Content-Length); counts how much
+    of it the client got to send before the server stopped reading."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.sent = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield b'{"input": "'
+        chunk = b"x" * 65_536
+        while self.sent < self.size:
+            self.sent += len(chunk)
+            yield chunk
+        yield b'"}'
+
+
+def _api_proc(fleet: Fleet) -> Path:
+    """``/proc/<pid>`` of the fleet's API process (uvicorn)."""
+    pid = next(p.popen.pid for p in fleet.stack.procs if p.name.startswith("api-") and p.alive())
+    return Path(f"/proc/{pid}")
+
+
+def _memory_kb(proc: Path, field: str) -> int:
+    """``VmRSS`` or ``VmHWM`` (peak RSS) of a process, in kB."""
+    for line in (proc / "status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} in {proc}/status")
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "authenticated"),
+    [
+        ("POST", "/v1/runs", True),
+        ("POST", "/v1/runs", False),
+        ("POST", "/v1/runs/nope/cancel", True),
+        ("GET", "/healthz", False),
+    ],
+)
+def test_chunked_body_over_the_limit_is_413_before_it_is_read(
+    fleet: Fleet, method: str, path: str, authenticated: bool
+) -> None:
+    before = _snapshot(fleet)
+    upload = _ChunkedUpload(40 * BODY_LIMIT)
+    headers = {"content-type": "application/json"}
+    if authenticated:
+        headers["Authorization"] = f"Bearer {fleet.stack.api_key}"
+    api = _api_proc(fleet)
+    (api / "clear_refs").write_text("5")  # VmHWM starts again from VmRSS
+    start_kb = _memory_kb(api, "VmRSS")
+    with httpx.Client(base_url=fleet.stack.api_url, timeout=30) as client:
+        response = client.request(method, path, content=upload, headers=headers)
+    assert response.status_code == 413, response.text
+    assert response.json()["detail"] == f"request body is larger than {BODY_LIMIT} bytes"
+    # The server stopped reading: the client could not send the whole body, and the API
+    # never held it (a whole 40 MB body read into memory takes at least 40 MB more).
+    assert upload.sent < upload.size
+    grown_kb = _memory_kb(api, "VmHWM") - start_kb
+    assert grown_kb * 1000 < upload.size / 4, f"API peak memory grew by {grown_kb} kB"
+    assert _snapshot(fleet) == before
+
+
+def _padded_run(size: int, tag: str) -> Iterator[bytes]:
+    """A run body of exactly ``size`` bytes (JSON padded with spaces), in 64 kB chunks."""
+    body = f'{{"input": "chunked upload", "metadata": {{"via": "{tag}"}}}}'.encode()
+    body = body[:-1] + b" " * (size - len(body)) + b"}"
+    assert len(body) == size
+    return (body[i : i + 65_536] for i in range(0, size, 65_536))
+
+
+def test_chunked_body_up_to_the_limit_is_accepted(fleet: Fleet) -> None:
+    response = fleet.http.post(
+        "/v1/runs",
+        content=_padded_run(BODY_LIMIT, "chunks"),
+        headers={"content-type": "application/json"},
+    )
+    assert response.status_code == 202, response.text
+    assert fleet.client.wait(response.json()["id"], timeout=30).metadata == {"via": "chunks"}
+
+
+def test_chunked_body_one_byte_over_the_limit_is_413(fleet: Fleet) -> None:
+    before = _snapshot(fleet)
+    response = fleet.http.post(
+        "/v1/runs",
+        content=_padded_run(BODY_LIMIT + 1, "over"),
+        headers={"content-type": "application/json"},
+    )
+    assert response.status_code == 413, response.text
+    assert "larger than" in response.json()["detail"]
+    assert _snapshot(fleet) == before
 
 
 def test_unknown_ids_are_404(fleet: Fleet) -> None:

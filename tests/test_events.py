@@ -5,6 +5,7 @@ from __future__ import annotations
 import httpx
 
 from producer.client import Event, _parse_sse
+from producer.events import KEEPALIVE
 from tests.conftest import Fleet
 
 PROMPT = (
@@ -13,14 +14,17 @@ PROMPT = (
 )
 
 
-def _read(fleet: Fleet, run_id: str, last: str | None, limit: int | None) -> list[Event]:
-    """Events from a fresh connection, closed after ``limit`` events (None: to the end)."""
+def _read(
+    fleet: Fleet, run_id: str, last: str | None, limit: int | None, timeout: float = 30
+) -> list[Event]:
+    """Events from a fresh connection, closed after ``limit`` events (None: to the end);
+    httpx.ReadTimeout if the server sends nothing for ``timeout`` seconds."""
     headers = {"Authorization": f"Bearer {fleet.stack.api_key}"}
     if last:
         headers["Last-Event-ID"] = last
     seen: list[Event] = []
     url = f"{fleet.stack.api_url}/v1/runs/{run_id}/events"
-    with httpx.stream("GET", url, headers=headers, timeout=30) as response:
+    with httpx.stream("GET", url, headers=headers, timeout=timeout) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         for event in _parse_sse(response.iter_lines()):
@@ -88,3 +92,16 @@ def test_events_are_in_the_order_things_happened(fleet: Fleet) -> None:
         assert sorted(kinds[5:9]) == ["tool_call_finished"] * 2 + ["tool_call_started"] * 2
         step_2 = ["llm_call_started", "llm_call_finished", "step_finished", "succeeded"]
         assert kinds[9:] == step_2, kinds
+
+
+def test_reconnect_to_a_finished_run_sends_the_rest_and_ends(fleet: Fleet) -> None:
+    run_id = fleet.client.create_run('call calculator {"expression": "2+3"}').id
+    assert fleet.client.wait(run_id, timeout=30).status == "succeeded"
+    replay = _read(fleet, run_id, None, limit=None)
+    assert replay[-1].type == "succeeded"
+    # Shorter than the keep-alive interval: a stream left open times out instead of being
+    # kept alive by comments, and the test fails instead of hanging.
+    quiet = KEEPALIVE / 2
+    assert _read(fleet, run_id, replay[-1].id, limit=None, timeout=quiet) == []
+    rest = _read(fleet, run_id, replay[-3].id, limit=None, timeout=quiet)
+    assert [e.id for e in rest] == [e.id for e in replay[-2:]]
