@@ -6,7 +6,8 @@ Keys (``<p>`` is ``AGENTFLEET_KEY_PREFIX``)::
     <p>:run:<id>:messages   list: the transcript, one JSON message per entry
     <p>:run:<id>:lease      string: the token of the worker applying a step (expires)
     <p>:run:<id>:events     stream: what happened to the run, in order (bounded, expires)
-    <p>:tool:<id>           hash: name, arguments, status, result, timestamps
+    <p>:tool:<id>           hash: name, arguments, status, result, timestamps, attempts (the
+                            deliveries that began it)
     <p>:tool:<id>:lease     string: the token of the worker running the tool (expires)
     <p>:runs:active         sorted set: unfinished runs, scored by the time by which their
                             next progress is due (the watchdog's worklist)
@@ -61,8 +62,9 @@ class StepClaim:
 
 @dataclass(frozen=True)
 class ToolClaim:
-    """What :meth:`RunStore.begin_tool` found: ``ok``, ``busy`` (``wait_s``), ``done`` or
-    ``cancelled`` (its run was cancelled)."""
+    """What :meth:`RunStore.begin_tool` found: ``ok``, ``busy`` (``wait_s``), ``done``,
+    ``cancelled`` (its run was cancelled) or ``poisoned`` (begun ``max_redeliveries`` times
+    before, each time losing its worker; the caller holds the lease, to store the failure)."""
 
     outcome: str
     token: str
@@ -530,6 +532,7 @@ class RunStore:
                 self.due(lease_s),
                 step,
                 call_id,
+                self.settings.max_redeliveries,
             ],
         )
         if reply[0] == "done":
@@ -547,7 +550,8 @@ class RunStore:
         step: int = 0,
         status: str | None = None,
     ) -> tuple[dict[str, Any], str]:
-        """Store the result unless one is stored: (the result that won, finished batch)."""
+        """Store the result unless one is stored: (the result that won, finished batch).
+        Drops the lease if ``token`` still holds it (``""`` holds none)."""
         key = self.tool_key(call_id)
         run_key = self.run_key(run_id) if run_id else f"{key}:no-run"
         status = status or ("succeeded" if result.get("ok") else "failed")

@@ -48,3 +48,15 @@ def record_sleep(key: str, seconds: float) -> dict[str, float | int | str]:
     ended = time.time()
     client.incr(f"test:completed:{key}")
     return {"key": key, "started": started, "ended": ended, "pid": os.getpid()}
+
+
+@tool(timeout=11)
+def crash(key: str) -> str:
+    """Count one execution under ``key`` in Redis, then end the process running it: every
+    delivery loses its worker.
+
+    The pool tells a lost worker (the message goes back to the queue) from a hard time limit
+    (the call fails) only after ``worker_lost_wait`` (10 s): so the hard limit outlasts it.
+    """
+    _redis().incr(f"test:started:{key}")
+    os._exit(1)
