@@ -488,12 +488,19 @@ class RunStore:
         data = cast(dict[str, str], self.redis.hgetall(self.tool_key(call_id)))
         return data or None
 
-    def tool_leases(self, call_ids: list[str]) -> list[bool]:
-        """Whether each call is held by a worker right now."""
+    def unheld_tool_attempts(self, call_ids: list[str]) -> list[int | None]:
+        """How many deliveries began each call, or None while a worker holds it (a live one,
+        or a dead one until its lease expires)."""
         pipe = self.redis.pipeline(transaction=False)
         for call_id in call_ids:
-            pipe.exists(f"{self.tool_key(call_id)}:lease")
-        return [bool(n) for n in pipe.execute()]
+            key = self.tool_key(call_id)
+            pipe.exists(f"{key}:lease")
+            pipe.hget(key, "attempts")
+        replies = pipe.execute()
+        return [
+            None if held else int(begun or 0)
+            for held, begun in zip(replies[::2], replies[1::2], strict=True)
+        ]
 
     def stored_tool_results(self, call_ids: list[str]) -> list[dict[str, Any] | None]:
         """The stored result of each of ``call_ids``, None where there is none yet."""
