@@ -14,7 +14,8 @@
     └── ToolError                   a tool call could not produce an output
         ├── UnknownToolError        no tool of that name (or not allowed for the run)
         ├── ToolArgumentsError      arguments are not JSON or do not match the schema
-        └── ToolExecutionError      the tool itself raised or timed out
+        ├── ToolExecutionError      the tool itself raised or timed out
+        └── ToolRedeliveryLimit     the call lost its worker on each of its deliveries
 
 Third-party exceptions are translated into these at exactly one boundary each
 (``tasks.llm`` for the openai SDK, ``tasks.tools`` for tool functions). Every class takes
@@ -170,3 +171,9 @@ class ToolArgumentsError(ToolError):
 
 class ToolExecutionError(ToolError):
     code = "tool_failed"
+
+
+class ToolRedeliveryLimit(ToolError):
+    """Begun ``max_redeliveries`` times, and its worker was lost each time: not run again."""
+
+    code = "tool_redelivery_limit"

@@ -309,8 +309,11 @@ return 1
 """
 )
 
-# KEYS: tool, lease, run. ARGV: ctx, token, lease_ms, name, arguments, due, step, call id.
-# ``cancelled``: the run it belongs to was cancelled; the tool must not run.
+# KEYS: tool, lease, run. ARGV: ctx, token, lease_ms, name, arguments, due, step, call id,
+# max_deliveries. ``cancelled``: the run it belongs to was cancelled; the tool must not run.
+# ``poisoned``: begun more than max_deliveries times (each one that began it and stored no
+# result lost its worker); the caller holds the lease, to store the failure. Returns {outcome,
+# [result | lease ms left | deliveries]}.
 BEGIN_TOOL = (
     _COMMON
     + """
@@ -326,13 +329,14 @@ redis.call('HSETNX', KEYS[1], 'created_at', ctx.now)
 redis.call('HSETNX', KEYS[1], 'id', ARGV[8])
 redis.call('HSETNX', KEYS[1], 'name', ARGV[4])
 redis.call('HSETNX', KEYS[1], 'arguments', ARGV[5])
+if ctx.run_id ~= '' then redis.call('HSETNX', KEYS[1], 'run_id', ctx.run_id) end
+local n = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+if n > tonumber(ARGV[9]) then return {'poisoned', tostring(n)} end
 if ctx.run_id ~= '' then
-  redis.call('HSETNX', KEYS[1], 'run_id', ctx.run_id)
   redis.call('ZADD', ctx.prefix .. ':runs:active', 'XX', ARGV[6], ctx.run_id)
   emit(KEYS[3], 'tool_call_started', {id = ARGV[8], name = ARGV[4], step = tonumber(ARGV[7])})
 end
 redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ctx.now)
-redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 return {'ok'}
 """
 )

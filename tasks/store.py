@@ -6,7 +6,8 @@ Keys (``<p>`` is ``AGENTFLEET_KEY_PREFIX``)::
     <p>:run:<id>:messages   list: the transcript, one JSON message per entry
     <p>:run:<id>:lease      string: the token of the worker applying a step (expires)
     <p>:run:<id>:events     stream: what happened to the run, in order (bounded, expires)
-    <p>:tool:<id>           hash: name, arguments, status, result, timestamps
+    <p>:tool:<id>           hash: name, arguments, status, result, timestamps, attempts (the
+                            deliveries that began it)
     <p>:tool:<id>:lease     string: the token of the worker running the tool (expires)
     <p>:runs:active         sorted set: unfinished runs, scored by the time by which their
                             next progress is due (the watchdog's worklist)
@@ -61,8 +62,9 @@ class StepClaim:
 
 @dataclass(frozen=True)
 class ToolClaim:
-    """What :meth:`RunStore.begin_tool` found: ``ok``, ``busy`` (``wait_s``), ``done`` or
-    ``cancelled`` (its run was cancelled)."""
+    """What :meth:`RunStore.begin_tool` found: ``ok``, ``busy`` (``wait_s``), ``done``,
+    ``cancelled`` (its run was cancelled) or ``poisoned`` (begun ``max_redeliveries`` times
+    before, each time losing its worker; the caller holds the lease, to store the failure)."""
 
     outcome: str
     token: str
@@ -504,12 +506,19 @@ class RunStore:
         data = cast(dict[str, str], self.redis.hgetall(self.tool_key(call_id)))
         return data or None
 
-    def tool_leases(self, call_ids: list[str]) -> list[bool]:
-        """Whether each call is held by a worker right now."""
+    def unheld_tool_attempts(self, call_ids: list[str]) -> list[int | None]:
+        """How many deliveries began each call, or None while a worker holds it (a live one,
+        or a dead one until its lease expires)."""
         pipe = self.redis.pipeline(transaction=False)
         for call_id in call_ids:
-            pipe.exists(f"{self.tool_key(call_id)}:lease")
-        return [bool(n) for n in pipe.execute()]
+            key = self.tool_key(call_id)
+            pipe.exists(f"{key}:lease")
+            pipe.hget(key, "attempts")
+        replies = pipe.execute()
+        return [
+            None if held else int(begun or 0)
+            for held, begun in zip(replies[::2], replies[1::2], strict=True)
+        ]
 
     def stored_tool_results(self, call_ids: list[str]) -> list[dict[str, Any] | None]:
         """The stored result of each of ``call_ids``, None where there is none yet."""
@@ -548,6 +557,7 @@ class RunStore:
                 self.due(lease_s),
                 step,
                 call_id,
+                self.settings.max_redeliveries,
             ],
         )
         if reply[0] == "done":
@@ -565,7 +575,8 @@ class RunStore:
         step: int = 0,
         status: str | None = None,
     ) -> tuple[dict[str, Any], str]:
-        """Store the result unless one is stored: (the result that won, finished batch)."""
+        """Store the result unless one is stored: (the result that won, finished batch).
+        Drops the lease if ``token`` still holds it (``""`` holds none)."""
         key = self.tool_key(call_id)
         run_key = self.run_key(run_id) if run_id else f"{key}:no-run"
         status = status or ("succeeded" if result.get("ok") else "failed")

@@ -11,7 +11,7 @@ from billiard.exceptions import SoftTimeLimitExceeded
 from celery import Celery, Task
 
 from tasks import names
-from tasks.errors import ToolError, ToolExecutionError, UnknownToolError
+from tasks.errors import ToolError, ToolExecutionError, ToolRedeliveryLimit, UnknownToolError
 from tasks.lifecycle import batch_finished
 from tasks.store import get_store
 from tasks.tools import registry
@@ -50,6 +50,24 @@ def _either(request: dict[str, Any] | None, payload: dict[str, Any] | None) -> d
         # What Python says of a missing argument, naming the keyword to send.
         raise TypeError("agentfleet.tool.call needs its call: kwargs={'request': {...}}")
     return payload
+
+
+def redelivery_failure(payload: dict[str, Any], limit: int) -> dict[str, Any]:
+    """The result stored for a call that lost its worker on each of its ``limit`` deliveries
+    (a tool that ends or crashes its own process would do so forever)."""
+    error = ToolRedeliveryLimit(
+        f"tool {payload['name']!r} was begun {limit} times and its worker was lost each "
+        "time; it is not run again"
+    )
+    return _result_head(payload) | {"ok": False, "error": error.to_dict()}
+
+
+def _result_head(payload: dict[str, Any]) -> dict[str, Any]:
+    """The fields every result of the call in ``payload`` starts with."""
+    head: dict[str, Any] = {"id": str(payload["id"]), "name": str(payload["name"])}
+    if payload.get("model_call_id"):
+        head["model_call_id"] = payload["model_call_id"]
+    return head
 
 
 def execute(name: str, arguments: str | dict[str, Any], allowed: list[str] | None) -> Any:
@@ -125,9 +143,13 @@ def register(app: Celery, settings: Settings) -> None:
         if claim.outcome == "busy":
             # Another worker holds the call (or died holding it): wait for the lease to end.
             raise self.retry(countdown=claim.wait_s + random.uniform(0.1, 0.5))
-        result: dict[str, Any] = {"id": call_id, "name": name}
-        if payload.get("model_call_id"):
-            result["model_call_id"] = payload["model_call_id"]
+        if claim.outcome == "poisoned":
+            log.warning("tool call %s (%s) lost its worker on each delivery", call_id, name)
+            failure = redelivery_failure(payload, settings.max_redeliveries)
+            stored, batch = store.complete_tool(call_id, claim.token, failure, run_id, step)
+            batch_finished(self.app, batch)
+            return stored
+        result = _result_head(payload)
         if claim.outcome == "cancelled":
             # Its run was cancelled: answer without running, so the chord still completes.
             result |= {"ok": False, "error": {"code": "cancelled", "message": "run cancelled"}}

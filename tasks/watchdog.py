@@ -12,7 +12,9 @@ begun or finished) sets the time by which the next one is due in ``<p>:runs:acti
 :class:`Watchdog` thread; one sweep per ``watchdog_interval`` wins a Redis lock fleet-wide and
 sends the next message of each overdue run again. Steps and tool calls are idempotent, so a
 message sent again that was not lost after all finds its work done and does nothing; resends
-back off (``stall_timeout`` doubling) so a deep backlog is not flooded with duplicates.
+back off (``stall_timeout`` doubling) so a deep backlog is not flooded with duplicates. A tool
+call whose deliveries are used up (``max_redeliveries``, each one losing its worker) is not
+sent again: its failure is stored, as the delivery after its last would store it.
 
 A resent step is not a member of an enclosing batch chord; the batch's own sweep collects it.
 """
@@ -32,6 +34,7 @@ from tasks.agent import completion_from_transcript, step_signature, tool_call_id
 from tasks.lifecycle import start_run
 from tasks.models import RunStatus
 from tasks.store import RunStore, get_store
+from tasks.toolcall import redelivery_failure
 from workers.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -48,8 +51,9 @@ class Recovery:
 
     ``action``: ``forgotten`` (final or gone), ``held`` (a worker holds it; wait for its lease),
     ``waiting`` (its tenant is at its cap: the run that frees a slot starts it), ``entry`` (step
-    1 sent again), ``step`` (the step after a finished tool chord sent again)
-    or ``tools`` (tool calls that no worker holds and no result answers sent again).
+    1 sent again), ``step`` (the step after a finished tool chord sent again, perhaps after
+    storing the failure of calls that used up their deliveries) or ``tools`` (tool calls that no
+    worker holds and no result answers sent again).
     """
 
     run_id: str
@@ -102,18 +106,46 @@ def _resend(
     count = int(run.get(f"tools:{dispatched}") or 0)
     call_ids = [tool_call_id(run_id, dispatched, i) for i in range(count)]
     results = store.stored_tool_results(call_ids)
-    if all(r is not None for r in results):
-        body = step_signature(app, run_id, dispatched + 1).set(task_id=run_id)
-        body.apply_async((results,))
-        return Recovery(run_id, "step", f"{dispatched + 1}")
+    if any(r is None for r in results):
+        sent = _tools_again(app, settings, store, run, call_ids, results)
+        results = store.stored_tool_results(call_ids)
+        if sent or any(r is None for r in results):
+            return Recovery(run_id, "tools", f"{sent} of {count}")
+    body = step_signature(app, run_id, dispatched + 1).set(task_id=run_id)
+    body.apply_async((results,))
+    return Recovery(run_id, "step", f"{dispatched + 1}")
+
+
+def _tools_again(
+    app: Celery,
+    settings: Settings,
+    store: RunStore,
+    run: dict[str, str],
+    call_ids: list[str],
+    results: list[dict[str, Any] | None],
+) -> int:
+    """Send again each of the run's last tool calls (``call_ids``) that no result answers and
+    no worker holds, or store its failure if its deliveries are used up; returns how many were
+    sent."""
+    run_id, step = run["id"], int(run["dispatched_step"])
     calls = _tool_calls_of(store.messages(run_id))
-    signatures = tool_signatures(app, settings, run_id, dispatched, run, calls)
-    held = store.tool_leases(call_ids)
-    lost = [s for s, r, h in zip(signatures, results, held, strict=True) if r is None and not h]
-    for signature in lost:
-        # Outside the chord: the result lands in the store, and a later sweep sends the step.
-        signature.apply_async()
-    return Recovery(run_id, "tools", f"{len(lost)} of {count}")
+    signatures = tool_signatures(app, settings, run_id, step, run, calls)
+    attempts = store.unheld_tool_attempts(call_ids)
+    sent = 0
+    for signature, result, begun in zip(signatures, results, attempts, strict=True):
+        if result is not None or begun is None:
+            continue
+        payload = signature.args[0]
+        if begun >= settings.max_redeliveries:
+            # Every delivery began it and lost its worker. A delivery that begins it now is
+            # refused (tasks.scripts.BEGIN_TOOL) and stores this same failure: first one wins.
+            failure = redelivery_failure(payload, settings.max_redeliveries)
+            store.complete_tool(payload["id"], "", failure, run_id, step)
+        else:
+            # Outside the chord: the result lands in the store, and a later sweep sends the step.
+            signature.apply_async()
+            sent += 1
+    return sent
 
 
 def _tool_calls_of(messages: list[dict[str, Any]]) -> list[Any]:

@@ -27,6 +27,7 @@ SAMPLES: list[errors.AgentfleetError] = [
     errors.UnknownToolError("no tool"),
     errors.ToolArgumentsError("bad args"),
     errors.ToolExecutionError("raised"),
+    errors.ToolRedeliveryLimit("lost its worker"),
 ]
 
 

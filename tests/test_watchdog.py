@@ -53,6 +53,35 @@ def test_run_whose_first_message_was_lost_finishes(
     assert watched.redis.zscore(store.active_key, run_id) is None
 
 
+def test_lost_tool_call_that_used_up_its_deliveries_fails_instead_of_running_again(
+    watched: Fleet, wait: Callable[..., None]
+) -> None:
+    key = "used-up"
+    run_id = watched.client.create_run(f'call record_sleep {{"key": "{key}", "seconds": 0.1}}').id
+    store = RunStore(watched.redis, watched.settings)
+    call_id = f"{run_id}-1-0"
+
+    # No tools worker yet: the call sits in the queue, then is lost. Each delivery it had
+    # began it (tasks.scripts.BEGIN_TOOL) and lost its worker.
+    wait(lambda: watched.redis.llen("tools") == 1, 20, "the tool call queued")
+    watched.redis.delete("tools")
+    limit = watched.settings.max_redeliveries
+    begun = {"id": call_id, "name": "record_sleep", "run_id": run_id, "attempts": limit}
+    watched.redis.hset(store.tool_key(call_id), mapping=begun | {"status": "running"})
+
+    run = watched.client.wait(run_id, timeout=60)
+    assert run.status == "succeeded", run.error  # the model saw the error as the tool's result
+    assert run.result is not None
+    assert "record_sleep=error (tool_redelivery_limit)" in run.result
+    assert run.progress.tool_calls_done == 1
+    assert watched.redis.llen("tools") == 0  # not sent again
+    assert watched.redis.get(f"test:started:{key}") is None
+    call = watched.client.get_tool_call(call_id)
+    assert call.status == "failed"
+    assert call.result is not None
+    assert call.result["error"]["code"] == "tool_redelivery_limit"
+
+
 def test_tool_calls_lost_from_the_queue_run_once_and_the_run_finishes(
     watched: Fleet, wait: Callable[..., None]
 ) -> None:

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 
 from ops.stack import PoolSpec, Stack
+from tasks import names
+from tasks.toolcall import tool_payload
 from tests.conftest import SHORT_LIMITS, Fleet, private_fleet, with_pools
 
 AGENTS = PoolSpec("agents", "threads", 50)
@@ -87,6 +89,47 @@ def kill_agents_worker_mid_load(fleet: Fleet, wait: Callable[..., None]) -> None
     assert [r.status for r in runs] == ["succeeded"] * 12
     assert all(r.usage.llm_calls == 2 for r in runs)  # applied once each, whatever was lost
     assert fleet.counts("completed", keys) == [1] * len(keys)
+
+
+def test_tool_that_kills_its_worker_fails_after_max_redeliveries(
+    short_fleet: Fleet, wait: Callable[..., None]
+) -> None:
+    """``crash`` ends its pool process on every delivery: inside a run, through the API and
+    through ``send_task``, it runs ``max_redeliveries`` times, then its stored result is the
+    ``tool_redelivery_limit`` error, and the same tools worker goes on serving."""
+    fleet, limit = short_fleet, short_fleet.settings.max_redeliveries
+    keys = ["crash-run", "crash-api", "crash-send"]
+    tools_worker = fleet.worker_of("tools")
+    run_id = fleet.client.create_run('call crash {"key": "crash-run"}').id
+    api_call = fleet.client.create_tool_call("crash", {"key": "crash-api"}).id
+    sent = fleet.app.send_task(
+        names.TOOL_CALL,
+        args=(tool_payload("crash-send-1", "crash", {"key": "crash-send"}),),
+        queue="tools",
+    )
+
+    run = fleet.client.wait(run_id, timeout=150)
+    assert run.status == "succeeded", run.error  # the model saw the error as the tool's result
+    assert run.result is not None
+    assert "crash=error (tool_redelivery_limit)" in run.result
+    assert run.progress.tool_calls_done == 1
+    in_run = fleet.client.get_tool_call(f"{run_id}-1-0")
+    call = fleet.client.wait_tool_call(api_call, timeout=30)
+    by_name = sent.get(timeout=30)
+    for result in (in_run.result, call.result, by_name):
+        assert result is not None
+        assert result["ok"] is False
+        assert result["error"]["code"] == "tool_redelivery_limit"
+    assert in_run.status == call.status == "failed"
+    assert fleet.counts("started", keys) == [limit] * len(keys)
+
+    # Only pool processes died: the worker goes on serving tool calls.
+    assert tools_worker.alive()
+    after = fleet.client.create_tool_call("calculator", {"expression": "6*7"}).id
+    served = fleet.client.wait_tool_call(after, timeout=30)
+    assert served.status == "succeeded"
+    assert served.result is not None
+    assert served.result["output"] == 42
 
 
 def test_tools_worker_killed_mid_load(short_fleet: Fleet, wait: Callable[..., None]) -> None:

@@ -63,3 +63,15 @@ async def async_sleep(seconds: float) -> str:
     """Sleeps on the event loop, so only its soft time limit can cut it short."""
     await asyncio.sleep(seconds)
     return "finished"
+
+
+@tool(timeout=11)
+def crash(key: str) -> str:
+    """Count one execution under ``key`` in Redis, then end the process running it: every
+    delivery loses its worker.
+
+    The pool tells a lost worker (the message goes back to the queue) from a hard time limit
+    (the call fails) only after ``worker_lost_wait`` (10 s): so the hard limit outlasts it.
+    """
+    _redis().incr(f"test:started:{key}")
+    os._exit(1)

@@ -140,7 +140,9 @@ class Settings(BaseSettings):
         "longer than Celery's chord dispatch claim (about 21 s with our publish retries).",
     )
     max_redeliveries: int = Field(
-        default=5, ge=1, description="Deliveries of one step before the run fails as poisoned."
+        default=5,
+        ge=1,
+        description="Deliveries of one step or tool call that lose their worker before it fails.",
     )
     stall_timeout: float = Field(
         default=300.0,
