@@ -13,9 +13,10 @@ State lives in Redis so every worker process on every host sees the same breaker
 - Requests and tokens per minute are GCRA limits, checked and spent in the same script; a
   denied call is reported with its wait so the step is rescheduled, never slept on.
 
-Only provider-side failures count (5xx, timeouts, connection errors, 408/409). 4xx
-validation errors, 429s and Celery's control flow are never replayed into the breaker, so
-they neither trip nor close it.
+Only failures of the provider or of our account there count: 5xx, timeouts, connection
+errors, 408/409, and 401, 402, 403, 404 and ``insufficient_quota``. Errors of the request
+(400, 422), other 429s and Celery's control flow are never replayed into the breaker, so they
+neither trip nor close it.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from typing import Any
 import pybreaker
 import redis
 
-from tasks.errors import RateLimitedError, RetryableProviderError
+from tasks.errors import ProviderError, RateLimitedError, RetryableProviderError
 from tasks.metrics import Recorder
 from tasks.redisconn import get_redis
 from workers.settings import ProviderConfig, Settings
@@ -285,9 +286,10 @@ class ProviderGuard:
                 args=[time.time(), self.provider.tpm, actual_tokens - admission.tokens],
             )
 
-    def failed(self, admission: Admission, exc: RetryableProviderError) -> None:
+    def failed(self, admission: Admission, exc: ProviderError) -> None:
+        """A provider or account failure: counted by the breaker, except a 429's."""
         now = time.time()
-        if exc.retry_after:
+        if isinstance(exc, RetryableProviderError) and exc.retry_after:
             self._hold(keys=[self.keys["hold"]], args=[now + exc.retry_after, now])
         if isinstance(exc, RateLimitedError):
             # A 429 says the provider is up and busy: the hold and the limiter handle it.
@@ -305,7 +307,7 @@ class ProviderGuard:
     def _record(self, admission: Admission, exc: BaseException | None) -> None:
         try:
             self.breaker.call(_replay, exc)
-        except (pybreaker.CircuitBreakerError, RetryableProviderError):
+        except (pybreaker.CircuitBreakerError, ProviderError):
             pass  # the replayed failure itself, or the breaker was open already
         finally:
             if admission.probe:
