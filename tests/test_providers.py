@@ -84,6 +84,12 @@ def _retries(fleet: Fleet, run_id: str) -> int:
     return int(fleet.redis.hget(f"af:run:{run_id}", "llm_retries") or 0)
 
 
+def _openings(fleet: Fleet, provider: str, since: float) -> list[float]:
+    """When the provider's breaker opened, from the fleet's event stream."""
+    periods = _state_periods(fleet, provider)
+    return [start for state, start, _ in periods if state == "open" and start >= since]
+
+
 def _run_all(fleet: Fleet, n: int, **kwargs: object) -> list[str]:
     return [fleet.client.create_run(f"hello {i}", **kwargs).id for i in range(n)]  # type: ignore[arg-type]
 
@@ -301,6 +307,37 @@ def test_a_provider_is_not_tried_when_its_timeout_does_not_fit_in_the_step(
     with pytest.raises(RetryableProviderError, match="a: HTTP 500"):
         call_chain(pfleet.settings, chain, messages, [], deadline=deadline)
     assert (len(_calls(pfleet, "a")), len(_calls(pfleet, "b"))) == (1, 0)
+
+
+def test_nothing_reaches_an_open_provider_before_its_reset_timeout(
+    pfleet: Fleet, sim: str, wait: Callable[..., None]
+) -> None:
+    fleet = pfleet
+    set_faults(sim, "a", status=500)
+    since = time.time()
+    ids: list[str] = []
+
+    def opened_three_times() -> bool:
+        # A steady trickle of runs (on both agents processes) probes a as soon as it may be.
+        ids.append(fleet.client.create_run(f"trickle {len(ids)}").id)
+        return len(_openings(fleet, "a", since)) >= 3
+
+    wait(opened_three_times, 60, "a's breaker to open three times", interval=0.1)
+    runs = [fleet.client.wait(r, timeout=60) for r in ids]
+    assert {r.status for r in runs} == {"succeeded"}
+    openings = _openings(fleet, "a", since)
+    log = fleet.sim.get("/_sim/providers/a/calls").json()
+    calls = list(zip(log["times"], log["admitted"], strict=True))
+    probes = [arrived for arrived, admitted in calls if admitted > openings[0]]
+    assert len(probes) >= 2, calls  # the breaker half-opened between the openings
+    for opened in openings:
+        # Calls admitted before the breaker opened may still arrive after; none after it.
+        early = [
+            (arrived - opened, admitted - opened)
+            for arrived, admitted in calls
+            if admitted > opened and arrived < opened + RESET_TIMEOUT
+        ]
+        assert not early, f"opened at {opened}: (arrived, admitted) seconds after: {early}"
 
 
 def test_a_refusal_waits_for_a_provider_that_may_serve_later(
