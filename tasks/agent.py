@@ -205,8 +205,16 @@ class StepRunner:
         schemas = [registry.get(n).openai_schema for n in allowed if n in registry]
         chain = [Target(p, m) for p, m in json.loads(run["chain"])]
         relay = TokenRelay(self.store, self.run_id, self.step) if run.get("stream") == "1" else None
+        # The threads pool enforces no time limit: the chain walk keeps the step within its
+        # soft limit, so a step never outlives the time the visibility timeout allows it.
+        deadline = self.began + self.settings.step_soft_time_limit
         answer = call_chain(
-            self.settings, chain, messages, schemas, on_delta=relay.delta if relay else None
+            self.settings,
+            chain,
+            messages,
+            schemas,
+            on_delta=relay.delta if relay else None,
+            deadline=deadline,
         )
         if relay:
             relay.flush()

@@ -10,6 +10,8 @@
     │   ├── RetryableProviderError  try again later (retry_after seconds, if the provider said)
     │   │   └── RateLimitedError    429: slow down (not a breaker failure)
     │   └── PermanentProviderError  the same request will fail again (status)
+    │       └── ProviderAccountError  refused at this provider (auth, permission, quota,
+    │                                 model not found): another provider may serve it
     ├── ProvidersUnavailable        every provider of the chain is open, held or rate-limited
     └── ToolError                   a tool call could not produce an output
         ├── UnknownToolError        no tool of that name (or not allowed for the run)
@@ -155,6 +157,14 @@ class PermanentProviderError(ProviderError):
     def status(self) -> int | None:
         value = self.args[2]
         return int(value) if isinstance(value, int) else None
+
+
+class ProviderAccountError(PermanentProviderError):
+    """The provider refused the account or does not serve the model: 401, 402, 403, 404, or a
+    429 ``insufficient_quota``. Retrying there cannot help; the next provider of the chain
+    may serve the same request. ``args`` as :class:`PermanentProviderError`."""
+
+    code = "provider_account_error"
 
 
 class ToolError(AgentfleetError):

@@ -21,6 +21,7 @@ SAMPLES: list[errors.AgentfleetError] = [
     errors.RetryableProviderError("busy", "p1", 2.5),
     errors.RetryableProviderError("down", "p2", None),
     errors.PermanentProviderError("rejected", "p1", 400),
+    errors.ProviderAccountError("refused", "p1", 401),
     errors.RateLimitedError("slow down", "p1", 2.0),
     errors.ProvidersUnavailable("all open", 3.5),
     errors.ToolError("tool"),
@@ -60,16 +61,23 @@ def test_retryable_statuses(status: int) -> None:
     assert isinstance(translate(_status_error(status)), errors.RetryableProviderError)
 
 
-@pytest.mark.parametrize("status", [400, 401, 403, 404, 422])
-def test_permanent_statuses(status: int) -> None:
+@pytest.mark.parametrize("status", [400, 413, 422])
+def test_request_errors_are_permanent(status: int) -> None:
     err = translate(_status_error(status))
-    assert isinstance(err, errors.PermanentProviderError)
+    assert type(err) is errors.PermanentProviderError
     assert err.status == status
 
 
-def test_insufficient_quota_is_permanent_even_though_it_is_a_429() -> None:
+@pytest.mark.parametrize("status", [401, 402, 403, 404])
+def test_account_errors_are_permanent_at_that_provider(status: int) -> None:
+    err = translate(_status_error(status))
+    assert isinstance(err, errors.ProviderAccountError)
+    assert err.status == status
+
+
+def test_insufficient_quota_is_an_account_error_even_though_it_is_a_429() -> None:
     err = translate(_status_error(429, code="insufficient_quota"))
-    assert isinstance(err, errors.PermanentProviderError)
+    assert isinstance(err, errors.ProviderAccountError)
 
 
 def test_retry_after_headers() -> None:

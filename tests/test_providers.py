@@ -16,7 +16,7 @@ import pytest
 from ops.simulator.faults import clear_faults, set_faults
 from ops.stack import PoolSpec, Stack
 from tasks.errors import RateLimitedError, RetryableProviderError
-from tasks.llm import get_guard
+from tasks.llm import Target, call_chain, get_guard
 from tests.conftest import Fleet, private_fleet
 
 RESET_TIMEOUT = 3.0
@@ -77,6 +77,17 @@ def _state_periods(fleet: Fleet, provider: str) -> list[tuple[str, float, float]
     events = [e for _, e in fleet.redis.xrange("af:events:providers") if e["provider"] == provider]
     ends = [float(e["at"]) for e in events[1:]] + [time.time()]
     return [(e["to"], float(e["at"]), end) for e, end in zip(events, ends, strict=True)]
+
+
+def _retries(fleet: Fleet, run_id: str) -> int:
+    """Retries the run's steps spent (after retryable provider errors)."""
+    return int(fleet.redis.hget(f"af:run:{run_id}", "llm_retries") or 0)
+
+
+def _openings(fleet: Fleet, provider: str, since: float) -> list[float]:
+    """When the provider's breaker opened, from the fleet's event stream."""
+    periods = _state_periods(fleet, provider)
+    return [start for state, start, _ in periods if state == "open" and start >= since]
 
 
 def _run_all(fleet: Fleet, n: int, **kwargs: object) -> list[str]:
@@ -172,14 +183,17 @@ def test_every_provider_down_runs_wait_then_finish(
     assert all(r.waiting is None for r in runs)
 
 
-def test_a_400_fails_the_run_at_once_and_leaves_the_breaker_closed(pfleet: Fleet, sim: str) -> None:
+@pytest.mark.parametrize("status", [400, 422])
+def test_a_request_error_fails_the_run_at_once_and_leaves_the_breaker_closed(
+    pfleet: Fleet, sim: str, status: int
+) -> None:
     fleet = pfleet
-    set_faults(sim, "a", status=400)
+    set_faults(sim, "a", status=status)
     run = fleet.client.wait(fleet.client.create_run("bad").id, timeout=30)
     assert run.status == "failed"
     assert run.error is not None
     assert run.error.code == "provider_rejected"
-    assert "a: HTTP 400" in run.error.message
+    assert f"a: HTTP {status}" in run.error.message
     assert len(_calls(fleet, "a")) == 1
     assert len(_calls(fleet, "b")) == 0
     state = _state(fleet, "a")
@@ -211,3 +225,139 @@ def test_a_429_neither_counts_nor_clears_breaker_failures(pfleet: Fleet, sim: st
     state = _state(pfleet, "a")
     assert state["failures"] == 2
     assert state["state"] == "closed"
+
+
+@pytest.mark.parametrize(
+    ("status", "code"),
+    [(401, None), (403, None), (404, "model_not_found"), (429, "insufficient_quota")],
+)
+def test_an_account_error_moves_the_call_to_the_next_provider(
+    pfleet: Fleet, sim: str, status: int, code: str | None
+) -> None:
+    fleet = pfleet
+    set_faults(sim, "a", status=status, code=code)
+    run = fleet.client.wait(fleet.client.create_run("account").id, timeout=30)
+    assert run.status == "succeeded", run.error
+    assert run.provider == "b"
+    assert (len(_calls(fleet, "a")), len(_calls(fleet, "b"))) == (1, 1)
+    assert _retries(fleet, run.id) == 0  # moved on within the step, no backoff
+    state = _state(fleet, "a")
+    assert state["failures"] == 1  # counted against a's breaker
+
+
+def test_an_account_error_with_no_provider_left_fails_the_run(pfleet: Fleet, sim: str) -> None:
+    fleet = pfleet
+    set_faults(sim, "a", status=401)
+    set_faults(sim, "b", status=429, code="insufficient_quota")
+    alone = fleet.client.wait(fleet.client.create_run("a only", providers=["a"]).id, timeout=30)
+    both = fleet.client.wait(fleet.client.create_run("a, b", providers=["a", "b"]).id, timeout=30)
+    for run in (alone, both):
+        assert run.status == "failed"
+        assert run.error is not None
+        assert run.error.code == "provider_account_error"
+        assert "a: HTTP 401" in run.error.message
+        assert _retries(fleet, run.id) == 0
+    assert both.error is not None
+    assert "b: insufficient quota" in both.error.message
+    assert (len(_calls(fleet, "a")), len(_calls(fleet, "b"))) == (2, 1)  # never retried
+    assert _state(fleet, "a")["failures"] == 2
+    assert _state(fleet, "b")["failures"] == 1
+
+
+def test_a_5xx_moves_the_call_to_the_next_provider_in_the_same_step(
+    pfleet: Fleet, sim: str
+) -> None:
+    fleet = pfleet
+    set_faults(sim, "a", status=500)
+    run = fleet.client.wait(fleet.client.create_run("fall back").id, timeout=30)
+    assert run.status == "succeeded", run.error
+    assert run.provider == "b"
+    assert (len(_calls(fleet, "a")), len(_calls(fleet, "b"))) == (1, 1)
+    assert _retries(fleet, run.id) == 0  # no backoff between a's failure and b
+    assert _state(fleet, "a")["failures"] == 1
+
+
+def test_a_step_tries_the_whole_chain_before_it_backs_off(
+    pfleet: Fleet, sim: str, wait: Callable[..., None]
+) -> None:
+    fleet = pfleet
+    for name in ("a", "b"):
+        set_faults(sim, name, status=503, retry_after=2)
+    run_id = fleet.client.create_run("whole chain", providers=["a", "b"]).id
+    wait(lambda: _retries(fleet, run_id) == 1, 20, "the first attempt to fail")
+    for name in ("a", "b"):
+        clear_faults(sim, name)
+    run = fleet.client.wait(run_id, timeout=30)
+    assert run.status == "succeeded", run.error
+    # The first attempt tried a, then b, then backed off (as long as Retry-After asked);
+    # the second found a healthy again.
+    assert run.provider == "a"
+    assert (len(_calls(fleet, "a")), len(_calls(fleet, "b"))) == (2, 1)
+    assert _retries(fleet, run_id) == 1
+
+
+def test_a_provider_is_not_tried_when_its_timeout_does_not_fit_in_the_step(
+    pfleet: Fleet, sim: str
+) -> None:
+    set_faults(sim, "a", status=500)
+    chain = [Target("a", "sim-1"), Target("b", "sim-1")]
+    messages = [{"role": "user", "content": "hi"}]
+    # b's timeout (5 s) does not fit in the 2 s the step has left once a failed.
+    deadline = time.monotonic() + 2
+    with pytest.raises(RetryableProviderError, match="a: HTTP 500"):
+        call_chain(pfleet.settings, chain, messages, [], deadline=deadline)
+    assert (len(_calls(pfleet, "a")), len(_calls(pfleet, "b"))) == (1, 0)
+
+
+def test_nothing_reaches_an_open_provider_before_its_reset_timeout(
+    pfleet: Fleet, sim: str, wait: Callable[..., None]
+) -> None:
+    fleet = pfleet
+    set_faults(sim, "a", status=500)
+    since = time.time()
+    ids: list[str] = []
+
+    def opened_three_times() -> bool:
+        # A steady trickle of runs (on both agents processes) probes a as soon as it may be.
+        ids.append(fleet.client.create_run(f"trickle {len(ids)}").id)
+        return len(_openings(fleet, "a", since)) >= 3
+
+    wait(opened_three_times, 60, "a's breaker to open three times", interval=0.1)
+    runs = [fleet.client.wait(r, timeout=60) for r in ids]
+    assert {r.status for r in runs} == {"succeeded"}
+    openings = _openings(fleet, "a", since)
+    log = fleet.sim.get("/_sim/providers/a/calls").json()
+    calls = list(zip(log["times"], log["admitted"], strict=True))
+    probes = [arrived for arrived, admitted in calls if admitted > openings[0]]
+    assert len(probes) >= 2, calls  # the breaker half-opened between the openings
+    for opened in openings:
+        # Calls admitted before the breaker opened may still arrive after; none after it.
+        early = [
+            (arrived - opened, admitted - opened)
+            for arrived, admitted in calls
+            if admitted > opened and arrived < opened + RESET_TIMEOUT
+        ]
+        assert not early, f"opened at {opened}: (arrived, admitted) seconds after: {early}"
+
+
+def test_a_refusal_waits_for_a_provider_that_may_serve_later(
+    pfleet: Fleet, sim: str, wait: Callable[..., None]
+) -> None:
+    fleet = pfleet
+    set_faults(sim, "a", status=401)
+    b = next(p for p in fleet.settings.provider_list if p.name == "b")
+    guard = get_guard(fleet.settings, b)
+    for _ in range(FAIL_MAX):
+        guard.failed(guard.admit(10), RetryableProviderError("b: HTTP 500", "b"))
+    assert _state(fleet, "b")["state"] == "open"
+    run_id = fleet.client.create_run("a refuses, b is open", providers=["a", "b"]).id
+
+    def waiting() -> bool:
+        run = fleet.client.get_run(run_id)
+        return run.waiting is not None and run.waiting.reason == "providers_unavailable"
+
+    wait(waiting, 20, "the run to wait for b")
+    run = fleet.client.wait(run_id, timeout=30)  # b half-opens after its reset timeout
+    assert run.status == "succeeded", run.error
+    assert run.provider == "b"
+    assert _retries(fleet, run_id) == 0

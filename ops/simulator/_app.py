@@ -206,9 +206,9 @@ async def _wait_unless_disconnected(receive: Receive, seconds: float) -> bool:
 def _fault_error(faults: Faults, provider: str) -> Response:
     """Answer a request that the provider's ``error_rate`` picked to fail."""
     status = faults.status
-    code = "rate_limit_exceeded" if status == 429 else None
     message = f"simulated fault {status} for provider {provider!r}"
-    return json_response(error_body(status, message, code=code), status, faults.error_headers())
+    body = error_body(status, message, code=faults.error_code())
+    return json_response(body, status, faults.error_headers())
 
 
 def _scripted_error(status: int) -> Response:

@@ -38,6 +38,9 @@ class Faults:
     """How long a hanging request is held."""
     latency: float | None = None
     """Seconds to wait before answering; overrides the directive and server latency."""
+    code: str | None = None
+    """``error.code`` of an injected error (e.g. ``insufficient_quota``); by default
+    ``rate_limit_exceeded`` for a 429 and none otherwise."""
 
     def to_json(self) -> dict[str, Any]:
         """Return the settings as a JSON-ready dict with every field present."""
@@ -47,6 +50,12 @@ class Faults:
         """Decide whether the next request gets an injected error."""
         # random() lies in [0, 1), so a rate of 1.0 always fails and 0.0 never does.
         return rng.random() < self.error_rate
+
+    def error_code(self) -> str | None:
+        """Return the ``error.code`` of an injected error."""
+        if self.code is not None:
+            return self.code
+        return "rate_limit_exceeded" if self.status == 429 else None
 
     def error_headers(self) -> dict[str, str] | None:
         """Return the retry hint headers of an injected error, if any."""
@@ -91,6 +100,9 @@ def parse_faults(payload: Any) -> Faults:
     if hang is not None and not isinstance(hang, bool):
         raise FaultsError("'hang' must be true or false", "hang")
     hang_seconds = _number(payload, "hang_seconds")
+    code = payload.get("code")
+    if code is not None and (not isinstance(code, str) or not 0 < len(code) <= 64):
+        raise FaultsError("'code' must be a string of 1 to 64 characters", "code")
     return Faults(
         error_rate=default_rate if error_rate is None else error_rate,
         status=DEFAULT_STATUS if status is None else status,
@@ -98,6 +110,7 @@ def parse_faults(payload: Any) -> Faults:
         hang=bool(hang),
         hang_seconds=DEFAULT_HANG_SECONDS if hang_seconds is None else hang_seconds,
         latency=_number(payload, "latency"),
+        code=code,
     )
 
 

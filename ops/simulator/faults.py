@@ -5,6 +5,7 @@ from a shell::
 
     python -m ops.simulator.faults --url http://127.0.0.1:8799 --provider a --status 500
     python -m ops.simulator.faults --provider a --status 429 --retry-after 2
+    python -m ops.simulator.faults --provider a --status 429 --code insufficient_quota
     python -m ops.simulator.faults --provider a --hang
     python -m ops.simulator.faults --provider a --clear
 """
@@ -41,7 +42,7 @@ def set_faults(url: str, provider: str, **faults: Any) -> dict[str, Any]:
 
     ``faults`` are the settings of ``PUT /_sim/providers/{name}/faults``
     (``error_rate``, ``status``, ``retry_after``, ``hang``, ``hang_seconds``,
-    ``latency``). Returns ``{"provider": ..., "faults": {...}}``.
+    ``latency``, ``code``). Returns ``{"provider": ..., "faults": {...}}``.
     """
     response = httpx.put(_faults_url(url, provider), json=faults, timeout=_TIMEOUT)
     return _answer(response)
@@ -67,6 +68,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--hang", action="store_true", help="hold requests, then answer 504")
     parser.add_argument("--hang-seconds", type=float, help="how long --hang holds a request")
     parser.add_argument("--latency", type=float, help="seconds to wait before answering")
+    parser.add_argument("--code", help="error.code of injected errors (e.g. insufficient_quota)")
     return parser.parse_args(argv)
 
 
@@ -86,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
                 "hang": args.hang or None,
                 "hang_seconds": args.hang_seconds,
                 "latency": args.latency,
+                "code": args.code,
             }
             chosen = {key: value for key, value in settings.items() if value is not None}
             answer = set_faults(args.url, args.provider, **chosen)

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from tasks.errors import (
     PermanentProviderError,
+    ProviderAccountError,
     ProviderError,
     RateLimitedError,
     RetryableProviderError,
@@ -27,6 +28,9 @@ CHAT_PATH = "/chat/completions"
 
 #: 408 timeout, 409 conflict, 429 rate limit: the request itself was fine, try again.
 _RETRYABLE_4XX = frozenset({408, 409, 429})
+#: Unauthorized, payment required, forbidden, model not found: the provider or the account
+#: we have there cannot serve the request, which another provider may.
+_ACCOUNT_4XX = frozenset({401, 402, 403, 404})
 
 
 @dataclass(frozen=True)
@@ -89,15 +93,17 @@ def translate(exc: openai.OpenAIError, provider: str = "default") -> ProviderErr
         return RetryableProviderError(f"{provider}: {type(exc).__name__}: {exc}", provider)
     if isinstance(exc, openai.APIStatusError):
         status = exc.status_code
+        message = f"{provider}: HTTP {status}: {exc.message}"
         if status == 429 and getattr(exc, "code", None) == "insufficient_quota":
-            return PermanentProviderError(f"{provider}: insufficient quota", provider, status)
+            return ProviderAccountError(f"{provider}: insufficient quota", provider, status)
+        if status in _ACCOUNT_4XX:
+            return ProviderAccountError(message, provider, status)
         if status in _RETRYABLE_4XX or status >= 500:
             wait = retry_after_seconds(exc.response.headers)
-            message = f"{provider}: HTTP {status}: {exc.message}"
             if status == 429:
                 return RateLimitedError(message, provider, wait)
             return RetryableProviderError(message, provider, wait)
-        return PermanentProviderError(f"{provider}: HTTP {status}: {exc.message}", provider, status)
+        return PermanentProviderError(message, provider, status)
     if isinstance(exc, openai.APIResponseValidationError):
         return PermanentProviderError(f"{provider}: malformed response: {exc}", provider, None)
     return PermanentProviderError(f"{provider}: {type(exc).__name__}: {exc}", provider, None)

@@ -13,9 +13,13 @@ State lives in Redis so every worker process on every host sees the same breaker
 - Requests and tokens per minute are GCRA limits, checked and spent in the same script; a
   denied call is reported with its wait so the step is rescheduled, never slept on.
 
-Only provider-side failures count (5xx, timeouts, connection errors, 408/409). 4xx
-validation errors, 429s and Celery's control flow are never replayed into the breaker, so
-they neither trip nor close it.
+Only failures of the provider or of our account there count: 5xx, timeouts, connection
+errors, 408/409, and 401, 402, 403, 404 and ``insufficient_quota``. Errors of the request
+(400, 422), other 429s and Celery's control flow are never replayed into the breaker, so they
+neither trip nor close it.
+
+Every script reads the time from Redis (``TIME``): the breaker's opening time, the reset
+timeout counted from it, the hold and the limits are on one clock for the whole fleet.
 """
 
 from __future__ import annotations
@@ -25,57 +29,76 @@ import logging
 import os
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import pybreaker
 import redis
 
-from tasks.errors import RateLimitedError, RetryableProviderError
+from tasks.errors import ProviderError, RateLimitedError, RetryableProviderError
 from tasks.metrics import Recorder
 from tasks.redisconn import get_redis
 from workers.settings import ProviderConfig, Settings
 
 log = logging.getLogger(__name__)
 
+# Every script reads the time from Redis: one clock for the whole fleet, to the microsecond.
+# ``clock`` is that time as an exact string (stored and returned), ``now`` as a number.
+_CLOCK = """
+local t = redis.call('TIME')
+local clock = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
+local now = tonumber(clock)
+"""
+
+
+def _timed(body: str) -> str:
+    """A script that starts by reading the clock."""
+    return _CLOCK + body
+
+
 # KEYS: state, opened_at, success_counter, probes, hold, rpm_tat, tpm_tat, events,
 #       fail_counter
-# ARGV: now, reset_timeout, max_probes, probe_ttl_ms, rpm, tpm, burst_s, cost_tokens,
-#       provider, announce_prefix
-# Returns {outcome, wait_seconds, probe, half_opened}; outcome is
-# ok | hold | open | probing | limited. A limited answer adds which limits said no
-# ("rpm", "tpm" or "rpm,tpm"), for the denial metrics; an ok answer adds '' and 'clean'.
-_ADMIT = """
-local now = tonumber(ARGV[1])
+# ARGV: reset_timeout, max_probes, probe_ttl_ms, rpm, tpm, burst_s, cost_tokens, provider,
+#       announce_prefix
+# Returns {outcome, wait_seconds, probe, half_opened, limits, clean, clock}; outcome is
+# ok | hold | open | probing | limited. ``limits`` names the limits that said no ("rpm",
+# "tpm" or "rpm,tpm") for the denial metrics; ``clean`` is '1' when an ok call finds the
+# breaker closed with no failure counted; ``clock`` is when the call was admitted.
+_ADMIT = _timed("""
+local half_opened = '0'
+local function answer(outcome, wait, probe, limits, clean)
+  return {outcome, tostring(wait), probe, half_opened, limits, clean, clock}
+end
 local hold = tonumber(redis.call('GET', KEYS[5]) or '0')
-if hold > now then return {'hold', tostring(hold - now), '0', '0'} end
+if hold > now then return answer('hold', hold - now, '0', '', '0') end
 local state = redis.call('GET', KEYS[1]) or 'closed'
-local probe, half_opened = '0', '0'
+local probe = '0'
 if state == 'open' then
-  local left = tonumber(redis.call('GET', KEYS[2]) or '0') + tonumber(ARGV[2]) - now
-  if left > 0 then return {'open', tostring(left), '0', '0'} end
+  local left = tonumber(redis.call('GET', KEYS[2]) or '0') + tonumber(ARGV[1]) - now
+  if left > 0 then return answer('open', left, '0', '', '0') end
   -- Same transition as pybreaker's half_open(): its instances notice it on next use.
   -- It happens here exactly once, so it is announced here, with the marker that keeps
   -- the pybreaker listeners from announcing it again.
   redis.call('SET', KEYS[1], 'half-open')
   redis.call('SET', KEYS[3], 0)
-  redis.call('SET', ARGV[10] .. 'half-open', 'lua', 'EX', 86400)
-  redis.call('DEL', ARGV[10] .. 'open', ARGV[10] .. 'closed')
-  redis.call('XADD', KEYS[8], 'MAXLEN', '~', 1000, '*', 'provider', ARGV[9],
-             'from', 'open', 'to', 'half-open', 'at', ARGV[1])
+  redis.call('SET', ARGV[9] .. 'half-open', 'lua', 'EX', 86400)
+  redis.call('DEL', ARGV[9] .. 'open', ARGV[9] .. 'closed')
+  redis.call('XADD', KEYS[8], 'MAXLEN', '~', 1000, '*', 'provider', ARGV[8],
+             'from', 'open', 'to', 'half-open', 'at', clock)
   state = 'half-open'
   half_opened = '1'
 end
 if state == 'half-open' then
   local n = redis.call('INCR', KEYS[4])
-  if n == 1 then redis.call('PEXPIRE', KEYS[4], ARGV[4]) end
-  if n > tonumber(ARGV[3]) then
+  if n == 1 then redis.call('PEXPIRE', KEYS[4], ARGV[3]) end
+  if n > tonumber(ARGV[2]) then
     local ttl = redis.call('PTTL', KEYS[4])
     if ttl < 100 then ttl = 100 end
-    return {'probing', tostring(ttl / 1000), '0', half_opened}
+    return answer('probing', ttl / 1000, '0', '', '0')
   end
   probe = '1'
 end
-local burst = tonumber(ARGV[7])
+local burst = tonumber(ARGV[6])
 local function gcra(key, per_minute, cost)
   local interval = 60.0 / per_minute
   local tat = tonumber(redis.call('GET', key) or '0')
@@ -88,19 +111,19 @@ local function gcra(key, per_minute, cost)
   return 0, new_tat
 end
 local wait, rpm_tat, tpm_tat, w, by = 0, nil, nil, 0, {}
-if tonumber(ARGV[5]) > 0 then
-  w, rpm_tat = gcra(KEYS[6], tonumber(ARGV[5]), 1)
+if tonumber(ARGV[4]) > 0 then
+  w, rpm_tat = gcra(KEYS[6], tonumber(ARGV[4]), 1)
   wait = math.max(wait, w)
   if w > 0 then by[#by + 1] = 'rpm' end
 end
-if tonumber(ARGV[6]) > 0 then
-  w, tpm_tat = gcra(KEYS[7], tonumber(ARGV[6]), tonumber(ARGV[8]))
+if tonumber(ARGV[5]) > 0 then
+  w, tpm_tat = gcra(KEYS[7], tonumber(ARGV[5]), tonumber(ARGV[7]))
   wait = math.max(wait, w)
   if w > 0 then by[#by + 1] = 'tpm' end
 end
 if wait > 0 then
   if probe == '1' then redis.call('DECR', KEYS[4]) end
-  return {'limited', tostring(wait), '0', half_opened, table.concat(by, ',')}
+  return answer('limited', wait, '0', table.concat(by, ','), '0')
 end
 if rpm_tat then
   redis.call('SET', KEYS[6], tostring(rpm_tat), 'PX', math.ceil((rpm_tat - now) * 1000) + 1000)
@@ -108,32 +131,55 @@ end
 if tpm_tat then
   redis.call('SET', KEYS[7], tostring(tpm_tat), 'PX', math.ceil((tpm_tat - now) * 1000) + 1000)
 end
--- 'clean': closed with no failure counted, so a success would change nothing in pybreaker.
 local clean = '0'
 if state == 'closed' and tonumber(redis.call('GET', KEYS[9]) or '0') == 0 then clean = '1' end
-return {'ok', '0', probe, half_opened, '', clean}
-"""
+return answer('ok', 0, probe, '', clean)
+""")
 
-# KEYS: tpm_tat. ARGV: now, tpm, token delta (actual - estimated).
-_CORRECT_TOKENS = """
+# KEYS: tpm_tat. ARGV: tpm, token delta (actual - estimated).
+_CORRECT_TOKENS = _timed("""
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tat == 0 then return 0 end
-local now = tonumber(ARGV[1])
-local new_tat = tat + (60.0 / tonumber(ARGV[2])) * tonumber(ARGV[3])
+local new_tat = tat + (60.0 / tonumber(ARGV[1])) * tonumber(ARGV[2])
 if new_tat <= now then redis.call('DEL', KEYS[1]) return 1 end
 redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.ceil((new_tat - now) * 1000) + 1000)
 return 1
-"""
+""")
 
-# KEYS: hold. ARGV: until (epoch seconds). Keeps the later of the two.
-_HOLD = """
+# KEYS: hold. ARGV: seconds to hold from now. Keeps the later of the two ends.
+_HOLD = _timed("""
+local until_ts = now + tonumber(ARGV[1])
 local current = tonumber(redis.call('GET', KEYS[1]) or '0')
-local until_ts = tonumber(ARGV[1])
 if until_ts > current then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', math.ceil((until_ts - tonumber(ARGV[2])) * 1000))
+  redis.call('SET', KEYS[1], string.format('%.6f', until_ts),
+             'PX', math.ceil(tonumber(ARGV[1]) * 1000))
 end
 return 1
-"""
+""")
+
+# KEYS: opened_at. Moves it to now, unless it holds a later time.
+_MARK_OPENED = _timed("""
+if now > tonumber(redis.call('GET', KEYS[1]) or '0') then redis.call('SET', KEYS[1], clock) end
+return clock
+""")
+
+# KEYS: marker of the new state, markers of the two other states, state, opened_at, events
+# ARGV: new state, old state, provider, pid
+# Announces a state change once for the fleet: the first process to report it stores the
+# state (an opening with its time, so that the fleet sees the breaker open from the instant
+# its reset timeout counts from) and appends the event. Returns the time, or '' when another
+# process announced it already.
+_ANNOUNCE = _timed("""
+if not redis.call('SET', KEYS[1], ARGV[4], 'NX', 'EX', 86400) then return '' end
+redis.call('DEL', KEYS[2], KEYS[3])
+redis.call('SET', KEYS[4], ARGV[1])
+if ARGV[1] == 'open' and now > tonumber(redis.call('GET', KEYS[5]) or '0') then
+  redis.call('SET', KEYS[5], clock)
+end
+redis.call('XADD', KEYS[6], 'MAXLEN', '~', 1000, '*', 'provider', ARGV[3],
+           'from', ARGV[2], 'to', ARGV[1], 'at', clock)
+return clock
+""")
 
 
 @dataclass(frozen=True)
@@ -161,6 +207,38 @@ def _replay(exc: BaseException | None) -> None:
         raise exc
 
 
+class _FleetStorage(pybreaker.CircuitRedisStorage):
+    """pybreaker's Redis storage, with the opening time to the microsecond on Redis's clock.
+
+    pybreaker keeps ``opened_at`` in whole seconds, rounded down, and stamps it with the
+    clock of the process that tripped: a breaker opened 0.9 s into a second would let probes
+    through 0.9 s before its reset timeout. Here it is Redis's ``TIME``, which the admission
+    script reads too, so the whole fleet counts the reset timeout from the same instant.
+    """
+
+    def __init__(self, client: redis.Redis, namespace: str) -> None:
+        super().__init__(pybreaker.STATE_CLOSED, client, namespace=namespace)
+        self._opened_key = f"{namespace}:pybreaker:opened_at"
+        self._mark_opened = client.register_script(_MARK_OPENED)
+
+    @property
+    def opened_at(self) -> datetime | None:
+        try:
+            raw = self._redis.get(self._opened_key)
+        except redis.RedisError:
+            log.exception("could not read when %s opened", self._opened_key)
+            return None
+        return datetime.fromtimestamp(float(raw), UTC) if raw else None
+
+    @opened_at.setter
+    def opened_at(self, now: datetime) -> None:
+        # ``now`` is this process's clock; the fleet's is Redis's.
+        try:
+            self._mark_opened(keys=[self._opened_key])
+        except redis.RedisError:
+            log.exception("could not store when %s opened", self._opened_key)
+
+
 class _Announcer(pybreaker.CircuitBreakerListener):
     """Logs and publishes each state change once for the whole fleet, not once per process."""
 
@@ -174,35 +252,17 @@ class _Announcer(pybreaker.CircuitBreakerListener):
         new_state: pybreaker.CircuitBreakerState,
     ) -> None:
         g = self.guard
+        old = old_state.name if old_state else "unknown"
         try:
-            # One marker per state: the first process to announce a state sets it and clears
-            # the others, so the same transition seen by N processes (or made twice by two
-            # processes tripping at once) is announced once.
-            marker = f"{g.announce_prefix}{new_state.name}"
-            if not g.redis.set(marker, os.getpid(), nx=True, ex=86400):
-                return  # another process announced this state already
-            others = [f"{g.announce_prefix}{s}" for s in _STATES if s != new_state.name]
-            g.redis.delete(*others)
             # pybreaker's open()/close() run ``self.state = storage.state = X``: chained
-            # assignment calls this listener *before* Redis holds X. The first announcer made
-            # the transition, so store X now: the fleet sees it from this instant, and the
-            # event's time is when the breaker really took effect.
-            g.storage.state = new_state.name
-            old = old_state.name if old_state else "unknown"
-            log.warning("provider %s: circuit %s -> %s", g.provider.name, old, new_state.name)
-            g.redis.xadd(
-                g.events_key,
-                {
-                    "provider": g.provider.name,
-                    "from": old,
-                    "to": new_state.name,
-                    "at": str(time.time()),
-                },
-                maxlen=1000,
-                approximate=True,
-            )
+            # assignment calls this listener *before* Redis holds X. The first announcer
+            # stores X (and, for an opening, its time): the fleet sees it from this instant.
+            if not g.announce(new_state.name, old):
+                return  # another process announced this state already
         except redis.RedisError:
             log.exception("could not announce the breaker state of %s", g.provider.name)
+            return
+        log.warning("provider %s: circuit %s -> %s", g.provider.name, old, new_state.name)
 
 
 class ProviderGuard:
@@ -221,9 +281,7 @@ class ProviderGuard:
             "rpm": f"{self.ns}:rpm",
             "tpm": f"{self.ns}:tpm",
         }
-        self.storage = pybreaker.CircuitRedisStorage(
-            pybreaker.STATE_CLOSED, get_redis(settings, decode=False), namespace=self.ns
-        )
+        self.storage = _FleetStorage(get_redis(settings, decode=False), self.ns)
         self.breaker = pybreaker.CircuitBreaker(
             fail_max=provider.fail_max,
             reset_timeout=provider.reset_timeout,
@@ -235,13 +293,13 @@ class ProviderGuard:
         self._admit = self.redis.register_script(_ADMIT)
         self._correct = self.redis.register_script(_CORRECT_TOKENS)
         self._hold = self.redis.register_script(_HOLD)
+        self._announce = self.redis.register_script(_ANNOUNCE)
         self.metrics = Recorder(self.redis, settings.key_prefix)
         # A probe that never reports back (its worker died) frees its slot after this long.
         self._probe_ttl_ms = int((provider.timeout + provider.connect_timeout + 5) * 1000)
 
     def admit(self, estimated_tokens: int) -> Admission:
         k = self.keys
-        now = time.time()
         reply = self._admit(
             keys=[
                 k["state"],
@@ -255,7 +313,6 @@ class ProviderGuard:
                 k["fail_counter"],
             ],
             args=[
-                now,
                 self.provider.reset_timeout,
                 self.provider.max_probes,
                 self._probe_ttl_ms,
@@ -270,8 +327,10 @@ class ProviderGuard:
         if reply[3] == "1":
             log.warning("provider %s: circuit open -> half-open", self.provider.name)
         self.metrics.admission(self.provider.name, reply)
-        clean = len(reply) > 5 and reply[5] == "1"
-        return Admission(reply[0], float(reply[1]), reply[2] == "1", estimated_tokens, now, clean)
+        outcome, wait, probe, _, _, clean, at = reply
+        return Admission(
+            outcome, float(wait), probe == "1", estimated_tokens, float(at), clean == "1"
+        )
 
     def succeeded(self, admission: Admission, actual_tokens: int) -> None:
         # A success on a clean closed breaker would only set the failure count to the 0 it
@@ -282,13 +341,13 @@ class ProviderGuard:
         if self.provider.tpm and actual_tokens != admission.tokens:
             self._correct(
                 keys=[self.keys["tpm"]],
-                args=[time.time(), self.provider.tpm, actual_tokens - admission.tokens],
+                args=[self.provider.tpm, actual_tokens - admission.tokens],
             )
 
-    def failed(self, admission: Admission, exc: RetryableProviderError) -> None:
-        now = time.time()
-        if exc.retry_after:
-            self._hold(keys=[self.keys["hold"]], args=[now + exc.retry_after, now])
+    def failed(self, admission: Admission, exc: ProviderError) -> None:
+        """A provider or account failure: counted by the breaker, except a 429's."""
+        if isinstance(exc, RetryableProviderError) and exc.retry_after:
+            self._hold(keys=[self.keys["hold"]], args=[exc.retry_after])
         if isinstance(exc, RateLimitedError):
             # A 429 says the provider is up and busy: the hold and the limiter handle it.
             # Replaying it as a success would reset the failure count (or close a half-open
@@ -305,11 +364,20 @@ class ProviderGuard:
     def _record(self, admission: Admission, exc: BaseException | None) -> None:
         try:
             self.breaker.call(_replay, exc)
-        except (pybreaker.CircuitBreakerError, RetryableProviderError):
+        except (pybreaker.CircuitBreakerError, ProviderError):
             pass  # the replayed failure itself, or the breaker was open already
         finally:
             if admission.probe:
                 self.redis.delete(self.keys["probes"])
+
+    def announce(self, state: str, old: str) -> bool:
+        """Store and publish a breaker state change; False if another process did already."""
+        k = self.keys
+        markers = [f"{self.announce_prefix}{state}"] + [
+            f"{self.announce_prefix}{s}" for s in _STATES if s != state
+        ]
+        keys = [*markers, k["state"], k["opened_at"], self.events_key]
+        return bool(self._announce(keys=keys, args=[state, old, self.provider.name, os.getpid()]))
 
     def snapshot(self) -> dict[str, Any]:
         """State for ``GET /v1/providers``."""

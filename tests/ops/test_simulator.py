@@ -467,6 +467,7 @@ def test_fault_500_hits_only_its_provider(sim: str) -> None:
             "hang": False,
             "hang_seconds": 300.0,
             "latency": None,
+            "code": None,
         },
     }
 
@@ -533,6 +534,15 @@ def test_fault_429_carries_retry_after_headers(sim: str) -> None:
     assert response.headers["retry-after"] == "1"
     assert response.headers["retry-after-ms"] == "250"
     assert response.json()["error"]["type"] == "server_error"
+
+
+def test_fault_code_names_the_error(sim: str) -> None:
+    set_faults(sim, "a", status=429, code="insufficient_quota")
+    with _provider_sdk(sim, "a") as sdk, pytest.raises(openai.RateLimitError) as caught:
+        sdk.chat.completions.create(model="sim-1", messages=_user("hi"))
+    assert isinstance(caught.value.body, dict)
+    assert caught.value.body["code"] == "insufficient_quota"
+    assert caught.value.code == "insufficient_quota"
 
 
 def test_fault_hang_times_out_then_answers_504(sim: str) -> None:
@@ -642,6 +652,8 @@ def test_delete_clears_faults(sim: str) -> None:
         (b'{"hang": "yes"}', "hang"),
         (b'{"hang_seconds": -1}', "hang_seconds"),
         (b'{"latency": NaN}', "latency"),
+        (b'{"code": 7}', "code"),
+        (b'{"code": ""}', "code"),
         (b'{"latency": 1, "stauts": 500}', "stauts"),
     ],
 )
@@ -707,6 +719,7 @@ def test_faults_cli(sim: str, capsys: pytest.CaptureFixture[str]) -> None:
         "hang": True,
         "hang_seconds": 300.0,
         "latency": 0.5,
+        "code": None,
     }
     assert faults_main(["--url", sim, "--provider", "a", "--status", "200"]) == 1
     assert "refused (400)" in capsys.readouterr().err
