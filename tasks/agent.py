@@ -196,7 +196,17 @@ class StepRunner:
         self, claim: StepClaim, run: dict[str, str], messages: list[dict[str, Any]]
     ) -> tuple[Completion, Target]:
         allowed = json.loads(run.get("tools") or "[]")
-        schemas = [registry.get(n).openai_schema for n in allowed if n in registry]
+        missing = [n for n in allowed if n not in registry]
+        if missing:
+            # Never offer the model fewer tools than the run was accepted with.
+            self._fail(
+                claim.token,
+                "tools_unavailable",
+                f"worker {self._worker()} lacks tools the run was accepted with: "
+                f"{', '.join(missing)} (see GET /v1/tools)",
+            )
+            raise Ignore()
+        schemas = [registry.get(n).openai_schema for n in allowed]
         chain = [Target(p, m) for p, m in json.loads(run["chain"])]
         relay = TokenRelay(self.store, self.run_id, self.step) if run.get("stream") == "1" else None
         try:
