@@ -10,7 +10,7 @@ from celery import Celery, states
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from producer import schemas
+from producer import fleet, schemas
 from producer.auth import TenantDep, require_tenant
 from producer.batches import cancel_items
 from producer.bodylimit import BodyLimit
@@ -39,7 +39,6 @@ from tasks.models import (
     tool_call_problems,
 )
 from tasks.store import RunStore, get_store
-from tasks.tools import registry
 from tasks.views import run_view, tool_call_view
 from workers.logs import configure_api_logging
 from workers.settings import Settings, get_settings
@@ -76,9 +75,15 @@ def get_producer(request: Request) -> Celery:
     return app
 
 
+def get_fleet(request: Request) -> fleet.FleetCache:
+    cache: fleet.FleetCache = request.app.state.fleet
+    return cache
+
+
 StoreDep = Annotated[RunStore, Depends(store_dep)]
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 ProducerDep = Annotated[Celery, Depends(get_producer)]
+FleetDep = Annotated[fleet.FleetCache, Depends(get_fleet)]
 
 router = APIRouter(dependencies=[Depends(require_tenant)])
 public = APIRouter()
@@ -117,6 +122,7 @@ def create_run(
     settings: SettingsDep,
     producer: ProducerDep,
     tenant: TenantDep,
+    workers: FleetDep,
     idempotency_key: IdempotencyKey = None,
 ) -> Any:
     """Enqueue an agent run. Answers at once; poll ``GET /v1/runs/{id}``."""
@@ -125,7 +131,10 @@ def create_run(
         problems = limit_problems(body, settings) + _callback_problems(body.callback_url, settings)
         if problems:
             return _problem(422, problems)
-        run_id = submit_run(producer, store, body, tenant)
+        view = workers.view()
+        if problems := fleet.run_problems(view, body):
+            return _problem(422, problems)
+        run_id = submit_run(producer, store, body, tenant, fleet.every_tool(view))
         return _accepted(run_id, "queued", f"/v1/runs/{run_id}")
 
     return _once(request, store, tenant, idempotency_key, body, produce)
@@ -200,12 +209,13 @@ def create_tool_call(
     store: StoreDep,
     producer: ProducerDep,
     tenant: TenantDep,
+    workers: FleetDep,
     idempotency_key: IdempotencyKey = None,
 ) -> Any:
     """Enqueue one tool call. An ``id`` that was used before returns that call."""
 
     def produce() -> JSONResponse:
-        problems = tool_call_problems(body)
+        problems = tool_call_problems(body) or fleet.tool_call_problems(workers.view(), body.name)
         if problems:
             return _problem(422, problems)
         call_id, _ = submit_tool_call(producer, store, body, tenant)
@@ -256,6 +266,7 @@ def create_batch(
     settings: SettingsDep,
     producer: ProducerDep,
     tenant: TenantDep,
+    workers: FleetDep,
     idempotency_key: IdempotencyKey = None,
 ) -> Any:
     """Enqueue up to ``AGENTFLEET_MAX_BATCH_ITEMS`` runs, prompts or tool calls as one chord.
@@ -265,7 +276,10 @@ def create_batch(
         problems = batch_problems(body, settings) + _callback_problems(body.callback_url, settings)
         if problems:
             return _problem(422, problems)
-        batch_id = submit_batch(producer, store, body, tenant)
+        view = workers.view()
+        if problems := fleet.batch_problems(view, body):
+            return _problem(422, problems)
+        batch_id = submit_batch(producer, store, body, tenant, fleet.every_tool(view))
         return _accepted(batch_id, "queued", f"/v1/batches/{batch_id}")
 
     return _once(request, store, tenant, idempotency_key, body, produce)
@@ -337,14 +351,11 @@ def _once(
 
 
 @router.get("/v1/tools", response_model=schemas.ToolList)
-def list_tools() -> Any:
-    """Every registered tool with its JSON schema."""
-    return {
-        "tools": [
-            {"name": t.name, "description": t.description, "parameters": t.parameters}
-            for t in registry.all()
-        ]
-    }
+def list_tools(workers: FleetDep) -> Any:
+    """Every tool the API or a live worker has, with its JSON schema, the workers that have it,
+    and where they disagree (a worker of a queue lacking it, differing schemas); the live
+    workers and their tools."""
+    return fleet.listing(workers)
 
 
 @router.get("/v1/providers", response_model=schemas.ProviderList)
@@ -398,6 +409,7 @@ def create_api(settings: Settings | None = None, celery_app: Celery | None = Non
     )
     api.state.settings = settings
     api.state.celery = celery_app
+    api.state.fleet = fleet.FleetCache(settings)
     api.add_middleware(BodyLimit)
     api.add_middleware(RunIdContext)
     api.add_exception_handler(NotFound, _not_found)

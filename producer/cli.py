@@ -245,7 +245,10 @@ def _cmd_tools(client: Client, args: argparse.Namespace) -> int:
     width = max((len(t.name) for t in tools), default=0)
     for t in tools:
         params = ", ".join(t.parameters.get("properties", {}))
-        print(f"{t.name:<{width}}  ({params})  {t.description.splitlines()[0]}")
+        summary = (t.description.splitlines() or [""])[0]
+        print(f"{t.name:<{width}}  ({params})  {summary}")
+        for mismatch in t.mismatches:
+            print(f"{'':<{width}}  ! {mismatch}")
     return EXIT_OK
 
 

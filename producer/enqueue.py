@@ -7,6 +7,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any, cast
 
 import redis
@@ -37,16 +38,30 @@ def _publish(app: Celery, name: str, task_id: str, **options: Any) -> None:
     app.send_task(name, task_id=task_id, **options)
 
 
-def submit_run(app: Celery, store: RunStore, request: RunRequest, tenant: str) -> str:
+def _tools(request: RunRequest, every_tool: Sequence[str] | None) -> list[str]:
+    """The run's tools: those it names, else ``every_tool`` (default: every registered one)."""
+    if request.tools is None and every_tool is not None:
+        return list(every_tool)
+    return resolve_tools(request)
+
+
+def submit_run(
+    app: Celery,
+    store: RunStore,
+    request: RunRequest,
+    tenant: str,
+    every_tool: Sequence[str] | None = None,
+) -> str:
     """Create a run and enqueue its first step; the run ID is the task ID.
 
     ``request`` must have passed :func:`tasks.models.limit_problems` (its chain resolves).
+    ``every_tool`` is what ``tools`` omitted stands for (:func:`producer.fleet.every_tool`).
     """
     run_id = str(uuid.uuid4())
     REQUEST_RUN_ID.set(run_id)  # log lines of the rest of this request name the run
     chain = resolve_chain(store.settings, request.model, request.providers)
     try:
-        store.create_run(run_id, request, resolve_tools(request), chain, tenant=tenant)
+        store.create_run(run_id, request, _tools(request, every_tool), chain, tenant=tenant)
     except redis.RedisError as exc:
         raise Unavailable(f"run store unavailable: {exc}") from None
     try:
@@ -89,10 +104,17 @@ def submit_tool_call(
     return call_id, True
 
 
-def submit_batch(app: Celery, store: RunStore, request: BatchRequest, tenant: str) -> str:
+def submit_batch(
+    app: Celery,
+    store: RunStore,
+    request: BatchRequest,
+    tenant: str,
+    every_tool: Sequence[str] | None = None,
+) -> str:
     """Write the batch and every item's record, then publish one dispatch task.
 
-    ``request`` must have passed :func:`tasks.models.batch_problems`.
+    ``request`` must have passed :func:`tasks.models.batch_problems`; ``every_tool`` is as
+    for :func:`submit_run`.
     """
     batch_id = str(uuid.uuid4())
     settings = store.settings
@@ -108,7 +130,7 @@ def submit_batch(app: Celery, store: RunStore, request: BatchRequest, tenant: st
         run = item.as_run() if isinstance(item, PromptItem) else item
         run_id = str(uuid.uuid4())
         chain = resolve_chain(settings, run.model, run.providers)
-        runs.append((run_id, run, resolve_tools(run), chain))
+        runs.append((run_id, run, _tools(run, every_tool), chain))
         items.append(f"run:{run_id}")
     key = batch_key(store, batch_id)
     record: dict[str, str | int | float] = {

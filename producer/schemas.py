@@ -75,14 +75,41 @@ class ToolCall(BaseModel):
     finished_at: str | None
 
 
+class ToolNode(BaseModel):
+    """A live worker that has a tool, and the hash of its version of the tool's schema."""
+
+    node: str
+    queues: list[str]
+    schema_hash: str
+
+
 class ToolInfo(BaseModel):
+    """A tool the API or a live worker has. ``parameters`` is the API's version when it has
+    the tool, else a worker's; ``mismatches`` says where the fleet disagrees about it."""
+
     name: str
     description: str
     parameters: dict[str, Any]
+    schema_hash: str = ""
+    on_api: bool = True
+    nodes: list[ToolNode] = []
+    queues: list[str] = []
+    mismatches: list[str] = []
+
+
+class NodeInfo(BaseModel):
+    """A live worker node and the tools it has registered."""
+
+    node: str
+    queues: list[str]
+    tools: list[str]
+    published_at: float
 
 
 class ToolList(BaseModel):
     tools: list[ToolInfo]
+    nodes: list[NodeInfo] = []
+    mismatch: bool = False
 
 
 class LimiterFill(BaseModel):

@@ -167,6 +167,14 @@ class StepRunner:
         elif self.step > int(run["max_steps"]):
             # Published by a release that dispatched the last step's tool calls: none is left.
             return self._fail(claim.token, **_out_of_steps(run))
+        elif missing := [n for n in json.loads(run.get("tools") or "[]") if n not in registry]:
+            # Never offer the model fewer tools than the run was accepted with.
+            return self._fail(
+                claim.token,
+                "tools_unavailable",
+                f"worker {self._worker()} lacks tools the run was accepted with: "
+                f"{', '.join(missing)} (see GET /v1/tools)",
+            )
         else:
             new_messages = tool_messages(tool_results)
             completion, target = self._call_llm(run, transcript + new_messages)
@@ -201,8 +209,7 @@ class StepRunner:
     def _call_llm(
         self, run: dict[str, str], messages: list[dict[str, Any]]
     ) -> tuple[Completion, Target]:
-        allowed = json.loads(run.get("tools") or "[]")
-        schemas = [registry.get(n).openai_schema for n in allowed if n in registry]
+        schemas = [registry.get(n).openai_schema for n in json.loads(run.get("tools") or "[]")]
         chain = [Target(p, m) for p, m in json.loads(run["chain"])]
         relay = TokenRelay(self.store, self.run_id, self.step) if run.get("stream") == "1" else None
         # The threads pool enforces no time limit: the chain walk keeps the step within its

@@ -56,8 +56,9 @@ class RunStatus(StrEnum):
 class RunRequest(BaseModel):
     """What a caller asks for. This is also the JSON payload of ``send_task("agentfleet.run")``.
 
-    ``tools`` names the tools the model may call: omitted means every registered tool, an
-    empty list means none. Size limits come from settings (:func:`limit_problems`).
+    ``tools`` names the tools the model may call: omitted means every registered tool (through
+    the API: every tool the API and every live worker have), an empty list means none. Size
+    limits come from settings (:func:`limit_problems`).
     """
 
     model_config = ConfigDict(extra="forbid")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -270,3 +270,18 @@ def test_tool_call_killed_at_its_hard_limit_reads_as_failed(fleet: Fleet) -> Non
     assert call.result is not None
     assert call.result["error"]["code"] == "tool_call_lost"
     assert "TimeLimitExceeded" in call.result["error"]["message"]
+
+
+def test_tools_listing_is_the_fleets_view(fleet: Fleet, wait: Callable[..., None]) -> None:
+    def view() -> dict[str, Any]:
+        return dict(fleet.http.get("/v1/tools").json())
+
+    wait(lambda: len(view().get("nodes", [])) == 3, 30, "the workers' tools in the API")
+    listing = view()
+    assert {q for n in listing["nodes"] for q in n["queues"]} == {"agents", "tools", "batch"}
+    assert listing["mismatch"] is False
+    tools = {t["name"]: t for t in listing["tools"]}
+    # The shared fleet loads the same modules everywhere: each tool is on every worker.
+    assert len(tools["record_sleep"]["nodes"]) == 3
+    assert tools["record_sleep"]["queues"] == ["agents", "batch", "tools"]
+    assert all(t["mismatches"] == [] and t["on_api"] for t in tools.values())

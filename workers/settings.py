@@ -196,6 +196,12 @@ class Settings(BaseSettings):
     tool_modules: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Comma-separated modules whose @tool functions load."
     )
+    node_publish_interval: float = Field(
+        default=5.0,
+        gt=0,
+        description="Seconds between a worker's publishes of the tools it has registered; "
+        "a record not refreshed for three intervals expires.",
+    )
 
     # --- Logs ----------------------------------------------------------------------------
     log_level: str = Field(

@@ -16,7 +16,7 @@ from celery.signals import (
     worker_shutdown,
 )
 
-from tasks import watchdog
+from tasks import fleet, watchdog
 from tasks.llm import reset_clients
 from tasks.redisconn import wait_out_outages
 from tasks.store import run_key
@@ -64,9 +64,22 @@ def _start_watchdog(sender: Any = None, **_: Any) -> None:
     heap.freeze_startup_heap()
 
 
+@worker_ready.connect
+def _publish_registrations(sender: Any = None, **_: Any) -> None:
+    # In the worker's main process, whose registry its pool children share: the API refuses
+    # tools no live node has, and GET /v1/tools shows which node has which (tasks/fleet.py).
+    queues = sender.app.amqp.queues.consume_from or {}
+    fleet.start(get_settings(), str(sender.hostname), list(queues))
+
+
 @worker_shutdown.connect
 def _stop_watchdog(**_: Any) -> None:
     watchdog.stop()
+
+
+@worker_shutdown.connect
+def _withdraw_registrations(**_: Any) -> None:
+    fleet.stop()
 
 
 @after_setup_logger.connect

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import importlib
 import inspect
 import json
@@ -49,6 +50,12 @@ class Tool:
                 "parameters": self.parameters,
             },
         }
+
+    @cached_property
+    def schema_hash(self) -> str:
+        """A short digest of :attr:`openai_schema`: equal hashes, the same tool to a model."""
+        canonical = json.dumps(self.openai_schema, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     def validate(self, arguments: str | dict[str, Any] | None) -> BaseModel:
         """Parse and check arguments (a JSON string from a model, or a dict from a caller)."""
