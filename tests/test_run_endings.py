@@ -129,8 +129,10 @@ def test_a_run_cancelled_while_it_waits_for_a_slot_releases_get(
     # message in any queue, until a slot is free; cancelling it there must still end it.
     with fleet.client_of("capped") as client:
         holders = [client.create_run("[[latency:3]] holder").id for _ in range(3)]
+        tenant = f"{fleet.settings.key_prefix}:tenant:capped"
+        wait(lambda: fleet.redis.scard(f"{tenant}:inflight") == 3, 30, "the holders to start")
         waiting = client.create_run("waits its turn").id
-        waiting_key = f"{fleet.settings.key_prefix}:tenant:capped:waiting"
+        waiting_key = f"{tenant}:waiting"
         wait(lambda: fleet.redis.zscore(waiting_key, waiting) is not None, 30, "it to wait")
         proc = _start(fleet, "wait", waiting)
         client.cancel(waiting)
