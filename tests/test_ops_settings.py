@@ -1,13 +1,19 @@
-"""Settings for logs, Flower and Redis Sentinel, and what they turn into."""
+"""Settings for logs, Flower and Redis Sentinel, what they turn into, and how the fleet's
+processes (the demo's too) take them from the environment."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
 from ops.flower import ENV_BASIC_AUTH, ENV_READ_ONLY, FlowerConfigError, command
+from ops.stack import REPO, PoolSpec, Stack
 from tasks.redisconn import parse_sentinel_url
 from workers.conf import celery_config
 from workers.settings import Settings
@@ -75,3 +81,43 @@ def test_flower_refuses_to_listen_off_loopback_without_auth() -> None:
     assert ENV_BASIC_AUTH not in env
     argv, _ = command(Settings(flower_address="0.0.0.0", flower_basic_auth="a:b"))
     assert argv[0] == sys.executable
+
+
+def _fresh_env(**settings: str) -> dict[str, str]:
+    """This environment without its agentfleet and demo variables, plus ``settings``."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("AGENTFLEET_") and k not in ("REDIS_URL", "BROKER_URL")
+    }
+    return env | settings | {"PYTHONUNBUFFERED": "1"}
+
+
+def test_workers_the_api_and_the_cli_name_a_misspelt_variable(
+    tmp_path: Path, wait: Callable[..., None]
+) -> None:
+    typo = {"AGENTFLEET_TOOL_MODULE": "tests.tooling"}
+    said = "AGENTFLEET_TOOL_MODULE is not an agentfleet setting"
+    closest = "did you mean AGENTFLEET_TOOL_MODULES?"
+    with Stack(tmp_path, env_overrides=typo) as stack:
+        stack.start_redis()
+        worker = stack.start_worker(PoolSpec("batch", "prefork", 1))
+        stack.start_api()
+        api = next(p for p in stack.procs if p.name.startswith("api-"))
+        stack.wait_workers(stack.celery_app(), 1)
+        for proc in (worker, api):
+            wait(lambda proc=proc: said in proc.tail(200), 30, f"the warning in {proc.name}")
+            assert closest in proc.tail(200)
+            assert proc.alive()
+    cli = subprocess.run(
+        [sys.executable, "-m", "producer.cli", "--api", "http://127.0.0.1:1", "tools"],
+        cwd=REPO,
+        env=_fresh_env(**typo),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert said in cli.stderr
+    assert closest in cli.stderr
+    assert cli.returncode == 3  # the CLI still ran: it could not reach the API
