@@ -183,3 +183,21 @@ def test_every_variable_the_stack_sets_is_known(tmp_path: Path) -> None:
     )
     assert [name for name in stack.env() if name.startswith("AGENTFLEET_")]
     assert unknown_variables(stack.env()) == []
+
+
+def test_settings_of_another_environment_ignore_this_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AGENTFLEET_RESULT_BACKEND", "redis://elsewhere:6379/1")
+    monkeypatch.setenv("AGENTFLEET_LOG_LEVEL", "DEBUG")
+    environ = {
+        "agentfleet_redis_url": "redis://fleet:6390/0",
+        "AGENTFLEET_TOOL_MODULES": "a.b, c",
+        "AGENTFLEET_TENANT_LIMITS": '{"capped": 3}',
+        "AGENTFLEET_LLM_API_KEY": "",  # empty counts as unset, as in the environment
+    }
+    s = Settings.from_environ(environ)
+    assert s.broker == s.backend == "redis://fleet:6390/0"
+    assert "log_level" not in s.model_fields_set
+    assert s.tool_modules == ["a.b", "c"]
+    assert s.tenant_limits == {"capped": 3}
+    assert s.llm_api_key is None
+    assert Settings().backend == "redis://elsewhere:6379/1"  # this process's own

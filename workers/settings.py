@@ -13,13 +13,20 @@ import json
 import logging
 import os
 from collections.abc import Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Final, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from workers.broker import BrokerKind, broker_kind
 
@@ -77,6 +84,28 @@ class ProviderConfig(BaseModel):
 
     def serves(self, model: str) -> bool:
         return not self.models or model in self.models
+
+
+#: The variables :meth:`Settings.from_environ` reads instead of ``os.environ``.
+_ENVIRON: ContextVar[Mapping[str, str] | None] = ContextVar("agentfleet_environ", default=None)
+
+
+class _MappingSource(EnvSettingsSource):
+    """pydantic-settings' environment source (its parsing, prefix and case rules) over a given
+    mapping instead of ``os.environ``."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        # EnvSettingsSource.__init__ reads os.environ through this method; tests/test_config.py
+        # fails if a pydantic-settings release stops calling it.
+        return {
+            name if self.case_sensitive else name.lower(): value
+            for name, value in self._environ.items()
+            if value or not self.env_ignore_empty
+        }
 
 
 class Settings(BaseSettings):
@@ -234,6 +263,30 @@ class Settings(BaseSettings):
         default=600, ge=1, description="Seconds after which Flower forgets an offline worker."
     )
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        environ = _ENVIRON.get()
+        if environ is None:
+            return (init_settings, env_settings, dotenv_settings, file_secret_settings)
+        return (init_settings, _MappingSource(settings_cls, environ))
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> Self:
+        """The settings of a process started with ``environ``: read from it alone, never
+        from this process's own environment."""
+        token = _ENVIRON.set(environ)
+        try:
+            return cls()
+        finally:
+            _ENVIRON.reset(token)
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _known_level(cls, value: object) -> object:
@@ -340,6 +393,11 @@ class Settings(BaseSettings):
                 connect_timeout=self.llm_connect_timeout,
             )
         ]
+
+    @property
+    def uses_simulator(self) -> bool:
+        """True when no provider is configured, so LLM calls go to the simulator."""
+        return not (self.providers or self.providers_file or self.llm_base_url)
 
     @property
     def broker(self) -> str:
