@@ -1,10 +1,15 @@
 """The demo: bring up a whole fleet offline and watch real agent runs finish.
 
 ``python -m ops.demo`` starts Redis (``REDIS_URL`` if set, else a private ``redis-server``),
-the LLM simulator, one worker per pool, the API and Flower, with ``BROKER_URL`` as the broker
-if set (e.g. a RabbitMQ vhost); enqueues several agent runs (one with parallel tool calls), a
-single tool call, a small batch and a streamed run through the HTTP API; prints each result;
-stops everything. ``--serve`` keeps the fleet up afterwards so you can poll and send more.
+the LLM simulator (unless the user's settings name a provider), one worker per pool, the API
+and Flower, with ``BROKER_URL`` as the broker if set (e.g. a RabbitMQ vhost); enqueues several
+agent runs (one with parallel tool calls), a single tool call, a small batch and a streamed run
+through the HTTP API; prints each result; stops everything. ``--serve`` keeps the fleet up
+afterwards so you can poll and send more.
+
+Every process gets the user's ``AGENTFLEET_*`` settings, except those naming what the demo
+runs itself (its Redis as store, broker and result backend, its simulator, API and Flower
+address): the demo prints which it overrode, and the URLs a ``send_task`` caller needs.
 """
 
 from __future__ import annotations
@@ -17,8 +22,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ops.stack import REPO, Stack, StackError
+from kombu.utils.url import maybe_sanitize_url
+from pydantic import ValidationError
+
+from ops.stack import REPO, Stack, StackError, user_settings
 from producer.client import Client
+from workers.settings import Settings, unknown_variables
 
 RUNS = {
     "plain answer": "Say hello to the fleet.",
@@ -95,14 +104,58 @@ def run_demo(client: Client, api_url: str, api_key: str) -> bool:
     return ok
 
 
-def start_flower(stack: Stack) -> str:
+def start_flower(stack: Stack, settings: Settings) -> str:
     """Flower for the demo fleet (basic auth, a fresh password unless one is configured)."""
-    configured = os.environ.get("AGENTFLEET_FLOWER_BASIC_AUTH")
-    auth = configured or f"admin:{secrets.token_urlsafe(9)}"
-    port = os.environ.get("AGENTFLEET_FLOWER_PORT")
-    url = stack.start_flower(port=int(port) if port else None, basic_auth=auth)
+    configured = settings.flower_basic_auth
+    auth = configured.get_secret_value() if configured else f"admin:{secrets.token_urlsafe(9)}"
+    port = settings.flower_port if "flower_port" in settings.model_fields_set else None
+    url = stack.start_flower(port=port, basic_auth=auth)
     shown = "from AGENTFLEET_FLOWER_BASIC_AUTH" if configured else auth.replace(":", " / ", 1)
     return f"Flower {url}  (basic auth: {shown})"
+
+
+def connection_lines(settings: Settings) -> list[str]:
+    """Where the fleet's Redis is, and the broker and result backend a ``send_task`` caller
+    needs (passwords masked)."""
+    roles = "run store, broker and result backend"
+    if settings.broker_url:
+        roles = "run store and result backend"
+    broker, backend = maybe_sanitize_url(settings.broker), maybe_sanitize_url(settings.backend)
+    return [
+        f"Redis {maybe_sanitize_url(settings.redis_url)}  ({roles})",
+        f'send_task: Celery(broker="{broker}", backend="{backend}")',
+    ]
+
+
+def settings_lines(stack: Stack, settings: Settings) -> list[str]:
+    """Which LLM the runs use; which of the user's settings pass through, which it overrode."""
+    lines = []
+    if not settings.uses_simulator:
+        chain = ", ".join(f"{p.name} {p.base_url}" for p in settings.provider_list)
+        lines.append(f"LLM providers from your settings: {chain}")
+    passed = sorted(set(stack.user_env) - stack.overridden)
+    if passed:
+        lines.append(f"your settings pass through: {', '.join(passed)}")
+    if stack.overridden:
+        lines.append(f"the demo overrides: {', '.join(sorted(stack.overridden))}")
+    return lines
+
+
+def bring_up(stack: Stack, settings: Settings, workdir: Path) -> None:
+    """Bring the demo fleet up and say where everything is."""
+    simulator = settings.uses_simulator
+    print(
+        f"starting redis, {'the LLM simulator, ' if simulator else ''}"
+        "workers (agents, tools, batch), API, Flower ..."
+    )
+    started = time.monotonic()
+    stack.start_fleet(simulator=simulator)
+    nodes = stack.wait_workers(stack.celery_app(), 3)
+    print(f"fleet up in {time.monotonic() - started:.1f}s: workers {', '.join(sorted(nodes))}")
+    print(f"API {stack.api_url}  (OpenAPI: {stack.api_url}/docs)  logs: {workdir}")
+    print(start_flower(stack, settings))
+    fleet = stack.settings()
+    print("\n".join([*connection_lines(fleet), *settings_lines(stack, fleet)]) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,27 +164,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=REPO / ".agentfleet")
     args = parser.parse_args(argv)
     stack = Stack(
-        args.workdir, redis_url=os.environ.get("REDIS_URL"), broker_url=os.environ.get("BROKER_URL")
+        args.workdir,
+        redis_url=os.environ.get("REDIS_URL"),
+        broker_url=os.environ.get("BROKER_URL"),
+        user_env=user_settings(os.environ),
     ).__enter__()
     try:
-        print("starting redis, the LLM simulator, workers (agents, tools, batch), API, Flower ...")
-        start = time.monotonic()
-        stack.start_fleet()
-        nodes = stack.wait_workers(stack.celery_app(), 3)
-        print(f"fleet up in {time.monotonic() - start:.1f}s: workers {', '.join(sorted(nodes))}")
-        print(f"API {stack.api_url}  (OpenAPI: {stack.api_url}/docs)  logs: {args.workdir}")
-        print(start_flower(stack) + "\n")
+        settings = stack.settings()
+        for variable in unknown_variables(stack.user_env, settings):
+            print(f"warning: {variable.message()}", file=sys.stderr)
+        bring_up(stack, settings, args.workdir)
         with Client(stack.api_url, api_key=stack.api_key) as client:
             ok = run_demo(client, stack.api_url, stack.api_key)
         print("\nall runs succeeded" if ok else "\nSOME RUNS DID NOT SUCCEED")
         if args.serve:
             print(
                 f"\nfleet is up; export AGENTFLEET_API_URL={stack.api_url} "
-                f"AGENTFLEET_API_KEY={stack.api_key}; Ctrl-C stops it"
+                f"AGENTFLEET_API_KEY={stack.api_key} AGENTFLEET_REDIS_URL={stack.redis_url}; "
+                "Ctrl-C stops it"
             )
             while all(p.alive() for p in stack.procs):
                 time.sleep(1)
         return 0 if ok else 1
+    except ValidationError as exc:
+        print(f"demo: your AGENTFLEET_* settings are invalid: {exc}", file=sys.stderr)
+        return 2
     except StackError as exc:
         print(f"demo: {exc}", file=sys.stderr)
         return 2

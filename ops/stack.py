@@ -8,7 +8,6 @@ processes on the real queues, the API under uvicorn, all over real sockets.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -30,7 +29,7 @@ from producer.auth import create_key
 from tasks.models import DEFAULT_TENANT
 from tasks.redisconn import get_redis
 from workers.factory import create_app
-from workers.settings import Settings
+from workers.settings import ENV_PREFIX, Settings
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -43,6 +42,21 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
     # Once: a second SIGTERM while the processes are being stopped must not cut that short.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise SystemExit(128 + signum)
+
+
+def user_settings(environ: Mapping[str, str]) -> dict[str, str]:
+    """The ``AGENTFLEET_*`` variables of ``environ`` (any case, as :class:`Settings` reads
+    them): the settings a user gives the fleet."""
+    return {k: v for k, v in environ.items() if k.upper().startswith(ENV_PREFIX)}
+
+
+def _claim(env: dict[str, str], name: str, value: str | None) -> None:
+    """Set ``name`` in ``env`` to ``value`` (drop it when None), with any spelling of it in
+    another case, which :class:`Settings` would read too."""
+    for key in [k for k in env if k.upper() == name]:
+        del env[key]
+    if value is not None:
+        env[name] = value
 
 
 def free_port() -> int:
@@ -174,6 +188,13 @@ class Stack:
     flower_url: str = ""
     #: Celery broker, when not the stack's Redis (e.g. ``amqp://`` for RabbitMQ).
     broker_url: str | None = None
+    #: The user's ``AGENTFLEET_*`` settings (:func:`user_settings`), passed to every process
+    #: under what the stack sets itself. Empty unless given: the tests and the bench must not
+    #: depend on the environment they are started from; the demo passes the user's.
+    user_env: Mapping[str, str] = field(default_factory=dict)
+    #: Variables of :attr:`user_env` that some process was started without, or with another
+    #: value (the stack's Redis, simulator, API, Flower's address, ...).
+    overridden: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -190,34 +211,31 @@ class Stack:
 
     # --- processes -----------------------------------------------------------------------
     def env(self) -> dict[str, str]:
-        """The environment every fleet process gets."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTFLEET_")}
+        """The environment every fleet process gets: this process's without its
+        ``AGENTFLEET_*`` variables, then :attr:`user_env`, then what the stack runs (its
+        Redis as the store, broker and result backend; its simulator, API and broker when
+        started or given), then :attr:`env_overrides`."""
+        env = {k: v for k, v in os.environ.items() if not k.upper().startswith(ENV_PREFIX)}
+        env |= self.user_env
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
         if self.redis_url:
-            env["AGENTFLEET_REDIS_URL"] = self.redis_url
+            _claim(env, "AGENTFLEET_REDIS_URL", self.redis_url)
+            _claim(env, "AGENTFLEET_RESULT_BACKEND", None)
+            _claim(env, "AGENTFLEET_BROKER_URL", self.broker_url)
+        elif self.broker_url:
+            _claim(env, "AGENTFLEET_BROKER_URL", self.broker_url)
         if self.simulator_url:
-            env["AGENTFLEET_SIMULATOR_URL"] = self.simulator_url
+            _claim(env, "AGENTFLEET_SIMULATOR_URL", self.simulator_url)
         if self.api_url:
-            env["AGENTFLEET_API_URL"] = self.api_url
+            _claim(env, "AGENTFLEET_API_URL", self.api_url)
         if self.api_key:
-            env["AGENTFLEET_API_KEY"] = self.api_key
-        if self.broker_url:
-            env["AGENTFLEET_BROKER_URL"] = self.broker_url
+            _claim(env, "AGENTFLEET_API_KEY", self.api_key)
         env.update(self.env_overrides)
         return env
 
     def settings(self) -> Settings:
         """The settings the fleet's processes run with."""
-        fields: dict[str, Any] = {}
-        for key, value in self.env().items():
-            if key.startswith("AGENTFLEET_"):
-                # The environment source decodes JSON values (lists, objects); init values
-                # are taken as they are, so decode them here the same way.
-                is_json = value[:1] in ("[", "{")
-                fields[key.removeprefix("AGENTFLEET_").lower()] = (
-                    json.loads(value) if is_json else value
-                )
-        return Settings(**fields)
+        return Settings.from_environ(self.env())
 
     def celery_app(self) -> Celery:
         """A Celery app configured like the fleet's (for pings, results, send_task)."""
@@ -225,11 +243,13 @@ class Stack:
 
     def spawn(self, name: str, argv: list[str], env: Mapping[str, str] | None = None) -> Proc:
         log_path = self.workdir / f"{name}.log"
+        env = dict(env or self.env())
+        self.overridden |= {k for k, v in self.user_env.items() if env.get(k) != v}
         log: IO[bytes] = log_path.open("ab")
         popen = subprocess.Popen(
             argv,
             cwd=REPO,
-            env=dict(env or self.env()),
+            env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # our signals reach the whole process group
@@ -301,18 +321,21 @@ class Stack:
         return self.api_url
 
     def start_flower(
-        self, port: int | None = None, basic_auth: str | None = None, read_only: bool = False
+        self,
+        port: int | None = None,
+        basic_auth: str | None = None,
+        read_only: bool | None = None,
     ) -> str:
-        """Flower on loopback through ``python -m ops.flower``; its URL once it answers."""
+        """Flower on loopback through ``python -m ops.flower``; its URL once it answers.
+        ``basic_auth`` and ``read_only`` left None keep what the environment says."""
         port = port or free_port()
         env = self.env()
-        env |= {
-            "AGENTFLEET_FLOWER_PORT": str(port),
-            "AGENTFLEET_FLOWER_ADDRESS": "127.0.0.1",
-            "AGENTFLEET_FLOWER_READ_ONLY": "true" if read_only else "false",
-        }
+        _claim(env, "AGENTFLEET_FLOWER_PORT", str(port))
+        _claim(env, "AGENTFLEET_FLOWER_ADDRESS", "127.0.0.1")
+        if read_only is not None:
+            _claim(env, "AGENTFLEET_FLOWER_READ_ONLY", "true" if read_only else "false")
         if basic_auth:
-            env["AGENTFLEET_FLOWER_BASIC_AUTH"] = basic_auth
+            _claim(env, "AGENTFLEET_FLOWER_BASIC_AUTH", basic_auth)
         proc = self.spawn(f"flower-{port}", flower_command(), env)
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 30
@@ -346,11 +369,15 @@ class Stack:
         return seen
 
     def start_fleet(
-        self, pools: tuple[PoolSpec, ...] = DEFAULT_POOLS, llm_latency: float = 0.0
+        self,
+        pools: tuple[PoolSpec, ...] = DEFAULT_POOLS,
+        llm_latency: float = 0.0,
+        simulator: bool = True,
     ) -> None:
-        """Redis, the simulator, one worker per pool and the API."""
+        """Redis, the simulator (unless ``simulator`` is false), one worker per pool, the API."""
         self.start_redis()
-        self.start_simulator(latency=llm_latency)
+        if simulator:
+            self.start_simulator(latency=llm_latency)
         for spec in pools:
             self.start_worker(spec)
         self.start_api()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Annotated, Any, cast
 
@@ -41,7 +42,7 @@ from tasks.models import (
 from tasks.store import RunStore, get_store
 from tasks.views import run_view, tool_call_view
 from workers.logs import configure_api_logging
-from workers.settings import Settings, get_settings
+from workers.settings import Settings, get_settings, warn_unknown_variables
 
 
 class NotFound(Exception):
@@ -426,4 +427,6 @@ def create_api(settings: Settings | None = None, celery_app: Celery | None = Non
 # uvicorn has set up its loggers by the time it imports this module: make them structured
 # too when AGENTFLEET_LOG_FORMAT=json.
 configure_api_logging(get_settings())
+# uvicorn's own start-up logger, so the warning reads like the lines around it.
+warn_unknown_variables(logging.getLogger("uvicorn.error"), get_settings())
 app = create_api()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -367,9 +368,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _warn_unknown_variables() -> None:
+    """Name each unknown ``AGENTFLEET_*`` variable (a typo) on stderr; the command still runs."""
+    from pydantic import ValidationError
+
+    from workers.settings import get_settings, unknown_variables
+
+    try:
+        settings: Settings | None = get_settings()
+    except (ValidationError, OSError):  # OSError: an unreadable providers file
+        settings = None  # the commands that need settings say what is wrong with them
+    for variable in unknown_variables(os.environ, settings):
+        print(f"agentfleet: warning: {variable.message()}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (see the module docstring)."""
     args = build_parser().parse_args(argv)
+    _warn_unknown_variables()
     try:
         return _dispatch(args)
     except KeyboardInterrupt:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from celery import Celery
 from celery.app.defaults import DEFAULTS
 from pydantic import ValidationError
 
+from ops.stack import Stack
 from workers.conf import celery_config, worker_config
 from workers.factory import create_app
-from workers.settings import Settings
+from workers.settings import ProviderConfig, Settings, unknown_variables
 
 #: Documented settings that Celery reads with ``conf.get`` but leaves out of its defaults table.
 READ_BUT_NOT_IN_DEFAULTS = {
@@ -131,3 +134,70 @@ def test_settings_come_from_prefixed_environment(monkeypatch: pytest.MonkeyPatch
     s = Settings()
     assert s.llm_endpoint == "https://llm.example/v1"
     assert s.llm_key == "sk-test"
+
+
+def test_unknown_variables_are_named_with_the_closest_setting() -> None:
+    environ = {
+        "AGENTFLEET_TOOL_MODULE": "mytools",
+        "agentfleet_llm_timout": "30",  # the environment source ignores case
+        "AGENTFLEET_NO_SUCH_THING": "1",
+        "AGENTFLEET_REDIS_URL": "redis://127.0.0.1:6379/0",
+        "agentfleet_log_level": "debug",
+        "AGENTFLEET_API_URL": "http://127.0.0.1:8000",  # the client's and the CLI's
+        "AGENTFLEET_API_KEY": "af_x",
+        "AGENTFLEET_API_PORT": "8000",  # docker-compose's host ports
+        "AGENTFLEET_FLOWER_HOST_PORT": "5555",
+        "HOME": "/root",
+    }
+    found = {u.name: u.closest for u in unknown_variables(environ)}
+    assert found == {
+        "AGENTFLEET_TOOL_MODULE": "AGENTFLEET_TOOL_MODULES",
+        "agentfleet_llm_timout": "AGENTFLEET_LLM_TIMEOUT",
+        "AGENTFLEET_NO_SUCH_THING": None,
+    }
+    messages = [u.message() for u in unknown_variables(environ)]
+    assert (
+        "AGENTFLEET_TOOL_MODULE is not an agentfleet setting and is ignored; "
+        "did you mean AGENTFLEET_TOOL_MODULES?"
+    ) in messages
+    assert "AGENTFLEET_NO_SUCH_THING is not an agentfleet setting and is ignored" in messages
+
+
+def test_a_variable_a_provider_reads_its_key_from_is_known() -> None:
+    environ = {"AGENTFLEET_OPENAI_KEY": "sk-test"}
+    provider = ProviderConfig(
+        name="openai", base_url="http://llm/v1", api_key_env="AGENTFLEET_OPENAI_KEY"
+    )
+    assert [u.name for u in unknown_variables(environ)] == ["AGENTFLEET_OPENAI_KEY"]
+    assert unknown_variables(environ, Settings(providers=[provider])) == []
+
+
+def test_every_variable_the_stack_sets_is_known(tmp_path: Path) -> None:
+    stack = Stack(
+        tmp_path,
+        redis_url="redis://127.0.0.1:6390/0",
+        broker_url="amqp://guest:guest@127.0.0.1:5672//",
+        simulator_url="http://127.0.0.1:8799/v1",
+        api_url="http://127.0.0.1:8000",
+        api_key="af_x",
+    )
+    assert [name for name in stack.env() if name.startswith("AGENTFLEET_")]
+    assert unknown_variables(stack.env()) == []
+
+
+def test_settings_of_another_environment_ignore_this_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AGENTFLEET_RESULT_BACKEND", "redis://elsewhere:6379/1")
+    monkeypatch.setenv("AGENTFLEET_LOG_LEVEL", "DEBUG")
+    environ = {
+        "agentfleet_redis_url": "redis://fleet:6390/0",
+        "AGENTFLEET_TOOL_MODULES": "a.b, c",
+        "AGENTFLEET_TENANT_LIMITS": '{"capped": 3}',
+        "AGENTFLEET_LLM_API_KEY": "",  # empty counts as unset, as in the environment
+    }
+    s = Settings.from_environ(environ)
+    assert s.broker == s.backend == "redis://fleet:6390/0"
+    assert "log_level" not in s.model_fields_set
+    assert s.tool_modules == ["a.b", "c"]
+    assert s.tenant_limits == {"capped": 3}
+    assert s.llm_api_key is None
+    assert Settings().backend == "redis://elsewhere:6379/1"  # this process's own

@@ -1,26 +1,51 @@
 """One settings object for the whole fleet, read from ``AGENTFLEET_*`` environment variables.
 
-Every process (API, workers, CLI, demo) builds its configuration from :class:`Settings`, so a
-misspelt variable or an impossible combination of time limits fails at start-up instead of
-surfacing as a duplicated run an hour later. See the README for the full list.
+Every process (API, workers, CLI, demo) builds its configuration from :class:`Settings`, so an
+impossible combination of time limits fails at start-up instead of surfacing as a duplicated
+run an hour later, and a misspelt variable is named at start-up (:func:`unknown_variables`)
+instead of being ignored in silence. See the README for the full list.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import os
+from collections.abc import Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal, Self
+from typing import Annotated, Final, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from workers.broker import BrokerKind, broker_kind
 
 #: Where the built-in LLM simulator listens by default (``python -m ops.simulator``).
 DEFAULT_SIMULATOR_URL = "http://127.0.0.1:8799/v1"
+
+#: The prefix of every variable :class:`Settings` reads.
+ENV_PREFIX: Final = "AGENTFLEET_"
+
+#: ``AGENTFLEET_*`` variables that are ours without being settings: where the Python client
+#: and the CLI find the API (producer/client.py), and docker-compose's published host ports.
+OTHER_VARIABLES: Final = frozenset(
+    {
+        "AGENTFLEET_API_URL",
+        "AGENTFLEET_API_KEY",
+        "AGENTFLEET_API_PORT",
+        "AGENTFLEET_FLOWER_HOST_PORT",
+    }
+)
 
 
 class ProviderConfig(BaseModel):
@@ -59,6 +84,28 @@ class ProviderConfig(BaseModel):
 
     def serves(self, model: str) -> bool:
         return not self.models or model in self.models
+
+
+#: The variables :meth:`Settings.from_environ` reads instead of ``os.environ``.
+_ENVIRON: ContextVar[Mapping[str, str] | None] = ContextVar("agentfleet_environ", default=None)
+
+
+class _MappingSource(EnvSettingsSource):
+    """pydantic-settings' environment source (its parsing, prefix and case rules) over a given
+    mapping instead of ``os.environ``."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        # EnvSettingsSource.__init__ reads os.environ through this method; tests/test_config.py
+        # fails if a pydantic-settings release stops calling it.
+        return {
+            name if self.case_sensitive else name.lower(): value
+            for name, value in self._environ.items()
+            if value or not self.env_ignore_empty
+        }
 
 
 class Settings(BaseSettings):
@@ -224,6 +271,30 @@ class Settings(BaseSettings):
         default=600, ge=1, description="Seconds after which Flower forgets an offline worker."
     )
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        environ = _ENVIRON.get()
+        if environ is None:
+            return (init_settings, env_settings, dotenv_settings, file_secret_settings)
+        return (init_settings, _MappingSource(settings_cls, environ))
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> Self:
+        """The settings of a process started with ``environ``: read from it alone, never
+        from this process's own environment."""
+        token = _ENVIRON.set(environ)
+        try:
+            return cls()
+        finally:
+            _ENVIRON.reset(token)
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _known_level(cls, value: object) -> object:
@@ -332,6 +403,11 @@ class Settings(BaseSettings):
         ]
 
     @property
+    def uses_simulator(self) -> bool:
+        """True when no provider is configured, so LLM calls go to the simulator."""
+        return not (self.providers or self.providers_file or self.llm_base_url)
+
+    @property
     def broker(self) -> str:
         return self.broker_url or self.redis_url
 
@@ -355,6 +431,51 @@ class Settings(BaseSettings):
 def is_sentinel(url: str) -> bool:
     """True for Celery's Sentinel URL form, ``sentinel://h1:26379;sentinel://h2:26379/0``."""
     return url.startswith("sentinel://")
+
+
+@dataclass(frozen=True)
+class UnknownVariable:
+    """An ``AGENTFLEET_*`` variable no part of agentfleet reads, most likely a typo."""
+
+    name: str
+    #: The known variable it resembles most, if any comes close.
+    closest: str | None
+
+    def message(self) -> str:
+        said = f"{self.name} is not an agentfleet setting and is ignored"
+        return f"{said}; did you mean {self.closest}?" if self.closest else said
+
+
+def known_variables(settings: Settings | None = None) -> frozenset[str]:
+    """Every ``AGENTFLEET_*`` variable agentfleet reads; with ``settings``, also the ones its
+    providers take their API keys from (``api_key_env``)."""
+    fields = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+    keys = {p.api_key_env for p in settings.provider_list if p.api_key_env} if settings else set()
+    return frozenset(fields | OTHER_VARIABLES | keys)
+
+
+def unknown_variables(
+    environ: Mapping[str, str], settings: Settings | None = None
+) -> list[UnknownVariable]:
+    """The variables of ``environ`` that look like settings (the prefix, in any case, as the
+    settings read them) but are none, each with the closest known name."""
+    known = known_variables(settings)
+    unknown = []
+    for name in sorted(environ):
+        upper = name.upper()
+        if upper.startswith(ENV_PREFIX) and upper not in known:
+            # Compared without the prefix, which every candidate shares.
+            close = difflib.get_close_matches(
+                upper.removeprefix(ENV_PREFIX), [k.removeprefix(ENV_PREFIX) for k in known], n=1
+            )
+            unknown.append(UnknownVariable(name, ENV_PREFIX + close[0] if close else None))
+    return unknown
+
+
+def warn_unknown_variables(logger: logging.Logger, settings: Settings | None = None) -> None:
+    """Log a warning for each unknown ``AGENTFLEET_*`` variable of this process."""
+    for variable in unknown_variables(os.environ, settings):
+        logger.warning("%s", variable.message())
 
 
 @lru_cache(maxsize=1)

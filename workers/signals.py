@@ -22,7 +22,7 @@ from tasks.redisconn import wait_out_outages
 from tasks.store import run_key
 from workers import heap, logs, redact, results
 from workers.conf import worker_config
-from workers.settings import get_settings
+from workers.settings import get_settings, warn_unknown_variables
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +119,12 @@ def _log_worker_start(sender: str, instance: Any, **_: Any) -> None:
         pool,
         instance.concurrency,
     )
+
+
+@celeryd_after_setup.connect
+def _name_unknown_variables(**_: Any) -> None:
+    # Here rather than at import: by now the warning goes to the worker's configured log.
+    warn_unknown_variables(log, get_settings())
 
 
 @task_received.connect
