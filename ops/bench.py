@@ -69,10 +69,10 @@ from producer.enqueue import submit_run
 from tasks import names
 from tasks.models import DEFAULT_TENANT, RunRequest
 from tasks.redisconn import get_redis
+from tasks.settings import Settings
 from tasks.store import RunStore
 from workers.conf import celery_config
 from workers.factory import create_app
-from workers.settings import Settings
 
 #: A plain prompt: the simulator answers it in one step ("Echo: ..."), no tool call.
 ONE_STEP_PROMPT = "bench"

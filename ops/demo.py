@@ -27,7 +27,7 @@ from pydantic import ValidationError
 
 from ops.stack import REPO, Stack, StackError, user_settings
 from producer.client import Client
-from workers.settings import Settings, unknown_variables
+from tasks.settings import Settings, unknown_variables
 
 RUNS = {
     "plain answer": "Say hello to the fleet.",

@@ -25,7 +25,7 @@ import math
 from typing import Final
 
 from ops.stack import PoolSpec
-from workers.settings import Settings
+from tasks.settings import Settings
 
 #: One Compose service (and one k8s Deployment) per pool; concurrency per process, sized
 #: for a 2-core host (README, "Performance": threads sustained the most LLM calls per core).

@@ -25,7 +25,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from workers.settings import Settings, get_settings
+from tasks.settings import Settings, get_settings
 
 #: Flower's own environment variables, read by ``celery flower`` (flower/command.py).
 ENV_BASIC_AUTH = "FLOWER_BASIC_AUTH"

@@ -28,8 +28,8 @@ from celery import Celery
 from producer.auth import create_key
 from tasks.models import DEFAULT_TENANT
 from tasks.redisconn import get_redis
+from tasks.settings import ENV_PREFIX, Settings
 from workers.factory import create_app
-from workers.settings import ENV_PREFIX, Settings
 
 REPO = Path(__file__).resolve().parent.parent
 

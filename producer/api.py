@@ -39,10 +39,10 @@ from tasks.models import (
     limit_problems,
     tool_call_problems,
 )
+from tasks.settings import Settings, get_settings, warn_unknown_variables
 from tasks.store import RunStore, get_store
 from tasks.views import run_view, tool_call_view
 from workers.logs import configure_api_logging
-from workers.settings import Settings, get_settings, warn_unknown_variables
 
 
 class NotFound(Exception):

@@ -20,7 +20,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from tasks.errors import Unauthorized
 from tasks.models import TENANT_PATTERN
-from workers.settings import Settings
+from tasks.settings import Settings
 
 KEY_PREFIX = "af_"
 

@@ -22,7 +22,7 @@ from producer.client import ApiError, Client
 if TYPE_CHECKING:  # the keys command alone needs them; the rest stays a thin HTTP client
     import redis
 
-    from workers.settings import Settings
+    from tasks.settings import Settings
 
 EXIT_OK = 0
 EXIT_NOT_SUCCEEDED = 1
@@ -181,7 +181,7 @@ def _cmd_keys(_: Client | None, args: argparse.Namespace) -> int:
     import redis
 
     from tasks.redisconn import get_redis
-    from workers.settings import get_settings
+    from tasks.settings import get_settings
 
     try:
         settings = get_settings()
@@ -372,7 +372,7 @@ def _warn_unknown_variables() -> None:
     """Name each unknown ``AGENTFLEET_*`` variable (a typo) on stderr; the command still runs."""
     from pydantic import ValidationError
 
-    from workers.settings import get_settings, unknown_variables
+    from tasks.settings import get_settings, unknown_variables
 
     try:
         settings: Settings | None = get_settings()

@@ -21,9 +21,9 @@ from tasks import fleet
 from tasks.fleet import FleetView, NodeRecord
 from tasks.models import BatchRequest, RunItem, RunRequest, ToolCallItem
 from tasks.redisconn import get_redis
+from tasks.settings import Settings
 from tasks.tools import Tool, registry
 from workers import queues
-from workers.settings import Settings
 
 #: Seconds the API reuses its view of the fleet, so a request costs no Redis read for it; a
 #: worker that comes or goes is seen within this plus its publish interval.

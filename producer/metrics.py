@@ -36,9 +36,9 @@ from tasks.metrics import (
     format_bound,
 )
 from tasks.redisconn import get_redis
+from tasks.settings import Settings
 from workers import queues
 from workers.conf import transport_options
-from workers.settings import Settings
 
 #: The classic text format, which every Prometheus version reads (newer prometheus_client
 #: releases default to 1.0.0, which older servers do not know). Our names are plain ASCII,

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from celery import Celery
 
-    from workers.settings import Settings
+    from tasks.settings import Settings
 
 
 def register_tasks(app: Celery, settings: Settings) -> None:

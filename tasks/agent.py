@@ -35,12 +35,12 @@ from tasks.lifecycle import entry_options, follow_up, start_run
 from tasks.llm import Completion, ModelToolCall, Target, call_chain, resolve_chain
 from tasks.metrics import step_fields
 from tasks.models import DEFAULT_TENANT, TENANT_PATTERN, RunRequest, RunStatus, limit_problems
+from tasks.settings import Settings
 from tasks.store import Finished, StepAnswer, StepClaim, get_store
 from tasks.streaming import TokenRelay
 from tasks.toolcall import time_limits, tool_payload
 from tasks.tools import registry
 from tasks.views import run_view
-from workers.settings import Settings
 
 log = logging.getLogger(__name__)
 

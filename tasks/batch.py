@@ -27,10 +27,10 @@ from typing import Any, cast
 from celery import Celery, Task, chord
 
 from tasks import names
+from tasks.settings import Settings
 from tasks.store import RunStore, get_store
 from tasks.toolcall import time_limits, tool_payload
 from tasks.views import iso, run_view, tool_call_view
-from workers.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -23,9 +23,9 @@ from celery import Celery, Task
 
 from tasks import names
 from tasks.batch import batch_key, batch_view
+from tasks.settings import Settings
 from tasks.store import get_store
 from tasks.views import run_view
-from workers.settings import Settings
 
 log = logging.getLogger(__name__)
 

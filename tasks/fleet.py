@@ -37,8 +37,8 @@ from typing import Any, cast
 import redis
 
 from tasks.redisconn import get_redis
+from tasks.settings import Settings
 from tasks.tools import Tool, registry
-from workers.settings import Settings
 
 log = logging.getLogger(__name__)
 

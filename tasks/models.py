@@ -19,8 +19,8 @@ from pydantic import (
 
 from tasks.errors import ToolArgumentsError
 from tasks.llm._routing import RoutingError, resolve_chain
+from tasks.settings import Settings
 from tasks.tools import registry
-from workers.settings import Settings
 
 #: Tenant names: short, and safe inside Redis keys.
 TENANT_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")

@@ -12,7 +12,7 @@ from redis.backoff import ConstantBackoff
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
-from workers.settings import Settings, is_sentinel
+from tasks.settings import Settings, is_sentinel
 
 #: Port of a Sentinel server when its URL names none.
 SENTINEL_PORT = 26379

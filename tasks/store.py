@@ -40,7 +40,7 @@ from tasks import scripts
 from tasks.llm._routing import Target
 from tasks.models import RunRequest, RunStatus
 from tasks.redisconn import get_redis
-from workers.settings import Settings
+from tasks.settings import Settings
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,9 @@ from celery import Celery, Task
 from tasks import names
 from tasks.errors import ToolError, ToolExecutionError, ToolRedeliveryLimit, UnknownToolError
 from tasks.lifecycle import batch_finished
+from tasks.settings import Settings
 from tasks.store import get_store
 from tasks.tools import registry
-from workers.settings import Settings
 
 log = logging.getLogger(__name__)
 

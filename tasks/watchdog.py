@@ -33,9 +33,9 @@ from celery import Celery
 from tasks.agent import completion_from_transcript, step_signature, tool_call_id, tool_signatures
 from tasks.lifecycle import start_run
 from tasks.models import RunStatus
+from tasks.settings import Settings
 from tasks.store import RunStore, get_store
 from tasks.toolcall import redelivery_failure
-from workers.settings import Settings
 
 log = logging.getLogger(__name__)
 

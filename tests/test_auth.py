@@ -7,8 +7,8 @@ import pytest
 
 from producer.auth import hash_key, tenant_of
 from producer.client import ApiError
+from tasks.settings import Settings
 from tests.conftest import Fleet
-from workers.settings import Settings
 
 
 @pytest.mark.parametrize(

@@ -10,9 +10,9 @@ from celery.app.defaults import DEFAULTS
 from pydantic import ValidationError
 
 from ops.stack import Stack
+from tasks.settings import ProviderConfig, Settings, unknown_variables
 from workers.conf import celery_config, worker_config
 from workers.factory import create_app
-from workers.settings import ProviderConfig, Settings, unknown_variables
 
 #: Documented settings that Celery reads with ``conf.get`` but leaves out of its defaults table.
 READ_BUT_NOT_IN_DEFAULTS = {

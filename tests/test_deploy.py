@@ -27,9 +27,9 @@ from ops.stack import (
     worker_command,
 )
 from producer.api import app as api_app
+from tasks.settings import Settings
 from tests.conftest import Fleet
 from workers import queues
-from workers.settings import Settings
 
 COMPOSE = REPO / "docker-compose.yml"
 K8S = REPO / "ops" / "k8s"

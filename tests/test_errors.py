@@ -10,8 +10,8 @@ import pytest
 
 from tasks import errors
 from tasks.llm import retry_after_seconds, translate
+from tasks.settings import Settings
 from workers.factory import create_app
-from workers.settings import Settings
 
 SAMPLES: list[errors.AgentfleetError] = [
     errors.AgentfleetError("root"),

@@ -14,8 +14,8 @@ import pytest
 
 from tasks.llm import get_client
 from tasks.llm._transport import PerThreadTransport, threads_are_greenlets
+from tasks.settings import ProviderConfig
 from tests.conftest import Fleet
-from workers.settings import ProviderConfig
 
 THREADS = 4
 CALLS = 3

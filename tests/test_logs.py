@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from ops.stack import PoolSpec, Proc, Stack
+from tasks.settings import Settings
 from tests.conftest import Fleet, private_fleet
 from workers.logs import RECEIPT_LOGGER, quiet_receipts
-from workers.settings import Settings
 
 JSON_ENV = {
     "AGENTFLEET_LOG_FORMAT": "json",

@@ -23,9 +23,9 @@ from tasks.llm import get_guard
 from tasks.llm._guard import ProviderGuard
 from tasks.metrics import DENIAL_REASONS, FINISHED_STATUSES, RUN_BUCKETS, Recorder, bucket_field
 from tasks.models import RunStatus
+from tasks.settings import ProviderConfig
 from tests.conftest import Fleet
 from workers import queues
-from workers.settings import ProviderConfig
 
 ALERTS = REPO / "ops" / "prometheus" / "alerts.yml"
 DASHBOARD = REPO / "ops" / "prometheus" / "dashboard.md"

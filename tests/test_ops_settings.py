@@ -20,8 +20,8 @@ from pydantic import ValidationError
 from ops.flower import ENV_BASIC_AUTH, ENV_READ_ONLY, FlowerConfigError, command
 from ops.stack import REPO, PoolSpec, Stack
 from tasks.redisconn import parse_sentinel_url
+from tasks.settings import Settings
 from workers.conf import celery_config
-from workers.settings import Settings
 
 SENTINELS = "sentinel://:redispw@s1:26379/2;sentinel://s2:26380/2;sentinel://s3/2"
 

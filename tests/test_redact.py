@@ -11,10 +11,10 @@ import pytest
 from celery import Celery
 
 from tasks import names
+from tasks.settings import Settings
 from tasks.toolcall import tool_payload
 from workers.factory import create_app
 from workers.redact import describe, redact_log_record, summarize_result
-from workers.settings import Settings
 from workers.taskargs import PARAMS, run_id_of
 
 PROMPT = "Summarise ticket T-1234 for Alice: her card 4111 1111 1111 1111 was declined"

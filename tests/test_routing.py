@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from tasks.llm import RoutingError, Target, resolve_chain
-from workers.settings import ProviderConfig, Settings
+from tasks.settings import ProviderConfig, Settings
 
 PROVIDERS = [
     ProviderConfig(name="fast", base_url="http://f/v1", priority=2, models=("m1", "m2")),

@@ -13,8 +13,8 @@ import time
 import redis
 from billiard.exceptions import SoftTimeLimitExceeded
 
+from tasks.settings import get_settings
 from tasks.tools import tool
-from workers.settings import get_settings
 
 
 def _redis() -> redis.Redis:

@@ -1,15 +1,15 @@
 """The agentfleet Celery app: ``celery -A workers worker -Q agents`` starts a worker.
 
-``workers.app`` is built on first access from :func:`workers.settings.get_settings`, so every
+``workers.app`` is built on first access from :func:`tasks.settings.get_settings`, so every
 process that uses it (worker, API, CLI) reads the same ``AGENTFLEET_*`` variables, and task
-modules can import ``workers.settings`` without building the app.
+modules can import ``tasks.settings`` without building the app.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from workers.settings import Settings, get_settings
+from tasks.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from celery import Celery

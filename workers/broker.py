@@ -20,7 +20,6 @@ The result backend and the run store stay on Redis whatever the broker is.
 
 from __future__ import annotations
 
-import enum
 import logging
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -30,38 +29,13 @@ from kombu.transport.native_delayed_delivery import (
     bind_queue_to_native_delayed_delivery_exchange,
 )
 
+from tasks.settings import BrokerKind, broker_kind
 from workers import queues
 
 if TYPE_CHECKING:
-    from workers.settings import Settings
+    from tasks.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-class BrokerKind(enum.StrEnum):
-    REDIS = "redis"
-    RABBITMQ = "rabbitmq"
-
-
-_SCHEMES = {
-    "redis": BrokerKind.REDIS,
-    "rediss": BrokerKind.REDIS,
-    "sentinel": BrokerKind.REDIS,
-    "amqp": BrokerKind.RABBITMQ,
-    "amqps": BrokerKind.RABBITMQ,
-    "pyamqp": BrokerKind.RABBITMQ,
-}
-
-
-def broker_kind(url: str) -> BrokerKind:
-    """Which broker ``url`` names; ValueError for a scheme the fleet is not configured for."""
-    # A failover list ("amqp://a;amqp://b") names one kind of broker: the first decides.
-    scheme = urlsplit(url.split(";", 1)[0].strip()).scheme.lower()
-    try:
-        return _SCHEMES[scheme]
-    except KeyError:
-        known = ", ".join(f"{s}://" for s in _SCHEMES)
-        raise ValueError(f"unsupported broker URL scheme {scheme!r}: use one of {known}") from None
 
 
 def _redis_transport(url: str) -> str:

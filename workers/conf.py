@@ -1,4 +1,4 @@
-"""The Celery configuration, built from :class:`~workers.settings.Settings` in one place.
+"""The Celery configuration, built from :class:`~tasks.settings.Settings` in one place.
 
 Runs are long and their steps idempotent, so the fleet uses late acknowledgement with its own
 redelivery cap. The time arithmetic that keeps a step from being delivered twice:
@@ -17,9 +17,9 @@ import math
 from typing import Any
 
 from tasks.redisconn import RETRY_INTERVAL
+from tasks.settings import Settings
 from workers import queues
 from workers.broker import broker_config
-from workers.settings import Settings
 
 
 def transport_options(settings: Settings) -> dict[str, Any]:

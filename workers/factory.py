@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from celery import Celery
 
+from tasks.settings import Settings
 from workers import controlflow, results
 from workers.broker import celery_class
 from workers.conf import celery_config
-from workers.settings import Settings
 
 
 def create_app(settings: Settings) -> Celery:

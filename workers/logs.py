@@ -31,8 +31,8 @@ from typing import Any, Final
 
 from celery._state import get_current_task
 
+from tasks.settings import Settings
 from workers.redact import redact_log_record
-from workers.settings import Settings
 from workers.taskargs import run_id_of
 
 #: Celery's logger for "Task ... received": one line per message a worker takes.

@@ -19,10 +19,10 @@ from celery.signals import (
 from tasks import fleet, watchdog
 from tasks.llm import reset_clients
 from tasks.redisconn import wait_out_outages
+from tasks.settings import get_settings, warn_unknown_variables
 from tasks.store import run_key
 from workers import heap, logs, redact, results
 from workers.conf import worker_config
-from workers.settings import get_settings, warn_unknown_variables
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from tasks.errors import (
     RetryableProviderError,
 )
 from tasks.llm._client import get_client
-from workers.settings import ProviderConfig
+from tasks.settings import ProviderConfig
 
 CHAT_PATH = "/chat/completions"
 

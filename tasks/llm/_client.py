@@ -8,7 +8,7 @@ import httpx2
 import openai
 
 from tasks.llm._transport import PerThreadTransport, threads_are_greenlets
-from workers.settings import ProviderConfig
+from tasks.settings import ProviderConfig
 
 #: Seconds an idle connection to a provider is kept.
 KEEPALIVE_S = 4.0

@@ -38,7 +38,7 @@ import redis
 from tasks.errors import ProviderError, RateLimitedError, RetryableProviderError
 from tasks.metrics import Recorder
 from tasks.redisconn import get_redis
-from workers.settings import ProviderConfig, Settings
+from tasks.settings import ProviderConfig, Settings
 
 log = logging.getLogger(__name__)
 

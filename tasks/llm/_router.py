@@ -17,7 +17,7 @@ from tasks.errors import (
 from tasks.llm._call import Completion, complete
 from tasks.llm._guard import Admission, ProviderGuard, estimate_tokens, get_guard
 from tasks.llm._routing import Target
-from workers.settings import ProviderConfig, Settings
+from tasks.settings import ProviderConfig, Settings
 
 
 @dataclass

@@ -9,6 +9,7 @@ instead of being ignored in silence. See the README for the full list.
 from __future__ import annotations
 
 import difflib
+import enum
 import json
 import logging
 import os
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Final, Literal, Self
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
@@ -27,8 +29,6 @@ from pydantic_settings import (
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
-
-from workers.broker import BrokerKind, broker_kind
 
 #: Where the built-in LLM simulator listens by default (``python -m ops.simulator``).
 DEFAULT_SIMULATOR_URL = "http://127.0.0.1:8799/v1"
@@ -46,6 +46,34 @@ OTHER_VARIABLES: Final = frozenset(
         "AGENTFLEET_FLOWER_HOST_PORT",
     }
 )
+
+
+class BrokerKind(enum.StrEnum):
+    """Which broker a URL names: the options that differ live in ``workers.broker``."""
+
+    REDIS = "redis"
+    RABBITMQ = "rabbitmq"
+
+
+_SCHEMES = {
+    "redis": BrokerKind.REDIS,
+    "rediss": BrokerKind.REDIS,
+    "sentinel": BrokerKind.REDIS,
+    "amqp": BrokerKind.RABBITMQ,
+    "amqps": BrokerKind.RABBITMQ,
+    "pyamqp": BrokerKind.RABBITMQ,
+}
+
+
+def broker_kind(url: str) -> BrokerKind:
+    """Which broker ``url`` names; ValueError for a scheme the fleet is not configured for."""
+    # A failover list ("amqp://a;amqp://b") names one kind of broker: the first decides.
+    scheme = urlsplit(url.split(";", 1)[0].strip()).scheme.lower()
+    try:
+        return _SCHEMES[scheme]
+    except KeyError:
+        known = ", ".join(f"{s}://" for s in _SCHEMES)
+        raise ValueError(f"unsupported broker URL scheme {scheme!r}: use one of {known}") from None
 
 
 class ProviderConfig(BaseModel):
