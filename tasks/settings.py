@@ -16,7 +16,7 @@ import os
 from collections.abc import Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Annotated, Final, Literal, Self
 from urllib.parse import urlsplit
@@ -46,6 +46,22 @@ OTHER_VARIABLES: Final = frozenset(
         "AGENTFLEET_FLOWER_HOST_PORT",
     }
 )
+
+
+#: The providers file as last parsed: (path, its modification time and size, the providers).
+_providers_read: tuple[Path, tuple[int, int], tuple[ProviderConfig, ...]] | None = None
+
+
+def _providers_in(path: Path) -> tuple[ProviderConfig, ...]:
+    """The providers ``path`` lists: parsed once, and again only when the file changes (every
+    LLM call reads the list; a stat is all it costs)."""
+    global _providers_read
+    stat = path.stat()
+    version = (stat.st_mtime_ns, stat.st_size)
+    if _providers_read is None or _providers_read[:2] != (path, version):
+        raw = json.loads(path.read_text())
+        _providers_read = (path, version, tuple(ProviderConfig.model_validate(p) for p in raw))
+    return _providers_read[2]
 
 
 class BrokerKind(enum.StrEnum):
@@ -417,9 +433,12 @@ class Settings(BaseSettings):
         if self.providers:
             return list(self.providers)
         if self.providers_file is not None:
-            raw = json.loads(self.providers_file.read_text())
-            return [ProviderConfig.model_validate(p) for p in raw]
-        return [
+            return list(_providers_in(self.providers_file))
+        return list(self._default_provider)
+
+    @cached_property
+    def _default_provider(self) -> tuple[ProviderConfig, ...]:
+        return (
             ProviderConfig(
                 name="default",
                 base_url=self.llm_endpoint,
@@ -427,8 +446,8 @@ class Settings(BaseSettings):
                 default_model=self.llm_model,
                 timeout=self.llm_timeout,
                 connect_timeout=self.llm_connect_timeout,
-            )
-        ]
+            ),
+        )
 
     @property
     def uses_simulator(self) -> bool:

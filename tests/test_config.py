@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -201,3 +204,18 @@ def test_settings_of_another_environment_ignore_this_one(monkeypatch: pytest.Mon
     assert s.tenant_limits == {"capped": 3}
     assert s.llm_api_key is None
     assert Settings().backend == "redis://elsewhere:6379/1"  # this process's own
+
+
+def test_the_providers_file_is_parsed_once_and_again_when_it_changes(tmp_path: Path) -> None:
+    path = tmp_path / "providers.json"
+    first = [{"name": "a", "base_url": "http://127.0.0.1:9/v1"}]
+    path.write_text(json.dumps(first))
+    settings = Settings(providers_file=path)
+    read = settings.provider_list
+    assert [p.name for p in read] == ["a"]
+    # Unchanged: the same objects, not a new parse (every LLM call reads the list).
+    assert settings.provider_list[0] is read[0]
+    second = [*first, {"name": "b", "base_url": "http://127.0.0.1:9/v1"}]
+    path.write_text(json.dumps(second))
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 1_000_000))  # a new modification time
+    assert [p.name for p in settings.provider_list] == ["a", "b"]
