@@ -41,6 +41,7 @@ from tasks.models import (
 from tasks.store import RunStore, get_store
 from tasks.tools import registry
 from tasks.views import run_view, tool_call_view
+from workers.conf import api_config
 from workers.logs import configure_api_logging
 from workers.settings import Settings, get_settings
 
@@ -413,6 +414,8 @@ def create_api(settings: Settings | None = None, celery_app: Celery | None = Non
         from workers import app as default_app
 
         celery_app = default_app
+    # Its publishes answer within api_redis_timeout, or the caller gets a 503.
+    celery_app.conf.update(api_config(settings))
     api = FastAPI(
         title="agentfleet",
         version="0.1.0",

@@ -87,6 +87,12 @@ class Settings(BaseSettings):
         description="Seconds a worker keeps retrying an unreachable Redis before failing the "
         "task it is running; the API does not wait (503).",
     )
+    api_redis_timeout: float = Field(
+        default=1.0,
+        gt=0,
+        description="Seconds the API waits for a Redis reply (run store or publish) before "
+        "answering 503.",
+    )
 
     # --- LLM provider --------------------------------------------------------------------
     llm_base_url: str | None = Field(
