@@ -16,14 +16,16 @@ from producer.auth import TenantDep, require_tenant
 from producer.batches import cancel_items
 from producer.bodylimit import BodyLimit
 from producer.enqueue import (
+    InProgress,
     Unavailable,
+    accepted_body,
     submit_batch,
     submit_run,
     submit_tool_call,
     tool_call_key,
 )
 from producer.events import EVENT_ID, sse_stream
-from producer.idempotency import fingerprint, run_once
+from producer.idempotency import Slot, fingerprint, run_once
 from producer.logcontext import RunIdContext
 from producer.metrics import router as metrics_router
 from tasks.batch import batch_key, batch_view
@@ -42,6 +44,7 @@ from tasks.models import (
 from tasks.settings import Settings, get_settings, warn_unknown_variables
 from tasks.store import RunStore, get_store
 from tasks.views import run_view, tool_call_view
+from workers.conf import api_config
 from workers.logs import configure_api_logging
 
 
@@ -103,8 +106,8 @@ ACCEPT_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _accepted(ident: str, status: str, link: str) -> JSONResponse:
-    return JSONResponse({"id": ident, "status": status, "links": {"self": link}}, status_code=202)
+def _accepted(collection: str, ident: str, status: str = "queued") -> JSONResponse:
+    return JSONResponse(accepted_body(collection, ident, status), status_code=202)
 
 
 def _own_run(store: RunStore, tenant: str, run_id: str) -> dict[str, str]:
@@ -128,15 +131,15 @@ def create_run(
 ) -> Any:
     """Enqueue an agent run. Answers at once; poll ``GET /v1/runs/{id}``."""
 
-    def produce() -> JSONResponse:
+    def produce(slot: Slot | None) -> JSONResponse:
         problems = limit_problems(body, settings) + _callback_problems(body.callback_url, settings)
         if problems:
             return _problem(422, problems)
         view = workers.view()
         if problems := fleet.run_problems(view, body):
             return _problem(422, problems)
-        run_id = submit_run(producer, store, body, tenant, fleet.every_tool(view))
-        return _accepted(run_id, "queued", f"/v1/runs/{run_id}")
+        run_id = submit_run(producer, store, body, tenant, slot, fleet.every_tool(view))
+        return _accepted("runs", run_id)
 
     return _once(request, store, tenant, idempotency_key, body, produce)
 
@@ -163,7 +166,7 @@ def cancel_run(
     """Cancel a run: queued steps do nothing, the model's answer in progress is dropped, tool
     calls not yet started never start. A final run cannot be cancelled (409)."""
 
-    def produce() -> JSONResponse:
+    def produce(_: Slot | None) -> JSONResponse:
         _own_run(store, tenant, run_id)
         outcome, finished = store.cancel_run(run_id, "cancelled by request")
         if outcome != "cancelled":
@@ -215,14 +218,17 @@ def create_tool_call(
 ) -> Any:
     """Enqueue one tool call. An ``id`` that was used before returns that call."""
 
-    def produce() -> JSONResponse:
+    def produce(slot: Slot | None) -> JSONResponse:
         problems = tool_call_problems(body) or fleet.tool_call_problems(workers.view(), body.name)
         if problems:
             return _problem(422, problems)
-        call_id, _ = submit_tool_call(producer, store, body, tenant)
-        record = store.get_tool_call(call_id) or {}
+        call_id, created = submit_tool_call(producer, store, body, tenant, slot)
         public = body.id or call_id
-        return _accepted(public, record.get("status", "queued"), f"/v1/tool-calls/{public}")
+        if created:
+            return _accepted("tool-calls", public)
+        # Created before: as it is now.
+        record = store.get_tool_call(call_id) or {}
+        return _accepted("tool-calls", public, record.get("status", "queued"))
 
     return _once(request, store, tenant, idempotency_key, body, produce)
 
@@ -273,15 +279,15 @@ def create_batch(
     """Enqueue up to ``AGENTFLEET_MAX_BATCH_ITEMS`` runs, prompts or tool calls as one chord.
     Each item is pollable by its own ID (listed by ``GET /v1/batches/{id}``)."""
 
-    def produce() -> JSONResponse:
+    def produce(slot: Slot | None) -> JSONResponse:
         problems = batch_problems(body, settings) + _callback_problems(body.callback_url, settings)
         if problems:
             return _problem(422, problems)
         view = workers.view()
         if problems := fleet.batch_problems(view, body):
             return _problem(422, problems)
-        batch_id = submit_batch(producer, store, body, tenant, fleet.every_tool(view))
-        return _accepted(batch_id, "queued", f"/v1/batches/{batch_id}")
+        batch_id = submit_batch(producer, store, body, tenant, slot, fleet.every_tool(view))
+        return _accepted("batches", batch_id)
 
     return _once(request, store, tenant, idempotency_key, body, produce)
 
@@ -321,7 +327,7 @@ def cancel_batch(
 ) -> Any:
     """Cancel every item that is not final; a batch not yet dispatched never publishes."""
 
-    def produce() -> JSONResponse:
+    def produce(_: Slot | None) -> JSONResponse:
         record = _own_batch(store, tenant, batch_id)
         if record.get("status") in ("completed", "cancelled"):
             return JSONResponse(
@@ -345,7 +351,7 @@ def _once(
     tenant: str,
     key: str | None,
     body: Any,
-    produce: Callable[[], JSONResponse],
+    produce: Callable[[Slot | None], JSONResponse],
 ) -> JSONResponse:
     digest = fingerprint(request.method, request.url.path, body)
     return run_once(store, tenant, key, digest, produce)
@@ -396,6 +402,10 @@ def _unavailable(_: Request, exc: Exception) -> JSONResponse:
     )
 
 
+def _in_progress(_: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse({"detail": str(exc)}, status_code=409, headers={"Retry-After": "1"})
+
+
 def create_api(settings: Settings | None = None, celery_app: Celery | None = None) -> FastAPI:
     """The API bound to ``settings`` (default: the environment) and a Celery app."""
     settings = settings or get_settings()
@@ -403,6 +413,8 @@ def create_api(settings: Settings | None = None, celery_app: Celery | None = Non
         from workers import app as default_app
 
         celery_app = default_app
+    # Its publishes answer within api_redis_timeout, or the caller gets a 503.
+    celery_app.conf.update(api_config(settings))
     api = FastAPI(
         title="agentfleet",
         version="0.1.0",
@@ -415,6 +427,7 @@ def create_api(settings: Settings | None = None, celery_app: Celery | None = Non
     api.add_middleware(RunIdContext)
     api.add_exception_handler(NotFound, _not_found)
     api.add_exception_handler(Unavailable, _unavailable)
+    api.add_exception_handler(InProgress, _in_progress)
     api.add_exception_handler(redis.RedisError, _unavailable)
     api.add_exception_handler(Unauthorized, _unauthorized)
     api.add_exception_handler(BadRequest, _bad_request)

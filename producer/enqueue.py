@@ -1,10 +1,19 @@
-"""Accepting work: write the record, then publish; never one without the other."""
+"""Accepting work: write it pending, publish it, then accept it; a 503 accepted nothing.
+
+A POST makes three writes: its records, pending; its message; and its acceptance, one script
+that also keeps the Idempotency-Key's answer. No worker starts pending work: it holds the
+message until the work is accepted, or drops it once the records expire
+(``AGENTFLEET_PENDING_TTL``). Redis may apply any of these writes late (paused, it buffers
+what it is sent), so the API answers 503 only when the acceptance was never sent, and 202 once
+it was, even without a reply: Redis applies it when it answers again.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -14,6 +23,7 @@ import redis
 from celery import Celery
 from kombu.exceptions import OperationalError
 
+from producer.idempotency import Answered, Slot
 from tasks import names
 from tasks.agent import resolve_tools
 from tasks.batch import batch_key
@@ -33,9 +43,24 @@ class Unavailable(AgentfleetError):
     code = "unavailable"
 
 
-def _publish(app: Celery, name: str, task_id: str, **options: Any) -> None:
+class InProgress(AgentfleetError):
+    """Another request is creating the same tool call ID right now; retry."""
+
+    code = "in_progress"
+
+
+def accepted_body(collection: str, ident: str, status: str = "queued") -> dict[str, Any]:
+    """The body of a 202 for ``ident`` in ``collection`` (``runs``, ``tool-calls``, ...)."""
+    return {"id": ident, "status": status, "links": {"self": f"/v1/{collection}/{ident}"}}
+
+
+def _publish(app: Celery, name: str, task_id: str | None = None, **options: Any) -> None:
     # Task events (and Flower) show summarized arguments: see workers/redact.py.
-    app.send_task(name, task_id=task_id, **options)
+    try:
+        app.send_task(name, task_id=task_id, **options)
+    except (OperationalError, redis.RedisError, OSError) as exc:
+        # The pending record expires by itself: nothing to undo.
+        raise Unavailable(f"broker unavailable: {exc}") from None
 
 
 def _tools(request: RunRequest, every_tool: Sequence[str] | None) -> list[str]:
@@ -45,32 +70,66 @@ def _tools(request: RunRequest, every_tool: Sequence[str] | None) -> list[str]:
     return resolve_tools(request)
 
 
+def _accept(
+    store: RunStore,
+    record: tuple[str, str],
+    token: str,
+    slot: Slot | None,
+    answer: dict[str, Any],
+    run_id: str | None = None,
+) -> None:
+    """Accept the pending ``record`` (key, companion key) written with ``token``, keeping
+    ``answer`` as the slot's 202.
+
+    Raises :class:`Unavailable` if the acceptance was not sent or found nothing to accept,
+    or :class:`Answered` if a request with the same key was accepted first.
+    """
+    kept = slot.answer(202, answer) if slot else ""
+    try:
+        outcome, first = store.accept(
+            *record, token, run_id=run_id, slot=slot.key if slot else "", answer=kept
+        )
+    except redis.RedisError as exc:
+        raise Unavailable(f"run store unavailable: {exc}") from None
+    if outcome == "answered":
+        raise Answered(first)
+    if outcome == "sent":
+        # Redis has it and applies it when it answers again; until then workers hold the
+        # message. The work is accepted: answering 503 now would be the lie.
+        log.warning("%s: acceptance sent, Redis did not answer in time", record[0])
+    elif outcome != "accepted":
+        raise Unavailable("the work expired before it could be accepted")
+    if slot:
+        slot.kept = True
+
+
 def submit_run(
     app: Celery,
     store: RunStore,
     request: RunRequest,
     tenant: str,
+    slot: Slot | None = None,
     every_tool: Sequence[str] | None = None,
 ) -> str:
     """Create a run and enqueue its first step; the run ID is the task ID.
 
     ``request`` must have passed :func:`tasks.models.limit_problems` (its chain resolves).
+    ``slot``: the request's Idempotency-Key, whose answer is kept as the run is accepted.
     ``every_tool`` is what ``tools`` omitted stands for (:func:`producer.fleet.every_tool`).
     """
-    run_id = str(uuid.uuid4())
+    run_id, token = str(uuid.uuid4()), uuid.uuid4().hex
     REQUEST_RUN_ID.set(run_id)  # log lines of the rest of this request name the run
     chain = resolve_chain(store.settings, request.model, request.providers)
     try:
-        store.create_run(run_id, request, _tools(request, every_tool), chain, tenant=tenant)
+        store.create_run(
+            run_id, request, _tools(request, every_tool), chain, tenant=tenant, pending=token
+        )
     except redis.RedisError as exc:
         raise Unavailable(f"run store unavailable: {exc}") from None
-    try:
-        _publish(app, names.RUN, run_id, kwargs={"request": None})
-    except (OperationalError, redis.RedisError, OSError) as exc:
-        # The caller gets a 503 and may retry; a record with no message would never finish.
-        with contextlib.suppress(redis.RedisError):
-            store.delete_run(run_id)
-        raise Unavailable(f"broker unavailable: {exc}") from None
+    _publish(app, names.RUN, run_id, kwargs={"request": None})
+    key = store.run_key(run_id)
+    answer = accepted_body("runs", run_id)
+    _accept(store, (key, f"{key}:messages"), token, slot, answer, run_id=run_id)
     log.info("run %s enqueued", run_id)
     return run_id
 
@@ -81,26 +140,29 @@ def tool_call_key(tenant: str, call_id: str | None) -> str:
 
 
 def submit_tool_call(
-    app: Celery, store: RunStore, request: ToolCallRequest, tenant: str
+    app: Celery, store: RunStore, request: ToolCallRequest, tenant: str, slot: Slot | None = None
 ) -> tuple[str, bool]:
-    """Create and enqueue one tool call. Returns (id, created); an existing ID is not re-sent."""
-    call_id = tool_call_key(tenant, request.id)
+    """Create and enqueue one tool call. Returns (id, created); an existing ID is not re-sent.
+
+    ``slot``: the request's Idempotency-Key, whose answer is kept as the call is accepted.
+    """
+    call_id, token = tool_call_key(tenant, request.id), uuid.uuid4().hex
     try:
-        created = store.create_tool_call(call_id, request.name, request.arguments, tenant=tenant)
+        created = store.create_tool_call(
+            call_id, request.name, request.arguments, tenant=tenant, pending=token
+        )
     except redis.RedisError as exc:
         raise Unavailable(f"run store unavailable: {exc}") from None
+    if created < 0:
+        raise InProgress(f"tool call {request.id!r} is being created by another request; retry")
     if not created:
         return call_id, False
     soft, hard = time_limits(request.name, store.settings)
-    payload = tool_payload(call_id, request.name, request.arguments)
-    try:
-        _publish(
-            app, names.TOOL_CALL, call_id, args=(payload,), soft_time_limit=soft, time_limit=hard
-        )
-    except (OperationalError, redis.RedisError, OSError) as exc:
-        with contextlib.suppress(redis.RedisError):
-            store.delete_tool_call(call_id)
-        raise Unavailable(f"broker unavailable: {exc}") from None
+    payload = tool_payload(call_id, request.name, request.arguments, accept=token)
+    _publish(app, names.TOOL_CALL, call_id, args=(payload,), soft_time_limit=soft, time_limit=hard)
+    key = store.tool_key(call_id)
+    answer = accepted_body("tool-calls", request.id or call_id)
+    _accept(store, (key, key), token, slot, answer)
     return call_id, True
 
 
@@ -109,14 +171,17 @@ def submit_batch(
     store: RunStore,
     request: BatchRequest,
     tenant: str,
+    slot: Slot | None = None,
     every_tool: Sequence[str] | None = None,
 ) -> str:
-    """Write the batch and every item's record, then publish one dispatch task.
+    """Write every item's record, then the batch, pending; publish one dispatch task; accept.
 
-    ``request`` must have passed :func:`tasks.models.batch_problems`; ``every_tool`` is as
-    for :func:`submit_run`.
+    ``request`` must have passed :func:`tasks.models.batch_problems`; ``slot`` and
+    ``every_tool`` are as for :func:`submit_run`. The items are written ready to run, but only
+    the dispatch of an accepted batch starts them (the watchdog leaves the runs of a batch
+    never accepted alone).
     """
-    batch_id = str(uuid.uuid4())
+    batch_id, token = str(uuid.uuid4()), uuid.uuid4().hex
     settings = store.settings
     runs: list[tuple[str, RunRequest, list[str], list[Target]]] = []
     items: list[str] = []
@@ -141,44 +206,39 @@ def submit_batch(
         "completed": 0,
         "metadata": json.dumps(request.metadata),
         "created_at": time.time(),
+        "pending": token,
     }
     if request.callback_url:
         record["callback_url"] = str(request.callback_url)
     try:
+        for start in range(0, len(runs), 500):
+            store.create_runs(runs[start : start + 500], tenant=tenant, batch_id=batch_id)
         pipe = store.redis.pipeline(transaction=False)
-        pipe.hset(key, mapping=cast(Any, record))
-        for start in range(0, len(items), 1000):
-            pipe.rpush(f"{key}:items", *items[start : start + 1000])
-        pipe.expire(key, settings.run_ttl)
-        pipe.expire(f"{key}:items", settings.run_ttl)
         for call_id, tool in tools:
             store.create_tool_call(
                 call_id, tool.name, tool.arguments, tenant=tenant, batch_id=batch_id, client=pipe
             )
+        pipe.hset(key, mapping=cast(Any, record))
+        for start in range(0, len(items), 1000):
+            pipe.rpush(f"{key}:items", *items[start : start + 1000])
+        pipe.pexpire(key, store.pending_ms())
+        pipe.pexpire(f"{key}:items", store.pending_ms())
         pipe.execute()
-        for start in range(0, len(runs), 500):
-            store.create_runs(runs[start : start + 500], tenant=tenant, batch_id=batch_id)
-    except redis.RedisError as exc:
-        _drop_batch(store, batch_id, runs, tools)
-        raise Unavailable(f"run store unavailable: {exc}") from None
-    try:
-        app.send_task(names.BATCH_DISPATCH, args=(batch_id,), argsrepr=f"({batch_id!r})")
-    except (OperationalError, redis.RedisError, OSError) as exc:
-        _drop_batch(store, batch_id, runs, tools)
-        raise Unavailable(f"broker unavailable: {exc}") from None
+        _publish(app, names.BATCH_DISPATCH, args=(batch_id,), argsrepr=f"({batch_id!r})")
+        _accept(store, (key, f"{key}:items"), token, slot, accepted_body("batches", batch_id))
+    except (redis.RedisError, Unavailable, Answered) as exc:
+        # Never started, and harmless if left: tidy up without holding the answer.
+        threading.Thread(target=_drop_items, args=(store, runs, tools), daemon=True).start()
+        if isinstance(exc, redis.RedisError):
+            raise Unavailable(f"run store unavailable: {exc}") from None
+        raise
     return batch_id
 
 
-def _drop_batch(
+def _drop_items(
     store: RunStore,
-    batch_id: str,
     runs: list[tuple[str, RunRequest, list[str], list[Target]]],
     tools: list[tuple[str, ToolCallItem]],
 ) -> None:
     with contextlib.suppress(redis.RedisError):
-        key = batch_key(store, batch_id)
-        store.redis.delete(key, f"{key}:items")
-        for run_id, *_ in runs:
-            store.delete_run(run_id)
-        for call_id, _ in tools:
-            store.delete_tool_call(call_id)
+        store.delete_records([r[0] for r in runs], [call_id for call_id, _ in tools])

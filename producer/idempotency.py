@@ -1,28 +1,54 @@
 """``Idempotency-Key`` on POSTs: the same key from the same tenant gets the same answer.
 
-The first request with a key reserves it (``SET NX``) before doing anything, so two requests
-racing with one key cannot both create work: the loser waits for the winner's answer and
-returns it. Answers are kept ``AGENTFLEET_IDEMPOTENCY_TTL`` seconds. A key sent again with a
-different request is a 422, not a silent replay of something else. A request that failed
-with a 5xx (nothing was accepted) releases its key, so the caller can retry with it.
+A request with a key reads the key's answer first: one kept already is replayed (with
+``Idempotent-Replayed: true``), or refused with a 422 if it answered a different request.
+Otherwise the request does its work, and the one Redis step that accepts the work keeps the
+answer too (:meth:`tasks.store.RunStore.accept`): the answer is kept if and only if the work
+was accepted. A 503 keeps nothing and holds nothing, so the retry that ``Retry-After`` asks
+for goes through; a request whose acceptance was applied but whose reply was lost is answered
+by its retry from the kept answer, with the same ID and no second run.
+
+Two requests racing with one key both prepare their work; the first one accepted wins, and
+the other withdraws its own and replays the winner's answer. An answer that accepts nothing
+(a cancel, a 4xx) is kept once produced, unless a racing request kept one first. Answers
+are kept ``AGENTFLEET_IDEMPOTENCY_TTL`` seconds.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import time
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, cast
 
 from fastapi.responses import JSONResponse
 
+from tasks.errors import AgentfleetError
 from tasks.store import RunStore
 
-#: Longest a request waits for a concurrent one holding its key.
-WAIT_FOR_WINNER = 30.0
 MAX_KEY_LENGTH = 255
 REPLAYED_HEADER = "Idempotent-Replayed"
+
+
+class Answered(AgentfleetError):
+    """A request with the same key was accepted first. ``args == (its kept answer,)``."""
+
+    code = "answered"
+
+
+@dataclass
+class Slot:
+    """Where a request's Idempotency-Key keeps its answer."""
+
+    key: str
+    fingerprint: str
+    #: The answer was kept in the same step that accepted the work.
+    kept: bool = False
+
+    def answer(self, status: int, body: dict[str, Any]) -> str:
+        """The stored form of an answer to this request."""
+        return json.dumps({"fingerprint": self.fingerprint, "status": status, "body": body})
 
 
 def _problem(status: int, message: str) -> JSONResponse:
@@ -34,53 +60,50 @@ def run_once(
     tenant: str,
     key: str | None,
     fingerprint: str,
-    produce: Callable[[], JSONResponse],
+    produce: Callable[[Slot | None], JSONResponse],
 ) -> JSONResponse:
-    """``produce()`` once per (tenant, key); later calls get its stored answer."""
+    """``produce(slot)`` once per (tenant, key); later calls get its kept answer.
+
+    ``produce`` keeps the answer itself when it accepts work (and sets ``slot.kept``), or
+    raises :class:`Answered` when another request with the key was accepted first.
+    """
     if key is None:
-        return produce()
+        return produce(None)
     if not key or len(key) > MAX_KEY_LENGTH:
         return _problem(422, f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters")
     digest = hashlib.sha256(key.encode()).hexdigest()
-    slot = f"{store.settings.key_prefix}:idem:{tenant}:{digest}"
-    ttl = store.settings.idempotency_ttl
-    pending = json.dumps({"fingerprint": fingerprint})
-    if store.redis.set(slot, pending, nx=True, ex=ttl):
+    slot = Slot(f"{store.settings.key_prefix}:idem:{tenant}:{digest}", fingerprint)
+    kept = cast(str | None, store.redis.get(slot.key))
+    if kept is None:
         try:
-            response = produce()
-        except BaseException:
-            store.redis.delete(slot)
-            raise
-        if response.status_code >= 500:
-            store.redis.delete(slot)
-            return response
-        answer = {
-            "fingerprint": fingerprint,
-            "status": response.status_code,
-            "body": json.loads(bytes(response.body)),
-        }
-        store.redis.set(slot, json.dumps(answer), ex=ttl)
-        return response
-    return _replay(store, slot, fingerprint)
+            response = produce(slot)
+        except Answered as first:
+            kept = first.message
+        else:
+            if slot.kept or response.status_code >= 500:
+                return response
+            kept = _keep(store, slot, response)
+            if kept is None:
+                return response
+    return _replay(kept, fingerprint)
 
 
-def _replay(store: RunStore, slot: str, fingerprint: str) -> JSONResponse:
-    deadline = time.monotonic() + WAIT_FOR_WINNER
-    while True:
-        raw = store.redis.get(slot)
-        stored: dict[str, Any] = json.loads(raw) if raw else {}
-        if stored and stored.get("fingerprint") != fingerprint:
-            return _problem(
-                422, "this Idempotency-Key was used with a different request; use a new key"
-            )
-        if "status" in stored:
-            return JSONResponse(
-                stored["body"], status_code=stored["status"], headers={REPLAYED_HEADER: "true"}
-            )
-        if not stored or time.monotonic() > deadline:
-            # The first request failed and released the key, or is stuck: ask for a retry.
-            return _problem(409, "a request with this Idempotency-Key is in progress; retry")
-        time.sleep(0.02)
+def _keep(store: RunStore, slot: Slot, response: JSONResponse) -> str | None:
+    """Keep ``response`` as the key's answer unless one is kept already; that one, or None."""
+    answer = slot.answer(response.status_code, json.loads(bytes(response.body)))
+    ttl = store.settings.idempotency_ttl
+    return cast(str | None, store.redis.set(slot.key, answer, nx=True, ex=ttl, get=True))
+
+
+def _replay(kept: str, fingerprint: str) -> JSONResponse:
+    stored: dict[str, Any] = json.loads(kept)
+    if stored.get("fingerprint") != fingerprint:
+        return _problem(
+            422, "this Idempotency-Key was used with a different request; use a new key"
+        )
+    return JSONResponse(
+        stored["body"], status_code=stored["status"], headers={REPLAYED_HEADER: "true"}
+    )
 
 
 def fingerprint(method: str, path: str, body: Any) -> str:

@@ -31,7 +31,7 @@ from tasks.errors import (
     RunCancelled,
     RunFailed,
 )
-from tasks.lifecycle import entry_options, follow_up, start_run
+from tasks.lifecycle import entry_options, follow_up, pending_countdown, start_run
 from tasks.llm import Completion, ModelToolCall, Target, call_chain, resolve_chain
 from tasks.metrics import step_fields
 from tasks.models import DEFAULT_TENANT, TENANT_PATTERN, RunRequest, RunStatus, limit_problems
@@ -109,6 +109,11 @@ class StepRunner:
             raise
 
     def _not_ours(self, claim: StepClaim) -> dict[str, Any]:
+        if claim.outcome == "pending":
+            # Published by the API, which has not accepted it yet: it does within moments,
+            # or the record expires and a later look finds it missing.
+            countdown = pending_countdown(claim.wait_s, self.task.request.retries)
+            raise self.task.retry(countdown=countdown)
         if claim.outcome == "busy":
             # Another delivery of this run holds it: usually it finishes within moments, so
             # look again soon rather than sleeping out the whole lease.

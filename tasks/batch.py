@@ -27,6 +27,7 @@ from typing import Any, cast
 from celery import Celery, Task, chord
 
 from tasks import names
+from tasks.lifecycle import pending_countdown
 from tasks.settings import Settings
 from tasks.store import RunStore, get_store
 from tasks.toolcall import time_limits, tool_payload
@@ -40,6 +41,22 @@ MAX_NAMED_FAILURES = 1000
 
 def batch_key(store: RunStore, batch_id: str) -> str:
     return f"{store.settings.key_prefix}:batch:{batch_id}"
+
+
+def batch_state(store: RunStore, batch_id: str) -> tuple[str, float]:
+    """``(accepted | pending | missing, seconds the pending state lasts at most)``.
+
+    The API writes a batch pending and accepts it once its dispatch is published; a batch
+    never accepted expires, and nothing of it may start.
+    """
+    pipe = store.redis.pipeline(transaction=False)
+    key = batch_key(store, batch_id)
+    pipe.hmget(key, "id", "pending")
+    pipe.pttl(key)
+    (ident, pending), pttl = pipe.execute()
+    if ident is None:
+        return "missing", 0.0
+    return ("pending" if pending else "accepted"), max(int(pttl), 0) / 1000
 
 
 def item_signature(app: Celery, settings: Settings, item: str, record: dict[str, str]) -> Any:
@@ -135,11 +152,17 @@ def batch_view(
 
 
 def register(app: Celery, settings: Settings) -> None:
-    @app.task(name=names.BATCH_DISPATCH, bind=True, shared=False, acks_late=True)
+    @app.task(name=names.BATCH_DISPATCH, bind=True, shared=False, acks_late=True, max_retries=None)
     def dispatch(self: Task, batch_id: str) -> None:
         """Publish the batch's chord (unless it was cancelled first)."""
         store = get_store(settings)
         key = batch_key(store, batch_id)
+        state, wait_s = batch_state(store, batch_id)
+        if state == "pending":
+            raise self.retry(countdown=pending_countdown(wait_s, self.request.retries))
+        if state == "missing":
+            log.info("batch %s was never accepted: not dispatched", batch_id)
+            return
         # Once: a redelivered dispatch must not publish the items twice.
         if not store.redis.hsetnx(key, "dispatched_at", time.time()):
             return

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 from typing import Any
 
 from celery import Celery
@@ -17,6 +18,17 @@ log = logging.getLogger(__name__)
 #: The options of a run's entry message that place it in an enclosing chord (a batch): kept
 #: when a run has to wait for a slot, so that starting it later keeps its place.
 ENTRY_OPTIONS = ("chord", "group_id", "group_index", "root_id")
+#: First and longest wait before a worker looks again at work the API has not accepted yet.
+PENDING_POLL = 0.05
+PENDING_POLL_MAX = 2.0
+
+
+def pending_countdown(wait_s: float, retries: int) -> float:
+    """When to look again at work the API has published but not accepted yet: soon (it
+    accepts right after publishing), then backing off, and not after its records expire
+    (in ``wait_s``); ``retries``: how often this message was retried already."""
+    backoff: float = min(PENDING_POLL * 2.0 ** min(retries, 6), PENDING_POLL_MAX)
+    return min(backoff, wait_s) + random.uniform(0.01, 0.05)
 
 
 def entry_options(request: Any) -> dict[str, Any]:

@@ -22,10 +22,14 @@ _clients: dict[tuple[int, str, bool], redis.Redis] = {}
 #: Pause between a worker's attempts to reach Redis again (also for publishes and results,
 #: see workers.conf.worker_config).
 RETRY_INTERVAL = 0.5
-#: Seconds this process's clients keep retrying a lost connection before raising (0: never).
-#: Workers set it at start (workers.signals), so a task waits for a restarting Redis instead
-#: of failing halfway through a step; the API leaves it at 0 and answers 503 at once.
-_outage_wait = 0.0
+#: Seconds a worker's command waits for its reply, and for a connection.
+WORKER_SOCKET_TIMEOUT = 10.0
+WORKER_CONNECT_TIMEOUT = 5.0
+#: Seconds this process's clients keep retrying a lost connection before raising (0: never),
+#: or None in a process that is not a worker. Workers set it at start (workers.signals), so a
+#: task waits for a restarting Redis instead of failing halfway through a step; the API
+#: leaves it unset and answers 503 within ``Settings.api_redis_timeout``.
+_outage_wait: float | None = None
 
 
 def wait_out_outages(seconds: float) -> None:
@@ -34,14 +38,24 @@ def wait_out_outages(seconds: float) -> None:
     _outage_wait = seconds
 
 
-def _patience() -> dict[str, Any]:
-    """Connection options that retry a lost connection for ``_outage_wait`` seconds."""
-    if _outage_wait <= 0:
-        return {}
-    # Connecting and each command are retried; our scripts are safe to run again.
-    return {
-        "retry": Retry(ConstantBackoff(RETRY_INTERVAL), math.ceil(_outage_wait / RETRY_INTERVAL))
+def _patience(settings: Settings) -> dict[str, Any]:
+    """Timeouts of this process's connections, and retries for a worker's."""
+    if _outage_wait is None:
+        # The API: a paused Redis (SIGSTOP, a stalled host) still accepts connections and
+        # never answers; the caller gets its 503 after one short wait, without retries.
+        return {
+            "socket_timeout": settings.api_redis_timeout,
+            "socket_connect_timeout": settings.api_redis_timeout,
+        }
+    timeouts = {
+        "socket_timeout": WORKER_SOCKET_TIMEOUT,
+        "socket_connect_timeout": WORKER_CONNECT_TIMEOUT,
     }
+    if _outage_wait <= 0:
+        return timeouts
+    # Connecting and each command are retried; our scripts are safe to run again.
+    attempts = math.ceil(_outage_wait / RETRY_INTERVAL)
+    return timeouts | {"retry": Retry(ConstantBackoff(RETRY_INTERVAL), attempts)}
 
 
 def get_redis(settings: Settings, *, decode: bool = True) -> redis.Redis:
@@ -62,10 +76,8 @@ def get_redis(settings: Settings, *, decode: bool = True) -> redis.Redis:
             max_connections=settings.redis_max_connections,
             timeout=10,
             decode_responses=decode,
-            socket_timeout=10,
-            socket_connect_timeout=5,
             health_check_interval=25,
-            **_patience(),
+            **_patience(settings),
         )
         client = redis.Redis(connection_pool=pool)
         _clients[key] = client
@@ -109,10 +121,8 @@ def _sentinel_master(settings: Settings, decode: bool) -> redis.Redis:
         db=db,
         password=password,
         decode_responses=decode,
-        socket_timeout=10,
-        socket_connect_timeout=5,
         health_check_interval=25,
         max_connections=settings.redis_max_connections,
-        **_patience(),
+        **_patience(settings),
     )
     return client

@@ -94,20 +94,71 @@ end
 """
 )
 
-# KEYS: run, messages. ARGV: ctx, fields json, due, messages...
+# A run that is accepted: kept for the record lifetime, on the watchdog's worklist, counted and
+# announced. Shared by CREATE_RUN and ACCEPT.
+_ACTIVATE = """
+local function activate(run_key, messages_key, due)
+  redis.call('EXPIRE', run_key, ctx.ttl)
+  redis.call('EXPIRE', messages_key, ctx.ttl)
+  redis.call('ZADD', ctx.prefix .. ':runs:active', due, ctx.run_id)
+  redis.call('HINCRBY', ctx.prefix .. METRIC.runs, 'enqueued', 1)
+  local model, max_steps = unpack(redis.call('HMGET', run_key, 'model', 'max_steps'))
+  emit(run_key, 'queued', {model = model, max_steps = tonumber(max_steps)})
+end
+"""
+
+# KEYS: run, messages. ARGV: ctx, fields json, due, pending ms, messages...
+# Pending ms > 0 (``fields.pending`` holds the acceptance token): the run is written but not
+# accepted; no step starts until ACCEPT accepts it (BEGIN_STEP answers ``pending``), and it
+# expires unless that comes within that many ms. Returns 1, or 0 if the ID exists.
 CREATE_RUN = (
     _COMMON
+    + _ACTIVATE
     + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local fields = cjson.decode(ARGV[2])
 for k, v in pairs(fields) do redis.call('HSET', KEYS[1], k, v) end
-for i = 4, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
-redis.call('EXPIRE', KEYS[1], ctx.ttl)
-redis.call('EXPIRE', KEYS[2], ctx.ttl)
-redis.call('ZADD', ctx.prefix .. ':runs:active', ARGV[3], ctx.run_id)
-redis.call('HINCRBY', ctx.prefix .. METRIC.runs, 'enqueued', 1)
-emit(KEYS[1], 'queued', {model = fields.model, max_steps = tonumber(fields.max_steps)})
+for i = 5, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
+local pending = tonumber(ARGV[4])
+if pending > 0 then
+  redis.call('PEXPIRE', KEYS[1], pending)
+  redis.call('PEXPIRE', KEYS[2], pending)
+else
+  activate(KEYS[1], KEYS[2], ARGV[3])
+end
 return 1
+"""
+)
+
+# Accepts a pending record (a run, a tool call, a batch) and keeps its Idempotency-Key's
+# answer, in one step: the API's last write for a POST. KEYS: record, its companion key (a
+# run's messages, a batch's items; the record again otherwise), the Idempotency-Key slot (any
+# unused key without one). ARGV: ctx, token, answer ('' without a key), answer ttl, due (a
+# run's, '' otherwise). Returns {'accepted'}; {'expired'} (the record is gone or another
+# request's: never accepted, nothing starts); or {'answered', answer} (a request with the same
+# key was accepted first: this one's record is deleted, and the caller replays that answer).
+ACCEPT = (
+    _COMMON
+    + _ACTIVATE
+    + """
+local ours = redis.call('HGET', KEYS[1], 'pending') == ARGV[2]
+if ARGV[3] ~= '' then
+  local answer = redis.call('GET', KEYS[3])
+  if answer then
+    if ours then redis.call('DEL', KEYS[1], KEYS[2]) end
+    return {'answered', answer}
+  end
+end
+if not ours then return {'expired'} end
+redis.call('HDEL', KEYS[1], 'pending')
+if ARGV[5] ~= '' then
+  activate(KEYS[1], KEYS[2], ARGV[5])
+else
+  redis.call('EXPIRE', KEYS[1], ctx.ttl)
+  redis.call('EXPIRE', KEYS[2], ctx.ttl)
+end
+if ARGV[3] ~= '' then redis.call('SET', KEYS[3], ARGV[3], 'EX', ARGV[4]) end
+return {'accepted'}
 """
 )
 
@@ -116,6 +167,9 @@ BEGIN_STEP = (
     _COMMON
     + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing'} end
+if redis.call('HEXISTS', KEYS[1], 'pending') == 1 then
+  return {'pending', tostring(redis.call('PTTL', KEYS[1]))}
+end
 local status = redis.call('HGET', KEYS[1], 'status')
 if is_final(status) then
   redis.call('ZREM', ctx.prefix .. ':runs:active', ctx.run_id)
@@ -297,26 +351,44 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
-# KEYS: tool. ARGV: ctx, fields json. Creates a tool-call record unless one exists.
+# KEYS: tool. ARGV: ctx, fields json, pending ms. Creates a tool-call record unless one exists:
+# 1 created, 0 exists, -1 exists but is pending (another request is accepting it). Pending ms
+# > 0: as CREATE_RUN's, with ``fields.pending`` and ``fields.accept`` holding the token.
 CREATE_TOOL = (
     _COMMON
     + """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  if redis.call('HEXISTS', KEYS[1], 'pending') == 1 then return -1 end
+  return 0
+end
 local fields = cjson.decode(ARGV[2])
 for k, v in pairs(fields) do redis.call('HSET', KEYS[1], k, v) end
-redis.call('EXPIRE', KEYS[1], ctx.ttl)
+local pending = tonumber(ARGV[3])
+if pending > 0 then
+  redis.call('PEXPIRE', KEYS[1], pending)
+else
+  redis.call('EXPIRE', KEYS[1], ctx.ttl)
+end
 return 1
 """
 )
 
 # KEYS: tool, lease, run. ARGV: ctx, token, lease_ms, name, arguments, due, step, call id,
-# max_deliveries. ``cancelled``: the run it belongs to was cancelled; the tool must not run.
-# ``poisoned``: begun more than max_deliveries times (each one that began it and stored no
-# result lost its worker); the caller holds the lease, to store the failure. Returns {outcome,
-# [result | lease ms left | deliveries]}.
+# max_deliveries, acceptance token ('' for calls the API did not create). ``cancelled``: the
+# run it belongs to was cancelled; the tool must not run. ``refused``: the API never accepted
+# this message's call; ``pending``: not yet (PTTL of the record). ``poisoned``: begun more than
+# max_deliveries times (each one that began it and stored no result lost its worker); the
+# caller holds the lease, to store the failure. Returns {outcome, [result | lease ms left |
+# deliveries]}.
 BEGIN_TOOL = (
     _COMMON
     + """
+if ARGV[10] ~= '' then
+  if redis.call('HGET', KEYS[1], 'accept') ~= ARGV[10] then return {'refused'} end
+  if redis.call('HEXISTS', KEYS[1], 'pending') == 1 then
+    return {'pending', tostring(redis.call('PTTL', KEYS[1]))}
+  end
+end
 local result = redis.call('HGET', KEYS[1], 'result')
 if result then return {'done', result} end
 if ctx.run_id ~= '' and redis.call('HGET', KEYS[3], 'status') == 'cancelled' then

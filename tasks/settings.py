@@ -178,6 +178,18 @@ class Settings(BaseSettings):
         description="Seconds a worker keeps retrying an unreachable Redis before failing the "
         "task it is running; the API does not wait (503).",
     )
+    api_redis_timeout: float = Field(
+        default=1.0,
+        gt=0,
+        description="Seconds the API waits for a Redis reply (run store or publish) before "
+        "answering 503.",
+    )
+    pending_ttl: float = Field(
+        default=60.0,
+        gt=0,
+        description="Seconds a POST's records wait, written but not accepted, for the API's "
+        "last write; workers hold its messages that long, then drop them.",
+    )
 
     # --- LLM provider --------------------------------------------------------------------
     llm_base_url: str | None = Field(

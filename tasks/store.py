@@ -35,6 +35,7 @@ from typing import Any, cast
 
 import redis
 from redis.commands.core import Script
+from redis.exceptions import NoScriptError
 
 from tasks import scripts
 from tasks.llm._routing import Target
@@ -49,8 +50,9 @@ class StepClaim:
 
     ``outcome`` is ``ok`` (the caller holds the lease), ``busy`` (another worker does; retry
     after ``wait_s``), ``done`` (already applied and dispatched), ``terminal``, ``missing``,
-    ``throttled`` (its tenant has no free slot; the run waits its turn) or ``poisoned``
-    (delivered more than ``max_redeliveries`` times).
+    ``throttled`` (its tenant has no free slot; the run waits its turn), ``poisoned``
+    (delivered more than ``max_redeliveries`` times) or ``pending`` (not yet accepted by the
+    API: it is, or the record expires, within ``wait_s``).
     """
 
     outcome: str
@@ -63,8 +65,10 @@ class StepClaim:
 @dataclass(frozen=True)
 class ToolClaim:
     """What :meth:`RunStore.begin_tool` found: ``ok``, ``busy`` (``wait_s``), ``done``,
-    ``cancelled`` (its run was cancelled) or ``poisoned`` (begun ``max_redeliveries`` times
-    before, each time losing its worker; the caller holds the lease, to store the failure)."""
+    ``cancelled`` (its run was cancelled), ``pending`` (not yet accepted by the API; within
+    ``wait_s``), ``refused`` (never accepted: the call must not run) or ``poisoned`` (begun
+    ``max_redeliveries`` times before, each time losing its worker; the caller holds the lease,
+    to store the failure)."""
 
     outcome: str
     token: str
@@ -146,6 +150,7 @@ class RunStore:
         self.settings = settings
         self._p = settings.key_prefix
         self._create_run = client.register_script(scripts.CREATE_RUN)
+        self._accept = client.register_script(scripts.ACCEPT)
         self._begin_step = client.register_script(scripts.BEGIN_STEP)
         self._apply_step = client.register_script(scripts.APPLY_STEP)
         self._finish_step = client.register_script(scripts.FINISH_STEP)
@@ -196,10 +201,16 @@ class RunStore:
         *,
         tenant: str = "default",
         batch_id: str | None = None,
+        pending: str = "",
     ) -> bool:
-        """Write a queued run with its first messages. False if the ID already exists."""
+        """Write a queued run with its first messages. False if the ID already exists.
+
+        With a ``pending`` token the run is not accepted yet: no step starts until
+        :meth:`accept` confirms it, and it expires unless that comes within
+        :meth:`pending_ms`.
+        """
         created = self.create_runs(
-            [(run_id, request, tools, chain)], tenant=tenant, batch_id=batch_id
+            [(run_id, request, tools, chain)], tenant=tenant, batch_id=batch_id, pending=pending
         )
         return created == 1
 
@@ -209,19 +220,78 @@ class RunStore:
         *,
         tenant: str = "default",
         batch_id: str | None = None,
+        pending: str = "",
     ) -> int:
         """Write many queued runs in pipelined round trips; returns how many were new."""
         calls = []
+        window = self.pending_ms() if pending else 0
         for run_id, request, tools, chain in runs:
             fields, messages = self._run_fields(run_id, request, tools, chain, tenant, batch_id)
+            if pending:
+                fields["pending"] = pending
             base = self.run_key(run_id)
             calls.append(
                 (
                     [base, f"{base}:messages"],
-                    [self._ctx(run_id), json.dumps(fields), self.due(0), *messages],
+                    [self._ctx(run_id), json.dumps(fields), self.due(0), window, *messages],
                 )
             )
         return sum(int(r) for r in self._each(self._create_run, calls))
+
+    def pending_ms(self) -> int:
+        """How long a pending record waits for :meth:`accept` before it expires."""
+        return int(self.settings.pending_ttl * 1000)
+
+    def accept(
+        self,
+        key: str,
+        companion: str,
+        token: str,
+        *,
+        run_id: str | None = None,
+        slot: str = "",
+        answer: str = "",
+    ) -> tuple[str, str]:
+        """Accept the pending record ``key`` written with ``token`` (and ``companion``, a
+        run's messages or a batch's items), and keep ``answer`` in the Idempotency-Key
+        ``slot`` in the same step. ``run_id``: the record is that run's.
+
+        Returns ``(outcome, the answer kept for the key)``. ``accepted``; ``sent``: Redis has
+        the whole command but no reply came in time (it applies the command when it answers
+        again, so the work is accepted unless Redis loses what it was sent); ``expired``: never
+        accepted; ``answered``: a request with the same key was accepted first (this one's
+        record is deleted). Raises ``RedisError`` only if the command was not sent.
+        """
+        due = str(self.due(0)) if run_id else ""
+        keys = [key, companion, slot or f"{key}:no-slot"]
+        args = [self._ctx(run_id), token, answer, self.settings.idempotency_ttl, due]
+        reply = self._send_once(self._accept, keys, args)
+        if reply is None:
+            return "sent", ""
+        return str(reply[0]), str(reply[1]) if len(reply) > 1 else ""
+
+    def _send_once(self, script: Script, keys: list[str], args: list[Any]) -> Any:
+        """Run ``script`` once on one connection: its reply, or None if the command went out
+        whole but no reply came. Raises if it did not go out (Redis drops a partial one)."""
+        pool = self.redis.connection_pool
+        connection: Any = pool.get_connection()
+        try:
+            for command in (("EVALSHA", script.sha), ("EVAL", script.script)):
+                try:
+                    connection.send_command(*command, len(keys), *keys, *args)
+                except redis.RedisError:
+                    connection.disconnect()
+                    raise
+                try:
+                    return connection.read_response()
+                except NoScriptError:
+                    continue  # not cached (a restart, SCRIPT FLUSH): send the script itself
+                except (redis.ConnectionError, redis.TimeoutError):
+                    connection.disconnect()
+                    return None
+            raise NoScriptError("the script was not loaded")
+        finally:
+            pool.release(connection)
 
     def _each(self, script: Script, calls: Sequence[tuple[list[str], list[Any]]]) -> list[Any]:
         """Run ``script`` once per (keys, args): directly for one call, else in one pipeline.
@@ -280,10 +350,17 @@ class RunStore:
         return fields, messages
 
     def delete_run(self, run_id: str) -> None:
-        base = self.run_key(run_id)
-        pipe = self.redis.pipeline()
-        pipe.delete(base, f"{base}:messages", f"{base}:events")
-        pipe.zrem(self.active_key, run_id)
+        self.delete_records([run_id], [])
+
+    def delete_records(self, run_ids: Sequence[str], call_ids: Sequence[str]) -> None:
+        """Delete runs and tool calls, in one pipelined round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for run_id in run_ids:
+            base = self.run_key(run_id)
+            pipe.delete(base, f"{base}:messages", f"{base}:events")
+            pipe.zrem(self.active_key, run_id)
+        for call_id in call_ids:
+            pipe.delete(self.tool_key(call_id))
         pipe.execute()
 
     def get_run(self, run_id: str) -> dict[str, str] | None:
@@ -313,7 +390,7 @@ class RunStore:
         outcome = reply[0]
         if outcome == "ok":
             return StepClaim("ok", token, _pairs(reply[1]), [json.loads(m) for m in reply[2]])
-        wait_s = int(reply[1]) / 1000 if outcome == "busy" else 0.0
+        wait_s = int(reply[1]) / 1000 if outcome in ("busy", "pending") else 0.0
         return StepClaim(outcome, token, {}, [], wait_s=max(wait_s, 0.0))
 
     def apply_step(self, run_id: str, step: int, token: str, answer: StepAnswer) -> int:
@@ -471,7 +548,11 @@ class RunStore:
         tenant: str = "default",
         batch_id: str | None = None,
         client: Any = None,
-    ) -> bool:
+        pending: str = "",
+    ) -> int:
+        """1 created, 0 the ID exists, -1 it exists but another request is accepting it.
+        ``pending``: as for :meth:`create_run`; the call's messages carry the token. With
+        ``client`` (a pipeline) the reply is among the pipeline's, and this returns 0."""
         fields: dict[str, Any] = {
             "id": call_id,
             "tenant": tenant,
@@ -482,12 +563,14 @@ class RunStore:
         }
         if batch_id:
             fields["batch_id"] = batch_id
+        if pending:
+            fields["pending"] = fields["accept"] = pending
         created = self._create_tool(
             keys=[self.tool_key(call_id)],
-            args=[self._ctx(None), json.dumps(fields)],
+            args=[self._ctx(None), json.dumps(fields), self.pending_ms() if pending else 0],
             client=client or self.redis,
         )
-        return bool(created)
+        return 0 if client is not None else int(created)
 
     def cancel_tool_calls(self, call_ids: Sequence[str], reason: str) -> list[tuple[str, str]]:
         """Cancel standalone calls not yet started, pipelined: (outcome, finished batch or '')
@@ -498,9 +581,6 @@ class RunStore:
                 keys=[self.tool_key(call_id)], args=[self._ctx(None), reason], client=pipe
             )
         return [(reply[0], reply[1]) for reply in pipe.execute()]
-
-    def delete_tool_call(self, call_id: str) -> None:
-        self.redis.delete(self.tool_key(call_id))
 
     def get_tool_call(self, call_id: str) -> dict[str, str] | None:
         data = cast(dict[str, str], self.redis.hgetall(self.tool_key(call_id)))
@@ -542,7 +622,9 @@ class RunStore:
         run_id: str | None,
         lease_s: float,
         step: int = 0,
+        accept: str = "",
     ) -> ToolClaim:
+        """Claim a tool call; ``accept``: the acceptance token its message carries."""
         token = uuid.uuid4().hex
         key = self.tool_key(call_id)
         run_key = self.run_key(run_id) if run_id else f"{key}:no-run"
@@ -558,12 +640,13 @@ class RunStore:
                 step,
                 call_id,
                 self.settings.max_redeliveries,
+                accept,
             ],
         )
         if reply[0] == "done":
             return ToolClaim("done", token, result=json.loads(reply[1]))
-        if reply[0] == "busy":
-            return ToolClaim("busy", token, wait_s=max(int(reply[1]) / 1000, 0.0))
+        if reply[0] in ("busy", "pending"):
+            return ToolClaim(reply[0], token, wait_s=max(int(reply[1]) / 1000, 0.0))
         return ToolClaim(reply[0], token)
 
     def complete_tool(

@@ -9,10 +9,11 @@ from typing import Any
 
 from billiard.exceptions import SoftTimeLimitExceeded
 from celery import Celery, Task
+from celery.exceptions import Ignore
 
 from tasks import names
 from tasks.errors import ToolError, ToolExecutionError, ToolRedeliveryLimit, UnknownToolError
-from tasks.lifecycle import batch_finished
+from tasks.lifecycle import batch_finished, pending_countdown
 from tasks.settings import Settings
 from tasks.store import get_store
 from tasks.tools import registry
@@ -29,8 +30,10 @@ def tool_payload(
     step: int | None = None,
     model_call_id: str | None = None,
     allowed: list[str] | None = None,
+    accept: str | None = None,
 ) -> dict[str, Any]:
-    """The JSON payload of ``agentfleet.tool.call`` (version 1)."""
+    """The JSON payload of ``agentfleet.tool.call`` (version 1). ``accept``: the token of
+    the API's record of the call, which must be accepted before the call runs."""
     payload: dict[str, Any] = {"version": 1, "id": call_id, "name": name, "arguments": arguments}
     if run_id is not None:
         payload["run_id"] = run_id
@@ -40,6 +43,8 @@ def tool_payload(
         payload["model_call_id"] = model_call_id
     if allowed is not None:
         payload["allowed"] = allowed
+    if accept is not None:
+        payload["accept"] = accept
     return payload
 
 
@@ -126,7 +131,15 @@ def register(app: Celery, settings: Settings) -> None:
         raw_args = arguments if isinstance(arguments, str) else json.dumps(arguments)
         _, hard = time_limits(name, settings)
         step = int(payload.get("step") or 0)
-        claim = store.begin_tool(call_id, name, raw_args, run_id, lease_s=hard, step=step)
+        accept = str(payload.get("accept") or "")
+        claim = store.begin_tool(
+            call_id, name, raw_args, run_id, lease_s=hard, step=step, accept=accept
+        )
+        if claim.outcome == "pending":
+            raise self.retry(countdown=pending_countdown(claim.wait_s, self.request.retries))
+        if claim.outcome == "refused":
+            log.info("tool call %s was never accepted: not run", call_id)
+            raise Ignore()
         if claim.outcome == "done":
             assert claim.result is not None
             if self.request.chord and run_id:

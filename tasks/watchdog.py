@@ -31,6 +31,7 @@ from typing import Any
 from celery import Celery
 
 from tasks.agent import completion_from_transcript, step_signature, tool_call_id, tool_signatures
+from tasks.batch import batch_state
 from tasks.lifecycle import start_run
 from tasks.models import RunStatus
 from tasks.settings import Settings
@@ -49,11 +50,12 @@ MAX_BACKOFF_DOUBLINGS = 5
 class Recovery:
     """What a sweep did for one overdue run.
 
-    ``action``: ``forgotten`` (final or gone), ``held`` (a worker holds it; wait for its lease),
-    ``waiting`` (its tenant is at its cap: the run that frees a slot starts it), ``entry`` (step
-    1 sent again), ``step`` (the step after a finished tool chord sent again, perhaps after
-    storing the failure of calls that used up their deliveries) or ``tools`` (tool calls that no
-    worker holds and no result answers sent again).
+    ``action``: ``forgotten`` (final, gone, or of a batch the API never accepted), ``held`` (a
+    worker holds it; wait for its lease), ``waiting`` (its tenant is at its cap: the run that
+    frees a slot starts it; or its batch is not accepted yet), ``entry`` (step 1 sent again),
+    ``step`` (the step after a finished tool chord sent again, perhaps after storing the failure
+    of calls that used up their deliveries) or ``tools`` (tool calls that no worker holds and no
+    result answers sent again).
     """
 
     run_id: str
@@ -73,6 +75,14 @@ def recover(app: Celery, settings: Settings, store: RunStore, run_id: str) -> Re
     if run is None or RunStatus(run["status"]).terminal:
         store.forget(run_id)
         return Recovery(run_id, "forgotten")
+    batch = _unaccepted_batch(store, run)
+    if batch == "missing":
+        # Written for a batch the API never accepted: nothing of it may start.
+        store.forget(run_id)
+        return Recovery(run_id, "forgotten")
+    if batch == "pending":
+        store.touch(run_id, settings.stall_timeout)
+        return Recovery(run_id, "waiting")
     if store.holds_lease(run_id):
         # A step is running, or its worker died: the lease lapses within the hard limit and
         # Celery redelivers the step; look again after that.
@@ -94,6 +104,14 @@ def recover(app: Celery, settings: Settings, store: RunStore, run_id: str) -> Re
         resends,
     )
     return recovery
+
+
+def _unaccepted_batch(store: RunStore, run: dict[str, str]) -> str:
+    """``missing`` or ``pending`` for a queued run of a batch not accepted; else ``''``."""
+    if not run.get("batch_id") or run.get("status") != RunStatus.QUEUED.value:
+        return ""
+    state, _ = batch_state(store, run["batch_id"])
+    return "" if state == "accepted" else state
 
 
 def _resend(

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from ops.stack import Stack
 from tasks.settings import ProviderConfig, Settings, unknown_variables
-from workers.conf import celery_config, worker_config
+from workers.conf import api_config, celery_config, worker_config
 from workers.factory import create_app
 
 #: Documented settings that Celery reads with ``conf.get`` but leaves out of its defaults table.
@@ -31,7 +31,7 @@ AMQP = "amqp://user:secret@rabbit.example:5672/fleet"
 @pytest.mark.parametrize("broker", [None, AMQP])
 def test_every_key_we_set_is_a_real_celery_setting(broker: str | None) -> None:
     settings = Settings(broker_url=broker)
-    config = {**celery_config(settings), **worker_config(settings)}
+    config = {**celery_config(settings), **worker_config(settings), **api_config(settings)}
     unknown = sorted(set(config) - set(DEFAULTS) - READ_BUT_NOT_IN_DEFAULTS)
     assert unknown == []
     assert "redis_backend_health_check_interval" not in DEFAULTS  # else drop it from the list
@@ -120,6 +120,12 @@ def test_workers_wait_out_a_redis_outage_and_the_api_does_not() -> None:
     api, worker = celery_config(settings), worker_config(settings)
     assert api["task_publish_retry_policy"]["max_retries"] == 3
     assert api["result_backend_max_retries"] == 10
+    # The API's own publishes answer within its Redis timeout, without retries.
+    answers_fast = api_config(settings)
+    assert answers_fast["task_publish_retry"] is False
+    options = answers_fast["broker_transport_options"]
+    assert options["socket_timeout"] == options["socket_connect_timeout"] == 1.0
+    assert options["retry_on_timeout"] is False
     assert worker["task_publish_retry_policy"]["max_retries"] == 60  # every 0.5 s for 30 s
     assert worker["result_backend_max_retries"] == 60
 
