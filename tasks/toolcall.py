@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import logging
 import random
-from typing import Any
+from typing import Any, NoReturn
 
 from billiard.exceptions import SoftTimeLimitExceeded
 from celery import Celery, Task
+from celery.exceptions import Ignore
 
 from tasks import names
 from tasks.errors import ToolError, ToolExecutionError, UnknownToolError
@@ -29,8 +30,10 @@ def tool_payload(
     step: int | None = None,
     model_call_id: str | None = None,
     allowed: list[str] | None = None,
+    gen: str | None = None,
 ) -> dict[str, Any]:
-    """The JSON payload of ``agentfleet.tool.call`` (version 1)."""
+    """The JSON payload of ``agentfleet.tool.call`` (version 1). ``gen``: the generation of the
+    run's answer that asked for the call (see :mod:`tasks.scripts`)."""
     payload: dict[str, Any] = {"version": 1, "id": call_id, "name": name, "arguments": arguments}
     if run_id is not None:
         payload["run_id"] = run_id
@@ -40,6 +43,8 @@ def tool_payload(
         payload["model_call_id"] = model_call_id
     if allowed is not None:
         payload["allowed"] = allowed
+    if gen:
+        payload["gen"] = gen
     return payload
 
 
@@ -108,7 +113,10 @@ def register(app: Celery, settings: Settings) -> None:
         raw_args = arguments if isinstance(arguments, str) else json.dumps(arguments)
         _, hard = time_limits(name, settings)
         step = int(payload.get("step") or 0)
-        claim = store.begin_tool(call_id, name, raw_args, run_id, lease_s=hard, step=step)
+        gen = str(payload.get("gen") or "")
+        claim = store.begin_tool(call_id, name, raw_args, run_id, lease_s=hard, step=step, gen=gen)
+        if claim.outcome == "stale":
+            _ignore_stale(call_id, run_id)
         if claim.outcome == "done":
             assert claim.result is not None
             if self.request.chord and run_id:
@@ -128,16 +136,33 @@ def register(app: Celery, settings: Settings) -> None:
         result: dict[str, Any] = {"id": call_id, "name": name}
         if payload.get("model_call_id"):
             result["model_call_id"] = payload["model_call_id"]
+        if gen:
+            result["gen"] = gen  # the next step checks that it answers the run's current answer
+        status = None
         if claim.outcome == "cancelled":
             # Its run was cancelled: answer without running, so the chord still completes.
             result |= {"ok": False, "error": {"code": "cancelled", "message": "run cancelled"}}
-            stored, _ = store.complete_tool(call_id, claim.token, result, run_id, step, "cancelled")
-            return stored
-        try:
-            result |= {"ok": True, "output": execute(name, arguments, payload.get("allowed"))}
-        except ToolError as exc:
-            result |= {"ok": False, "error": exc.to_dict()}
-            log.info("tool call %s (%s) failed: %s", call_id, name, exc)
-        stored, batch = store.complete_tool(call_id, claim.token, result, run_id, step)
+            status = "cancelled"
+        else:
+            try:
+                result |= {"ok": True, "output": execute(name, arguments, payload.get("allowed"))}
+            except ToolError as exc:
+                result |= {"ok": False, "error": exc.to_dict()}
+                log.info("tool call %s (%s) failed: %s", call_id, name, exc)
+        stored, batch = store.complete_tool(call_id, claim.token, result, run_id, step, status)
+        if stored is None:
+            _ignore_stale(call_id, run_id)
         batch_finished(self.app, batch)
         return stored
+
+
+def _ignore_stale(call_id: str, run_id: str | None) -> NoReturn:
+    """End a call that its run's step no longer asks for, passing nothing on: its chord or
+    chain belongs to an answer that a crash of Redis rolled back, and must not go on."""
+    log.warning(
+        "tool call %s: run %s holds another answer than the one that asked for it (a crash of "
+        "Redis rolled that one back); ignored",
+        call_id,
+        run_id,
+    )
+    raise Ignore()

@@ -101,13 +101,19 @@ def _resend(
         return Recovery(run_id, "entry")
     count = int(run.get(f"tools:{dispatched}") or 0)
     call_ids = [tool_call_id(run_id, dispatched, i) for i in range(count)]
-    results = store.stored_tool_results(call_ids)
+    gen = run.get(f"gen:{dispatched}", "")
+    # A stored result of another generation was run for an answer a crash of Redis rolled
+    # back: its call runs again (and replaces it).
+    results = [
+        r if r is None or r.get("gen", gen) == gen else None
+        for r in store.stored_tool_results(call_ids)
+    ]
     if all(r is not None for r in results):
         body = step_signature(app, run_id, dispatched + 1).set(task_id=run_id)
         body.apply_async((results,))
         return Recovery(run_id, "step", f"{dispatched + 1}")
     calls = _tool_calls_of(store.messages(run_id))
-    signatures = tool_signatures(app, settings, run_id, dispatched, run, calls)
+    signatures = tool_signatures(app, settings, run_id, dispatched, run, calls, gen)
     held = store.tool_leases(call_ids)
     lost = [s for s, r, h in zip(signatures, results, held, strict=True) if r is None and not h]
     for signature in lost:
