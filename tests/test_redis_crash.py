@@ -1,4 +1,4 @@
-"""A crash of the Redis host under load: what a run may build on.
+"""A crash of the Redis host under load: what a 202 promises, and what a run may build on.
 
 A crash is SIGKILL plus the loss of what the disk had not made durable. With ``appendfsync
 everysec`` that is up to the last second of the append-only file: the test notes the size of
@@ -7,6 +7,10 @@ the AOF's incremental file while runs are mid-flight, lets them progress, kills
 incomplete transaction) and starts it again on the same directory and port. Workers still
 hold what they read before the crash (a tool running, a step's tool results), so the run store
 must notice state that the crash rolled back instead of building on it.
+
+With ``appendfsync always`` (``ops.stack.DURABLE_REDIS``) Redis fsyncs before it answers, so
+everything acknowledged is on disk: a kill loses nothing that was acknowledged, and every run
+answered 202 is there after it. Workers and the API warn at start-up unless their Redis says so.
 
 Short limits (``SHORT_LIMITS``): the watchdog resends what the crash lost within seconds. The
 last tests make the state a crash leaves directly, and check that each transition refuses it.
@@ -26,16 +30,18 @@ from typing import Any
 import pytest
 import redis
 
-from ops.stack import PoolSpec, Proc, Stack, StackError, wait_for
+from ops.stack import DURABLE_REDIS, PoolSpec, Proc, Stack, StackError, wait_for
 from tasks.errors import RolledBack
 from tasks.llm import resolve_chain
 from tasks.metrics import step_fields
 from tasks.models import RunRequest, RunStatus
+from tasks.redisconn import durability_gap
 from tasks.store import RunStore, StepAnswer
 from tests.conftest import SHORT_LIMITS, Fleet, private_fleet
 from tests.test_worker_loss import AGENTS, BATCH
 
 EVERYSEC = ["--appendonly", "yes", "--appendfsync", "everysec"]
+ALWAYS = list(DURABLE_REDIS)
 #: No rewrite during the test: the incremental file must be the one the test cuts.
 NO_REWRITE = ["--auto-aof-rewrite-percentage", "0"]
 TOOLS_12 = PoolSpec("tools", "prefork", 12)
@@ -66,6 +72,12 @@ def everysec_fleet(tmp_path: Path) -> Iterator[Fleet]:
         yield fleet
 
 
+@pytest.fixture
+def always_fleet(tmp_path: Path) -> Iterator[Fleet]:
+    with _fleet(tmp_path, ALWAYS) as fleet:
+        yield fleet
+
+
 def _incr_file(stack: Stack) -> Path:
     """The AOF's incremental file (Redis 7 keeps a base and increments in appenddirname)."""
     (found,) = (stack.workdir / "redis" / "appendonlydir").glob("*.incr.aof")
@@ -88,6 +100,15 @@ def _crash_redis(stack: Stack, keep_bytes: int | None = None) -> None:
     client = redis.Redis.from_url(stack.redis_url or "", socket_connect_timeout=1)
     wait_for(lambda: bool(client.ping()), 30, "redis-server to come back")
     client.close()
+
+
+def _durability_warnings(stack: Stack) -> dict[str, int]:
+    """How many times each worker and API process warned that its Redis is not durable."""
+    return {
+        p.name: p.log.read_text().count("the run store's Redis has appendfsync everysec")
+        for p in stack.procs
+        if p.name.startswith(("worker-", "api-"))
+    }
 
 
 def _prompt(i: int) -> str:
@@ -152,6 +173,8 @@ def test_a_crash_never_leaves_a_run_built_on_rolled_back_state(
     everysec_fleet: Fleet, wait: Callable[..., None]
 ) -> None:
     fleet, stack = everysec_fleet, everysec_fleet.stack
+    # Each process said at start-up what a crash may cost with this Redis.
+    wait(lambda: set(_durability_warnings(stack).values()) == {1}, 10, "durability warnings")
     ids = [fleet.client.create_run(_prompt(i)).id for i in range(RUNS)]
 
     def applied() -> int:
@@ -170,6 +193,21 @@ def test_a_crash_never_leaves_a_run_built_on_rolled_back_state(
 
     # Every run whose record survived finishes, and none built on what the crash lost.
     _assert_all_succeed_consistently(fleet, list(after), wait)
+
+
+def test_every_accepted_run_survives_a_crash_with_appendfsync_always(
+    always_fleet: Fleet, wait: Callable[..., None]
+) -> None:
+    fleet, stack = always_fleet, always_fleet.stack
+    assert fleet.redis.config_get("appendfsync") == {"appendfsync": "always"}
+    assert set(_durability_warnings(stack).values()) == {0}, _durability_warnings(stack)
+    ids = [fleet.client.create_run(_prompt(i)).id for i in range(RUNS)]
+    # The crash right after the last 202, with steps and tools under way. Redis answered each
+    # write after its fsync, so the disk holds all of them: nothing is cut from the file.
+    _crash_redis(stack)
+
+    assert [r.get("id") for r in _records(fleet, ids)] == ids
+    _assert_all_succeed_consistently(fleet, ids, wait)
 
 
 # --- each transition refuses what a crash rolled back (the state a crash leaves, made directly)
@@ -265,3 +303,25 @@ def test_tool_calls_and_results_of_a_rolled_back_answer_are_refused(fleet: Fleet
     assert stored == _result(run_id, gen)
     done = store.begin_tool(call_id, "text_stats", "{}", run_id, 5, 1, gen=gen)
     assert (done.outcome, done.result) == ("done", stored)
+
+
+@pytest.mark.parametrize(
+    ("args", "gap"),
+    [
+        (["--appendonly", "no"], "appendonly no: "),
+        (EVERYSEC, "appendfsync everysec: "),
+        (ALWAYS, None),
+        # Managed services often refuse CONFIG: then nothing is known, and nothing is said.
+        ([*EVERYSEC, "--rename-command", "CONFIG", ""], None),
+    ],
+    ids=["no-aof", "everysec", "always", "config-refused"],
+)
+def test_what_a_crash_of_the_redis_host_may_lose_is_told(
+    tmp_path: Path, args: list[str], gap: str | None
+) -> None:
+    with Stack(tmp_path) as stack:
+        client = redis.Redis.from_url(stack.start_redis(extra_args=args), decode_responses=True)
+        found = durability_gap(client)
+        client.close()
+    assert (found is None) == (gap is None), found
+    assert (found or "").startswith(gap or ""), found

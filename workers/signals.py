@@ -18,7 +18,7 @@ from celery.signals import (
 
 from tasks import watchdog
 from tasks.llm import reset_clients
-from tasks.redisconn import wait_out_outages
+from tasks.redisconn import wait_out_outages, warn_if_not_durable
 from tasks.store import run_key
 from workers import heap, logs, redact, results
 from workers.conf import worker_config
@@ -62,6 +62,13 @@ def _start_watchdog(sender: Any = None, **_: Any) -> None:
     watchdog.start(sender.app, get_settings())
     # Threads and gevent pools run tasks in this process; prefork children freeze their own.
     heap.freeze_startup_heap()
+
+
+@worker_ready.connect
+def _warn_if_redis_not_durable(**_: Any) -> None:
+    # Once per worker node, from its main process: the broker is up by now, so the run store's
+    # Redis (the same one, unless configured apart) answers at once.
+    warn_if_not_durable(get_settings())
 
 
 @worker_shutdown.connect
