@@ -26,13 +26,16 @@ are noisy, so read the ratios, not the absolute numbers):
     made) and again (they are reused).
 
 Every configuration gets its own Redis database, so work a failed configuration leaves behind
-(a timeout, a dead worker) cannot leak into the next one. Every process is started through
+(a timeout, a dead worker) cannot leak into the next one. That Redis keeps no append-only file
+unless ``--appendfsync`` asks for one: ``always`` is how production runs it (an fsync before each
+write is answered, ``ops.stack.DURABLE_REDIS``), ``everysec`` the cheaper setting that a crash
+of the host can cost the last second of. Every process is started through
 :class:`~ops.stack.Stack` and stopped when the bench ends; every wait has a deadline.
 
 Usage::
 
     python -m ops.bench [--quick] [--only a,b,c,d,e,f] [--pools gevent,threads,prefork]
-                        [--json out.json]
+                        [--appendfsync no|everysec|always] [--json out.json]
 """
 
 from __future__ import annotations
@@ -731,17 +734,22 @@ class Fleet:
 class Bench:
     """One bench run: a private Redis and simulator, then the sections asked for."""
 
-    def __init__(self, stack: Stack, sizes: Sizes, families: Sequence[str]) -> None:
+    def __init__(
+        self, stack: Stack, sizes: Sizes, families: Sequence[str], appendfsync: str = "no"
+    ) -> None:
         self.stack = stack
         self.sizes = sizes
         self.families = families
+        self.appendfsync = appendfsync
         self.redis_base = ""
         self.simulator_base = ""
         self._next_db = 0
 
     def start(self) -> None:
         """Start Redis and the zero-latency simulator that every section shares."""
-        url = self.stack.start_redis(["--databases", str(REDIS_DATABASES)])
+        aof = [] if self.appendfsync == "no" else ["--appendonly", "yes"]
+        aof += [] if self.appendfsync == "no" else ["--appendfsync", self.appendfsync]
+        url = self.stack.start_redis(["--databases", str(REDIS_DATABASES), *aof])
         self.redis_base = url.rsplit("/", 1)[0]
         self.simulator_base = self.stack.start_simulator(latency=0.0).removesuffix("/v1")
 
@@ -1703,6 +1711,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--pools", default="gevent,threads,prefork", help="agents pool families to measure"
     )
+    parser.add_argument(
+        "--appendfsync",
+        choices=("no", "everysec", "always"),
+        default="no",
+        help="the bench's Redis keeps an append-only file fsynced so (no: no file)",
+    )
     parser.add_argument("--json", type=Path, help="also write every number to this file")
     args = parser.parse_args(argv)
     args.only = [s.strip() for s in args.only.split(",") if s.strip()]
@@ -1760,15 +1774,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     raise_fd_limit()
     workdir = Path(tempfile.mkdtemp(prefix="agentfleet-bench-"))
     started = time.monotonic()
-    progress(f"sizes {sizes}; logs in {workdir}")
+    progress(f"sizes {sizes}; appendfsync {args.appendfsync}; logs in {workdir}")
     with Stack(workdir) as stack:
-        bench = Bench(stack, sizes, args.pools)
+        bench = Bench(stack, sizes, args.pools, args.appendfsync)
         bench.start()
         numbers = run_sections(bench, args.only)
     wall = time.monotonic() - started
     print(f"bench wall time: {wall:.0f} s ({'quick' if args.quick else 'full'}); logs in {workdir}")
     if args.json:
-        document = {"sizes": asdict(sizes), "pools": args.pools, "wall_s": wall, **numbers}
+        document = {
+            "sizes": asdict(sizes),
+            "pools": args.pools,
+            "appendfsync": args.appendfsync,
+            "wall_s": wall,
+            **numbers,
+        }
         args.json.write_text(json.dumps(json_safe(document), indent=2) + "\n")
     failed = [r for section in numbers.values() for r in section if r.get("problem")]
     return 1 if failed else 0

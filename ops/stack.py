@@ -97,6 +97,21 @@ def ensure_redis_server() -> str:
     )
 
 
+#: How the fleet's Redis runs in production (README, "Redis: persistence and restarts"): the
+#: append-only file, fsynced before each write is answered, so a crash of the host loses
+#: nothing Redis acknowledged (a 202, a publish, a step's answer); no key is ever evicted.
+#: docker-compose.yml runs it so (tests/test_deploy.py). The tests and the demo run a Redis
+#: they throw away, without the file; ``python -m ops.bench --appendfsync`` measures the cost.
+DURABLE_REDIS = (
+    "--appendonly",
+    "yes",
+    "--appendfsync",
+    "always",
+    "--maxmemory-policy",
+    "noeviction",
+)
+
+
 @dataclass
 class PoolSpec:
     """One worker process: which queue, which Celery pool, how many slots."""

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Annotated, Any, cast
 
 import redis
@@ -41,6 +43,7 @@ from tasks.models import (
     limit_problems,
     tool_call_problems,
 )
+from tasks.redisconn import warn_if_not_durable
 from tasks.settings import Settings, get_settings, warn_unknown_variables
 from tasks.store import RunStore, get_store
 from tasks.views import run_view, tool_call_view
@@ -406,6 +409,13 @@ def _in_progress(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": str(exc)}, status_code=409, headers={"Retry-After": "1"})
 
 
+@asynccontextmanager
+async def _lifespan(api: FastAPI) -> AsyncIterator[None]:
+    # Once per API process, off the event loop: CONFIG GET waits on Redis.
+    await asyncio.to_thread(warn_if_not_durable, api.state.settings)
+    yield
+
+
 def create_api(settings: Settings | None = None, celery_app: Celery | None = None) -> FastAPI:
     """The API bound to ``settings`` (default: the environment) and a Celery app."""
     settings = settings or get_settings()
@@ -419,6 +429,7 @@ def create_api(settings: Settings | None = None, celery_app: Celery | None = Non
         title="agentfleet",
         version="0.1.0",
         description="Enqueue LLM agent runs and tool calls; poll them by ID.",
+        lifespan=_lifespan,
     )
     api.state.settings = settings
     api.state.celery = celery_app

@@ -16,7 +16,7 @@ import logging
 import random
 import time
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 from billiard.exceptions import SoftTimeLimitExceeded
 from celery import Celery, Signature, Task, chain, chord, states
@@ -28,6 +28,7 @@ from tasks.errors import (
     PermanentProviderError,
     ProvidersUnavailable,
     RetryableProviderError,
+    RolledBack,
     RunCancelled,
     RunFailed,
 )
@@ -65,6 +66,21 @@ def tool_messages(tool_results: list[dict[str, Any]] | None) -> list[dict[str, A
     return messages
 
 
+def answer_last_message(
+    messages: list[dict[str, Any]], tool_results: list[dict[str, Any]], gen: str
+) -> bool:
+    """Whether ``tool_results`` answer the tool calls of the transcript's last message, in order,
+    and were run for its generation ``gen`` (a result without one predates generations).
+
+    Results that do not were run for an answer that a crash of Redis rolled back: a step built
+    on them would show the model results of calls it never made.
+    """
+    last = messages[-1] if messages else {}
+    asked = last.get("tool_calls") or [] if last.get("role") == "assistant" else []
+    ids = [c["id"] for c in asked] == [r.get("model_call_id") or "" for r in tool_results]
+    return ids and all(r.get("gen", gen) == gen for r in tool_results)
+
+
 def completion_from_transcript(messages: list[dict[str, Any]]) -> Completion:
     """The answer a step already stored, for a step redelivered after it was applied."""
     last = messages[-1]
@@ -91,6 +107,8 @@ class StepRunner:
             return self._not_ours(claim)
         try:
             return self._advance(claim, tool_results)
+        except RolledBack as exc:
+            self._ignore_rolled_back(exc)
         except RunCancelled:
             # Cancelled while the model was answering: the run is final already.
             self.store.drop_lease(self.run_id, claim.token)
@@ -130,6 +148,8 @@ class StepRunner:
             # record, so the result is stored (and an enclosing batch chord counts the run)
             # even if the worker that finished the run died before Celery did either.
             return self._final_view()
+        if claim.outcome == "rolled_back":
+            self._ignore_rolled_back(RolledBack("the answer of the step before it is gone"))
         if claim.outcome == "throttled":
             # Its tenant has no free slot: the run waits in the tenant's queue, and the run
             # that frees a slot publishes it again, in the same place in any batch chord.
@@ -164,11 +184,17 @@ class StepRunner:
         # applied and publishes again. The run's last step dispatches no tool calls: no step
         # would read their results.
         last_step = self.step >= int(run["max_steps"])
+        # The generation of the answer this step builds on, and of its own (tasks.scripts).
+        after = run.get(f"gen:{self.step - 1}", "")
+        gen = run.get(f"gen:{self.step}")
         if int(run.get("applied_step") or 0) >= self.step:
             completion = completion_from_transcript(transcript)  # redelivered after applying
             dispatching = bool(completion.tool_calls) and not last_step
             if dispatching:
                 self.store.drop_lease(self.run_id, claim.token)
+        elif not answer_last_message(transcript, tool_results or [], after):
+            self.store.release_step(self.run_id, self.step, claim.token, due=time.time())
+            raise RolledBack("its tool results answer an answer that is gone")
         elif self.step > int(run["max_steps"]):
             # Published by a release that dispatched the last step's tool calls: none is left.
             return self._fail(claim.token, **_out_of_steps(run))
@@ -193,6 +219,7 @@ class StepRunner:
                 step_fields(time.monotonic() - self.began, target),
                 self._worker(),
                 asked=len(completion.tool_calls),
+                after=after,
             )
             if not dispatching:
                 # The run's last step: its answer and its end in one round trip.
@@ -205,11 +232,19 @@ class StepRunner:
             # The answer applied and the lease dropped, in one script.
             if self.store.apply_step(self.run_id, self.step, claim.token, answer) < 0:
                 raise RunCancelled(self.run_id)
+            gen = claim.token
         if dispatching:
-            self._dispatch_tools(claim, run, completion.tool_calls)
+            self._dispatch_tools(claim, run, completion.tool_calls, gen)
+        ending = _ending(completion, run)
         return self._followed(  # redelivered after the answer that ended the run was applied
-            self.store.finish_step(self.run_id, self.step, claim.token, **_ending(completion, run))
+            self.store.finish_step(self.run_id, self.step, claim.token, gen=gen, **ending)
         )
+
+    def _ignore_rolled_back(self, exc: RolledBack) -> NoReturn:
+        """End a step that found what it builds on rolled back by a crash of Redis. The step
+        was given back with the run due now: the watchdog sends what the record says is next."""
+        log.warning("run %s step %d: %s (a crash of Redis); ignored", self.run_id, self.step, exc)
+        raise Ignore()
 
     def _call_llm(
         self, run: dict[str, str], messages: list[dict[str, Any]]
@@ -276,10 +311,12 @@ class StepRunner:
         raise self.task.retry(countdown=countdown)
 
     def _dispatch_tools(
-        self, claim: StepClaim, run: dict[str, str], calls: list[ModelToolCall]
+        self, claim: StepClaim, run: dict[str, str], calls: list[ModelToolCall], gen: str | None
     ) -> None:
+        """Replace this step with its tool calls, asked in the answer of generation ``gen``,
+        and the next step."""
         app = self.task.app
-        header = tool_signatures(app, self.settings, self.run_id, self.step, run, calls)
+        header = tool_signatures(app, self.settings, self.run_id, self.step, run, calls, gen)
         body = step_signature(app, self.run_id, self.step + 1)
         try:
             self.task.replace(fan_out(app, self.run_id, header, body))
@@ -287,7 +324,7 @@ class StepRunner:
             # Replaced: the tool calls are published, and the run's place in any enclosing
             # chord went with them. Mark the step dispatched, then end as ignored: the run's
             # end is recorded by the step that ends it, also if it was cancelled meanwhile.
-            finished = self.store.finish_step(self.run_id, self.step, claim.token)
+            finished = self.store.finish_step(self.run_id, self.step, claim.token, gen=gen)
             follow_up(app, self.store, self.run_id, finished)
             raise
 
@@ -338,8 +375,10 @@ def tool_signatures(
     step: int,
     run: dict[str, str],
     calls: list[ModelToolCall],
+    gen: str | None = None,
 ) -> list[Signature]:
-    """One ``agentfleet.tool.call`` per tool call the model made in ``step``."""
+    """One ``agentfleet.tool.call`` per tool call the model made in ``step``, in its answer of
+    generation ``gen``."""
     allowed = json.loads(run.get("tools") or "[]")
     signatures = []
     for index, call in enumerate(calls):
@@ -353,6 +392,7 @@ def tool_signatures(
             step=step,
             model_call_id=call.id,
             allowed=allowed,
+            gen=gen,
         )
         signatures.append(
             app.signature(

@@ -5,6 +5,7 @@
     ├── RunNotFound                 no run record under that ID
     ├── RunCancelled                the run was cancelled while a step was working on it
     ├── RunFailed                   how a run that did not succeed ends its Celery task (record)
+    ├── RolledBack                  a step found the state it builds on gone (a Redis crash)
     ├── Unauthorized                no API key, or one that is not known (HTTP 401)
     ├── ProviderError               an LLM provider call failed (provider, message)
     │   ├── RetryableProviderError  try again later (retry_after seconds, if the provider said)
@@ -91,6 +92,13 @@ class RunFailed(AgentfleetError):
     def __repr__(self) -> str:
         # What Flower and the task-failed event show: not the record, which holds the answer.
         return f"{type(self).__name__}({self.message!r})"
+
+
+class RolledBack(AgentfleetError):
+    """A transition of a step found that the answer it builds on is gone: a crash of Redis
+    rolled it back. Nothing was written, and the run is due at once for the watchdog."""
+
+    code = "rolled_back"
 
 
 class Unauthorized(AgentfleetError):

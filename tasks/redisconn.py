@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from typing import Any
@@ -13,6 +14,8 @@ from redis.retry import Retry
 from redis.sentinel import Sentinel
 
 from tasks.settings import Settings, is_sentinel
+
+log = logging.getLogger(__name__)
 
 #: Port of a Sentinel server when its URL names none.
 SENTINEL_PORT = 26379
@@ -126,3 +129,32 @@ def _sentinel_master(settings: Settings, decode: bool) -> redis.Redis:
         **_patience(settings),
     )
     return client
+
+
+def durability_gap(client: redis.Redis) -> str | None:
+    """What keeps a write this Redis acknowledged from surviving a crash of its host, or None.
+
+    Only ``appendonly yes`` with ``appendfsync always`` fsyncs before answering. None too when
+    the server refuses ``CONFIG GET`` (managed services often do) or cannot be asked.
+    """
+    try:
+        config = client.config_get("append*")
+    except redis.RedisError:
+        return None
+    if config.get("appendonly") != "yes":
+        return "appendonly no: a restart or a crash loses every run record and queued message"
+    fsync = config.get("appendfsync", "")
+    if fsync != "always":
+        return f"appendfsync {fsync}: a crash of its host can lose the last writes it answered"
+    return None
+
+
+def warn_if_not_durable(settings: Settings) -> None:
+    """Log once, at start-up, if the run store's Redis may lose what it acknowledged."""
+    gap = durability_gap(get_redis(settings))
+    if gap:
+        log.warning(
+            "the run store's Redis has %s (runs answered 202 among them): run it with "
+            "appendonly yes and appendfsync always (README, Redis: persistence and restarts)",
+            gap,
+        )

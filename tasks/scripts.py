@@ -11,6 +11,16 @@ the store runs on one Redis, not a cluster.
 The fleet's metrics of runs and steps (:mod:`tasks.metrics`) are counted by the transitions
 that make them true, in the same round trip: a run when it is created and when it becomes
 final, a step when its answer is applied.
+
+A transition never builds on state that a crash of Redis rolled back. A crash can lose the
+last writes (``appendfsync everysec``, an asynchronous replica promoted) while workers still
+hold what they read before it: a step's tool results, a tool call of a step's answer. Each
+applied answer records its generation, ``gen:<step>`` (the token of the claim that applied it,
+unique: a step that answers again after a rollback gets a new one); tool calls carry the
+generation they were asked in, and their results bring it back. A step whose predecessor's
+answer is gone (``rolled_back``), a tool call or result of another generation (``stale``) and
+an answer built on one are refused, and the run is made due at once for the watchdog, which
+sends what the record says is next.
 """
 
 from __future__ import annotations
@@ -52,6 +62,13 @@ local function count_in_batch(batch_id, status)
 end
 local function is_final(status)
   return status == 'succeeded' or status == 'failed' or status == 'cancelled'
+end
+-- A step found that what it builds on was rolled back: give the step back (not a crash, so
+-- not a delivery) and make the run due now, for the watchdog.
+local function rolled_back(run_key, lease_key, token, step)
+  if redis.call('GET', lease_key) == token then redis.call('DEL', lease_key) end
+  redis.call('HINCRBY', run_key, 'deliveries:' .. step, -1)
+  redis.call('ZADD', ctx.prefix .. ':runs:active', ctx.now, ctx.run_id)
 end
 -- The run metrics: one more run with this final status, and its created -> finished time.
 -- Called by finalize, which each caller runs only on a run that is not final yet: once a run.
@@ -179,6 +196,12 @@ local step = tonumber(ARGV[3])
 if tonumber(redis.call('HGET', KEYS[1], 'dispatched_step') or '0') >= step then
   return {'done'}
 end
+local applied = tonumber(redis.call('HGET', KEYS[1], 'applied_step') or '0')
+if applied < step - 1 then
+  -- The answer of the step that published this one is gone.
+  redis.call('ZADD', ctx.prefix .. ':runs:active', ctx.now, ctx.run_id)
+  return {'rolled_back'}
+end
 if status == 'queued' then
   -- The tenant's cap on runs in flight: over it, the run waits its turn in a queue of the
   -- tenant's own, and the run that frees a slot starts the first one waiting.
@@ -207,8 +230,7 @@ if status == 'queued' then
   emit(KEYS[1], 'started', {worker = ARGV[7]})
 end
 redis.call('ZADD', ctx.prefix .. ':runs:active', ARGV[6], ctx.run_id)
-if tonumber(redis.call('HGET', KEYS[1], 'applied_step') or '0') < step
-   and step <= tonumber(redis.call('HGET', KEYS[1], 'max_steps') or step) then
+if applied < step and step <= tonumber(redis.call('HGET', KEYS[1], 'max_steps') or step) then
   emit(KEYS[1], 'llm_call_started', {step = step})
 end
 return {'ok', redis.call('HGETALL', KEYS[1]), redis.call('LRANGE', KEYS[3], 0, -1)}
@@ -216,23 +238,33 @@ return {'ok', redis.call('HGETALL', KEYS[1]), redis.call('LRANGE', KEYS[3], 0, -
 )
 
 # The two halves of a step's end, as functions, so that a step that ends the run does both in
-# one script. apply: append the step's answer and usage once; 1 applied, 0 applied before,
-# -1 the run is final (cancelled while the model was answering). p: {messages: [str],
-# prompt_tokens, completion_tokens, tools_total, provider, model, worker, metrics
-# (tasks.metrics.step_fields)}. finish: mark the step dispatched (and the run final, if
-# p.status), drop the lease; returns {record, run to start now, finished batch, final status
-# if this made it final}. p: {due, [status, result, error]}.
+# one script. apply: append the step's answer and usage once, as generation ``token``; 1
+# applied, 0 applied before, -1 the run is final (cancelled while the model was answering),
+# -2 rolled back (the previous step's answer is gone, or is not generation p.after, the one
+# this answer was built on). p: {messages: [str], after, prompt_tokens, completion_tokens,
+# tools_total, provider, model, worker, metrics (tasks.metrics.step_fields)}. finish: mark the
+# step dispatched (and the run final, if p.status), drop the lease; returns {record, run to
+# start now, finished batch, final status if this made it final}, or {'rolled_back'} if p.gen
+# (the generation of the answer dispatched, or ending the run) is not the step's applied one.
+# p: {due, [gen, status, result, error]}.
 _STEP_END = """
-local function apply(run_key, messages_key, step, p)
+local function apply(run_key, messages_key, lease_key, token, step, p)
   if is_final(redis.call('HGET', run_key, 'status')) then return -1 end
-  if tonumber(redis.call('HGET', run_key, 'applied_step') or '0') >= step then return 0 end
+  local applied = tonumber(redis.call('HGET', run_key, 'applied_step') or '0')
+  if applied >= step then return 0 end
+  local after = step > 1 and redis.call('HGET', run_key, 'gen:' .. (step - 1))
+  if applied < step - 1 or (after and after ~= p.after) then
+    rolled_back(run_key, lease_key, token, step)
+    return -2
+  end
   for _, m in ipairs(p.messages) do redis.call('RPUSH', messages_key, m) end
   redis.call('HINCRBY', run_key, 'prompt_tokens', p.prompt_tokens)
   redis.call('HINCRBY', run_key, 'completion_tokens', p.completion_tokens)
   redis.call('HINCRBY', run_key, 'llm_calls', 1)
   redis.call('HINCRBY', run_key, 'tools_total', p.tools_total)
   redis.call('HSET', run_key, 'applied_step', step, 'step', step, 'updated_at', ctx.now,
-             'provider', p.provider, 'tools:' .. step, p.tools_total, 'worker', p.worker)
+             'provider', p.provider, 'tools:' .. step, p.tools_total, 'worker', p.worker,
+             'gen:' .. step, token)
   redis.call('HDEL', run_key, 'waiting', 'waiting_since')
   emit(run_key, 'llm_call_finished', {step = step, provider = p.provider, model = p.model,
        prompt_tokens = p.prompt_tokens, completion_tokens = p.completion_tokens,
@@ -252,6 +284,10 @@ local function apply(run_key, messages_key, step, p)
   return 1
 end
 local function finish(run_key, lease_key, token, step, p)
+  if p.gen and redis.call('HGET', run_key, 'gen:' .. step) ~= p.gen then
+    rolled_back(run_key, lease_key, token, step)
+    return {'rolled_back'}
+  end
   local follow = {'', '', ''}
   if tonumber(redis.call('HGET', run_key, 'dispatched_step') or '0') < step then
     redis.call('HSET', run_key, 'dispatched_step', step, 'updated_at', ctx.now)
@@ -284,7 +320,8 @@ APPLY_STEP = (
     _COMMON
     + _STEP_END
     + """
-local applied = apply(KEYS[1], KEYS[2], tonumber(ARGV[2]), cjson.decode(ARGV[3]))
+local step, p = tonumber(ARGV[2]), cjson.decode(ARGV[3])
+local applied = apply(KEYS[1], KEYS[2], KEYS[3], ARGV[4], step, p)
 if applied >= 0 and redis.call('GET', KEYS[3]) == ARGV[4] then redis.call('DEL', KEYS[3]) end
 return applied
 """
@@ -298,14 +335,14 @@ FINISH_STEP = (
 )
 
 # A step that ends the run: both in one round trip. KEYS: run, messages, lease. ARGV: ctx,
-# token, step, apply json, finish json. Returns {-1} (final already: nothing finished), or
-# {applied, record, run to start now, finished batch, final status}.
+# token, step, apply json, finish json. Returns {-1} (final already: nothing finished), {-2}
+# (rolled back), or {applied, record, run to start now, finished batch, final status}.
 APPLY_AND_FINISH_STEP = (
     _COMMON
     + _STEP_END
     + """
 local step = tonumber(ARGV[3])
-local applied = apply(KEYS[1], KEYS[2], step, cjson.decode(ARGV[4]))
+local applied = apply(KEYS[1], KEYS[2], KEYS[3], ARGV[2], step, cjson.decode(ARGV[4]))
 if applied < 0 then return {applied} end
 local done = finish(KEYS[1], KEYS[3], ARGV[2], step, cjson.decode(ARGV[5]))
 return {applied, done[1], done[2], done[3], done[4]}
@@ -373,15 +410,31 @@ return 1
 """
 )
 
+# Shared by BEGIN_TOOL and COMPLETE_TOOL: whether the run's step ``step`` holds an answer of
+# another generation than ``gen`` (a call of a run's step carries the generation that asked
+# for it; standalone calls carry none). Tool call IDs are positional (<run>-<step>-<i>): a step
+# that answers again after a crash rolled its answer back dispatches the same IDs, perhaps for
+# other model calls, while workers still hold calls of the answer that is gone.
+_STALE = """
+local function stale(run_key, step, gen)
+  if ctx.run_id == '' or gen == '' then return false end
+  local current = redis.call('HGET', run_key, 'gen:' .. step)
+  return current ~= false and current ~= gen
+end
+"""
+
 # KEYS: tool, lease, run. ARGV: ctx, token, lease_ms, name, arguments, due, step, call id,
-# max_deliveries, acceptance token ('' for calls the API did not create). ``cancelled``: the
-# run it belongs to was cancelled; the tool must not run. ``refused``: the API never accepted
-# this message's call; ``pending``: not yet (PTTL of the record). ``poisoned``: begun more than
-# max_deliveries times (each one that began it and stored no result lost its worker); the
-# caller holds the lease, to store the failure. Returns {outcome, [result | lease ms left |
-# deliveries]}.
+# max_deliveries, acceptance token ('' for calls the API did not create), generation.
+# ``cancelled``: the run it belongs to was cancelled; ``stale``: the run's step holds another
+# generation; either way the tool must not run. A stored result of another generation than
+# the call's is stale too: the call runs again and replaces it. ``refused``: the API never
+# accepted this message's call; ``pending``: not yet (PTTL of the record). ``poisoned``: begun
+# more than max_deliveries times (each one that began it and stored no result lost its
+# worker); the caller holds the lease, to store the failure. Returns {outcome, [result | lease
+# ms left | deliveries]}.
 BEGIN_TOOL = (
     _COMMON
+    + _STALE
     + """
 if ARGV[10] ~= '' then
   if redis.call('HGET', KEYS[1], 'accept') ~= ARGV[10] then return {'refused'} end
@@ -389,13 +442,21 @@ if ARGV[10] ~= '' then
     return {'pending', tostring(redis.call('PTTL', KEYS[1]))}
   end
 end
-local result = redis.call('HGET', KEYS[1], 'result')
-if result then return {'done', result} end
+if stale(KEYS[3], ARGV[7], ARGV[11]) then return {'stale'} end
+local stored = redis.call('HMGET', KEYS[1], 'result', 'gen')
+local replace = stored[1] and ARGV[11] ~= '' and stored[2] and stored[2] ~= ARGV[11]
+if stored[1] and not replace then return {'done', stored[1]} end
 if ctx.run_id ~= '' and redis.call('HGET', KEYS[3], 'status') == 'cancelled' then
   return {'cancelled'}
 end
 if not redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[3]) then
   return {'busy', tostring(redis.call('PTTL', KEYS[2]))}
+end
+if replace then
+  -- A new call under the same ID: its deliveries count from zero.
+  redis.call('HDEL', KEYS[1], 'result', 'finished_at', 'attempts')
+  redis.call('HSET', KEYS[1], 'name', ARGV[4], 'arguments', ARGV[5])
+  if ctx.run_id ~= '' then redis.call('HINCRBY', KEYS[3], 'tools_done', -1) end
 end
 redis.call('HSETNX', KEYS[1], 'created_at', ctx.now)
 redis.call('HSETNX', KEYS[1], 'id', ARGV[8])
@@ -413,15 +474,21 @@ return {'ok'}
 """
 )
 
-# KEYS: tool, lease, run. ARGV: ctx, token, result json, status, due, step.
-# First result wins; counts once on the run (or on the batch of a standalone call).
-# Returns {result, finished batch}.
+# KEYS: tool, lease, run. ARGV: ctx, token, result json, status, due, step, generation.
+# First result wins, with its generation; counts once on the run (or on the batch of a
+# standalone call). Returns {result, finished batch}, or {'', ''} if the run's step holds
+# another generation: the result is kept out.
 COMPLETE_TOOL = (
     _COMMON
+    + _STALE
     + """
+if stale(KEYS[3], ARGV[6], ARGV[7]) then
+  if redis.call('GET', KEYS[2]) == ARGV[2] then redis.call('DEL', KEYS[2]) end
+  return {'', ''}
+end
 local batch_done = ''
 if redis.call('HSETNX', KEYS[1], 'result', ARGV[3]) == 1 then
-  redis.call('HSET', KEYS[1], 'status', ARGV[4], 'finished_at', ctx.now)
+  redis.call('HSET', KEYS[1], 'status', ARGV[4], 'finished_at', ctx.now, 'gen', ARGV[7])
   if ctx.run_id ~= '' and redis.call('EXISTS', KEYS[3]) == 1 then
     redis.call('HINCRBY', KEYS[3], 'tools_done', 1)
     redis.call('ZADD', ctx.prefix .. ':runs:active', 'XX', ARGV[5], ctx.run_id)

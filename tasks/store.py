@@ -38,6 +38,7 @@ from redis.commands.core import Script
 from redis.exceptions import NoScriptError
 
 from tasks import scripts
+from tasks.errors import RolledBack
 from tasks.llm._routing import Target
 from tasks.models import RunRequest, RunStatus
 from tasks.redisconn import get_redis
@@ -51,8 +52,11 @@ class StepClaim:
     ``outcome`` is ``ok`` (the caller holds the lease), ``busy`` (another worker does; retry
     after ``wait_s``), ``done`` (already applied and dispatched), ``terminal``, ``missing``,
     ``throttled`` (its tenant has no free slot; the run waits its turn), ``poisoned``
-    (delivered more than ``max_redeliveries`` times) or ``pending`` (not yet accepted by the
-    API: it is, or the record expires, within ``wait_s``).
+    (delivered more than ``max_redeliveries`` times), ``pending`` (not yet accepted by the
+    API: it is, or the record expires, within ``wait_s``) or ``rolled_back`` (the answer of the
+    step before it is gone: a crash of Redis rolled it back; the run is due now, for the
+    watchdog). ``token`` is also the generation of the answer this claim applies (see
+    :mod:`tasks.scripts`).
     """
 
     outcome: str
@@ -66,9 +70,10 @@ class StepClaim:
 class ToolClaim:
     """What :meth:`RunStore.begin_tool` found: ``ok``, ``busy`` (``wait_s``), ``done``,
     ``cancelled`` (its run was cancelled), ``pending`` (not yet accepted by the API; within
-    ``wait_s``), ``refused`` (never accepted: the call must not run) or ``poisoned`` (begun
+    ``wait_s``), ``refused`` (never accepted: the call must not run), ``poisoned`` (begun
     ``max_redeliveries`` times before, each time losing its worker; the caller holds the lease,
-    to store the failure)."""
+    to store the failure) or ``stale`` (its run's step holds an answer of another generation:
+    the one that asked for this call was rolled back by a crash of Redis)."""
 
     outcome: str
     token: str
@@ -92,6 +97,9 @@ class Finished:
 
 
 _stores: dict[tuple[int, int], RunStore] = {}
+
+#: What ``apply`` (tasks.scripts) answers when the answer a step builds on is gone.
+ROLLED_BACK = -2
 
 
 def run_key(prefix: str, run_id: str) -> str:
@@ -124,12 +132,14 @@ class StepAnswer:
     metrics: dict[str, Any]  # tasks.metrics.step_fields
     worker: str = ""
     asked: int = 0  # the tool calls the model asked for (``tool_calls`` are those dispatched)
+    after: str = ""  # the generation of the previous step's answer, which this one builds on
 
     def payload(self) -> str:
         """The JSON the step-ending scripts take (``apply`` in :mod:`tasks.scripts`)."""
         return json.dumps(
             {
                 "messages": [json.dumps(m) for m in self.messages],
+                "after": self.after,
                 "prompt_tokens": self.prompt_tokens,
                 "completion_tokens": self.completion_tokens,
                 "tools_total": self.tool_calls,
@@ -394,15 +404,20 @@ class RunStore:
         return StepClaim(outcome, token, {}, [], wait_s=max(wait_s, 0.0))
 
     def apply_step(self, run_id: str, step: int, token: str, answer: StepAnswer) -> int:
-        """Append this step's answer and usage once, then drop the lease ``token`` holds
-        (unless the run is final): 1 applied now, 0 applied before, -1 the run is final
-        (cancelled while the model answered)."""
+        """Append this step's answer and usage once, as generation ``token``, then drop the
+        lease ``token`` holds (unless the run is final): 1 applied now, 0 applied before, -1
+        the run is final (cancelled while the model answered). :class:`RolledBack` if the
+        answer it builds on (``answer.after``) is gone."""
         base = self.run_key(run_id)
-        applied = self._apply_step(
-            keys=[base, f"{base}:messages", f"{base}:lease"],
-            args=[self._ctx(run_id), step, answer.payload(), token],
+        applied = int(
+            self._apply_step(
+                keys=[base, f"{base}:messages", f"{base}:lease"],
+                args=[self._ctx(run_id), step, answer.payload(), token],
+            )
         )
-        return int(applied)
+        if applied == ROLLED_BACK:
+            raise RolledBack(f"the answer step {step} of run {run_id} builds on is gone")
+        return applied
 
     def finish_step(
         self,
@@ -413,13 +428,25 @@ class RunStore:
         status: RunStatus | None = None,
         result: str | None = None,
         error: dict[str, str] | None = None,
+        gen: str | None = None,
     ) -> Finished:
-        """Mark the step dispatched (and the run final, if ``status``); drop the lease."""
+        """Mark the step dispatched (and the run final, if ``status``); drop the lease.
+
+        ``gen``: the generation of the step's answer whose tool calls were dispatched, or that
+        ends the run; :class:`RolledBack` if the step's applied answer is not that one.
+        """
         base = self.run_key(run_id)
         reply = self._finish_step(
             keys=[base, f"{base}:lease"],
-            args=[self._ctx(run_id), token, step, self._finish_payload(status, result, error)],
+            args=[
+                self._ctx(run_id),
+                token,
+                step,
+                self._finish_payload(status, result, error, gen),
+            ],
         )
+        if reply[0] == "rolled_back":
+            raise RolledBack(f"the answer of step {step} of run {run_id} is gone")
         return Finished(_pairs(reply[0]), reply[1], reply[2], reply[3])
 
     def apply_and_finish_step(
@@ -446,15 +473,23 @@ class RunStore:
                 self._finish_payload(status, result, error),
             ],
         )
+        if int(reply[0]) == ROLLED_BACK:
+            raise RolledBack(f"the answer step {step} of run {run_id} builds on is gone")
         if int(reply[0]) < 0:
             return None
         return Finished(_pairs(reply[1]), reply[2], reply[3], reply[4])
 
     def _finish_payload(
-        self, status: RunStatus | None, result: str | None, error: dict[str, str] | None
+        self,
+        status: RunStatus | None,
+        result: str | None,
+        error: dict[str, str] | None,
+        gen: str | None = None,
     ) -> str:
         # Not final: its tool calls are queued, and each one pushes this on as it starts.
         payload: dict[str, Any] = {"due": self.due(self.settings.tool_time_limit)}
+        if gen:
+            payload["gen"] = gen
         if status is not None:
             payload["status"] = status.value
         if result is not None:
@@ -494,13 +529,15 @@ class RunStore:
         pipe.hget(key, "waiting_since")
         return float(pipe.execute()[-1])
 
-    def release_step(self, run_id: str, step: int, token: str, after: float = 0.0) -> None:
-        """Give the step back; its retry comes ``after`` seconds from now."""
+    def release_step(
+        self, run_id: str, step: int, token: str, after: float = 0.0, due: float | None = None
+    ) -> None:
+        """Give the step back; its retry comes ``after`` seconds from now. The run is due
+        ``due`` (a time), by default once that retry has had its time."""
         base = self.run_key(run_id)
-        self._release_step(
-            keys=[base, f"{base}:lease"],
-            args=[self._ctx(run_id), token, step, self.due(after + self.settings.step_time_limit)],
-        )
+        if due is None:
+            due = self.due(after + self.settings.step_time_limit)
+        self._release_step(keys=[base, f"{base}:lease"], args=[self._ctx(run_id), token, step, due])
 
     def touch(self, run_id: str, seconds: float) -> None:
         """Push the run's due time to ``seconds`` (plus the stall allowance) from now."""
@@ -623,8 +660,11 @@ class RunStore:
         lease_s: float,
         step: int = 0,
         accept: str = "",
+        gen: str = "",
     ) -> ToolClaim:
-        """Claim a tool call; ``accept``: the acceptance token its message carries."""
+        """Take the call to run it, unless its result is stored. ``accept``: the acceptance
+        token its message carries; ``gen``: the generation of the run's answer that asked for
+        the call, whose stored result of another generation is replaced."""
         token = uuid.uuid4().hex
         key = self.tool_key(call_id)
         run_key = self.run_key(run_id) if run_id else f"{key}:no-run"
@@ -641,6 +681,7 @@ class RunStore:
                 call_id,
                 self.settings.max_redeliveries,
                 accept,
+                gen,
             ],
         )
         if reply[0] == "done":
@@ -657,14 +698,28 @@ class RunStore:
         run_id: str | None,
         step: int = 0,
         status: str | None = None,
-    ) -> tuple[dict[str, Any], str]:
+    ) -> tuple[dict[str, Any] | None, str]:
         """Store the result unless one is stored: (the result that won, finished batch).
-        Drops the lease if ``token`` still holds it (``""`` holds none)."""
+        Drops the lease if ``token`` still holds it (``""`` holds none).
+
+        (None, '') if the run's step holds an answer of another generation than ``result``'s
+        ``gen``: a crash of Redis rolled back the answer that asked for the call.
+        """
         key = self.tool_key(call_id)
         run_key = self.run_key(run_id) if run_id else f"{key}:no-run"
         status = status or ("succeeded" if result.get("ok") else "failed")
         stored, batch = self._complete_tool(
             keys=[key, f"{key}:lease", run_key],
-            args=[self._ctx(run_id), token, json.dumps(result), status, self.due(0), step],
+            args=[
+                self._ctx(run_id),
+                token,
+                json.dumps(result),
+                status,
+                self.due(0),
+                step,
+                result.get("gen") or "",
+            ],
         )
+        if not stored:
+            return None, ""
         return cast(dict[str, Any], json.loads(stored)), batch

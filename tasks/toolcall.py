@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import random
-from typing import Any
+from typing import Any, NoReturn
 
 from billiard.exceptions import SoftTimeLimitExceeded
 from celery import Celery, Task
@@ -15,7 +15,7 @@ from tasks import names
 from tasks.errors import ToolError, ToolExecutionError, ToolRedeliveryLimit, UnknownToolError
 from tasks.lifecycle import batch_finished, pending_countdown
 from tasks.settings import Settings
-from tasks.store import get_store
+from tasks.store import ToolClaim, get_store
 from tasks.tools import registry
 
 log = logging.getLogger(__name__)
@@ -31,9 +31,11 @@ def tool_payload(
     model_call_id: str | None = None,
     allowed: list[str] | None = None,
     accept: str | None = None,
+    gen: str | None = None,
 ) -> dict[str, Any]:
     """The JSON payload of ``agentfleet.tool.call`` (version 1). ``accept``: the token of
-    the API's record of the call, which must be accepted before the call runs."""
+    the API's record of the call, which must be accepted before the call runs; ``gen``: the
+    generation of the run's answer that asked for the call (see :mod:`tasks.scripts`)."""
     payload: dict[str, Any] = {"version": 1, "id": call_id, "name": name, "arguments": arguments}
     if run_id is not None:
         payload["run_id"] = run_id
@@ -45,6 +47,8 @@ def tool_payload(
         payload["allowed"] = allowed
     if accept is not None:
         payload["accept"] = accept
+    if gen:
+        payload["gen"] = gen
     return payload
 
 
@@ -72,6 +76,8 @@ def _result_head(payload: dict[str, Any]) -> dict[str, Any]:
     head: dict[str, Any] = {"id": str(payload["id"]), "name": str(payload["name"])}
     if payload.get("model_call_id"):
         head["model_call_id"] = payload["model_call_id"]
+    if payload.get("gen"):
+        head["gen"] = payload["gen"]  # the next step checks it answers the run's current answer
     return head
 
 
@@ -132,14 +138,11 @@ def register(app: Celery, settings: Settings) -> None:
         _, hard = time_limits(name, settings)
         step = int(payload.get("step") or 0)
         accept = str(payload.get("accept") or "")
+        gen = str(payload.get("gen") or "")
         claim = store.begin_tool(
-            call_id, name, raw_args, run_id, lease_s=hard, step=step, accept=accept
+            call_id, name, raw_args, run_id, lease_s=hard, step=step, accept=accept, gen=gen
         )
-        if claim.outcome == "pending":
-            raise self.retry(countdown=pending_countdown(claim.wait_s, self.request.retries))
-        if claim.outcome == "refused":
-            log.info("tool call %s was never accepted: not run", call_id)
-            raise Ignore()
+        _stop_unless_ours(self, claim, call_id, run_id)
         if claim.outcome == "done":
             assert claim.result is not None
             if self.request.chord and run_id:
@@ -153,26 +156,54 @@ def register(app: Celery, settings: Settings) -> None:
                     countdown=settings.chord_recovery_delay,
                 )
             return claim.result
-        if claim.outcome == "busy":
-            # Another worker holds the call (or died holding it): wait for the lease to end.
-            raise self.retry(countdown=claim.wait_s + random.uniform(0.1, 0.5))
         if claim.outcome == "poisoned":
             log.warning("tool call %s (%s) lost its worker on each delivery", call_id, name)
             failure = redelivery_failure(payload, settings.max_redeliveries)
             stored, batch = store.complete_tool(call_id, claim.token, failure, run_id, step)
+            if stored is None:
+                _ignore_stale(call_id, run_id)
             batch_finished(self.app, batch)
             return stored
         result = _result_head(payload)
+        status = None
         if claim.outcome == "cancelled":
             # Its run was cancelled: answer without running, so the chord still completes.
             result |= {"ok": False, "error": {"code": "cancelled", "message": "run cancelled"}}
-            stored, _ = store.complete_tool(call_id, claim.token, result, run_id, step, "cancelled")
-            return stored
-        try:
-            result |= {"ok": True, "output": execute(name, arguments, payload.get("allowed"))}
-        except ToolError as exc:
-            result |= {"ok": False, "error": exc.to_dict()}
-            log.info("tool call %s (%s) failed: %s", call_id, name, exc)
-        stored, batch = store.complete_tool(call_id, claim.token, result, run_id, step)
+            status = "cancelled"
+        else:
+            try:
+                result |= {"ok": True, "output": execute(name, arguments, payload.get("allowed"))}
+            except ToolError as exc:
+                result |= {"ok": False, "error": exc.to_dict()}
+                log.info("tool call %s (%s) failed: %s", call_id, name, exc)
+        stored, batch = store.complete_tool(call_id, claim.token, result, run_id, step, status)
+        if stored is None:
+            _ignore_stale(call_id, run_id)
         batch_finished(self.app, batch)
         return stored
+
+
+def _stop_unless_ours(task: Task, claim: ToolClaim, call_id: str, run_id: str | None) -> None:
+    """End the task (retry later, or ignore) unless ``claim`` lets it answer the call."""
+    if claim.outcome == "pending":
+        raise task.retry(countdown=pending_countdown(claim.wait_s, task.request.retries))
+    if claim.outcome == "busy":
+        # Another worker holds the call (or died holding it): wait for the lease to end.
+        raise task.retry(countdown=claim.wait_s + random.uniform(0.1, 0.5))
+    if claim.outcome == "refused":
+        log.info("tool call %s was never accepted: not run", call_id)
+        raise Ignore()
+    if claim.outcome == "stale":
+        _ignore_stale(call_id, run_id)
+
+
+def _ignore_stale(call_id: str, run_id: str | None) -> NoReturn:
+    """End a call that its run's step no longer asks for, passing nothing on: its chord or
+    chain belongs to an answer that a crash of Redis rolled back, and must not go on."""
+    log.warning(
+        "tool call %s: run %s holds another answer than the one that asked for it (a crash of "
+        "Redis rolled that one back); ignored",
+        call_id,
+        run_id,
+    )
+    raise Ignore()

@@ -123,15 +123,22 @@ def _resend(
         return Recovery(run_id, "entry")
     count = int(run.get(f"tools:{dispatched}") or 0)
     call_ids = [tool_call_id(run_id, dispatched, i) for i in range(count)]
-    results = store.stored_tool_results(call_ids)
+    gen = run.get(f"gen:{dispatched}", "")
+    results = _current(store.stored_tool_results(call_ids), gen)
     if any(r is None for r in results):
-        sent = _tools_again(app, settings, store, run, call_ids, results)
-        results = store.stored_tool_results(call_ids)
+        sent = _tools_again(app, settings, store, run, call_ids, results, gen)
+        results = _current(store.stored_tool_results(call_ids), gen)
         if sent or any(r is None for r in results):
             return Recovery(run_id, "tools", f"{sent} of {count}")
     body = step_signature(app, run_id, dispatched + 1).set(task_id=run_id)
     body.apply_async((results,))
     return Recovery(run_id, "step", f"{dispatched + 1}")
+
+
+def _current(results: list[dict[str, Any] | None], gen: str) -> list[dict[str, Any] | None]:
+    """``results`` without those of another generation than ``gen``: run for an answer a
+    crash of Redis rolled back, their calls run again (and replace them)."""
+    return [r if r is None or r.get("gen", gen) == gen else None for r in results]
 
 
 def _tools_again(
@@ -141,13 +148,14 @@ def _tools_again(
     run: dict[str, str],
     call_ids: list[str],
     results: list[dict[str, Any] | None],
+    gen: str,
 ) -> int:
     """Send again each of the run's last tool calls (``call_ids``) that no result answers and
     no worker holds, or store its failure if its deliveries are used up; returns how many were
     sent."""
     run_id, step = run["id"], int(run["dispatched_step"])
     calls = _tool_calls_of(store.messages(run_id))
-    signatures = tool_signatures(app, settings, run_id, step, run, calls)
+    signatures = tool_signatures(app, settings, run_id, step, run, calls, gen)
     attempts = store.unheld_tool_attempts(call_ids)
     sent = 0
     for signature, result, begun in zip(signatures, results, attempts, strict=True):

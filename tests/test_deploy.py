@@ -20,6 +20,7 @@ import yaml
 
 from ops.deploy import SERVICE_POOLS, grace_seconds, node_name, ping_command, shutdown_env
 from ops.stack import (
+    DURABLE_REDIS,
     REPO,
     api_command,
     flower_command,
@@ -83,8 +84,7 @@ def test_compose_services(compose: dict[str, Any]) -> None:
     assert set(services) == {"redis", "api", "flower", "simulator", *SERVICE_POOLS}
     assert services["simulator"]["profiles"] == ["dev"]
     redis = " ".join(services["redis"]["command"])
-    assert "--appendonly yes" in redis
-    assert "--maxmemory-policy noeviction" in redis
+    assert " ".join(DURABLE_REDIS) in redis
     assert services["redis"]["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
     for name, service in services.items():
         if name not in ("redis", "simulator"):

@@ -17,6 +17,7 @@ SAMPLES: list[errors.AgentfleetError] = [
     errors.AgentfleetError("root"),
     errors.ConfigError("bad config"),
     errors.RunNotFound("no run"),
+    errors.RolledBack("gone"),
     errors.ProviderError("failed", "p1"),
     errors.RetryableProviderError("busy", "p1", 2.5),
     errors.RetryableProviderError("down", "p2", None),

@@ -188,9 +188,9 @@ def test_one_tool_call_hands_its_result_on_without_a_chord(fleet: Fleet) -> None
     assert chord_keys() - before, "two tool calls were not joined by a chord"
 
 
-def _step_one_dispatched(store: RunStore, run_id: str, text: str) -> ToolClaim:
-    """A run whose step 1 asked for one ``text_stats`` call, applied and dispatched, with
-    that call begun (its claim returned) and no result yet: as if its chord were published."""
+def step_one_applied(store: RunStore, run_id: str, text: str) -> str:
+    """A run whose step 1 asked for one ``text_stats`` call (ID ``call_1``), applied and marked
+    dispatched; the claim token that applied it (its generation)."""
     chain = resolve_chain(store.settings, None)
     request = RunRequest(input=f'call text_stats {{"text": "{text}"}}')
     assert store.create_run(run_id, request, ["text_stats"], chain)
@@ -205,6 +205,13 @@ def _step_one_dispatched(store: RunStore, run_id: str, text: str) -> ToolClaim:
     metrics = step_fields(0.01, chain[0])
     store.apply_step(run_id, 1, claim.token, StepAnswer([message], 10, 5, 1, chain[0], metrics))
     store.finish_step(run_id, 1, claim.token)
+    return claim.token
+
+
+def _step_one_dispatched(store: RunStore, run_id: str, text: str) -> ToolClaim:
+    """:func:`step_one_applied`, with that call begun (its claim returned) and no result yet:
+    as if its chord were published."""
+    step_one_applied(store, run_id, text)
     return store.begin_tool(f"{run_id}-1-0", "text_stats", "{}", run_id, lease_s=5)
 
 

@@ -16,11 +16,13 @@ from pathlib import Path
 import pytest
 
 from ops.stack import PoolSpec, Stack, wait_for
+from tasks import names
 from tasks.llm import resolve_chain
 from tasks.models import RunRequest, RunStatus
 from tasks.store import RunStore
 from tasks.watchdog import recover
 from tests.conftest import SHORT_LIMITS, Fleet, private_fleet, with_pools
+from tests.test_runs import step_one_applied
 
 SHORT = SHORT_LIMITS | {"AGENTFLEET_STALL_TIMEOUT": "2", "AGENTFLEET_WATCHDOG_INTERVAL": "0.5"}
 AGENTS = PoolSpec("agents", "threads", 20)
@@ -153,3 +155,34 @@ def test_a_run_waiting_for_its_tenant_is_resent_only_if_its_start_was_lost(
     finished = store.finish_step("cap-a", 1, first.token, status=RunStatus.SUCCEEDED, result="x")
     assert finished.kick == "cap-b"
     assert recover(watched.app, settings, store, "cap-b").action == "entry"
+
+
+def test_a_step_handed_results_of_a_rolled_back_answer_gets_the_current_ones(
+    watched: Fleet, wait: Callable[..., None]
+) -> None:
+    """The state a crash of Redis leaves: the answer of step 1 was rolled back and given again,
+    while a worker ran the first answer's call, stored its result and hands it to step 2."""
+    if not any(p.name.startswith("worker-tools") and p.alive() for p in watched.stack.procs):
+        watched.stack.start_worker(TOOLS)
+        watched.stack.wait_workers(watched.app, 2)
+    store = RunStore(watched.redis, watched.settings)
+    run_id, call_id = "rolled-back-results-1", "rolled-back-results-1-1-0"
+    gen = step_one_applied(store, run_id, "a b")
+    stale = {"id": call_id, "name": "text_stats", "ok": True, "output": {"words": 99}}
+    stale |= {"model_call_id": "call_1", "gen": "rolled-back"}
+    watched.redis.hset(
+        store.tool_key(call_id),
+        mapping={
+            "id": call_id,
+            "result": json.dumps(stale),
+            "gen": "rolled-back",
+            "status": "succeeded",
+        },
+    )
+    watched.app.send_task(names.AGENT_STEP, args=([stale], run_id, 2), task_id=run_id)
+
+    run = watched.client.wait(run_id, timeout=60)
+    assert run.status == "succeeded", run.error
+    assert run.result == 'Results: text_stats={"characters": 3, "words": 2, "lines": 1}'
+    assert [m["role"] for m in store.messages(run_id)] == ["user", "assistant", "tool", "assistant"]
+    assert watched.redis.hget(store.tool_key(call_id), "gen") == gen

@@ -18,7 +18,7 @@ from celery.signals import (
 
 from tasks import fleet, watchdog
 from tasks.llm import reset_clients
-from tasks.redisconn import wait_out_outages
+from tasks.redisconn import wait_out_outages, warn_if_not_durable
 from tasks.settings import get_settings, warn_unknown_variables
 from tasks.store import run_key
 from workers import heap, logs, redact, results
@@ -70,6 +70,13 @@ def _publish_registrations(sender: Any = None, **_: Any) -> None:
     # tools no live node has, and GET /v1/tools shows which node has which (tasks/fleet.py).
     queues = sender.app.amqp.queues.consume_from or {}
     fleet.start(get_settings(), str(sender.hostname), list(queues))
+
+
+@worker_ready.connect
+def _warn_if_redis_not_durable(**_: Any) -> None:
+    # Once per worker node, from its main process: the broker is up by now, so the run store's
+    # Redis (the same one, unless configured apart) answers at once.
+    warn_if_not_durable(get_settings())
 
 
 @worker_shutdown.connect
