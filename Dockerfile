@@ -21,4 +21,4 @@ RUN pip install . \
 # up) when a worker runs as root.
 USER agentfleet
 EXPOSE 8000 5555 8799
-CMD ["python", "-m", "uvicorn", "producer.api:app", "--host", "0.0.0.0", "--port", "8000"]
+CMD ["python", "-m", "uvicorn", "agentfleet.producer.api:app", "--host", "0.0.0.0", "--port", "8000"]

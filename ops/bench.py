@@ -65,17 +65,17 @@ import httpx
 import redis
 from celery import Celery, canvas
 
+from agentfleet.producer.auth import create_key
+from agentfleet.producer.enqueue import submit_run
+from agentfleet.tasks import names
+from agentfleet.tasks.models import DEFAULT_TENANT, RunRequest
+from agentfleet.tasks.redisconn import get_redis
+from agentfleet.tasks.settings import Settings
+from agentfleet.tasks.store import RunStore
+from agentfleet.workers.conf import celery_config
+from agentfleet.workers.factory import create_app
 from ops import bench_plain
 from ops.stack import PoolSpec, Proc, Stack, StackError, free_port, wait_for
-from producer.auth import create_key
-from producer.enqueue import submit_run
-from tasks import names
-from tasks.models import DEFAULT_TENANT, RunRequest
-from tasks.redisconn import get_redis
-from tasks.settings import Settings
-from tasks.store import RunStore
-from workers.conf import celery_config
-from workers.factory import create_app
 
 #: A plain prompt: the simulator answers it in one step ("Echo: ..."), no tool call.
 ONE_STEP_PROMPT = "bench"
@@ -1239,7 +1239,7 @@ class Bench:
         """The producer API on database ``url`` with ``processes`` uvicorn workers."""
         port = free_port()
         argv = [
-            sys.executable, "-m", "uvicorn", "producer.api:app", "--host", "127.0.0.1",
+            sys.executable, "-m", "uvicorn", "agentfleet.producer.api:app", "--host", "127.0.0.1",
             "--port", str(port), "--log-level", "warning", "--workers", str(processes),
         ]  # fmt: skip
         env = {**self.stack.env(), "AGENTFLEET_REDIS_URL": url}

@@ -23,9 +23,9 @@ from pathlib import Path  # noqa: E402
 
 import gevent  # noqa: E402
 
+from agentfleet.tasks.llm import Target, call_chain, complete, get_guard  # noqa: E402
+from agentfleet.tasks.settings import ProviderConfig, Settings  # noqa: E402
 from ops.stack import Stack  # noqa: E402
-from tasks.llm import Target, call_chain, complete, get_guard  # noqa: E402
-from tasks.settings import ProviderConfig, Settings  # noqa: E402
 
 MESSAGES = [{"role": "user", "content": "hello"}]
 

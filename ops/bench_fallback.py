@@ -25,9 +25,9 @@ from pathlib import Path
 import httpx
 import redis
 
-from ops.simulator.faults import set_faults
+from agentfleet.producer.client import Client
+from agentfleet.simulator.faults import set_faults
 from ops.stack import PoolSpec, Stack, wait_for
-from producer.client import Client
 
 
 def _providers(sim: str, fail_max: int) -> str:

@@ -27,9 +27,9 @@ import httpx2
 import openai
 from openai.types.chat import ChatCompletion
 
+from agentfleet.tasks.llm._call import CHAT_PATH
+from agentfleet.tasks.tools import registry
 from ops.stack import Stack
-from tasks.llm._call import CHAT_PATH
-from tasks.tools import registry
 
 MESSAGES: list[dict[str, Any]] = [
     {"role": "user", "content": 'call text_stats {"text": "x"}'},

@@ -25,9 +25,9 @@ from typing import cast
 import httpx
 import redis
 
-from ops.simulator.faults import clear_faults, set_faults
+from agentfleet.producer.client import Client
+from agentfleet.simulator.faults import clear_faults, set_faults
 from ops.stack import PoolSpec, Stack
-from producer.client import Client
 
 
 def _providers(sim: str) -> str:

@@ -25,9 +25,9 @@ from typing import Any
 from kombu.utils.url import maybe_sanitize_url
 from pydantic import ValidationError
 
+from agentfleet.producer.client import Client
+from agentfleet.tasks.settings import Settings, unknown_variables
 from ops.stack import REPO, Stack, StackError, user_settings
-from producer.client import Client
-from tasks.settings import Settings, unknown_variables
 
 RUNS = {
     "plain answer": "Say hello to the fleet.",

@@ -24,8 +24,8 @@ from __future__ import annotations
 import math
 from typing import Final
 
+from agentfleet.tasks.settings import Settings
 from ops.stack import PoolSpec
-from tasks.settings import Settings
 
 #: One Compose service (and one k8s Deployment) per pool; concurrency per process, sized
 #: for a 2-core host (README, "Performance": threads sustained the most LLM calls per core).
@@ -58,4 +58,16 @@ def grace_seconds(spec: PoolSpec, settings: Settings) -> int:
 
 def ping_command(node: str, python: str = "python") -> list[str]:
     """A worker's health check: it answers a ping addressed to its own node name."""
-    return [python, "-m", "celery", "-A", "workers", "inspect", "ping", "-d", node, "-t", "10"]
+    return [
+        python,
+        "-m",
+        "celery",
+        "-A",
+        "agentfleet.workers",
+        "inspect",
+        "ping",
+        "-d",
+        node,
+        "-t",
+        "10",
+    ]

@@ -1,7 +1,7 @@
 """Start Flower for the fleet with agentfleet's settings: ``python -m ops.flower``.
 
-It runs ``celery -A workers flower`` (so the same app, broker and transport options as the
-workers) with the ``AGENTFLEET_FLOWER_*`` settings:
+It runs ``celery -A agentfleet.workers flower`` (so the same app, broker and transport options as
+the workers) with the ``AGENTFLEET_FLOWER_*`` settings:
 
 - ``AGENTFLEET_FLOWER_BASIC_AUTH`` (``user:password``, comma-separated for more users) is
   handed over in Flower's environment, not on its command line where ``ps`` shows it.
@@ -25,7 +25,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from tasks.settings import Settings, get_settings
+from agentfleet.tasks.settings import Settings, get_settings
 
 #: Flower's own environment variables, read by ``celery flower`` (flower/command.py).
 ENV_BASIC_AUTH = "FLOWER_BASIC_AUTH"
@@ -72,7 +72,7 @@ def command(
         "-m",
         "celery",
         "-A",
-        "workers",
+        "agentfleet.workers",
         "flower",
         f"--port={settings.flower_port}",
         f"--address={settings.flower_address}",

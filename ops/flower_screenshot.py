@@ -21,8 +21,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
+from agentfleet.producer.client import Client
 from ops.stack import REPO, Stack, StackError, wait_for
-from producer.client import Client
 
 DEFAULT_OUT = REPO / "ops" / "screenshots" / "flower-workers.png"
 #: Browsers Debian and others install; the first found is used.

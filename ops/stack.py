@@ -25,11 +25,11 @@ import httpx
 import redis
 from celery import Celery
 
-from producer.auth import create_key
-from tasks.models import DEFAULT_TENANT
-from tasks.redisconn import get_redis
-from tasks.settings import ENV_PREFIX, Settings
-from workers.factory import create_app
+from agentfleet.producer.auth import create_key
+from agentfleet.tasks.models import DEFAULT_TENANT
+from agentfleet.tasks.redisconn import get_redis
+from agentfleet.tasks.settings import ENV_PREFIX, Settings
+from agentfleet.workers.factory import create_app
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -141,7 +141,7 @@ DEFAULT_POOLS = (
 def worker_command(spec: PoolSpec, node: str, python: str = sys.executable) -> list[str]:
     """A ``celery worker`` for one pool."""
     return [
-        *(python, "-m", "celery", "-A", "workers", "worker"),
+        *(python, "-m", "celery", "-A", "agentfleet.workers", "worker"),
         *("-Q", spec.queue, "-P", spec.pool, "-c", str(spec.concurrency), "-n", node),
         # Mingle and gossip cost a round of messages per worker; nothing here uses them.
         *("--without-mingle", "--without-gossip", "--loglevel", "INFO"),
@@ -153,7 +153,7 @@ def api_command(
 ) -> list[str]:
     """The HTTP API under uvicorn."""
     return [
-        *(python, "-m", "uvicorn", "producer.api:app"),
+        *(python, "-m", "uvicorn", "agentfleet.producer.api:app"),
         *("--host", host, "--port", str(port), "--log-level", log_level),
     ]
 
@@ -162,7 +162,7 @@ def simulator_command(
     host: str, port: int, latency: float = 0.0, python: str = sys.executable
 ) -> list[str]:
     """The LLM simulator."""
-    return [python, "-m", "ops.simulator", "--host", host, "--port", str(port)] + (
+    return [python, "-m", "agentfleet.simulator", "--host", host, "--port", str(port)] + (
         ["--latency", str(latency)] if latency else []
     )
 

@@ -1,5 +1,5 @@
-"""The producer side: HTTP API (``producer.api``), Python client and CLI."""
+"""The producer side: HTTP API (``agentfleet.producer.api``), Python client and CLI."""
 
-from producer.client import ApiError, Client
+from agentfleet.producer.client import ApiError, Client
 
 __all__ = ["ApiError", "Client"]

@@ -1,4 +1,4 @@
-"""The producer HTTP API: ``uvicorn producer.api:app``. OpenAPI at ``/openapi.json``."""
+"""The producer HTTP API: ``uvicorn agentfleet.producer.api:app``. OpenAPI at ``/openapi.json``."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ from celery import Celery, states
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from producer import fleet, schemas
-from producer.auth import TenantDep, require_tenant
-from producer.batches import cancel_items
-from producer.bodylimit import BodyLimit
-from producer.enqueue import (
+from agentfleet.producer import fleet, schemas
+from agentfleet.producer.auth import TenantDep, require_tenant
+from agentfleet.producer.batches import cancel_items
+from agentfleet.producer.bodylimit import BodyLimit
+from agentfleet.producer.enqueue import (
     InProgress,
     Unavailable,
     accepted_body,
@@ -26,15 +26,15 @@ from producer.enqueue import (
     submit_tool_call,
     tool_call_key,
 )
-from producer.events import EVENT_ID, sse_stream
-from producer.idempotency import Slot, fingerprint, run_once
-from producer.logcontext import RunIdContext
-from producer.metrics import router as metrics_router
-from tasks.batch import batch_key, batch_view
-from tasks.errors import Unauthorized
-from tasks.lifecycle import follow_up
-from tasks.llm import get_guard
-from tasks.models import (
+from agentfleet.producer.events import EVENT_ID, sse_stream
+from agentfleet.producer.idempotency import Slot, fingerprint, run_once
+from agentfleet.producer.logcontext import RunIdContext
+from agentfleet.producer.metrics import router as metrics_router
+from agentfleet.tasks.batch import batch_key, batch_view
+from agentfleet.tasks.errors import Unauthorized
+from agentfleet.tasks.lifecycle import follow_up
+from agentfleet.tasks.llm import get_guard
+from agentfleet.tasks.models import (
     DEFAULT_TENANT,
     BatchRequest,
     RunRequest,
@@ -43,12 +43,12 @@ from tasks.models import (
     limit_problems,
     tool_call_problems,
 )
-from tasks.redisconn import warn_if_not_durable
-from tasks.settings import Settings, get_settings, warn_unknown_variables
-from tasks.store import RunStore, get_store
-from tasks.views import run_view, tool_call_view
-from workers.conf import api_config
-from workers.logs import configure_api_logging
+from agentfleet.tasks.redisconn import warn_if_not_durable
+from agentfleet.tasks.settings import Settings, get_settings, warn_unknown_variables
+from agentfleet.tasks.store import RunStore, get_store
+from agentfleet.tasks.views import run_view, tool_call_view
+from agentfleet.workers.conf import api_config
+from agentfleet.workers.logs import configure_api_logging
 
 
 class NotFound(Exception):
@@ -420,7 +420,7 @@ def create_api(settings: Settings | None = None, celery_app: Celery | None = Non
     """The API bound to ``settings`` (default: the environment) and a Celery app."""
     settings = settings or get_settings()
     if celery_app is None:
-        from workers import app as default_app
+        from agentfleet.workers import app as default_app
 
         celery_app = default_app
     # Its publishes answer within api_redis_timeout, or the caller gets a 503.

@@ -18,9 +18,9 @@ import redis
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from tasks.errors import Unauthorized
-from tasks.models import TENANT_PATTERN
-from tasks.settings import Settings
+from agentfleet.tasks.errors import Unauthorized
+from agentfleet.tasks.models import TENANT_PATTERN
+from agentfleet.tasks.settings import Settings
 
 KEY_PREFIX = "af_"
 
@@ -71,7 +71,7 @@ def require_tenant(
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
     settings: Settings = request.app.state.settings
-    from tasks.store import get_store
+    from agentfleet.tasks.store import get_store
 
     tenant = tenant_of(get_store(settings).redis, settings, credentials.credentials)
     if tenant is None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from celery import Celery
 
-from tasks.batch import batch_key, items_of
-from tasks.lifecycle import batch_finished, follow_up
-from tasks.store import RunStore
+from agentfleet.tasks.batch import batch_key, items_of
+from agentfleet.tasks.lifecycle import batch_finished, follow_up
+from agentfleet.tasks.store import RunStore
 
 REASON = "batch cancelled"
 #: Items cancelled per pipelined round trip.

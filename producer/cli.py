@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from producer.client import ApiError, Client
+from agentfleet.producer.client import ApiError, Client
 
 if TYPE_CHECKING:  # the keys command alone needs them; the rest stays a thin HTTP client
     import redis
 
-    from tasks.settings import Settings
+    from agentfleet.tasks.settings import Settings
 
 EXIT_OK = 0
 EXIT_NOT_SUCCEEDED = 1
@@ -180,8 +180,8 @@ def _cmd_batch(client: Client, args: argparse.Namespace) -> int:
 def _cmd_keys(_: Client | None, args: argparse.Namespace) -> int:
     import redis
 
-    from tasks.redisconn import get_redis
-    from tasks.settings import get_settings
+    from agentfleet.tasks.redisconn import get_redis
+    from agentfleet.tasks.settings import get_settings
 
     try:
         settings = get_settings()
@@ -200,7 +200,7 @@ def _cmd_keys(_: Client | None, args: argparse.Namespace) -> int:
 
 
 def _keys(connection: redis.Redis, settings: Settings, args: argparse.Namespace) -> int:
-    from producer.auth import create_key, list_keys, revoke_key
+    from agentfleet.producer.auth import create_key, list_keys, revoke_key
 
     if args.action == "create":
         print(create_key(connection, settings, args.tenant))
@@ -372,7 +372,7 @@ def _warn_unknown_variables() -> None:
     """Name each unknown ``AGENTFLEET_*`` variable (a typo) on stderr; the command still runs."""
     from pydantic import ValidationError
 
-    from tasks.settings import get_settings, unknown_variables
+    from agentfleet.tasks.settings import get_settings, unknown_variables
 
     try:
         settings: Settings | None = get_settings()

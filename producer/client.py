@@ -12,7 +12,7 @@ from typing import Any, Protocol, TypeVar
 
 import httpx
 
-from producer import schemas
+from agentfleet.producer import schemas
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})

@@ -23,16 +23,22 @@ import redis
 from celery import Celery
 from kombu.exceptions import OperationalError
 
-from producer.idempotency import Answered, Slot
-from tasks import names
-from tasks.agent import resolve_tools
-from tasks.batch import batch_key
-from tasks.errors import AgentfleetError
-from tasks.llm import Target, resolve_chain
-from tasks.models import BatchRequest, PromptItem, RunRequest, ToolCallItem, ToolCallRequest
-from tasks.store import RunStore
-from tasks.toolcall import time_limits, tool_payload
-from workers.logs import REQUEST_RUN_ID
+from agentfleet.producer.idempotency import Answered, Slot
+from agentfleet.tasks import names
+from agentfleet.tasks.agent import resolve_tools
+from agentfleet.tasks.batch import batch_key
+from agentfleet.tasks.errors import AgentfleetError
+from agentfleet.tasks.llm import Target, resolve_chain
+from agentfleet.tasks.models import (
+    BatchRequest,
+    PromptItem,
+    RunRequest,
+    ToolCallItem,
+    ToolCallRequest,
+)
+from agentfleet.tasks.store import RunStore
+from agentfleet.tasks.toolcall import time_limits, tool_payload
+from agentfleet.workers.logs import REQUEST_RUN_ID
 
 log = logging.getLogger(__name__)
 
@@ -113,9 +119,10 @@ def submit_run(
 ) -> str:
     """Create a run and enqueue its first step; the run ID is the task ID.
 
-    ``request`` must have passed :func:`tasks.models.limit_problems` (its chain resolves).
-    ``slot``: the request's Idempotency-Key, whose answer is kept as the run is accepted.
-    ``every_tool`` is what ``tools`` omitted stands for (:func:`producer.fleet.every_tool`).
+    ``request`` must have passed :func:`agentfleet.tasks.models.limit_problems` (its chain
+    resolves). ``slot``: the request's Idempotency-Key, whose answer is kept as the run is accepted.
+    ``every_tool`` is what ``tools`` omitted stands for
+    (:func:`agentfleet.producer.fleet.every_tool`).
     """
     run_id, token = str(uuid.uuid4()), uuid.uuid4().hex
     REQUEST_RUN_ID.set(run_id)  # log lines of the rest of this request name the run
@@ -176,7 +183,7 @@ def submit_batch(
 ) -> str:
     """Write every item's record, then the batch, pending; publish one dispatch task; accept.
 
-    ``request`` must have passed :func:`tasks.models.batch_problems`; ``slot`` and
+    ``request`` must have passed :func:`agentfleet.tasks.models.batch_problems`; ``slot`` and
     ``every_tool`` are as for :func:`submit_run`. The items are written ready to run, but only
     the dispatch of an accepted batch starts them (the watchdog leaves the runs of a batch
     never accepted alone).

@@ -17,7 +17,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from starlette.requests import Request
 
-from tasks.settings import Settings
+from agentfleet.tasks.settings import Settings
 
 #: A Redis Stream entry ID.
 EVENT_ID = re.compile(r"^\d{1,20}-\d{1,20}$")

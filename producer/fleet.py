@@ -1,5 +1,5 @@
-"""The fleet's tools as the API sees them (the live workers' records, :mod:`tasks.fleet`), and
-what the API refuses because of them.
+"""The fleet's tools as the API sees them (the live workers' records,
+:mod:`agentfleet.tasks.fleet`), and what the API refuses because of them.
 
 A tool is refused (422) when the workers that would need it are live and none of them has it:
 a run needs its tools on an ``agents`` worker (to offer them to the model) and on a ``tools``
@@ -17,13 +17,13 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
-from tasks import fleet
-from tasks.fleet import FleetView, NodeRecord
-from tasks.models import BatchRequest, RunItem, RunRequest, ToolCallItem
-from tasks.redisconn import get_redis
-from tasks.settings import Settings
-from tasks.tools import Tool, registry
-from workers import queues
+from agentfleet.tasks import fleet
+from agentfleet.tasks.fleet import FleetView, NodeRecord
+from agentfleet.tasks.models import BatchRequest, RunItem, RunRequest, ToolCallItem
+from agentfleet.tasks.redisconn import get_redis
+from agentfleet.tasks.settings import Settings
+from agentfleet.tasks.tools import Tool, registry
+from agentfleet.workers import queues
 
 #: Seconds the API reuses its view of the fleet, so a request costs no Redis read for it; a
 #: worker that comes or goes is seen within this plus its publish interval.

@@ -3,10 +3,10 @@
 A request with a key reads the key's answer first: one kept already is replayed (with
 ``Idempotent-Replayed: true``), or refused with a 422 if it answered a different request.
 Otherwise the request does its work, and the one Redis step that accepts the work keeps the
-answer too (:meth:`tasks.store.RunStore.accept`): the answer is kept if and only if the work
-was accepted. A 503 keeps nothing and holds nothing, so the retry that ``Retry-After`` asks
-for goes through; a request whose acceptance was applied but whose reply was lost is answered
-by its retry from the kept answer, with the same ID and no second run.
+answer too (:meth:`agentfleet.tasks.store.RunStore.accept`): the answer is kept if and only if the
+work was accepted. A 503 keeps nothing and holds nothing, so the retry that ``Retry-After`` asks for
+goes through; a request whose acceptance was applied but whose reply was lost is answered by its
+retry from the kept answer, with the same ID and no second run.
 
 Two requests racing with one key both prepare their work; the first one accepted wins, and
 the other withdraws its own and replays the winner's answer. An answer that accepts nothing
@@ -24,8 +24,8 @@ from typing import Any, cast
 
 from fastapi.responses import JSONResponse
 
-from tasks.errors import AgentfleetError
-from tasks.store import RunStore
+from agentfleet.tasks.errors import AgentfleetError
+from agentfleet.tasks.store import RunStore
 
 MAX_KEY_LENGTH = 255
 REPLAYED_HEADER = "Idempotent-Replayed"

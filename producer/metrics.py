@@ -1,8 +1,8 @@
 """``GET /metrics``: the whole fleet's numbers in Prometheus text format.
 
-Everything is read from Redis at scrape time (what :mod:`tasks.metrics` recorded, the broker's
-queues, the breakers), so every API replica serves the same fleet-wide values: scrape one, or
-aggregate replicas with ``max``, never ``sum``. One scrape is two pipelined round trips (run
+Everything is read from Redis at scrape time (what :mod:`agentfleet.tasks.metrics` recorded, the
+broker's queues, the breakers), so every API replica serves the same fleet-wide values: scrape one,
+or aggregate replicas with ``max``, never ``sum``. One scrape is two pipelined round trips (run
 store and broker; one when they share a Redis).
 """
 
@@ -25,8 +25,8 @@ from prometheus_client.metrics_core import (
 )
 from prometheus_client.registry import Collector
 
-from tasks.llm import get_guard
-from tasks.metrics import (
+from agentfleet.tasks.llm import get_guard
+from agentfleet.tasks.metrics import (
     DENIAL_REASONS,
     FINISHED_STATUSES,
     RUN_BUCKETS,
@@ -35,10 +35,10 @@ from tasks.metrics import (
     MetricKeys,
     format_bound,
 )
-from tasks.redisconn import get_redis
-from tasks.settings import Settings
-from workers import queues
-from workers.conf import transport_options
+from agentfleet.tasks.redisconn import get_redis
+from agentfleet.tasks.settings import Settings
+from agentfleet.workers import queues
+from agentfleet.workers.conf import transport_options
 
 #: The classic text format, which every Prometheus version reads (newer prometheus_client
 #: releases default to 1.0.0, which older servers do not know). Our names are plain ASCII,

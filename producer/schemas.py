@@ -1,4 +1,5 @@
-"""Response bodies of the HTTP API (request bodies are the payload models in tasks.models)."""
+"""Response bodies of the HTTP API (request bodies are the payload models in
+agentfleet.tasks.models)."""
 
 from __future__ import annotations
 

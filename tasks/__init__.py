@@ -1,7 +1,7 @@
 """Task bodies: agent runs, tool calls, the LLM provider layer, the run store.
 
-Task names are constants in :mod:`tasks.names`; :func:`register_tasks` binds every task to an
-app, so nothing here depends on an implicit global Celery app.
+Task names are constants in :mod:`agentfleet.tasks.names`; :func:`register_tasks` binds every task
+to an app, so nothing here depends on an implicit global Celery app.
 """
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from celery import Celery
 
-    from tasks.settings import Settings
+    from agentfleet.tasks.settings import Settings
 
 
 def register_tasks(app: Celery, settings: Settings) -> None:
     """Load the configured tool modules and register every agentfleet task on ``app``."""
-    from tasks import agent, batch, callbacks, toolcall
-    from tasks.tools import load_tool_modules
+    from agentfleet.tasks import agent, batch, callbacks, toolcall
+    from agentfleet.tasks.tools import load_tool_modules
 
     load_tool_modules(settings.tool_modules)
     agent.register(app, settings)

@@ -23,8 +23,8 @@ from celery import Celery, Signature, Task, chain, chord, states
 from celery.exceptions import Ignore, Retry
 from pydantic import ValidationError
 
-from tasks import names
-from tasks.errors import (
+from agentfleet.tasks import names
+from agentfleet.tasks.errors import (
     PermanentProviderError,
     ProvidersUnavailable,
     RetryableProviderError,
@@ -32,16 +32,22 @@ from tasks.errors import (
     RunCancelled,
     RunFailed,
 )
-from tasks.lifecycle import entry_options, follow_up, pending_countdown, start_run
-from tasks.llm import Completion, ModelToolCall, Target, call_chain, resolve_chain
-from tasks.metrics import step_fields
-from tasks.models import DEFAULT_TENANT, TENANT_PATTERN, RunRequest, RunStatus, limit_problems
-from tasks.settings import Settings
-from tasks.store import Finished, StepAnswer, StepClaim, get_store
-from tasks.streaming import TokenRelay
-from tasks.toolcall import time_limits, tool_payload
-from tasks.tools import registry
-from tasks.views import run_view
+from agentfleet.tasks.lifecycle import entry_options, follow_up, pending_countdown, start_run
+from agentfleet.tasks.llm import Completion, ModelToolCall, Target, call_chain, resolve_chain
+from agentfleet.tasks.metrics import step_fields
+from agentfleet.tasks.models import (
+    DEFAULT_TENANT,
+    TENANT_PATTERN,
+    RunRequest,
+    RunStatus,
+    limit_problems,
+)
+from agentfleet.tasks.settings import Settings
+from agentfleet.tasks.store import Finished, StepAnswer, StepClaim, get_store
+from agentfleet.tasks.streaming import TokenRelay
+from agentfleet.tasks.toolcall import time_limits, tool_payload
+from agentfleet.tasks.tools import registry
+from agentfleet.tasks.views import run_view
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +190,8 @@ class StepRunner:
         # applied and publishes again. The run's last step dispatches no tool calls: no step
         # would read their results.
         last_step = self.step >= int(run["max_steps"])
-        # The generation of the answer this step builds on, and of its own (tasks.scripts).
+        # The generation of the answer this step builds on, and of its own
+        # (agentfleet.tasks.scripts).
         after = run.get(f"gen:{self.step - 1}", "")
         gen = run.get(f"gen:{self.step}")
         if int(run.get("applied_step") or 0) >= self.step:
@@ -451,7 +458,7 @@ def register(app: Celery, settings: Settings) -> None:
         """Start a run whose ID is this task's ID.
 
         From the API, ``request`` is None: the run record was written before enqueueing.
-        From ``send_task``, ``request`` is a :class:`~tasks.models.RunRequest` as JSON.
+        From ``send_task``, ``request`` is a :class:`~agentfleet.tasks.models.RunRequest` as JSON.
         """
         run_id = str(self.request.id)
         if request is not None:
@@ -546,7 +553,7 @@ def _create_from_payload(settings: Settings, run_id: str, payload: dict[str, Any
     """Create the run record for a ``send_task`` caller; if the payload is invalid, a failed
     record, and :class:`RunFailed`.
 
-    The payload is a :class:`~tasks.models.RunRequest`, plus an optional ``tenant`` (a
+    The payload is a :class:`~agentfleet.tasks.models.RunRequest`, plus an optional ``tenant`` (a
     service with broker access is trusted to name its tenant; default ``default``).
     """
     store = get_store(settings)

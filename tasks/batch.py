@@ -6,10 +6,10 @@ items as its header, ``agentfleet.batch.collect`` as its body), so the request t
 publishes per item. Each item is a run or tool call of its own, pollable by its ID.
 
 Progress does not wait for the chord: each item that becomes final bumps the batch's
-counters in the same Lua script (:mod:`tasks.scripts`), and the item that completes the count
-also sends the collector. Collecting is idempotent (the first stored result wins), so the
-chord body and that trigger may both arrive; either suffices, which also covers an item whose
-chord membership was lost (a run resent by the watchdog).
+counters in the same Lua script (:mod:`agentfleet.tasks.scripts`), and the item that completes the
+count also sends the collector. Collecting is idempotent (the first stored result wins), so the
+chord body and that trigger may both arrive; either suffices, which also covers an item whose chord
+membership was lost (a run resent by the watchdog).
 
 Keys (``<p>`` is the key prefix)::
 
@@ -26,12 +26,12 @@ from typing import Any, cast
 
 from celery import Celery, Task, chord
 
-from tasks import names
-from tasks.lifecycle import pending_countdown
-from tasks.settings import Settings
-from tasks.store import RunStore, get_store
-from tasks.toolcall import time_limits, tool_payload
-from tasks.views import iso, run_view, tool_call_view
+from agentfleet.tasks import names
+from agentfleet.tasks.lifecycle import pending_countdown
+from agentfleet.tasks.settings import Settings
+from agentfleet.tasks.store import RunStore, get_store
+from agentfleet.tasks.toolcall import time_limits, tool_payload
+from agentfleet.tasks.views import iso, run_view, tool_call_view
 
 log = logging.getLogger(__name__)
 

@@ -21,11 +21,11 @@ from typing import Any, cast
 import httpx
 from celery import Celery, Task
 
-from tasks import names
-from tasks.batch import batch_key, batch_view
-from tasks.settings import Settings
-from tasks.store import get_store
-from tasks.views import run_view
+from agentfleet.tasks import names
+from agentfleet.tasks.batch import batch_key, batch_view
+from agentfleet.tasks.settings import Settings
+from agentfleet.tasks.store import get_store
+from agentfleet.tasks.views import run_view
 
 log = logging.getLogger(__name__)
 

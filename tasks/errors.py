@@ -21,9 +21,9 @@
         └── ToolRedeliveryLimit     the call lost its worker on each of its deliveries
 
 Third-party exceptions are translated into these at exactly one boundary each
-(``tasks.llm`` for the openai SDK, ``tasks.tools`` for tool functions). Every class takes
-only positional arguments and passes all of them to ``Exception.__init__``, so it survives
-the JSON result backend, which rebuilds exceptions as ``cls(*args)``.
+(``agentfleet.tasks.llm`` for the openai SDK, ``agentfleet.tasks.tools`` for tool functions). Every
+class takes only positional arguments and passes all of them to ``Exception.__init__``, so it
+survives the JSON result backend, which rebuilds exceptions as ``cls(*args)``.
 """
 
 from __future__ import annotations

@@ -36,9 +36,9 @@ from typing import Any, cast
 
 import redis
 
-from tasks.redisconn import get_redis
-from tasks.settings import Settings
-from tasks.tools import Tool, registry
+from agentfleet.tasks.redisconn import get_redis
+from agentfleet.tasks.settings import Settings
+from agentfleet.tasks.tools import Tool, registry
 
 log = logging.getLogger(__name__)
 

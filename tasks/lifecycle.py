@@ -10,8 +10,8 @@ from typing import Any
 
 from celery import Celery
 
-from tasks import names
-from tasks.store import Finished, RunStore
+from agentfleet.tasks import names
+from agentfleet.tasks.store import Finished, RunStore
 
 log = logging.getLogger(__name__)
 

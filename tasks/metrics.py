@@ -2,7 +2,7 @@
 
 Workers are separate processes on many hosts, so an in-process Prometheus counter would show
 one process's share. Every number is kept in Redis instead, and any API replica serves the
-whole fleet's (:mod:`producer.metrics`). Keys (``<p>`` is ``AGENTFLEET_KEY_PREFIX``)::
+whole fleet's (:mod:`agentfleet.producer.metrics`). Keys (``<p>`` is ``AGENTFLEET_KEY_PREFIX``)::
 
     <p>:metrics:runs                 hash: enqueued, succeeded, failed, cancelled
     <p>:metrics:run_seconds          hash: histogram of created -> finished, per bucket + sum
@@ -14,7 +14,7 @@ A histogram hash holds one field per bucket (its upper bound, ``+Inf`` for the l
 the observations that fall in that bucket alone, and ``sum``; the reader accumulates them.
 One ``HINCRBY`` per observation, instead of one per bucket above it.
 
-Runs and steps are counted by the Lua scripts of :mod:`tasks.scripts`, in the transition
+Runs and steps are counted by the Lua scripts of :mod:`agentfleet.tasks.scripts`, in the transition
 that makes them true: a run when it is created and once when it becomes final; a step once,
 when its answer is applied. :class:`Recorder` writes the admission denials, and never fails
 the work it measures: a write that fails is logged and dropped.
@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Final, ParamSpec
 import redis
 
 if TYPE_CHECKING:
-    from tasks.llm._routing import Target
+    from agentfleet.tasks.llm._routing import Target
 
 log = logging.getLogger(__name__)
 

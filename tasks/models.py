@@ -17,10 +17,10 @@ from pydantic import (
     field_validator,
 )
 
-from tasks.errors import ToolArgumentsError
-from tasks.llm._routing import RoutingError, resolve_chain
-from tasks.settings import Settings
-from tasks.tools import registry
+from agentfleet.tasks.errors import ToolArgumentsError
+from agentfleet.tasks.llm._routing import RoutingError, resolve_chain
+from agentfleet.tasks.settings import Settings
+from agentfleet.tasks.tools import registry
 
 #: Tenant names: short, and safe inside Redis keys.
 TENANT_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")

@@ -13,7 +13,7 @@ from redis.backoff import ConstantBackoff
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
-from tasks.settings import Settings, is_sentinel
+from agentfleet.tasks.settings import Settings, is_sentinel
 
 log = logging.getLogger(__name__)
 
@@ -23,15 +23,15 @@ SENTINEL_PORT = 26379
 _clients: dict[tuple[int, str, bool], redis.Redis] = {}
 
 #: Pause between a worker's attempts to reach Redis again (also for publishes and results,
-#: see workers.conf.worker_config).
+#: see agentfleet.workers.conf.worker_config).
 RETRY_INTERVAL = 0.5
 #: Seconds a worker's command waits for its reply, and for a connection.
 WORKER_SOCKET_TIMEOUT = 10.0
 WORKER_CONNECT_TIMEOUT = 5.0
 #: Seconds this process's clients keep retrying a lost connection before raising (0: never),
-#: or None in a process that is not a worker. Workers set it at start (workers.signals), so a
-#: task waits for a restarting Redis instead of failing halfway through a step; the API
-#: leaves it unset and answers 503 within ``Settings.api_redis_timeout``.
+#: or None in a process that is not a worker. Workers set it at start (agentfleet.workers.signals),
+#: so a task waits for a restarting Redis instead of failing halfway through a step; the API leaves
+#: it unset and answers 503 within ``Settings.api_redis_timeout``.
 _outage_wait: float | None = None
 
 

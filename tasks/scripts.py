@@ -1,4 +1,5 @@
-"""The Lua scripts behind :mod:`tasks.store`: every transition of a run in one round trip.
+"""The Lua scripts behind :mod:`agentfleet.tasks.store`: every transition of a run in one round
+trip.
 
 Each script takes a context JSON as ``ARGV[1]``: ``now``, ``prefix`` (the key prefix),
 ``ttl`` (record lifetime), ``maxlen`` (event stream bound) and ``run_id``. A transition that
@@ -8,9 +9,9 @@ stream's order is the order of the transitions and nothing is recorded without i
 Keys derived inside the scripts (tenant slots, batches, metrics) are built from ``prefix``:
 the store runs on one Redis, not a cluster.
 
-The fleet's metrics of runs and steps (:mod:`tasks.metrics`) are counted by the transitions
-that make them true, in the same round trip: a run when it is created and when it becomes
-final, a step when its answer is applied.
+The fleet's metrics of runs and steps (:mod:`agentfleet.tasks.metrics`) are counted by the
+transitions that make them true, in the same round trip: a run when it is created and when it
+becomes final, a step when its answer is applied.
 
 A transition never builds on state that a crash of Redis rolled back. A crash can lose the
 last writes (``appendfsync everysec``, an asynchronous replica promoted) while workers still
@@ -25,7 +26,7 @@ sends what the record says is next.
 
 from __future__ import annotations
 
-from tasks.metrics import RUN_BUCKETS, MetricKeys, format_bound
+from agentfleet.tasks.metrics import RUN_BUCKETS, MetricKeys, format_bound
 
 #: The run-latency buckets as a Lua table of {upper bound, field name}.
 _RUN_BUCKETS_LUA = "{" + ", ".join(f"{{{b!r}, '{format_bound(b)}'}}" for b in RUN_BUCKETS) + "}"
@@ -242,11 +243,11 @@ return {'ok', redis.call('HGETALL', KEYS[1]), redis.call('LRANGE', KEYS[3], 0, -
 # applied, 0 applied before, -1 the run is final (cancelled while the model was answering),
 # -2 rolled back (the previous step's answer is gone, or is not generation p.after, the one
 # this answer was built on). p: {messages: [str], after, prompt_tokens, completion_tokens,
-# tools_total, provider, model, worker, metrics (tasks.metrics.step_fields)}. finish: mark the
-# step dispatched (and the run final, if p.status), drop the lease; returns {record, run to
-# start now, finished batch, final status if this made it final}, or {'rolled_back'} if p.gen
-# (the generation of the answer dispatched, or ending the run) is not the step's applied one.
-# p: {due, [gen, status, result, error]}.
+# tools_total, provider, model, worker, metrics (agentfleet.tasks.metrics.step_fields)}. finish:
+# mark the step dispatched (and the run final, if p.status), drop the lease; returns {record, run to
+# start now, finished batch, final status if this made it final}, or {'rolled_back'} if p.gen (the
+# generation of the answer dispatched, or ending the run) is not the step's applied one. p: {due,
+# [gen, status, result, error]}.
 _STEP_END = """
 local function apply(run_key, messages_key, lease_key, token, step, p)
   if is_final(redis.call('HGET', run_key, 'status')) then return -1 end

@@ -30,7 +30,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-#: Where the built-in LLM simulator listens by default (``python -m ops.simulator``).
+#: Where the built-in LLM simulator listens by default (``python -m agentfleet.simulator``).
 DEFAULT_SIMULATOR_URL = "http://127.0.0.1:8799/v1"
 
 #: The prefix of every variable :class:`Settings` reads.
@@ -65,7 +65,7 @@ def _providers_in(path: Path) -> tuple[ProviderConfig, ...]:
 
 
 class BrokerKind(enum.StrEnum):
-    """Which broker a URL names: the options that differ live in ``workers.broker``."""
+    """Which broker a URL names: the options that differ live in ``agentfleet.workers.broker``."""
 
     REDIS = "redis"
     RABBITMQ = "rabbitmq"

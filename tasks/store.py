@@ -13,14 +13,14 @@ Keys (``<p>`` is ``AGENTFLEET_KEY_PREFIX``)::
                             next progress is due (the watchdog's worklist)
     <p>:tenant:<t>:inflight set: the tenant's runs that hold one of its slots
     <p>:tenant:<t>:waiting  sorted set: the tenant's runs waiting for a slot, by age
-    <p>:batch:<id>          hash: a batch's totals (see tasks.batch)
+    <p>:batch:<id>          hash: a batch's totals (see agentfleet.tasks.batch)
 
 A step moves ``applied_step`` (its LLM answer is in the transcript) and then
 ``dispatched_step`` (its successor is enqueued, or the run is final). Each transition is one
-Lua script (:mod:`tasks.scripts`), so a redelivered step finds out in one round trip what is
-left to do, and a duplicate running alongside the original is held off by the lease. The same
-scripts append the run's events and move its due time in ``<p>:runs:active``, so neither
-costs a round trip.
+Lua script (:mod:`agentfleet.tasks.scripts`), so a redelivered step finds out in one round trip what
+is left to do, and a duplicate running alongside the original is held off by the lease. The same
+scripts append the run's events and move its due time in ``<p>:runs:active``, so neither costs a
+round trip.
 """
 
 from __future__ import annotations
@@ -37,12 +37,12 @@ import redis
 from redis.commands.core import Script
 from redis.exceptions import NoScriptError
 
-from tasks import scripts
-from tasks.errors import RolledBack
-from tasks.llm._routing import Target
-from tasks.models import RunRequest, RunStatus
-from tasks.redisconn import get_redis
-from tasks.settings import Settings
+from agentfleet.tasks import scripts
+from agentfleet.tasks.errors import RolledBack
+from agentfleet.tasks.llm._routing import Target
+from agentfleet.tasks.models import RunRequest, RunStatus
+from agentfleet.tasks.redisconn import get_redis
+from agentfleet.tasks.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ class StepClaim:
     API: it is, or the record expires, within ``wait_s``) or ``rolled_back`` (the answer of the
     step before it is gone: a crash of Redis rolled it back; the run is due now, for the
     watchdog). ``token`` is also the generation of the answer this claim applies (see
-    :mod:`tasks.scripts`).
+    :mod:`agentfleet.tasks.scripts`).
     """
 
     outcome: str
@@ -98,7 +98,7 @@ class Finished:
 
 _stores: dict[tuple[int, int], RunStore] = {}
 
-#: What ``apply`` (tasks.scripts) answers when the answer a step builds on is gone.
+#: What ``apply`` (agentfleet.tasks.scripts) answers when the answer a step builds on is gone.
 ROLLED_BACK = -2
 
 
@@ -129,13 +129,13 @@ class StepAnswer:
     completion_tokens: int
     tool_calls: int
     target: Target
-    metrics: dict[str, Any]  # tasks.metrics.step_fields
+    metrics: dict[str, Any]  # agentfleet.tasks.metrics.step_fields
     worker: str = ""
     asked: int = 0  # the tool calls the model asked for (``tool_calls`` are those dispatched)
     after: str = ""  # the generation of the previous step's answer, which this one builds on
 
     def payload(self) -> str:
-        """The JSON the step-ending scripts take (``apply`` in :mod:`tasks.scripts`)."""
+        """The JSON the step-ending scripts take (``apply`` in :mod:`agentfleet.tasks.scripts`)."""
         return json.dumps(
             {
                 "messages": [json.dumps(m) for m in self.messages],
@@ -174,7 +174,7 @@ class RunStore:
         self._cancel_tool = client.register_script(scripts.CANCEL_TOOL)
 
     def _ctx(self, run_id: str | None) -> str:
-        """The context argument every script takes (see :mod:`tasks.scripts`)."""
+        """The context argument every script takes (see :mod:`agentfleet.tasks.scripts`)."""
         return json.dumps(
             {
                 "now": time.time(),

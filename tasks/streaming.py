@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 import time
 
-from tasks.errors import RunCancelled
-from tasks.store import RunStore
+from agentfleet.tasks.errors import RunCancelled
+from agentfleet.tasks.store import RunStore
 
 
 class TokenRelay:

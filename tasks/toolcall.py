@@ -11,12 +11,17 @@ from billiard.exceptions import SoftTimeLimitExceeded
 from celery import Celery, Task
 from celery.exceptions import Ignore
 
-from tasks import names
-from tasks.errors import ToolError, ToolExecutionError, ToolRedeliveryLimit, UnknownToolError
-from tasks.lifecycle import batch_finished, pending_countdown
-from tasks.settings import Settings
-from tasks.store import ToolClaim, get_store
-from tasks.tools import registry
+from agentfleet.tasks import names
+from agentfleet.tasks.errors import (
+    ToolError,
+    ToolExecutionError,
+    ToolRedeliveryLimit,
+    UnknownToolError,
+)
+from agentfleet.tasks.lifecycle import batch_finished, pending_countdown
+from agentfleet.tasks.settings import Settings
+from agentfleet.tasks.store import ToolClaim, get_store
+from agentfleet.tasks.tools import registry
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +40,7 @@ def tool_payload(
 ) -> dict[str, Any]:
     """The JSON payload of ``agentfleet.tool.call`` (version 1). ``accept``: the token of
     the API's record of the call, which must be accepted before the call runs; ``gen``: the
-    generation of the run's answer that asked for the call (see :mod:`tasks.scripts`)."""
+    generation of the run's answer that asked for the call (see :mod:`agentfleet.tasks.scripts`)."""
     payload: dict[str, Any] = {"version": 1, "id": call_id, "name": name, "arguments": arguments}
     if run_id is not None:
         payload["run_id"] = run_id
@@ -82,7 +87,7 @@ def _result_head(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 def execute(name: str, arguments: str | dict[str, Any], allowed: list[str] | None) -> Any:
-    """Run a tool by name; raises only :class:`~tasks.errors.ToolError` subclasses."""
+    """Run a tool by name; raises only :class:`~agentfleet.tasks.errors.ToolError` subclasses."""
     if allowed is not None and name not in allowed:
         raise UnknownToolError(f"tool {name!r} is not available to this run")
     tool = registry.get(name)

@@ -59,7 +59,7 @@ def tool_call_view(record: dict[str, str], public_id: str | None = None) -> dict
     result = json.loads(record["result"]) if record.get("result") else None
     if result is not None:
         result["id"] = ident
-        result.pop("gen", None)  # the run store's bookkeeping (tasks.scripts)
+        result.pop("gen", None)  # the run store's bookkeeping (agentfleet.tasks.scripts)
     return {
         "id": ident,
         "name": record.get("name"),

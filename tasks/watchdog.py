@@ -8,7 +8,7 @@ message was a run's next step or one of its tool calls, nothing would ever move 
 
 Every progress point of a run (created, step begun, step dispatched, retry scheduled, tool
 begun or finished) sets the time by which the next one is due in ``<p>:runs:active`` (see
-:mod:`tasks.store`): what the stage may take plus ``stall_timeout``. Each worker runs a
+:mod:`agentfleet.tasks.store`): what the stage may take plus ``stall_timeout``. Each worker runs a
 :class:`Watchdog` thread; one sweep per ``watchdog_interval`` wins a Redis lock fleet-wide and
 sends the next message of each overdue run again. Steps and tool calls are idempotent, so a
 message sent again that was not lost after all finds its work done and does nothing; resends
@@ -30,13 +30,18 @@ from typing import Any
 
 from celery import Celery
 
-from tasks.agent import completion_from_transcript, step_signature, tool_call_id, tool_signatures
-from tasks.batch import batch_state
-from tasks.lifecycle import start_run
-from tasks.models import RunStatus
-from tasks.settings import Settings
-from tasks.store import RunStore, get_store
-from tasks.toolcall import redelivery_failure
+from agentfleet.tasks.agent import (
+    completion_from_transcript,
+    step_signature,
+    tool_call_id,
+    tool_signatures,
+)
+from agentfleet.tasks.batch import batch_state
+from agentfleet.tasks.lifecycle import start_run
+from agentfleet.tasks.models import RunStatus
+from agentfleet.tasks.settings import Settings
+from agentfleet.tasks.store import RunStore, get_store
+from agentfleet.tasks.toolcall import redelivery_failure
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +169,8 @@ def _tools_again(
         payload = signature.args[0]
         if begun >= settings.max_redeliveries:
             # Every delivery began it and lost its worker. A delivery that begins it now is
-            # refused (tasks.scripts.BEGIN_TOOL) and stores this same failure: first one wins.
+            # refused (agentfleet.tasks.scripts.BEGIN_TOOL) and stores this same failure: first one
+            # wins.
             failure = redelivery_failure(payload, settings.max_redeliveries)
             store.complete_tool(payload["id"], "", failure, run_id, step)
         else:

@@ -16,9 +16,9 @@ import pytest
 import redis
 from celery import Celery
 
+from agentfleet.producer.client import Client
+from agentfleet.workers.factory import create_app
 from ops.stack import PoolSpec, Proc, Stack, wait_for
-from producer.client import Client
-from workers.factory import create_app
 
 #: Worker settings for the shared fleet: small retry budgets so failure paths finish fast.
 FLEET_ENV = {
@@ -105,7 +105,7 @@ class Fleet:
             [
                 sys.executable,
                 "-m",
-                "producer.cli",
+                "agentfleet.producer.cli",
                 "--api",
                 self.stack.api_url,
                 "--api-key",

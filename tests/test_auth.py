@@ -5,9 +5,9 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from producer.auth import hash_key, tenant_of
-from producer.client import ApiError
-from tasks.settings import Settings
+from agentfleet.producer.auth import hash_key, tenant_of
+from agentfleet.producer.client import ApiError
+from agentfleet.tasks.settings import Settings
 from tests.conftest import Fleet
 
 

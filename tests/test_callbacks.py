@@ -9,8 +9,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from agentfleet.tasks.callbacks import EVENT_HEADER, SIGNATURE_HEADER, verify
 from ops.stack import free_port
-from tasks.callbacks import EVENT_HEADER, SIGNATURE_HEADER, verify
 from tests.conftest import FLEET_ENV, Fleet
 
 SECRET = FLEET_ENV["AGENTFLEET_CALLBACK_SECRET"]
@@ -100,7 +100,7 @@ def test_batch_callback(fleet: Fleet, receiver: Receiver, wait: Callable[..., No
 
 
 def test_signature_checks() -> None:
-    from tasks.callbacks import sign
+    from agentfleet.tasks.callbacks import sign
 
     body = b'{"a":1}'
     header = sign("s3cret", body)

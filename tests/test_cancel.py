@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 import pytest
 
-from producer.client import ApiError
-from tasks.errors import RunFailed
+from agentfleet.producer.client import ApiError
+from agentfleet.tasks.errors import RunFailed
 from tests.conftest import Fleet
 
 

@@ -53,7 +53,7 @@ def test_failed_run_and_unknown_id_exit_nonzero(fleet: Fleet) -> None:
 
 def test_unreachable_api_is_a_clear_error() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "producer.cli", "--api", "http://127.0.0.1:9", "tools"],
+        [sys.executable, "-m", "agentfleet.producer.cli", "--api", "http://127.0.0.1:9", "tools"],
         capture_output=True,
         text=True,
         timeout=30,

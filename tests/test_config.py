@@ -12,10 +12,10 @@ from celery import Celery
 from celery.app.defaults import DEFAULTS
 from pydantic import ValidationError
 
+from agentfleet.tasks.settings import ProviderConfig, Settings, unknown_variables
+from agentfleet.workers.conf import api_config, celery_config, worker_config
+from agentfleet.workers.factory import create_app
 from ops.stack import Stack
-from tasks.settings import ProviderConfig, Settings, unknown_variables
-from workers.conf import api_config, celery_config, worker_config
-from workers.factory import create_app
 
 #: Documented settings that Celery reads with ``conf.get`` but leaves out of its defaults table.
 READ_BUT_NOT_IN_DEFAULTS = {
@@ -111,7 +111,8 @@ def test_a_rabbitmq_broker_gets_quorum_queues_and_confirms() -> None:
         assert queue.durable
     assert config["worker_detect_quorum_queues"] is True
     assert config["broker_native_delayed_delivery_queue_type"] == "quorum"
-    # Countdowns under a second are rounded up before Celery routes them (workers.broker).
+    # Countdowns under a second are rounded up before Celery routes them
+    # (agentfleet.workers.broker).
     assert type(create_app(settings)).send_task is not Celery.send_task
 
 

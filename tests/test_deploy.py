@@ -18,6 +18,9 @@ from typing import Any
 import pytest
 import yaml
 
+from agentfleet.producer.api import app as api_app
+from agentfleet.tasks.settings import Settings
+from agentfleet.workers import queues
 from ops.deploy import SERVICE_POOLS, grace_seconds, node_name, ping_command, shutdown_env
 from ops.stack import (
     DURABLE_REDIS,
@@ -27,10 +30,7 @@ from ops.stack import (
     simulator_command,
     worker_command,
 )
-from producer.api import app as api_app
-from tasks.settings import Settings
 from tests.conftest import Fleet
-from workers import queues
 
 COMPOSE = REPO / "docker-compose.yml"
 K8S = REPO / "ops" / "k8s"

@@ -8,10 +8,10 @@ import httpx2
 import openai
 import pytest
 
-from tasks import errors
-from tasks.llm import retry_after_seconds, translate
-from tasks.settings import Settings
-from workers.factory import create_app
+from agentfleet.tasks import errors
+from agentfleet.tasks.llm import retry_after_seconds, translate
+from agentfleet.tasks.settings import Settings
+from agentfleet.workers.factory import create_app
 
 SAMPLES: list[errors.AgentfleetError] = [
     errors.AgentfleetError("root"),

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import httpx
 
-from producer.client import Event, _parse_sse
-from producer.events import KEEPALIVE
+from agentfleet.producer.client import Event, _parse_sse
+from agentfleet.producer.events import KEEPALIVE
 from tests.conftest import Fleet
 
 PROMPT = (

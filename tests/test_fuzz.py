@@ -16,8 +16,8 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from agentfleet.workers.queues import ALL as QUEUES
 from ops.stack import Stack
-from workers.queues import ALL as QUEUES
 
 EXAMPLES_PER_OPERATION = 40
 

@@ -12,9 +12,9 @@ import threading
 import httpx2
 import pytest
 
-from tasks.llm import get_client
-from tasks.llm._transport import PerThreadTransport, threads_are_greenlets
-from tasks.settings import ProviderConfig
+from agentfleet.tasks.llm import get_client
+from agentfleet.tasks.llm._transport import PerThreadTransport, threads_are_greenlets
+from agentfleet.tasks.settings import ProviderConfig
 from tests.conftest import Fleet
 
 THREADS = 4

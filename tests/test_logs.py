@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
+from agentfleet.tasks.settings import Settings
+from agentfleet.workers.logs import RECEIPT_LOGGER, quiet_receipts
 from ops.stack import PoolSpec, Proc, Stack
-from tasks.settings import Settings
 from tests.conftest import Fleet, private_fleet
-from workers.logs import RECEIPT_LOGGER, quiet_receipts
 
 JSON_ENV = {
     "AGENTFLEET_LOG_FORMAT": "json",

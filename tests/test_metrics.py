@@ -17,15 +17,21 @@ from prometheus_client.parser import text_string_to_metric_families
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from agentfleet.tasks.errors import RetryableProviderError, RunFailed
+from agentfleet.tasks.llm import get_guard
+from agentfleet.tasks.llm._guard import ProviderGuard
+from agentfleet.tasks.metrics import (
+    DENIAL_REASONS,
+    FINISHED_STATUSES,
+    RUN_BUCKETS,
+    Recorder,
+    bucket_field,
+)
+from agentfleet.tasks.models import RunStatus
+from agentfleet.tasks.settings import ProviderConfig
+from agentfleet.workers import queues
 from ops.stack import REPO, Stack, free_port, wait_for
-from tasks.errors import RetryableProviderError, RunFailed
-from tasks.llm import get_guard
-from tasks.llm._guard import ProviderGuard
-from tasks.metrics import DENIAL_REASONS, FINISHED_STATUSES, RUN_BUCKETS, Recorder, bucket_field
-from tasks.models import RunStatus
-from tasks.settings import ProviderConfig
 from tests.conftest import Fleet
-from workers import queues
 
 ALERTS = REPO / "ops" / "prometheus" / "alerts.yml"
 DASHBOARD = REPO / "ops" / "prometheus" / "dashboard.md"
@@ -273,7 +279,7 @@ def test_metrics_is_503_when_redis_is_down(tmp_path: Path) -> None:
     dead = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
     stack = Stack(tmp_path, redis_url=dead)
     port = free_port()
-    argv = [sys.executable, "-m", "uvicorn", "producer.api:app", "--port", str(port)]
+    argv = [sys.executable, "-m", "uvicorn", "agentfleet.producer.api:app", "--port", str(port)]
     try:
         stack.spawn("api", argv)
         url = f"http://127.0.0.1:{port}/metrics"
@@ -295,7 +301,7 @@ def test_recording_never_raises_when_redis_is_down(caplog: pytest.LogCaptureFixt
     # No retries: redis-py's default backoff would take 4 s per call to say the same.
     dead = redis.Redis(port=free_port(), retry=Retry(NoBackoff(), 0), decode_responses=True)
     recorder = Recorder(dead, "af")
-    with caplog.at_level(logging.WARNING, logger="tasks.metrics"):
+    with caplog.at_level(logging.WARNING, logger="agentfleet.tasks.metrics"):
         recorder.admission("default", ["open", "1.0", "0", "0"])
         recorder.admission("default", ["limited", "1.0", "0", "0", "rpm,tpm"])
     messages = [r.getMessage() for r in caplog.records]

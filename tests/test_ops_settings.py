@@ -17,11 +17,11 @@ import pytest
 from celery import Celery
 from pydantic import ValidationError
 
+from agentfleet.tasks.redisconn import parse_sentinel_url
+from agentfleet.tasks.settings import Settings
+from agentfleet.workers.conf import celery_config
 from ops.flower import ENV_BASIC_AUTH, ENV_READ_ONLY, FlowerConfigError, command
 from ops.stack import REPO, PoolSpec, Stack
-from tasks.redisconn import parse_sentinel_url
-from tasks.settings import Settings
-from workers.conf import celery_config
 
 SENTINELS = "sentinel://:redispw@s1:26379/2;sentinel://s2:26380/2;sentinel://s3/2"
 
@@ -71,7 +71,7 @@ def test_parse_sentinel_url() -> None:
 def test_flower_command_passes_secrets_in_the_environment() -> None:
     settings = Settings(flower_basic_auth="ops:pw", flower_read_only=True, flower_port=5600)
     argv, env = command(settings, ["--max_tasks=500"], python="python")
-    assert argv[:6] == ["python", "-m", "celery", "-A", "workers", "flower"]
+    assert argv[:6] == ["python", "-m", "celery", "-A", "agentfleet.workers", "flower"]
     assert "--port=5600" in argv
     assert argv[-1] == "--max_tasks=500"
     assert not any("ops:pw" in a for a in argv)
@@ -231,7 +231,7 @@ def test_workers_the_api_and_the_cli_name_a_misspelt_variable(
             assert closest in proc.tail(200)
             assert proc.alive()
     cli = subprocess.run(
-        [sys.executable, "-m", "producer.cli", "--api", "http://127.0.0.1:1", "tools"],
+        [sys.executable, "-m", "agentfleet.producer.cli", "--api", "http://127.0.0.1:1", "tools"],
         cwd=REPO,
         env=_fresh_env(**typo),
         capture_output=True,

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from ops.simulator.faults import clear_faults, set_faults
+from agentfleet.simulator.faults import clear_faults, set_faults
+from agentfleet.tasks.errors import RateLimitedError, RetryableProviderError
+from agentfleet.tasks.llm import Target, call_chain, get_guard
 from ops.stack import PoolSpec, Stack
-from tasks.errors import RateLimitedError, RetryableProviderError
-from tasks.llm import Target, call_chain, get_guard
 from tests.conftest import Fleet, private_fleet
 
 RESET_TIMEOUT = 3.0

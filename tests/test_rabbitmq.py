@@ -25,6 +25,7 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
+from agentfleet.workers import queues
 from ops.stack import Stack
 from tests.conftest import SHORT_LIMITS, Fleet, private_fleet, with_pools
 from tests.test_worker_loss import (
@@ -34,11 +35,10 @@ from tests.test_worker_loss import (
     kill_agents_worker_mid_load,
     kill_tools_worker_mid_load,
 )
-from workers import queues
 
 RABBITMQ_URL = os.environ.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672")
 #: Quick retries, so the countdown path is taken in seconds: backoff 0.3 s then 0.6 s, both
-#: under a second, which native delayed delivery cannot express (see workers.broker).
+#: under a second, which native delayed delivery cannot express (see agentfleet.workers.broker).
 RABBIT_ENV = {
     **SHORT_LIMITS,
     "AGENTFLEET_LLM_MAX_RETRIES": "2",
@@ -243,7 +243,8 @@ FOREIGN = textwrap.dedent(
                    queue_arguments={"x-queue-type": "quorum"})
     result = app.send_task("agentfleet.run", kwargs={"request": payload}, queue=agents)
     final = result.get(timeout=60)
-    leaked = sorted(m for m in ("workers", "tasks", "producer", "ops") if m in sys.modules)
+    OURS = ("agentfleet", "tasks", "workers", "producer", "ops")
+    leaked = sorted(m for m in OURS if m in sys.modules)
     print(json.dumps({"id": result.id, "final": final, "leaked": leaked}))
     """
 )

@@ -30,13 +30,13 @@ from typing import Any
 import pytest
 import redis
 
+from agentfleet.tasks.errors import RolledBack
+from agentfleet.tasks.llm import resolve_chain
+from agentfleet.tasks.metrics import step_fields
+from agentfleet.tasks.models import RunRequest, RunStatus
+from agentfleet.tasks.redisconn import durability_gap
+from agentfleet.tasks.store import RunStore, StepAnswer
 from ops.stack import DURABLE_REDIS, PoolSpec, Proc, Stack, StackError, wait_for
-from tasks.errors import RolledBack
-from tasks.llm import resolve_chain
-from tasks.metrics import step_fields
-from tasks.models import RunRequest, RunStatus
-from tasks.redisconn import durability_gap
-from tasks.store import RunStore, StepAnswer
 from tests.conftest import SHORT_LIMITS, Fleet, private_fleet
 from tests.test_worker_loss import AGENTS, BATCH
 

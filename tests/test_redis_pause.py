@@ -25,12 +25,12 @@ from typing import Any
 import httpx
 import pytest
 
+from agentfleet.tasks import names
+from agentfleet.tasks.llm import resolve_chain
+from agentfleet.tasks.models import RunRequest
+from agentfleet.tasks.store import RunStore
+from agentfleet.tasks.toolcall import tool_payload
 from ops.stack import PoolSpec, Proc, Stack
-from tasks import names
-from tasks.llm import resolve_chain
-from tasks.models import RunRequest
-from tasks.store import RunStore
-from tasks.toolcall import tool_payload
 from tests.conftest import SHORT_LIMITS, Fleet, private_fleet, with_pools
 
 POOLS = (

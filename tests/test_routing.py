@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from tasks.llm import RoutingError, Target, resolve_chain
-from tasks.settings import ProviderConfig, Settings
+from agentfleet.tasks.llm import RoutingError, Target, resolve_chain
+from agentfleet.tasks.settings import ProviderConfig, Settings
 
 PROVIDERS = [
     ProviderConfig(name="fast", base_url="http://f/v1", priority=2, models=("m1", "m2")),

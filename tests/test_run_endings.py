@@ -39,7 +39,8 @@ WAITER = textwrap.dedent(
     except Exception as exc:
         out = {"raised": type(exc).__name__, "args": list(exc.args)}
     out["state"] = result.state
-    out["leaked"] = sorted(m for m in ("workers", "tasks", "producer", "ops") if m in sys.modules)
+    OURS = ("agentfleet", "tasks", "workers", "producer", "ops")
+    out["leaked"] = sorted(m for m in OURS if m in sys.modules)
     print(json.dumps(out), flush=True)
     """
 )

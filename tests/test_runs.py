@@ -7,10 +7,10 @@ from collections.abc import Callable
 
 import pytest
 
-from tasks.llm import resolve_chain
-from tasks.metrics import step_fields
-from tasks.models import RunRequest, RunStatus
-from tasks.store import RunStore, StepAnswer, ToolClaim
+from agentfleet.tasks.llm import resolve_chain
+from agentfleet.tasks.metrics import step_fields
+from agentfleet.tasks.models import RunRequest, RunStatus
+from agentfleet.tasks.store import RunStore, StepAnswer, ToolClaim
 from tests.conftest import Fleet
 
 
@@ -159,7 +159,7 @@ def test_redelivered_step_changes_nothing(fleet: Fleet, wait: Callable[..., None
     "prompt",
     [
         'call stubborn {"seconds": 60} call text_stats {"text": "ok"}',  # a chord
-        'call stubborn {"seconds": 60}',  # one call: a chain (tasks.agent.fan_out)
+        'call stubborn {"seconds": 60}',  # one call: a chain (agentfleet.tasks.agent.fan_out)
     ],
     ids=["chord", "chain"],
 )

@@ -25,7 +25,8 @@ SCRIPT = textwrap.dedent(
         final = result.get(timeout=60)
     except Exception as exc:  # a run that did not succeed: RunFailed(message, record)
         final = exc.args[1]
-    leaked = sorted(m for m in ("workers", "tasks", "producer", "ops") if m in sys.modules)
+    OURS = ("agentfleet", "tasks", "workers", "producer", "ops")
+    leaked = sorted(m for m in OURS if m in sys.modules)
     print(json.dumps({"id": result.id, "final": final, "leaked": leaked}))
     """
 )

@@ -7,8 +7,8 @@ from pathlib import Path
 import redis
 from redis.sentinel import Sentinel
 
+from agentfleet.producer.client import Client
 from ops.stack import PoolSpec, Stack, ensure_redis_server, free_port, wait_for
-from producer.client import Client
 
 MASTER = "agentfleet"
 

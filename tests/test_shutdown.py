@@ -14,9 +14,9 @@ from pathlib import Path
 
 import redis
 
+from agentfleet.producer.client import Client
 from ops.deploy import COLD_SHUTDOWN_MARGIN, SERVICE_POOLS, shutdown_env
 from ops.stack import PoolSpec, Proc, Stack
-from producer.client import Client
 
 SOFT_SHUTDOWN = 2.0
 #: A short tool hard limit keeps the lease a killed call leaves behind short too.

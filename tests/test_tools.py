@@ -15,12 +15,12 @@ from typing import Annotated, Any, Literal
 import pytest
 from pydantic import Field
 
+from agentfleet.producer.client import Client
+from agentfleet.tasks.errors import ConfigError, ToolArgumentsError, UnknownToolError
+from agentfleet.tasks.fleet import node_key
+from agentfleet.tasks.tools import ToolRegistry, load_tool_modules, registry
+from agentfleet.tasks.tools._registry import _make_tool
 from ops.stack import PoolSpec, Stack, wait_for
-from producer.client import Client
-from tasks.errors import ConfigError, ToolArgumentsError, UnknownToolError
-from tasks.fleet import node_key
-from tasks.tools import ToolRegistry, load_tool_modules, registry
-from tasks.tools._registry import _make_tool
 from tests.conftest import SHORT_LIMITS, Fleet, private_fleet
 
 

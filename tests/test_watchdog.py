@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
+from agentfleet.tasks import names
+from agentfleet.tasks.llm import resolve_chain
+from agentfleet.tasks.models import RunRequest, RunStatus
+from agentfleet.tasks.store import RunStore
+from agentfleet.tasks.watchdog import recover
 from ops.stack import PoolSpec, Stack, wait_for
-from tasks import names
-from tasks.llm import resolve_chain
-from tasks.models import RunRequest, RunStatus
-from tasks.store import RunStore
-from tasks.watchdog import recover
 from tests.conftest import SHORT_LIMITS, Fleet, private_fleet, with_pools
 from tests.test_runs import step_one_applied
 
@@ -64,7 +64,7 @@ def test_lost_tool_call_that_used_up_its_deliveries_fails_instead_of_running_aga
     call_id = f"{run_id}-1-0"
 
     # No tools worker yet: the call sits in the queue, then is lost. Each delivery it had
-    # began it (tasks.scripts.BEGIN_TOOL) and lost its worker.
+    # began it (agentfleet.tasks.scripts.BEGIN_TOOL) and lost its worker.
     wait(lambda: watched.redis.llen("tools") == 1, 20, "the tool call queued")
     watched.redis.delete("tools")
     limit = watched.settings.max_redeliveries

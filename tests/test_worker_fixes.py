@@ -1,11 +1,11 @@
 """The speed fixes workers make to Celery and kombu keep their behaviour.
 
-``workers.controlflow``: ``Ignore`` is kept without its traceback, every other exception with
-it. ``workers.redis_transport``: a channel shares one Redis client across publishes, acks and
-threads, and makes a new one for a new connection pool. ``workers.results``: workers keep no
-subscription to results they never wait for, and store a state in one script that never
-overwrites a ``SUCCESS``, set a chord's size in one round trip, and subscribe to no result
-when sending a task. ``workers.heap``: the heap alive at start-up is frozen.
+``agentfleet.workers.controlflow``: ``Ignore`` is kept without its traceback, every other exception
+with it. ``agentfleet.workers.redis_transport``: a channel shares one Redis client across publishes,
+acks and threads, and makes a new one for a new connection pool. ``agentfleet.workers.results``:
+workers keep no subscription to results they never wait for, and store a state in one script that
+never overwrites a ``SUCCESS``, set a chord's size in one round trip, and subscribe to no result
+when sending a task. ``agentfleet.workers.heap``: the heap alive at start-up is frozen.
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ from celery.app import trace
 from celery.exceptions import Ignore
 from kombu import Connection
 
-from tasks.errors import RunFailed
+from agentfleet.tasks.errors import RunFailed
+from agentfleet.workers.controlflow import ControlFlowExceptionInfo
+from agentfleet.workers.factory import create_app
+from agentfleet.workers.heap import freeze_startup_heap
+from agentfleet.workers.results import set_chord_size_at_once, store_result_once
 from tests.conftest import Fleet
-from workers.controlflow import ControlFlowExceptionInfo
-from workers.factory import create_app
-from workers.heap import freeze_startup_heap
-from workers.results import set_chord_size_at_once, store_result_once
 
 
 def _info_of(exc: BaseException) -> ControlFlowExceptionInfo:
@@ -62,7 +62,7 @@ def test_the_app_installs_it(fleet: Fleet) -> None:
 @pytest.fixture
 def channel(fleet: Fleet):  # type: ignore[no-untyped-def]
     url = fleet.stack.redis_url or ""
-    with Connection(url, transport="workers.redis_transport:Transport") as conn:
+    with Connection(url, transport="agentfleet.workers.redis_transport:Transport") as conn:
         yield conn.default_channel
 
 
@@ -241,7 +241,8 @@ def test_a_workers_task_sent_events_join_its_batches(fleet: Fleet) -> None:
 
 
 def test_sending_subscribes_to_nothing_and_get_still_waits(fleet: Fleet) -> None:
-    # workers.results.install_everywhere: the sender subscribes when it waits, not when it sends.
+    # agentfleet.workers.results.install_everywhere: the sender subscribes when it waits, not when
+    # it sends.
     app = create_app(fleet.settings)
     try:
         result = app.send_task("agentfleet.run", kwargs={"request": {"input": "subscribe?"}})

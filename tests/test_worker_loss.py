@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from agentfleet.tasks import names
+from agentfleet.tasks.toolcall import tool_payload
 from ops.stack import PoolSpec, Stack
-from tasks import names
-from tasks.toolcall import tool_payload
 from tests.conftest import SHORT_LIMITS, Fleet, private_fleet, with_pools
 
 AGENTS = PoolSpec("agents", "threads", 50)
@@ -31,7 +31,7 @@ def short_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
 def kill_tools_worker_mid_load(fleet: Fleet, wait: Callable[..., None]) -> None:
     """SIGKILL the tools worker while tools run: every run succeeds, every tool runs once.
 
-    Runs with three calls (a chord) and runs with one (a chain, tasks.agent.fan_out).
+    Runs with three calls (a chord) and runs with one (a chain, agentfleet.tasks.agent.fan_out).
     """
     calls_per_run = [1] * 4 + [3] * 8  # single calls first: the kill lands among them
     keys_of = [[f"t{run}-{i}" for i in range(n)] for run, n in enumerate(calls_per_run)]

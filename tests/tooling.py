@@ -13,8 +13,8 @@ import time
 import redis
 from billiard.exceptions import SoftTimeLimitExceeded
 
-from tasks.settings import get_settings
-from tasks.tools import tool
+from agentfleet.tasks.settings import get_settings
+from agentfleet.tasks.tools import tool
 
 
 def _redis() -> redis.Redis:

@@ -3,7 +3,7 @@ workers were deployed with different tools: loaded per process by ``AGENTFLEET_T
 
 from __future__ import annotations
 
-from tasks.tools import tool
+from agentfleet.tasks.tools import tool
 
 
 @tool

@@ -3,7 +3,7 @@ schema under the same name), and ``murmur`` is new."""
 
 from __future__ import annotations
 
-from tasks.tools import tool
+from agentfleet.tasks.tools import tool
 
 
 @tool

@@ -1,15 +1,16 @@
-"""The agentfleet Celery app: ``celery -A workers worker -Q agents`` starts a worker.
+"""The agentfleet Celery app: ``celery -A agentfleet.workers worker -Q agents`` starts a worker.
 
-``workers.app`` is built on first access from :func:`tasks.settings.get_settings`, so every
-process that uses it (worker, API, CLI) reads the same ``AGENTFLEET_*`` variables, and task
-modules can import ``tasks.settings`` without building the app.
+``agentfleet.workers.app`` is built on first access from
+:func:`agentfleet.tasks.settings.get_settings`, so every process that uses it (worker, API, CLI)
+reads the same ``AGENTFLEET_*`` variables, and task modules can import ``agentfleet.tasks.settings``
+without building the app.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from tasks.settings import Settings, get_settings
+from agentfleet.tasks.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -21,11 +22,11 @@ __all__ = ["Settings", "app", "get_settings"]
 
 def __getattr__(name: str) -> Any:
     if name == "app":
-        from workers import signals  # connects the per-process hooks
-        from workers.factory import create_app
+        from agentfleet.workers import signals  # connects the per-process hooks
+        from agentfleet.workers.factory import create_app
 
         built = create_app(get_settings())
         globals()["app"] = built
         del signals
         return built
-    raise AttributeError(f"module 'workers' has no attribute {name!r}")
+    raise AttributeError(f"module 'agentfleet.workers' has no attribute {name!r}")

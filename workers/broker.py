@@ -2,7 +2,7 @@
 
 Redis (``redis://``, ``rediss://``, ``sentinel://``) has no acknowledgements of its own: kombu
 emulates them with a visibility timeout that every countdown plus the longest hard time limit
-must stay under (``workers.conf``). RabbitMQ (``amqp://``, ``amqps://``, ``pyamqp://``)
+must stay under (``agentfleet.workers.conf``). RabbitMQ (``amqp://``, ``amqps://``, ``pyamqp://``)
 acknowledges natively and gives unacknowledged messages back the moment a worker's connection
 drops, so there is no visibility timeout; instead:
 
@@ -29,11 +29,11 @@ from kombu.transport.native_delayed_delivery import (
     bind_queue_to_native_delayed_delivery_exchange,
 )
 
-from tasks.settings import BrokerKind, broker_kind
-from workers import queues
+from agentfleet.tasks.settings import BrokerKind, broker_kind
+from agentfleet.workers import queues
 
 if TYPE_CHECKING:
-    from tasks.settings import Settings
+    from agentfleet.tasks.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +46,14 @@ def _redis_transport(url: str) -> str:
 def broker_config(settings: Settings, redis_transport: dict[str, Any]) -> dict[str, Any]:
     """The Celery settings that depend on which broker ``settings.broker`` is.
 
-    ``redis_transport`` is what a Redis broker gets (``workers.conf.transport_options``).
+    ``redis_transport`` is what a Redis broker gets (``agentfleet.workers.conf.transport_options``).
     """
     if broker_kind(settings.broker) is BrokerKind.REDIS:
         return {
             # kombu's own, fixed to reconnect after Redis restarts without losing a message.
-            "broker_transport": f"workers.redis_transport:{_redis_transport(settings.broker)}",
+            "broker_transport": (
+                f"agentfleet.workers.redis_transport:{_redis_transport(settings.broker)}"
+            ),
             "broker_transport_options": redis_transport,
             "task_queues": queues.declare(),
             # A task still running when its worker loses Redis finishes: its message comes back

@@ -1,4 +1,4 @@
-"""The Celery configuration, built from :class:`~tasks.settings.Settings` in one place.
+"""The Celery configuration, built from :class:`~agentfleet.tasks.settings.Settings` in one place.
 
 Runs are long and their steps idempotent, so the fleet uses late acknowledgement with its own
 redelivery cap. The time arithmetic that keeps a step from being delivered twice:
@@ -16,10 +16,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from tasks.redisconn import RETRY_INTERVAL
-from tasks.settings import BrokerKind, Settings, broker_kind
-from workers import queues
-from workers.broker import broker_config
+from agentfleet.tasks.redisconn import RETRY_INTERVAL
+from agentfleet.tasks.settings import BrokerKind, Settings, broker_kind
+from agentfleet.workers import queues
+from agentfleet.workers.broker import broker_config
 
 
 def transport_options(settings: Settings) -> dict[str, Any]:
@@ -59,7 +59,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     return {
         "broker_url": settings.broker,
         "result_backend": settings.backend,
-        # broker_transport_options and task_queues, for Redis or RabbitMQ (workers.broker).
+        # broker_transport_options and task_queues, for Redis or RabbitMQ
+        # (agentfleet.workers.broker).
         **broker_config(settings, redis_transport=transport),
         "result_backend_transport_options": {
             **transport,
@@ -78,7 +79,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_routes": queues.ROUTES,
         "task_create_missing_queues": False,
         # Durability: ack after the step is applied, requeue if the process dies; our own
-        # per-step delivery counter (tasks.store) stops a step that keeps killing workers.
+        # per-step delivery counter (agentfleet.tasks.store) stops a step that keeps killing
+        # workers.
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
@@ -118,7 +120,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         },
         # Events for Flower and monitoring, published in batches (workers/consumer.py).
         "worker_send_task_events": True,
-        "worker_consumer": "workers.consumer:Consumer",
+        "worker_consumer": "agentfleet.workers.consumer:Consumer",
         "task_send_sent_event": True,
         "worker_hijack_root_logger": False,
         "enable_utc": True,

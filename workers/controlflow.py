@@ -1,5 +1,5 @@
 """``Ignore`` is control flow, not an error: Celery need not copy and print its traceback.
-Nor does :class:`~tasks.errors.RunFailed`, how a run that did not succeed ends its task.
+Nor does :class:`~agentfleet.tasks.errors.RunFailed`, how a run that did not succeed ends its task.
 
 Every step that dispatches tool calls ends in ``Task.replace``, which raises ``Ignore``; the
 step of a throttled tenant and a redelivered step that was already applied raise it too.
@@ -23,7 +23,7 @@ from billiard.einfo import ExceptionInfo, ExceptionWithTraceback
 from celery.app import trace
 from celery.exceptions import Ignore
 
-from tasks.errors import RunFailed
+from agentfleet.tasks.errors import RunFailed
 
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 

@@ -4,25 +4,25 @@ from __future__ import annotations
 
 from celery import Celery
 
-from tasks.settings import Settings
-from workers import controlflow, results
-from workers.broker import celery_class
-from workers.conf import celery_config
+from agentfleet.tasks.settings import Settings
+from agentfleet.workers import controlflow, results
+from agentfleet.workers.broker import celery_class
+from agentfleet.workers.conf import celery_config
 
 
 def create_app(settings: Settings) -> Celery:
     """A Celery app configured from ``settings`` with every agentfleet task registered."""
-    # Imported here: the task modules import workers.queues, not this module, so there is
+    # Imported here: the task modules import agentfleet.workers.queues, not this module, so there is
     # no cycle, and the app stays the only place that knows about every task.
-    from tasks import register_tasks
+    from agentfleet.tasks import register_tasks
 
     app = celery_class(settings)(
         "agentfleet",
         set_as_current=False,
         # Task argument and result reprs are summarized before they reach events, Flower
         # and logs (workers/redact.py).
-        amqp="workers.redact:RedactingAMQP",
-        events="workers.redact:RedactingEvents",
+        amqp="agentfleet.workers.redact:RedactingAMQP",
+        events="agentfleet.workers.redact:RedactingEvents",
     )
     app.conf.update(celery_config(settings))
     controlflow.install()

@@ -2,14 +2,14 @@
 
 ``AGENTFLEET_LOG_FORMAT=json`` makes workers and the API write lines like
 
-    {"timestamp": "2026-11-21T06:39:02.114Z", "level": "INFO", "logger": "tasks.agent",
+    {"timestamp": "2026-11-21T06:39:02.114Z", "level": "INFO", "logger": "agentfleet.tasks.agent",
      "message": "...", "run_id": "cabf369a-...", "task_id": "cabf369a-...",
      "task": "agentfleet.run"}
 
 (on one line). ``run_id`` and ``task_id`` are on every line logged while a task runs, read
-from the current Celery request (:func:`workers.taskargs.run_id_of`); in the API, ``run_id``
-is that of the request's route (see :mod:`producer.logcontext`). ``text`` (the default)
-keeps Celery's and uvicorn's own formats.
+from the current Celery request (:func:`agentfleet.workers.taskargs.run_id_of`); in the API,
+``run_id`` is that of the request's route (see :mod:`agentfleet.producer.logcontext`). ``text`` (the
+default) keeps Celery's and uvicorn's own formats.
 
 Celery: the worker configures logging itself and then sends ``after_setup_logger`` (root)
 and ``after_setup_task_logger`` (``celery.task``, which does not propagate); our handlers
@@ -31,9 +31,9 @@ from typing import Any, Final
 
 from celery._state import get_current_task
 
-from tasks.settings import Settings
-from workers.redact import redact_log_record
-from workers.taskargs import run_id_of
+from agentfleet.tasks.settings import Settings
+from agentfleet.workers.redact import redact_log_record
+from agentfleet.workers.taskargs import run_id_of
 
 #: Celery's logger for "Task ... received": one line per message a worker takes.
 RECEIPT_LOGGER: Final = "celery.worker.strategy"

@@ -4,7 +4,7 @@ from typing import Final
 
 from kombu.entity import Exchange, Queue
 
-from tasks import names
+from agentfleet.tasks import names
 
 #: LLM steps: network-bound, served by a high-concurrency I/O pool.
 AGENTS: Final = "agents"

@@ -36,9 +36,9 @@ from celery.app.amqp import AMQP
 from celery.app.events import Events
 from celery.events.dispatcher import EventDispatcher
 
-from tasks import names
-from workers import consumer
-from workers.taskargs import bind, is_ours
+from agentfleet.tasks import names
+from agentfleet.workers import consumer
+from agentfleet.workers.taskargs import bind, is_ours
 
 #: Keys whose string values are shown as they are, when they look like an ID or a name.
 VISIBLE_KEYS: Final = frozenset({"run_id", "id", "name", "model_call_id"})
@@ -81,7 +81,9 @@ def _render(key: str, value: Any, expand: bool = False) -> str:
     if isinstance(value, Mapping) and expand:
         return "{" + ", ".join(f"{k}={_render(str(k), v)}" for k, v in value.items()) + "}"
     if key == "tool_results" and isinstance(value, Mapping):
-        value = [value]  # the one result a chain hands to the next step (tasks.agent.fan_out)
+        value = [
+            value
+        ]  # the one result a chain hands to the next step (agentfleet.tasks.agent.fan_out)
     label = LABELS.get(key)
     if isinstance(value, Sequence | set | frozenset) and not isinstance(value, Mapping):
         return f"<{len(value)} {label or 'items'}>"
@@ -151,7 +153,7 @@ class RedactingDispatcher(EventDispatcher):
 class RedactingEvents(Events):
     """``app.events`` whose dispatcher is :class:`RedactingDispatcher`."""
 
-    dispatcher_cls = "workers.redact:RedactingDispatcher"
+    dispatcher_cls = "agentfleet.workers.redact:RedactingDispatcher"
 
 
 def redact_received(request: Any) -> None:

@@ -19,7 +19,8 @@ one round trip less on its path.
 failed one: a tool call of a run's chain or chord that dies at its hard time limit stores its
 error under the run ID, whose ``get()`` would then raise it while the run's errback is still
 failing the run. The same script stores a failure under a run's ID only as
-:class:`~tasks.errors.RunFailed`, which the task that ends the run raises with its record.
+:class:`~agentfleet.tasks.errors.RunFailed`, which the task that ends the run raises with its
+record.
 
 **The chord's size in one round trip.** Every tool-dispatching step sets its chord's size:
 Celery clears the chord's dispatch claim, then writes the size, two round trips; here one
@@ -47,7 +48,7 @@ from celery.backends.redis import RedisBackend
 from celery.exceptions import BackendStoreError
 from kombu.utils.encoding import bytes_to_str
 
-from tasks.errors import RunFailed
+from agentfleet.tasks.errors import RunFailed
 
 # KEYS: the task's meta key, the run record its task ID would name. ARGV: the encoded meta,
 # seconds to keep it (0: forever), '1' if it is a failure other than a run's end. Returns 0
@@ -88,7 +89,8 @@ def store_result_once(
     **kwargs: Any,
 ) -> Any:
     """``RedisBackend._store_result`` in one round trip: never over a stored ``SUCCESS``, and
-    a run's failure only as :class:`~tasks.errors.RunFailed` (``run_keys``: the run records'
+    a run's failure only as :class:`~agentfleet.tasks.errors.RunFailed` (``run_keys``: the run
+    records'
     key prefix, to which the task ID is appended)."""
     meta = backend._get_result_meta(
         result=result, state=state, traceback=traceback, request=request

@@ -16,13 +16,13 @@ from celery.signals import (
     worker_shutdown,
 )
 
-from tasks import fleet, watchdog
-from tasks.llm import reset_clients
-from tasks.redisconn import wait_out_outages, warn_if_not_durable
-from tasks.settings import get_settings, warn_unknown_variables
-from tasks.store import run_key
-from workers import heap, logs, redact, results
-from workers.conf import worker_config
+from agentfleet.tasks import fleet, watchdog
+from agentfleet.tasks.llm import reset_clients
+from agentfleet.tasks.redisconn import wait_out_outages, warn_if_not_durable
+from agentfleet.tasks.settings import get_settings, warn_unknown_variables
+from agentfleet.tasks.store import run_key
+from agentfleet.workers import heap, logs, redact, results
+from agentfleet.workers.conf import worker_config
 
 log = logging.getLogger(__name__)
 

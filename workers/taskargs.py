@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
-from tasks import names
+from agentfleet.tasks import names
 
 #: Parameter names of every task, in call order (``self`` of bound tasks left out).
 PARAMS: Final[Mapping[str, tuple[str, ...]]] = {

@@ -1,11 +1,11 @@
 """OpenAI-compatible chat-completions simulator.
 
 A deterministic stand-in for an LLM provider, scripted by directives in the
-first user message (see ``ops.simulator._script``). It is the default
+first user message (see ``agentfleet.simulator._script``). It is the default
 provider offline and the target of tests and benchmarks; run it with
-``python -m ops.simulator``. Faults (errors, hangs, latency) can be injected
+``python -m agentfleet.simulator``. Faults (errors, hangs, latency) can be injected
 per provider at runtime through ``/_sim/providers/{name}/faults``; see
-``ops.simulator.faults`` for a client and command line.
+``agentfleet.simulator.faults`` for a client and command line.
 """
 
 from ._app import SimulatorConfig, create_app

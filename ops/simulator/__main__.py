@@ -1,4 +1,4 @@
-"""Command line entry point: ``python -m ops.simulator --port 8799``."""
+"""Command line entry point: ``python -m agentfleet.simulator --port 8799``."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from ._app import SimulatorConfig, create_app
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Parse the command line."""
     parser = argparse.ArgumentParser(
-        prog="python -m ops.simulator",
+        prog="python -m agentfleet.simulator",
         description="Serve the OpenAI-compatible chat-completions simulator.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind")

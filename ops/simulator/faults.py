@@ -3,11 +3,11 @@
 Importable by scripts and tests (``set_faults``, ``clear_faults``) and runnable
 from a shell::
 
-    python -m ops.simulator.faults --url http://127.0.0.1:8799 --provider a --status 500
-    python -m ops.simulator.faults --provider a --status 429 --retry-after 2
-    python -m ops.simulator.faults --provider a --status 429 --code insufficient_quota
-    python -m ops.simulator.faults --provider a --hang
-    python -m ops.simulator.faults --provider a --clear
+    python -m agentfleet.simulator.faults --url http://127.0.0.1:8799 --provider a --status 500
+    python -m agentfleet.simulator.faults --provider a --status 429 --retry-after 2
+    python -m agentfleet.simulator.faults --provider a --status 429 --code insufficient_quota
+    python -m agentfleet.simulator.faults --provider a --hang
+    python -m agentfleet.simulator.faults --provider a --clear
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from urllib.parse import quote
 import httpx
 
 DEFAULT_URL = "http://127.0.0.1:8799"
-"""Where ``python -m ops.simulator`` listens unless told otherwise."""
+"""Where ``python -m agentfleet.simulator`` listens unless told otherwise."""
 
 _TIMEOUT = 10.0
 
@@ -56,7 +56,7 @@ def clear_faults(url: str, provider: str) -> dict[str, Any]:
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Parse the command line."""
     parser = argparse.ArgumentParser(
-        prog="python -m ops.simulator.faults",
+        prog="python -m agentfleet.simulator.faults",
         description="Inject or clear faults for one provider of a running simulator.",
     )
     parser.add_argument("--url", default=DEFAULT_URL, help="simulator base URL")

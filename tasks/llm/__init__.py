@@ -1,10 +1,16 @@
 """The LLM provider layer: clients, routing, fleet-wide guards, one error boundary."""
 
-from tasks.llm._call import Completion, ModelToolCall, complete, retry_after_seconds, translate
-from tasks.llm._client import get_client, reset_clients
-from tasks.llm._guard import ProviderGuard, get_guard
-from tasks.llm._router import call_chain
-from tasks.llm._routing import RoutingError, Target, resolve_chain
+from agentfleet.tasks.llm._call import (
+    Completion,
+    ModelToolCall,
+    complete,
+    retry_after_seconds,
+    translate,
+)
+from agentfleet.tasks.llm._client import get_client, reset_clients
+from agentfleet.tasks.llm._guard import ProviderGuard, get_guard
+from agentfleet.tasks.llm._router import call_chain
+from agentfleet.tasks.llm._routing import RoutingError, Target, resolve_chain
 
 __all__ = [
     "Completion",

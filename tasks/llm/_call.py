@@ -14,15 +14,15 @@ from openai import Stream
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from pydantic import ValidationError
 
-from tasks.errors import (
+from agentfleet.tasks.errors import (
     PermanentProviderError,
     ProviderAccountError,
     ProviderError,
     RateLimitedError,
     RetryableProviderError,
 )
-from tasks.llm._client import get_client
-from tasks.settings import ProviderConfig
+from agentfleet.tasks.llm._client import get_client
+from agentfleet.tasks.settings import ProviderConfig
 
 CHAT_PATH = "/chat/completions"
 
@@ -183,7 +183,7 @@ def complete(
     admitted_at: float | None = None,
     on_delta: Callable[[str], None] | None = None,
 ) -> Completion:
-    """One chat completion. Raises only :class:`~tasks.errors.ProviderError` subclasses.
+    """One chat completion. Raises only :class:`~agentfleet.tasks.errors.ProviderError` subclasses.
 
     With ``on_delta`` the answer is streamed and each text delta is handed to it as it comes.
     """

@@ -7,8 +7,8 @@ import os
 import httpx2
 import openai
 
-from tasks.llm._transport import PerThreadTransport, threads_are_greenlets
-from tasks.settings import ProviderConfig
+from agentfleet.tasks.llm._transport import PerThreadTransport, threads_are_greenlets
+from agentfleet.tasks.settings import ProviderConfig
 
 #: Seconds an idle connection to a provider is kept.
 KEEPALIVE_S = 4.0
@@ -21,7 +21,7 @@ def get_client(provider: ProviderConfig) -> openai.OpenAI:
 
     SDK retries are off (``max_retries=0``): Celery owns retries, so one failed call is one
     attempt, a soft time limit is never swallowed by the SDK's retry loop, and the timeout
-    arithmetic in ``workers.conf`` holds. ``base_url`` is always explicit so that an
+    arithmetic in ``agentfleet.workers.conf`` holds. ``base_url`` is always explicit so that an
     ``OPENAI_BASE_URL`` in the environment cannot redirect the fleet.
     """
     key = (os.getpid(), provider.name, provider.base_url)

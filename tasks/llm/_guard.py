@@ -35,10 +35,10 @@ from typing import Any
 import pybreaker
 import redis
 
-from tasks.errors import ProviderError, RateLimitedError, RetryableProviderError
-from tasks.metrics import Recorder
-from tasks.redisconn import get_redis
-from tasks.settings import ProviderConfig, Settings
+from agentfleet.tasks.errors import ProviderError, RateLimitedError, RetryableProviderError
+from agentfleet.tasks.metrics import Recorder
+from agentfleet.tasks.redisconn import get_redis
+from agentfleet.tasks.settings import ProviderConfig, Settings
 
 log = logging.getLogger(__name__)
 

@@ -7,17 +7,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tasks.errors import (
+from agentfleet.tasks.errors import (
     PermanentProviderError,
     ProviderAccountError,
     ProviderError,
     ProvidersUnavailable,
     RetryableProviderError,
 )
-from tasks.llm._call import Completion, complete
-from tasks.llm._guard import Admission, ProviderGuard, estimate_tokens, get_guard
-from tasks.llm._routing import Target
-from tasks.settings import ProviderConfig, Settings
+from agentfleet.tasks.llm._call import Completion, complete
+from agentfleet.tasks.llm._guard import Admission, ProviderGuard, estimate_tokens, get_guard
+from agentfleet.tasks.llm._routing import Target
+from agentfleet.tasks.settings import ProviderConfig, Settings
 
 
 @dataclass

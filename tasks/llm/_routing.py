@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tasks.settings import ProviderConfig, Settings
+from agentfleet.tasks.settings import ProviderConfig, Settings
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ Built-in tools load with this package. Your own tools live in your modules and a
 naming them in ``AGENTFLEET_TOOL_MODULES`` (comma-separated), on workers and on the API alike.
 """
 
-from tasks.tools import builtin
-from tasks.tools._registry import Tool, ToolRegistry, load_tool_modules, registry, tool
+from agentfleet.tasks.tools import builtin
+from agentfleet.tasks.tools._registry import Tool, ToolRegistry, load_tool_modules, registry, tool
 
 __all__ = ["Tool", "ToolRegistry", "builtin", "load_tool_modules", "registry", "tool"]

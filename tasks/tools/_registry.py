@@ -14,7 +14,7 @@ from typing import Any, get_type_hints, overload
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create_model
 
-from tasks.errors import ConfigError, ToolArgumentsError, UnknownToolError
+from agentfleet.tasks.errors import ConfigError, ToolArgumentsError, UnknownToolError
 
 ToolFunc = Callable[..., Any]
 

@@ -14,8 +14,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field
 
-from tasks.errors import ToolArgumentsError
-from tasks.tools._registry import tool
+from agentfleet.tasks.errors import ToolArgumentsError
+from agentfleet.tasks.tools._registry import tool
 
 _BINARY: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
     ast.Add: operator.add,

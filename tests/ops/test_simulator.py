@@ -16,8 +16,8 @@ import httpx
 import openai
 import pytest
 
-from ops.simulator.faults import clear_faults, set_faults
-from ops.simulator.faults import main as faults_main
+from agentfleet.simulator.faults import clear_faults, set_faults
+from agentfleet.simulator.faults import main as faults_main
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -50,10 +50,10 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def base_url() -> Iterator[str]:
-    """Run ``python -m ops.simulator`` as a subprocess for the whole module."""
+    """Run ``python -m agentfleet.simulator`` as a subprocess for the whole module."""
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ops.simulator", "--port", str(port)],
+        [sys.executable, "-m", "agentfleet.simulator", "--port", str(port)],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -695,7 +695,7 @@ def test_reset_clears_faults_and_call_logs(sim: str) -> None:
 def test_faults_cli(sim: str, capsys: pytest.CaptureFixture[str]) -> None:
     done = subprocess.run(
         [
-            *(sys.executable, "-m", "ops.simulator.faults", "--url", sim, "--provider", "a"),
+            *(sys.executable, "-m", "agentfleet.simulator.faults", "--url", sim, "--provider", "a"),
             *("--status", "429", "--error-rate", "0.25", "--retry-after", "2"),
         ],
         cwd=ROOT,
