@@ -18,6 +18,7 @@ import doctest
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import textwrap
@@ -205,8 +206,20 @@ class Command:
     want: str
 
 
+def _continues(command: str) -> bool:
+    """True while ``command`` is unfinished, as bash sees it: a trailing ``\\`` or an open quote."""
+    if command.endswith("\\"):
+        return True
+    try:
+        shlex.split(command, comments=True)
+    except ValueError:  # no closing quotation
+        return True
+    return False
+
+
 def commands(block: Block) -> list[Command]:
-    """The ``$`` commands of a console block (``\\`` continues one), each with its output."""
+    """The ``$`` commands of a console block (an open quote or a ``\\`` continues one on the
+    next line), each with the lines shown after it as its output."""
     found: list[Command] = []
     lines = block.text.splitlines()
     index = 0
@@ -214,7 +227,7 @@ def commands(block: Block) -> list[Command]:
         line = lines[index]
         assert line.startswith("$ "), f"{block.where}: expected a '$ ' command, got {line!r}"
         text = [line[2:]]
-        while text[-1].endswith("\\") and index + 1 < len(lines):
+        while _continues("\n".join(text)) and index + 1 < len(lines):
             index += 1
             text.append(lines[index])
         index += 1
