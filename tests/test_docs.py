@@ -263,6 +263,38 @@ def test_console_example(block: Block, fleet_env: dict[str, str], tmp_path: Path
             )
 
 
+#: What differs between two runs of the demo, and is replaced before they are compared.
+_VARYING = (
+    (re.compile(r"basic auth: (\S+) / \S+\)"), r"basic auth: \1 / <password>)"),
+    (re.compile(r"logs: \S+"), "logs: <dir>"),
+    (re.compile(r"[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}"), "<id>"),
+    (re.compile(r"af_[\w-]+"), "<key>"),
+    (re.compile(r"@[\w.-]+"), "@<host>"),
+    (re.compile(r"\d+(\.\d+)?"), "<n>"),
+)
+
+
+def _steady(text: str) -> str:
+    for pattern, replacement in _VARYING:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def test_demo_prints_what_the_readme_shows(tmp_path: Path) -> None:
+    """``make demo`` (``python -m ops.demo``) prints the README's sample, IDs, numbers, hosts
+    and ports aside; the sample's ``...`` lines stand for what it leaves out."""
+    (shown,) = [b for b in ALL_BLOCKS if "demo-output" in b.flags]
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith("AGENTFLEET_") and name not in ("REDIS_URL", "BROKER_URL")
+    }
+    done = _run([sys.executable, "-m", "ops.demo", "--workdir", str(tmp_path)], REPO, env)
+    assert done.returncode == 0, f"the demo exited {done.returncode}\n{done.stdout}{done.stderr}"
+    want, got = _steady(shown.text), _steady(done.stdout)
+    assert _matches(want, got), _mismatch(shown, "make demo's output", want, got)
+
+
 @pytest.mark.parametrize("block", _blocks_of("json"))
 def test_json_example(block: Block) -> None:
     try:
