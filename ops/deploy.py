@@ -28,7 +28,7 @@ from agentfleet.tasks.settings import Settings
 from ops.stack import PoolSpec
 
 #: One Compose service (and one k8s Deployment) per pool; concurrency per process, sized
-#: for a 2-core host (README, "Performance": threads sustained the most LLM calls per core).
+#: for a 2-core host (docs/performance.md: threads sustained the most LLM calls per core).
 SERVICE_POOLS: Final[dict[str, PoolSpec]] = {
     "worker-agents": PoolSpec("agents", "threads", 500),
     "worker-tools": PoolSpec("tools", "prefork", 4),

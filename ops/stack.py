@@ -97,7 +97,7 @@ def ensure_redis_server() -> str:
     )
 
 
-#: How the fleet's Redis runs in production (README, "Redis: persistence and restarts"): the
+#: How the fleet's Redis runs in production (docs/design.md, "Redis: persistence and restarts"): the
 #: append-only file, fsynced before each write is answered, so a crash of the host loses
 #: nothing Redis acknowledged (a 202, a publish, a step's answer); no key is ever evicted.
 #: docker-compose.yml runs it so (tests/test_deploy.py). The tests and the demo run a Redis
@@ -125,7 +125,7 @@ class PoolSpec:
         return self.name or f"{self.queue}"
 
 
-#: Pools of a fleet on a small machine (see README, "Performance": the agents pool is the
+#: Pools of a fleet on a small machine (see docs/performance.md: the agents pool is the
 #: threads pool because it sustained the most LLM calls in flight per core in the bench).
 DEFAULT_POOLS = (
     PoolSpec("agents", "threads", 200),

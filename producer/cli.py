@@ -1,9 +1,9 @@
 """``agentfleet``: the command line for the producer API.
 
-Exit codes (the README's CLI section lists them too): 0 done, and the run, tool call or batch
-succeeded; 1 it finished without succeeding; 2 refused: the API answered with an error, or
-the command line or a setting is invalid; 3 the API (for ``keys``, Redis) cannot be reached;
-4 ``--wait`` timed out; 130 interrupted (Ctrl-C).
+Exit codes (docs/api.md, "Python client and CLI", lists them too): 0 done, and the run,
+tool call or batch succeeded; 1 it finished without succeeding; 2 refused: the API answered
+with an error, or the command line or a setting is invalid; 3 the API (for ``keys``, Redis)
+cannot be reached; 4 ``--wait`` timed out; 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations

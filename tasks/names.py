@@ -9,7 +9,7 @@ AGENT_STEP: Final = "agentfleet.agent.step"
 #: Errback of a step's tool chord: fails the run when a tool call died outside the tool
 #: (killed at its hard time limit), so the run never waits for a chord that cannot finish.
 TOOLS_FAILED: Final = "agentfleet.agent.tools_failed"
-#: Recovery check after a worker died while completing a tool chord (README, "Worker loss").
+#: Recovery check after a worker died while completing a tool chord (docs/design.md, "Worker loss").
 RESUME: Final = "agentfleet.agent.resume"
 #: One tool call; returns ``{"ok": true, "output": ...}`` or ``{"ok": false, "error": ...}``.
 TOOL_CALL: Final = "agentfleet.tool.call"

@@ -155,6 +155,7 @@ def warn_if_not_durable(settings: Settings) -> None:
     if gap:
         log.warning(
             "the run store's Redis has %s (runs answered 202 among them): run it with "
-            "appendonly yes and appendfsync always (README, Redis: persistence and restarts)",
+            "appendonly yes and appendfsync always "
+            "(docs/design.md, Redis: persistence and restarts)",
             gap,
         )

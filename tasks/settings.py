@@ -3,7 +3,8 @@
 Every process (API, workers, CLI, demo) builds its configuration from :class:`Settings`, so an
 impossible combination of time limits fails at start-up instead of surfacing as a duplicated
 run an hour later, and a misspelt variable is named at start-up (:func:`unknown_variables`)
-instead of being ignored in silence. See the README for the full list.
+instead of being ignored in silence. Every field is listed in docs/configuration.md
+(``python -m ops.config_reference`` writes that table from this class).
 """
 
 from __future__ import annotations
@@ -161,16 +162,30 @@ class Settings(BaseSettings):
     )
 
     # --- Redis -------------------------------------------------------------------------
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    broker_url: str | None = Field(default=None, description="Defaults to redis_url.")
-    result_backend: str | None = Field(default=None, description="Defaults to redis_url.")
-    key_prefix: str = Field(default="af", description="Prefix of every key agentfleet writes.")
-    redis_max_connections: int = Field(default=2000, ge=10)
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0",
+        description="The run store; also the broker and result backend unless set apart.",
+    )
+    broker_url: str | None = Field(
+        default=None,
+        description="Celery broker: redis://, rediss://, sentinel://, amqp://, amqps:// or "
+        "pyamqp://; unset = redis_url.",
+    )
+    result_backend: str | None = Field(
+        default=None, description="Celery result backend; unset = redis_url."
+    )
+    key_prefix: str = Field(
+        default="af", description="Prefix of every Redis key agentfleet writes."
+    )
+    redis_max_connections: int = Field(
+        default=2000, ge=10, description="Connections of each Redis pool of a process, at most."
+    )
     redis_sentinel_master: str | None = Field(
         default=None, description="Sentinel master name; needed when a URL is sentinel://."
     )
     redis_sentinel_password: SecretStr | None = Field(
-        default=None, description="Password of the Sentinel servers (not of Redis itself)."
+        default=None,
+        description="Password of the Sentinel servers (Redis's own is in the URL).",
     )
     redis_outage_wait: float = Field(
         default=30.0,
@@ -193,19 +208,31 @@ class Settings(BaseSettings):
 
     # --- LLM provider --------------------------------------------------------------------
     llm_base_url: str | None = Field(
-        default=None, description="OpenAI-compatible endpoint; the simulator when no key is set."
+        default=None,
+        description="OpenAI-compatible endpoint; unset (and no providers) = the simulator.",
     )
-    llm_api_key: SecretStr | None = None
-    llm_model: str = "sim-1"
+    llm_api_key: SecretStr | None = Field(default=None, description="API key of llm_base_url.")
+    llm_model: str = Field(default="sim-1", description="Model of a run that names none.")
     llm_timeout: float = Field(default=60.0, gt=0, description="Per-request read timeout (s).")
-    llm_connect_timeout: float = Field(default=5.0, gt=0)
-    simulator_url: str = DEFAULT_SIMULATOR_URL
-    llm_max_retries: int = Field(default=5, ge=0, description="Celery retries per step.")
+    llm_connect_timeout: float = Field(
+        default=5.0, gt=0, description="Per-request connect timeout (s)."
+    )
+    simulator_url: str = Field(
+        default=DEFAULT_SIMULATOR_URL, description="Where the LLM simulator listens."
+    )
+    llm_max_retries: int = Field(
+        default=5,
+        ge=0,
+        description="Retries of a step whose pass over its provider chain ended in retryable "
+        "errors (one per pass).",
+    )
     providers: list[ProviderConfig] = Field(
         default_factory=list,
         description="JSON list of providers; empty = one provider from llm_base_url/llm_api_key.",
     )
-    providers_file: Path | None = Field(default=None, description="JSON file of providers.")
+    providers_file: Path | None = Field(
+        default=None, description="JSON file of providers, read again when it changes."
+    )
     model_aliases: dict[str, list[str]] = Field(
         default_factory=dict,
         description='JSON {"alias": ["provider:model", ...]}: a fallback chain by name.',
@@ -213,15 +240,28 @@ class Settings(BaseSettings):
     max_provider_wait: float = Field(
         default=900.0, gt=0, description="Seconds a run may wait for any provider to be usable."
     )
-    retry_backoff_base: float = Field(default=1.0, gt=0)
-    max_retry_countdown: float = Field(default=300.0, gt=0)
+    retry_backoff_base: float = Field(
+        default=1.0, gt=0, description="Base (s) of a step's exponential retry backoff."
+    )
+    max_retry_countdown: float = Field(
+        default=300.0, gt=0, description="Longest wait (s) before a step is tried again."
+    )
 
     # --- Time limits (seconds) -----------------------------------------------------------
-    step_soft_time_limit: float = Field(default=90.0, gt=0)
-    step_time_limit: float = Field(default=120.0, gt=0)
-    tool_soft_time_limit: float = Field(default=50.0, gt=0)
-    tool_time_limit: float = Field(default=60.0, gt=0)
-    visibility_timeout: int = Field(default=3600, gt=0)
+    step_soft_time_limit: float = Field(
+        default=90.0, gt=0, description="Soft limit of an LLM step."
+    )
+    step_time_limit: float = Field(default=120.0, gt=0, description="Hard limit of an LLM step.")
+    tool_soft_time_limit: float = Field(
+        default=50.0, gt=0, description="Soft limit of a tool call; @tool(timeout=) overrides it."
+    )
+    tool_time_limit: float = Field(default=60.0, gt=0, description="Hard limit of a tool call.")
+    visibility_timeout: int = Field(
+        default=3600,
+        gt=0,
+        description="Seconds before Redis hands an unacknowledged message to another worker; "
+        "the same on every process of a broker.",
+    )
     visibility_margin: float = Field(
         default=60.0,
         ge=0,
@@ -233,9 +273,23 @@ class Settings(BaseSettings):
         description="RabbitMQ's consumer_timeout (s) as configured on the broker: how long it "
         "lets a delivery stay unacknowledged. Checked against the hard time limits.",
     )
-    unacked_restore_interval: int = Field(default=10, ge=1)
-    unacked_restore_throttle: int = Field(default=10, ge=1)
-    worker_soft_shutdown_timeout: float = Field(default=45.0, ge=0)
+    unacked_restore_interval: int = Field(
+        default=10,
+        ge=1,
+        description="Seconds between a worker's checks for messages past the visibility timeout "
+        "(kombu's Redis transport option).",
+    )
+    unacked_restore_throttle: int = Field(
+        default=10,
+        ge=1,
+        description="Only every Nth check scans Redis: a sweep every interval x throttle seconds.",
+    )
+    worker_soft_shutdown_timeout: float = Field(
+        default=45.0,
+        ge=0,
+        description="Seconds running tasks get after a (remapped) SIGTERM before they are "
+        "cancelled and requeued.",
+    )
     chord_recovery_delay: float = Field(
         default=30.0,
         gt=0,
@@ -245,7 +299,8 @@ class Settings(BaseSettings):
     max_redeliveries: int = Field(
         default=5,
         ge=1,
-        description="Deliveries of one step or tool call that lose their worker before it fails.",
+        description="Deliveries of one step or tool call that lose their worker before it fails "
+        "(redelivery_limit, tool_redelivery_limit).",
     )
     stall_timeout: float = Field(
         default=300.0,
@@ -271,7 +326,7 @@ class Settings(BaseSettings):
     idempotency_ttl: int = Field(
         default=24 * 3600, gt=0, description="Seconds an Idempotency-Key keeps its answer."
     )
-    max_batch_items: int = Field(default=10_000, ge=1)
+    max_batch_items: int = Field(default=10_000, ge=1, description="Items per batch, at most.")
     events_max_len: int = Field(
         default=10_000, ge=100, description="Events kept per run (oldest trimmed first)."
     )
@@ -279,21 +334,39 @@ class Settings(BaseSettings):
         default=0.1, gt=0, description="Seconds between writes of streamed token deltas."
     )
     callback_secret: SecretStr | None = Field(
-        default=None, description="HMAC-SHA256 key signing completion callbacks."
+        default=None,
+        description="HMAC-SHA256 key signing completion callbacks; unset = a callback_url is "
+        "refused (422).",
     )
-    callback_max_attempts: int = Field(default=8, ge=1)
-    callback_timeout: float = Field(default=10.0, gt=0)
+    callback_max_attempts: int = Field(
+        default=8, ge=1, description="Deliveries of a completion callback, at most."
+    )
+    callback_timeout: float = Field(
+        default=10.0, gt=0, description="Seconds one callback delivery may take."
+    )
 
     # --- Retention -----------------------------------------------------------------------
-    result_expires: int = Field(default=7 * 24 * 3600, gt=0)
-    run_ttl: int = Field(default=7 * 24 * 3600, gt=0)
+    result_expires: int = Field(
+        default=7 * 24 * 3600, gt=0, description="Seconds Celery results are kept."
+    )
+    run_ttl: int = Field(
+        default=7 * 24 * 3600,
+        gt=0,
+        description="Seconds a run's record, transcript and events are kept.",
+    )
 
     # --- Limits on what callers may ask for ----------------------------------------------
-    default_max_steps: int = Field(default=10, ge=1)
-    max_steps_limit: int = Field(default=50, ge=1)
-    max_input_chars: int = Field(default=100_000, ge=1)
-    max_tools_per_run: int = Field(default=32, ge=1)
-    max_metadata_bytes: int = Field(default=4096, ge=2)
+    default_max_steps: int = Field(
+        default=10, ge=1, description="max_steps of a run that names none."
+    )
+    max_steps_limit: int = Field(default=50, ge=1, description="The largest max_steps.")
+    max_input_chars: int = Field(
+        default=100_000, ge=1, description="Characters of input and system prompt together."
+    )
+    max_tools_per_run: int = Field(default=32, ge=1, description="Tools one run may name.")
+    max_metadata_bytes: int = Field(
+        default=4096, ge=2, description="Size of a run's metadata as JSON."
+    )
 
     # --- Tools ---------------------------------------------------------------------------
     tool_modules: Annotated[list[str], NoDecode] = Field(
@@ -315,7 +388,9 @@ class Settings(BaseSettings):
     )
 
     # --- Flower (python -m ops.flower) ---------------------------------------------------
-    flower_port: int = Field(default=5555, ge=1, le=65535)
+    flower_port: int = Field(
+        default=5555, ge=1, le=65535, description="Port of python -m ops.flower."
+    )
     flower_address: str = Field(default="127.0.0.1", description="Interface Flower binds.")
     flower_basic_auth: SecretStr | None = Field(
         default=None, description="user:password[,user2:password2]; required off loopback."
@@ -373,7 +448,7 @@ class Settings(BaseSettings):
         #   HTTP timeout < soft limit < hard limit, and
         #   longest retry countdown + longest hard limit + margin < visibility timeout,
         # because a countdown message sits unacknowledged in a worker until its ETA and
-        # then runs for at most the hard limit (README, "Time limits").
+        # then runs for at most the hard limit (docs/configuration.md, "The timeout arithmetic").
         if not self.llm_timeout < self.step_soft_time_limit < self.step_time_limit:
             raise ValueError(
                 "need llm_timeout < step_soft_time_limit < step_time_limit, got "

@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import Fleet
 
-#: README: "bodies over 1 MB (413)".
+#: docs/api.md, "HTTP API": "bodies over 1 MB (413)".
 BODY_LIMIT = 1_000_000
 
 

@@ -229,7 +229,8 @@ def test_sub_second_retries_still_run(rabbit_fleet: Fleet) -> None:
     assert all(later - earlier >= 0.95 for earlier, later in itertools.pairwise(times))
 
 
-#: The README's example for another service on RabbitMQ: it declares the queue as we do.
+#: The example for another service on RabbitMQ (docs/api.md, "From another service"): it
+#: declares the queue as we do.
 FOREIGN = textwrap.dedent(
     """
     import json, sys

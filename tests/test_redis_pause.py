@@ -7,7 +7,7 @@ the commands sent to it, and Redis applies them all when it resumes. A request c
 the fleet's Redis while eight clients post runs, tool calls and batches with
 ``Idempotency-Key``s, resumes it, lets the workers drain everything, and checks every key:
 work refused never ran, work accepted ran once, and the same POSTs sent again make exactly
-one of each (README, "Redis: persistence and restarts").
+one of each (docs/design.md, "Redis: persistence and restarts").
 """
 
 from __future__ import annotations

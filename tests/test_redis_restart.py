@@ -4,8 +4,8 @@ A private fleet whose ``redis-server`` keeps an append-only file (``appendonly y
 ``appendfsync everysec``): on SIGTERM Redis fsyncs the file and exits, and started again on the
 same directory it loads every key back, queued messages and unacknowledged ones included.
 ``everysec`` rather than the ``always`` of production: a clean shutdown loses nothing either
-way (what a *crash* loses is tests/test_redis_crash.py; README, "Redis: persistence and
-restarts").
+way (what a *crash* loses is tests/test_redis_crash.py; docs/design.md, "Redis:
+persistence and restarts").
 
 A short visibility timeout (40 s), so messages held by a worker that lost its connection come
 back within the test instead of after an hour; time limits well above the outage (a prefork

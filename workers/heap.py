@@ -3,11 +3,10 @@
 An ``agents`` worker keeps every in-flight step's objects alive across many young
 collections, so they reach the oldest generation and make it grow, and each full collection
 then walks the whole heap, the ~150,000 objects of Celery, kombu, pydantic and the openai SDK
-that live as long as the process included. Under the bench's section (c) load that was 1.7 s
-of a worker's ~15 s of CPU, in pauses of up to 0.38 s that stop all of its threads. Freezing
-the heap once start-up is done moves those objects out of the collector's sight: 1.0 s, pauses
-up to 0.2 s. In a prefork child it also keeps the collector from writing to pages it shares
-with its parent.
+that live as long as the process included, in pauses that stop all of its threads. Freezing
+the heap once start-up is done moves those objects out of the collector's sight (what that
+saved is in docs/changelog.md). In a prefork child it also keeps the collector from writing to
+pages it shares with its parent.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Queues, and which task goes to which. Each queue has its own worker pool (README)."""
+"""Queues, and which task goes to which. Each queue has its own worker pool (docs/design.md)."""
 
 from typing import Final
 

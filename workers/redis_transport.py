@@ -12,7 +12,7 @@
    as unacknowledged with a second command. If Redis shuts down in between, that record fails
    and the message, now only in this process's memory, was dropped. Here it is kept and
    pushed back onto its queue as soon as this worker consumes again. (A worker killed in that
-   moment still loses it: see "Worker loss" in the README.)
+   moment still loses it: see "Worker loss" in docs/design.md.)
 
 And one for speed: kombu builds a new ``redis.Redis`` for every publish, ack and event it
 sends, and each one copies redis-py's table of response callbacks. That was a tenth of a

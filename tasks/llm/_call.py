@@ -198,7 +198,7 @@ def complete(
     # The request ``chat.completions.create`` makes, posted with the SDK's own client (its
     # HTTP pool, timeouts, errors and response types), minus create()'s walk of every
     # parameter against its TypedDict: ours are plain JSON, which that walk returns as it is,
-    # and it was more than half the client CPU of a call (1.8 -> 0.8 ms, measured).
+    # and it was more than half the client CPU of a call (docs/performance.md, "The LLM client").
     try:
         if on_delta is None:
             answer = client.post(CHAT_PATH, body=body, options=options, cast_to=ChatCompletion)
