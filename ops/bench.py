@@ -67,7 +67,7 @@ from celery import Celery, canvas
 
 from agentfleet.producer.auth import create_key
 from agentfleet.producer.enqueue import submit_run
-from agentfleet.tasks import names
+from agentfleet.tasks import keys, names
 from agentfleet.tasks.models import DEFAULT_TENANT, RunRequest
 from agentfleet.tasks.redisconn import get_redis
 from agentfleet.tasks.settings import Settings
@@ -1384,8 +1384,12 @@ class Bench:
         row.keys_kb_per_run = (keys_memory(client) - keys_before) / kib
         pipe = client.pipeline(transaction=False)
         for run_id in ids[:RECORD_SAMPLE]:
-            base = fleet.store.run_key(run_id)
-            for key in (base, f"{base}:messages", f"{base}:lease"):
+            p = fleet.store.settings.key_prefix
+            for key in (
+                keys.run(p, run_id),
+                keys.run_messages(p, run_id),
+                keys.run_lease(p, run_id),
+            ):
                 pipe.memory_usage(key, samples=0)
         sampled = sum(int(n or 0) for n in pipe.execute())
         row.record_kb_per_run = sampled / 1024 / min(len(ids), RECORD_SAMPLE)

@@ -17,6 +17,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from starlette.requests import Request
 
+from agentfleet.tasks import keys
 from agentfleet.tasks.settings import Settings
 
 #: A Redis Stream entry ID.
@@ -58,8 +59,8 @@ async def sse_stream(
     request: Request, settings: Settings, run_id: str, after: str
 ) -> AsyncIterator[str]:
     client = _client(settings)
-    run_key = f"{settings.key_prefix}:run:{run_id}"
-    key = f"{run_key}:events"
+    run_key = keys.run(settings.key_prefix, run_id)
+    key = keys.run_events(settings.key_prefix, run_id)
     last = after
     yield "retry: 1000\n\n"
     while not await request.is_disconnected():

@@ -23,7 +23,7 @@ from celery import Celery, Signature, Task, chain, chord, states
 from celery.exceptions import Ignore, Retry
 from pydantic import ValidationError
 
-from agentfleet.tasks import names
+from agentfleet.tasks import keys, names
 from agentfleet.tasks.errors import (
     PermanentProviderError,
     ProvidersUnavailable,
@@ -192,8 +192,8 @@ class StepRunner:
         last_step = self.step >= int(run["max_steps"])
         # The generation of the answer this step builds on, and of its own
         # (agentfleet.tasks.scripts).
-        after = run.get(f"gen:{self.step - 1}", "")
-        gen = run.get(f"gen:{self.step}")
+        after = run.get(keys.gen_field(self.step - 1), "")
+        gen = run.get(keys.gen_field(self.step))
         if int(run.get("applied_step") or 0) >= self.step:
             completion = completion_from_transcript(transcript)  # redelivered after applying
             dispatching = bool(completion.tool_calls) and not last_step
@@ -502,14 +502,14 @@ def _fail_after_lost_tools(app: Celery, settings: Settings, run_id: str) -> None
     store = get_store(settings)
     run = store.get_run(run_id)
     step = int((run or {}).get("dispatched_step") or 0)
-    count = int((run or {}).get(f"tools:{step}") or 0)
+    count = int((run or {}).get(keys.tools_field(step)) or 0)
     # The failure the call that died stored under its own ID (no failure but a run's end is
     # stored under the run's: workers/results.py).
     calls = [app.AsyncResult(tool_call_id(run_id, step, i)) for i in range(count)]
     cause = next((c.result for c in calls if c.state == states.FAILURE), "no failure stored")
     if run is not None and not RunStatus(run["status"]).terminal:
         results = store.tool_results([tool_call_id(run_id, step, i) for i in range(count)])
-        if count and results is not None and not run.get(f"deliveries:{step + 1}"):
+        if count and results is not None and not run.get(keys.deliveries_field(step + 1)):
             log.warning(
                 "run %s: its tool calls errored, every result stored (%s); resuming", run_id, cause
             )
@@ -537,9 +537,9 @@ def _resume_after_lost_chord(
     run = store.get_run(run_id)
     if run is None or RunStatus(run["status"]).terminal:
         return
-    if int(run.get("dispatched_step") or 0) != step or run.get(f"deliveries:{step + 1}"):
+    if int(run.get("dispatched_step") or 0) != step or run.get(keys.deliveries_field(step + 1)):
         return  # the run moved on: the chord did fire
-    count = int(run.get(f"tools:{step}") or 0)
+    count = int(run.get(keys.tools_field(step)) or 0)
     results = store.tool_results([tool_call_id(run_id, step, i) for i in range(count)])
     if not results:
         return  # tools still running: the last one to finish completes the chord

@@ -26,11 +26,12 @@ sends what the record says is next.
 
 from __future__ import annotations
 
-from agentfleet.tasks.metrics import RUN_BUCKETS, MetricKeys, format_bound
+from agentfleet.tasks.keys import MetricKeys
+from agentfleet.tasks.metrics import RUN_BUCKETS, format_bound
 
 #: The run-latency buckets as a Lua table of {upper bound, field name}.
 _RUN_BUCKETS_LUA = "{" + ", ".join(f"{{{b!r}, '{format_bound(b)}'}}" for b in RUN_BUCKETS) + "}"
-#: The metric keys the scripts write, after ``prefix``: named in one place, MetricKeys.
+#: The metric keys the scripts write, after ``prefix``: named in agentfleet.tasks.keys.
 _SUFFIX = MetricKeys("")
 _METRIC_KEYS_LUA = (
     f"{{runs = '{_SUFFIX.runs}', run_seconds = '{_SUFFIX.run_seconds}', "

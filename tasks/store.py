@@ -1,19 +1,8 @@
 """Run and tool-call records in Redis, and the atomic transitions that make steps idempotent.
 
-Keys (``<p>`` is ``AGENTFLEET_KEY_PREFIX``)::
-
-    <p>:run:<id>            hash: status, step counters, usage, timestamps, result, error
-    <p>:run:<id>:messages   list: the transcript, one JSON message per entry
-    <p>:run:<id>:lease      string: the token of the worker applying a step (expires)
-    <p>:run:<id>:events     stream: what happened to the run, in order (bounded, expires)
-    <p>:tool:<id>           hash: name, arguments, status, result, timestamps, attempts (the
-                            deliveries that began it)
-    <p>:tool:<id>:lease     string: the token of the worker running the tool (expires)
-    <p>:runs:active         sorted set: unfinished runs, scored by the time by which their
-                            next progress is due (the watchdog's worklist)
-    <p>:tenant:<t>:inflight set: the tenant's runs that hold one of its slots
-    <p>:tenant:<t>:waiting  sorted set: the tenant's runs waiting for a slot, by age
-    <p>:batch:<id>          hash: a batch's totals (see agentfleet.tasks.batch)
+The records and their keys (a run's hash, transcript, lease and event stream; a tool call's
+hash and lease; the active runs; tenant slots; batch totals) are named in
+:mod:`agentfleet.tasks.keys`.
 
 A step moves ``applied_step`` (its LLM answer is in the transcript) and then
 ``dispatched_step`` (its successor is enqueued, or the run is final). Each transition is one
@@ -37,7 +26,7 @@ import redis
 from redis.commands.core import Script
 from redis.exceptions import NoScriptError
 
-from agentfleet.tasks import scripts
+from agentfleet.tasks import keys, scripts
 from agentfleet.tasks.errors import RolledBack
 from agentfleet.tasks.llm._routing import Target
 from agentfleet.tasks.models import RunRequest, RunStatus
@@ -100,11 +89,6 @@ _stores: dict[tuple[int, int], RunStore] = {}
 
 #: What ``apply`` (agentfleet.tasks.scripts) answers when the answer a step builds on is gone.
 ROLLED_BACK = -2
-
-
-def run_key(prefix: str, run_id: str) -> str:
-    """The key of a run's record (its other keys add a suffix)."""
-    return f"{prefix}:run:{run_id}"
 
 
 def _pairs(flat: Sequence[str]) -> dict[str, str]:
@@ -187,14 +171,20 @@ class RunStore:
 
     # --- keys ----------------------------------------------------------------------------
     def run_key(self, run_id: str) -> str:
-        return run_key(self._p, run_id)
+        return keys.run(self._p, run_id)
 
     def tool_key(self, call_id: str) -> str:
-        return f"{self._p}:tool:{call_id}"
+        return keys.tool(self._p, call_id)
 
     @property
     def active_key(self) -> str:
-        return f"{self._p}:runs:active"
+        return keys.active_runs(self._p)
+
+    def _lease(self, run_id: str) -> str:
+        return keys.run_lease(self._p, run_id)
+
+    def _messages(self, run_id: str) -> str:
+        return keys.run_messages(self._p, run_id)
 
     def due(self, seconds: float) -> float:
         """When progress is due for a stage that may take ``seconds``: after that, plus the
@@ -239,10 +229,9 @@ class RunStore:
             fields, messages = self._run_fields(run_id, request, tools, chain, tenant, batch_id)
             if pending:
                 fields["pending"] = pending
-            base = self.run_key(run_id)
             calls.append(
                 (
-                    [base, f"{base}:messages"],
+                    [self.run_key(run_id), keys.run_messages(self._p, run_id)],
                     [self._ctx(run_id), json.dumps(fields), self.due(0), window, *messages],
                 )
             )
@@ -273,9 +262,9 @@ class RunStore:
         record is deleted). Raises ``RedisError`` only if the command was not sent.
         """
         due = str(self.due(0)) if run_id else ""
-        keys = [key, companion, slot or f"{key}:no-slot"]
+        script_keys = [key, companion, slot or keys.pending_slot(key)]
         args = [self._ctx(run_id), token, answer, self.settings.idempotency_ttl, due]
-        reply = self._send_once(self._accept, keys, args)
+        reply = self._send_once(self._accept, script_keys, args)
         if reply is None:
             return "sent", ""
         return str(reply[0]), str(reply[1]) if len(reply) > 1 else ""
@@ -310,11 +299,11 @@ class RunStore:
         the script, a round trip more than the call itself.
         """
         if len(calls) == 1:
-            keys, args = calls[0]
-            return [script(keys=keys, args=args)]
+            script_keys, args = calls[0]
+            return [script(keys=script_keys, args=args)]
         pipe = self.redis.pipeline(transaction=False)
-        for keys, args in calls:
-            script(keys=keys, args=args, client=pipe)
+        for script_keys, args in calls:
+            script(keys=script_keys, args=args, client=pipe)
         return list(pipe.execute())
 
     def _run_fields(
@@ -366,8 +355,11 @@ class RunStore:
         """Delete runs and tool calls, in one pipelined round trip."""
         pipe = self.redis.pipeline(transaction=False)
         for run_id in run_ids:
-            base = self.run_key(run_id)
-            pipe.delete(base, f"{base}:messages", f"{base}:events")
+            pipe.delete(
+                self.run_key(run_id),
+                keys.run_messages(self._p, run_id),
+                keys.run_events(self._p, run_id),
+            )
             pipe.zrem(self.active_key, run_id)
         for call_id in call_ids:
             pipe.delete(self.tool_key(call_id))
@@ -378,15 +370,14 @@ class RunStore:
         return data or None
 
     def messages(self, run_id: str) -> list[dict[str, Any]]:
-        raw = cast(list[str], self.redis.lrange(f"{self.run_key(run_id)}:messages", 0, -1))
+        raw = cast(list[str], self.redis.lrange(keys.run_messages(self._p, run_id), 0, -1))
         return [json.loads(m) for m in raw]
 
     def begin_step(self, run_id: str, step: int, worker: str = "") -> StepClaim:
         token = uuid.uuid4().hex
-        base = self.run_key(run_id)
         lease_ms = int(self.settings.step_time_limit * 1000)
         reply = self._begin_step(
-            keys=[base, f"{base}:lease", f"{base}:messages"],
+            keys=[self.run_key(run_id), self._lease(run_id), self._messages(run_id)],
             args=[
                 self._ctx(run_id),
                 token,
@@ -408,10 +399,9 @@ class RunStore:
         lease ``token`` holds (unless the run is final): 1 applied now, 0 applied before, -1
         the run is final (cancelled while the model answered). :class:`RolledBack` if the
         answer it builds on (``answer.after``) is gone."""
-        base = self.run_key(run_id)
         applied = int(
             self._apply_step(
-                keys=[base, f"{base}:messages", f"{base}:lease"],
+                keys=[self.run_key(run_id), self._messages(run_id), self._lease(run_id)],
                 args=[self._ctx(run_id), step, answer.payload(), token],
             )
         )
@@ -435,9 +425,8 @@ class RunStore:
         ``gen``: the generation of the step's answer whose tool calls were dispatched, or that
         ends the run; :class:`RolledBack` if the step's applied answer is not that one.
         """
-        base = self.run_key(run_id)
         reply = self._finish_step(
-            keys=[base, f"{base}:lease"],
+            keys=[self.run_key(run_id), self._lease(run_id)],
             args=[
                 self._ctx(run_id),
                 token,
@@ -462,9 +451,8 @@ class RunStore:
     ) -> Finished | None:
         """:meth:`apply_step`, then :meth:`finish_step` with the run final, in one round trip;
         None if the run was final already (cancelled while the model answered)."""
-        base = self.run_key(run_id)
         reply = self._apply_and_finish_step(
-            keys=[base, f"{base}:messages", f"{base}:lease"],
+            keys=[self.run_key(run_id), self._messages(run_id), self._lease(run_id)],
             args=[
                 self._ctx(run_id),
                 token,
@@ -534,10 +522,12 @@ class RunStore:
     ) -> None:
         """Give the step back; its retry comes ``after`` seconds from now. The run is due
         ``due`` (a time), by default once that retry has had its time."""
-        base = self.run_key(run_id)
         if due is None:
             due = self.due(after + self.settings.step_time_limit)
-        self._release_step(keys=[base, f"{base}:lease"], args=[self._ctx(run_id), token, step, due])
+        self._release_step(
+            keys=[self.run_key(run_id), self._lease(run_id)],
+            args=[self._ctx(run_id), token, step, due],
+        )
 
     def touch(self, run_id: str, seconds: float) -> None:
         """Push the run's due time to ``seconds`` (plus the stall allowance) from now."""
@@ -560,20 +550,19 @@ class RunStore:
         tenant, cap = run.get("tenant"), int(run.get("cap") or 0)
         if not tenant or cap <= 0 or run.get("status") != RunStatus.QUEUED.value:
             return False
-        t = f"{self._p}:tenant:{tenant}"
         pipe = self.redis.pipeline(transaction=False)
-        pipe.zscore(f"{t}:waiting", run["id"])
-        pipe.scard(f"{t}:inflight")
+        pipe.zscore(keys.tenant_waiting(self._p, tenant), run["id"])
+        pipe.scard(keys.tenant_inflight(self._p, tenant))
         waiting, inflight = pipe.execute()
         return waiting is not None and int(inflight) >= cap
 
     def holds_lease(self, run_id: str) -> bool:
         """Whether a worker holds the run's step (a live one, or a dead one until it expires)."""
-        return bool(self.redis.exists(f"{self.run_key(run_id)}:lease"))
+        return bool(self.redis.exists(self._lease(run_id)))
 
     def drop_lease(self, run_id: str, token: str) -> None:
         """Let the next step of the run start (it may arrive before this one has finished)."""
-        self._drop_lease(keys=[f"{self.run_key(run_id)}:lease"], args=[token])
+        self._drop_lease(keys=[self._lease(run_id)], args=[token])
 
     # --- tool calls ----------------------------------------------------------------------
     def create_tool_call(
@@ -628,9 +617,8 @@ class RunStore:
         or a dead one until its lease expires)."""
         pipe = self.redis.pipeline(transaction=False)
         for call_id in call_ids:
-            key = self.tool_key(call_id)
-            pipe.exists(f"{key}:lease")
-            pipe.hget(key, "attempts")
+            pipe.exists(keys.tool_lease(self._p, call_id))
+            pipe.hget(self.tool_key(call_id), "attempts")
         replies = pipe.execute()
         return [
             None if held else int(begun or 0)
@@ -667,9 +655,9 @@ class RunStore:
         the call, whose stored result of another generation is replaced."""
         token = uuid.uuid4().hex
         key = self.tool_key(call_id)
-        run_key = self.run_key(run_id) if run_id else f"{key}:no-run"
+        run_key = self.run_key(run_id) if run_id else keys.tool_no_run(self._p, call_id)
         reply = self._begin_tool(
-            keys=[key, f"{key}:lease", run_key],
+            keys=[key, keys.tool_lease(self._p, call_id), run_key],
             args=[
                 self._ctx(run_id),
                 token,
@@ -706,10 +694,10 @@ class RunStore:
         ``gen``: a crash of Redis rolled back the answer that asked for the call.
         """
         key = self.tool_key(call_id)
-        run_key = self.run_key(run_id) if run_id else f"{key}:no-run"
+        run_key = self.run_key(run_id) if run_id else keys.tool_no_run(self._p, call_id)
         status = status or ("succeeded" if result.get("ok") else "failed")
         stored, batch = self._complete_tool(
-            keys=[key, f"{key}:lease", run_key],
+            keys=[key, keys.tool_lease(self._p, call_id), run_key],
             args=[
                 self._ctx(run_id),
                 token,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 
+from agentfleet.tasks import keys
 from agentfleet.tasks.errors import RunCancelled
 from agentfleet.tasks.store import RunStore
 
@@ -37,7 +38,7 @@ class TokenRelay:
         key = self.store.run_key(self.run_id)
         pipe = self.store.redis.pipeline(transaction=False)
         pipe.xadd(
-            f"{key}:events",
+            keys.run_events(self.store.settings.key_prefix, self.run_id),
             {"type": "token", "data": json.dumps({"step": self.step, "text": text})},
             maxlen=self.store.settings.events_max_len,
             approximate=True,

@@ -30,6 +30,7 @@ from typing import Any
 
 from celery import Celery
 
+from agentfleet.tasks import keys
 from agentfleet.tasks.agent import (
     completion_from_transcript,
     step_signature,
@@ -126,9 +127,9 @@ def _resend(
     if dispatched == 0:
         start_run(app, store, run_id)  # with its batch chord membership, if it was throttled
         return Recovery(run_id, "entry")
-    count = int(run.get(f"tools:{dispatched}") or 0)
+    count = int(run.get(keys.tools_field(dispatched)) or 0)
     call_ids = [tool_call_id(run_id, dispatched, i) for i in range(count)]
-    gen = run.get(f"gen:{dispatched}", "")
+    gen = run.get(keys.gen_field(dispatched), "")
     results = _current(store.stored_tool_results(call_ids), gen)
     if any(r is None for r in results):
         sent = _tools_again(app, settings, store, run, call_ids, results, gen)
@@ -209,7 +210,7 @@ class Watchdog(threading.Thread):
 
     def _my_turn(self, interval: float) -> bool:
         store = get_store(self.settings)
-        key = f"{self.settings.key_prefix}:watchdog:sweep"
+        key = keys.watchdog_sweep(self.settings.key_prefix)
         return bool(store.redis.set(key, self._token, nx=True, px=int(interval * 900)))
 
     def stop(self) -> None:

@@ -35,6 +35,7 @@ from typing import Any
 import pybreaker
 import redis
 
+from agentfleet.tasks import keys
 from agentfleet.tasks.errors import ProviderError, RateLimitedError, RetryableProviderError
 from agentfleet.tasks.metrics import Recorder
 from agentfleet.tasks.redisconn import get_redis
@@ -218,7 +219,7 @@ class _FleetStorage(pybreaker.CircuitRedisStorage):
 
     def __init__(self, client: redis.Redis, namespace: str) -> None:
         super().__init__(pybreaker.STATE_CLOSED, client, namespace=namespace)
-        self._opened_key = f"{namespace}:pybreaker:opened_at"
+        self._opened_key = keys.breaker(namespace, "opened_at")
         self._mark_opened = client.register_script(_MARK_OPENED)
 
     @property
@@ -270,16 +271,16 @@ class ProviderGuard:
 
     def __init__(self, provider: ProviderConfig, settings: Settings) -> None:
         self.provider = provider
-        self.ns = f"{settings.key_prefix}:provider:{provider.name}"
-        self.events_key = f"{settings.key_prefix}:events:providers"
-        self.announce_prefix = f"{self.ns}:announced:"
+        self.ns = keys.provider(settings.key_prefix, provider.name)
+        self.events_key = keys.provider_events(settings.key_prefix)
+        self.announce_prefix = keys.announced(self.ns)
         self.redis = get_redis(settings)
         names = ("state", "fail_counter", "success_counter", "opened_at")
-        self.keys = {n: f"{self.ns}:pybreaker:{n}" for n in names} | {
-            "probes": f"{self.ns}:probes",
-            "hold": f"{self.ns}:hold",
-            "rpm": f"{self.ns}:rpm",
-            "tpm": f"{self.ns}:tpm",
+        self.keys = {n: keys.breaker(self.ns, n) for n in names} | {
+            "probes": keys.provider_probes(self.ns),
+            "hold": keys.provider_hold(self.ns),
+            "rpm": keys.provider_rpm(self.ns),
+            "tpm": keys.provider_tpm(self.ns),
         }
         self.storage = _FleetStorage(get_redis(settings, decode=False), self.ns)
         self.breaker = pybreaker.CircuitBreaker(
@@ -373,11 +374,12 @@ class ProviderGuard:
     def announce(self, state: str, old: str) -> bool:
         """Store and publish a breaker state change; False if another process did already."""
         k = self.keys
-        markers = [f"{self.announce_prefix}{state}"] + [
-            f"{self.announce_prefix}{s}" for s in _STATES if s != state
+        markers = [keys.announced(self.ns, state)] + [
+            keys.announced(self.ns, s) for s in _STATES if s != state
         ]
-        keys = [*markers, k["state"], k["opened_at"], self.events_key]
-        return bool(self._announce(keys=keys, args=[state, old, self.provider.name, os.getpid()]))
+        script_keys = [*markers, k["state"], k["opened_at"], self.events_key]
+        args: list[str | int] = [state, old, self.provider.name, os.getpid()]
+        return bool(self._announce(keys=script_keys, args=args))
 
     def snapshot(self) -> dict[str, Any]:
         """State for ``GET /v1/providers``."""
