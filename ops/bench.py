@@ -925,11 +925,11 @@ class Bench:
         # step starts, the step itself (LLM call included), then until the caller has it.
         queue, step, back = [], [], []
         for run_id, total in zip(run_ids, run_ms, strict=True):
-            record = fleet.store.get_run(run_id) or {}
-            if not {"created_at", "started_at", "finished_at"} <= record.keys():
+            record = fleet.store.get_run(run_id)
+            if record is None or record.started_at is None or record.finished_at is None:
                 continue
-            created, started = float(record["created_at"]), float(record["started_at"])
-            finished = float(record["finished_at"])
+            created, started = record.created_at, record.started_at
+            finished = record.finished_at
             queue.append((started - created) * 1000)
             step.append((finished - started) * 1000)
             back.append(total - (finished - created) * 1000)
@@ -1318,14 +1318,16 @@ class Bench:
         wall = time.perf_counter() - start
         if final["status"] != "succeeded" or final["progress"]["tool_calls_done"] != CHORD_SIZE:
             raise StackError(f"run {run_id}: {final['status']}, {final['progress']}")
-        record = fleet.store.get_run(run_id) or {}
+        record = fleet.store.get_run(run_id)
+        if record is None or record.finished_at is None:
+            raise StackError(f"run {run_id}: no final record")
         pipe = fleet.store.redis.pipeline(transaction=False)
         for index in range(CHORD_SIZE):
             pipe.hmget(fleet.store.tool_key(f"{run_id}-1-{index}"), "started_at", "finished_at")
         times = pipe.execute()
         first = min(float(started) for started, _ in times)
         last = max(float(finished) for _, finished in times)
-        created, finished = float(record["created_at"]), float(record["finished_at"])
+        created, finished = record.created_at, record.finished_at
         return wall, first - created, last - first, finished - last
 
     @staticmethod

@@ -27,7 +27,8 @@ def cancel_items(app: Celery, store: RunStore, batch_id: str) -> int:
         for run_id, (outcome, finished) in zip(
             chunk, store.cancel_runs(chunk, REASON), strict=True
         ):
-            follow_up(app, store, run_id, finished)
+            if finished is not None:
+                follow_up(app, store, run_id, finished)
             cancelled += outcome == "cancelled"
     for start in range(0, len(calls), CHUNK):
         for outcome, batch in store.cancel_tool_calls(calls[start : start + CHUNK], REASON):

@@ -28,6 +28,7 @@ from celery import Celery, Task, chord
 
 from agentfleet.tasks import keys, names
 from agentfleet.tasks.lifecycle import pending_countdown
+from agentfleet.tasks.records import RunRecord
 from agentfleet.tasks.settings import Settings
 from agentfleet.tasks.store import RunStore, get_store
 from agentfleet.tasks.toolcall import time_limits, tool_payload
@@ -115,8 +116,8 @@ def _item_view(item: str, record: dict[str, str]) -> dict[str, Any]:
     kind, ident = keys.parse_item(item)
     if not record:
         return {"id": ident, "kind": kind, "status": "missing", "result": None, "error": None}
-    if kind == "run":
-        view = run_view(record)
+    if kind == keys.RUN_ITEM:
+        view = run_view(RunRecord.parse(record))
         return {
             "id": ident,
             "kind": kind,

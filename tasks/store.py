@@ -4,6 +4,9 @@ The records and their keys (a run's hash, transcript, lease and event stream; a 
 hash and lease; the active runs; tenant slots; batch totals) are named in
 :mod:`agentfleet.tasks.keys`.
 
+A run's hash is parsed here, once, into a :class:`~agentfleet.tasks.records.RunRecord`; the
+scripts' replies become the enums of :mod:`agentfleet.tasks.states`.
+
 A step moves ``applied_step`` (its LLM answer is in the transcript) and then
 ``dispatched_step`` (its successor is enqueued, or the run is final). Each transition is one
 Lua script (:mod:`agentfleet.tasks.scripts`), so a redelivered step finds out in one round trip what
@@ -29,28 +32,30 @@ from redis.exceptions import NoScriptError
 from agentfleet.tasks import keys, scripts
 from agentfleet.tasks.errors import RolledBack
 from agentfleet.tasks.llm._routing import Target
-from agentfleet.tasks.models import RunRequest, RunStatus
+from agentfleet.tasks.models import RunRequest
+from agentfleet.tasks.records import RunRecord
 from agentfleet.tasks.redisconn import get_redis
 from agentfleet.tasks.settings import Settings
+from agentfleet.tasks.states import AcceptOutcome, RunStatus, StepOutcome, ToolOutcome
 
 
 @dataclass(frozen=True)
 class StepClaim:
     """What :meth:`RunStore.begin_step` found.
 
-    ``outcome`` is ``ok`` (the caller holds the lease), ``busy`` (another worker does; retry
-    after ``wait_s``), ``done`` (already applied and dispatched), ``terminal``, ``missing``,
-    ``throttled`` (its tenant has no free slot; the run waits its turn), ``poisoned``
-    (delivered more than ``max_redeliveries`` times), ``pending`` (not yet accepted by the
-    API: it is, or the record expires, within ``wait_s``) or ``rolled_back`` (the answer of the
-    step before it is gone: a crash of Redis rolled it back; the run is due now, for the
-    watchdog). ``token`` is also the generation of the answer this claim applies (see
-    :mod:`agentfleet.tasks.scripts`).
+    ``outcome`` is ``ok`` (the caller holds the lease; ``run`` is the record), ``busy``
+    (another worker does; retry after ``wait_s``), ``done`` (already applied and dispatched),
+    ``terminal``, ``missing``, ``throttled`` (its tenant has no free slot; the run waits its
+    turn), ``poisoned`` (delivered more than ``max_redeliveries`` times), ``pending`` (not yet
+    accepted by the API: it is, or the record expires, within ``wait_s``) or ``rolled_back``
+    (the answer of the step before it is gone: a crash of Redis rolled it back; the run is due
+    now, for the watchdog). ``token`` is also the generation of the answer this claim applies
+    (see :mod:`agentfleet.tasks.scripts`).
     """
 
-    outcome: str
+    outcome: StepOutcome
     token: str
-    run: dict[str, str]
+    run: RunRecord | None
     messages: list[dict[str, Any]]
     wait_s: float = 0.0
 
@@ -64,7 +69,7 @@ class ToolClaim:
     to store the failure) or ``stale`` (its run's step holds an answer of another generation:
     the one that asked for this call was rolled back by a crash of Redis)."""
 
-    outcome: str
+    outcome: ToolOutcome
     token: str
     result: dict[str, Any] | None = None
     wait_s: float = 0.0
@@ -76,10 +81,10 @@ class Finished:
     ``kick``, a run of the same tenant that now has a slot, and ``batch``, a batch whose
     last item just finished."""
 
-    record: dict[str, str]
+    record: RunRecord
     kick: str = ""
     batch: str = ""
-    final: str = ""  # the final status, when this transition made the run final
+    final: RunStatus | None = None  # the final status, when this transition made the run final
     #: A run made final while no message of it was queued (waiting for its tenant's slot):
     #: its entry message must be sent again, for a worker to record its end in Celery.
     resend: str = ""
@@ -93,6 +98,14 @@ ROLLED_BACK = -2
 
 def _pairs(flat: Sequence[str]) -> dict[str, str]:
     return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+def _finished(
+    record: dict[str, str], kick: str, batch: str, final: str, resend: str = ""
+) -> Finished:
+    """What a transition's reply says: the record, then what follows from it."""
+    status = RunStatus(final) if final else None
+    return Finished(RunRecord.parse(record), kick, batch, status, resend)
 
 
 def get_store(settings: Settings) -> RunStore:
@@ -250,7 +263,7 @@ class RunStore:
         run_id: str | None = None,
         slot: str = "",
         answer: str = "",
-    ) -> tuple[str, str]:
+    ) -> tuple[AcceptOutcome, str]:
         """Accept the pending record ``key`` written with ``token`` (and ``companion``, a
         run's messages or a batch's items), and keep ``answer`` in the Idempotency-Key
         ``slot`` in the same step. ``run_id``: the record is that run's.
@@ -266,8 +279,8 @@ class RunStore:
         args = [self._ctx(run_id), token, answer, self.settings.idempotency_ttl, due]
         reply = self._send_once(self._accept, script_keys, args)
         if reply is None:
-            return "sent", ""
-        return str(reply[0]), str(reply[1]) if len(reply) > 1 else ""
+            return AcceptOutcome.SENT, ""
+        return AcceptOutcome(reply[0]), str(reply[1]) if len(reply) > 1 else ""
 
     def _send_once(self, script: Script, keys: list[str], args: list[Any]) -> Any:
         """Run ``script`` once on one connection: its reply, or None if the command went out
@@ -365,9 +378,9 @@ class RunStore:
             pipe.delete(self.tool_key(call_id))
         pipe.execute()
 
-    def get_run(self, run_id: str) -> dict[str, str] | None:
+    def get_run(self, run_id: str) -> RunRecord | None:
         data = cast(dict[str, str], self.redis.hgetall(self.run_key(run_id)))
-        return data or None
+        return RunRecord.parse(data) if data else None
 
     def messages(self, run_id: str) -> list[dict[str, Any]]:
         raw = cast(list[str], self.redis.lrange(keys.run_messages(self._p, run_id), 0, -1))
@@ -388,11 +401,13 @@ class RunStore:
                 worker,
             ],
         )
-        outcome = reply[0]
-        if outcome == "ok":
-            return StepClaim("ok", token, _pairs(reply[1]), [json.loads(m) for m in reply[2]])
-        wait_s = int(reply[1]) / 1000 if outcome in ("busy", "pending") else 0.0
-        return StepClaim(outcome, token, {}, [], wait_s=max(wait_s, 0.0))
+        outcome = StepOutcome(reply[0])
+        if outcome == StepOutcome.OK:
+            record = RunRecord.parse(_pairs(reply[1]))
+            return StepClaim(outcome, token, record, [json.loads(m) for m in reply[2]])
+        waits = (StepOutcome.BUSY, StepOutcome.PENDING)
+        wait_s = int(reply[1]) / 1000 if outcome in waits else 0.0
+        return StepClaim(outcome, token, None, [], wait_s=max(wait_s, 0.0))
 
     def apply_step(self, run_id: str, step: int, token: str, answer: StepAnswer) -> int:
         """Append this step's answer and usage once, as generation ``token``, then drop the
@@ -436,7 +451,7 @@ class RunStore:
         )
         if reply[0] == "rolled_back":
             raise RolledBack(f"the answer of step {step} of run {run_id} is gone")
-        return Finished(_pairs(reply[0]), reply[1], reply[2], reply[3])
+        return _finished(_pairs(reply[0]), *reply[1:4])
 
     def apply_and_finish_step(
         self,
@@ -465,7 +480,7 @@ class RunStore:
             raise RolledBack(f"the answer step {step} of run {run_id} builds on is gone")
         if int(reply[0]) < 0:
             return None
-        return Finished(_pairs(reply[1]), reply[2], reply[3], reply[4])
+        return _finished(_pairs(reply[1]), *reply[2:5])
 
     def _finish_payload(
         self,
@@ -486,12 +501,12 @@ class RunStore:
             payload["error"] = json.dumps(error)
         return json.dumps(payload)
 
-    def cancel_run(self, run_id: str, reason: str) -> tuple[str, Finished]:
+    def cancel_run(self, run_id: str, reason: str) -> tuple[str, Finished | None]:
         """Cancel a run unless it is final: (``cancelled`` | ``final:<status>`` | ``missing``,
-        what to start because of it)."""
+        what to start because of it: None unless it was cancelled now)."""
         return self.cancel_runs([run_id], reason)[0]
 
-    def cancel_runs(self, run_ids: Sequence[str], reason: str) -> list[tuple[str, Finished]]:
+    def cancel_runs(self, run_ids: Sequence[str], reason: str) -> list[tuple[str, Finished | None]]:
         """:meth:`cancel_run` for many runs, in two pipelined round trips."""
         replies = self._each(
             self._cancel_run, [([self.run_key(r)], [self._ctx(r), reason]) for r in run_ids]
@@ -504,7 +519,7 @@ class RunStore:
             pipe.hgetall(self.run_key(run_id))
         records = dict(zip(cancelled, cast(list[dict[str, str]], pipe.execute()), strict=True))
         return [
-            (reply[0], Finished(records.get(run_id, {"id": run_id}), *reply[1:5]))
+            (reply[0], _finished(records[run_id], *reply[1:5]) if records.get(run_id) else None)
             for run_id, reply in zip(run_ids, replies, strict=True)
         ]
 
@@ -541,17 +556,17 @@ class RunStore:
     def forget(self, run_id: str) -> None:
         self.redis.zrem(self.active_key, run_id)
 
-    def waits_for_slot(self, run: dict[str, str]) -> bool:
+    def waits_for_slot(self, run: RunRecord) -> bool:
         """Whether ``run`` waits in its tenant's queue while the tenant has no free slot.
 
         Then the run that frees a slot starts it; a run that waits while a slot is free lost
         that message, and needs it sent again.
         """
-        tenant, cap = run.get("tenant"), int(run.get("cap") or 0)
-        if not tenant or cap <= 0 or run.get("status") != RunStatus.QUEUED.value:
+        tenant, cap = run.tenant, run.cap
+        if not tenant or cap <= 0 or run.status != RunStatus.QUEUED:
             return False
         pipe = self.redis.pipeline(transaction=False)
-        pipe.zscore(keys.tenant_waiting(self._p, tenant), run["id"])
+        pipe.zscore(keys.tenant_waiting(self._p, tenant), run.id)
         pipe.scard(keys.tenant_inflight(self._p, tenant))
         waiting, inflight = pipe.execute()
         return waiting is not None and int(inflight) >= cap
@@ -672,11 +687,12 @@ class RunStore:
                 gen,
             ],
         )
-        if reply[0] == "done":
-            return ToolClaim("done", token, result=json.loads(reply[1]))
-        if reply[0] in ("busy", "pending"):
-            return ToolClaim(reply[0], token, wait_s=max(int(reply[1]) / 1000, 0.0))
-        return ToolClaim(reply[0], token)
+        outcome = ToolOutcome(reply[0])
+        if outcome == ToolOutcome.DONE:
+            return ToolClaim(outcome, token, result=json.loads(reply[1]))
+        if outcome in (ToolOutcome.BUSY, ToolOutcome.PENDING):
+            return ToolClaim(outcome, token, wait_s=max(int(reply[1]) / 1000, 0.0))
+        return ToolClaim(outcome, token)
 
     def complete_tool(
         self,
