@@ -19,10 +19,12 @@ from starlette.requests import Request
 
 from agentfleet.tasks import keys
 from agentfleet.tasks.settings import Settings
+from agentfleet.tasks.states import FINAL
 
 #: A Redis Stream entry ID.
 EVENT_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
-FINAL_EVENTS = frozenset({"succeeded", "failed", "cancelled"})
+#: A run's final events are named for its final statuses.
+FINAL_EVENTS = frozenset(s.value for s in FINAL)
 #: Seconds between keep-alive comments while nothing happens (proxies drop idle streams).
 KEEPALIVE = 15.0
 

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Final, ParamSpec
 import redis
 
 from agentfleet.tasks.keys import MetricKeys
+from agentfleet.tasks.states import RunStatus
 
 if TYPE_CHECKING:
     from agentfleet.tasks.llm._routing import Target
@@ -42,7 +43,7 @@ RUN_BUCKETS: Final = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800
 STEP_BUCKETS: Final = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 #: Terminal statuses counted in ``<p>:metrics:runs``.
-FINISHED_STATUSES: Final = ("succeeded", "failed", "cancelled")
+FINISHED_STATUSES: Final = tuple(s.value for s in RunStatus if s.terminal)
 #: Why a provider refused a call (``ProviderGuard.admit`` outcomes, rate limits split).
 DENIAL_REASONS: Final = ("breaker_open", "breaker_half_open", "retry_after", "rpm", "tpm")
 _DENIAL_OF_OUTCOME: Final = {

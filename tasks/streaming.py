@@ -13,6 +13,7 @@ import time
 
 from agentfleet.tasks import keys
 from agentfleet.tasks.errors import RunCancelled
+from agentfleet.tasks.states import RunStatus
 from agentfleet.tasks.store import RunStore
 
 
@@ -44,5 +45,5 @@ class TokenRelay:
             approximate=True,
         )
         pipe.hget(key, "status")
-        if pipe.execute()[1] == "cancelled":
+        if pipe.execute()[1] == RunStatus.CANCELLED:
             raise RunCancelled(self.run_id)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import get_args
 
+from agentfleet.producer.schemas import Run
 from agentfleet.tasks.states import FINAL, INITIAL, TRANSITIONS, RunStatus, legal
 
 REPO = Path(__file__).resolve().parent.parent
@@ -70,3 +72,7 @@ def test_the_lua_means_the_same_by_final() -> None:
     body = re.search(r"local function is_final\(status\)\n\s*return (.*)\n", common)
     assert body, "is_final is not in _common.lua"
     assert set(re.findall(r"status == '(\w+)'", body.group(1))) == {s.value for s in FINAL}
+
+
+def test_the_api_schema_names_the_same_statuses() -> None:
+    assert set(get_args(Run.model_fields["status"].annotation)) == {s.value for s in RunStatus}
