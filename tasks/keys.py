@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-#: The prefix of a fleet that does not set ``AGENTFLEET_KEY_PREFIX``.
+#: The prefix of a fleet that does not set ``AGENTFLEET_KEY_PREFIX`` (the Settings default).
 DEFAULT_PREFIX: Final = "af"
 
 # --- runs ------------------------------------------------------------------------------------

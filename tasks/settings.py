@@ -30,8 +30,6 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from agentfleet.tasks import keys
-
 #: Where the built-in LLM simulator listens by default (``python -m agentfleet.simulator``).
 DEFAULT_SIMULATOR_URL = "http://127.0.0.1:8799/v1"
 
@@ -166,9 +164,7 @@ class Settings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     broker_url: str | None = Field(default=None, description="Defaults to redis_url.")
     result_backend: str | None = Field(default=None, description="Defaults to redis_url.")
-    key_prefix: str = Field(
-        default=keys.DEFAULT_PREFIX, description="Prefix of every key agentfleet writes."
-    )
+    key_prefix: str = Field(default="af", description="Prefix of every key agentfleet writes.")
     redis_max_connections: int = Field(default=2000, ge=10)
     redis_sentinel_master: str | None = Field(
         default=None, description="Sentinel master name; needed when a URL is sentinel://."

@@ -17,6 +17,7 @@ import pybreaker
 import pytest
 
 from agentfleet.tasks import keys
+from agentfleet.tasks.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 FOLDERS = ("tasks", "workers", "producer", "ops")
@@ -155,6 +156,10 @@ LAYOUT = [
 @pytest.mark.parametrize(("produced", "on_disk"), LAYOUT, ids=[e for _, e in LAYOUT])
 def test_the_layout_is_the_one_on_disk(produced: str, on_disk: str) -> None:
     assert produced.encode() == on_disk.encode()
+
+
+def test_the_default_prefix_is_the_settings_default() -> None:
+    assert Settings.model_fields["key_prefix"].default == keys.DEFAULT_PREFIX
 
 
 def test_each_fragment_the_scripts_spell_is_part_of_a_named_key() -> None:
