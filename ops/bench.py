@@ -67,7 +67,7 @@ from celery import Celery, canvas
 
 from agentfleet.producer.auth import create_key
 from agentfleet.producer.enqueue import submit_run
-from agentfleet.tasks import names
+from agentfleet.tasks import keys, names
 from agentfleet.tasks.models import DEFAULT_TENANT, RunRequest
 from agentfleet.tasks.redisconn import get_redis
 from agentfleet.tasks.settings import Settings
@@ -925,11 +925,11 @@ class Bench:
         # step starts, the step itself (LLM call included), then until the caller has it.
         queue, step, back = [], [], []
         for run_id, total in zip(run_ids, run_ms, strict=True):
-            record = fleet.store.get_run(run_id) or {}
-            if not {"created_at", "started_at", "finished_at"} <= record.keys():
+            record = fleet.store.get_run(run_id)
+            if record is None or record.started_at is None or record.finished_at is None:
                 continue
-            created, started = float(record["created_at"]), float(record["started_at"])
-            finished = float(record["finished_at"])
+            created, started = record.created_at, record.started_at
+            finished = record.finished_at
             queue.append((started - created) * 1000)
             step.append((finished - started) * 1000)
             back.append(total - (finished - created) * 1000)
@@ -1318,14 +1318,16 @@ class Bench:
         wall = time.perf_counter() - start
         if final["status"] != "succeeded" or final["progress"]["tool_calls_done"] != CHORD_SIZE:
             raise StackError(f"run {run_id}: {final['status']}, {final['progress']}")
-        record = fleet.store.get_run(run_id) or {}
+        record = fleet.store.get_run(run_id)
+        if record is None or record.finished_at is None:
+            raise StackError(f"run {run_id}: no final record")
         pipe = fleet.store.redis.pipeline(transaction=False)
         for index in range(CHORD_SIZE):
             pipe.hmget(fleet.store.tool_key(f"{run_id}-1-{index}"), "started_at", "finished_at")
         times = pipe.execute()
         first = min(float(started) for started, _ in times)
         last = max(float(finished) for _, finished in times)
-        created, finished = float(record["created_at"]), float(record["finished_at"])
+        created, finished = record.created_at, record.finished_at
         return wall, first - created, last - first, finished - last
 
     @staticmethod
@@ -1384,8 +1386,12 @@ class Bench:
         row.keys_kb_per_run = (keys_memory(client) - keys_before) / kib
         pipe = client.pipeline(transaction=False)
         for run_id in ids[:RECORD_SAMPLE]:
-            base = fleet.store.run_key(run_id)
-            for key in (base, f"{base}:messages", f"{base}:lease"):
+            p = fleet.store.settings.key_prefix
+            for key in (
+                keys.run(p, run_id),
+                keys.run_messages(p, run_id),
+                keys.run_lease(p, run_id),
+            ):
                 pipe.memory_usage(key, samples=0)
         sampled = sum(int(n or 0) for n in pipe.execute())
         row.record_kb_per_run = sampled / 1024 / min(len(ids), RECORD_SAMPLE)

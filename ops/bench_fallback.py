@@ -27,6 +27,7 @@ import redis
 
 from agentfleet.producer.client import Client
 from agentfleet.simulator.faults import set_faults
+from agentfleet.tasks import keys
 from ops.stack import PoolSpec, Stack, wait_for
 
 
@@ -48,9 +49,9 @@ class _Round:
 
     def _reset(self) -> None:
         httpx.post(f"{self.sim}/_sim/reset").raise_for_status()
-        keys = list(self.store.scan_iter(match="af:provider:*"))
-        if keys:
-            self.store.delete(*keys)
+        found = list(self.store.scan_iter(match=keys.provider(keys.DEFAULT_PREFIX, "*")))
+        if found:
+            self.store.delete(*found)
 
     def _calls(self, provider: str, since: float) -> list[float]:
         reply = httpx.get(f"{self.sim}/_sim/providers/{provider}/calls", params={"since": since})

@@ -27,6 +27,7 @@ import redis
 
 from agentfleet.producer.client import Client
 from agentfleet.simulator.faults import clear_faults, set_faults
+from agentfleet.tasks import keys
 from ops.stack import PoolSpec, Stack
 
 
@@ -43,7 +44,9 @@ def _providers(sim: str) -> str:
 def _open_windows(client: redis.Redis, end: float) -> list[tuple[float, float]]:
     """Intervals during which ``a``'s breaker was open (from the fleet's event stream)."""
     windows, opened = [], None
-    events = cast(list[tuple[str, dict[str, str]]], client.xrange("af:events:providers"))
+    events = cast(
+        list[tuple[str, dict[str, str]]], client.xrange(keys.provider_events(keys.DEFAULT_PREFIX))
+    )
     for _, event in events:
         if event["provider"] != "a":
             continue

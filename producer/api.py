@@ -43,6 +43,7 @@ from agentfleet.tasks.models import (
     limit_problems,
     tool_call_problems,
 )
+from agentfleet.tasks.records import RunRecord
 from agentfleet.tasks.redisconn import warn_if_not_durable
 from agentfleet.tasks.settings import Settings, get_settings, warn_unknown_variables
 from agentfleet.tasks.store import RunStore, get_store
@@ -113,10 +114,10 @@ def _accepted(collection: str, ident: str, status: str = "queued") -> JSONRespon
     return JSONResponse(accepted_body(collection, ident, status), status_code=202)
 
 
-def _own_run(store: RunStore, tenant: str, run_id: str) -> dict[str, str]:
+def _own_run(store: RunStore, tenant: str, run_id: str) -> RunRecord:
     """The run's record if it belongs to ``tenant``; another tenant's run does not exist."""
     record = store.get_run(run_id)
-    if record is None or record.get("tenant", DEFAULT_TENANT) != tenant:
+    if record is None or record.tenant != tenant:
         raise NotFound("run", run_id)
     return record
 
@@ -175,7 +176,8 @@ def cancel_run(
         if outcome != "cancelled":
             status = outcome.removeprefix("final:")
             return JSONResponse({"detail": f"run {run_id} is already {status}"}, status_code=409)
-        follow_up(producer, store, run_id, finished)
+        if finished is not None:
+            follow_up(producer, store, run_id, finished)
         return JSONResponse(run_view(_own_run(store, tenant, run_id)))
 
     return _once(request, store, tenant, idempotency_key, {"run": run_id}, produce)
@@ -260,7 +262,8 @@ def _own_tool_call(store: RunStore, tenant: str, call_id: str) -> tuple[str, dic
             continue
         owner = record.get("tenant")
         if owner is None and record.get("run_id"):
-            owner = (store.get_run(record["run_id"]) or {}).get("tenant", DEFAULT_TENANT)
+            run = store.get_run(record["run_id"])
+            owner = run.tenant if run else DEFAULT_TENANT
         if (owner or DEFAULT_TENANT) == tenant:
             return stored_id, record
     raise NotFound("tool call", call_id)

@@ -18,6 +18,7 @@ import redis
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from agentfleet.tasks import keys
 from agentfleet.tasks.errors import Unauthorized
 from agentfleet.tasks.models import TENANT_PATTERN
 from agentfleet.tasks.settings import Settings
@@ -30,7 +31,7 @@ def hash_key(key: str) -> str:
 
 
 def keys_hash(settings: Settings) -> str:
-    return f"{settings.key_prefix}:apikeys"
+    return keys.api_keys(settings.key_prefix)
 
 
 def create_key(client: redis.Redis, settings: Settings, tenant: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from celery import Celery
 
+from agentfleet.tasks import keys
 from agentfleet.tasks.batch import batch_key, items_of
 from agentfleet.tasks.lifecycle import batch_finished, follow_up
 from agentfleet.tasks.store import RunStore
@@ -17,16 +18,17 @@ def cancel_items(app: Celery, store: RunStore, batch_id: str) -> int:
     """Mark the batch cancelled (so an undispatched one never publishes) and cancel its
     items; returns how many were cancelled."""
     store.redis.hset(batch_key(store, batch_id), "status", "cancelled")
-    items = [item.partition(":") for item in items_of(store, batch_id)]
-    runs = [ident for kind, _, ident in items if kind == "run"]
-    calls = [ident for kind, _, ident in items if kind != "run"]
+    items = [keys.parse_item(item) for item in items_of(store, batch_id)]
+    runs = [ident for kind, ident in items if kind == keys.RUN_ITEM]
+    calls = [ident for kind, ident in items if kind != keys.RUN_ITEM]
     cancelled = 0
     for start in range(0, len(runs), CHUNK):
         chunk = runs[start : start + CHUNK]
         for run_id, (outcome, finished) in zip(
             chunk, store.cancel_runs(chunk, REASON), strict=True
         ):
-            follow_up(app, store, run_id, finished)
+            if finished is not None:
+                follow_up(app, store, run_id, finished)
             cancelled += outcome == "cancelled"
     for start in range(0, len(calls), CHUNK):
         for outcome, batch in store.cancel_tool_calls(calls[start : start + CHUNK], REASON):

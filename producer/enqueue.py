@@ -24,7 +24,7 @@ from celery import Celery
 from kombu.exceptions import OperationalError
 
 from agentfleet.producer.idempotency import Answered, Slot
-from agentfleet.tasks import names
+from agentfleet.tasks import keys, names
 from agentfleet.tasks.agent import resolve_tools
 from agentfleet.tasks.batch import batch_key
 from agentfleet.tasks.errors import AgentfleetError
@@ -134,9 +134,9 @@ def submit_run(
     except redis.RedisError as exc:
         raise Unavailable(f"run store unavailable: {exc}") from None
     _publish(app, names.RUN, run_id, kwargs={"request": None})
-    key = store.run_key(run_id)
+    messages = keys.run_messages(store.settings.key_prefix, run_id)
     answer = accepted_body("runs", run_id)
-    _accept(store, (key, f"{key}:messages"), token, slot, answer, run_id=run_id)
+    _accept(store, (store.run_key(run_id), messages), token, slot, answer, run_id=run_id)
     log.info("run %s enqueued", run_id)
     return run_id
 
@@ -197,14 +197,15 @@ def submit_batch(
         if isinstance(item, ToolCallItem):
             call_id = str(uuid.uuid4())
             tools.append((call_id, item))
-            items.append(f"tool:{call_id}")
+            items.append(keys.item(keys.TOOL_ITEM, call_id))
             continue
         run = item.as_run() if isinstance(item, PromptItem) else item
         run_id = str(uuid.uuid4())
         chain = resolve_chain(settings, run.model, run.providers)
         runs.append((run_id, run, _tools(run, every_tool), chain))
-        items.append(f"run:{run_id}")
+        items.append(keys.item(keys.RUN_ITEM, run_id))
     key = batch_key(store, batch_id)
+    items_key = keys.batch_items(settings.key_prefix, batch_id)
     record: dict[str, str | int | float] = {
         "id": batch_id,
         "tenant": tenant,
@@ -227,12 +228,12 @@ def submit_batch(
             )
         pipe.hset(key, mapping=cast(Any, record))
         for start in range(0, len(items), 1000):
-            pipe.rpush(f"{key}:items", *items[start : start + 1000])
+            pipe.rpush(items_key, *items[start : start + 1000])
         pipe.pexpire(key, store.pending_ms())
-        pipe.pexpire(f"{key}:items", store.pending_ms())
+        pipe.pexpire(items_key, store.pending_ms())
         pipe.execute()
         _publish(app, names.BATCH_DISPATCH, args=(batch_id,), argsrepr=f"({batch_id!r})")
-        _accept(store, (key, f"{key}:items"), token, slot, accepted_body("batches", batch_id))
+        _accept(store, (key, items_key), token, slot, accepted_body("batches", batch_id))
     except (redis.RedisError, Unavailable, Answered) as exc:
         # Never started, and harmless if left: tidy up without holding the answer.
         threading.Thread(target=_drop_items, args=(store, runs, tools), daemon=True).start()

@@ -17,11 +17,14 @@ from typing import Any
 import redis.asyncio as aioredis
 from starlette.requests import Request
 
+from agentfleet.tasks import keys
 from agentfleet.tasks.settings import Settings
+from agentfleet.tasks.states import FINAL
 
 #: A Redis Stream entry ID.
 EVENT_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
-FINAL_EVENTS = frozenset({"succeeded", "failed", "cancelled"})
+#: A run's final events are named for its final statuses.
+FINAL_EVENTS = frozenset(s.value for s in FINAL)
 #: Seconds between keep-alive comments while nothing happens (proxies drop idle streams).
 KEEPALIVE = 15.0
 
@@ -58,8 +61,8 @@ async def sse_stream(
     request: Request, settings: Settings, run_id: str, after: str
 ) -> AsyncIterator[str]:
     client = _client(settings)
-    run_key = f"{settings.key_prefix}:run:{run_id}"
-    key = f"{run_key}:events"
+    run_key = keys.run(settings.key_prefix, run_id)
+    key = keys.run_events(settings.key_prefix, run_id)
     last = after
     yield "retry: 1000\n\n"
     while not await request.is_disconnected():

@@ -24,6 +24,7 @@ from typing import Any, cast
 
 from fastapi.responses import JSONResponse
 
+from agentfleet.tasks import keys
 from agentfleet.tasks.errors import AgentfleetError
 from agentfleet.tasks.store import RunStore
 
@@ -72,7 +73,7 @@ def run_once(
     if not key or len(key) > MAX_KEY_LENGTH:
         return _problem(422, f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters")
     digest = hashlib.sha256(key.encode()).hexdigest()
-    slot = Slot(f"{store.settings.key_prefix}:idem:{tenant}:{digest}", fingerprint)
+    slot = Slot(keys.idempotency(store.settings.key_prefix, tenant, digest), fingerprint)
     kept = cast(str | None, store.redis.get(slot.key))
     if kept is None:
         try:

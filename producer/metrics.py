@@ -25,6 +25,7 @@ from prometheus_client.metrics_core import (
 )
 from prometheus_client.registry import Collector
 
+from agentfleet.tasks.keys import MetricKeys
 from agentfleet.tasks.llm import get_guard
 from agentfleet.tasks.metrics import (
     DENIAL_REASONS,
@@ -32,7 +33,6 @@ from agentfleet.tasks.metrics import (
     RUN_BUCKETS,
     STEP_BUCKETS,
     TOKEN_KINDS,
-    MetricKeys,
     format_bound,
 )
 from agentfleet.tasks.redisconn import get_redis

@@ -39,10 +39,11 @@ from agentfleet.tasks.models import (
     DEFAULT_TENANT,
     TENANT_PATTERN,
     RunRequest,
-    RunStatus,
     limit_problems,
 )
+from agentfleet.tasks.records import RunRecord
 from agentfleet.tasks.settings import Settings
+from agentfleet.tasks.states import RunStatus, StepOutcome
 from agentfleet.tasks.store import Finished, StepAnswer, StepClaim, get_store
 from agentfleet.tasks.streaming import TokenRelay
 from agentfleet.tasks.toolcall import time_limits, tool_payload
@@ -109,7 +110,7 @@ class StepRunner:
         """The run's final record if this step ended it with success; :class:`RunFailed` if it
         ended it otherwise; ``Ignore`` or ``Retry`` if the run goes on."""
         claim = self.store.begin_step(self.run_id, self.step, self._worker())
-        if claim.outcome != "ok":
+        if claim.outcome != StepOutcome.OK:
             return self._not_ours(claim)
         try:
             return self._advance(claim, tool_results)
@@ -133,30 +134,30 @@ class StepRunner:
             raise
 
     def _not_ours(self, claim: StepClaim) -> dict[str, Any]:
-        if claim.outcome == "pending":
+        if claim.outcome == StepOutcome.PENDING:
             # Published by the API, which has not accepted it yet: it does within moments,
             # or the record expires and a later look finds it missing.
             countdown = pending_countdown(claim.wait_s, self.task.request.retries)
             raise self.task.retry(countdown=countdown)
-        if claim.outcome == "busy":
+        if claim.outcome == StepOutcome.BUSY:
             # Another delivery of this run holds it: usually it finishes within moments, so
             # look again soon rather than sleeping out the whole lease.
             raise self.task.retry(countdown=min(claim.wait_s, 2.0) + random.uniform(0.1, 0.5))
-        if claim.outcome == "poisoned":
+        if claim.outcome == StepOutcome.POISONED:
             return self._fail(
                 claim.token,
                 "redelivery_limit",
                 f"step {self.step} was delivered more than {self.settings.max_redeliveries} "
                 "times without finishing (workers lost while running it)",
             )
-        if claim.outcome == "terminal":
+        if claim.outcome == StepOutcome.TERMINAL:
             # A final step delivered again, or any step of a cancelled run: answer with the
             # record, so the result is stored (and an enclosing batch chord counts the run)
             # even if the worker that finished the run died before Celery did either.
             return self._final_view()
-        if claim.outcome == "rolled_back":
+        if claim.outcome == StepOutcome.ROLLED_BACK:
             self._ignore_rolled_back(RolledBack("the answer of the step before it is gone"))
-        if claim.outcome == "throttled":
+        if claim.outcome == StepOutcome.THROTTLED:
             # Its tenant has no free slot: the run waits in the tenant's queue, and the run
             # that frees a slot publishes it again, in the same place in any batch chord.
             options = entry_options(self.task.request)
@@ -184,17 +185,18 @@ class StepRunner:
         self, claim: StepClaim, tool_results: list[dict[str, Any]] | None
     ) -> dict[str, Any]:
         run, transcript = claim.run, claim.messages
+        assert run is not None  # a claim that holds the lease has the record
         # A step that dispatches tool calls drops its lease before publishing them: with fast
         # tools the next step can start before this task returns, and must not find the run
         # held. If this worker dies before the publish, the redelivered step finds its answer
         # applied and publishes again. The run's last step dispatches no tool calls: no step
         # would read their results.
-        last_step = self.step >= int(run["max_steps"])
+        last_step = self.step >= run.max_steps
         # The generation of the answer this step builds on, and of its own
         # (agentfleet.tasks.scripts).
-        after = run.get(f"gen:{self.step - 1}", "")
-        gen = run.get(f"gen:{self.step}")
-        if int(run.get("applied_step") or 0) >= self.step:
+        after = run.gen(self.step - 1)
+        gen = run.gen(self.step)
+        if run.applied_step >= self.step:
             completion = completion_from_transcript(transcript)  # redelivered after applying
             dispatching = bool(completion.tool_calls) and not last_step
             if dispatching:
@@ -202,10 +204,10 @@ class StepRunner:
         elif not answer_last_message(transcript, tool_results or [], after):
             self.store.release_step(self.run_id, self.step, claim.token, due=time.time())
             raise RolledBack("its tool results answer an answer that is gone")
-        elif self.step > int(run["max_steps"]):
+        elif self.step > run.max_steps:
             # Published by a release that dispatched the last step's tool calls: none is left.
             return self._fail(claim.token, **_out_of_steps(run))
-        elif missing := [n for n in json.loads(run.get("tools") or "[]") if n not in registry]:
+        elif missing := [n for n in run.tools if n not in registry]:
             # Never offer the model fewer tools than the run was accepted with.
             return self._fail(
                 claim.token,
@@ -254,11 +256,11 @@ class StepRunner:
         raise Ignore()
 
     def _call_llm(
-        self, run: dict[str, str], messages: list[dict[str, Any]]
+        self, run: RunRecord, messages: list[dict[str, Any]]
     ) -> tuple[Completion, Target]:
-        schemas = [registry.get(n).openai_schema for n in json.loads(run.get("tools") or "[]")]
-        chain = [Target(p, m) for p, m in json.loads(run["chain"])]
-        relay = TokenRelay(self.store, self.run_id, self.step) if run.get("stream") == "1" else None
+        schemas = [registry.get(n).openai_schema for n in run.tools]
+        chain = list(run.chain)
+        relay = TokenRelay(self.store, self.run_id, self.step) if run.stream else None
         # The threads pool enforces no time limit: the chain walk keeps the step within its
         # soft limit, so a step never outlives the time the visibility timeout allows it.
         deadline = self.began + self.settings.step_soft_time_limit
@@ -318,7 +320,7 @@ class StepRunner:
         raise self.task.retry(countdown=countdown)
 
     def _dispatch_tools(
-        self, claim: StepClaim, run: dict[str, str], calls: list[ModelToolCall], gen: str | None
+        self, claim: StepClaim, run: RunRecord, calls: list[ModelToolCall], gen: str | None
     ) -> None:
         """Replace this step with its tool calls, asked in the answer of generation ``gen``,
         and the next step."""
@@ -346,7 +348,7 @@ class StepRunner:
         )
 
 
-def concluded(record: dict[str, str]) -> dict[str, Any]:
+def concluded(record: RunRecord) -> dict[str, Any]:
     """How the task that ends a run ends: its record as the result if it succeeded, else
     :class:`RunFailed` with the record, so that its Celery state and its task event tell the
     truth (``FAILURE``) and ``AsyncResult(run_id).get()`` returns either way."""
@@ -356,7 +358,7 @@ def concluded(record: dict[str, str]) -> dict[str, Any]:
     raise RunFailed.of(view)
 
 
-def _ending(completion: Completion, run: dict[str, str]) -> dict[str, Any]:
+def _ending(completion: Completion, run: RunRecord) -> dict[str, Any]:
     """The final state of a run whose step dispatches nothing: succeeded with the model's
     answer, or failed if the model still asked for tools in the run's last step."""
     if not completion.tool_calls:
@@ -365,8 +367,8 @@ def _ending(completion: Completion, run: dict[str, str]) -> dict[str, Any]:
     return {"status": RunStatus.FAILED, "error": failure}
 
 
-def _out_of_steps(run: dict[str, str]) -> dict[str, str]:
-    max_steps = int(run["max_steps"])
+def _out_of_steps(run: RunRecord) -> dict[str, str]:
+    max_steps = run.max_steps
     message = f"the run used its {max_steps} steps and the model still asked for tools"
     return {"code": "max_steps_exceeded", "message": message}
 
@@ -380,13 +382,13 @@ def tool_signatures(
     settings: Settings,
     run_id: str,
     step: int,
-    run: dict[str, str],
+    run: RunRecord,
     calls: list[ModelToolCall],
     gen: str | None = None,
 ) -> list[Signature]:
     """One ``agentfleet.tool.call`` per tool call the model made in ``step``, in its answer of
     generation ``gen``."""
-    allowed = json.loads(run.get("tools") or "[]")
+    allowed = list(run.tools)
     signatures = []
     for index, call in enumerate(calls):
         call_id = tool_call_id(run_id, step, index)
@@ -501,15 +503,15 @@ def _fail_after_lost_tools(app: Celery, settings: Settings, run_id: str) -> None
     """
     store = get_store(settings)
     run = store.get_run(run_id)
-    step = int((run or {}).get("dispatched_step") or 0)
-    count = int((run or {}).get(f"tools:{step}") or 0)
+    step = run.dispatched_step if run else 0
+    count = run.tool_calls(step) if run else 0
     # The failure the call that died stored under its own ID (no failure but a run's end is
     # stored under the run's: workers/results.py).
     calls = [app.AsyncResult(tool_call_id(run_id, step, i)) for i in range(count)]
     cause = next((c.result for c in calls if c.state == states.FAILURE), "no failure stored")
-    if run is not None and not RunStatus(run["status"]).terminal:
+    if run is not None and not run.terminal:
         results = store.tool_results([tool_call_id(run_id, step, i) for i in range(count)])
-        if count and results is not None and not run.get(f"deliveries:{step + 1}"):
+        if count and results is not None and not run.delivered(step + 1):
             log.warning(
                 "run %s: its tool calls errored, every result stored (%s); resuming", run_id, cause
             )
@@ -535,11 +537,11 @@ def _resume_after_lost_chord(
     """Publish step ``step + 1`` if every tool of ``step`` is done and it never started."""
     store = get_store(settings)
     run = store.get_run(run_id)
-    if run is None or RunStatus(run["status"]).terminal:
+    if run is None or run.terminal:
         return
-    if int(run.get("dispatched_step") or 0) != step or run.get(f"deliveries:{step + 1}"):
+    if run.dispatched_step != step or run.delivered(step + 1):
         return  # the run moved on: the chord did fire
-    count = int(run.get(f"tools:{step}") or 0)
+    count = run.tool_calls(step)
     results = store.tool_results([tool_call_id(run_id, step, i) for i in range(count)])
     if not results:
         return  # tools still running: the last one to finish completes the chord

@@ -26,8 +26,9 @@ from typing import Any, cast
 
 from celery import Celery, Task, chord
 
-from agentfleet.tasks import names
+from agentfleet.tasks import keys, names
 from agentfleet.tasks.lifecycle import pending_countdown
+from agentfleet.tasks.records import RunRecord
 from agentfleet.tasks.settings import Settings
 from agentfleet.tasks.store import RunStore, get_store
 from agentfleet.tasks.toolcall import time_limits, tool_payload
@@ -40,7 +41,7 @@ MAX_NAMED_FAILURES = 1000
 
 
 def batch_key(store: RunStore, batch_id: str) -> str:
-    return f"{store.settings.key_prefix}:batch:{batch_id}"
+    return keys.batch(store.settings.key_prefix, batch_id)
 
 
 def batch_state(store: RunStore, batch_id: str) -> tuple[str, float]:
@@ -61,7 +62,7 @@ def batch_state(store: RunStore, batch_id: str) -> tuple[str, float]:
 
 def item_signature(app: Celery, settings: Settings, item: str, record: dict[str, str]) -> Any:
     """The message of one item; ``record`` is a tool call's record (unused for runs)."""
-    kind, _, ident = item.partition(":")
+    kind, ident = keys.parse_item(item)
     if kind == "run":
         return app.signature(names.RUN, task_id=ident)
     name = record.get("name", "")
@@ -73,13 +74,16 @@ def item_signature(app: Celery, settings: Settings, item: str, record: dict[str,
 
 
 def items_of(store: RunStore, batch_id: str, start: int = 0, stop: int = -1) -> list[str]:
-    return cast(list[str], store.redis.lrange(f"{batch_key(store, batch_id)}:items", start, stop))
+    return cast(
+        list[str],
+        store.redis.lrange(keys.batch_items(store.settings.key_prefix, batch_id), start, stop),
+    )
 
 
 def item_records(store: RunStore, items: list[str]) -> list[dict[str, str]]:
     pipe = store.redis.pipeline(transaction=False)
     for item in items:
-        kind, _, ident = item.partition(":")
+        kind, ident = keys.parse_item(item)
         pipe.hgetall(store.run_key(ident) if kind == "run" else store.tool_key(ident))
     return cast(list[dict[str, str]], pipe.execute())
 
@@ -95,7 +99,9 @@ def aggregate(store: RunStore, batch_id: str) -> dict[str, Any]:
             status = record.get("status", "missing")
             counts[status] = counts.get(status, 0) + 1
             if status in ("failed", "cancelled") and len(failures) < MAX_NAMED_FAILURES:
-                failures.append({"id": item.partition(":")[2], "status": status, **_error(record)})
+                failures.append(
+                    {"id": keys.parse_item(item)[1], "status": status, **_error(record)}
+                )
     return {"total": len(items), "counts": counts, "failed_items": failures}
 
 
@@ -107,11 +113,11 @@ def _error(record: dict[str, str]) -> dict[str, Any]:
 
 
 def _item_view(item: str, record: dict[str, str]) -> dict[str, Any]:
-    kind, _, ident = item.partition(":")
+    kind, ident = keys.parse_item(item)
     if not record:
         return {"id": ident, "kind": kind, "status": "missing", "result": None, "error": None}
-    if kind == "run":
-        view = run_view(record)
+    if kind == keys.RUN_ITEM:
+        view = run_view(RunRecord.parse(record))
         return {
             "id": ident,
             "kind": kind,
@@ -170,7 +176,7 @@ def register(app: Celery, settings: Settings) -> None:
             return
         store.redis.hset(key, "status", "running")
         items = items_of(store, batch_id)
-        calls = [i for i in items if not i.startswith("run:")]
+        calls = [i for i in items if keys.parse_item(i)[0] != keys.RUN_ITEM]
         records = dict(zip(calls, item_records(store, calls), strict=True))  # one pipeline
         header = [item_signature(self.app, settings, i, records.get(i, {})) for i in items]
         # Immutable: the collector reads the records, so the body message does not carry

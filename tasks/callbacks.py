@@ -23,6 +23,7 @@ from celery import Celery, Task
 
 from agentfleet.tasks import names
 from agentfleet.tasks.batch import batch_key, batch_view
+from agentfleet.tasks.records import RunRecord
 from agentfleet.tasks.settings import Settings
 from agentfleet.tasks.store import get_store
 from agentfleet.tasks.views import run_view
@@ -64,7 +65,7 @@ def register(app: Celery, settings: Settings) -> None:
         url = record.get("callback_url")
         if not url or settings.callback_secret is None:
             return {"delivered": False, "reason": "no callback URL or no secret"}
-        view = run_view(record) if kind == "run" else batch_view(store, record)
+        view = run_view(RunRecord.parse(record)) if kind == "run" else batch_view(store, record)
         body = json.dumps(view, separators=(",", ":")).encode()
         headers = {
             "Content-Type": "application/json",

@@ -36,6 +36,7 @@ from typing import Any, cast
 
 import redis
 
+from agentfleet.tasks import keys
 from agentfleet.tasks.redisconn import get_redis
 from agentfleet.tasks.settings import Settings
 from agentfleet.tasks.tools import Tool, registry
@@ -62,15 +63,15 @@ return dropped
 
 
 def nodes_key(settings: Settings) -> str:
-    return f"{settings.key_prefix}:fleet:nodes"
+    return keys.fleet_nodes(settings.key_prefix)
 
 
 def node_key(settings: Settings, node: str) -> str:
-    return f"{settings.key_prefix}:fleet:node:{node}"
+    return keys.fleet_node(settings.key_prefix, node)
 
 
 def schema_key(settings: Settings, schema_hash: str) -> str:
-    return f"{settings.key_prefix}:fleet:schema:{schema_hash}"
+    return keys.fleet_schema(settings.key_prefix, schema_hash)
 
 
 def record_ttl_ms(settings: Settings) -> int:

@@ -53,7 +53,7 @@ def follow_up(app: Celery, store: RunStore, run_id: str, finished: Finished) -> 
     if finished.resend:
         start_run(app, store, finished.resend)  # it finds the run final, and ends as it did
     batch_finished(app, finished.batch)
-    if finished.final and "callback_url" in finished.record:
+    if finished.final and finished.record.callback_url:
         app.send_task(names.CALLBACK, args=("run", run_id))
 
 

@@ -2,13 +2,9 @@
 
 Workers are separate processes on many hosts, so an in-process Prometheus counter would show
 one process's share. Every number is kept in Redis instead, and any API replica serves the
-whole fleet's (:mod:`agentfleet.producer.metrics`). Keys (``<p>`` is ``AGENTFLEET_KEY_PREFIX``)::
-
-    <p>:metrics:runs                 hash: enqueued, succeeded, failed, cancelled
-    <p>:metrics:run_seconds          hash: histogram of created -> finished, per bucket + sum
-    <p>:metrics:step_seconds         hash: histogram of a step's claim -> its answer stored
-    <p>:metrics:llm                  hash: ["provider", "model", "prompt"|"completion"|"calls"]
-    <p>:metrics:admission_denials    hash: ["provider", reason]
+whole fleet's (:mod:`agentfleet.producer.metrics`). Its keys (run and step
+counts and histograms, LLM usage, admission denials) are named in
+:class:`agentfleet.tasks.keys.MetricKeys`.
 
 A histogram hash holds one field per bucket (its upper bound, ``+Inf`` for the last) counting
 the observations that fall in that bucket alone, and ``sum``; the reader accumulates them.
@@ -28,10 +24,12 @@ import logging
 import math
 from bisect import bisect_left
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, ParamSpec
 
 import redis
+
+from agentfleet.tasks.keys import MetricKeys
+from agentfleet.tasks.states import RunStatus
 
 if TYPE_CHECKING:
     from agentfleet.tasks.llm._routing import Target
@@ -45,7 +43,7 @@ RUN_BUCKETS: Final = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800
 STEP_BUCKETS: Final = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 #: Terminal statuses counted in ``<p>:metrics:runs``.
-FINISHED_STATUSES: Final = ("succeeded", "failed", "cancelled")
+FINISHED_STATUSES: Final = tuple(s.value for s in RunStatus if s.terminal)
 #: Why a provider refused a call (``ProviderGuard.admit`` outcomes, rate limits split).
 DENIAL_REASONS: Final = ("breaker_open", "breaker_half_open", "retry_after", "rpm", "tpm")
 _DENIAL_OF_OUTCOME: Final = {
@@ -55,38 +53,6 @@ _DENIAL_OF_OUTCOME: Final = {
 }
 #: Token kinds in ``<p>:metrics:llm``, next to the ``calls`` count.
 TOKEN_KINDS: Final = ("prompt", "completion")
-
-
-@dataclass(frozen=True)
-class MetricKeys:
-    """Where the metrics of a fleet live, for the writers and the reader alike."""
-
-    prefix: str
-
-    @property
-    def runs(self) -> str:
-        return f"{self.prefix}:metrics:runs"
-
-    @property
-    def run_seconds(self) -> str:
-        return f"{self.prefix}:metrics:run_seconds"
-
-    @property
-    def step_seconds(self) -> str:
-        return f"{self.prefix}:metrics:step_seconds"
-
-    @property
-    def llm(self) -> str:
-        return f"{self.prefix}:metrics:llm"
-
-    @property
-    def admission_denials(self) -> str:
-        return f"{self.prefix}:metrics:admission_denials"
-
-    @property
-    def active_runs(self) -> str:
-        """Sorted set of unfinished runs (the watchdog's worklist, scored by due time)."""
-        return f"{self.prefix}:runs:active"
 
 
 def bucket_field(bounds: Sequence[float], value: float) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -20,6 +19,7 @@ from pydantic import (
 from agentfleet.tasks.errors import ToolArgumentsError
 from agentfleet.tasks.llm._routing import RoutingError, resolve_chain
 from agentfleet.tasks.settings import Settings
+from agentfleet.tasks.states import RunStatus as RunStatus  # re-exported: also imported from here
 from agentfleet.tasks.tools import registry
 
 #: Tenant names: short, and safe inside Redis keys.
@@ -39,18 +39,6 @@ def _not_blank(value: str) -> str:
 Prompt = Annotated[
     str, Field(min_length=1, json_schema_extra={"pattern": r"\S"}), AfterValidator(_not_blank)
 ]
-
-
-class RunStatus(StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-    @property
-    def terminal(self) -> bool:
-        return self in (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED)
 
 
 class RunRequest(BaseModel):

@@ -1,19 +1,11 @@
 """Run and tool-call records in Redis, and the atomic transitions that make steps idempotent.
 
-Keys (``<p>`` is ``AGENTFLEET_KEY_PREFIX``)::
+The records and their keys (a run's hash, transcript, lease and event stream; a tool call's
+hash and lease; the active runs; tenant slots; batch totals) are named in
+:mod:`agentfleet.tasks.keys`.
 
-    <p>:run:<id>            hash: status, step counters, usage, timestamps, result, error
-    <p>:run:<id>:messages   list: the transcript, one JSON message per entry
-    <p>:run:<id>:lease      string: the token of the worker applying a step (expires)
-    <p>:run:<id>:events     stream: what happened to the run, in order (bounded, expires)
-    <p>:tool:<id>           hash: name, arguments, status, result, timestamps, attempts (the
-                            deliveries that began it)
-    <p>:tool:<id>:lease     string: the token of the worker running the tool (expires)
-    <p>:runs:active         sorted set: unfinished runs, scored by the time by which their
-                            next progress is due (the watchdog's worklist)
-    <p>:tenant:<t>:inflight set: the tenant's runs that hold one of its slots
-    <p>:tenant:<t>:waiting  sorted set: the tenant's runs waiting for a slot, by age
-    <p>:batch:<id>          hash: a batch's totals (see agentfleet.tasks.batch)
+A run's hash is parsed here, once, into a :class:`~agentfleet.tasks.records.RunRecord`; the
+scripts' replies become the enums of :mod:`agentfleet.tasks.states`.
 
 A step moves ``applied_step`` (its LLM answer is in the transcript) and then
 ``dispatched_step`` (its successor is enqueued, or the run is final). Each transition is one
@@ -37,31 +29,33 @@ import redis
 from redis.commands.core import Script
 from redis.exceptions import NoScriptError
 
-from agentfleet.tasks import scripts
+from agentfleet.tasks import keys, scripts
 from agentfleet.tasks.errors import RolledBack
 from agentfleet.tasks.llm._routing import Target
-from agentfleet.tasks.models import RunRequest, RunStatus
+from agentfleet.tasks.models import RunRequest
+from agentfleet.tasks.records import RunRecord
 from agentfleet.tasks.redisconn import get_redis
 from agentfleet.tasks.settings import Settings
+from agentfleet.tasks.states import AcceptOutcome, RunStatus, StepOutcome, ToolOutcome
 
 
 @dataclass(frozen=True)
 class StepClaim:
     """What :meth:`RunStore.begin_step` found.
 
-    ``outcome`` is ``ok`` (the caller holds the lease), ``busy`` (another worker does; retry
-    after ``wait_s``), ``done`` (already applied and dispatched), ``terminal``, ``missing``,
-    ``throttled`` (its tenant has no free slot; the run waits its turn), ``poisoned``
-    (delivered more than ``max_redeliveries`` times), ``pending`` (not yet accepted by the
-    API: it is, or the record expires, within ``wait_s``) or ``rolled_back`` (the answer of the
-    step before it is gone: a crash of Redis rolled it back; the run is due now, for the
-    watchdog). ``token`` is also the generation of the answer this claim applies (see
-    :mod:`agentfleet.tasks.scripts`).
+    ``outcome`` is ``ok`` (the caller holds the lease; ``run`` is the record), ``busy``
+    (another worker does; retry after ``wait_s``), ``done`` (already applied and dispatched),
+    ``terminal``, ``missing``, ``throttled`` (its tenant has no free slot; the run waits its
+    turn), ``poisoned`` (delivered more than ``max_redeliveries`` times), ``pending`` (not yet
+    accepted by the API: it is, or the record expires, within ``wait_s``) or ``rolled_back``
+    (the answer of the step before it is gone: a crash of Redis rolled it back; the run is due
+    now, for the watchdog). ``token`` is also the generation of the answer this claim applies
+    (see :mod:`agentfleet.tasks.scripts`).
     """
 
-    outcome: str
+    outcome: StepOutcome
     token: str
-    run: dict[str, str]
+    run: RunRecord | None
     messages: list[dict[str, Any]]
     wait_s: float = 0.0
 
@@ -75,7 +69,7 @@ class ToolClaim:
     to store the failure) or ``stale`` (its run's step holds an answer of another generation:
     the one that asked for this call was rolled back by a crash of Redis)."""
 
-    outcome: str
+    outcome: ToolOutcome
     token: str
     result: dict[str, Any] | None = None
     wait_s: float = 0.0
@@ -87,10 +81,10 @@ class Finished:
     ``kick``, a run of the same tenant that now has a slot, and ``batch``, a batch whose
     last item just finished."""
 
-    record: dict[str, str]
+    record: RunRecord
     kick: str = ""
     batch: str = ""
-    final: str = ""  # the final status, when this transition made the run final
+    final: RunStatus | None = None  # the final status, when this transition made the run final
     #: A run made final while no message of it was queued (waiting for its tenant's slot):
     #: its entry message must be sent again, for a worker to record its end in Celery.
     resend: str = ""
@@ -102,13 +96,16 @@ _stores: dict[tuple[int, int], RunStore] = {}
 ROLLED_BACK = -2
 
 
-def run_key(prefix: str, run_id: str) -> str:
-    """The key of a run's record (its other keys add a suffix)."""
-    return f"{prefix}:run:{run_id}"
-
-
 def _pairs(flat: Sequence[str]) -> dict[str, str]:
     return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+def _finished(
+    record: dict[str, str], kick: str, batch: str, final: str, resend: str = ""
+) -> Finished:
+    """What a transition's reply says: the record, then what follows from it."""
+    status = RunStatus(final) if final else None
+    return Finished(RunRecord.parse(record), kick, batch, status, resend)
 
 
 def get_store(settings: Settings) -> RunStore:
@@ -187,14 +184,20 @@ class RunStore:
 
     # --- keys ----------------------------------------------------------------------------
     def run_key(self, run_id: str) -> str:
-        return run_key(self._p, run_id)
+        return keys.run(self._p, run_id)
 
     def tool_key(self, call_id: str) -> str:
-        return f"{self._p}:tool:{call_id}"
+        return keys.tool(self._p, call_id)
 
     @property
     def active_key(self) -> str:
-        return f"{self._p}:runs:active"
+        return keys.active_runs(self._p)
+
+    def _lease(self, run_id: str) -> str:
+        return keys.run_lease(self._p, run_id)
+
+    def _messages(self, run_id: str) -> str:
+        return keys.run_messages(self._p, run_id)
 
     def due(self, seconds: float) -> float:
         """When progress is due for a stage that may take ``seconds``: after that, plus the
@@ -239,10 +242,9 @@ class RunStore:
             fields, messages = self._run_fields(run_id, request, tools, chain, tenant, batch_id)
             if pending:
                 fields["pending"] = pending
-            base = self.run_key(run_id)
             calls.append(
                 (
-                    [base, f"{base}:messages"],
+                    [self.run_key(run_id), keys.run_messages(self._p, run_id)],
                     [self._ctx(run_id), json.dumps(fields), self.due(0), window, *messages],
                 )
             )
@@ -261,7 +263,7 @@ class RunStore:
         run_id: str | None = None,
         slot: str = "",
         answer: str = "",
-    ) -> tuple[str, str]:
+    ) -> tuple[AcceptOutcome, str]:
         """Accept the pending record ``key`` written with ``token`` (and ``companion``, a
         run's messages or a batch's items), and keep ``answer`` in the Idempotency-Key
         ``slot`` in the same step. ``run_id``: the record is that run's.
@@ -273,12 +275,12 @@ class RunStore:
         record is deleted). Raises ``RedisError`` only if the command was not sent.
         """
         due = str(self.due(0)) if run_id else ""
-        keys = [key, companion, slot or f"{key}:no-slot"]
+        script_keys = [key, companion, slot or keys.pending_slot(key)]
         args = [self._ctx(run_id), token, answer, self.settings.idempotency_ttl, due]
-        reply = self._send_once(self._accept, keys, args)
+        reply = self._send_once(self._accept, script_keys, args)
         if reply is None:
-            return "sent", ""
-        return str(reply[0]), str(reply[1]) if len(reply) > 1 else ""
+            return AcceptOutcome.SENT, ""
+        return AcceptOutcome(reply[0]), str(reply[1]) if len(reply) > 1 else ""
 
     def _send_once(self, script: Script, keys: list[str], args: list[Any]) -> Any:
         """Run ``script`` once on one connection: its reply, or None if the command went out
@@ -310,11 +312,11 @@ class RunStore:
         the script, a round trip more than the call itself.
         """
         if len(calls) == 1:
-            keys, args = calls[0]
-            return [script(keys=keys, args=args)]
+            script_keys, args = calls[0]
+            return [script(keys=script_keys, args=args)]
         pipe = self.redis.pipeline(transaction=False)
-        for keys, args in calls:
-            script(keys=keys, args=args, client=pipe)
+        for script_keys, args in calls:
+            script(keys=script_keys, args=args, client=pipe)
         return list(pipe.execute())
 
     def _run_fields(
@@ -366,27 +368,29 @@ class RunStore:
         """Delete runs and tool calls, in one pipelined round trip."""
         pipe = self.redis.pipeline(transaction=False)
         for run_id in run_ids:
-            base = self.run_key(run_id)
-            pipe.delete(base, f"{base}:messages", f"{base}:events")
+            pipe.delete(
+                self.run_key(run_id),
+                keys.run_messages(self._p, run_id),
+                keys.run_events(self._p, run_id),
+            )
             pipe.zrem(self.active_key, run_id)
         for call_id in call_ids:
             pipe.delete(self.tool_key(call_id))
         pipe.execute()
 
-    def get_run(self, run_id: str) -> dict[str, str] | None:
+    def get_run(self, run_id: str) -> RunRecord | None:
         data = cast(dict[str, str], self.redis.hgetall(self.run_key(run_id)))
-        return data or None
+        return RunRecord.parse(data) if data else None
 
     def messages(self, run_id: str) -> list[dict[str, Any]]:
-        raw = cast(list[str], self.redis.lrange(f"{self.run_key(run_id)}:messages", 0, -1))
+        raw = cast(list[str], self.redis.lrange(keys.run_messages(self._p, run_id), 0, -1))
         return [json.loads(m) for m in raw]
 
     def begin_step(self, run_id: str, step: int, worker: str = "") -> StepClaim:
         token = uuid.uuid4().hex
-        base = self.run_key(run_id)
         lease_ms = int(self.settings.step_time_limit * 1000)
         reply = self._begin_step(
-            keys=[base, f"{base}:lease", f"{base}:messages"],
+            keys=[self.run_key(run_id), self._lease(run_id), self._messages(run_id)],
             args=[
                 self._ctx(run_id),
                 token,
@@ -397,21 +401,22 @@ class RunStore:
                 worker,
             ],
         )
-        outcome = reply[0]
-        if outcome == "ok":
-            return StepClaim("ok", token, _pairs(reply[1]), [json.loads(m) for m in reply[2]])
-        wait_s = int(reply[1]) / 1000 if outcome in ("busy", "pending") else 0.0
-        return StepClaim(outcome, token, {}, [], wait_s=max(wait_s, 0.0))
+        outcome = StepOutcome(reply[0])
+        if outcome == StepOutcome.OK:
+            record = RunRecord.parse(_pairs(reply[1]))
+            return StepClaim(outcome, token, record, [json.loads(m) for m in reply[2]])
+        waits = (StepOutcome.BUSY, StepOutcome.PENDING)
+        wait_s = int(reply[1]) / 1000 if outcome in waits else 0.0
+        return StepClaim(outcome, token, None, [], wait_s=max(wait_s, 0.0))
 
     def apply_step(self, run_id: str, step: int, token: str, answer: StepAnswer) -> int:
         """Append this step's answer and usage once, as generation ``token``, then drop the
         lease ``token`` holds (unless the run is final): 1 applied now, 0 applied before, -1
         the run is final (cancelled while the model answered). :class:`RolledBack` if the
         answer it builds on (``answer.after``) is gone."""
-        base = self.run_key(run_id)
         applied = int(
             self._apply_step(
-                keys=[base, f"{base}:messages", f"{base}:lease"],
+                keys=[self.run_key(run_id), self._messages(run_id), self._lease(run_id)],
                 args=[self._ctx(run_id), step, answer.payload(), token],
             )
         )
@@ -435,9 +440,8 @@ class RunStore:
         ``gen``: the generation of the step's answer whose tool calls were dispatched, or that
         ends the run; :class:`RolledBack` if the step's applied answer is not that one.
         """
-        base = self.run_key(run_id)
         reply = self._finish_step(
-            keys=[base, f"{base}:lease"],
+            keys=[self.run_key(run_id), self._lease(run_id)],
             args=[
                 self._ctx(run_id),
                 token,
@@ -447,7 +451,7 @@ class RunStore:
         )
         if reply[0] == "rolled_back":
             raise RolledBack(f"the answer of step {step} of run {run_id} is gone")
-        return Finished(_pairs(reply[0]), reply[1], reply[2], reply[3])
+        return _finished(_pairs(reply[0]), *reply[1:4])
 
     def apply_and_finish_step(
         self,
@@ -462,9 +466,8 @@ class RunStore:
     ) -> Finished | None:
         """:meth:`apply_step`, then :meth:`finish_step` with the run final, in one round trip;
         None if the run was final already (cancelled while the model answered)."""
-        base = self.run_key(run_id)
         reply = self._apply_and_finish_step(
-            keys=[base, f"{base}:messages", f"{base}:lease"],
+            keys=[self.run_key(run_id), self._messages(run_id), self._lease(run_id)],
             args=[
                 self._ctx(run_id),
                 token,
@@ -477,7 +480,7 @@ class RunStore:
             raise RolledBack(f"the answer step {step} of run {run_id} builds on is gone")
         if int(reply[0]) < 0:
             return None
-        return Finished(_pairs(reply[1]), reply[2], reply[3], reply[4])
+        return _finished(_pairs(reply[1]), *reply[2:5])
 
     def _finish_payload(
         self,
@@ -498,12 +501,12 @@ class RunStore:
             payload["error"] = json.dumps(error)
         return json.dumps(payload)
 
-    def cancel_run(self, run_id: str, reason: str) -> tuple[str, Finished]:
+    def cancel_run(self, run_id: str, reason: str) -> tuple[str, Finished | None]:
         """Cancel a run unless it is final: (``cancelled`` | ``final:<status>`` | ``missing``,
-        what to start because of it)."""
+        what to start because of it: None unless it was cancelled now)."""
         return self.cancel_runs([run_id], reason)[0]
 
-    def cancel_runs(self, run_ids: Sequence[str], reason: str) -> list[tuple[str, Finished]]:
+    def cancel_runs(self, run_ids: Sequence[str], reason: str) -> list[tuple[str, Finished | None]]:
         """:meth:`cancel_run` for many runs, in two pipelined round trips."""
         replies = self._each(
             self._cancel_run, [([self.run_key(r)], [self._ctx(r), reason]) for r in run_ids]
@@ -516,7 +519,7 @@ class RunStore:
             pipe.hgetall(self.run_key(run_id))
         records = dict(zip(cancelled, cast(list[dict[str, str]], pipe.execute()), strict=True))
         return [
-            (reply[0], Finished(records.get(run_id, {"id": run_id}), *reply[1:5]))
+            (reply[0], _finished(records[run_id], *reply[1:5]) if records.get(run_id) else None)
             for run_id, reply in zip(run_ids, replies, strict=True)
         ]
 
@@ -534,10 +537,12 @@ class RunStore:
     ) -> None:
         """Give the step back; its retry comes ``after`` seconds from now. The run is due
         ``due`` (a time), by default once that retry has had its time."""
-        base = self.run_key(run_id)
         if due is None:
             due = self.due(after + self.settings.step_time_limit)
-        self._release_step(keys=[base, f"{base}:lease"], args=[self._ctx(run_id), token, step, due])
+        self._release_step(
+            keys=[self.run_key(run_id), self._lease(run_id)],
+            args=[self._ctx(run_id), token, step, due],
+        )
 
     def touch(self, run_id: str, seconds: float) -> None:
         """Push the run's due time to ``seconds`` (plus the stall allowance) from now."""
@@ -551,29 +556,28 @@ class RunStore:
     def forget(self, run_id: str) -> None:
         self.redis.zrem(self.active_key, run_id)
 
-    def waits_for_slot(self, run: dict[str, str]) -> bool:
+    def waits_for_slot(self, run: RunRecord) -> bool:
         """Whether ``run`` waits in its tenant's queue while the tenant has no free slot.
 
         Then the run that frees a slot starts it; a run that waits while a slot is free lost
         that message, and needs it sent again.
         """
-        tenant, cap = run.get("tenant"), int(run.get("cap") or 0)
-        if not tenant or cap <= 0 or run.get("status") != RunStatus.QUEUED.value:
+        tenant, cap = run.tenant, run.cap
+        if not tenant or cap <= 0 or run.status != RunStatus.QUEUED:
             return False
-        t = f"{self._p}:tenant:{tenant}"
         pipe = self.redis.pipeline(transaction=False)
-        pipe.zscore(f"{t}:waiting", run["id"])
-        pipe.scard(f"{t}:inflight")
+        pipe.zscore(keys.tenant_waiting(self._p, tenant), run.id)
+        pipe.scard(keys.tenant_inflight(self._p, tenant))
         waiting, inflight = pipe.execute()
         return waiting is not None and int(inflight) >= cap
 
     def holds_lease(self, run_id: str) -> bool:
         """Whether a worker holds the run's step (a live one, or a dead one until it expires)."""
-        return bool(self.redis.exists(f"{self.run_key(run_id)}:lease"))
+        return bool(self.redis.exists(self._lease(run_id)))
 
     def drop_lease(self, run_id: str, token: str) -> None:
         """Let the next step of the run start (it may arrive before this one has finished)."""
-        self._drop_lease(keys=[f"{self.run_key(run_id)}:lease"], args=[token])
+        self._drop_lease(keys=[self._lease(run_id)], args=[token])
 
     # --- tool calls ----------------------------------------------------------------------
     def create_tool_call(
@@ -628,9 +632,8 @@ class RunStore:
         or a dead one until its lease expires)."""
         pipe = self.redis.pipeline(transaction=False)
         for call_id in call_ids:
-            key = self.tool_key(call_id)
-            pipe.exists(f"{key}:lease")
-            pipe.hget(key, "attempts")
+            pipe.exists(keys.tool_lease(self._p, call_id))
+            pipe.hget(self.tool_key(call_id), "attempts")
         replies = pipe.execute()
         return [
             None if held else int(begun or 0)
@@ -667,9 +670,9 @@ class RunStore:
         the call, whose stored result of another generation is replaced."""
         token = uuid.uuid4().hex
         key = self.tool_key(call_id)
-        run_key = self.run_key(run_id) if run_id else f"{key}:no-run"
+        run_key = self.run_key(run_id) if run_id else keys.tool_no_run(self._p, call_id)
         reply = self._begin_tool(
-            keys=[key, f"{key}:lease", run_key],
+            keys=[key, keys.tool_lease(self._p, call_id), run_key],
             args=[
                 self._ctx(run_id),
                 token,
@@ -684,11 +687,12 @@ class RunStore:
                 gen,
             ],
         )
-        if reply[0] == "done":
-            return ToolClaim("done", token, result=json.loads(reply[1]))
-        if reply[0] in ("busy", "pending"):
-            return ToolClaim(reply[0], token, wait_s=max(int(reply[1]) / 1000, 0.0))
-        return ToolClaim(reply[0], token)
+        outcome = ToolOutcome(reply[0])
+        if outcome == ToolOutcome.DONE:
+            return ToolClaim(outcome, token, result=json.loads(reply[1]))
+        if outcome in (ToolOutcome.BUSY, ToolOutcome.PENDING):
+            return ToolClaim(outcome, token, wait_s=max(int(reply[1]) / 1000, 0.0))
+        return ToolClaim(outcome, token)
 
     def complete_tool(
         self,
@@ -706,10 +710,10 @@ class RunStore:
         ``gen``: a crash of Redis rolled back the answer that asked for the call.
         """
         key = self.tool_key(call_id)
-        run_key = self.run_key(run_id) if run_id else f"{key}:no-run"
+        run_key = self.run_key(run_id) if run_id else keys.tool_no_run(self._p, call_id)
         status = status or ("succeeded" if result.get("ok") else "failed")
         stored, batch = self._complete_tool(
-            keys=[key, f"{key}:lease", run_key],
+            keys=[key, keys.tool_lease(self._p, call_id), run_key],
             args=[
                 self._ctx(run_id),
                 token,

@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 import time
 
+from agentfleet.tasks import keys
 from agentfleet.tasks.errors import RunCancelled
+from agentfleet.tasks.states import RunStatus
 from agentfleet.tasks.store import RunStore
 
 
@@ -37,11 +39,11 @@ class TokenRelay:
         key = self.store.run_key(self.run_id)
         pipe = self.store.redis.pipeline(transaction=False)
         pipe.xadd(
-            f"{key}:events",
+            keys.run_events(self.store.settings.key_prefix, self.run_id),
             {"type": "token", "data": json.dumps({"step": self.step, "text": text})},
             maxlen=self.store.settings.events_max_len,
             approximate=True,
         )
         pipe.hget(key, "status")
-        if pipe.execute()[1] == "cancelled":
+        if pipe.execute()[1] == RunStatus.CANCELLED:
             raise RunCancelled(self.run_id)

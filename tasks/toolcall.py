@@ -20,6 +20,7 @@ from agentfleet.tasks.errors import (
 )
 from agentfleet.tasks.lifecycle import batch_finished, pending_countdown
 from agentfleet.tasks.settings import Settings
+from agentfleet.tasks.states import ToolOutcome
 from agentfleet.tasks.store import ToolClaim, get_store
 from agentfleet.tasks.tools import registry
 
@@ -148,7 +149,7 @@ def register(app: Celery, settings: Settings) -> None:
             call_id, name, raw_args, run_id, lease_s=hard, step=step, accept=accept, gen=gen
         )
         _stop_unless_ours(self, claim, call_id, run_id)
-        if claim.outcome == "done":
+        if claim.outcome == ToolOutcome.DONE:
             assert claim.result is not None
             if self.request.chord and run_id:
                 # Delivered again after it completed: the worker that ran it died while
@@ -161,7 +162,7 @@ def register(app: Celery, settings: Settings) -> None:
                     countdown=settings.chord_recovery_delay,
                 )
             return claim.result
-        if claim.outcome == "poisoned":
+        if claim.outcome == ToolOutcome.POISONED:
             log.warning("tool call %s (%s) lost its worker on each delivery", call_id, name)
             failure = redelivery_failure(payload, settings.max_redeliveries)
             stored, batch = store.complete_tool(call_id, claim.token, failure, run_id, step)
@@ -171,7 +172,7 @@ def register(app: Celery, settings: Settings) -> None:
             return stored
         result = _result_head(payload)
         status = None
-        if claim.outcome == "cancelled":
+        if claim.outcome == ToolOutcome.CANCELLED:
             # Its run was cancelled: answer without running, so the chord still completes.
             result |= {"ok": False, "error": {"code": "cancelled", "message": "run cancelled"}}
             status = "cancelled"
@@ -190,15 +191,15 @@ def register(app: Celery, settings: Settings) -> None:
 
 def _stop_unless_ours(task: Task, claim: ToolClaim, call_id: str, run_id: str | None) -> None:
     """End the task (retry later, or ignore) unless ``claim`` lets it answer the call."""
-    if claim.outcome == "pending":
+    if claim.outcome == ToolOutcome.PENDING:
         raise task.retry(countdown=pending_countdown(claim.wait_s, task.request.retries))
-    if claim.outcome == "busy":
+    if claim.outcome == ToolOutcome.BUSY:
         # Another worker holds the call (or died holding it): wait for the lease to end.
         raise task.retry(countdown=claim.wait_s + random.uniform(0.1, 0.5))
-    if claim.outcome == "refused":
+    if claim.outcome == ToolOutcome.REFUSED:
         log.info("tool call %s was never accepted: not run", call_id)
         raise Ignore()
-    if claim.outcome == "stale":
+    if claim.outcome == ToolOutcome.STALE:
         _ignore_stale(call_id, run_id)
 
 

@@ -6,6 +6,8 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+from agentfleet.tasks.records import RunRecord
+
 
 def iso(value: str | None) -> str | None:
     if not value:
@@ -13,29 +15,25 @@ def iso(value: str | None) -> str | None:
     return datetime.fromtimestamp(float(value), UTC).isoformat(timespec="milliseconds")
 
 
-def _int(record: dict[str, str], name: str) -> int:
-    return int(float(record.get(name) or 0))
-
-
-def run_view(record: dict[str, str]) -> dict[str, Any]:
+def run_view(run: RunRecord) -> dict[str, Any]:
     """A run record as callers see it (``GET /v1/runs/{id}`` and the run's Celery result)."""
-    prompt, completion = _int(record, "prompt_tokens"), _int(record, "completion_tokens")
+    record, usage = run.fields, run.usage
     error = record.get("error")
     return {
-        "id": record["id"],
-        "status": record["status"],
+        "id": run.id,
+        "status": run.status.value,
         "model": record.get("model"),
         "progress": {
-            "step": _int(record, "step"),
-            "max_steps": _int(record, "max_steps"),
-            "tool_calls_done": _int(record, "tools_done"),
-            "tool_calls_total": _int(record, "tools_total"),
+            "step": run.step,
+            "max_steps": run.max_steps,
+            "tool_calls_done": run.tools_done,
+            "tool_calls_total": run.tools_total,
         },
         "usage": {
-            "prompt_tokens": prompt,
-            "completion_tokens": completion,
-            "total_tokens": prompt + completion,
-            "llm_calls": _int(record, "llm_calls"),
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.total_tokens,
+            "llm_calls": usage.llm_calls,
         },
         "provider": record.get("provider"),
         "worker": record.get("worker"),

@@ -30,6 +30,7 @@ from typing import Any
 
 from celery import Celery
 
+from agentfleet.tasks import keys
 from agentfleet.tasks.agent import (
     completion_from_transcript,
     step_signature,
@@ -38,8 +39,9 @@ from agentfleet.tasks.agent import (
 )
 from agentfleet.tasks.batch import batch_state
 from agentfleet.tasks.lifecycle import start_run
-from agentfleet.tasks.models import RunStatus
+from agentfleet.tasks.records import RunRecord
 from agentfleet.tasks.settings import Settings
+from agentfleet.tasks.states import RunStatus
 from agentfleet.tasks.store import RunStore, get_store
 from agentfleet.tasks.toolcall import redelivery_failure
 
@@ -77,7 +79,7 @@ def sweep(app: Celery, settings: Settings, limit: int = SWEEP_BATCH) -> list[Rec
 def recover(app: Celery, settings: Settings, store: RunStore, run_id: str) -> Recovery:
     """Send the next message of one overdue run again, if no worker is on it."""
     run = store.get_run(run_id)
-    if run is None or RunStatus(run["status"]).terminal:
+    if run is None or run.terminal:
         store.forget(run_id)
         return Recovery(run_id, "forgotten")
     batch = _unaccepted_batch(store, run)
@@ -111,24 +113,24 @@ def recover(app: Celery, settings: Settings, store: RunStore, run_id: str) -> Re
     return recovery
 
 
-def _unaccepted_batch(store: RunStore, run: dict[str, str]) -> str:
+def _unaccepted_batch(store: RunStore, run: RunRecord) -> str:
     """``missing`` or ``pending`` for a queued run of a batch not accepted; else ``''``."""
-    if not run.get("batch_id") or run.get("status") != RunStatus.QUEUED.value:
+    if not run.batch_id or run.status != RunStatus.QUEUED:
         return ""
-    state, _ = batch_state(store, run["batch_id"])
+    state, _ = batch_state(store, run.batch_id)
     return "" if state == "accepted" else state
 
 
 def _resend(
-    app: Celery, settings: Settings, store: RunStore, run_id: str, run: dict[str, str]
+    app: Celery, settings: Settings, store: RunStore, run_id: str, run: RunRecord
 ) -> Recovery:
-    dispatched = int(run.get("dispatched_step") or 0)
+    dispatched = run.dispatched_step
     if dispatched == 0:
         start_run(app, store, run_id)  # with its batch chord membership, if it was throttled
         return Recovery(run_id, "entry")
-    count = int(run.get(f"tools:{dispatched}") or 0)
+    count = run.tool_calls(dispatched)
     call_ids = [tool_call_id(run_id, dispatched, i) for i in range(count)]
-    gen = run.get(f"gen:{dispatched}", "")
+    gen = run.gen(dispatched)
     results = _current(store.stored_tool_results(call_ids), gen)
     if any(r is None for r in results):
         sent = _tools_again(app, settings, store, run, call_ids, results, gen)
@@ -150,7 +152,7 @@ def _tools_again(
     app: Celery,
     settings: Settings,
     store: RunStore,
-    run: dict[str, str],
+    run: RunRecord,
     call_ids: list[str],
     results: list[dict[str, Any] | None],
     gen: str,
@@ -158,7 +160,7 @@ def _tools_again(
     """Send again each of the run's last tool calls (``call_ids``) that no result answers and
     no worker holds, or store its failure if its deliveries are used up; returns how many were
     sent."""
-    run_id, step = run["id"], int(run["dispatched_step"])
+    run_id, step = run.id, run.dispatched_step
     calls = _tool_calls_of(store.messages(run_id))
     signatures = tool_signatures(app, settings, run_id, step, run, calls, gen)
     attempts = store.unheld_tool_attempts(call_ids)
@@ -209,7 +211,7 @@ class Watchdog(threading.Thread):
 
     def _my_turn(self, interval: float) -> bool:
         store = get_store(self.settings)
-        key = f"{self.settings.key_prefix}:watchdog:sweep"
+        key = keys.watchdog_sweep(self.settings.key_prefix)
         return bool(store.redis.set(key, self._token, nx=True, px=int(interval * 900)))
 
     def stop(self) -> None:

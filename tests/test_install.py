@@ -167,6 +167,10 @@ def test_the_wheel_holds_the_fleet_and_the_simulator_and_no_development_tools(
     # No agentfleet/__init__.py: the namespace is shared with the client's distribution.
     assert "agentfleet/__init__.py" not in files
     assert "agentfleet/tasks/py.typed" in files
+    # The Lua scripts are package data, read when the store and the provider guard load.
+    lua = {f"agentfleet/{p.relative_to(REPO).as_posix()}" for p in (REPO / "tasks").rglob("*.lua")}
+    assert lua, "no .lua files found in the checkout"
+    assert sorted(lua - set(files)) == []
     assert "agentfleet = agentfleet.producer.cli:main" in scripts
     assert "agentfleet-simulator = agentfleet.simulator.__main__:main" in scripts
 

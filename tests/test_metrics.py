@@ -27,8 +27,8 @@ from agentfleet.tasks.metrics import (
     Recorder,
     bucket_field,
 )
-from agentfleet.tasks.models import RunStatus
 from agentfleet.tasks.settings import ProviderConfig
+from agentfleet.tasks.states import RunStatus
 from agentfleet.workers import queues
 from ops.stack import REPO, Stack, free_port, wait_for
 from tests.conftest import Fleet

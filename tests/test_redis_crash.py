@@ -30,11 +30,13 @@ from typing import Any
 import pytest
 import redis
 
+from agentfleet.tasks import keys
 from agentfleet.tasks.errors import RolledBack
 from agentfleet.tasks.llm import resolve_chain
 from agentfleet.tasks.metrics import step_fields
-from agentfleet.tasks.models import RunRequest, RunStatus
+from agentfleet.tasks.models import RunRequest
 from agentfleet.tasks.redisconn import durability_gap
+from agentfleet.tasks.states import RunStatus
 from agentfleet.tasks.store import RunStore, StepAnswer
 from ops.stack import DURABLE_REDIS, PoolSpec, Proc, Stack, StackError, wait_for
 from tests.conftest import SHORT_LIMITS, Fleet, private_fleet
@@ -252,7 +254,7 @@ def test_a_step_whose_predecessor_was_rolled_back_runs_nothing(fleet: Fleet) -> 
     assert store.begin_step("rbk-step", 2).outcome == "rolled_back"
     assert not store.holds_lease("rbk-step")
     assert _due_now(store, "rbk-step")
-    assert store.get_run("rbk-step")["status"] == "queued"
+    assert store.get_run("rbk-step").status == RunStatus.QUEUED
 
 
 def test_an_answer_built_on_a_rolled_back_answer_is_refused(fleet: Fleet) -> None:
@@ -267,7 +269,7 @@ def test_an_answer_built_on_a_rolled_back_answer_is_refused(fleet: Fleet) -> Non
         store.apply_step("rbk-apply", 2, claim.token, _answer(store, after=old, call="call_2"))
     assert store.messages("rbk-apply") == transcript
     assert not store.holds_lease("rbk-apply")
-    assert store.get_run("rbk-apply")["deliveries:2"] == "0"
+    assert store.get_run("rbk-apply").fields[keys.deliveries_field(2)] == "0"
     assert _due_now(store, "rbk-apply")
     # Nor does a step mark dispatched, or end the run with, an answer that is not the applied one.
     again = store.begin_step("rbk-apply", 2)
@@ -275,7 +277,7 @@ def test_an_answer_built_on_a_rolled_back_answer_is_refused(fleet: Fleet) -> Non
         store.finish_step("rbk-apply", 1, again.token, gen=old)
     with pytest.raises(RolledBack):
         store.finish_step("rbk-apply", 1, again.token, status=RunStatus.SUCCEEDED, gen=old)
-    assert store.get_run("rbk-apply")["status"] == "running"
+    assert store.get_run("rbk-apply").status == RunStatus.RUNNING
 
 
 def test_tool_calls_and_results_of_a_rolled_back_answer_are_refused(fleet: Fleet) -> None:
@@ -295,10 +297,10 @@ def test_tool_calls_and_results_of_a_rolled_back_answer_are_refused(fleet: Fleet
     store.redis.hdel(store.run_key(run_id), "gen:1")
     store.complete_tool(call_id, claim.token, _result(run_id, "old"), run_id, 1)
     store.redis.hset(store.run_key(run_id), "gen:1", gen)
-    assert store.get_run(run_id)["tools_done"] == "1"
+    assert store.get_run(run_id).tools_done == 1
     again = store.begin_tool(call_id, "text_stats", "{}", run_id, 5, 1, gen=gen)
     assert again.outcome == "ok"
-    assert store.get_run(run_id)["tools_done"] == "0"
+    assert store.get_run(run_id).tools_done == 0
     stored, _ = store.complete_tool(call_id, again.token, _result(run_id, gen), run_id, 1)
     assert stored == _result(run_id, gen)
     done = store.begin_tool(call_id, "text_stats", "{}", run_id, 5, 1, gen=gen)

@@ -9,7 +9,8 @@ import pytest
 
 from agentfleet.tasks.llm import resolve_chain
 from agentfleet.tasks.metrics import step_fields
-from agentfleet.tasks.models import RunRequest, RunStatus
+from agentfleet.tasks.models import RunRequest
+from agentfleet.tasks.states import RunStatus
 from agentfleet.tasks.store import RunStore, StepAnswer, ToolClaim
 from tests.conftest import Fleet
 
@@ -231,10 +232,10 @@ def test_applying_a_tool_step_drops_only_its_own_lease(fleet: Fleet) -> None:
     # The holder's (a redelivery: applied before) drops it, and applies nothing twice.
     assert store.apply_step(run_id, 1, claim.token, answer) == 0
     assert not store.holds_lease(run_id)
-    assert store.get_run(run_id)["prompt_tokens"] == "10"
+    assert store.get_run(run_id).usage.prompt_tokens == 10
     # Ended, so tests that wait for the fleet's runs to finish do not wait for this one.
     finished = store.finish_step(run_id, 1, claim.token, status=RunStatus.SUCCEEDED, result="hi")
-    assert finished.record["status"] == "succeeded"
+    assert finished.record.status == RunStatus.SUCCEEDED
 
 
 def _store_words(store: RunStore, run_id: str, claim: ToolClaim, words: int) -> None:

@@ -17,7 +17,8 @@ import pytest
 
 from agentfleet.tasks import names
 from agentfleet.tasks.llm import resolve_chain
-from agentfleet.tasks.models import RunRequest, RunStatus
+from agentfleet.tasks.models import RunRequest
+from agentfleet.tasks.states import RunStatus
 from agentfleet.tasks.store import RunStore
 from agentfleet.tasks.watchdog import recover
 from ops.stack import PoolSpec, Stack, wait_for

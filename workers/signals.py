@@ -16,11 +16,10 @@ from celery.signals import (
     worker_shutdown,
 )
 
-from agentfleet.tasks import fleet, watchdog
+from agentfleet.tasks import fleet, keys, watchdog
 from agentfleet.tasks.llm import reset_clients
 from agentfleet.tasks.redisconn import wait_out_outages, warn_if_not_durable
 from agentfleet.tasks.settings import get_settings, warn_unknown_variables
-from agentfleet.tasks.store import run_key
 from agentfleet.workers import heap, logs, redact, results
 from agentfleet.workers.conf import worker_config
 
@@ -36,7 +35,7 @@ def _wait_out_redis_outages(conf: Any, **_: Any) -> None:
     wait_out_outages(settings.redis_outage_wait)
     conf.update(worker_config(settings))
     # A worker waits for no result: see workers/results.py.
-    results.install(run_key(settings.key_prefix, ""))
+    results.install(keys.run_prefix(settings.key_prefix))
 
 
 @worker_process_init.connect

@@ -35,151 +35,26 @@ from typing import Any
 import pybreaker
 import redis
 
+from agentfleet.tasks import keys
 from agentfleet.tasks.errors import ProviderError, RateLimitedError, RetryableProviderError
+from agentfleet.tasks.luafiles import script
 from agentfleet.tasks.metrics import Recorder
 from agentfleet.tasks.redisconn import get_redis
 from agentfleet.tasks.settings import ProviderConfig, Settings
 
 log = logging.getLogger(__name__)
 
-# Every script reads the time from Redis: one clock for the whole fleet, to the microsecond.
-# ``clock`` is that time as an exact string (stored and returned), ``now`` as a number.
-_CLOCK = """
-local t = redis.call('TIME')
-local clock = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
-local now = tonumber(clock)
-"""
+
+def _timed(name: str) -> str:
+    """Script ``lua/<name>.lua`` of this package, after the clock every one of them reads."""
+    return script("agentfleet.tasks.llm", name, ("_clock",))
 
 
-def _timed(body: str) -> str:
-    """A script that starts by reading the clock."""
-    return _CLOCK + body
-
-
-# KEYS: state, opened_at, success_counter, probes, hold, rpm_tat, tpm_tat, events,
-#       fail_counter
-# ARGV: reset_timeout, max_probes, probe_ttl_ms, rpm, tpm, burst_s, cost_tokens, provider,
-#       announce_prefix
-# Returns {outcome, wait_seconds, probe, half_opened, limits, clean, clock}; outcome is
-# ok | hold | open | probing | limited. ``limits`` names the limits that said no ("rpm",
-# "tpm" or "rpm,tpm") for the denial metrics; ``clean`` is '1' when an ok call finds the
-# breaker closed with no failure counted; ``clock`` is when the call was admitted.
-_ADMIT = _timed("""
-local half_opened = '0'
-local function answer(outcome, wait, probe, limits, clean)
-  return {outcome, tostring(wait), probe, half_opened, limits, clean, clock}
-end
-local hold = tonumber(redis.call('GET', KEYS[5]) or '0')
-if hold > now then return answer('hold', hold - now, '0', '', '0') end
-local state = redis.call('GET', KEYS[1]) or 'closed'
-local probe = '0'
-if state == 'open' then
-  local left = tonumber(redis.call('GET', KEYS[2]) or '0') + tonumber(ARGV[1]) - now
-  if left > 0 then return answer('open', left, '0', '', '0') end
-  -- Same transition as pybreaker's half_open(): its instances notice it on next use.
-  -- It happens here exactly once, so it is announced here, with the marker that keeps
-  -- the pybreaker listeners from announcing it again.
-  redis.call('SET', KEYS[1], 'half-open')
-  redis.call('SET', KEYS[3], 0)
-  redis.call('SET', ARGV[9] .. 'half-open', 'lua', 'EX', 86400)
-  redis.call('DEL', ARGV[9] .. 'open', ARGV[9] .. 'closed')
-  redis.call('XADD', KEYS[8], 'MAXLEN', '~', 1000, '*', 'provider', ARGV[8],
-             'from', 'open', 'to', 'half-open', 'at', clock)
-  state = 'half-open'
-  half_opened = '1'
-end
-if state == 'half-open' then
-  local n = redis.call('INCR', KEYS[4])
-  if n == 1 then redis.call('PEXPIRE', KEYS[4], ARGV[3]) end
-  if n > tonumber(ARGV[2]) then
-    local ttl = redis.call('PTTL', KEYS[4])
-    if ttl < 100 then ttl = 100 end
-    return answer('probing', ttl / 1000, '0', '', '0')
-  end
-  probe = '1'
-end
-local burst = tonumber(ARGV[6])
-local function gcra(key, per_minute, cost)
-  local interval = 60.0 / per_minute
-  local tat = tonumber(redis.call('GET', key) or '0')
-  if tat < now then tat = now end
-  local new_tat = tat + interval * cost
-  -- A call bigger than the burst may still go once the bucket is full.
-  local tolerance = math.max(burst, interval * cost)
-  local allow_at = new_tat - tolerance
-  if allow_at > now then return allow_at - now, nil end
-  return 0, new_tat
-end
-local wait, rpm_tat, tpm_tat, w, by = 0, nil, nil, 0, {}
-if tonumber(ARGV[4]) > 0 then
-  w, rpm_tat = gcra(KEYS[6], tonumber(ARGV[4]), 1)
-  wait = math.max(wait, w)
-  if w > 0 then by[#by + 1] = 'rpm' end
-end
-if tonumber(ARGV[5]) > 0 then
-  w, tpm_tat = gcra(KEYS[7], tonumber(ARGV[5]), tonumber(ARGV[7]))
-  wait = math.max(wait, w)
-  if w > 0 then by[#by + 1] = 'tpm' end
-end
-if wait > 0 then
-  if probe == '1' then redis.call('DECR', KEYS[4]) end
-  return answer('limited', wait, '0', table.concat(by, ','), '0')
-end
-if rpm_tat then
-  redis.call('SET', KEYS[6], tostring(rpm_tat), 'PX', math.ceil((rpm_tat - now) * 1000) + 1000)
-end
-if tpm_tat then
-  redis.call('SET', KEYS[7], tostring(tpm_tat), 'PX', math.ceil((tpm_tat - now) * 1000) + 1000)
-end
-local clean = '0'
-if state == 'closed' and tonumber(redis.call('GET', KEYS[9]) or '0') == 0 then clean = '1' end
-return answer('ok', 0, probe, '', clean)
-""")
-
-# KEYS: tpm_tat. ARGV: tpm, token delta (actual - estimated).
-_CORRECT_TOKENS = _timed("""
-local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tat == 0 then return 0 end
-local new_tat = tat + (60.0 / tonumber(ARGV[1])) * tonumber(ARGV[2])
-if new_tat <= now then redis.call('DEL', KEYS[1]) return 1 end
-redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.ceil((new_tat - now) * 1000) + 1000)
-return 1
-""")
-
-# KEYS: hold. ARGV: seconds to hold from now. Keeps the later of the two ends.
-_HOLD = _timed("""
-local until_ts = now + tonumber(ARGV[1])
-local current = tonumber(redis.call('GET', KEYS[1]) or '0')
-if until_ts > current then
-  redis.call('SET', KEYS[1], string.format('%.6f', until_ts),
-             'PX', math.ceil(tonumber(ARGV[1]) * 1000))
-end
-return 1
-""")
-
-# KEYS: opened_at. Moves it to now, unless it holds a later time.
-_MARK_OPENED = _timed("""
-if now > tonumber(redis.call('GET', KEYS[1]) or '0') then redis.call('SET', KEYS[1], clock) end
-return clock
-""")
-
-# KEYS: marker of the new state, markers of the two other states, state, opened_at, events
-# ARGV: new state, old state, provider, pid
-# Announces a state change once for the fleet: the first process to report it stores the
-# state (an opening with its time, so that the fleet sees the breaker open from the instant
-# its reset timeout counts from) and appends the event. Returns the time, or '' when another
-# process announced it already.
-_ANNOUNCE = _timed("""
-if not redis.call('SET', KEYS[1], ARGV[4], 'NX', 'EX', 86400) then return '' end
-redis.call('DEL', KEYS[2], KEYS[3])
-redis.call('SET', KEYS[4], ARGV[1])
-if ARGV[1] == 'open' and now > tonumber(redis.call('GET', KEYS[5]) or '0') then
-  redis.call('SET', KEYS[5], clock)
-end
-redis.call('XADD', KEYS[6], 'MAXLEN', '~', 1000, '*', 'provider', ARGV[3],
-           'from', ARGV[2], 'to', ARGV[1], 'at', clock)
-return clock
-""")
+_ADMIT = _timed("admit")
+_CORRECT_TOKENS = _timed("correct_tokens")
+_HOLD = _timed("hold")
+_MARK_OPENED = _timed("mark_opened")
+_ANNOUNCE = _timed("announce")
 
 
 @dataclass(frozen=True)
@@ -218,7 +93,7 @@ class _FleetStorage(pybreaker.CircuitRedisStorage):
 
     def __init__(self, client: redis.Redis, namespace: str) -> None:
         super().__init__(pybreaker.STATE_CLOSED, client, namespace=namespace)
-        self._opened_key = f"{namespace}:pybreaker:opened_at"
+        self._opened_key = keys.breaker(namespace, "opened_at")
         self._mark_opened = client.register_script(_MARK_OPENED)
 
     @property
@@ -270,16 +145,16 @@ class ProviderGuard:
 
     def __init__(self, provider: ProviderConfig, settings: Settings) -> None:
         self.provider = provider
-        self.ns = f"{settings.key_prefix}:provider:{provider.name}"
-        self.events_key = f"{settings.key_prefix}:events:providers"
-        self.announce_prefix = f"{self.ns}:announced:"
+        self.ns = keys.provider(settings.key_prefix, provider.name)
+        self.events_key = keys.provider_events(settings.key_prefix)
+        self.announce_prefix = keys.announced(self.ns)
         self.redis = get_redis(settings)
         names = ("state", "fail_counter", "success_counter", "opened_at")
-        self.keys = {n: f"{self.ns}:pybreaker:{n}" for n in names} | {
-            "probes": f"{self.ns}:probes",
-            "hold": f"{self.ns}:hold",
-            "rpm": f"{self.ns}:rpm",
-            "tpm": f"{self.ns}:tpm",
+        self.keys = {n: keys.breaker(self.ns, n) for n in names} | {
+            "probes": keys.provider_probes(self.ns),
+            "hold": keys.provider_hold(self.ns),
+            "rpm": keys.provider_rpm(self.ns),
+            "tpm": keys.provider_tpm(self.ns),
         }
         self.storage = _FleetStorage(get_redis(settings, decode=False), self.ns)
         self.breaker = pybreaker.CircuitBreaker(
@@ -373,11 +248,12 @@ class ProviderGuard:
     def announce(self, state: str, old: str) -> bool:
         """Store and publish a breaker state change; False if another process did already."""
         k = self.keys
-        markers = [f"{self.announce_prefix}{state}"] + [
-            f"{self.announce_prefix}{s}" for s in _STATES if s != state
+        markers = [keys.announced(self.ns, state)] + [
+            keys.announced(self.ns, s) for s in _STATES if s != state
         ]
-        keys = [*markers, k["state"], k["opened_at"], self.events_key]
-        return bool(self._announce(keys=keys, args=[state, old, self.provider.name, os.getpid()]))
+        script_keys = [*markers, k["state"], k["opened_at"], self.events_key]
+        args: list[str | int] = [state, old, self.provider.name, os.getpid()]
+        return bool(self._announce(keys=script_keys, args=args))
 
     def snapshot(self) -> dict[str, Any]:
         """State for ``GET /v1/providers``."""
