@@ -1,11 +1,11 @@
-"""The speed fixes workers make to Celery and kombu keep their behaviour.
+"""The fixes of ``agentfleet.workers.fixes`` keep their behaviour, and only workers get them.
 
-``agentfleet.workers.controlflow``: ``Ignore`` is kept without its traceback, every other exception
-with it. ``agentfleet.workers.redis_transport``: a channel shares one Redis client across publishes,
-acks and threads, and makes a new one for a new connection pool. ``agentfleet.workers.results``:
-workers keep no subscription to results they never wait for, and store a state in one script that
-never overwrites a ``SUCCESS``, set a chord's size in one round trip, and subscribe to no result
-when sending a task. ``agentfleet.workers.heap``: the heap alive at start-up is frozen.
+``controlflow``: ``Ignore`` is kept without its traceback, every other exception with it.
+``redis_transport``: a channel shares one Redis client across publishes, acks and threads, and
+makes a new one for a new connection pool. ``result_backend``: workers keep no subscription to
+results they never wait for, and store a state in one script that never overwrites a
+``SUCCESS``. ``heap``: the heap alive at start-up is frozen. A process that builds the app
+without being a worker keeps Celery's own code for all of them.
 """
 
 from __future__ import annotations
@@ -13,21 +13,21 @@ from __future__ import annotations
 import base64
 import gc
 import json
+import subprocess
+import sys
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-from celery.app import trace
 from celery.exceptions import Ignore
 from kombu import Connection
 
 from agentfleet.tasks.errors import RunFailed
-from agentfleet.workers.controlflow import ControlFlowExceptionInfo
-from agentfleet.workers.factory import create_app
-from agentfleet.workers.heap import freeze_startup_heap
-from agentfleet.workers.results import set_chord_size_at_once, store_result_once
+from agentfleet.workers.fixes.controlflow import ControlFlowExceptionInfo
+from agentfleet.workers.fixes.heap import freeze_startup_heap
+from agentfleet.workers.fixes.result_backend import store_result_once
 from tests.conftest import Fleet
 
 
@@ -54,15 +54,62 @@ def test_other_exceptions_keep_their_traceback() -> None:
     assert info.traceback.rstrip().endswith("ValueError: boom")
 
 
-def test_the_app_installs_it(fleet: Fleet) -> None:
-    # Building the app (every worker does) replaces the tracer's ExceptionInfo.
-    assert trace.ExceptionInfo is ControlFlowExceptionInfo  # type: ignore[attr-defined]
+#: Run in a fresh process that builds the app as the API and the CLI do
+#: (``agentfleet.workers.app``), sends a task and waits for it: prints what is not Celery's own.
+NOT_A_WORKER = """
+import gc, json
+from celery.app import trace
+from billiard.einfo import ExceptionInfo
+from agentfleet.workers import app
+from agentfleet.workers.fixes import result_backend
+from tests.test_celery_names import OVERRIDDEN
+
+foreign = [
+    f"{owner.__name__}.{name}" for owner, name, _ in OVERRIDDEN
+    if not getattr(owner, name).__module__.startswith(("celery.", "kombu.", "billiard."))
+]
+if trace.ExceptionInfo is not ExceptionInfo:
+    foreign.append("trace.ExceptionInfo")
+if app.conf.worker_consumer != "celery.worker.consumer:Consumer":
+    foreign.append("worker_consumer " + app.conf.worker_consumer)
+if gc.get_freeze_count():
+    foreign.append("gc.freeze")
+if result_backend.in_worker_mode():
+    foreign.append("worker mode")
+result = app.send_task("agentfleet.run", kwargs={"request": {"input": "not a worker"}})
+result.then(print)  # a waiting process tracks what it waits for
+tracked = any(result.id in pending for pending in app.backend._pending_results)
+status = result.get(timeout=30)["status"]
+print(json.dumps({"foreign": foreign, "tracked": tracked, "status": status}))
+"""
+
+
+def test_a_process_that_is_not_a_worker_keeps_celerys_own_code(fleet: Fleet) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", NOT_A_WORKER],
+        env=fleet.stack.env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    seen = json.loads(done.stdout.splitlines()[-1])
+    assert seen == {"foreign": [], "tracked": True, "status": "succeeded"}
+
+
+def test_workers_install_their_fixes(fleet: Fleet) -> None:
+    # Every pool of the fleet: the agents threads pool and the prefork tools and batch pools.
+    for queue in ("agents", "tools", "batch"):
+        log = fleet.worker_of(queue).log.read_text(errors="replace")
+        assert "worker fixes installed" in log, fleet.worker_of(queue).tail()
+        assert "speed fixes off" not in log
 
 
 @pytest.fixture
 def channel(fleet: Fleet):  # type: ignore[no-untyped-def]
     url = fleet.stack.redis_url or ""
-    with Connection(url, transport="agentfleet.workers.redis_transport:Transport") as conn:
+    with Connection(url, transport="agentfleet.workers.fixes.redis_transport:Transport") as conn:
         yield conn.default_channel
 
 
@@ -238,29 +285,3 @@ def test_a_workers_task_sent_events_join_its_batches(fleet: Fleet) -> None:
         assert not alone
     finally:
         pubsub.close()
-
-
-def test_sending_subscribes_to_nothing_and_get_still_waits(fleet: Fleet) -> None:
-    # agentfleet.workers.results.install_everywhere: the sender subscribes when it waits, not when
-    # it sends.
-    app = create_app(fleet.settings)
-    try:
-        result = app.send_task("agentfleet.run", kwargs={"request": {"input": "subscribe?"}})
-        assert not app.backend.result_consumer.subscribed_to
-        final = result.get(timeout=30)
-        assert final["id"] == result.id
-        assert final["status"] == "succeeded"
-    finally:
-        app.close()
-
-
-def test_a_chord_size_is_set_and_its_old_claim_cleared_at_once(fleet: Fleet) -> None:
-    backend = fleet.app.backend
-    group_id = f"size-{uuid.uuid4()}"
-    claim_key = backend.get_key_for_group(group_id, ".c")
-    size_key = backend.get_key_for_group(group_id, ".s")
-    fleet.redis.set(claim_key, "an old dispatch claim")
-    set_chord_size_at_once(backend, group_id, 3)
-    assert fleet.redis.get(claim_key) is None
-    assert fleet.redis.get(size_key) == "3"
-    assert 0 < fleet.redis.ttl(size_key) <= int(backend.chord_expires or backend.expires)

@@ -13,6 +13,12 @@ join the same buffer on a threads pool, whose tasks run in the consumer's own pr
 publishes each one on its own, a ``PUBLISH`` per task sent. A prefork child has no consumer,
 and a gevent or eventlet consumer has no event loop to flush a buffer: they publish them as
 Celery does.
+
+Upstream behaviour: ``celery/worker/consumer/consumer.py`` ``Consumer.on_send_event_buffered``
+calls ``hub.call_soon(self._flush_events_promise)``, so every buffered event is flushed on the next
+loop turn. Without this fix nothing breaks; workers spend the CPU. Speed fix
+``event_batching``: the worker's ``worker_consumer``, set in worker processes only; bench switch
+``DISABLE_AGENTFLEET_FIXES=event_batching``.
 """
 
 from __future__ import annotations

@@ -10,7 +10,11 @@ its carets). The result is only logged as ``Task ... ignored``. That was an eigh
 ``agents`` worker's CPU (py-spy, two-step runs at 2 s LLM latency).
 
 :func:`install` gives Celery's tracer an ``ExceptionInfo`` that keeps ``Ignore`` without its
-traceback; every other exception keeps its full traceback, as before.
+traceback; every other exception keeps its full traceback, as before. Upstream behaviour:
+``celery/app/trace.py`` builds ``ExceptionInfo`` (``billiard/einfo.py``) for every exception a
+task raises, ``Ignore`` included (``build_tracer`` -> ``handle_failure`` / ``on_error``).
+Without this fix nothing breaks; workers spend the CPU. Speed fix ``controlflow``, installed
+in worker processes only; bench switch ``DISABLE_AGENTFLEET_FIXES=controlflow``.
 """
 
 from __future__ import annotations
