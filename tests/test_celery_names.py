@@ -22,7 +22,6 @@ from celery.backends.asynchronous import AsyncBackendMixin
 from celery.backends.redis import RedisBackend, SentinelBackend
 from celery.events.dispatcher import EventDispatcher
 from celery.utils.imports import symbol_by_name
-from celery.worker.consumer import Consumer
 from celery.worker.request import Request
 from kombu.transport import native_delayed_delivery
 from kombu.transport import redis as kombu_redis
@@ -52,10 +51,6 @@ OVERRIDDEN: list[tuple[Any, str, list[str]]] = [
         "_store_result",
         ["self", "task_id", "result", "state", "traceback", "request", "kwargs"],
     ),
-    # event_batching: the worker's consumer.
-    (Consumer, "on_send_event_buffered", ["self"]),
-    (Consumer, "_flush_events", ["self"]),
-    (Consumer, "shutdown", ["self"]),
     # redact: the message factory and the event dispatcher.
     (amqp.AMQP, "as_task_v2", AS_TASK_V2),
     (
@@ -68,8 +63,7 @@ OVERRIDDEN: list[tuple[Any, str, list[str]]] = [
         "publish",
         ["self", "type", "fields", "producer", "blind", "Event", "kwargs"],
     ),
-    # redis_transport: reconnecting, stranded messages, one shared client.
-    (kombu_redis.Channel, "_create_client", ["self", "asynchronous"]),
+    # redis_transport: reconnecting, stranded messages.
     (kombu_redis.Channel, "_connparams", ["self", "asynchronous"]),
     (kombu_redis.Channel, "basic_consume", ["self", "queue", "args", "kwargs"]),
     (kombu_redis.Transport, "_deliver", ["self", "message", "queue"]),
@@ -111,8 +105,7 @@ ATTRIBUTES: list[tuple[object, str]] = [
     (kombu_redis, "SentinelTransport"),
 ]
 
-#: Instance attributes set by the constructors the fixes run after.
-DISPATCHER_FIELDS = ("buffer_group", "buffer_limit", "groups", "enabled")
+#: Instance attributes of the backend the store reads.
 BACKEND_FIELDS = ("expires", "failure_expires", "client")
 
 
@@ -141,15 +134,6 @@ def test_a_called_callable_keeps_its_parameters(
 )
 def test_a_replaced_attribute_exists(owner: object, name: str) -> None:
     assert hasattr(owner, name) or name in getattr(owner, "__slots__", ())
-
-
-def test_the_dispatcher_and_consumer_keep_what_event_batching_reads() -> None:
-    dispatcher = EventDispatcher(connection=None, enabled=False)
-    for field in DISPATCHER_FIELDS:
-        assert hasattr(dispatcher, field), field
-    source = inspect.getsource(Consumer.__init__)
-    assert "self._flush_events_promise" in source
-    assert "self.hub" in inspect.getsource(Consumer)
 
 
 def test_the_backend_keeps_what_the_store_script_reads() -> None:

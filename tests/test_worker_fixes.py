@@ -1,32 +1,23 @@
 """The fixes of ``agentfleet.workers.fixes`` keep their behaviour, and only workers get them.
 
 ``controlflow``: ``Ignore`` is kept without its traceback, every other exception with it.
-``redis_transport``: a channel shares one Redis client across publishes, acks and threads, and
-makes a new one for a new connection pool. ``result_backend``: workers keep no subscription to
+``result_backend``: workers keep no subscription to
 results they never wait for, and store a state in one script that never overwrites a
-``SUCCESS``. ``heap``: the heap alive at start-up is frozen. A process that builds the app
+``SUCCESS``. A process that builds the app
 without being a worker keeps Celery's own code for all of them.
 """
 
 from __future__ import annotations
 
-import base64
-import gc
 import json
 import subprocess
 import sys
-import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
-import pytest
 from celery.exceptions import Ignore
-from kombu import Connection
 
 from agentfleet.tasks.errors import RunFailed
 from agentfleet.workers.fixes.controlflow import ControlFlowExceptionInfo
-from agentfleet.workers.fixes.heap import freeze_startup_heap
 from agentfleet.workers.fixes.result_backend import store_result_once
 from tests.conftest import Fleet
 
@@ -57,7 +48,7 @@ def test_other_exceptions_keep_their_traceback() -> None:
 #: Run in a fresh process that builds the app as the API and the CLI do
 #: (``agentfleet.workers.app``), sends a task and waits for it: prints what is not Celery's own.
 NOT_A_WORKER = """
-import gc, json
+import json
 from celery.app import trace
 from billiard.einfo import ExceptionInfo
 from agentfleet.workers import app
@@ -72,8 +63,6 @@ if trace.ExceptionInfo is not ExceptionInfo:
     foreign.append("trace.ExceptionInfo")
 if app.conf.worker_consumer != "celery.worker.consumer:Consumer":
     foreign.append("worker_consumer " + app.conf.worker_consumer)
-if gc.get_freeze_count():
-    foreign.append("gc.freeze")
 if result_backend.in_worker_mode():
     foreign.append("worker mode")
 result = app.send_task("agentfleet.run", kwargs={"request": {"input": "not a worker"}})
@@ -104,39 +93,6 @@ def test_workers_install_their_fixes(fleet: Fleet) -> None:
         log = fleet.worker_of(queue).log.read_text(errors="replace")
         assert "worker fixes installed" in log, fleet.worker_of(queue).tail()
         assert "speed fixes off" not in log
-
-
-@pytest.fixture
-def channel(fleet: Fleet):  # type: ignore[no-untyped-def]
-    url = fleet.stack.redis_url or ""
-    with Connection(url, transport="agentfleet.workers.fixes.redis_transport:Transport") as conn:
-        yield conn.default_channel
-
-
-def test_channel_shares_one_client_across_threads(channel, fleet: Fleet) -> None:  # type: ignore[no-untyped-def]
-    first = channel._create_client()
-    assert channel._create_client() is first
-    key = f"test:shared-client:{uuid.uuid4().hex}"
-
-    def bump(_: int) -> None:
-        with channel.conn_or_acquire() as client:
-            assert client is first
-            with client.pipeline() as pipe:
-                pipe.incr(key).expire(key, 60).execute()
-
-    # Fewer threads than the channel pool's connections (kombu: 10), as in a worker.
-    with ThreadPoolExecutor(8) as pool:
-        list(pool.map(bump, range(800)))
-    assert int(fleet.redis.get(key) or 0) == 800
-
-
-def test_a_new_pool_gets_a_new_client(channel) -> None:  # type: ignore[no-untyped-def]
-    first = channel._create_client()
-    channel._pool = None  # what kombu does when the connection is reset
-    second = channel._create_client()
-    assert second is not first
-    assert second.connection_pool is channel.pool
-    assert second.ping()
 
 
 def test_workers_keep_no_subscription_to_tool_results(fleet: Fleet) -> None:
@@ -206,82 +162,5 @@ def test_one_round_trip_store_publishes_the_state(fleet: Fleet) -> None:
                 break
         assert message is not None
         assert '"status": "SUCCESS"' in message["data"]
-    finally:
-        pubsub.close()
-
-
-def _task_events(raw: str) -> list[dict[str, Any]]:
-    """The events in one published ``task.multi`` message (kombu's JSON envelope)."""
-    envelope = json.loads(raw)
-    body = (
-        base64.b64decode(envelope["body"])
-        if envelope.get("properties", {}).get("body_encoding") == "base64"
-        else envelope["body"]
-    )
-    events = json.loads(body)
-    return events if isinstance(events, list) else [events]
-
-
-def test_task_events_are_published_in_batches_and_none_is_lost(fleet: Fleet) -> None:
-    # workers/consumer.py: a worker publishes its task events a window at a time.
-    pubsub = fleet.redis.pubsub(ignore_subscribe_messages=True)
-    pubsub.psubscribe("*celeryev/task.multi")
-    try:
-        ids = [fleet.client.create_run(f"events {i}").id for i in range(20)]
-        for run_id in ids:
-            assert fleet.client.wait(run_id, timeout=60).status == "succeeded"
-        wanted = {(i, kind) for i in ids for kind in ("task-received", "task-succeeded")}
-        seen: set[tuple[str, str]] = set()
-        publishes = 0
-        deadline = time.monotonic() + 10
-        while not wanted <= seen and time.monotonic() < deadline:
-            message = pubsub.get_message(timeout=0.2)
-            if not message:
-                continue
-            ours = [e for e in _task_events(message["data"]) if e.get("uuid") in ids]
-            publishes += bool(ours)
-            seen |= {(e["uuid"], e["type"]) for e in ours}
-        assert wanted <= seen, sorted(wanted - seen)[:5]
-        # 60 events of these runs (received, started, succeeded): far fewer publishes.
-        assert publishes <= len(ids), publishes
-    finally:
-        pubsub.close()
-
-
-def test_workers_freeze_their_startup_heap() -> None:
-    # Every worker runs it once it is ready; here it runs in the test process.
-    before = gc.get_freeze_count()
-    try:
-        freeze_startup_heap()
-        assert gc.get_freeze_count() > before
-    finally:
-        gc.unfreeze()
-
-
-def test_a_workers_task_sent_events_join_its_batches(fleet: Fleet) -> None:
-    # The agents worker (threads) publishes each run's tool call: its task-sent event goes
-    # out in the worker's task.multi batch, not in a PUBLISH of its own.
-    pubsub = fleet.redis.pubsub(ignore_subscribe_messages=True)
-    pubsub.psubscribe("*celeryev/task.multi", "*celeryev/task.sent")
-    try:
-        ids = [fleet.client.create_run(f'call text_stats {{"text": "{i}"}}').id for i in range(5)]
-        for run_id in ids:
-            assert fleet.client.wait(run_id, timeout=60).status == "succeeded"
-        tool_calls = {f"{run_id}-1-0" for run_id in ids}
-        batched: set[str] = set()
-        alone: set[str] = set()
-        deadline = time.monotonic() + 10
-        while not tool_calls <= batched | alone and time.monotonic() < deadline:
-            message = pubsub.get_message(timeout=0.2)
-            if not message:
-                continue
-            sent = {
-                e["uuid"]
-                for e in _task_events(message["data"])
-                if e.get("type") == "task-sent" and e.get("uuid") in tool_calls
-            }
-            (batched if message["channel"].endswith("task.multi") else alone).update(sent)
-        assert batched == tool_calls, (sorted(batched), sorted(alone))
-        assert not alone
     finally:
         pubsub.close()

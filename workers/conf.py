@@ -120,7 +120,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "interval_step": 0.2,
             "interval_max": 0.5,
         },
-        # Events for Flower and monitoring (workers batch them: workers/fixes/event_batching.py).
+        # Events for Flower and monitoring.
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         "worker_hijack_root_logger": False,

@@ -36,7 +36,7 @@ def _wait_out_redis_outages(conf: Any, **_: Any) -> None:
     wait_out_outages(settings.redis_outage_wait)
     conf.update(worker_config(settings))
     # Fixes of Celery's internals that only a worker needs (workers/fixes/).
-    fixes.install_in_worker(conf, settings)
+    fixes.install_in_worker(settings)
 
 
 @worker_process_init.connect
@@ -44,7 +44,6 @@ def _fresh_clients_after_fork(**_: Any) -> None:
     # A pool child inherits the parent's HTTP clients, sockets included; sharing them across
     # processes corrupts TLS streams. Each child builds its own on first use.
     reset_clients()
-    fixes.freeze_heap()
 
 
 @after_setup_logger.connect
@@ -60,8 +59,6 @@ def _start_watchdog(sender: Any = None, **_: Any) -> None:
     # In the worker's main process: every node sweeps for stalled runs, one sweep per
     # interval wins fleet-wide, so the fleet keeps its watchdog whichever nodes die.
     watchdog.start(sender.app, get_settings())
-    # Threads and gevent pools run tasks in this process; prefork children freeze their own.
-    fixes.freeze_heap()
 
 
 @worker_ready.connect

@@ -5,7 +5,7 @@ module                 kind         installed in
 =====================  ===========  ============================================================
 ``redis_transport``    correctness  every process on a Redis broker (``broker_transport``): a
                                     worker reconnects after Redis restarts, and keeps a message
-                                    taken as Redis went away; its shared client is speed
+                                    taken as Redis went away
 ``redact``             correctness  every process (``Celery(amqp=, events=)``): whoever sends a
                                     task makes its ``task-sent`` event and message headers
 ``rabbitmq``           correctness  every process on RabbitMQ (the app class): whoever sends a
@@ -13,8 +13,6 @@ module                 kind         installed in
 ``result_backend``     leak and     every process (``result_backend`` URL); its worker mode,
                        correctness  which tracks no pending result, in workers only
 ``controlflow``        speed        worker processes (:func:`install_in_worker`)
-``event_batching``     speed        worker processes (:func:`install_in_worker`)
-``heap``               speed        worker processes, once ready and in each pool child
 =====================  ===========  ============================================================
 
 Nothing here patches a name of Celery or kombu in a process that is not a worker: the API and
@@ -30,21 +28,18 @@ from __future__ import annotations
 
 import os
 from functools import cache
-from typing import Any, Final
+from typing import Final
 
 from agentfleet.tasks.settings import Settings
 from agentfleet.tasks.store import run_key
-from agentfleet.workers.fixes import controlflow, heap, result_backend
+from agentfleet.workers.fixes import controlflow, result_backend
 
 #: Bench-only knob: a comma-separated list of :data:`SPEED_FIXES` a process leaves out. Not an
 #: ``AGENTFLEET_*`` setting on purpose: it never belongs in a deployment, and ``ops.stack``
 #: passes it through to every process it starts.
 DISABLE_VARIABLE: Final = "DISABLE_AGENTFLEET_FIXES"
 #: Fixes that only buy speed, each with its measured gain in its module docstring.
-SPEED_FIXES: Final = frozenset({"controlflow", "event_batching", "heap", "shared_client"})
-
-#: Celery's consumer, with task events published in batches (``event_batching``).
-BATCHING_CONSUMER: Final = "agentfleet.workers.fixes.event_batching:Consumer"
+SPEED_FIXES: Final = frozenset({"controlflow"})
 
 
 def enabled(name: str) -> bool:
@@ -56,18 +51,15 @@ def enabled(name: str) -> bool:
 
 @cache
 def _disabled() -> frozenset[str]:
-    # Read once: the transport asks on every client it makes.
     return frozenset(n.strip() for n in os.environ.get(DISABLE_VARIABLE, "").split(","))
 
 
-def install_in_worker(conf: Any, settings: Settings) -> None:
+def install_in_worker(settings: Settings) -> None:
     """Install the worker-only fixes in this process, a worker's main process before its
     consumer and pool exist (``celeryd_init``); pool children inherit them."""
     result_backend.enter_worker_mode(run_key(settings.key_prefix, ""))
     if enabled("controlflow"):
         controlflow.install()
-    if enabled("event_batching"):
-        conf.worker_consumer = BATCHING_CONSUMER
 
 
 def summary() -> str:
@@ -76,9 +68,3 @@ def summary() -> str:
         return "worker fixes not installed"
     off = sorted(n for n in SPEED_FIXES if not enabled(n))
     return "worker fixes installed" + (f"; speed fixes off: {', '.join(off)}" if off else "")
-
-
-def freeze_heap() -> None:
-    """The ``heap`` fix, where a worker runs it: once ready, and in each new pool child."""
-    if enabled("heap"):
-        heap.freeze_startup_heap()

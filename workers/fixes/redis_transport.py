@@ -21,12 +21,6 @@ and Flower, which consumes task events. kombu's own classes stay unpatched.
    fails and the message, now only in this process's memory, is dropped. Here it is kept and
    pushed back onto its queue as soon as this worker consumes again. (A worker killed in that
    moment still loses it: see "Worker loss" in docs/design.md.)
-
-And one for speed (``shared_client``; bench switch ``DISABLE_AGENTFLEET_FIXES=shared_client``):
-kombu's ``Channel._create_client`` builds a new ``redis.Redis`` for every publish, ack and
-event, and each one copies redis-py's table of response callbacks. Here one client is shared:
-a ``redis.Redis`` takes a connection from its pool for each command, so one serves every
-thread.
 """
 
 from __future__ import annotations
@@ -37,8 +31,6 @@ from typing import Any
 import redis
 from kombu.transport import redis as kombu_redis
 
-from agentfleet.workers import fixes
-
 log = logging.getLogger(__name__)
 
 #: Messages taken from a queue whose unacked record could not be written, as (queue, raw
@@ -47,17 +39,6 @@ _stranded: list[tuple[str, dict[str, Any]]] = []
 
 
 class _ChannelFixes(kombu_redis.Channel):
-    _shared_client: redis.Redis | None = None
-
-    def _create_client(self, asynchronous: bool = False) -> Any:
-        if asynchronous or not fixes.enabled("shared_client"):
-            return super()._create_client(asynchronous)  # type: ignore[no-untyped-call]
-        # A new pool (after a reconnect) gets a new client.
-        client = self._shared_client
-        if client is None or client.connection_pool is not self.pool:
-            client = self._shared_client = super()._create_client()  # type: ignore[no-untyped-call]
-        return client
-
     def _connparams(self, asynchronous: bool = False) -> Any:
         if self.connection.client is None:
             raise redis.ConnectionError("the broker connection was closed after it was lost")
