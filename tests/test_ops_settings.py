@@ -46,7 +46,9 @@ def test_sentinel_transport_options_for_broker_and_backend() -> None:
         redis_sentinel_password="sentinelpw",
     )
     config = celery_config(settings)
-    assert config["broker_url"] == config["result_backend"] == SENTINELS
+    assert config["broker_url"] == SENTINELS
+    # The fleet's backend class, then the same URL (workers/fixes/result_backend.py).
+    assert config["result_backend"].endswith(":FleetSentinelBackend+" + SENTINELS)
     for key in ("broker_transport_options", "result_backend_transport_options"):
         options = config[key]
         assert options["master_name"] == "agentfleet"

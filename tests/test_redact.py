@@ -14,7 +14,7 @@ from agentfleet.tasks import names
 from agentfleet.tasks.settings import Settings
 from agentfleet.tasks.toolcall import tool_payload
 from agentfleet.workers.factory import create_app
-from agentfleet.workers.redact import describe, redact_log_record, summarize_result
+from agentfleet.workers.fixes.redact import describe, redact_log_record, summarize_result
 from agentfleet.workers.taskargs import PARAMS, run_id_of
 
 PROMPT = "Summarise ticket T-1234 for Alice: her card 4111 1111 1111 1111 was declined"

@@ -1,33 +1,24 @@
-"""The speed fixes workers make to Celery and kombu keep their behaviour.
+"""The fixes of ``agentfleet.workers.fixes`` keep their behaviour, and only workers get them.
 
-``agentfleet.workers.controlflow``: ``Ignore`` is kept without its traceback, every other exception
-with it. ``agentfleet.workers.redis_transport``: a channel shares one Redis client across publishes,
-acks and threads, and makes a new one for a new connection pool. ``agentfleet.workers.results``:
-workers keep no subscription to results they never wait for, and store a state in one script that
-never overwrites a ``SUCCESS``, set a chord's size in one round trip, and subscribe to no result
-when sending a task. ``agentfleet.workers.heap``: the heap alive at start-up is frozen.
+``controlflow``: ``Ignore`` is kept without its traceback, every other exception with it.
+``result_backend``: workers keep no subscription to
+results they never wait for, and store a state in one script that never overwrites a
+``SUCCESS``. A process that builds the app
+without being a worker keeps Celery's own code for all of them.
 """
 
 from __future__ import annotations
 
-import base64
-import gc
 import json
-import time
+import subprocess
+import sys
 import uuid
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
-import pytest
-from celery.app import trace
 from celery.exceptions import Ignore
-from kombu import Connection
 
 from agentfleet.tasks.errors import RunFailed
-from agentfleet.workers.controlflow import ControlFlowExceptionInfo
-from agentfleet.workers.factory import create_app
-from agentfleet.workers.heap import freeze_startup_heap
-from agentfleet.workers.results import set_chord_size_at_once, store_result_once
+from agentfleet.workers.fixes.controlflow import ControlFlowExceptionInfo
+from agentfleet.workers.fixes.result_backend import store_result_once
 from tests.conftest import Fleet
 
 
@@ -54,42 +45,54 @@ def test_other_exceptions_keep_their_traceback() -> None:
     assert info.traceback.rstrip().endswith("ValueError: boom")
 
 
-def test_the_app_installs_it(fleet: Fleet) -> None:
-    # Building the app (every worker does) replaces the tracer's ExceptionInfo.
-    assert trace.ExceptionInfo is ControlFlowExceptionInfo  # type: ignore[attr-defined]
+#: Run in a fresh process that builds the app as the API and the CLI do
+#: (``agentfleet.workers.app``), sends a task and waits for it: prints what is not Celery's own.
+NOT_A_WORKER = """
+import json
+from celery.app import trace
+from billiard.einfo import ExceptionInfo
+from agentfleet.workers import app
+from agentfleet.workers.fixes import result_backend
+from tests.test_celery_names import OVERRIDDEN
+
+foreign = [
+    f"{owner.__name__}.{name}" for owner, name, _ in OVERRIDDEN
+    if not getattr(owner, name).__module__.startswith(("celery.", "kombu.", "billiard."))
+]
+if trace.ExceptionInfo is not ExceptionInfo:
+    foreign.append("trace.ExceptionInfo")
+if app.conf.worker_consumer != "celery.worker.consumer:Consumer":
+    foreign.append("worker_consumer " + app.conf.worker_consumer)
+if result_backend.in_worker_mode():
+    foreign.append("worker mode")
+result = app.send_task("agentfleet.run", kwargs={"request": {"input": "not a worker"}})
+result.then(print)  # a waiting process tracks what it waits for
+tracked = any(result.id in pending for pending in app.backend._pending_results)
+status = result.get(timeout=30)["status"]
+print(json.dumps({"foreign": foreign, "tracked": tracked, "status": status}))
+"""
 
 
-@pytest.fixture
-def channel(fleet: Fleet):  # type: ignore[no-untyped-def]
-    url = fleet.stack.redis_url or ""
-    with Connection(url, transport="agentfleet.workers.redis_transport:Transport") as conn:
-        yield conn.default_channel
+def test_a_process_that_is_not_a_worker_keeps_celerys_own_code(fleet: Fleet) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", NOT_A_WORKER],
+        env=fleet.stack.env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    seen = json.loads(done.stdout.splitlines()[-1])
+    assert seen == {"foreign": [], "tracked": True, "status": "succeeded"}
 
 
-def test_channel_shares_one_client_across_threads(channel, fleet: Fleet) -> None:  # type: ignore[no-untyped-def]
-    first = channel._create_client()
-    assert channel._create_client() is first
-    key = f"test:shared-client:{uuid.uuid4().hex}"
-
-    def bump(_: int) -> None:
-        with channel.conn_or_acquire() as client:
-            assert client is first
-            with client.pipeline() as pipe:
-                pipe.incr(key).expire(key, 60).execute()
-
-    # Fewer threads than the channel pool's connections (kombu: 10), as in a worker.
-    with ThreadPoolExecutor(8) as pool:
-        list(pool.map(bump, range(800)))
-    assert int(fleet.redis.get(key) or 0) == 800
-
-
-def test_a_new_pool_gets_a_new_client(channel) -> None:  # type: ignore[no-untyped-def]
-    first = channel._create_client()
-    channel._pool = None  # what kombu does when the connection is reset
-    second = channel._create_client()
-    assert second is not first
-    assert second.connection_pool is channel.pool
-    assert second.ping()
+def test_workers_install_their_fixes(fleet: Fleet) -> None:
+    # Every pool of the fleet: the agents threads pool and the prefork tools and batch pools.
+    for queue in ("agents", "tools", "batch"):
+        log = fleet.worker_of(queue).log.read_text(errors="replace")
+        assert "worker fixes installed" in log, fleet.worker_of(queue).tail()
+        assert "speed fixes off" not in log
 
 
 def test_workers_keep_no_subscription_to_tool_results(fleet: Fleet) -> None:
@@ -161,106 +164,3 @@ def test_one_round_trip_store_publishes_the_state(fleet: Fleet) -> None:
         assert '"status": "SUCCESS"' in message["data"]
     finally:
         pubsub.close()
-
-
-def _task_events(raw: str) -> list[dict[str, Any]]:
-    """The events in one published ``task.multi`` message (kombu's JSON envelope)."""
-    envelope = json.loads(raw)
-    body = (
-        base64.b64decode(envelope["body"])
-        if envelope.get("properties", {}).get("body_encoding") == "base64"
-        else envelope["body"]
-    )
-    events = json.loads(body)
-    return events if isinstance(events, list) else [events]
-
-
-def test_task_events_are_published_in_batches_and_none_is_lost(fleet: Fleet) -> None:
-    # workers/consumer.py: a worker publishes its task events a window at a time.
-    pubsub = fleet.redis.pubsub(ignore_subscribe_messages=True)
-    pubsub.psubscribe("*celeryev/task.multi")
-    try:
-        ids = [fleet.client.create_run(f"events {i}").id for i in range(20)]
-        for run_id in ids:
-            assert fleet.client.wait(run_id, timeout=60).status == "succeeded"
-        wanted = {(i, kind) for i in ids for kind in ("task-received", "task-succeeded")}
-        seen: set[tuple[str, str]] = set()
-        publishes = 0
-        deadline = time.monotonic() + 10
-        while not wanted <= seen and time.monotonic() < deadline:
-            message = pubsub.get_message(timeout=0.2)
-            if not message:
-                continue
-            ours = [e for e in _task_events(message["data"]) if e.get("uuid") in ids]
-            publishes += bool(ours)
-            seen |= {(e["uuid"], e["type"]) for e in ours}
-        assert wanted <= seen, sorted(wanted - seen)[:5]
-        # 60 events of these runs (received, started, succeeded): far fewer publishes.
-        assert publishes <= len(ids), publishes
-    finally:
-        pubsub.close()
-
-
-def test_workers_freeze_their_startup_heap() -> None:
-    # Every worker runs it once it is ready; here it runs in the test process.
-    before = gc.get_freeze_count()
-    try:
-        freeze_startup_heap()
-        assert gc.get_freeze_count() > before
-    finally:
-        gc.unfreeze()
-
-
-def test_a_workers_task_sent_events_join_its_batches(fleet: Fleet) -> None:
-    # The agents worker (threads) publishes each run's tool call: its task-sent event goes
-    # out in the worker's task.multi batch, not in a PUBLISH of its own.
-    pubsub = fleet.redis.pubsub(ignore_subscribe_messages=True)
-    pubsub.psubscribe("*celeryev/task.multi", "*celeryev/task.sent")
-    try:
-        ids = [fleet.client.create_run(f'call text_stats {{"text": "{i}"}}').id for i in range(5)]
-        for run_id in ids:
-            assert fleet.client.wait(run_id, timeout=60).status == "succeeded"
-        tool_calls = {f"{run_id}-1-0" for run_id in ids}
-        batched: set[str] = set()
-        alone: set[str] = set()
-        deadline = time.monotonic() + 10
-        while not tool_calls <= batched | alone and time.monotonic() < deadline:
-            message = pubsub.get_message(timeout=0.2)
-            if not message:
-                continue
-            sent = {
-                e["uuid"]
-                for e in _task_events(message["data"])
-                if e.get("type") == "task-sent" and e.get("uuid") in tool_calls
-            }
-            (batched if message["channel"].endswith("task.multi") else alone).update(sent)
-        assert batched == tool_calls, (sorted(batched), sorted(alone))
-        assert not alone
-    finally:
-        pubsub.close()
-
-
-def test_sending_subscribes_to_nothing_and_get_still_waits(fleet: Fleet) -> None:
-    # agentfleet.workers.results.install_everywhere: the sender subscribes when it waits, not when
-    # it sends.
-    app = create_app(fleet.settings)
-    try:
-        result = app.send_task("agentfleet.run", kwargs={"request": {"input": "subscribe?"}})
-        assert not app.backend.result_consumer.subscribed_to
-        final = result.get(timeout=30)
-        assert final["id"] == result.id
-        assert final["status"] == "succeeded"
-    finally:
-        app.close()
-
-
-def test_a_chord_size_is_set_and_its_old_claim_cleared_at_once(fleet: Fleet) -> None:
-    backend = fleet.app.backend
-    group_id = f"size-{uuid.uuid4()}"
-    claim_key = backend.get_key_for_group(group_id, ".c")
-    size_key = backend.get_key_for_group(group_id, ".s")
-    fleet.redis.set(claim_key, "an old dispatch claim")
-    set_chord_size_at_once(backend, group_id, 3)
-    assert fleet.redis.get(claim_key) is None
-    assert fleet.redis.get(size_key) == "3"
-    assert 0 < fleet.redis.ttl(size_key) <= int(backend.chord_expires or backend.expires)

@@ -20,6 +20,7 @@ from agentfleet.tasks.redisconn import RETRY_INTERVAL
 from agentfleet.tasks.settings import BrokerKind, Settings, broker_kind
 from agentfleet.workers import queues
 from agentfleet.workers.broker import broker_config
+from agentfleet.workers.fixes.result_backend import backend_url
 
 
 def transport_options(settings: Settings) -> dict[str, Any]:
@@ -58,7 +59,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     transport = transport_options(settings)
     return {
         "broker_url": settings.broker,
-        "result_backend": settings.backend,
+        # The fleet's subclass of Celery's Redis backend (workers/fixes/result_backend.py).
+        "result_backend": backend_url(settings.backend),
         # broker_transport_options and task_queues, for Redis or RabbitMQ
         # (agentfleet.workers.broker).
         **broker_config(settings, redis_transport=transport),
@@ -118,9 +120,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "interval_step": 0.2,
             "interval_max": 0.5,
         },
-        # Events for Flower and monitoring, published in batches (workers/consumer.py).
+        # Events for Flower and monitoring.
         "worker_send_task_events": True,
-        "worker_consumer": "agentfleet.workers.consumer:Consumer",
         "task_send_sent_event": True,
         "worker_hijack_root_logger": False,
         "enable_utc": True,

@@ -5,7 +5,6 @@ from __future__ import annotations
 from celery import Celery
 
 from agentfleet.tasks.settings import Settings
-from agentfleet.workers import controlflow, results
 from agentfleet.workers.broker import celery_class
 from agentfleet.workers.conf import celery_config
 
@@ -20,12 +19,11 @@ def create_app(settings: Settings) -> Celery:
         "agentfleet",
         set_as_current=False,
         # Task argument and result reprs are summarized before they reach events, Flower
-        # and logs (workers/redact.py).
-        amqp="agentfleet.workers.redact:RedactingAMQP",
-        events="agentfleet.workers.redact:RedactingEvents",
+        # and logs (workers/fixes/redact.py): needed wherever a task is sent.
+        amqp="agentfleet.workers.fixes.redact:RedactingAMQP",
+        events="agentfleet.workers.fixes.redact:RedactingEvents",
     )
     app.conf.update(celery_config(settings))
-    controlflow.install()
-    results.install_everywhere()
+    # Worker-only fixes are installed by the worker itself (workers/signals.py).
     register_tasks(app, settings)
     return app

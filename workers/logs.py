@@ -32,7 +32,7 @@ from typing import Any, Final
 from celery._state import get_current_task
 
 from agentfleet.tasks.settings import Settings
-from agentfleet.workers.redact import redact_log_record
+from agentfleet.workers.fixes.redact import redact_log_record
 from agentfleet.workers.taskargs import run_id_of
 
 #: Celery's logger for "Task ... received": one line per message a worker takes.

@@ -20,8 +20,9 @@ from agentfleet.tasks import fleet, keys, watchdog
 from agentfleet.tasks.llm import reset_clients
 from agentfleet.tasks.redisconn import wait_out_outages, warn_if_not_durable
 from agentfleet.tasks.settings import get_settings, warn_unknown_variables
-from agentfleet.workers import heap, logs, redact, results
+from agentfleet.workers import fixes, logs
 from agentfleet.workers.conf import worker_config
+from agentfleet.workers.fixes import redact
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +35,8 @@ def _wait_out_redis_outages(conf: Any, **_: Any) -> None:
     settings = get_settings()
     wait_out_outages(settings.redis_outage_wait)
     conf.update(worker_config(settings))
-    # A worker waits for no result: see workers/results.py.
-    results.install(keys.run_prefix(settings.key_prefix))
+    # Fixes of Celery's internals that only a worker needs (workers/fixes/).
+    fixes.install_in_worker(settings)
 
 
 @worker_process_init.connect
@@ -43,7 +44,6 @@ def _fresh_clients_after_fork(**_: Any) -> None:
     # A pool child inherits the parent's HTTP clients, sockets included; sharing them across
     # processes corrupts TLS streams. Each child builds its own on first use.
     reset_clients()
-    heap.freeze_startup_heap()
 
 
 @after_setup_logger.connect
@@ -59,8 +59,6 @@ def _start_watchdog(sender: Any = None, **_: Any) -> None:
     # In the worker's main process: every node sweeps for stalled runs, one sweep per
     # interval wins fleet-wide, so the fleet keeps its watchdog whichever nodes die.
     watchdog.start(sender.app, get_settings())
-    # Threads and gevent pools run tasks in this process; prefork children freeze their own.
-    heap.freeze_startup_heap()
 
 
 @worker_ready.connect
@@ -125,6 +123,12 @@ def _log_worker_start(sender: str, instance: Any, **_: Any) -> None:
         pool,
         instance.concurrency,
     )
+
+
+@celeryd_after_setup.connect
+def _log_worker_fixes(**_: Any) -> None:
+    # Installed at celeryd_init, before the worker's logging exists.
+    log.info("%s", fixes.summary())
 
 
 @celeryd_after_setup.connect

@@ -37,7 +37,6 @@ from celery.app.events import Events
 from celery.events.dispatcher import EventDispatcher
 
 from agentfleet.tasks import names
-from agentfleet.workers import consumer
 from agentfleet.workers.taskargs import bind, is_ours
 
 #: Keys whose string values are shown as they are, when they look like an ID or a name.
@@ -143,17 +142,13 @@ class RedactingDispatcher(EventDispatcher):
         return super().send(type, *args, **_redact_fields(type, fields))
 
     def publish(self, type: str, fields: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
-        fields = _redact_fields(type, fields)
-        # In a worker, the task-sent events of what it publishes go out with its own batch.
-        if type == "task-sent" and consumer.buffer_sent_event(self, fields):
-            return None
-        return super().publish(type, fields, *args, **kwargs)
+        return super().publish(type, _redact_fields(type, fields), *args, **kwargs)
 
 
 class RedactingEvents(Events):
     """``app.events`` whose dispatcher is :class:`RedactingDispatcher`."""
 
-    dispatcher_cls = "agentfleet.workers.redact:RedactingDispatcher"
+    dispatcher_cls = "agentfleet.workers.fixes.redact:RedactingDispatcher"
 
 
 def redact_received(request: Any) -> None:

@@ -1,23 +1,26 @@
 """kombu's Redis transport, with two fixes for workers that lose Redis (a restart, a failover).
 
-1. **Reconnecting.** When a worker loses Redis, Celery collects the broker connection (which
-   detaches the transport from its URL) and then closes it. Closing the consuming channel a
-   second time restores its unacknowledged messages through a new connection pool, and
-   building that pool reads the URL from the detached transport: kombu 5.7 raises
+Selected by the ``broker_transport`` setting of a Redis broker (``workers/broker.py``) in every
+process, because every process that consumes from the broker can meet the first bug: workers,
+and Flower, which consumes task events. kombu's own classes stay unpatched.
+
+1. **Reconnecting** (correctness). When a worker loses Redis, Celery collects the broker
+   connection (``kombu.Connection.collect`` sets the transport's ``client`` to None) and then
+   closes it. Closing the consuming channel a second time restores its unacknowledged
+   messages (``QoS.restore_unacked``) through a new pool, and ``Channel._get_pool`` ->
+   ``Channel._connparams`` reads ``self.connection.client.hostname``: kombu 5.7 raises
    ``AttributeError`` there. The worker takes it for a fatal error and never consumes again,
    so one Redis restart stops the whole fleet. Here it is a connection error, which Celery
    ignores while it reconnects; the messages stay in kombu's unacked hash in Redis and come
    back with the visibility timeout, like those of any worker that lost its connection.
-2. **A message taken as Redis goes away.** kombu takes a message with ``BRPOP`` and records it
-   as unacknowledged with a second command. If Redis shuts down in between, that record fails
-   and the message, now only in this process's memory, was dropped. Here it is kept and
+   Upstream: celery/kombu#582 (the same ``AttributeError`` closing a channel), celery/celery#8030
+   (a worker that stops consuming after a Redis reconnection).
+2. **A message taken as Redis goes away** (correctness). kombu takes a message with ``BRPOP``
+   (``Channel._brpop_read``) and records it as unacknowledged with a second command
+   (``Transport._deliver`` -> ``QoS.append``). If Redis shuts down in between, that record
+   fails and the message, now only in this process's memory, is dropped. Here it is kept and
    pushed back onto its queue as soon as this worker consumes again. (A worker killed in that
    moment still loses it: see "Worker loss" in docs/design.md.)
-
-And one for speed: kombu builds a new ``redis.Redis`` for every publish, ack and event it
-sends, and each one copies redis-py's table of response callbacks. That was a tenth of a
-worker's CPU. The client is shared instead: a ``redis.Redis`` takes a connection from its
-pool for each command, so one serves every thread.
 """
 
 from __future__ import annotations
@@ -36,17 +39,6 @@ _stranded: list[tuple[str, dict[str, Any]]] = []
 
 
 class _ChannelFixes(kombu_redis.Channel):
-    _shared_client: redis.Redis | None = None
-
-    def _create_client(self, asynchronous: bool = False) -> Any:
-        if asynchronous:
-            return super()._create_client(asynchronous=True)  # type: ignore[no-untyped-call]
-        # A new pool (after a reconnect) gets a new client.
-        client = self._shared_client
-        if client is None or client.connection_pool is not self.pool:
-            client = self._shared_client = super()._create_client()  # type: ignore[no-untyped-call]
-        return client
-
     def _connparams(self, asynchronous: bool = False) -> Any:
         if self.connection.client is None:
             raise redis.ConnectionError("the broker connection was closed after it was lost")
