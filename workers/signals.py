@@ -16,7 +16,7 @@ from celery.signals import (
     worker_shutdown,
 )
 
-from agentfleet.tasks import fleet, keys, watchdog
+from agentfleet.tasks import fleet, watchdog
 from agentfleet.tasks.llm import reset_clients
 from agentfleet.tasks.redisconn import wait_out_outages, warn_if_not_durable
 from agentfleet.tasks.settings import get_settings, warn_unknown_variables

@@ -30,8 +30,8 @@ import os
 from functools import cache
 from typing import Final
 
-from agentfleet.tasks.settings import Settings
 from agentfleet.tasks import keys
+from agentfleet.tasks.settings import Settings
 from agentfleet.workers.fixes import controlflow, result_backend
 
 #: Bench-only knob: a comma-separated list of :data:`SPEED_FIXES` a process leaves out. Not an
