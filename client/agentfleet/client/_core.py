@@ -135,12 +135,18 @@ def _without_none(fields: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in fields.items() if v is not None}
 
 
+def _split(options: RunOptions | BatchOptions) -> tuple[dict[str, Any], dict[str, str]]:
+    """The body fields of ``options`` that are set, and the headers of its idempotency key."""
+    fields = {k: v for k, v in options.items() if v is not None and k != "idempotency_key"}
+    return fields, _idempotent(options.get("idempotency_key"))
+
+
 def create_run(input: str, options: RunOptions) -> Call[models.Accepted]:
-    key = options.pop("idempotency_key", None)
-    body = _without_none({"input": input, **options})
-    if not body.get("stream"):
-        body.pop("stream", None)  # the API's default: no token events
-    return Call("POST", "/v1/runs", models.Accepted.model_validate, body, headers=_idempotent(key))
+    fields, headers = _split(options)
+    if not fields.get("stream"):
+        fields.pop("stream", None)  # the API's default: no token events
+    body = {"input": input, **fields}
+    return Call("POST", "/v1/runs", models.Accepted.model_validate, body, headers=headers)
 
 
 def get_run(run_id: str) -> Call[models.Run]:
@@ -165,8 +171,8 @@ def get_tool_call(call_id: str) -> Call[models.ToolCall]:
 
 
 def create_batch(items: list[dict[str, Any]], options: BatchOptions) -> Call[models.Accepted]:
-    headers = _idempotent(options.pop("idempotency_key", None))
-    body = _without_none({"items": items, **options})
+    fields, headers = _split(options)
+    body = {"items": items, **fields}
     return Call("POST", "/v1/batches", models.Accepted.model_validate, body, headers=headers)
 
 
@@ -276,7 +282,7 @@ class EventStream:
     """
 
     def __init__(
-        self, run_id: str, after: str | None, reconnect: bool, timeout: httpx.Timeout
+        self, run_id: str, after: str | None, reconnect: bool, timeout: float | httpx.Timeout
     ) -> None:
         self.path = f"/v1/runs/{run_id}/events"
         self.last = after
@@ -342,7 +348,7 @@ class BaseClient(Generic[H]):
         *,
         api_key: str | None = None,
         timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
-        events_timeout: httpx.Timeout = EVENTS_TIMEOUT,
+        events_timeout: float | httpx.Timeout = EVENTS_TIMEOUT,
     ) -> None:
         url, headers = connection(base_url, api_key)
         self._http: H = self._connect(url, headers, timeout)
