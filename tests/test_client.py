@@ -18,9 +18,11 @@ import httpx
 import pytest
 
 from agentfleet.client import (
+    EVENTS_TIMEOUT,
     ApiError,
     AsyncClient,
     BadRequest,
+    Client,
     ClientError,
     Conflict,
     Event,
@@ -38,12 +40,18 @@ REPO = Path(__file__).resolve().parent.parent
 CALCULATOR = 'call calculator {"expression": "6*7"}'
 
 
-def _run(fleet: Fleet, use: Callable[[AsyncClient], Awaitable[T]], key: str | None = None) -> T:
+def _run(
+    fleet: Fleet,
+    use: Callable[[AsyncClient], Awaitable[T]],
+    key: str | None = None,
+    events_timeout: float | httpx.Timeout = EVENTS_TIMEOUT,
+) -> T:
     """``use`` an AsyncClient of the fleet (with ``key``, else the fleet's) in a new loop."""
+    url, key = fleet.stack.api_url, key or fleet.stack.api_key
 
     async def session() -> T:
-        async with AsyncClient(fleet.stack.api_url, api_key=key or fleet.stack.api_key) as c:
-            return await use(c)
+        async with AsyncClient(url, api_key=key, events_timeout=events_timeout) as client:
+            return await use(client)
 
     return asyncio.run(session())
 
@@ -80,6 +88,27 @@ def test_async_events_resume_after_an_event_id_and_stop_on_request(fleet: Fleet)
     every, rest, first = _run(fleet, use)
     assert rest == every[3:]
     assert first == every[:2]
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_stream_that_breaks_is_reopened_after_the_last_event_seen(
+    fleet: Fleet, kind: str
+) -> None:
+    # A read timeout shorter than the model's pauses breaks the connection several times
+    # mid-run; each new one must resume exactly after the last event seen.
+    quiet = httpx.Timeout(5, read=0.3)
+    run_id = fleet.client.create_run(f"[[latency:1]] [[tag:client-reopen-{kind}]] {CALCULATOR}").id
+    if kind == "sync":
+        with Client(fleet.stack.api_url, api_key=fleet.stack.api_key, events_timeout=quiet) as c:
+            seen = list(c.events(run_id))
+    else:
+
+        async def use(client: AsyncClient) -> list[Event]:
+            return [event async for event in client.events(run_id)]
+
+        seen = _run(fleet, use, events_timeout=quiet)
+    assert seen == list(fleet.client.events(run_id))
+    assert seen[-1].type == "succeeded"
 
 
 def test_async_client_waits_for_many_runs_at_once(fleet: Fleet) -> None:
