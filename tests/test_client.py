@@ -267,3 +267,17 @@ def test_the_docs_examples_run_and_print_what_they_say(fleet: Fleet, example: st
     assert said
     for line in said:
         assert line in printed, (line, printed)
+
+
+@pytest.mark.timeout(30)
+def test_events_after_a_finished_runs_last_event_are_none_and_end(fleet: Fleet) -> None:
+    # The API ends such a stream at once; opening it again would get nothing, forever.
+    run_id = fleet.client.create_run("hi").id
+    last = list(fleet.client.events(run_id))[-1]
+    assert last.type == "succeeded"
+    assert list(fleet.client.events(run_id, after=last.id)) == []
+
+    async def use(client: AsyncClient) -> list[Event]:
+        return [event async for event in client.events(run_id, after=last.id)]
+
+    assert _run(fleet, use) == []

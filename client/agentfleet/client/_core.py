@@ -279,6 +279,10 @@ class EventStream:
     of its body and returns each complete event, and :meth:`broken` says how long to wait
     after the connection broke. ``finished`` once the run's final event was seen.
     Without ``reconnect``, one connection only, and a broken one raises.
+
+    A connection that ends without breaking and without an event is the last one: the API
+    ends a stream only once the run is final, so a stream resumed after the run's final
+    event ends at once, and opening it again would get nothing, forever.
     """
 
     def __init__(
@@ -289,16 +293,20 @@ class EventStream:
         self.finished = False
         self._reconnect = reconnect
         self._connections = 0
+        self._quiet = False  # the last connection ended without an event and without breaking
         self._timeout = timeout
         self._fields: dict[str, str] = {}
 
     def opens(self) -> bool:
         """Whether to open a (further) connection."""
-        return not self.finished and (self._reconnect or self._connections == 0)
+        if self._connections == 0:
+            return True
+        return not self.finished and self._reconnect and not self._quiet
 
     def connect(self) -> dict[str, Any]:
         """Keyword arguments of ``httpx.Client.stream`` (and the async one's)."""
         self._connections += 1
+        self._quiet = True
         self._fields = {}  # an event cut off by a broken connection is sent again
         headers = {"Last-Event-ID": self.last} if self.last else {}
         return {"method": "GET", "url": self.path, "headers": headers, "timeout": self._timeout}
@@ -307,6 +315,7 @@ class EventStream:
         """Seconds to wait before connecting again; ``error`` itself without ``reconnect``."""
         if not self._reconnect:
             raise error
+        self._quiet = False
         return RECONNECT_DELAY
 
     def feed(self, line: str) -> models.Event | None:
@@ -330,6 +339,7 @@ class EventStream:
             raise ProtocolError(f"{self.path}: not an event: {fields}: {exc}") from exc
         self.last = event.id or self.last
         self.finished = event.final
+        self._quiet = False
         return event
 
 
