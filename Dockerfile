@@ -10,11 +10,14 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 COPY pyproject.toml README.md ./
+COPY client ./client
 COPY workers ./workers
 COPY tasks ./tasks
 COPY producer ./producer
 COPY ops ./ops
-RUN pip install . \
+# The client is on no package index: installed from its folder, it meets the fleet's
+# dependency on agentfleet-client.
+RUN pip install ./client . \
     && useradd --system --uid 10001 --home-dir /app agentfleet
 
 # Not root: nothing here needs it, and Celery warns (in plain text, before logging is set

@@ -6,10 +6,12 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: demo serve test lint typecheck bench bench-quick clean
 
-$(STAMP): pyproject.toml
+# The client (client/, distribution agentfleet-client) is on no package index: pip takes it
+# from the folder, and the fleet's dependency on it is met by that install.
+$(STAMP): pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e ./client -e '.[dev]'
 	@touch $(STAMP)
 
 ## demo: start a private fleet, run agent runs and a tool call, show them finish, stop.
@@ -26,12 +28,13 @@ test: lint typecheck
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check workers tasks producer ops tests
+	$(VENV)/bin/ruff format --check client workers tasks producer ops tests
 
 # mypy cannot follow the editable install's import hook: it reads the folders through links
 # named as they are installed (pyproject.toml, [tool.mypy]).
 typecheck: $(STAMP)
 	@mkdir -p .typecheck/agentfleet
+	@ln -sfn ../../client/agentfleet/client .typecheck/agentfleet/client
 	@ln -sfn ../../tasks .typecheck/agentfleet/tasks
 	@ln -sfn ../../workers .typecheck/agentfleet/workers
 	@ln -sfn ../../producer .typecheck/agentfleet/producer

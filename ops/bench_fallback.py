@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 import redis
 
-from agentfleet.producer.client import Client
+from agentfleet.client import Client
 from agentfleet.simulator.faults import set_faults
 from agentfleet.tasks import keys
 from ops.stack import PoolSpec, Stack, wait_for

@@ -25,7 +25,7 @@ from typing import cast
 import httpx
 import redis
 
-from agentfleet.producer.client import Client
+from agentfleet.client import Client
 from agentfleet.simulator.faults import clear_faults, set_faults
 from agentfleet.tasks import keys
 from ops.stack import PoolSpec, Stack

@@ -25,7 +25,7 @@ from typing import Any
 from kombu.utils.url import maybe_sanitize_url
 from pydantic import ValidationError
 
-from agentfleet.producer.client import Client
+from agentfleet.client import Client
 from agentfleet.tasks.settings import Settings, unknown_variables
 from ops.stack import REPO, Stack, StackError, user_settings
 

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from agentfleet.producer.client import Client
+from agentfleet.client import Client
 from ops.stack import REPO, Stack, StackError, wait_for
 
 DEFAULT_OUT = REPO / "ops" / "screenshots" / "flower-workers.png"

@@ -1,5 +1,3 @@
-"""The producer side: HTTP API (``agentfleet.producer.api``), Python client and CLI."""
-
-from agentfleet.producer.client import ApiError, Client
-
-__all__ = ["ApiError", "Client"]
+"""The producer side: the HTTP API (``agentfleet.producer.api``) and the command line
+(``agentfleet.producer.cli``). The Python client is its own distribution:
+``agentfleet.client``."""

@@ -15,9 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import httpx
-
-from agentfleet.producer.client import ApiError, Client
+from agentfleet.client import ApiError, Client, ProtocolError, Unreachable, WaitTimeout
 
 if TYPE_CHECKING:  # the keys command alone needs them; the rest stays a thin HTTP client
     import redis
@@ -392,9 +390,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(EXIT_INTERRUPTED, "interrupted")
     except ApiError as exc:
         return _fail(EXIT_REFUSED, str(exc))
-    except httpx.HTTPError as exc:
+    except Unreachable as exc:
         return _fail(EXIT_UNREACHABLE, f"cannot reach the API: {exc}")
-    except TimeoutError as exc:
+    except ProtocolError as exc:  # something else answers at that URL
+        return _fail(EXIT_UNREACHABLE, f"not the agentfleet API: {exc}")
+    except WaitTimeout as exc:
         return _fail(EXIT_TIMEOUT, str(exc))
 
 

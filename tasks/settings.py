@@ -38,7 +38,7 @@ DEFAULT_SIMULATOR_URL = "http://127.0.0.1:8799/v1"
 ENV_PREFIX: Final = "AGENTFLEET_"
 
 #: ``AGENTFLEET_*`` variables that are ours without being settings: where the Python client
-#: and the CLI find the API (producer/client.py), and docker-compose's published host ports.
+#: and the CLI find the API (agentfleet.client), and docker-compose's published host ports.
 OTHER_VARIABLES: Final = frozenset(
     {
         "AGENTFLEET_API_URL",

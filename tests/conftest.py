@@ -16,7 +16,7 @@ import pytest
 import redis
 from celery import Celery
 
-from agentfleet.producer.client import Client
+from agentfleet.client import Client
 from agentfleet.workers.factory import create_app
 from ops.stack import PoolSpec, Proc, Stack, wait_for
 

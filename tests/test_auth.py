@@ -5,8 +5,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from agentfleet.client import ApiError
 from agentfleet.producer.auth import hash_key, tenant_of
-from agentfleet.producer.client import ApiError
 from agentfleet.tasks.settings import Settings
 from tests.conftest import Fleet
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from agentfleet.producer.client import ApiError
+from agentfleet.client import ApiError
 from agentfleet.tasks.errors import RunFailed
 from tests.conftest import Fleet
 

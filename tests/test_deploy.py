@@ -257,9 +257,11 @@ def test_worker_health_check_command(fleet: Fleet) -> None:
 
 def test_dockerfile_installs_the_packages_the_commands_import() -> None:
     dockerfile = (REPO / "Dockerfile").read_text()
-    for package in ("workers", "tasks", "producer", "ops"):
+    for package in ("client", "workers", "tasks", "producer", "ops"):
         assert f"COPY {package} ./{package}" in dockerfile
+    # The fleet depends on agentfleet-client, which only its folder provides.
+    assert "pip install ./client . " in dockerfile
     assert "USER agentfleet" in dockerfile
     ignored = (REPO / ".dockerignore").read_text().split()
-    assert not {"workers", "tasks", "producer", "ops"} & set(ignored)
+    assert not {"client", "workers", "tasks", "producer", "ops"} & set(ignored)
     assert Path(REPO / "README.md").exists()  # pyproject's readme, copied into the image

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from agentfleet.producer.client import Event, _parse_sse
+from agentfleet.client import Client, Event
 from agentfleet.producer.events import KEEPALIVE
 from tests.conftest import Fleet
 
@@ -18,16 +18,13 @@ def _read(
     fleet: Fleet, run_id: str, last: str | None, limit: int | None, timeout: float = 30
 ) -> list[Event]:
     """Events from a fresh connection, closed after ``limit`` events (None: to the end);
-    httpx.ReadTimeout if the server sends nothing for ``timeout`` seconds."""
-    headers = {"Authorization": f"Bearer {fleet.stack.api_key}"}
-    if last:
-        headers["Last-Event-ID"] = last
+    ``Unreachable`` if the server sends nothing for ``timeout`` seconds."""
     seen: list[Event] = []
-    url = f"{fleet.stack.api_url}/v1/runs/{run_id}/events"
-    with httpx.stream("GET", url, headers=headers, timeout=timeout) as response:
-        assert response.status_code == 200
-        assert response.headers["content-type"].startswith("text/event-stream")
-        for event in _parse_sse(response.iter_lines()):
+    events_timeout = httpx.Timeout(10, read=timeout)
+    with Client(
+        fleet.stack.api_url, api_key=fleet.stack.api_key, events_timeout=events_timeout
+    ) as c:
+        for event in c.events(run_id, after=last, reconnect=False):
             seen.append(event)
             if limit is not None and len(seen) == limit:
                 break  # the client drops the connection mid-run
@@ -36,6 +33,8 @@ def _read(
 
 def test_reconnect_with_last_event_id_gets_every_event_once_in_order(fleet: Fleet) -> None:
     run_id = fleet.client.create_run(PROMPT, stream=True).id
+    with fleet.http.stream("GET", f"/v1/runs/{run_id}/events") as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
     first = _read(fleet, run_id, None, limit=3)
     assert [e.type for e in first] == ["queued", "started", "llm_call_started"]
     # Disconnected; the run goes on. Reconnect after the last event seen.

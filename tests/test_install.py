@@ -6,6 +6,10 @@ install), the project's tool module imports both its own ``tasks`` and agentflee
 ``celery -A agentfleet.workers`` worker started in the project serves the tool, and a call
 sent by name runs it. The wheel holds no benchmarks or development tools; the simulator
 ships as a command.
+
+The client is its own distribution (``agentfleet-client``, from ``client/``; on no package
+index, so it is installed from its folder beside the fleet): installed alone, it brings
+httpx and pydantic and nothing of the fleet, and talks to a running fleet.
 """
 
 from __future__ import annotations
@@ -22,8 +26,12 @@ from pathlib import Path
 import pytest
 
 from ops.stack import ENV_PREFIX, Stack
+from tests.conftest import Fleet
 
 REPO = Path(__file__).resolve().parent.parent
+CLIENT = REPO / "client"
+#: What the fleet brings and the client must not.
+FLEET_ONLY = {"agentfleet", "celery", "kombu", "redis", "fastapi", "uvicorn", "flower"}
 
 USER_TASKS = '''
 """The project's own Celery-style tasks module: agentfleet must not shadow it."""
@@ -80,18 +88,20 @@ def _venv(root: Path, *install: str) -> Path:
     return python
 
 
-def _env(redis_url: str) -> dict[str, str]:
-    # Nothing of this repository's environment: not its PYTHONPATH, not its settings.
-    env = {
+def _clean_env() -> dict[str, str]:
+    """Nothing of this repository's environment: not its PYTHONPATH, not its settings."""
+    return {
         k: v
         for k, v in os.environ.items()
         if not k.upper().startswith(ENV_PREFIX) and k not in {"PYTHONPATH", "VIRTUAL_ENV"}
     }
-    env |= {
+
+
+def _env(redis_url: str) -> dict[str, str]:
+    return _clean_env() | {
         "AGENTFLEET_REDIS_URL": redis_url,
         "AGENTFLEET_TOOL_MODULES": "projecttools",
     }
-    return env
 
 
 @pytest.mark.parametrize("mode", ["wheel", "editable"])
@@ -99,7 +109,11 @@ def test_a_project_with_its_own_tasks_and_workers_runs_an_agentfleet_tool(
     tmp_path: Path, mode: str
 ) -> None:
     project = _project(tmp_path)
-    python = _venv(tmp_path, *(["-e", str(REPO)] if mode == "editable" else [str(REPO)]))
+    # The fleet's dependency on agentfleet-client is met by the client's folder, given alongside.
+    sources = [str(CLIENT), str(REPO)]
+    python = _venv(
+        tmp_path, *([f for s in sources for f in ("-e", s)] if mode == "editable" else sources)
+    )
     with Stack(tmp_path / "stack") as stack, (tmp_path / "worker.log").open("wb") as worker_log:
         redis_url = stack.start_redis()
         env = _env(redis_url)
@@ -140,18 +154,23 @@ def test_a_project_with_its_own_tasks_and_workers_runs_an_agentfleet_tool(
     }
 
 
-def test_the_wheel_holds_the_fleet_and_the_simulator_and_no_development_tools(
-    tmp_path: Path,
-) -> None:
+def _wheel(tmp_path: Path, source: Path) -> zipfile.ZipFile:
+    """The wheel pip builds of the distribution in ``source`` (its dependencies not built)."""
     wheels = tmp_path / "wheels"
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(wheels), REPO],
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(wheels), source],
         check=True,
         timeout=300,
         cwd=tmp_path,
     )
-    (wheel,) = wheels.glob("agentfleet-*.whl")
-    with zipfile.ZipFile(wheel) as archive:
+    (wheel,) = wheels.glob("*.whl")
+    return zipfile.ZipFile(wheel)
+
+
+def test_the_wheel_holds_the_fleet_and_the_simulator_and_no_development_tools(
+    tmp_path: Path,
+) -> None:
+    with _wheel(tmp_path, REPO) as archive:
         files = archive.namelist()
         (entry_points,) = [f for f in files if f.endswith(".dist-info/entry_points.txt")]
         scripts = archive.read(entry_points).decode()
@@ -186,3 +205,72 @@ def test_every_package_folder_is_in_the_wheel() -> None:
             relative = init.parent.relative_to(REPO / folder).parts
             found.add(".".join((name, *relative)))
     assert found == listed
+
+
+CLIENT_ONLY = """
+import asyncio, importlib.util, json, sys
+from agentfleet.client import AsyncClient, Client, NotFound
+
+url, key = sys.argv[1:3]
+with Client(url, api_key=key) as client:
+    run = client.wait(client.create_run('call calculator {"expression": "6*7"}').id, timeout=60)
+
+
+async def main():
+    async with AsyncClient(url, api_key=key) as client:
+        accepted = await client.create_run("hello from the client alone")
+        kinds = [event.type async for event in client.events(accepted.id)]
+        try:
+            await client.get_run("no-such-run")
+        except NotFound as exc:
+            return kinds, exc.message
+
+
+kinds, missing = asyncio.run(main())
+print(json.dumps({
+    "run": [run.status, run.result],
+    "kinds": [kinds[0], kinds[-1]],
+    "missing": missing,
+    "fleet": importlib.util.find_spec("agentfleet.tasks") is not None,
+}))
+"""
+
+
+def test_the_client_alone_brings_nothing_of_the_fleet_and_talks_to_it(
+    tmp_path: Path, fleet: Fleet
+) -> None:
+    python = _venv(tmp_path, str(CLIENT))
+    listed = subprocess.run(
+        [str(python), "-m", "pip", "list", "--format=json"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    installed = {p["name"].lower() for p in json.loads(listed.stdout)}
+    assert {"agentfleet-client", "httpx", "pydantic"} <= installed
+    assert not FLEET_ONLY & installed
+    talked = subprocess.run(
+        [str(python), "-c", CLIENT_ONLY, fleet.stack.api_url, fleet.stack.api_key],
+        cwd=tmp_path,
+        env=_clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert talked.returncode == 0, talked.stderr
+    assert json.loads(talked.stdout) == {
+        "run": ["succeeded", "Results: calculator=42.0"],
+        "kinds": ["queued", "succeeded"],
+        "missing": "no run with id 'no-such-run'",
+        "fleet": False,
+    }
+
+
+def test_the_client_wheel_holds_the_client_alone(tmp_path: Path) -> None:
+    with _wheel(tmp_path, CLIENT) as archive:
+        files = {f for f in archive.namelist() if ".dist-info/" not in f}
+    assert {"/".join(f.split("/")[:2]) for f in files} == {"agentfleet/client"}
+    assert "agentfleet/__init__.py" not in files  # the namespace is shared with the fleet's
+    assert "agentfleet/client/py.typed" in files

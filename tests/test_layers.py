@@ -1,4 +1,8 @@
-"""Imports only go down: ops -> producer -> workers -> tasks (the core).
+"""Imports only go down: ops -> producer -> workers -> tasks (the core) -> client.
+
+The client (``agentfleet.client``, its own distribution) is the lowest layer and stands
+alone: it imports nothing but the standard library, httpx and pydantic, so installing it
+never needs the fleet.
 
 Every import counts, also one inside a function or under ``TYPE_CHECKING``: a layer that
 reaches up, even lazily, is a cycle waiting for its first caller. Our code is imported by
@@ -9,6 +13,7 @@ module loaded under both would be two modules with two copies of its state.
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +22,7 @@ REPO = Path(__file__).resolve().parent.parent
 #: Each package's layer, by the name it is imported as: a module may import its own layer and
 #: the layers below it.
 LAYERS = {
+    "agentfleet.client": -1,
     "agentfleet.tasks": 0,
     "agentfleet.workers": 1,
     "agentfleet.producer": 2,
@@ -24,9 +30,11 @@ LAYERS = {
     "ops": 3,
 }
 #: Each repository folder's layer.
-FOLDERS = {"tasks": 0, "workers": 1, "producer": 2, "ops": 3}
+FOLDERS = {"client": -1, "tasks": 0, "workers": 1, "producer": 2, "ops": 3}
+#: All the client may import besides the standard library and itself.
+CLIENT_DEPENDENCIES = {"httpx", "pydantic"}
 #: Folder names that are not import names: the installed name is the only one.
-WRONG_NAMES = {"tasks", "workers", "producer", "ops.simulator", "agentfleet.ops"}
+WRONG_NAMES = {"client", "tasks", "workers", "producer", "ops.simulator", "agentfleet.ops"}
 
 
 def _imported_modules(path: Path) -> set[str]:
@@ -63,6 +71,38 @@ def test_imports_only_go_down(path: Path) -> None:
     layer = _layer_of(path)
     upward = {name for name in _imported_packages(path) if LAYERS[name] > layer}
     assert not upward, f"{path.relative_to(REPO)} imports a layer above its own: {upward}"
+
+
+def _foreign(path: Path) -> set[str]:
+    """What ``path`` imports that is neither the standard library, the client's
+    dependencies, nor the client itself."""
+    allowed = set(sys.stdlib_module_names) | CLIENT_DEPENDENCIES
+    return {
+        name
+        for name in _imported_modules(path)
+        if name.split(".")[0] not in allowed and not _under(name, "agentfleet.client")
+    }
+
+
+@pytest.mark.parametrize(
+    "path", sorted((REPO / "client").rglob("*.py")), ids=lambda p: str(p.relative_to(REPO))
+)
+def test_the_client_imports_only_the_stdlib_httpx_and_pydantic(path: Path) -> None:
+    assert not _foreign(path), f"{path.relative_to(REPO)} imports {sorted(_foreign(path))}"
+
+
+def test_the_check_sees_a_client_import_of_the_fleet_or_another_library(tmp_path: Path) -> None:
+    module = tmp_path / "client.py"
+    module.write_text(
+        "from __future__ import annotations\n"
+        "import json, httpx\n"
+        "from pydantic import BaseModel\n"
+        "from agentfleet.client._models import Run\n"
+        "def f():\n"
+        "    from agentfleet.tasks.settings import Settings\n"
+        "    import redis\n"
+    )
+    assert _foreign(module) == {"agentfleet.tasks.settings", "redis"}
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ from pathlib import Path
 import redis
 from redis.sentinel import Sentinel
 
-from agentfleet.producer.client import Client
+from agentfleet.client import Client
 from ops.stack import PoolSpec, Stack, ensure_redis_server, free_port, wait_for
 
 MASTER = "agentfleet"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import redis
 
-from agentfleet.producer.client import Client
+from agentfleet.client import Client
 from ops.deploy import COLD_SHUTDOWN_MARGIN, SERVICE_POOLS, shutdown_env
 from ops.stack import PoolSpec, Proc, Stack
 

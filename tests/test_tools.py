@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 import pytest
 from pydantic import Field
 
-from agentfleet.producer.client import Client
+from agentfleet.client import Client
 from agentfleet.tasks.errors import ConfigError, ToolArgumentsError, UnknownToolError
 from agentfleet.tasks.fleet import node_key
 from agentfleet.tasks.tools import ToolRegistry, load_tool_modules, registry

@@ -1,0 +1,121 @@
+"""The asynchronous client: :class:`Client`'s methods, awaited."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, TypeVar, Unpack
+
+import httpx
+
+from agentfleet.client import _core, _models
+from agentfleet.client._core import BatchOptions, RunOptions
+from agentfleet.client._errors import Unreachable
+
+T = TypeVar("T")
+
+
+class AsyncClient(_core.BaseClient[httpx.AsyncClient]):
+    """The agentfleet API from asyncio: ``await client.create_run("...")``.
+
+    The same arguments, methods and errors as :class:`~agentfleet.client.Client`, each
+    method a coroutine and :meth:`events` an async iterator. ``async with`` it, or
+    :meth:`aclose` it.
+    """
+
+    def _connect(
+        self, url: str, headers: dict[str, str], timeout: float | httpx.Timeout
+    ) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=url, headers=headers, timeout=timeout)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _send(self, call: _core.Call[T]) -> T:
+        with _core.transport_errors():
+            return call.answer(await self._http.request(**call.request()))
+
+    async def _wait(self, wait: _core.Wait[T]) -> T:
+        while not wait.finished(result := await self._send(wait.call)):
+            await asyncio.sleep(wait.interval)
+        return result
+
+    async def create_run(self, input: str, **options: Unpack[RunOptions]) -> _models.Accepted:
+        return await self._send(_core.create_run(input, options))
+
+    async def get_run(self, run_id: str) -> _models.Run:
+        return await self._send(_core.get_run(run_id))
+
+    async def cancel(self, run_id: str, *, idempotency_key: str | None = None) -> _models.Run:
+        return await self._send(_core.cancel_run(run_id, idempotency_key))
+
+    async def wait(self, run_id: str, timeout: float = 120.0, interval: float = 0.2) -> _models.Run:
+        return await self._wait(_core.wait_run(run_id, timeout, interval))
+
+    async def events(
+        self, run_id: str, after: str | None = None, reconnect: bool = True
+    ) -> AsyncIterator[_models.Event]:
+        stream = self._events(run_id, after, reconnect)
+        while stream.opens():
+            try:
+                with _core.transport_errors():
+                    async with self._http.stream(**stream.connect()) as response:
+                        if response.is_error:
+                            raise _core.error_of(response, await response.aread())
+                        async for line in response.aiter_lines():
+                            if event := stream.feed(line):
+                                yield event
+            except Unreachable as broken:
+                await asyncio.sleep(stream.broken(broken))
+
+    async def create_tool_call(
+        self, name: str, arguments: dict[str, Any], call_id: str | None = None
+    ) -> _models.Accepted:
+        return await self._send(_core.create_tool_call(name, arguments, call_id))
+
+    async def get_tool_call(self, call_id: str) -> _models.ToolCall:
+        return await self._send(_core.get_tool_call(call_id))
+
+    async def wait_tool_call(
+        self, call_id: str, timeout: float = 60.0, interval: float = 0.2
+    ) -> _models.ToolCall:
+        return await self._wait(_core.wait_tool_call(call_id, timeout, interval))
+
+    async def create_batch(
+        self, items: list[dict[str, Any]], **options: Unpack[BatchOptions]
+    ) -> _models.Accepted:
+        return await self._send(_core.create_batch(items, options))
+
+    async def create_batch_from_jsonl(
+        self, path: str | Path, **options: Unpack[BatchOptions]
+    ) -> _models.Accepted:
+        return await self.create_batch(_core.read_jsonl(path), **options)
+
+    async def get_batch(self, batch_id: str, offset: int = 0, limit: int = 100) -> _models.Batch:
+        return await self._send(_core.get_batch(batch_id, offset, limit))
+
+    async def wait_batch(
+        self, batch_id: str, timeout: float = 600.0, interval: float = 0.5
+    ) -> _models.Batch:
+        return await self._wait(_core.wait_batch(batch_id, timeout, interval))
+
+    async def cancel_batch(
+        self, batch_id: str, *, idempotency_key: str | None = None
+    ) -> _models.Batch:
+        return await self._send(_core.cancel_batch(batch_id, idempotency_key))
+
+    async def tools(self) -> list[_models.ToolInfo]:
+        return await self._send(_core.TOOLS)
+
+    async def providers(self) -> list[_models.ProviderState]:
+        return await self._send(_core.PROVIDERS)
+
+    async def health(self) -> _models.Health:
+        return await self._send(_core.HEALTH)

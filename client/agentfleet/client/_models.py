@@ -1,0 +1,201 @@
+"""Response bodies of the HTTP API, and a run's events.
+
+The API declares its answers with these same models (``agentfleet.producer.schemas``), so the
+client and the server cannot disagree about them. Request bodies are the fleet's payload
+models (``agentfleet.tasks.models``); the client sends them as plain JSON.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+#: A run's final statuses (and the types of its final events).
+RUN_FINAL = frozenset({"succeeded", "failed", "cancelled"})
+#: A tool call's final statuses.
+TOOL_CALL_FINAL = frozenset({"succeeded", "failed"})
+
+
+class Links(BaseModel):
+    self: str
+
+
+class Accepted(BaseModel):
+    """202: the work is queued; poll ``links.self``."""
+
+    id: str
+    status: str
+    links: Links
+
+
+class Progress(BaseModel):
+    step: int
+    max_steps: int
+    tool_calls_done: int
+    tool_calls_total: int
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    llm_calls: int
+
+
+class ErrorInfo(BaseModel):
+    code: str
+    message: str
+
+
+class Waiting(BaseModel):
+    """Why a running run is not making progress right now."""
+
+    reason: str
+    detail: str
+    retry_at: str
+
+
+class Run(BaseModel):
+    id: str
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    model: str | None
+    provider: str | None
+    worker: str | None
+    waiting: Waiting | None
+    progress: Progress
+    usage: Usage
+    result: str | None
+    error: ErrorInfo | None
+    metadata: dict[str, str]
+    created_at: str | None
+    started_at: str | None
+    finished_at: str | None
+
+
+class ToolCall(BaseModel):
+    id: str
+    name: str | None
+    status: Literal["queued", "running", "succeeded", "failed"]
+    run_id: str | None
+    arguments: Any
+    result: dict[str, Any] | None
+    created_at: str | None
+    started_at: str | None
+    finished_at: str | None
+
+
+class ToolNode(BaseModel):
+    """A live worker that has a tool, and the hash of its version of the tool's schema."""
+
+    node: str
+    queues: list[str]
+    schema_hash: str
+
+
+class ToolInfo(BaseModel):
+    """A tool the API or a live worker has. ``parameters`` is the API's version when it has
+    the tool, else a worker's; ``mismatches`` says where the fleet disagrees about it."""
+
+    name: str
+    description: str
+    parameters: dict[str, Any]
+    schema_hash: str = ""
+    on_api: bool = True
+    nodes: list[ToolNode] = []
+    queues: list[str] = []
+    mismatches: list[str] = []
+
+
+class NodeInfo(BaseModel):
+    """A live worker node and the tools it has registered."""
+
+    node: str
+    queues: list[str]
+    tools: list[str]
+    published_at: float
+
+
+class ToolList(BaseModel):
+    tools: list[ToolInfo]
+    nodes: list[NodeInfo] = []
+    mismatch: bool = False
+
+
+class LimiterFill(BaseModel):
+    limit_per_minute: int
+    in_use: float
+    burst: float
+    fill: float
+
+
+class ProviderState(BaseModel):
+    """A provider as the whole fleet sees it."""
+
+    name: str
+    base_url: str
+    state: Literal["closed", "open", "half-open"]
+    failures: int
+    fail_max: int
+    opened_at: float | None
+    seconds_to_half_open: float
+    probes_in_flight: int
+    held_for_seconds: float
+    rpm: LimiterFill | None
+    tpm: LimiterFill | None
+
+
+class ProviderList(BaseModel):
+    providers: list[ProviderState]
+
+
+class Health(BaseModel):
+    ok: bool
+    redis: str
+
+
+class BatchItemView(BaseModel):
+    id: str
+    kind: Literal["run", "tool_call"]
+    status: str
+    result: Any = None
+    error: Any = None
+
+
+class BatchCounts(BaseModel):
+    succeeded: int
+    failed: int
+    cancelled: int
+
+
+class Batch(BaseModel):
+    """A batch: ``completed`` of ``total`` items are final; ``result`` once all are."""
+
+    id: str
+    status: Literal["queued", "running", "completed", "cancelled"]
+    total: int
+    completed: int
+    counts: BatchCounts
+    items: list[BatchItemView]
+    items_offset: int
+    result: dict[str, Any] | None
+    metadata: dict[str, str]
+    created_at: str | None
+    finished_at: str | None
+
+
+class Event(BaseModel):
+    """One event of a run: ``id`` (resume after it), ``type`` (``queued``, ``started``,
+    ``llm_call_started``, ..., ``token``, and last one of ``succeeded``, ``failed``,
+    ``cancelled``) and its ``data``, which always holds the ``run_id``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    type: str
+    data: dict[str, Any]
+
+    @property
+    def final(self) -> bool:
+        """Whether this is the run's last event."""
+        return self.type in RUN_FINAL

@@ -1,0 +1,142 @@
+"""The synchronous client."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, TypeVar, Unpack
+
+import httpx
+
+from agentfleet.client import _core, _models
+from agentfleet.client._core import BatchOptions, RunOptions
+from agentfleet.client._errors import Unreachable
+
+T = TypeVar("T")
+
+
+class Client(_core.BaseClient[httpx.Client]):
+    """The agentfleet API: ``Client().create_run("...")``, then ``.wait(run_id)``.
+
+    ``Client(base_url=None, *, api_key=None, timeout=DEFAULT_TIMEOUT,
+    events_timeout=EVENTS_TIMEOUT)``: ``base_url`` defaults to ``AGENTFLEET_API_URL``, else
+    ``http://127.0.0.1:8000``; ``api_key`` to ``AGENTFLEET_API_KEY``. ``timeout`` bounds each
+    request, ``events_timeout`` an event stream's connect and its silence between two events.
+    Use it as a context manager, or :meth:`close` it.
+
+    An error answer raises the :class:`~agentfleet.client.ApiError` of its status (e.g.
+    ``NotFound``); no answer raises ``Unreachable``; a ``wait*`` out of time, ``WaitTimeout``.
+    """
+
+    def _connect(
+        self, url: str, headers: dict[str, str], timeout: float | httpx.Timeout
+    ) -> httpx.Client:
+        return httpx.Client(base_url=url, headers=headers, timeout=timeout)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _send(self, call: _core.Call[T]) -> T:
+        with _core.transport_errors():
+            return call.answer(self._http.request(**call.request()))
+
+    def _wait(self, wait: _core.Wait[T]) -> T:
+        while not wait.finished(result := self._send(wait.call)):
+            time.sleep(wait.interval)
+        return result
+
+    def create_run(self, input: str, **options: Unpack[RunOptions]) -> _models.Accepted:
+        """Enqueue an agent run; answers at once with its ID (see ``RunOptions``)."""
+        return self._send(_core.create_run(input, options))
+
+    def get_run(self, run_id: str) -> _models.Run:
+        """The run's status, progress, usage and result."""
+        return self._send(_core.get_run(run_id))
+
+    def cancel(self, run_id: str, *, idempotency_key: str | None = None) -> _models.Run:
+        """Cancel a run; a run already final raises ``Conflict``."""
+        return self._send(_core.cancel_run(run_id, idempotency_key))
+
+    def wait(self, run_id: str, timeout: float = 120.0, interval: float = 0.2) -> _models.Run:
+        """Poll until the run is succeeded, failed or cancelled; ``WaitTimeout`` after
+        ``timeout`` seconds."""
+        return self._wait(_core.wait_run(run_id, timeout, interval))
+
+    def events(
+        self, run_id: str, after: str | None = None, reconnect: bool = True
+    ) -> Iterator[_models.Event]:
+        """The run's events until its final one, after the event ID ``after`` (None: from
+        the first). A broken connection, or a stream that ends early, is opened again after
+        the last event seen; with ``reconnect`` false, the events of one connection."""
+        stream = self._events(run_id, after, reconnect)
+        while stream.opens():
+            try:
+                with _core.transport_errors(), self._http.stream(**stream.connect()) as response:
+                    if response.is_error:
+                        raise _core.error_of(response, response.read())
+                    for line in response.iter_lines():
+                        if event := stream.feed(line):
+                            yield event
+            except Unreachable as broken:
+                time.sleep(stream.broken(broken))
+
+    def create_tool_call(
+        self, name: str, arguments: dict[str, Any], call_id: str | None = None
+    ) -> _models.Accepted:
+        """Enqueue one tool call; a ``call_id`` used before answers with that call."""
+        return self._send(_core.create_tool_call(name, arguments, call_id))
+
+    def get_tool_call(self, call_id: str) -> _models.ToolCall:
+        return self._send(_core.get_tool_call(call_id))
+
+    def wait_tool_call(
+        self, call_id: str, timeout: float = 60.0, interval: float = 0.2
+    ) -> _models.ToolCall:
+        """Poll until the tool call is succeeded or failed; ``WaitTimeout`` after ``timeout``."""
+        return self._wait(_core.wait_tool_call(call_id, timeout, interval))
+
+    def create_batch(
+        self, items: list[dict[str, Any]], **options: Unpack[BatchOptions]
+    ) -> _models.Accepted:
+        """Enqueue runs (``{"input": ...}``), prompts (``{"type": "prompt", ...}``) and tool
+        calls (``{"type": "tool_call", "name": ..., "arguments": ...}``) as one batch."""
+        return self._send(_core.create_batch(items, options))
+
+    def create_batch_from_jsonl(
+        self, path: str | Path, **options: Unpack[BatchOptions]
+    ) -> _models.Accepted:
+        """A batch of the items of a JSONL file: one a line, blank lines skipped."""
+        return self.create_batch(_core.read_jsonl(path), **options)
+
+    def get_batch(self, batch_id: str, offset: int = 0, limit: int = 100) -> _models.Batch:
+        """The batch, with ``limit`` of its items from ``offset``."""
+        return self._send(_core.get_batch(batch_id, offset, limit))
+
+    def wait_batch(
+        self, batch_id: str, timeout: float = 600.0, interval: float = 0.5
+    ) -> _models.Batch:
+        """Poll until every item is final; ``WaitTimeout`` after ``timeout``."""
+        return self._wait(_core.wait_batch(batch_id, timeout, interval))
+
+    def cancel_batch(self, batch_id: str, *, idempotency_key: str | None = None) -> _models.Batch:
+        """Cancel the batch's items not yet final; a batch already final raises ``Conflict``."""
+        return self._send(_core.cancel_batch(batch_id, idempotency_key))
+
+    def tools(self) -> list[_models.ToolInfo]:
+        """The tools of the API and the live workers, and where they disagree."""
+        return self._send(_core.TOOLS)
+
+    def providers(self) -> list[_models.ProviderState]:
+        """Breaker and rate-limit state of each LLM provider, as the fleet sees it."""
+        return self._send(_core.PROVIDERS)
+
+    def health(self) -> _models.Health:
+        """The API's health; ``ok`` false (not an error) when it cannot reach Redis."""
+        return self._send(_core.HEALTH)
