@@ -66,8 +66,7 @@ import redis
 from celery import Celery, canvas
 
 from agentfleet.producer.auth import create_key
-from agentfleet.producer.enqueue import submit_run
-from agentfleet.tasks import names
+from agentfleet.tasks import intake, names
 from agentfleet.tasks.models import DEFAULT_TENANT, RunRequest
 from agentfleet.tasks.redisconn import get_redis
 from agentfleet.tasks.settings import Settings
@@ -724,7 +723,8 @@ class Fleet:
 
     def submit(self, prompt: str) -> str:
         """Create a run and enqueue its first step; the run ID."""
-        return submit_run(self.app, self.store, RunRequest(input=prompt), DEFAULT_TENANT)
+        run = intake.admit_run(RunRequest(input=prompt), self.settings, check_callback=True)
+        return intake.submit_run(self.app, self.store, run, DEFAULT_TENANT)
 
     def close(self) -> None:
         """Release the broker and result-backend connections."""
