@@ -17,10 +17,7 @@ from typing import Any
 
 import ops.bench as package
 from ops.bench import accept, chord, concurrency, latency, memory, throughput
-from ops.bench._common import (
-    FULL,
-    QUICK,
-)
+from ops.bench._common import FULL, QUICK
 from ops.bench._stack import Bench
 from ops.stack import Stack
 

@@ -15,9 +15,7 @@ import redis
 from celery import Celery
 
 from agentfleet.tasks.store import RunStore
-from ops.bench._common import (
-    ENQUEUE_THREADS,
-)
+from ops.bench._common import ENQUEUE_THREADS
 from ops.stack import Proc
 
 _TERMINAL = frozenset({"succeeded", "failed", "cancelled"})

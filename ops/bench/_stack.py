@@ -22,17 +22,8 @@ from agentfleet.tasks.store import RunStore
 from agentfleet.workers.conf import celery_config
 from agentfleet.workers.factory import create_app
 from ops import bench_plain
-from ops.bench._common import (
-    TOOLS_POOL,
-    AgentsPool,
-    Sizes,
-)
-from ops.bench._meters import (
-    CpuMeter,
-    Tracker,
-    enqueue_many,
-    run_probe,
-)
+from ops.bench._common import TOOLS_POOL, AgentsPool, Sizes
+from ops.bench._meters import CpuMeter, Tracker, enqueue_many, run_probe
 from ops.stack import PoolSpec, Proc, Stack, StackError
 
 #: Redis databases for the per-configuration isolation described in the module docstring.

@@ -16,14 +16,7 @@ import redis
 
 from agentfleet.producer.auth import create_key
 from agentfleet.tasks import names
-from ops.bench._common import (
-    ENQUEUE_THREADS,
-    ONE_STEP_PROMPT,
-    cpu_cell,
-    percentile,
-    ratio,
-    table,
-)
+from ops.bench._common import ENQUEUE_THREADS, ONE_STEP_PROMPT, cpu_cell, percentile, ratio, table
 from ops.bench._stack import Bench, Fleet
 from ops.stack import Proc, StackError, free_port, wait_for
 

@@ -11,18 +11,8 @@ from dataclasses import dataclass
 
 import redis
 
-from ops.bench._common import (
-    FLEET_AGENTS_POOL,
-    ONE_STEP_PROMPT,
-    AgentsPool,
-    table,
-)
-from ops.bench._meters import (
-    Tracker,
-    enqueue_many,
-    group_processes,
-    run_probe,
-)
+from ops.bench._common import FLEET_AGENTS_POOL, ONE_STEP_PROMPT, AgentsPool, table
+from ops.bench._meters import Tracker, enqueue_many, group_processes, run_probe
 from ops.bench._stack import Bench, Fleet
 from ops.stack import Proc, StackError, wait_for
 

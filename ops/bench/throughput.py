@@ -20,13 +20,7 @@ from ops.bench._common import (
     table,
     verdict,
 )
-from ops.bench._meters import (
-    Probe,
-    Tracker,
-    enqueue_many,
-    plain_probe,
-    run_probe,
-)
+from ops.bench._meters import Probe, Tracker, enqueue_many, plain_probe, run_probe
 from ops.bench._stack import Bench, Fleet, plain_producer
 from ops.stack import Proc, StackError
 
