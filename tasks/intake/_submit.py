@@ -33,7 +33,8 @@ from agentfleet.tasks.store import RunStore
 from agentfleet.tasks.toolcall import time_limits, tool_payload
 from agentfleet.tasks.views import run_view
 
-log = logging.getLogger(__name__)
+# Named for the package: where its lines come from, not which private module wrote them.
+log = logging.getLogger("agentfleet.tasks.intake")
 
 _T = TypeVar("_T")
 
