@@ -41,7 +41,7 @@ typecheck: $(STAMP)
 	@ln -sfn ../../ops/simulator .typecheck/agentfleet/simulator
 	$(VENV)/bin/mypy
 
-## bench: agentfleet next to stock Celery on one private Redis (ops/bench.py).
+## bench: agentfleet next to stock Celery on one private Redis (ops/bench/).
 bench: $(STAMP)
 	$(PY) -m ops.bench
 

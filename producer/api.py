@@ -17,32 +17,16 @@ from agentfleet.producer import fleet, schemas
 from agentfleet.producer.auth import TenantDep, require_tenant
 from agentfleet.producer.batches import cancel_items
 from agentfleet.producer.bodylimit import BodyLimit
-from agentfleet.producer.enqueue import (
-    InProgress,
-    Unavailable,
-    accepted_body,
-    submit_batch,
-    submit_run,
-    submit_tool_call,
-    tool_call_key,
-)
 from agentfleet.producer.events import EVENT_ID, sse_stream
 from agentfleet.producer.idempotency import Slot, fingerprint, run_once
 from agentfleet.producer.logcontext import RunIdContext
 from agentfleet.producer.metrics import router as metrics_router
+from agentfleet.tasks import intake
 from agentfleet.tasks.batch import batch_key, batch_view
-from agentfleet.tasks.errors import Unauthorized
+from agentfleet.tasks.errors import InProgress, InvalidRequest, Unauthorized, Unavailable
 from agentfleet.tasks.lifecycle import follow_up
 from agentfleet.tasks.llm import get_guard
-from agentfleet.tasks.models import (
-    DEFAULT_TENANT,
-    BatchRequest,
-    RunRequest,
-    ToolCallRequest,
-    batch_problems,
-    limit_problems,
-    tool_call_problems,
-)
+from agentfleet.tasks.models import DEFAULT_TENANT, BatchRequest, RunRequest, ToolCallRequest
 from agentfleet.tasks.records import RunRecord
 from agentfleet.tasks.redisconn import warn_if_not_durable
 from agentfleet.tasks.settings import Settings, get_settings, warn_unknown_variables
@@ -111,7 +95,7 @@ ACCEPT_ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 def _accepted(collection: str, ident: str, status: str = "queued") -> JSONResponse:
-    return JSONResponse(accepted_body(collection, ident, status), status_code=202)
+    return JSONResponse(intake.accepted_body(collection, ident, status), status_code=202)
 
 
 def _own_run(store: RunStore, tenant: str, run_id: str) -> RunRecord:
@@ -136,13 +120,14 @@ def create_run(
     """Enqueue an agent run. Answers at once; poll ``GET /v1/runs/{id}``."""
 
     def produce(slot: Slot | None) -> JSONResponse:
-        problems = limit_problems(body, settings) + _callback_problems(body.callback_url, settings)
-        if problems:
-            return _problem(422, problems)
+        try:
+            run = intake.admit_run(body, settings, check_callback=True)
+        except InvalidRequest as exc:
+            return _problem(422, exc.problems)
         view = workers.view()
         if problems := fleet.run_problems(view, body):
             return _problem(422, problems)
-        run_id = submit_run(producer, store, body, tenant, slot, fleet.every_tool(view))
+        run_id = intake.submit_run(producer, store, run, tenant, slot, fleet.every_tool(view))
         return _accepted("runs", run_id)
 
     return _once(request, store, tenant, idempotency_key, body, produce)
@@ -224,10 +209,13 @@ def create_tool_call(
     """Enqueue one tool call. An ``id`` that was used before returns that call."""
 
     def produce(slot: Slot | None) -> JSONResponse:
-        problems = tool_call_problems(body) or fleet.tool_call_problems(workers.view(), body.name)
-        if problems:
+        try:
+            call = intake.admit_tool_call(body)
+        except InvalidRequest as exc:
+            return _problem(422, exc.problems)
+        if problems := fleet.tool_call_problems(workers.view(), body.name):
             return _problem(422, problems)
-        call_id, created = submit_tool_call(producer, store, body, tenant, slot)
+        call_id, created = intake.submit_tool_call(producer, store, call, tenant, slot)
         public = body.id or call_id
         if created:
             return _accepted("tool-calls", public)
@@ -256,7 +244,7 @@ def get_tool_call(call_id: str, store: StoreDep, producer: ProducerDep, tenant: 
 def _own_tool_call(store: RunStore, tenant: str, call_id: str) -> tuple[str, dict[str, str]]:
     """(stored ID, record) of a tool call of ``tenant``: its own ID, or one we generated, or
     one made inside one of its runs."""
-    for stored_id in (tool_call_key(tenant, call_id), call_id):
+    for stored_id in (intake.tool_call_key(tenant, call_id), call_id):
         record = store.get_tool_call(stored_id)
         if record is None:
             continue
@@ -286,13 +274,14 @@ def create_batch(
     Each item is pollable by its own ID (listed by ``GET /v1/batches/{id}``)."""
 
     def produce(slot: Slot | None) -> JSONResponse:
-        problems = batch_problems(body, settings) + _callback_problems(body.callback_url, settings)
-        if problems:
-            return _problem(422, problems)
+        try:
+            batch = intake.admit_batch(body, settings)
+        except InvalidRequest as exc:
+            return _problem(422, exc.problems)
         view = workers.view()
         if problems := fleet.batch_problems(view, body):
             return _problem(422, problems)
-        batch_id = submit_batch(producer, store, body, tenant, slot, fleet.every_tool(view))
+        batch_id = intake.submit_batch(producer, store, batch, tenant, slot, fleet.every_tool(view))
         return _accepted("batches", batch_id)
 
     return _once(request, store, tenant, idempotency_key, body, produce)
@@ -343,12 +332,6 @@ def cancel_batch(
         return JSONResponse(batch_view(store, _own_batch(store, tenant, batch_id), 0, 0))
 
     return _once(request, store, tenant, idempotency_key, {"batch": batch_id}, produce)
-
-
-def _callback_problems(url: object, settings: Settings) -> list[tuple[str, str]]:
-    if url is not None and settings.callback_secret is None:
-        return [("callback_url", "callbacks are off: the server has no AGENTFLEET_CALLBACK_SECRET")]
-    return []
 
 
 def _once(

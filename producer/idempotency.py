@@ -25,17 +25,11 @@ from typing import Any, cast
 from fastapi.responses import JSONResponse
 
 from agentfleet.tasks import keys
-from agentfleet.tasks.errors import AgentfleetError
+from agentfleet.tasks.errors import Answered
 from agentfleet.tasks.store import RunStore
 
 MAX_KEY_LENGTH = 255
 REPLAYED_HEADER = "Idempotent-Replayed"
-
-
-class Answered(AgentfleetError):
-    """A request with the same key was accepted first. ``args == (its kept answer,)``."""
-
-    code = "answered"
 
 
 @dataclass

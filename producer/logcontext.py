@@ -7,7 +7,7 @@ from typing import Final
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from agentfleet.workers.logs import REQUEST_RUN_ID
+from agentfleet.tasks.context import REQUEST_RUN_ID
 
 #: Routes that name a run: ``/v1/runs/{run_id}`` and anything below it.
 RUN_PATH: Final = re.compile(r"^/v1/runs/(?P<run_id>[^/]+)")
@@ -17,7 +17,7 @@ class RunIdContext:
     """Sets the request's run ID (from its path) for every line logged while it is served.
 
     Sync routes run in a worker thread with a copy of this context, so they see it too.
-    ``POST /v1/runs`` sets it once the new run's ID exists (``agentfleet.producer.enqueue``).
+    ``POST /v1/runs`` sets it once the new run's ID exists (:mod:`agentfleet.tasks.intake`).
     """
 
     def __init__(self, app: ASGIApp) -> None:

@@ -21,7 +21,6 @@ from typing import Any, NoReturn
 from billiard.exceptions import SoftTimeLimitExceeded
 from celery import Celery, Signature, Task, chain, chord, states
 from celery.exceptions import Ignore, Retry
-from pydantic import ValidationError
 
 from agentfleet.tasks import names
 from agentfleet.tasks.errors import (
@@ -32,15 +31,10 @@ from agentfleet.tasks.errors import (
     RunCancelled,
     RunFailed,
 )
+from agentfleet.tasks.intake import take_sent_run
 from agentfleet.tasks.lifecycle import entry_options, follow_up, pending_countdown, start_run
-from agentfleet.tasks.llm import Completion, ModelToolCall, Target, call_chain, resolve_chain
+from agentfleet.tasks.llm import Completion, ModelToolCall, Target, call_chain
 from agentfleet.tasks.metrics import step_fields
-from agentfleet.tasks.models import (
-    DEFAULT_TENANT,
-    TENANT_PATTERN,
-    RunRequest,
-    limit_problems,
-)
 from agentfleet.tasks.records import RunRecord
 from agentfleet.tasks.settings import Settings
 from agentfleet.tasks.states import RunStatus, StepOutcome
@@ -51,11 +45,6 @@ from agentfleet.tasks.tools import registry
 from agentfleet.tasks.views import run_view
 
 log = logging.getLogger(__name__)
-
-
-def resolve_tools(request: RunRequest) -> list[str]:
-    """The tool names a run may use: those asked for, or every registered tool."""
-    return registry.names() if request.tools is None else list(dict.fromkeys(request.tools))
 
 
 def tool_messages(tool_results: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
@@ -464,7 +453,7 @@ def register(app: Celery, settings: Settings) -> None:
         """
         run_id = str(self.request.id)
         if request is not None:
-            _create_from_payload(settings, run_id, request)
+            take_sent_run(get_store(settings), run_id, request)
         return StepRunner(self, settings, run_id, 1).run(None)
 
     # Steps 2..n carry the run ID as their task ID too (Task.replace), whose STARTED state
@@ -549,36 +538,3 @@ def _resume_after_lost_chord(
     # The chord body as Celery would have sent it (same task ID, errback, and the run's
     # place in any enclosing chord); a duplicate of a step is a no-op.
     app.signature(body).apply_async((results,))
-
-
-def _create_from_payload(settings: Settings, run_id: str, payload: dict[str, Any]) -> None:
-    """Create the run record for a ``send_task`` caller; if the payload is invalid, a failed
-    record, and :class:`RunFailed`.
-
-    The payload is a :class:`~agentfleet.tasks.models.RunRequest`, plus an optional ``tenant`` (a
-    service with broker access is trusted to name its tenant; default ``default``).
-    """
-    store = get_store(settings)
-    payload = dict(payload)
-    tenant = str(payload.pop("tenant", None) or DEFAULT_TENANT)
-    problems = [] if TENANT_PATTERN.match(tenant) else [f"tenant: invalid name {tenant!r}"]
-    try:
-        request = RunRequest.model_validate(payload)
-        problems += [f"{f}: {m}" for f, m in limit_problems(request, settings)]
-    except ValidationError as exc:
-        problems += [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
-    if not problems:
-        chain = resolve_chain(settings, request.model, request.providers)
-        store.create_run(run_id, request, resolve_tools(request), chain, tenant=tenant)
-        return
-    placeholder = RunRequest(input="(invalid request)")
-    store.create_run(run_id, placeholder, [], resolve_chain(settings, None))
-    claim = store.begin_step(run_id, 1)
-    finished = store.finish_step(
-        run_id,
-        1,
-        claim.token,
-        status=RunStatus.FAILED,
-        error={"code": "invalid_request", "message": "; ".join(problems)},
-    )
-    raise RunFailed.of(run_view(finished.record))

@@ -7,6 +7,10 @@
     ├── RunFailed                   how a run that did not succeed ends its Celery task (record)
     ├── RolledBack                  a step found the state it builds on gone (a Redis crash)
     ├── Unauthorized                no API key, or one that is not known (HTTP 401)
+    ├── InvalidRequest              work refused: it breaks the schema or a limit (problems)
+    ├── Unavailable                 Redis or the broker cannot take work now (HTTP 503)
+    ├── InProgress                  another request is creating the same tool call ID (HTTP 409)
+    ├── Answered                    a request with the same Idempotency-Key was accepted first
     ├── ProviderError               an LLM provider call failed (provider, message)
     │   ├── RetryableProviderError  try again later (retry_after seconds, if the provider said)
     │   │   └── RateLimitedError    429: slow down (not a breaker failure)
@@ -28,6 +32,7 @@ survives the JSON result backend, which rebuilds exceptions as ``cls(*args)``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 
@@ -103,6 +108,44 @@ class RolledBack(AgentfleetError):
 
 class Unauthorized(AgentfleetError):
     code = "unauthorized"
+
+
+class InvalidRequest(AgentfleetError):
+    """Work refused before anything of it was written. ``args == (message, problems)``;
+    ``problems`` holds a ``[field, message]`` pair for each thing wrong with it."""
+
+    code = "invalid_request"
+
+    def __init__(self, message: str, problems: Sequence[Sequence[str]] = ()) -> None:
+        super().__init__(message, [list(p) for p in problems])
+
+    @classmethod
+    def of(cls, problems: Sequence[tuple[str, str]]) -> InvalidRequest:
+        """The refusal naming ``problems``; its message lists them as ``field: message``."""
+        return cls("; ".join(f"{f}: {m}" for f, m in problems), problems)
+
+    @property
+    def problems(self) -> list[tuple[str, str]]:
+        return [(str(f), str(m)) for f, m in self.args[1]]
+
+
+class Unavailable(AgentfleetError):
+    """Redis or the broker cannot take the work right now; nothing was accepted."""
+
+    code = "unavailable"
+
+
+class InProgress(AgentfleetError):
+    """Another request is creating the same tool call ID right now; retry."""
+
+    code = "in_progress"
+
+
+class Answered(AgentfleetError):
+    """A request with the same Idempotency-Key was accepted first.
+    ``args == (its kept answer,)``."""
+
+    code = "answered"
 
 
 class ProviderError(AgentfleetError):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Annotated, Any, Literal
 
@@ -16,11 +15,7 @@ from pydantic import (
     field_validator,
 )
 
-from agentfleet.tasks.errors import ToolArgumentsError
-from agentfleet.tasks.llm._routing import RoutingError, resolve_chain
-from agentfleet.tasks.settings import Settings
 from agentfleet.tasks.states import RunStatus as RunStatus  # re-exported: also imported from here
-from agentfleet.tasks.tools import registry
 
 #: Tenant names: short, and safe inside Redis keys.
 TENANT_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -46,7 +41,7 @@ class RunRequest(BaseModel):
 
     ``tools`` names the tools the model may call: omitted means every registered tool (through
     the API: every tool the API and every live worker have), an empty list means none. Size
-    limits come from settings (:func:`limit_problems`).
+    limits come from settings (:func:`agentfleet.tasks.intake.admit_run`).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -83,64 +78,6 @@ class ToolCallRequest(BaseModel):
     id: str | None = Field(default=None, min_length=1, max_length=200, pattern=r"^[\w.:-]+$")
     name: str = Field(min_length=1, max_length=64)
     arguments: dict[str, Any] = Field(default_factory=dict)
-
-
-def limit_problems(request: RunRequest, settings: Settings) -> list[tuple[str, str]]:
-    """``(field, message)`` for every limit ``request`` breaks; empty when it is acceptable."""
-    problems: list[tuple[str, str]] = []
-    prompt_chars = len(request.input) + len(request.system or "")
-    if prompt_chars > settings.max_input_chars:
-        problems.append(
-            (
-                "input",
-                f"input and system prompt are {prompt_chars} characters; "
-                f"the limit is {settings.max_input_chars}",
-            )
-        )
-    if request.max_steps is not None and request.max_steps > settings.max_steps_limit:
-        problems.append(
-            (
-                "max_steps",
-                f"max_steps is {request.max_steps}; the limit is {settings.max_steps_limit}",
-            )
-        )
-    if request.tools is not None:
-        if len(request.tools) > settings.max_tools_per_run:
-            problems.append(
-                (
-                    "tools",
-                    f"{len(request.tools)} tools requested; the limit is "
-                    f"{settings.max_tools_per_run}",
-                )
-            )
-        unknown = sorted({t for t in request.tools if t not in registry})
-        if unknown:
-            problems.append(("tools", f"unknown tools: {', '.join(unknown)}"))
-    try:
-        resolve_chain(settings, request.model, request.providers)
-    except RoutingError as exc:
-        problems.append(("providers" if request.providers else "model", str(exc)))
-    metadata_bytes = len(json.dumps(request.metadata).encode())
-    if metadata_bytes > settings.max_metadata_bytes:
-        problems.append(
-            (
-                "metadata",
-                f"metadata is {metadata_bytes} bytes as JSON; the limit is "
-                f"{settings.max_metadata_bytes}",
-            )
-        )
-    return problems
-
-
-def tool_call_problems(request: ToolCallRequest) -> list[tuple[str, str]]:
-    """``(field, message)`` for an unknown tool or arguments that do not fit its schema."""
-    if request.name not in registry:
-        return [("name", f"no tool named {request.name!r}")]
-    try:
-        registry.get(request.name).validate(request.arguments)
-    except ToolArgumentsError as exc:
-        return [("arguments", str(exc))]
-    return []
 
 
 class RunItem(RunRequest):
@@ -202,26 +139,3 @@ class BatchRequest(BaseModel):
                 {**v, "type": v.get("type", "run")} if isinstance(v, dict) else v for v in value
             ]
         return value
-
-
-def batch_problems(request: BatchRequest, settings: Settings) -> list[tuple[str, str]]:
-    """``(field, message)`` for the batch's size and for every item's own problems."""
-    if len(request.items) > settings.max_batch_items:
-        return [
-            (
-                "items",
-                f"{len(request.items)} items; the limit is {settings.max_batch_items}",
-            )
-        ]
-    problems: list[tuple[str, str]] = []
-    for index, item in enumerate(request.items):
-        if isinstance(item, ToolCallItem):
-            found = tool_call_problems(ToolCallRequest(name=item.name, arguments=item.arguments))
-        else:
-            found = limit_problems(
-                item.as_run() if isinstance(item, PromptItem) else item, settings
-            )
-        problems += [(f"items.{index}.{f}", m) for f, m in found]
-        if len(problems) >= 20:  # enough to fix; a 10,000-item report helps nobody
-            break
-    return problems

@@ -25,21 +25,18 @@ import json
 import logging
 import sys
 from collections.abc import Iterable
-from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any, Final
 
 from celery._state import get_current_task
 
+from agentfleet.tasks.context import REQUEST_RUN_ID
 from agentfleet.tasks.settings import Settings
 from agentfleet.workers.fixes.redact import redact_log_record
 from agentfleet.workers.taskargs import run_id_of
 
 #: Celery's logger for "Task ... received": one line per message a worker takes.
 RECEIPT_LOGGER: Final = "celery.worker.strategy"
-
-#: The run of the current API request, where its route names one.
-REQUEST_RUN_ID: ContextVar[str | None] = ContextVar("agentfleet_request_run_id", default=None)
 
 #: Record attributes copied into each JSON line when set.
 CONTEXT_FIELDS: Final = ("run_id", "task_id", "task")

@@ -1,0 +1,44 @@
+"""Measure agentfleet against stock Celery on one private Redis: ``python -m ops.bench``.
+
+Three sections, each compared with a baseline measured in the same run (machines of this kind
+are noisy, so read the ratios, not the absolute numbers):
+
+``a`` latency
+    Sequential round trips: plain ``noop.apply_async().get()`` against a one-step run
+    (``submit_run`` then ``AsyncResult(run_id).get()``), zero-latency simulator.
+``b`` throughput
+    A backlog enqueued while no worker runs, then drained on the same cores: plain no-op
+    tasks/s against one-step runs (agent steps)/s, for several ``agents`` pools.
+``c`` concurrency
+    Two-step runs at 2 s of LLM latency (step 1 asks for a ``text_stats`` call, step 2
+    answers): effective concurrency = total LLM wait / wall time, for each ``agents`` pool.
+``d`` accept
+    Runs accepted per second with no worker running, from concurrent clients: ``POST
+    /v1/runs`` through the API (one and two uvicorn processes) and ``submit_run`` in process,
+    against Celery's own ``apply_async`` of the entry task ``agentfleet.run``.
+``e`` chord
+    A run whose model asks for 100 tool calls at once (a chord of 100 ``agentfleet.tool.call``
+    tasks and the next step as its body) against a plain Celery chord of 100 no-ops and a
+    collecting body, each on a prefork 1x2 worker.
+``f`` memory
+    Runs parked on a slow LLM call (the simulator waits): Redis ``used_memory`` and the
+    ``agents`` workers' RSS per run in flight, the first time (threads and connections are
+    made) and again (they are reused).
+
+Every configuration gets its own Redis database, so work a failed configuration leaves behind
+(a timeout, a dead worker) cannot leak into the next one. That Redis keeps no append-only file
+unless ``--appendfsync`` asks for one: ``always`` is how production runs it (an fsync before each
+write is answered, ``ops.stack.DURABLE_REDIS``), ``everysec`` the cheaper setting that a crash
+of the host can cost the last second of. Every process is started through
+:class:`~ops.stack.Stack` and stopped when the bench ends; every wait has a deadline.
+
+Each section is a module of this package (``latency``, ``throughput``, ``concurrency``,
+``accept``, ``chord``, ``memory``) with a ``measure(bench)`` and a ``report(rows)``; ``_common``
+(sizes, pools, tables), ``_meters`` (CPU, items followed to their end) and ``_stack`` (the
+processes under test) hold what they share, and ``__main__`` is the command line.
+
+Usage::
+
+    python -m ops.bench [--quick] [--only a,b,c,d,e,f] [--pools gevent,threads,prefork]
+                        [--appendfsync no|everysec|always] [--json out.json]
+"""

@@ -1,0 +1,200 @@
+"""Section (b), throughput: a backlog enqueued first, then drained on the same cores."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import redis
+
+from ops import bench_plain
+from ops.bench._common import (
+    ONE_STEP_PROMPT,
+    PLAIN_LLM,
+    AgentsPool,
+    cpu_cell,
+    ratio,
+    table,
+    verdict,
+)
+from ops.bench._meters import Probe, Tracker, enqueue_many, plain_probe, run_probe
+from ops.bench._stack import Bench, Fleet, plain_producer
+from ops.stack import Proc, StackError
+
+#: The target: the best configuration's steps/s at least this share of plain tasks/s.
+TARGET_THROUGHPUT_RATIO = 0.5
+
+#: Section (b): the one-process pool of section (a), then pools using both cores.
+THROUGHPUT_POOLS = (
+    AgentsPool("gevent", 100),
+    AgentsPool("gevent", 100, 2),
+    AgentsPool("threads", 100, 2),
+    AgentsPool("prefork", 2),
+)
+
+
+@dataclass
+class DrainResult:
+    """Section (b): one backlog drained by one configuration."""
+
+    config: str
+    items: int
+    enqueue_per_s: float = math.nan
+    #: ``done - 1`` completions over the time from the first to the last completion.
+    drain_per_s: float = math.nan
+    #: ``done`` completions over the time from spawning the workers to the last completion.
+    from_start_per_s: float = math.nan
+    done: int = 0
+    failed: int = 0
+    #: CPU seconds per process group from the first completion to the last.
+    cpu_s: dict[str, float] = field(default_factory=dict)
+    #: The workers' CPU per item over that window.
+    cpu_ms_per_item: float = math.nan
+    #: Percent of the machine's cores busy over that window.
+    busy_pct: float = math.nan
+    problem: str = ""
+
+
+def measure(bench: Bench) -> list[DrainResult]:
+    """Section (b): a backlog of M items enqueued first, then drained on the same cores.
+
+    The first row is the baseline; the second, stock Celery making one openai SDK call
+    per task, is the floor of an LLM step on this machine (see :mod:`ops.bench_plain`).
+    """
+    results = [_drain_plain(bench), _drain_plain(bench, llm=True)]
+    for agents in THROUGHPUT_POOLS:
+        if agents.pool in bench.families:
+            results.append(_drain_runs(bench, agents))
+    return results
+
+
+def _drain_plain(bench: Bench, llm: bool = False) -> DrainResult:
+    """Stock Celery's no-op tasks, or with ``llm`` its one-SDK-call tasks (the floor)."""
+    url = bench.fresh_db()
+    app = plain_producer(url)
+    client = redis.Redis.from_url(url)
+    if llm:
+        step = app.tasks[bench_plain.LLM_STEP]
+        messages = [{"role": "user", "content": ONE_STEP_PROMPT}]
+        result = DrainResult(f"{PLAIN_LLM} prefork 1x2", bench.sizes.backlog_m)
+        submit = lambda: str(step.apply_async((messages,)).id)  # noqa: E731
+    else:
+        noop = bench_plain.noop_task(app)
+        result = DrainResult("plain Celery prefork 1x2", bench.sizes.backlog_m)
+        submit = lambda: str(noop.apply_async().id)  # noqa: E731
+    try:
+        _drain(
+            bench,
+            result,
+            submit=submit,
+            probe=plain_probe(app, client),
+            ok="SUCCESS",
+            start_workers=lambda: [bench.start_plain(url)],
+        )
+    finally:
+        app.close()
+        client.close()
+    return result
+
+
+def _drain_runs(bench: Bench, agents: AgentsPool) -> DrainResult:
+    fleet = Fleet.connect(bench.fresh_db())
+    result = DrainResult(f"agentfleet {agents.label}", bench.sizes.backlog_m)
+    try:
+        _drain(
+            bench,
+            result,
+            submit=lambda: fleet.submit(ONE_STEP_PROMPT),
+            probe=run_probe(fleet.store),
+            ok="succeeded",
+            start_workers=lambda: bench.start_agents(fleet.settings.redis_url, agents),
+        )
+    finally:
+        fleet.close()
+    return result
+
+
+def _drain(
+    bench: Bench,
+    result: DrainResult,
+    submit: Callable[[], str],
+    probe: Probe,
+    ok: str,
+    start_workers: Callable[[], list[Proc]],
+) -> None:
+    """Enqueue the backlog, then start the workers and time them draining it."""
+    try:
+        ids, seconds = enqueue_many(submit, result.items, 300)
+        result.enqueue_per_s = result.items / seconds
+        tracker = Tracker(ids, probe)
+        # Worker start-up, then no slower than 20 items/s: far below any healthy rate.
+        deadline = time.monotonic() + 60 + result.items / 20
+        with bench.workers([]) as procs:
+            spawned = time.time()
+            procs.extend(start_workers())
+            # CPU is counted from the first completion, like drain/s, so that the
+            # workers' start-up (imports, forks) is not charged to the items.
+            meter = bench.meter({"workers": procs})
+            result.problem = tracker.wait(deadline, procs, on_first=meter.start)
+            result.cpu_s, result.busy_pct = meter.stop(), meter.busy_pct
+            if result.problem:
+                result.problem += "\n" + bench.log_tails(procs)
+    except (StackError, OSError, redis.RedisError, TimeoutError) as exc:
+        result.problem = f"{type(exc).__name__}: {exc}"
+        return
+    finished = tracker.succeeded(ok)
+    result.done, result.failed = len(finished), len(tracker.finished) - len(finished)
+    if len(finished) >= 2:
+        first, last = finished[0].at, finished[-1].at
+        result.drain_per_s = (len(finished) - 1) / (last - first)
+        result.from_start_per_s = len(finished) / (last - spawned)
+    counted = len(tracker.finished) - tracker.finished_at_first_sight
+    if counted > 0 and "workers" in result.cpu_s:
+        result.cpu_ms_per_item = result.cpu_s["workers"] * 1000 / counted
+
+
+def report(results: Sequence[DrainResult]) -> str:
+    """Section (b) as text."""
+    plain = results[0].drain_per_s if results else math.nan
+    rows = [
+        [
+            r.config,
+            r.items,
+            r.enqueue_per_s,
+            r.drain_per_s,
+            r.from_start_per_s,
+            ratio(r.drain_per_s, plain),
+            f"{r.done}/{r.failed}",
+            r.cpu_ms_per_item,
+            r.busy_pct,
+            cpu_cell(r.cpu_s, "workers"),
+            cpu_cell(r.cpu_s, "redis"),
+            cpu_cell(r.cpu_s, "sim"),
+            cpu_cell(r.cpu_s, "bench"),
+        ]
+        for r in results
+    ]
+    headers = [
+        "configuration", "items", "enq/s", "drain/s", "incl. boot/s", "vs plain", "ok/failed",
+        "worker cpu ms/item", "busy %", "cpu workers", "cpu redis", "cpu sim", "cpu bench",
+    ]  # fmt: skip
+    text = table(
+        "(b) throughput: backlog enqueued with no worker running, then drained on "
+        f"{os.cpu_count()} cores\n"
+        "    drain/s = (done - 1) / (last - first completion); incl. boot/s = done / (last "
+        "completion - worker spawn)\n    agentfleet items are one-step runs (1 agent step "
+        "each); the simulator and Redis share the same cores\n    CPU in seconds from the first "
+        "completion to the last (worker start-up excluded); busy % = share of all cores busy",
+        headers,
+        rows,
+    )
+    ours = [r for r in results[1:] if not r.config.startswith(PLAIN_LLM)]
+    best = max((ratio(r.drain_per_s, plain) for r in ours), default=math.nan)
+    if not math.isnan(best):
+        met = verdict(best >= TARGET_THROUGHPUT_RATIO)
+        text += f"\n\nbest steps/s vs plain tasks/s: {best:.2f} (target >= "
+        text += f"{TARGET_THROUGHPUT_RATIO:g}: {met})"
+    return text
