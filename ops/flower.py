@@ -13,7 +13,7 @@ the workers) with the ``AGENTFLEET_FLOWER_*`` settings:
   403 and the UI hides their buttons. An older Flower without it is refused rather than
   started writable.
 
-Task arguments and results reach Flower already summarized (``workers/redact.py``).
+Task arguments and results reach Flower already summarized (``workers/fixes/redact.py``).
 Extra arguments are passed to Flower as they are (``python -m ops.flower --max_tasks=5000``).
 """
 

@@ -495,7 +495,7 @@ def _fail_after_lost_tools(app: Celery, settings: Settings, run_id: str) -> None
     step = run.dispatched_step if run else 0
     count = run.tool_calls(step) if run else 0
     # The failure the call that died stored under its own ID (no failure but a run's end is
-    # stored under the run's: workers/results.py).
+    # stored under the run's: workers/fixes/result_backend.py).
     calls = [app.AsyncResult(tool_call_id(run_id, step, i)) for i in range(count)]
     cause = next((c.result for c in calls if c.state == states.FAILURE), "no failure stored")
     if run is not None and not run.terminal:

@@ -97,7 +97,7 @@ def test_workers_install_their_fixes(fleet: Fleet) -> None:
 
 def test_workers_keep_no_subscription_to_tool_results(fleet: Fleet) -> None:
     # A step that dispatches tool calls freezes a chord; the worker must not stay subscribed
-    # to its members' result channels (workers/results.py).
+    # to its members' result channels (workers/fixes/result_backend.py).
     calls = " ".join(f'call text_stats {{"text": "{w}"}}' for w in ("a", "b", "c"))
     run_id = fleet.client.create_run(calls).id
     assert fleet.client.wait(run_id, timeout=60).status == "succeeded"

@@ -230,7 +230,7 @@ def _write(write: Callable[[], _T]) -> _T:
 
 
 def _publish(app: Celery, name: str, task_id: str | None = None, **options: Any) -> None:
-    # Task events (and Flower) show summarized arguments: see workers/redact.py.
+    # Task events (and Flower) show summarized arguments: see workers/fixes/redact.py.
     try:
         app.send_task(name, task_id=task_id, **options)
     except (OperationalError, redis.RedisError, OSError) as exc:

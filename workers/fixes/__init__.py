@@ -20,7 +20,7 @@ the CLI build the app with Celery's own classes except the subclasses named abov
 configuration. ``tests/test_celery_names.py`` checks that every name a fix overrides or calls
 still exists with the parameters it was written against.
 
-:data:`DISABLE_VARIABLE` turns speed fixes off by name, for the bench only (``ops/bench.py``
+:data:`DISABLE_VARIABLE` turns speed fixes off by name, for the bench only (``ops/bench``
 measures each against its absence); correctness fixes cannot be turned off.
 """
 
