@@ -40,7 +40,8 @@ REPO = Path(__file__).resolve().parent.parent
 DOCS = (REPO / "README.md", *sorted((REPO / "docs").glob("*.md")))
 
 #: Languages a block may have; any other (or none) fails, so nothing is skipped unnoticed.
-LANGUAGES = frozenset({"python", "console", "sh", "json", "text"})
+#: Mermaid: the run state diagram, checked against the code by tests/test_run_states.py.
+LANGUAGES = frozenset({"python", "console", "sh", "json", "text", "mermaid"})
 #: Fewest blocks of each kind that must run: marking every example no-run fails.
 MINIMUM_RUN = {"python": 3, "tool-module": 2, "console": 2, "json": 5}
 #: Validators of JSON blocks by the flag after ``json``.
