@@ -257,13 +257,13 @@ def restore(url: str, keys: list[dict[str, Any]]) -> int:
     A key keeps its time to live; one that had less than a minute left (a worker's record of
     its tools) is left out, as it would have expired before anything read it."""
     client = redis.Redis.from_url(url)
+    pipe = client.pipeline()
     written = 0
     for entry in keys:
         if 0 <= entry["pttl"] < 60_000:
             continue
         key, value = base64.b64decode(entry["key"]), entry["value"]
         kind = entry["type"]
-        pipe = client.pipeline()
         if kind == "string":
             pipe.set(key, base64.b64decode(value))
         elif kind == "hash":
@@ -285,8 +285,8 @@ def restore(url: str, keys: list[dict[str, Any]]) -> int:
                 )
         if entry["pttl"] > 0:
             pipe.pexpire(key, entry["pttl"])
-        pipe.execute()
         written += 1
+    pipe.execute()  # one round trip, in one transaction
     client.close()
     return written
 
