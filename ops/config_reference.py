@@ -81,11 +81,12 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "max_input_chars",
             "max_tools_per_run",
             "max_metadata_bytes",
+            "max_output_",
         ),
     ),
     ("Events, streaming and callbacks", ("events_", "stream_", "callback_")),
     ("Retention", ("result_expires", "run_ttl")),
-    ("Tools and workers", ("tool_modules", "node_publish_interval")),
+    ("Tools, agents and workers", ("tool_modules", "agent_", "node_publish_interval")),
     ("Logs", ("log_",)),
     ("Flower", ("flower_",)),
 )

@@ -125,7 +125,7 @@ def create_run(
         except InvalidRequest as exc:
             return _problem(422, exc.problems)
         view = workers.view()
-        if problems := fleet.run_problems(view, body):
+        if problems := fleet.run_problems(view, run.request):
             return _problem(422, problems)
         run_id = intake.submit_run(producer, store, run, tenant, slot, fleet.every_tool(view))
         return _accepted("runs", run_id)
@@ -352,6 +352,14 @@ def list_tools(workers: FleetDep) -> Any:
     and where they disagree (a worker of a queue lacking it, differing schemas); the live
     workers and their tools."""
     return fleet.listing(workers)
+
+
+@router.get("/v1/agents", response_model=schemas.AgentList)
+def list_agents(workers: FleetDep) -> Any:
+    """Every declared agent the API or a live worker has: its instructions, model, tools,
+    input and output schemas, model settings and what a run may override; the workers that
+    have it, and where they disagree."""
+    return fleet.agent_listing(workers)
 
 
 @router.get("/v1/providers", response_model=schemas.ProviderList)

@@ -13,6 +13,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agentfleet.client import ApiError, Client, ProtocolError, Unreachable, WaitTimeout
@@ -53,19 +54,57 @@ def _print_run(run: object, as_json: bool) -> None:
         f"usage     {usage['prompt_tokens']} prompt + {usage['completion_tokens']} completion "
         f"tokens in {usage['llm_calls']} LLM calls"
     )
-    if data.get("result") is not None:
-        print(f"result    {data['result']}")
+    if data.get("agent"):
+        print(f"agent     {data['agent']}")
+    result = data.get("result")
+    if result is not None:
+        # A typed run's result is a JSON value: printed as JSON, not as Python.
+        print(f"result    {result if isinstance(result, str) else json.dumps(result)}")
+    elif data.get("result_text") is not None:
+        print(f"answer    {data['result_text']}")
     if data.get("error"):
         print(f"error     {data['error']['code']}: {data['error']['message']}")
 
 
+def _json_value(text: str) -> Any:
+    """A ``--set`` value: JSON if it parses (``0.2``, ``true``, ``["a"]``), else the text."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _run_input(args: argparse.Namespace) -> str | dict[str, Any]:
+    """The run's input: the text, or with ``--input-json`` the JSON object it holds."""
+    if not args.input_json:
+        return str(args.input)
+    value = json.loads(args.input)
+    if not isinstance(value, dict):
+        raise ValueError("--input-json takes a JSON object")
+    return value
+
+
 def _cmd_run(client: Client, args: argparse.Namespace) -> int:
+    settings = {}
+    for item in args.set or []:
+        name, sep, value = item.partition("=")
+        if not sep:
+            return _fail(EXIT_REFUSED, f"--set takes NAME=VALUE, got {item!r}")
+        settings[name] = _json_value(value)
+    try:
+        run_input = _run_input(args)
+        schema = json.loads(Path(args.output_schema).read_text()) if args.output_schema else None
+    except (OSError, ValueError) as exc:
+        return _fail(EXIT_REFUSED, str(exc))
     accepted = client.create_run(
-        args.input,
+        run_input,
+        agent=args.agent,
         model=args.model,
         providers=args.provider,
         tools=args.tool,
         max_steps=args.max_steps,
+        model_settings=settings or None,
+        output_schema=schema,
         stream=args.watch,
     )
     if args.watch:
@@ -251,6 +290,21 @@ def _cmd_tools(client: Client, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_agents(client: Client, args: argparse.Namespace) -> int:
+    agents = client.agents()
+    if args.json:
+        print(json.dumps([a.model_dump() for a in agents], indent=2))
+        return EXIT_OK
+    width = max((len(a.name) for a in agents), default=0)
+    for a in agents:
+        output = "typed" if a.output_schema else "text"
+        tools = ", ".join(a.tools) if a.tools is not None else "every tool"
+        print(f"{a.name:<{width}}  {output:<5}  tools: {tools or 'none'}  {a.description}".rstrip())
+        for mismatch in a.mismatches:
+            print(f"{'':<{width}}  ! {mismatch}")
+    return EXIT_OK
+
+
 def _cmd_providers(client: Client, args: argparse.Namespace) -> int:
     providers = client.providers()
     if args.json:
@@ -312,7 +366,18 @@ def build_parser() -> argparse.ArgumentParser:
     common = [_global_options()]
 
     run = sub.add_parser("run", parents=common, help="enqueue an agent run")
-    run.add_argument("input", help="the prompt")
+    run.add_argument("input", help="the prompt (with --input-json: a JSON object)")
+    run.add_argument("--agent", help="run this declared agent (agentfleet agents)")
+    run.add_argument(
+        "--input-json", action="store_true", help="the input is a JSON object (an agent's)"
+    )
+    run.add_argument(
+        "--set",
+        action="append",
+        metavar="NAME=VALUE",
+        help="a model setting, e.g. temperature=0.2 (repeatable)",
+    )
+    run.add_argument("--output-schema", metavar="FILE", help="a JSON schema the answer must match")
     run.add_argument("--wait", action="store_true", help="wait for the result")
     run.add_argument("--model", help="model, provider:model, or an alias")
     run.add_argument("--provider", action="append", help="provider chain, in order (repeatable)")
@@ -351,6 +416,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     tools = sub.add_parser("tools", parents=common, help="list the registered tools")
     tools.set_defaults(func=_cmd_tools)
+
+    agents = sub.add_parser("agents", parents=common, help="list the declared agents")
+    agents.set_defaults(func=_cmd_agents)
 
     providers = sub.add_parser(
         "providers", parents=common, help="breaker and rate-limit state per provider"

@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from agentfleet.tasks import fleet
+from agentfleet.tasks.agents import registry as agents
 from agentfleet.tasks.fleet import FleetView, NodeRecord
 from agentfleet.tasks.models import BatchRequest, RunItem, RunRequest, ToolCallItem
 from agentfleet.tasks.redisconn import get_redis
@@ -51,6 +52,11 @@ class FleetCache:
                 self._read_at = time.monotonic()
             return self._view
 
+    def definitions(self, digests: Iterable[str]) -> dict[str, Any]:
+        """``{digest: definition}`` of agents the API does not have itself (never cached: the
+        listing is rare, and a definition is small)."""
+        return fleet.definitions(get_redis(self.settings), self.settings, list(digests))
+
     def schemas(self, hashes: Iterable[str]) -> dict[str, Any]:
         """``{hash: {name, description, parameters}}`` of tools the API does not have itself."""
         wanted = [h for h in dict.fromkeys(hashes) if h not in self._schemas]
@@ -79,12 +85,24 @@ def _unserved(view: FleetView, queue_names: Iterable[str], tools: list[str]) -> 
 def run_problems(
     view: FleetView, request: RunRequest, field: str = "tools"
 ) -> list[tuple[str, str]]:
-    """``(field, message)`` if a tool the run names, known to the API, no live worker has."""
+    """``(field, message)`` if a tool the run names, known to the API, no live worker has, or
+    (field ``agent``, next to it) if its agent is on no live ``agents`` worker."""
+    problems = []
+    if request.agent and view.lacking_agent(queues.AGENTS, request.agent):
+        where = field.rpartition(".")[0]
+        problems.append(
+            (
+                f"{where}.agent" if where else "agent",
+                f"agent {request.agent!r} is not declared on any live worker of queue "
+                f"{queues.AGENTS} (their AGENTFLEET_AGENT_MODULES or AGENTFLEET_AGENT_FILES "
+                "lack it)",
+            )
+        )
     if request.tools is None:
-        return []
+        return problems
     known = [t for t in dict.fromkeys(request.tools) if t in registry]
     message = _unserved(view, RUN_QUEUES, known)
-    return [(field, message)] if message else []
+    return problems + ([(field, message)] if message else [])
 
 
 def tool_call_problems(view: FleetView, name: str, field: str = "name") -> list[tuple[str, str]]:
@@ -127,6 +145,47 @@ def listing(cache: FleetCache) -> dict[str, Any]:
         for n in view.nodes
     ]
     return {"tools": tools, "nodes": nodes, "mismatch": any(t["mismatches"] for t in tools)}
+
+
+def agent_listing(cache: FleetCache) -> dict[str, Any]:
+    """``GET /v1/agents``: every agent the API or a live worker has, its definition (the
+    API's, else a worker's), who has it, and where the fleet disagrees."""
+    view = cache.view()
+    names = sorted(set(agents.names()).union(*(n.agents for n in view.nodes)))
+    foreign = [
+        next(n.agents[name] for n in view.nodes if name in n.agents)
+        for name in names
+        if name not in agents
+    ]
+    published = cache.definitions(foreign)
+    return {"agents": [_agent_entry(view, name, published) for name in names]}
+
+
+def _agent_entry(view: FleetView, name: str, published: dict[str, Any]) -> dict[str, Any]:
+    holders = [n for n in view.nodes if name in n.agents]
+    own = agents.get(name) if name in agents else None
+    if own is not None:
+        digest, definition = own.digest, {**own.describe(), "source": own.source}
+    else:
+        digest = holders[0].agents[name]
+        definition = published.get(digest) or {"name": name}
+    mismatches = []
+    if view.nodes and view.lacking_agent(queues.AGENTS, name):
+        mismatches.append(f"no live worker of queue {queues.AGENTS} has it")
+    digests = {n.agents[name] for n in holders} | ({own.digest} if own else set())
+    if len(digests) > 1:
+        mismatches.append(f"definitions differ between the API and workers: {sorted(digests)}")
+    if own is None:
+        mismatches.append("the API does not have it: runs of it are refused until it does")
+    return {
+        **definition,
+        "digest": digest,
+        "on_api": own is not None,
+        "nodes": [
+            {"node": n.node, "queues": list(n.queues), "digest": n.agents[name]} for n in holders
+        ],
+        "mismatches": mismatches,
+    }
 
 
 def _holders(view: FleetView, name: str) -> list[NodeRecord]:

@@ -2,6 +2,24 @@
 so what the API declares and what the client parses are one definition. Request bodies are
 the payload models in ``agentfleet.tasks.models``."""
 
-from agentfleet.client import Accepted, Batch, Health, ProviderList, Run, ToolCall, ToolList
+from agentfleet.client import (
+    Accepted,
+    AgentList,
+    Batch,
+    Health,
+    ProviderList,
+    Run,
+    ToolCall,
+    ToolList,
+)
 
-__all__ = ["Accepted", "Batch", "Health", "ProviderList", "Run", "ToolCall", "ToolList"]
+__all__ = [
+    "Accepted",
+    "AgentList",
+    "Batch",
+    "Health",
+    "ProviderList",
+    "Run",
+    "ToolCall",
+    "ToolList",
+]

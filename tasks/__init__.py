@@ -15,11 +15,15 @@ if TYPE_CHECKING:
 
 
 def register_tasks(app: Celery, settings: Settings) -> None:
-    """Load the configured tool modules and register every agentfleet task on ``app``."""
+    """Load the configured tool and agent modules (and agent files), and register every
+    agentfleet task on ``app``."""
     from agentfleet.tasks import agent, batch, callbacks, toolcall
+    from agentfleet.tasks.agents import load_agents
     from agentfleet.tasks.tools import load_tool_modules
 
     load_tool_modules(settings.tool_modules)
+    # After the tools: an agent names its tools when it is declared.
+    load_agents(settings.agent_modules, settings.agent_files)
     agent.register(app, settings)
     toolcall.register(app, settings)
     batch.register(app, settings)

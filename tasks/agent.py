@@ -15,6 +15,7 @@ import json
 import logging
 import random
 import time
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn
 
@@ -23,7 +24,9 @@ from celery import Celery, Signature, Task, chain, chord, states
 from celery.exceptions import Ignore, Retry
 
 from agentfleet.tasks import names
+from agentfleet.tasks.agents import registry as agents
 from agentfleet.tasks.errors import (
+    OutputInvalid,
     PermanentProviderError,
     ProvidersUnavailable,
     RetryableProviderError,
@@ -33,8 +36,9 @@ from agentfleet.tasks.errors import (
 )
 from agentfleet.tasks.intake import take_sent_run
 from agentfleet.tasks.lifecycle import entry_options, follow_up, pending_countdown, start_run
-from agentfleet.tasks.llm import Completion, ModelToolCall, Target, call_chain
+from agentfleet.tasks.llm import CallOptions, Completion, ModelToolCall, Target, call_chain
 from agentfleet.tasks.metrics import step_fields
+from agentfleet.tasks.output import OutputSpec
 from agentfleet.tasks.records import RunRecord
 from agentfleet.tasks.settings import Settings
 from agentfleet.tasks.states import RunStatus, StepOutcome
@@ -206,23 +210,25 @@ class StepRunner:
             )
         else:
             new_messages = tool_messages(tool_results)
-            completion, target = self._call_llm(run, transcript + new_messages)
+            answered = self._answer(run, transcript + new_messages)
+            completion, target = answered.completion, answered.target
             dispatching = bool(completion.tool_calls) and not last_step
             answer = StepAnswer(
-                [*new_messages, completion.assistant_message()],
-                completion.prompt_tokens,
-                completion.completion_tokens,
+                [*new_messages, *answered.repairs, completion.assistant_message()],
+                answered.prompt_tokens,
+                answered.completion_tokens,
                 len(completion.tool_calls) if dispatching else 0,
                 target,
                 step_fields(time.monotonic() - self.began, target),
                 self._worker(),
                 asked=len(completion.tool_calls),
                 after=after,
+                llm_calls=answered.calls,
             )
             if not dispatching:
                 # The run's last step: its answer and its end in one round trip.
                 finished = self.store.apply_and_finish_step(
-                    self.run_id, self.step, claim.token, answer, **_ending(completion, run)
+                    self.run_id, self.step, claim.token, answer, **self._ending(completion, run)
                 )
                 if finished is None:
                     raise RunCancelled(self.run_id)
@@ -233,7 +239,7 @@ class StepRunner:
             gen = claim.token
         if dispatching:
             self._dispatch_tools(claim, run, completion.tool_calls, gen)
-        ending = _ending(completion, run)
+        ending = self._ending(completion, run)
         return self._followed(  # redelivered after the answer that ended the run was applied
             self.store.finish_step(self.run_id, self.step, claim.token, gen=gen, **ending)
         )
@@ -244,8 +250,46 @@ class StepRunner:
         log.warning("run %s step %d: %s (a crash of Redis); ignored", self.run_id, self.step, exc)
         raise Ignore()
 
+    def _answer(self, run: RunRecord, messages: list[dict[str, Any]]) -> Answered:
+        """The model's answer to ``messages``; for a typed run, repaired: an answer that does
+        not match the output schema is sent back with what is wrong, up to the run's repairs,
+        within the step's time. The last answer is kept either way (:meth:`_ending` judges it)."""
+        spec = output_spec(run)
+        options = CallOptions(model_settings(run, messages), spec)
+        completion, target = self._call_llm(run, messages, options)
+        answered = Answered(completion, target)
+        if spec is None:
+            return answered
+        for _ in range(self._repairs(run)):
+            if completion.tool_calls or not self._time_for_another_call(run):
+                break
+            try:
+                spec.check(completion.content)
+                break
+            except OutputInvalid as exc:
+                answered.repairs += [
+                    completion.assistant_message(),
+                    spec.repair_message(exc.message),
+                ]
+            completion, target = self._call_llm(run, messages + answered.repairs, options)
+            answered.add(completion, target)
+        return answered
+
+    def _repairs(self, run: RunRecord) -> int:
+        agent = agents.get(run.agent) if run.agent in agents else None
+        if agent is not None and agent.output_repairs is not None:
+            return agent.output_repairs
+        return self.settings.max_output_repairs
+
+    def _time_for_another_call(self, run: RunRecord) -> bool:
+        """Whether one more call to the run's first provider fits in the step's soft limit."""
+        providers = {p.name: p for p in self.settings.provider_list}
+        first = providers.get(run.chain[0].provider) if run.chain else None
+        needed = first.timeout + first.connect_timeout if first else 0.0
+        return time.monotonic() + needed <= self.began + self.settings.step_soft_time_limit
+
     def _call_llm(
-        self, run: RunRecord, messages: list[dict[str, Any]]
+        self, run: RunRecord, messages: list[dict[str, Any]], options: CallOptions
     ) -> tuple[Completion, Target]:
         schemas = [registry.get(n).openai_schema for n in run.tools]
         chain = list(run.chain)
@@ -260,10 +304,29 @@ class StepRunner:
             schemas,
             on_delta=relay.delta if relay else None,
             deadline=deadline,
+            options=options,
         )
         if relay:
             relay.flush()
         return answer
+
+    def _ending(self, completion: Completion, run: RunRecord) -> dict[str, Any]:
+        """The final state of a run whose step dispatches nothing: succeeded with the model's
+        answer; failed if the model still asked for tools in the run's last step, or if the
+        answer of a typed run does not match its schema (the answer kept as its text)."""
+        if completion.tool_calls:
+            return {"status": RunStatus.FAILED, "error": _out_of_steps(run)}
+        text = completion.content or ""
+        spec = output_spec(run)
+        if spec is not None:
+            try:
+                spec.check(text)
+            except OutputInvalid as exc:
+                repairs = self._repairs(run)
+                message = f"{exc.message} (after {repairs} repair round{'s' * (repairs != 1)})"
+                error = {"code": OutputInvalid.code, "message": message}
+                return {"status": RunStatus.FAILED, "result": text, "error": error}
+        return {"status": RunStatus.SUCCEEDED, "result": text}
 
     def _wait_for_providers(self, claim: StepClaim, exc: ProvidersUnavailable) -> dict[str, Any]:
         """Every provider is open, held or limited: come back when the first one may be.
@@ -347,13 +410,55 @@ def concluded(record: RunRecord) -> dict[str, Any]:
     raise RunFailed.of(view)
 
 
-def _ending(completion: Completion, run: RunRecord) -> dict[str, Any]:
-    """The final state of a run whose step dispatches nothing: succeeded with the model's
-    answer, or failed if the model still asked for tools in the run's last step."""
-    if not completion.tool_calls:
-        return {"status": RunStatus.SUCCEEDED, "result": completion.content or ""}
-    failure = _out_of_steps(run)
-    return {"status": RunStatus.FAILED, "error": failure}
+@dataclass
+class Answered:
+    """A step's answer: the model's last completion, the repair rounds before it (each invalid
+    answer and the message sending it back), and the usage of every call it took."""
+
+    completion: Completion
+    target: Target
+    repairs: list[dict[str, Any]] = field(default_factory=list)
+    calls: int = 1
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def __post_init__(self) -> None:
+        self.prompt_tokens += self.completion.prompt_tokens
+        self.completion_tokens += self.completion.completion_tokens
+
+    def add(self, completion: Completion, target: Target) -> None:
+        """The answer of one more call replaces the last."""
+        self.completion, self.target = completion, target
+        self.calls += 1
+        self.prompt_tokens += completion.prompt_tokens
+        self.completion_tokens += completion.completion_tokens
+
+
+#: ``tool_choice`` values that force a tool call: they hold until the model has called one.
+_FREE_CHOICES = frozenset({"auto", "none"})
+
+
+def model_settings(run: RunRecord, messages: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run's model settings for a call with ``messages``. A ``tool_choice`` that forces a
+    tool call (``required``, or a named function) applies until the model has called a tool:
+    kept after that, every step would call a tool and the run could never answer."""
+    settings = dict(run.model_settings)
+    choice = settings.get("tool_choice")
+    forced = choice is not None and choice not in _FREE_CHOICES
+    if forced and any(m.get("role") == "tool" for m in messages):
+        settings.pop("tool_choice")
+    return settings
+
+
+def output_spec(run: RunRecord) -> OutputSpec | None:
+    """The run's output schema; with the agent's pydantic type when this worker has the agent
+    and the schema is still the one the run was accepted with."""
+    if run.output_schema is None:
+        return None
+    agent = agents.get(run.agent) if run.agent in agents else None
+    if agent is not None and agent.output is not None and agent.output.schema == run.output_schema:
+        return agent.output
+    return OutputSpec(run.agent or "output", run.output_schema)
 
 
 def _out_of_steps(run: RunRecord) -> dict[str, str]:

@@ -54,6 +54,19 @@ class ConfigError(AgentfleetError):
     code = "config_error"
 
 
+class UnknownAgentError(ConfigError):
+    """No agent of that name is declared in this process."""
+
+    code = "unknown_agent"
+
+
+class OutputInvalid(AgentfleetError):
+    """A final answer that is not JSON of the run's output schema: sent back to the model to
+    repair, and the run's failure once its repairs are spent."""
+
+    code = "output_invalid"
+
+
 class RunNotFound(AgentfleetError):
     code = "run_not_found"
 

@@ -14,13 +14,14 @@ Keys (``<p>`` is ``AGENTFLEET_KEY_PREFIX``), named only here::
     <p>:fleet:node:<node>     string: the node's record, JSON (expires)
     <p>:fleet:schema:<hash>   string: a tool's ``{name, description, parameters}`` by its
                               schema hash (expires with the last record naming it)
+    <p>:fleet:agent:<digest>  string: an agent's definition by its digest (likewise)
 
 A record (version 1)::
 
     {"version": 1, "node": "agents-1@host", "queues": ["agents"],
      "tools": {"calculator": "<schema hash>", ...}, "agents": {}, "published_at": <unix s>}
 
-``agents`` is reserved for declared agents (name -> definition hash), published the same way.
+``agents`` names the declared agents (name -> definition digest), published the same way.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ from typing import Any, cast
 import redis
 
 from agentfleet.tasks import keys
+from agentfleet.tasks.agents import Agent
+from agentfleet.tasks.agents import registry as agents
 from agentfleet.tasks.redisconn import get_redis
 from agentfleet.tasks.settings import Settings
 from agentfleet.tasks.tools import Tool, registry
@@ -139,26 +142,39 @@ class FleetView:
             return []
         return [t for t in tools if not any(t in n.tools for n in nodes)]
 
+    def lacking_agent(self, queue: str, agent: str) -> bool:
+        """Whether live nodes consume ``queue`` and none of them has ``agent``."""
+        nodes = self.on(queue)
+        return bool(nodes) and not any(agent in n.agents for n in nodes)
+
     def everywhere(self, queues: Iterable[str], tools: Iterable[str]) -> list[str]:
         """Those of ``tools`` that every live node of each of ``queues`` has."""
         nodes = [n for q in queues for n in self.on(q)]
         return [t for t in tools if all(t in n.tools for n in nodes)]
 
 
-def record_of(node: str, queues: Iterable[str], tools: Iterable[Tool]) -> NodeRecord:
+def record_of(
+    node: str, queues: Iterable[str], tools: Iterable[Tool], agents: Iterable[Agent] = ()
+) -> NodeRecord:
     """This process's record, stamped now."""
     return NodeRecord(
         node=node,
         queues=tuple(sorted(queues)),
         tools={t.name: t.schema_hash for t in tools},
+        agents={a.name: a.digest for a in agents},
         published_at=time.time(),
     )
 
 
 def publish(
-    client: redis.Redis, settings: Settings, record: NodeRecord, tools: Iterable[Tool]
+    client: redis.Redis,
+    settings: Settings,
+    record: NodeRecord,
+    tools: Iterable[Tool],
+    agents: Iterable[Agent] = (),
 ) -> None:
-    """Write (or refresh) ``record`` and the schemas of its tools; one round trip."""
+    """Write (or refresh) ``record``, the schemas of its tools and the definitions of its
+    agents; one round trip."""
     ttl = record_ttl_ms(settings)
     pipe = client.pipeline(transaction=True)
     pipe.set(node_key(settings, record.node), record.to_json(), px=ttl)
@@ -166,6 +182,9 @@ def publish(
     for tool in tools:
         schema = json.dumps(tool.openai_schema["function"])
         pipe.set(schema_key(settings, tool.schema_hash), schema, px=ttl)
+    for agent in agents:
+        definition = json.dumps(agent.describe())
+        pipe.set(keys.fleet_agent(settings.key_prefix, agent.digest), definition, px=ttl)
     pipe.eval(_PRUNE, 1, nodes_key(settings), node_key(settings, ""))
     pipe.execute()
 
@@ -188,6 +207,15 @@ def read(client: redis.Redis, settings: Settings) -> FleetView:
     return FleetView(tuple(r for r in records if r is not None))
 
 
+def definitions(client: redis.Redis, settings: Settings, digests: list[str]) -> dict[str, Any]:
+    """``{digest: definition}`` of the agents of ``digests`` still stored."""
+    if not digests:
+        return {}
+    raw = client.mget([keys.fleet_agent(settings.key_prefix, d) for d in digests])
+    found = cast(list[str | None], raw)
+    return {d: json.loads(r) for d, r in zip(digests, found, strict=True) if r is not None}
+
+
 def schemas(client: redis.Redis, settings: Settings, hashes: list[str]) -> dict[str, Any]:
     """``{hash: {name, description, parameters}}`` for those of ``hashes`` still stored."""
     if not hashes:
@@ -205,9 +233,9 @@ class Publisher(threading.Thread):
         self._stopped = threading.Event()
 
     def publish_once(self) -> None:
-        tools = registry.all()
-        record = record_of(self.node, self.queues, tools)
-        publish(get_redis(self.settings), self.settings, record, tools)
+        tools, declared = registry.all(), agents.all()
+        record = record_of(self.node, self.queues, tools, declared)
+        publish(get_redis(self.settings), self.settings, record, tools, declared)
 
     def run(self) -> None:
         interval = self.settings.node_publish_interval

@@ -171,6 +171,11 @@ def fleet_schema(p: str, schema_hash: str) -> str:
     return f"{p}:fleet:schema:{schema_hash}"
 
 
+def fleet_agent(p: str, digest: str) -> str:
+    """String: an agent's definition (``Agent.describe``) by its digest (expires)."""
+    return f"{p}:fleet:agent:{digest}"
+
+
 def watchdog_sweep(p: str) -> str:
     """String: whose turn it is to sweep the overdue runs (expires within a sweep interval)."""
     return f"{p}:watchdog:sweep"

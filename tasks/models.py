@@ -11,9 +11,12 @@ from pydantic import (
     ConfigDict,
     Field,
     HttpUrl,
+    PlainValidator,
     StrictBool,
+    WithJsonSchema,
     field_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from agentfleet.tasks.states import RunStatus as RunStatus  # re-exported: also imported from here
 
@@ -29,6 +32,10 @@ def _not_blank(value: str) -> str:
     return value
 
 
+#: Agent names: as tool names, safe in Redis keys and in a provider's ``response_format``.
+AGENT_NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+
+
 #: A prompt: at least one character that is not whitespace. The schema's pattern says so to
 #: clients; the validator says it in words.
 Prompt = Annotated[
@@ -36,8 +43,86 @@ Prompt = Annotated[
 ]
 
 
+def _prompt_or_object(value: object) -> str | dict[str, Any]:
+    if isinstance(value, str):
+        if not value:
+            # As a plain ``Prompt`` field said it, so the answer stays the same.
+            raise PydanticCustomError(
+                "string_too_short", "String should have at least 1 character", {"min_length": 1}
+            )
+        return _not_blank(value)
+    if isinstance(value, dict):
+        return value
+    raise ValueError("input must be text, or an object for an agent that takes one")
+
+
+#: A run's input: a prompt, or an object for an agent with an input type. One validator, so a
+#: problem is named ``input`` whichever form was meant.
+RunInput = Annotated[
+    str | dict[str, Any],
+    PlainValidator(_prompt_or_object),
+    WithJsonSchema(
+        {"anyOf": [{"type": "string", "minLength": 1, "pattern": r"\S"}, {"type": "object"}]}
+    ),
+]
+
+
+class FunctionChoice(BaseModel):
+    """``tool_choice`` naming one function: the model must call it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["function"] = "function"
+    function: dict[Literal["name"], str]
+
+
+class ModelSettings(BaseModel):
+    """Sampling and tool-use settings passed to the provider as they are (the chat-completions
+    parameters of the same names). Unset ones are not sent: the provider's defaults apply.
+    Unknown names or values out of the API's ranges are refused (422), never passed on."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    max_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
+    seed: int | None = Field(default=None, ge=-(2**63), lt=2**63)
+    stop: str | list[str] | None = Field(default=None, description="Up to 4 stop sequences.")
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    tool_choice: Literal["auto", "none", "required"] | FunctionChoice | None = None
+    parallel_tool_calls: StrictBool | None = None
+    reasoning_effort: Literal["minimal", "low", "medium", "high"] | None = Field(
+        default=None, description="Sent only to providers that take it (reasoning models)."
+    )
+
+    @field_validator("stop")
+    @classmethod
+    def _few_stops(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, list) and not 1 <= len(value) <= 4:
+            raise ValueError("stop takes 1 to 4 sequences")
+        return value
+
+    def body(self) -> dict[str, Any]:
+        """The request body's fields: those set, as JSON."""
+        return self.model_dump(mode="json", exclude_none=True)
+
+    def merged(self, override: ModelSettings | None) -> ModelSettings:
+        """These settings with those ``override`` sets put over them."""
+        if override is None:
+            return self
+        return self.model_copy(update=override.model_dump(exclude_unset=True, exclude_none=True))
+
+
+def _unset(value: object) -> bool:
+    return value is None
+
+
 class RunRequest(BaseModel):
     """What a caller asks for. This is also the JSON payload of ``send_task("agentfleet.run")``.
+
+    Fields added since version 1 was published are left out of its JSON while unset, so a
+    request of an earlier release dumps (and fingerprints, for its Idempotency-Key) the same.
 
     ``tools`` names the tools the model may call: omitted means every registered tool (through
     the API: every tool the API and every live worker have), an empty list means none. Size
@@ -47,7 +132,16 @@ class RunRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     version: Literal[1] = 1
-    input: Prompt = Field(description="The user's prompt.")
+    agent: str | None = Field(
+        default=None,
+        exclude_if=_unset,
+        pattern=AGENT_NAME_PATTERN,
+        description="A declared agent to run (GET /v1/agents); the other fields then override "
+        "its definition where it allows.",
+    )
+    input: RunInput = Field(
+        description="The user's prompt; an object for an agent with an input schema."
+    )
     system: str | None = Field(default=None, description="Optional system prompt.")
     model: str | None = Field(
         default=None,
@@ -59,6 +153,17 @@ class RunRequest(BaseModel):
     )
     tools: list[str] | None = None
     max_steps: int | None = Field(default=None, ge=1, description="LLM calls allowed.")
+    model_settings: ModelSettings | None = Field(
+        default=None,
+        exclude_if=_unset,
+        description="Temperature, max_tokens, seed, ... passed to the provider.",
+    )
+    output_schema: dict[str, Any] | None = Field(
+        default=None,
+        exclude_if=_unset,
+        description="A JSON schema the final answer must match: the run's result is then the "
+        "JSON value.",
+    )
     metadata: dict[str, str] = Field(default_factory=dict)
     # Strict: a lax bool would take "yes", "on" or 1 from JSON and guess what was meant.
     stream: StrictBool = Field(

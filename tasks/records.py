@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from agentfleet.tasks import keys
 from agentfleet.tasks.llm._routing import Target
@@ -66,6 +67,12 @@ class RunRecord:
     stream: bool
     batch_id: str
     callback_url: str
+    #: The agent the run runs ('' for a run defined by its request alone).
+    agent: str
+    #: Model settings sent with every LLM call of the run (the request's body fields).
+    model_settings: Mapping[str, Any]
+    #: The JSON schema the final answer must match (None: any text).
+    output_schema: dict[str, Any] | None
     #: Unix times: created, its first step claimed, made final (None: not yet).
     created_at: float
     started_at: float | None
@@ -98,6 +105,11 @@ class RunRecord:
             stream=fields.get("stream") == "1",
             batch_id=fields.get("batch_id", ""),
             callback_url=fields.get("callback_url", ""),
+            agent=fields.get("agent", ""),
+            model_settings=json.loads(fields.get("model_settings") or "{}"),
+            output_schema=json.loads(fields["output_schema"])
+            if fields.get("output_schema")
+            else None,
             created_at=float(fields.get("created_at") or 0),
             started_at=_time(fields, "started_at"),
             finished_at=_time(fields, "finished_at"),

@@ -115,6 +115,14 @@ class ProviderConfig(BaseModel):
     fail_max: int = Field(default=5, ge=1, description="Consecutive failures that open it.")
     reset_timeout: float = Field(default=30.0, gt=0, description="Open seconds before a probe.")
     max_probes: int = Field(default=1, ge=1, description="Half-open trial calls, fleet-wide.")
+    structured_outputs: bool = Field(
+        default=True,
+        description="Takes response_format with a JSON schema; false: a run's output schema "
+        "goes to it as an instruction.",
+    )
+    reasoning_effort: bool = Field(
+        default=True, description="Takes reasoning_effort; false: the setting is not sent."
+    )
 
     def api_key(self) -> str:
         """The key from the file or variable; a placeholder for keyless local servers."""
@@ -367,10 +375,27 @@ class Settings(BaseSettings):
     max_metadata_bytes: int = Field(
         default=4096, ge=2, description="Size of a run's metadata as JSON."
     )
+    max_output_schema_bytes: int = Field(
+        default=16 * 1024, ge=64, description="Size of a run's output_schema as JSON."
+    )
+    max_output_repairs: int = Field(
+        default=2,
+        ge=0,
+        le=10,
+        description="Times an answer that does not match the output schema is sent back to "
+        "the model before the run fails with output_invalid (an agent may set its own).",
+    )
 
     # --- Tools ---------------------------------------------------------------------------
     tool_modules: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Comma-separated modules whose @tool functions load."
+    )
+    agent_modules: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated modules whose Agent(...) declarations load.",
+    )
+    agent_files: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list, description="Comma-separated YAML or JSON files of declared agents."
     )
     node_publish_interval: float = Field(
         default=5.0,
@@ -435,7 +460,7 @@ class Settings(BaseSettings):
                 raise ValueError(f"unknown log level {value!r}")
         return value
 
-    @field_validator("tool_modules", mode="before")
+    @field_validator("tool_modules", "agent_modules", "agent_files", mode="before")
     @classmethod
     def _split_modules(cls, value: object) -> object:
         if isinstance(value, str):

@@ -130,6 +130,7 @@ class StepAnswer:
     worker: str = ""
     asked: int = 0  # the tool calls the model asked for (``tool_calls`` are those dispatched)
     after: str = ""  # the generation of the previous step's answer, which this one builds on
+    llm_calls: int = 1  # calls the answer took (a typed run's repair rounds add some)
 
     def payload(self) -> str:
         """The JSON the step-ending scripts take (``apply`` in :mod:`agentfleet.tasks.scripts`)."""
@@ -141,6 +142,7 @@ class StepAnswer:
                 "completion_tokens": self.completion_tokens,
                 "tools_total": self.tool_calls,
                 "asked": self.asked,
+                "llm_calls": self.llm_calls,
                 "provider": self.target.provider,
                 "model": self.target.model,
                 "worker": self.worker,
@@ -353,12 +355,20 @@ class RunStore:
         }
         if batch_id:
             fields["batch_id"] = batch_id
+        # Written only when given: a plain run's record is what it always was.
+        if request.agent:
+            fields["agent"] = request.agent
+        if request.model_settings is not None and (body := request.model_settings.body()):
+            fields["model_settings"] = json.dumps(body)
+        if request.output_schema is not None:
+            fields["output_schema"] = json.dumps(request.output_schema)
         if request.callback_url:
             fields["callback_url"] = str(request.callback_url)
         messages = []
         if request.system:
             messages.append(json.dumps({"role": "system", "content": request.system}))
-        messages.append(json.dumps({"role": "user", "content": request.input}))
+        # An agent's object input was rendered as text when the run was admitted.
+        messages.append(json.dumps({"role": "user", "content": str(request.input)}))
         return fields, messages
 
     def delete_run(self, run_id: str) -> None:

@@ -7,6 +7,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from agentfleet.tasks.records import RunRecord
+from agentfleet.tasks.states import RunStatus
+
+
+def _typed_result(run: RunRecord, text: str | None) -> Any:
+    """A typed run's result: its answer as JSON once it succeeded (only a valid one does)."""
+    return json.loads(text) if text and run.status is RunStatus.SUCCEEDED else None
 
 
 def iso(value: str | None) -> str | None:
@@ -19,9 +25,12 @@ def run_view(run: RunRecord) -> dict[str, Any]:
     """A run record as callers see it (``GET /v1/runs/{id}`` and the run's Celery result)."""
     record, usage = run.fields, run.usage
     error = record.get("error")
+    text = record.get("result")
+    typed = run.output_schema is not None
     return {
         "id": run.id,
         "status": run.status.value,
+        "agent": run.agent or None,
         "model": record.get("model"),
         "progress": {
             "step": run.step,
@@ -38,7 +47,10 @@ def run_view(run: RunRecord) -> dict[str, Any]:
         "provider": record.get("provider"),
         "worker": record.get("worker"),
         "waiting": json.loads(record["waiting"]) if record.get("waiting") else None,
-        "result": record.get("result"),
+        # A typed run's result is the JSON value of its answer, and its text is kept beside
+        # it (also the text of an answer that never matched the schema).
+        "result": _typed_result(run, text) if typed else text,
+        "result_text": text if typed else None,
         "error": json.loads(error) if error else None,
         "metadata": json.loads(record.get("metadata") or "{}"),
         "created_at": iso(record.get("created_at")),

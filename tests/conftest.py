@@ -9,6 +9,7 @@ import contextlib
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,9 +21,13 @@ from agentfleet.client import Client
 from agentfleet.workers.factory import create_app
 from ops.stack import PoolSpec, Proc, Stack, wait_for
 
+#: The agents declared in a file that the shared fleet loads (tests/agents.py are in Python).
+AGENT_FILE = Path(__file__).resolve().parent / "data" / "agents.yaml"
 #: Worker settings for the shared fleet: small retry budgets so failure paths finish fast.
 FLEET_ENV = {
     "AGENTFLEET_TOOL_MODULES": "tests.tooling",
+    "AGENTFLEET_AGENT_MODULES": "tests.agents",
+    "AGENTFLEET_AGENT_FILES": str(AGENT_FILE),
     "AGENTFLEET_LLM_MAX_RETRIES": "1",
     "AGENTFLEET_RETRY_BACKOFF_BASE": "0.2",
     "AGENTFLEET_LLM_TIMEOUT": "20",

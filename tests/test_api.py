@@ -33,7 +33,7 @@ def _snapshot(fleet: Fleet) -> tuple[set[str], int, int]:
         ({"input": "x", "metadata": {"k": "v" * 5000}}, "metadata", "the limit is 4096"),
         ({"input": "x", "metadata": {"k": 1}}, "metadata", "valid string"),
         ({"input": "x", "surprise": 1}, "surprise", "Extra inputs are not permitted"),
-        ({"input": 5}, "input", "valid string"),
+        ({"input": 5}, "input", "input must be text, or an object"),
         ({"input": " \n\t "}, "input", "input is blank"),
         ({"input": "x", "stream": "yes"}, "stream", "valid boolean"),
         (

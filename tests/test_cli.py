@@ -169,3 +169,34 @@ def test_wait_that_runs_out_exits_4(fleet: Fleet) -> None:
     fleet.client.cancel(run_id)
     assert out.returncode == 4, out.stderr
     assert re.fullmatch(f"agentfleet: run {run_id} still (queued|running) after 1.0s\n", out.stderr)
+
+
+def test_agents_and_a_typed_run_by_agent_name(fleet: Fleet, tmp_path: Path) -> None:
+    listed = fleet.cli("agents")
+    assert listed.returncode == 0, listed.stderr
+    assert any(line.split()[:2] == ["triage", "typed"] for line in listed.stdout.splitlines())
+    done = fleet.cli("run", "say it", "--agent", "echo", "--wait")
+    assert done.returncode == 0, done.stderr
+    assert "agent     echo" in done.stdout
+    assert "result    Echo: say it" in done.stdout
+    schema = tmp_path / "schema.json"
+    schema.write_text(json.dumps({"type": "object", "properties": {"n": {"type": "integer"}}}))
+    typed = fleet.cli(
+        "run", '[[reply:{"n": 4}]]', "--output-schema", str(schema), "--set", "seed=3", "--wait"
+    )
+    assert typed.returncode == 0, typed.stderr
+    assert 'result    {"n": 4}' in typed.stdout
+    triage = fleet.cli("run", '{"title": "t"}', "--agent", "triage", "--input-json")
+    assert triage.returncode == 0, triage.stderr
+
+
+def test_a_wrong_setting_or_input_is_refused_in_one_line(fleet: Fleet) -> None:
+    unknown = fleet.cli("run", "x", "--set", "warmth=1")
+    assert unknown.returncode == 2
+    assert "model_settings.warmth" in unknown.stderr
+    malformed = fleet.cli("run", "x", "--set", "temperature")
+    assert malformed.returncode == 2
+    assert "--set takes NAME=VALUE" in malformed.stderr
+    not_object = fleet.cli("run", "[1]", "--agent", "triage", "--input-json")
+    assert not_object.returncode == 2
+    assert "--input-json takes a JSON object" in not_object.stderr

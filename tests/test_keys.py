@@ -133,6 +133,7 @@ LAYOUT = [
     (keys.fleet_node("af", "n1"), "af:fleet:node:n1"),
     (keys.fleet_node("af", ""), "af:fleet:node:"),
     (keys.fleet_schema("af", "h1"), "af:fleet:schema:h1"),
+    (keys.fleet_agent("af", "d1"), "af:fleet:agent:d1"),
     (keys.watchdog_sweep("af"), "af:watchdog:sweep"),
     (keys.provider("af", "openai"), "af:provider:openai"),
     (keys.breaker("af:provider:openai", "state"), "af:provider:openai:pybreaker:state"),

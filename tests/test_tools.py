@@ -21,6 +21,7 @@ from agentfleet.tasks.fleet import node_key
 from agentfleet.tasks.tools import ToolRegistry, load_tool_modules, registry
 from agentfleet.tasks.tools._registry import _make_tool
 from ops.stack import PoolSpec, Stack, wait_for
+from tests.agents import echo, strict_json, triage
 from tests.conftest import SHORT_LIMITS, Fleet, private_fleet
 
 
@@ -162,9 +163,11 @@ def test_async_tool_stops_at_its_soft_time_limit(fleet: Fleet) -> None:
 # --- the fleet's view ------------------------------------------------------------------------
 
 BUILTIN = ["calculator", "current_time", "json_extract", "text_stats", "transform_text", "wait"]
-#: The API loads tests.tooling and tests.tooling_v1; each worker loads its own modules.
+#: The API loads tests.tooling and tests.tooling_v1 and the agents of tests.agents; each
+#: worker loads its own modules, and the agents worker no agents.
 MIXED_ENV = SHORT_LIMITS | {
     "AGENTFLEET_TOOL_MODULES": "tests.tooling,tests.tooling_v1",
+    "AGENTFLEET_AGENT_MODULES": "tests.agents",
     "AGENTFLEET_NODE_PUBLISH_INTERVAL": "1",
 }
 AGENTS = PoolSpec("agents", "threads", 4)
@@ -199,7 +202,7 @@ def mixed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mixed]:
         with Client(stack.api_url, api_key=stack.api_key) as client:
             # No worker is up, so none has published its tools: the API accepts the run.
             early.append(client.create_run('call shout {"text": "hi"}', tools=["shout"]).id)
-        stack.start_worker(AGENTS, _with_modules(stack, ""))
+        stack.start_worker(AGENTS, _with_modules(stack, "") | {"AGENTFLEET_AGENT_MODULES": ""})
         stack.start_worker(TOOLS_V1, _with_modules(stack, "tests.tooling_v1"))
         stack.start_worker(TOOLS_V2, _with_modules(stack, "tests.tooling_v2"))
 
@@ -261,6 +264,20 @@ def test_a_tool_no_live_worker_has_is_refused_and_nothing_is_enqueued(seen: Flee
     assert batch.status_code == 422, batch.text
     assert batch.json()["detail"][0]["loc"] == ["body", "items.0.tools"]
     assert _snapshot(seen) == before
+
+
+def test_an_agent_no_live_agents_worker_has_is_refused_and_listed_as_such(seen: Fleet) -> None:
+    before = _snapshot(seen)
+    response = seen.http.post("/v1/runs", json={"agent": "echo", "input": "hi"})
+    assert response.status_code == 422, response.text
+    (problem,) = response.json()["detail"]
+    assert problem["loc"] == ["body", "agent"]
+    assert "not declared on any live worker of queue agents" in problem["msg"]
+    assert _snapshot(seen) == before
+    listed = {a.name: a for a in seen.client.agents()}
+    # The API has it; the tools workers publish it too, but they run no steps.
+    assert listed["echo"].on_api
+    assert "no live worker of queue agents has it" in listed["echo"].mismatches
 
 
 def test_a_tool_only_tools_workers_have_is_refused_for_runs(seen: Fleet) -> None:
@@ -334,7 +351,8 @@ def test_a_node_record_is_refreshed_expires_and_goes_at_shutdown(seen: Fleet) ->
     node = extra_node()
     first = json.loads(seen.redis.get(key_of(node)) or "{}")
     assert first["tools"]["shout"]
-    assert first["agents"] == {}
+    # The agents of AGENTFLEET_AGENT_MODULES (tests.agents), by the digest of each definition.
+    assert first["agents"] == {a.name: a.digest for a in (triage, echo, strict_json)}
     assert 0 < int(seen.redis.pttl(key_of(node))) <= 3000  # 3 publish intervals
     wait_for(
         lambda: (

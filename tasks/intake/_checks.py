@@ -9,20 +9,27 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from agentfleet.tasks.errors import InvalidRequest, ToolArgumentsError
+from agentfleet.tasks.agents import OVERRIDABLE, Agent, RunContext
+from agentfleet.tasks.agents import registry as agents
+from agentfleet.tasks.errors import ConfigError, InvalidRequest, ToolArgumentsError
 from agentfleet.tasks.llm import RoutingError, Target, resolve_chain
 from agentfleet.tasks.models import (
     BatchRequest,
+    ModelSettings,
     PromptItem,
     RunRequest,
     ToolCallItem,
     ToolCallRequest,
 )
+from agentfleet.tasks.output import schema_problems
 from agentfleet.tasks.settings import Settings
 from agentfleet.tasks.tools import registry
 
 #: ``(field, message)`` for each thing wrong with a request.
 Problems = list[tuple[str, str]]
+
+#: The run request fields that carry a definition an agent may let a run override.
+OVERRIDABLE_FIELDS = frozenset(OVERRIDABLE)
 
 #: Problems a batch's refusal names at most: enough to fix; a 10,000-item report helps nobody.
 MAX_BATCH_PROBLEMS = 20
@@ -30,16 +37,39 @@ MAX_BATCH_PROBLEMS = 20
 
 @dataclass(frozen=True)
 class AdmittedRun:
-    """A run request that passed every check, with the provider chain it resolved to."""
+    """A run request that passed every check, with the provider chain it resolved to. A run
+    of an agent has the agent's definition in ``request`` (where the request did not override
+    it) and its input rendered as text; ``agent`` and ``input`` are kept for its instructions."""
 
     request: RunRequest
     chain: list[Target]
+    agent: Agent | None = None
+    #: The input as the caller sent it (an object for an agent with an input type).
+    input: str | dict[str, Any] = ""
 
     def tools(self, every_tool: Sequence[str] | None = None) -> list[str]:
         """The run's tools: those it names, else ``every_tool`` (default: every registered one)."""
         if self.request.tools is None and every_tool is not None:
             return list(every_tool)
         return resolve_tools(self.request)
+
+    def prepared(self, run_id: str, tenant: str) -> RunRequest:
+        """The request to write for run ``run_id``: with the agent's instructions, made for
+        this run when they are a function of it."""
+        agent = self.agent
+        if agent is None or "system" in self.request.model_fields_set:
+            return self.request
+        context = RunContext(run_id, tenant, agent.name, self.input, self.request.metadata)
+        try:
+            system = agent.instructions_for(context)
+        except ConfigError:
+            raise
+        except Exception as exc:
+            # A fault of the agent's code, not of the request: named, so its owner can fix it.
+            raise ConfigError(
+                f"agent {agent.name!r}: its instructions function failed: {exc!r}"
+            ) from exc
+        return self.request.model_copy(update={"system": system or None})
 
 
 @dataclass(frozen=True)
@@ -63,13 +93,65 @@ def admit_run(
 
     ``check_callback``: refuse a ``callback_url`` when the server has no callback secret.
     """
-    request = _parse(raw)
-    chain, problems = _run_checks(request, settings)
+    sent = _parse(raw)
+    request, agent, problems = with_agent(sent)
+    chain, found = _run_checks(request, settings)
+    problems += found
     if check_callback:
         problems += callback_problems(request.callback_url, settings)
     if chain is None or problems:
         raise InvalidRequest.of(problems)
-    return AdmittedRun(request, chain)
+    return AdmittedRun(request, chain, agent, sent.input)
+
+
+def with_agent(request: RunRequest) -> tuple[RunRequest, Agent | None, Problems]:
+    """``request`` with its agent's definition put in where the request does not override it
+    (and the problems: an unknown agent, an override the agent does not allow, an input the
+    agent does not take). A request that names no agent is returned as it is."""
+    if request.agent is None:
+        if isinstance(request.input, dict):
+            return request, None, [("input", "an object input needs an agent that takes one")]
+        return request, None, []
+    if request.agent not in agents:
+        known = ", ".join(agents.names()) or "none"
+        return request, None, [("agent", f"no agent named {request.agent!r} (declared: {known})")]
+    agent = agents.get(request.agent)
+    given = {f for f in request.model_fields_set if getattr(request, f) is not None}
+    problems: Problems = [
+        (name, f"agent {agent.name!r} does not let a run set {name} (allow_overrides)")
+        for name in sorted((given & OVERRIDABLE_FIELDS) - agent.allow_overrides)
+    ]
+    text, wrong = agent.render_input(request.input)
+    problems += [("input", w) for w in wrong]
+    update: dict[str, Any] = {"input": text or "(invalid input)"}
+    if "system" not in given and isinstance(agent.instructions, str):
+        update["system"] = agent.instructions or None
+    if "model" not in given and "providers" not in given:
+        model = agent.model
+        update["model"] = model if isinstance(model, str) or model is None else None
+        update["providers"] = None if agent.providers is None else list(agent.providers)
+    if "tools" not in given:
+        update["tools"] = agent.tool_names
+    if "max_steps" not in given:
+        update["max_steps"] = agent.max_steps
+    if "output_schema" not in given and agent.output is not None:
+        update["output_schema"] = agent.output.schema
+    base = agent.model_settings
+    assert base is None or isinstance(base, ModelSettings)
+    if base is not None:
+        update["model_settings"] = base.merged(request.model_settings)
+    # model_copy keeps which fields were set: "system" stays unset when the agent gives it.
+    return request.model_copy(update=update), agent, problems
+
+
+def _chain(request: RunRequest, settings: Settings) -> list[Target]:
+    """The run's provider chain: from its model and providers, or, for an agent whose model is
+    a list of ``provider:model`` the run does not override, that list."""
+    agent = agents.get(request.agent) if request.agent and request.agent in agents else None
+    listed = agent.model if agent is not None else None
+    if request.model is None and request.providers is None and isinstance(listed, list | tuple):
+        return [target for model in listed for target in resolve_chain(settings, model)]
+    return resolve_chain(settings, request.model, request.providers)
 
 
 def admit_tool_call(request: ToolCallRequest) -> ToolCallRequest:
@@ -107,10 +189,12 @@ def _batch_item_checks(
             found = _tool_call_checks(item.name, item.arguments)
             admitted.append(item)
         else:
-            run = item.as_run() if isinstance(item, PromptItem) else item
-            chain, found = _run_checks(run, settings)
+            sent = item.as_run() if isinstance(item, PromptItem) else item
+            run, agent, found = with_agent(sent)
+            chain, more = _run_checks(run, settings)
+            found += more
             if chain is not None:
-                admitted.append(AdmittedRun(run, chain))
+                admitted.append(AdmittedRun(run, chain, agent, sent.input))
         problems += [(f"items.{index}.{f}", m) for f, m in found]
         if len(problems) >= MAX_BATCH_PROBLEMS:
             break
@@ -137,7 +221,7 @@ def _parse(raw: RunRequest | Mapping[str, Any]) -> RunRequest:
 def _run_checks(request: RunRequest, settings: Settings) -> tuple[list[Target] | None, Problems]:
     """The provider chain of ``request`` (None if it does not resolve) and every limit it breaks."""
     problems: Problems = []
-    prompt_chars = len(request.input) + len(request.system or "")
+    prompt_chars = len(str(request.input)) + len(request.system or "")
     if prompt_chars > settings.max_input_chars:
         problems.append(
             (
@@ -155,9 +239,12 @@ def _run_checks(request: RunRequest, settings: Settings) -> tuple[list[Target] |
         )
     if request.tools is not None:
         problems += _tools_checks(request.tools, settings)
+    if request.output_schema is not None:
+        limit = settings.max_output_schema_bytes
+        problems += [("output_schema", p) for p in schema_problems(request.output_schema, limit)]
     chain = None
     try:
-        chain = resolve_chain(settings, request.model, request.providers)
+        chain = _chain(request, settings)
     except RoutingError as exc:
         problems.append(("providers" if request.providers else "model", str(exc)))
     metadata_bytes = len(json.dumps(request.metadata).encode())

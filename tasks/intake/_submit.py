@@ -76,9 +76,10 @@ def submit_run(
     (:func:`agentfleet.producer.fleet.every_tool`)."""
     run_id, token = str(uuid.uuid4()), uuid.uuid4().hex
     REQUEST_RUN_ID.set(run_id)  # log lines of the rest of this request name the run
+    request = run.prepared(run_id, tenant)
     _write(
         lambda: store.create_run(
-            run_id, run.request, run.tools(every_tool), run.chain, tenant=tenant, pending=token
+            run_id, request, run.tools(every_tool), run.chain, tenant=tenant, pending=token
         )
     )
     _publish(app, names.RUN, run_id, kwargs={"request": None})
@@ -147,7 +148,7 @@ def submit_batch(
             items.append(keys.item(keys.TOOL_ITEM, call_id))
             continue
         run_id = str(uuid.uuid4())
-        runs.append((run_id, item.request, item.tools(every_tool), item.chain))
+        runs.append((run_id, item.prepared(run_id, tenant), item.tools(every_tool), item.chain))
         items.append(keys.item(keys.RUN_ITEM, run_id))
     key = batch_key(store, batch_id)
     items_key = keys.batch_items(store.settings.key_prefix, batch_id)
@@ -206,7 +207,7 @@ def take_sent_run(store: RunStore, run_id: str, payload: Mapping[str, Any]) -> N
         _refuse_sent_run(store, run_id, InvalidRequest.of(problems + exc.problems))
     if problems:
         _refuse_sent_run(store, run_id, InvalidRequest.of(problems))
-    store.create_run(run_id, run.request, run.tools(), run.chain, tenant=tenant)
+    store.create_run(run_id, run.prepared(run_id, tenant), run.tools(), run.chain, tenant=tenant)
 
 
 def _refuse_sent_run(store: RunStore, run_id: str, refusal: InvalidRequest) -> NoReturn:

@@ -1,9 +1,11 @@
 """The LLM provider layer: clients, routing, fleet-wide guards, one error boundary."""
 
 from agentfleet.tasks.llm._call import (
+    CallOptions,
     Completion,
     ModelToolCall,
     complete,
+    request_body,
     retry_after_seconds,
     translate,
 )
@@ -13,6 +15,7 @@ from agentfleet.tasks.llm._router import call_chain
 from agentfleet.tasks.llm._routing import RoutingError, Target, resolve_chain
 
 __all__ = [
+    "CallOptions",
     "Completion",
     "ModelToolCall",
     "ProviderGuard",
@@ -22,6 +25,7 @@ __all__ = [
     "complete",
     "get_client",
     "get_guard",
+    "request_body",
     "reset_clients",
     "resolve_chain",
     "retry_after_seconds",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import email.utils
 import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +22,7 @@ from agentfleet.tasks.errors import (
     RetryableProviderError,
 )
 from agentfleet.tasks.llm._client import get_client
+from agentfleet.tasks.output import OutputSpec
 from agentfleet.tasks.settings import ProviderConfig
 
 CHAT_PATH = "/chat/completions"
@@ -175,6 +176,59 @@ def _assemble(chunks: Iterable[Any], on_delta: Callable[[str], None], provider: 
     )
 
 
+@dataclass(frozen=True)
+class CallOptions:
+    """What an LLM call sends besides its model, messages and tools: the run's model settings
+    (:meth:`agentfleet.tasks.models.ModelSettings.body`) and its output schema."""
+
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    output: OutputSpec | None = None
+
+
+#: Settings about tool use: a request without tools must not carry them (providers refuse it).
+_TOOL_SETTINGS = ("tool_choice", "parallel_tool_calls")
+
+
+def request_body(
+    provider: ProviderConfig,
+    model: str,
+    messages: list[dict[str, Any]],
+    tools: list[dict[str, Any]],
+    options: CallOptions | None = None,
+) -> dict[str, Any]:
+    """The JSON body of a chat completion, as ``chat.completions.create`` would post it with
+    the same arguments (tests/test_model_settings.py compares the two on the wire)."""
+    body: dict[str, Any] = {"model": model, "messages": messages}
+    if tools:
+        body["tools"] = tools
+    if options is None:
+        return body
+    settings = dict(options.settings)
+    if not tools:
+        for name in _TOOL_SETTINGS:
+            settings.pop(name, None)
+    if not provider.reasoning_effort:
+        settings.pop("reasoning_effort", None)
+    body |= settings
+    if options.output is not None:
+        if provider.structured_outputs:
+            body["response_format"] = options.output.response_format()
+        else:
+            body["messages"] = _with_instruction(messages, options.output.instruction())
+    return body
+
+
+def _with_instruction(messages: list[dict[str, Any]], instruction: str) -> list[dict[str, Any]]:
+    """``messages`` with ``instruction`` added to the system prompt (made one if none)."""
+    if messages and messages[0].get("role") == "system":
+        first = messages[0]
+        return [
+            {**first, "content": f"{first.get('content') or ''}\n\n{instruction}"},
+            *messages[1:],
+        ]
+    return [{"role": "system", "content": instruction}, *messages]
+
+
 def complete(
     provider: ProviderConfig,
     messages: list[dict[str, Any]],
@@ -182,6 +236,7 @@ def complete(
     model: str,
     admitted_at: float | None = None,
     on_delta: Callable[[str], None] | None = None,
+    options: CallOptions | None = None,
 ) -> Completion:
     """One chat completion. Raises only :class:`~agentfleet.tasks.errors.ProviderError` subclasses.
 
@@ -189,24 +244,24 @@ def complete(
     """
     client = get_client(provider)
     name = provider.name
-    body: dict[str, Any] = {"model": model, "messages": messages}
-    if tools:
-        body["tools"] = tools
-    options: Any = {}
+    body = request_body(provider, model, messages, tools, options)
+    request_options: Any = {}
     if admitted_at is not None:
-        options["headers"] = {ADMITTED_HEADER: repr(admitted_at)}
+        request_options["headers"] = {ADMITTED_HEADER: repr(admitted_at)}
     # The request ``chat.completions.create`` makes, posted with the SDK's own client (its
     # HTTP pool, timeouts, errors and response types), minus create()'s walk of every
     # parameter against its TypedDict: ours are plain JSON, which that walk returns as it is,
     # and it was more than half the client CPU of a call (docs/performance.md, "The LLM client").
     try:
         if on_delta is None:
-            answer = client.post(CHAT_PATH, body=body, options=options, cast_to=ChatCompletion)
+            answer = client.post(
+                CHAT_PATH, body=body, options=request_options, cast_to=ChatCompletion
+            )
             return _parse(answer, name)
         stream = client.post(
             CHAT_PATH,
             body={**body, "stream": True, "stream_options": {"include_usage": True}},
-            options=options,
+            options=request_options,
             cast_to=ChatCompletion,
             stream=True,
             stream_cls=Stream[ChatCompletionChunk],

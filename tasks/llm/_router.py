@@ -14,7 +14,7 @@ from agentfleet.tasks.errors import (
     ProvidersUnavailable,
     RetryableProviderError,
 )
-from agentfleet.tasks.llm._call import Completion, complete
+from agentfleet.tasks.llm._call import CallOptions, Completion, complete
 from agentfleet.tasks.llm._guard import Admission, ProviderGuard, estimate_tokens, get_guard
 from agentfleet.tasks.llm._routing import Target
 from agentfleet.tasks.settings import ProviderConfig, Settings
@@ -67,6 +67,7 @@ def call_chain(
     tools: list[dict[str, Any]],
     on_delta: Callable[[str], None] | None = None,
     deadline: float | None = None,
+    options: CallOptions | None = None,
 ) -> tuple[Completion, Target]:
     """One chat completion from the first provider of ``chain`` that serves it.
 
@@ -95,7 +96,7 @@ def call_chain(
         if not admission.ok:
             walk.skipped.append((target.provider, admission.outcome, admission.wait_s))
             continue
-        completion = _call(guard, admission, target, walk, messages, tools, on_delta)
+        completion = _call(guard, admission, target, walk, messages, tools, on_delta, options)
         if completion is not None:
             return completion, target
     raise walk.outcome()
@@ -115,13 +116,14 @@ def _call(
     messages: list[dict[str, Any]],
     tools: list[dict[str, Any]],
     on_delta: Callable[[str], None] | None,
+    options: CallOptions | None,
 ) -> Completion | None:
     """The provider's answer, or None when it failed for itself (noted in ``walk``)."""
     provider = guard.provider
     walk.called += 1
     try:
         completion = complete(
-            provider, messages, tools, target.model, admission.at, on_delta=on_delta
+            provider, messages, tools, target.model, admission.at, on_delta, options
         )
     except RetryableProviderError as exc:
         guard.failed(admission, exc)

@@ -4,7 +4,7 @@
 --
 -- apply(run_key, messages_key, lease_key, token, step, p): append the step's answer and usage
 --   once, as generation ``token``. p: {messages: [str], after, prompt_tokens,
---   completion_tokens, tools_total, asked, provider, model, worker, metrics
+--   completion_tokens, tools_total, asked, llm_calls (optional, 1), provider, model, worker, metrics
 --   (agentfleet.tasks.metrics.step_fields)}. Reads status, applied_step, gen:<step-1>; writes
 --   the transcript, usage counters, applied_step, step, tools:<step>, gen:<step>, the step
 --   metrics, events llm_call_finished (and step_finished if it dispatches tool calls).
@@ -28,7 +28,9 @@ local function apply(run_key, messages_key, lease_key, token, step, p)
   for _, m in ipairs(p.messages) do redis.call('RPUSH', messages_key, m) end
   redis.call('HINCRBY', run_key, 'prompt_tokens', p.prompt_tokens)
   redis.call('HINCRBY', run_key, 'completion_tokens', p.completion_tokens)
-  redis.call('HINCRBY', run_key, 'llm_calls', 1)
+  -- A typed run's repair rounds make one answer of several calls (older senders: one).
+  local calls = p.llm_calls or 1
+  redis.call('HINCRBY', run_key, 'llm_calls', calls)
   redis.call('HINCRBY', run_key, 'tools_total', p.tools_total)
   redis.call('HSET', run_key, 'applied_step', step, 'step', step, 'updated_at', ctx.now,
              'provider', p.provider, 'tools:' .. step, p.tools_total, 'worker', p.worker,
@@ -46,7 +48,7 @@ local function apply(run_key, messages_key, lease_key, token, step, p)
   local steps, llm = ctx.prefix .. METRIC.step_seconds, ctx.prefix .. METRIC.llm
   redis.call('HINCRBY', steps, m.bucket, 1)
   redis.call('HINCRBYFLOAT', steps, 'sum', tostring(m.seconds))
-  redis.call('HINCRBY', llm, m.calls, 1)
+  redis.call('HINCRBY', llm, m.calls, calls)
   redis.call('HINCRBY', llm, m.prompt, p.prompt_tokens)
   redis.call('HINCRBY', llm, m.completion, p.completion_tokens)
   return 1

@@ -5,6 +5,13 @@ naming them in ``AGENTFLEET_TOOL_MODULES`` (comma-separated), on workers and on 
 """
 
 from agentfleet.tasks.tools import builtin
-from agentfleet.tasks.tools._registry import Tool, ToolRegistry, load_tool_modules, registry, tool
+from agentfleet.tasks.tools._registry import (
+    Tool,
+    ToolFunc,
+    ToolRegistry,
+    load_tool_modules,
+    registry,
+    tool,
+)
 
-__all__ = ["Tool", "ToolRegistry", "builtin", "load_tool_modules", "registry", "tool"]
+__all__ = ["Tool", "ToolFunc", "ToolRegistry", "builtin", "load_tool_modules", "registry", "tool"]

@@ -123,6 +123,10 @@ class ToolRegistry:
     def names(self) -> list[str]:
         return sorted(self._tools)
 
+    def name_of(self, func: ToolFunc) -> str | None:
+        """The name ``func`` is registered under, if it is a registered tool's function."""
+        return next((t.name for t in self._tools.values() if t.func is func), None)
+
     def all(self) -> list[Tool]:
         return [self._tools[n] for n in self.names()]
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, TypeVar, Unpack
+from typing import Any, TypeVar, Unpack, overload
 
 import httpx
+from pydantic import BaseModel
 
 from agentfleet.client import _core, _models
 from agentfleet.client._core import BatchOptions, RunOptions
 from agentfleet.client._errors import Unreachable
+from agentfleet.client._models import M
 
 T = TypeVar("T")
 
@@ -47,8 +49,43 @@ class AsyncClient(_core.BaseClient[httpx.AsyncClient]):
             await asyncio.sleep(wait.interval)
         return result
 
-    async def create_run(self, input: str, **options: Unpack[RunOptions]) -> _models.Accepted:
-        return await self._send(_core.create_run(input, options))
+    async def create_run(
+        self,
+        input: str | dict[str, Any],
+        *,
+        output_type: type[BaseModel] | None = None,
+        **options: Unpack[RunOptions],
+    ) -> _models.Accepted:
+        return await self._send(_core.create_run(input, options, output_type))
+
+    @overload
+    async def run(
+        self,
+        input: str | dict[str, Any],
+        *,
+        output_type: None = None,
+        timeout: float = 300.0,
+        **options: Unpack[RunOptions],
+    ) -> _models.Run: ...
+    @overload
+    async def run(
+        self,
+        input: str | dict[str, Any],
+        *,
+        output_type: type[M],
+        timeout: float = 300.0,
+        **options: Unpack[RunOptions],
+    ) -> M: ...
+    async def run(
+        self,
+        input: str | dict[str, Any],
+        *,
+        output_type: type[M] | None = None,
+        timeout: float = 300.0,
+        **options: Unpack[RunOptions],
+    ) -> _models.Run | M:
+        accepted = await self.create_run(input, output_type=output_type, **options)
+        return _core.outcome(await self.wait(accepted.id, timeout), output_type)
 
     async def get_run(self, run_id: str) -> _models.Run:
         return await self._send(_core.get_run(run_id))
@@ -113,6 +150,9 @@ class AsyncClient(_core.BaseClient[httpx.AsyncClient]):
 
     async def tools(self) -> list[_models.ToolInfo]:
         return await self._send(_core.TOOLS)
+
+    async def agents(self) -> list[_models.AgentInfo]:
+        return await self._send(_core.AGENTS)
 
     async def providers(self) -> list[_models.ProviderState]:
         return await self._send(_core.PROVIDERS)

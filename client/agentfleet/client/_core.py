@@ -21,7 +21,15 @@ import httpx
 import pydantic
 
 from agentfleet.client import _models as models
-from agentfleet.client._errors import ApiError, ProtocolError, Unreachable, WaitTimeout, api_error
+from agentfleet.client._errors import (
+    ApiError,
+    ProtocolError,
+    RunError,
+    Unreachable,
+    WaitTimeout,
+    api_error,
+)
+from agentfleet.client._models import M
 
 T = TypeVar("T")
 #: An answer with a status (a run, a tool call).
@@ -54,11 +62,14 @@ class RunOptions(TypedDict, total=False):
     as the first time instead of creating the work twice."""
 
     idempotency_key: str | None
+    agent: str | None
     system: str | None
     model: str | None
     providers: list[str] | None
     tools: list[str] | None
     max_steps: int | None
+    model_settings: dict[str, Any] | None
+    output_schema: dict[str, Any] | None
     metadata: dict[str, str] | None
     stream: bool
     callback_url: str | None
@@ -141,12 +152,27 @@ def _split(options: RunOptions | BatchOptions) -> tuple[dict[str, Any], dict[str
     return fields, _idempotent(options.get("idempotency_key"))
 
 
-def create_run(input: str, options: RunOptions) -> Call[models.Accepted]:
+def create_run(
+    input: str | dict[str, Any],
+    options: RunOptions,
+    output_type: type[pydantic.BaseModel] | None = None,
+) -> Call[models.Accepted]:
     fields, headers = _split(options)
     if not fields.get("stream"):
         fields.pop("stream", None)  # the API's default: no token events
+    if output_type is not None and "output_schema" not in fields and not fields.get("agent"):
+        # An agent has its own output type; an ad-hoc run states the caller's.
+        fields["output_schema"] = output_type.model_json_schema()
     body = {"input": input, **fields}
     return Call("POST", "/v1/runs", models.Accepted.model_validate, body, headers=headers)
+
+
+def outcome(run: models.Run, output_type: type[M] | None) -> models.Run | M:
+    """What :meth:`Client.run` answers: the run, or its result as ``output_type``;
+    :class:`RunError` if the run did not succeed."""
+    if run.status != "succeeded":
+        raise RunError(run)
+    return run if output_type is None else run.output(output_type)
 
 
 def get_run(run_id: str) -> Call[models.Run]:
@@ -203,11 +229,16 @@ def _tool_list(body: Any) -> list[models.ToolInfo]:
     return models.ToolList.model_validate(body).tools
 
 
+def _agent_list(body: Any) -> list[models.AgentInfo]:
+    return models.AgentList.model_validate(body).agents
+
+
 def _provider_list(body: Any) -> list[models.ProviderState]:
     return models.ProviderList.model_validate(body).providers
 
 
 TOOLS: Call[list[models.ToolInfo]] = Call("GET", "/v1/tools", _tool_list)
+AGENTS: Call[list[models.AgentInfo]] = Call("GET", "/v1/agents", _agent_list)
 PROVIDERS: Call[list[models.ProviderState]] = Call("GET", "/v1/providers", _provider_list)
 #: A 503 is an answer too: ``ok`` false, and ``redis`` says why.
 HEALTH: Call[models.Health] = Call(

@@ -109,6 +109,17 @@ class Unreachable(ClientError):
     The underlying ``httpx`` error is the ``__cause__``."""
 
 
+class RunError(ClientError):
+    """A run that :meth:`Client.run` waited for ended without succeeding: ``run`` is its
+    final record (``run.error`` says why)."""
+
+    def __init__(self, run: Any) -> None:
+        error = run.error
+        why = f"{error.code}: {error.message}" if error else run.status
+        super().__init__(f"run {run.id} {run.status}: {why}")
+        self.run = run
+
+
 class WaitTimeout(ClientError, TimeoutError):
     """A ``wait``, ``wait_tool_call`` or ``wait_batch`` ran out of time; the work goes on."""
 

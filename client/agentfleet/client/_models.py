@@ -7,9 +7,12 @@ models (``agentfleet.tasks.models``); the client sends them as plain JSON.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict
+
+#: A caller's own model of a typed result.
+M = TypeVar("M", bound=BaseModel)
 
 #: A run's final statuses (and the types of its final events).
 RUN_FINAL = frozenset({"succeeded", "failed", "cancelled"})
@@ -57,20 +60,34 @@ class Waiting(BaseModel):
 
 
 class Run(BaseModel):
+    """A run. ``result`` is the answer's text, or for a typed run (an output schema) its JSON
+    value, with the text in ``result_text``; :meth:`output` parses it into your model."""
+
     id: str
     status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    agent: str | None = None
     model: str | None
     provider: str | None
     worker: str | None
     waiting: Waiting | None
     progress: Progress
     usage: Usage
-    result: str | None
+    result: Any
+    result_text: str | None = None
     error: ErrorInfo | None
     metadata: dict[str, str]
     created_at: str | None
     started_at: str | None
     finished_at: str | None
+
+    def output(self, model: type[M]) -> M:
+        """The typed result as an instance of ``model``; ValueError if the run has none (it did
+        not succeed) and pydantic's ValidationError if it is not of ``model``."""
+        if self.status != "succeeded" or self.result is None:
+            raise ValueError(f"run {self.id} has no result: it is {self.status}")
+        if isinstance(self.result, str):
+            return model.model_validate_json(self.result)
+        return model.model_validate(self.result)
 
 
 class ToolCall(BaseModel):
@@ -120,6 +137,43 @@ class ToolList(BaseModel):
     tools: list[ToolInfo]
     nodes: list[NodeInfo] = []
     mismatch: bool = False
+
+
+class AgentNode(BaseModel):
+    """A live worker that has an agent, and the digest of its version of the definition."""
+
+    node: str
+    queues: list[str]
+    digest: str
+
+
+class AgentInfo(BaseModel):
+    """A declared agent: its definition as the API has it (or, if the API lacks it, only what
+    the workers publish: name and digest), the live workers that have it, and where the fleet
+    disagrees about it."""
+
+    name: str
+    description: str = ""
+    instructions: str = ""
+    model: str | list[str] | None = None
+    providers: list[str] | None = None
+    tools: list[str] | None = None
+    input_schema: dict[str, Any] = {}
+    output_schema: dict[str, Any] | None = None
+    strict_output: bool = False
+    model_settings: dict[str, Any] = {}
+    max_steps: int | None = None
+    output_repairs: int | None = None
+    allow_overrides: list[str] = []
+    source: str = ""
+    digest: str = ""
+    on_api: bool = True
+    nodes: list[AgentNode] = []
+    mismatches: list[str] = []
+
+
+class AgentList(BaseModel):
+    agents: list[AgentInfo]
 
 
 class LimiterFill(BaseModel):

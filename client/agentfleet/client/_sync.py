@@ -5,13 +5,15 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar, Unpack
+from typing import Any, TypeVar, Unpack, overload
 
 import httpx
+from pydantic import BaseModel
 
 from agentfleet.client import _core, _models
 from agentfleet.client._core import BatchOptions, RunOptions
 from agentfleet.client._errors import Unreachable
+from agentfleet.client._models import M
 
 T = TypeVar("T")
 
@@ -52,9 +54,48 @@ class Client(_core.BaseClient[httpx.Client]):
             time.sleep(wait.interval)
         return result
 
-    def create_run(self, input: str, **options: Unpack[RunOptions]) -> _models.Accepted:
-        """Enqueue an agent run; answers at once with its ID (see ``RunOptions``)."""
-        return self._send(_core.create_run(input, options))
+    def create_run(
+        self,
+        input: str | dict[str, Any],
+        *,
+        output_type: type[BaseModel] | None = None,
+        **options: Unpack[RunOptions],
+    ) -> _models.Accepted:
+        """Enqueue an agent run; answers at once with its ID (see ``RunOptions``).
+        ``output_type``: a pydantic model the answer must match (sent as ``output_schema``)."""
+        return self._send(_core.create_run(input, options, output_type))
+
+    @overload
+    def run(
+        self,
+        input: str | dict[str, Any],
+        *,
+        output_type: None = None,
+        timeout: float = 300.0,
+        **options: Unpack[RunOptions],
+    ) -> _models.Run: ...
+    @overload
+    def run(
+        self,
+        input: str | dict[str, Any],
+        *,
+        output_type: type[M],
+        timeout: float = 300.0,
+        **options: Unpack[RunOptions],
+    ) -> M: ...
+    def run(
+        self,
+        input: str | dict[str, Any],
+        *,
+        output_type: type[M] | None = None,
+        timeout: float = 300.0,
+        **options: Unpack[RunOptions],
+    ) -> _models.Run | M:
+        """Run to the end: the succeeded run, or with ``output_type`` its result as an
+        instance of that model. ``RunError`` if the run failed or was cancelled,
+        ``WaitTimeout`` after ``timeout`` seconds (the run goes on)."""
+        accepted = self.create_run(input, output_type=output_type, **options)
+        return _core.outcome(self.wait(accepted.id, timeout), output_type)
 
     def get_run(self, run_id: str) -> _models.Run:
         """The run's status, progress, usage and result."""
@@ -132,6 +173,10 @@ class Client(_core.BaseClient[httpx.Client]):
     def tools(self) -> list[_models.ToolInfo]:
         """The tools of the API and the live workers, and where they disagree."""
         return self._send(_core.TOOLS)
+
+    def agents(self) -> list[_models.AgentInfo]:
+        """The declared agents of the API and the live workers, with their schemas."""
+        return self._send(_core.AGENTS)
 
     def providers(self) -> list[_models.ProviderState]:
         """Breaker and rate-limit state of each LLM provider, as the fleet sees it."""

@@ -1,0 +1,59 @@
+"""Agents used by the tests, loaded into the API and workers through
+``AGENTFLEET_AGENT_MODULES`` (only built-in tools: every worker has them)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from agentfleet.tasks.agents import Agent, RunContext
+from agentfleet.tasks.tools.builtin import calculator
+
+
+class Verdict(BaseModel):
+    """What the triage agent answers."""
+
+    label: Literal["bug", "question", "other"]
+    confidence: float = Field(ge=0, le=1)
+
+
+class Ticket(BaseModel):
+    """What the triage agent takes."""
+
+    title: str
+    body: str = ""
+
+
+def _triage_instructions(context: RunContext) -> str:
+    team = context.metadata.get("team", "support")
+    return f"You triage tickets for the {team} team. Run {context.run_id}."
+
+
+triage = Agent(
+    name="triage",
+    description="Labels a ticket.",
+    instructions=_triage_instructions,
+    model="sim-1",
+    tools=[calculator],
+    input_type=Ticket,
+    output_type=Verdict,
+    model_settings={"temperature": 0, "seed": 7},
+    max_steps=3,
+    allow_overrides=frozenset({"model_settings", "max_steps"}),
+)
+
+echo = Agent(
+    name="echo",
+    description="Says back what it is told.",
+    instructions="You repeat the user.",
+    tools=[],
+)
+
+strict_json = Agent(
+    name="strict_json",
+    instructions="Answer in JSON.",
+    tools=[],
+    output_type=Verdict,
+    output_repairs=1,
+)
