@@ -85,7 +85,7 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
         ),
     ),
     ("Events, streaming and callbacks", ("events_", "stream_", "callback_")),
-    ("Retention", ("result_expires", "run_ttl")),
+    ("Retention and threads", ("result_expires", "run_ttl", "thread_")),
     ("Tools, agents and workers", ("tool_modules", "agent_", "node_publish_interval")),
     ("Logs", ("log_",)),
     ("Flower", ("flower_",)),

@@ -21,9 +21,15 @@ from agentfleet.producer.events import EVENT_ID, sse_stream
 from agentfleet.producer.idempotency import Slot, fingerprint, run_once
 from agentfleet.producer.logcontext import RunIdContext
 from agentfleet.producer.metrics import router as metrics_router
-from agentfleet.tasks import intake
+from agentfleet.tasks import intake, threads
 from agentfleet.tasks.batch import batch_key, batch_view
-from agentfleet.tasks.errors import InProgress, InvalidRequest, Unauthorized, Unavailable
+from agentfleet.tasks.errors import (
+    InProgress,
+    InvalidRequest,
+    ThreadBusy,
+    Unauthorized,
+    Unavailable,
+)
 from agentfleet.tasks.lifecycle import follow_up
 from agentfleet.tasks.llm import get_guard
 from agentfleet.tasks.models import DEFAULT_TENANT, BatchRequest, RunRequest, ToolCallRequest
@@ -354,6 +360,35 @@ def list_tools(workers: FleetDep) -> Any:
     return fleet.listing(workers)
 
 
+@router.get("/v1/threads/{thread_id}", response_model=schemas.Thread, responses={404: {}})
+def get_thread(
+    thread_id: str,
+    store: StoreDep,
+    tenant: TenantDep,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> Any:
+    """A thread of the caller's tenant: a page of its history (``offset``, ``limit``), the run
+    running on it and those waiting, and its latest runs with their status."""
+    view = threads.thread_view(store, tenant, thread_id, offset, limit)
+    if view is None:
+        raise NotFound("thread", thread_id)
+    return view
+
+
+@router.delete("/v1/threads/{thread_id}", status_code=204, responses={404: {}, 409: {}})
+def delete_thread(thread_id: str, store: StoreDep, tenant: TenantDep) -> Response:
+    """Delete a thread's history. A thread with unfinished runs is kept (409): cancel them or
+    let them end first."""
+    existed, unfinished = threads.delete(store, tenant, thread_id)
+    if unfinished:
+        detail = f"thread {thread_id} has unfinished runs: {', '.join(unfinished)}"
+        return JSONResponse({"detail": detail}, status_code=409)
+    if not existed:
+        raise NotFound("thread", thread_id)
+    return Response(status_code=204)
+
+
 @router.get("/v1/agents", response_model=schemas.AgentList)
 def list_agents(workers: FleetDep) -> Any:
     """Every declared agent the API or a live worker has: its instructions, model, tools,
@@ -399,6 +434,10 @@ def _unavailable(_: Request, exc: Exception) -> JSONResponse:
     )
 
 
+def _thread_busy(_: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse({"detail": str(exc)}, status_code=409)
+
+
 def _in_progress(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": str(exc)}, status_code=409, headers={"Retry-After": "1"})
 
@@ -433,6 +472,7 @@ def create_api(settings: Settings | None = None, celery_app: Celery | None = Non
     api.add_exception_handler(NotFound, _not_found)
     api.add_exception_handler(Unavailable, _unavailable)
     api.add_exception_handler(InProgress, _in_progress)
+    api.add_exception_handler(ThreadBusy, _thread_busy)
     api.add_exception_handler(redis.RedisError, _unavailable)
     api.add_exception_handler(Unauthorized, _unauthorized)
     api.add_exception_handler(BadRequest, _bad_request)

@@ -9,6 +9,7 @@ from agentfleet.client import (
     Health,
     ProviderList,
     Run,
+    Thread,
     ToolCall,
     ToolList,
 )
@@ -20,6 +21,7 @@ __all__ = [
     "Health",
     "ProviderList",
     "Run",
+    "Thread",
     "ToolCall",
     "ToolList",
 ]

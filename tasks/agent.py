@@ -558,7 +558,7 @@ def register(app: Celery, settings: Settings) -> None:
         """
         run_id = str(self.request.id)
         if request is not None:
-            take_sent_run(get_store(settings), run_id, request)
+            take_sent_run(get_store(settings), run_id, request, self.app)
         return StepRunner(self, settings, run_id, 1).run(None)
 
     # Steps 2..n carry the run ID as their task ID too (Task.replace), whose STARTED state

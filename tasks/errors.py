@@ -154,6 +154,13 @@ class InProgress(AgentfleetError):
     code = "in_progress"
 
 
+class ThreadBusy(AgentfleetError):
+    """A run with thread_policy ``reject`` while its thread has an unfinished run: refused,
+    nothing kept (a 409)."""
+
+    code = "thread_busy"
+
+
 class Answered(AgentfleetError):
     """A request with the same Idempotency-Key was accepted first.
     ``args == (its kept answer,)``."""

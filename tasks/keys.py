@@ -108,6 +108,39 @@ def tenant_waiting(p: str, tenant: str) -> str:
     return f"{p}{TENANT_SEGMENT}{tenant}:waiting"
 
 
+# --- threads -------------------------------------------------------------------------------
+#: The part after the prefix of a thread's keys (``<p>:thread:<tenant>:<id>``): a thread
+#: belongs to its tenant, so two tenants' threads of one ID are two threads.
+THREAD_SEGMENT = ":thread:"
+
+
+def thread(p: str, tenant: str, thread_id: str) -> str:
+    """Hash: a thread's record (tenant, id, created_at, updated_at, turns, seq)."""
+    return f"{p}{THREAD_SEGMENT}{tenant}:{thread_id}"
+
+
+def thread_messages(p: str, tenant: str, thread_id: str) -> str:
+    """List: the thread's history, one JSON message per entry, oldest first."""
+    return f"{thread(p, tenant, thread_id)}:messages"
+
+
+def thread_turns(p: str, tenant: str, thread_id: str) -> str:
+    """List: how many messages each turn of the history has (a run that succeeded on the
+    thread is a turn), so the oldest turns are dropped whole."""
+    return f"{thread(p, tenant, thread_id)}:turns"
+
+
+def thread_queue(p: str, tenant: str, thread_id: str) -> str:
+    """Sorted set: the thread's unfinished runs by the order they were accepted; the first one
+    is the one that runs, the others wait their turn."""
+    return f"{thread(p, tenant, thread_id)}:queue"
+
+
+def thread_runs(p: str, tenant: str, thread_id: str) -> str:
+    """List: the thread's runs as they were accepted (the newest ones, bounded)."""
+    return f"{thread(p, tenant, thread_id)}:runs"
+
+
 # --- batches -------------------------------------------------------------------------------
 #: The part after the prefix of a batch's keys (``<p>:batch:<id>``).
 BATCH_SEGMENT = ":batch:"
@@ -270,6 +303,10 @@ class MetricKeys:
 LUA_SPELLED: Final = (
     ACTIVE_RUNS_SEGMENT,
     TENANT_SEGMENT,
+    THREAD_SEGMENT,
+    ":turns",
+    ":queue",
+    ":runs",
     ":inflight",
     ":waiting",
     BATCH_SEGMENT,

@@ -47,9 +47,10 @@ def start_run(app: Celery, store: RunStore, run_id: str) -> None:
 
 def follow_up(app: Celery, store: RunStore, run_id: str, finished: Finished) -> None:
     """Start what ``finished`` says must start. Each is idempotent where it lands."""
-    if finished.kick:
-        log.info("run %s finished; run %s takes its tenant's slot", run_id, finished.kick)
-        start_run(app, store, finished.kick)
+    # A freed tenant slot and the end of a thread's turn can each start a run.
+    for kicked in finished.kick.split():
+        log.info("run %s finished; run %s takes its place", run_id, kicked)
+        start_run(app, store, kicked)
     if finished.resend:
         start_run(app, store, finished.resend)  # it finds the run final, and ends as it did
     batch_finished(app, finished.batch)

@@ -32,6 +32,11 @@ def _not_blank(value: str) -> str:
     return value
 
 
+#: Thread IDs: safe inside Redis keys (no colon) and URLs.
+THREAD_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,128}$"
+ThreadPolicy = Literal["enqueue", "reject", "interrupt"]
+ThreadHistory = Literal["messages", "full"]
+
 #: Agent names: as tool names, safe in Redis keys and in a provider's ``response_format``.
 AGENT_NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 
@@ -163,6 +168,25 @@ class RunRequest(BaseModel):
         exclude_if=_unset,
         description="A JSON schema the final answer must match: the run's result is then the "
         "JSON value.",
+    )
+    thread_id: str | None = Field(
+        default=None,
+        exclude_if=_unset,
+        pattern=THREAD_ID_PATTERN,
+        description="A conversation thread of the caller's tenant: its history starts the "
+        "run, and the run's turn is added to it if the run succeeds.",
+    )
+    thread_policy: ThreadPolicy | None = Field(
+        default=None,
+        exclude_if=_unset,
+        description="While another run of the thread is unfinished: enqueue (the default: "
+        "wait its turn), reject (409), or interrupt (cancel the runs ahead).",
+    )
+    thread_history: ThreadHistory | None = Field(
+        default=None,
+        exclude_if=_unset,
+        description="What of this run the thread keeps: messages (the input and the final "
+        "answer, the default) or full (also tool calls and their results).",
     )
     metadata: dict[str, str] = Field(default_factory=dict)
     # Strict: a lax bool would take "yes", "on" or 1 from JSON and guess what was meant.

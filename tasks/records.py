@@ -69,6 +69,8 @@ class RunRecord:
     callback_url: str
     #: The agent the run runs ('' for a run defined by its request alone).
     agent: str
+    #: The run's conversation thread ('' for none); it belongs to the run's tenant.
+    thread_id: str
     #: Model settings sent with every LLM call of the run (the request's body fields).
     model_settings: Mapping[str, Any]
     #: The JSON schema the final answer must match (None: any text).
@@ -106,6 +108,7 @@ class RunRecord:
             batch_id=fields.get("batch_id", ""),
             callback_url=fields.get("callback_url", ""),
             agent=fields.get("agent", ""),
+            thread_id=fields.get("thread_id", ""),
             model_settings=json.loads(fields.get("model_settings") or "{}"),
             output_schema=json.loads(fields["output_schema"])
             if fields.get("output_schema")

@@ -363,6 +363,18 @@ class Settings(BaseSettings):
         description="Seconds a run's record, transcript and events are kept.",
     )
 
+    thread_ttl: int = Field(
+        default=30 * 24 * 3600,
+        gt=0,
+        description="Seconds a thread's history is kept after its last run.",
+    )
+    thread_max_turns: int = Field(
+        default=50,
+        ge=1,
+        le=10_000,
+        description="Turns (runs) a thread's history keeps; the oldest go first, whole.",
+    )
+
     # --- Limits on what callers may ask for ----------------------------------------------
     default_max_steps: int = Field(
         default=10, ge=1, description="max_steps of a run that names none."

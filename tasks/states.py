@@ -126,3 +126,5 @@ class AcceptOutcome(StrEnum):
     SENT = "sent"
     EXPIRED = "expired"
     ANSWERED = "answered"
+    #: A run with thread_policy ``reject`` whose thread has an unfinished run: dropped.
+    THREAD_BUSY = "thread_busy"

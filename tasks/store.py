@@ -30,7 +30,7 @@ from redis.commands.core import Script
 from redis.exceptions import NoScriptError
 
 from agentfleet.tasks import keys, scripts
-from agentfleet.tasks.errors import RolledBack
+from agentfleet.tasks.errors import RolledBack, ThreadBusy
 from agentfleet.tasks.llm._routing import Target
 from agentfleet.tasks.models import RunRequest
 from agentfleet.tasks.records import RunRecord
@@ -224,10 +224,12 @@ class RunStore:
         :meth:`accept` confirms it, and it expires unless that comes within
         :meth:`pending_ms`.
         """
-        created = self.create_runs(
+        (outcome,) = self._create(
             [(run_id, request, tools, chain)], tenant=tenant, batch_id=batch_id, pending=pending
         )
-        return created == 1
+        if outcome < 0:
+            raise ThreadBusy(f"thread {request.thread_id!r} has an unfinished run")
+        return outcome == 1
 
     def create_runs(
         self,
@@ -238,6 +240,22 @@ class RunStore:
         pending: str = "",
     ) -> int:
         """Write many queued runs in pipelined round trips; returns how many were new."""
+        return sum(
+            1
+            for r in self._create(runs, tenant=tenant, batch_id=batch_id, pending=pending)
+            if r == 1
+        )
+
+    def _create(
+        self,
+        runs: Sequence[tuple[str, RunRequest, list[str], list[Target]]],
+        *,
+        tenant: str,
+        batch_id: str | None,
+        pending: str,
+    ) -> list[int]:
+        """create_run.lua for each run: 1 created, 0 the ID exists, -1 refused (its thread is
+        busy and its policy is reject)."""
         calls = []
         window = self.pending_ms() if pending else 0
         for run_id, request, tools, chain in runs:
@@ -250,7 +268,7 @@ class RunStore:
                     [self._ctx(run_id), json.dumps(fields), self.due(0), window, *messages],
                 )
             )
-        return sum(int(r) for r in self._each(self._create_run, calls))
+        return [int(r) for r in self._each(self._create_run, calls)]
 
     def pending_ms(self) -> int:
         """How long a pending record waits for :meth:`accept` before it expires."""
@@ -362,6 +380,17 @@ class RunStore:
             fields["model_settings"] = json.dumps(body)
         if request.output_schema is not None:
             fields["output_schema"] = json.dumps(request.output_schema)
+        if request.thread_id:
+            # The thread's history goes in front of the input when the run's turn comes
+            # (begin_step.lua), after ``head`` messages (the system prompt, if any).
+            fields |= {
+                "thread_id": request.thread_id,
+                "thread_policy": request.thread_policy or "enqueue",
+                "thread_history": request.thread_history or "messages",
+                "head": 1 if request.system else 0,
+                "thread_ttl": self.settings.thread_ttl,
+                "thread_max_turns": self.settings.thread_max_turns,
+            }
         if request.callback_url:
             fields["callback_url"] = str(request.callback_url)
         messages = []
@@ -567,11 +596,20 @@ class RunStore:
         self.redis.zrem(self.active_key, run_id)
 
     def waits_for_slot(self, run: RunRecord) -> bool:
-        """Whether ``run`` waits in its tenant's queue while the tenant has no free slot.
+        """Whether ``run`` waits in its tenant's queue while the tenant has no free slot, or
+        for its turn on its thread.
 
-        Then the run that frees a slot starts it; a run that waits while a slot is free lost
-        that message, and needs it sent again.
+        Then the run that frees a slot (or ends its turn) starts it; a run that waits while a
+        slot is free lost that message, and needs it sent again.
         """
+        if run.thread_id and run.status == RunStatus.QUEUED:
+            queue = keys.thread_queue(self._p, run.tenant, run.thread_id)
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.zrange(queue, 0, 0)
+            pipe.zscore(queue, run.id)
+            first, position = pipe.execute()
+            if position is not None and first and first[0] != run.id:
+                return True
         tenant, cap = run.tenant, run.cap
         if not tenant or cap <= 0 or run.status != RunStatus.QUEUED:
             return False

@@ -31,6 +31,7 @@ def run_view(run: RunRecord) -> dict[str, Any]:
         "id": run.id,
         "status": run.status.value,
         "agent": run.agent or None,
+        "thread_id": run.thread_id or None,
         "model": record.get("model"),
         "progress": {
             "step": run.step,

@@ -6,6 +6,7 @@ Tests that kill or reconfigure workers start their own :class:`ops.stack.Stack` 
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -20,6 +21,7 @@ from celery import Celery
 from agentfleet.client import Client
 from agentfleet.workers.factory import create_app
 from ops.stack import PoolSpec, Proc, Stack, wait_for
+from tests.docblocks import REPO, write_doc_modules
 
 #: The agents declared in a file that the shared fleet loads (tests/agents.py are in Python).
 AGENT_FILE = Path(__file__).resolve().parent / "data" / "agents.yaml"
@@ -151,9 +153,25 @@ def with_pools(*pools: PoolSpec) -> Callable[[Stack], None]:
     return lambda stack: stack.start_fleet(pools=pools)
 
 
+def with_doc_modules(root: Path, env: dict[str, str]) -> dict[str, str]:
+    """``env`` with the docs' tool and agent modules and agent files added (written into
+    ``root``, which joins the path), so the docs' examples run the agents the docs define."""
+    tools, agents, files = write_doc_modules(root)
+    # This process loads them too: a Fleet's Celery app is made from the fleet's settings.
+    sys.path.append(str(root))
+    joined = {
+        "AGENTFLEET_TOOL_MODULES": ",".join([env["AGENTFLEET_TOOL_MODULES"], *tools]),
+        "AGENTFLEET_AGENT_MODULES": ",".join([env["AGENTFLEET_AGENT_MODULES"], *agents]),
+        "AGENTFLEET_AGENT_FILES": ",".join([env["AGENTFLEET_AGENT_FILES"], *map(str, files)]),
+        "PYTHONPATH": os.pathsep.join([str(REPO), str(root)]),
+    }
+    return env | joined
+
+
 @pytest.fixture(scope="session")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    stack = Stack(tmp_path_factory.mktemp("fleet"), env_overrides=FLEET_ENV)
+    env = with_doc_modules(tmp_path_factory.mktemp("doc-modules"), FLEET_ENV)
+    stack = Stack(tmp_path_factory.mktemp("fleet"), env_overrides=env)
     with private_fleet(stack, with_pools(*FLEET_POOLS), len(FLEET_POOLS)) as handle:
         yield handle
 

@@ -13,7 +13,6 @@ for any text and whitespace normalised.
 
 from __future__ import annotations
 
-import dataclasses
 import doctest
 import json
 import os
@@ -35,15 +34,20 @@ from agentfleet.tasks.models import BatchRequest, RunRequest
 from agentfleet.tasks.settings import ProviderConfig, Settings
 from ops import config_reference
 from tests.conftest import Fleet
-
-REPO = Path(__file__).resolve().parent.parent
-DOCS = (REPO / "README.md", *sorted((REPO / "docs").glob("*.md")))
+from tests.docblocks import ALL_BLOCKS, DOCS, REPO, Block
 
 #: Languages a block may have; any other (or none) fails, so nothing is skipped unnoticed.
 #: Mermaid: the run state diagram, checked against the code by tests/test_run_states.py.
-LANGUAGES = frozenset({"python", "console", "sh", "json", "text", "mermaid"})
+LANGUAGES = frozenset({"python", "console", "sh", "json", "text", "mermaid", "yaml"})
 #: Fewest blocks of each kind that must run: marking every example no-run fails.
-MINIMUM_RUN = {"python": 3, "tool-module": 2, "console": 2, "json": 5}
+MINIMUM_RUN = {
+    "python": 3,
+    "tool-module": 2,
+    "agent-module": 2,
+    "agent-file": 1,
+    "console": 2,
+    "json": 5,
+}
 #: Validators of JSON blocks by the flag after ``json``.
 JSON_MODELS: dict[str, Callable[[Any], object]] = {
     "run-request": RunRequest.model_validate,
@@ -51,63 +55,7 @@ JSON_MODELS: dict[str, Callable[[Any], object]] = {
     "providers": TypeAdapter(list[ProviderConfig]).validate_python,
 }
 COMPARE = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
-FENCE = re.compile(r"^```(\w*)[ \t]*(.*?)\s*$")
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
-
-
-@dataclass(frozen=True)
-class Block:
-    """A fenced block of a document, and the ``text output`` block that follows it, if any."""
-
-    path: Path
-    line: int
-    language: str
-    flags: frozenset[str]
-    text: str
-    output: str | None = None
-
-    @property
-    def where(self) -> str:
-        return f"{self.path.relative_to(REPO)}:{self.line}"
-
-    @property
-    def kind(self) -> str:
-        """What the test does with it: a language, ``tool-module``, or ``skip``."""
-        if "no-run" in self.flags or self.language == "text":
-            return "skip"
-        if self.language == "python" and "tool-module" in self.flags:
-            return "tool-module"
-        return "console" if self.language == "sh" else self.language
-
-
-def read_blocks(path: Path) -> list[Block]:
-    """The fenced blocks of ``path``; an output block is folded into the block before it."""
-    blocks: list[Block] = []
-    lines = path.read_text().splitlines()
-    index = 0
-    while index < len(lines):
-        opening = FENCE.match(lines[index].strip())
-        if not opening:
-            index += 1
-            continue
-        indent = len(lines[index]) - len(lines[index].lstrip())
-        end = index + 1
-        while end < len(lines) and lines[end].strip() != "```":
-            end += 1
-        body = "\n".join(line[indent:] for line in lines[index + 1 : end]) + "\n"
-        flags = frozenset(opening.group(2).split())
-        block = Block(path, index + 1, opening.group(1), flags, body)
-        if block.language == "text" and "output" in flags:
-            if not blocks or blocks[-1].output is not None:
-                raise ValueError(f"{block.where}: an output block follows no example")
-            blocks[-1] = dataclasses.replace(blocks[-1], output=body)
-        else:
-            blocks.append(block)
-        index = end + 1
-    return blocks
-
-
-ALL_BLOCKS = [block for path in DOCS for block in read_blocks(path)]
 
 
 def _blocks_of(kind: str) -> list[Any]:
@@ -199,6 +147,25 @@ def test_tool_example(block: Block, tmp_path: Path) -> None:
         assert tool["description"], f"{block.where}: {tool['name']} has no description"
         assert tool["description"] == tool["doc"].split("\n\n")[0].strip()
         assert sorted(tool["parameters"]["properties"]) == sorted(tool["arguments"]), tool
+
+
+@pytest.mark.parametrize("block", _blocks_of("agent-module") + _blocks_of("agent-file"))
+def test_agent_example_is_served_by_the_fleet(block: Block, fleet: Fleet) -> None:
+    """The docs' agents are loaded by the suite's fleet (tests/conftest.py): each is listed by
+    the API, on a live agents worker, with the schemas its definition gives."""
+    if block.kind == "agent-module":
+        declared = re.findall(r'Agent\(\s*name="(\w+)"', block.text)
+    else:
+        declared = re.findall(r"^  - name: (\w+)$", block.text, flags=re.M)
+    assert declared, f"{block.where}: declares no agent"
+    listed = {a.name: a for a in fleet.client.agents()}
+    for name in declared:
+        assert name in listed, f"{block.where}: {name} is not served"
+        agent = listed[name]
+        assert agent.on_api, agent
+        assert agent.nodes, agent
+        assert not agent.mismatches, agent
+        assert agent.output_schema is not None, f"{block.where}: {name} is not typed"
 
 
 @dataclass(frozen=True)

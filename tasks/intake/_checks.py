@@ -191,6 +191,9 @@ def _batch_item_checks(
         else:
             sent = item.as_run() if isinstance(item, PromptItem) else item
             run, agent, found = with_agent(sent)
+            if sent.thread_id is not None:
+                # A batch's runs are independent and run at once: none waits on a thread.
+                found.append(("thread_id", "a batch's runs cannot be on a thread"))
             chain, more = _run_checks(run, settings)
             found += more
             if chain is not None:

@@ -15,10 +15,17 @@ import redis
 from celery import Celery
 from kombu.exceptions import OperationalError
 
-from agentfleet.tasks import keys, names
+from agentfleet.tasks import keys, names, threads
 from agentfleet.tasks.batch import batch_key
 from agentfleet.tasks.context import REQUEST_RUN_ID
-from agentfleet.tasks.errors import Answered, InProgress, InvalidRequest, RunFailed, Unavailable
+from agentfleet.tasks.errors import (
+    Answered,
+    InProgress,
+    InvalidRequest,
+    RunFailed,
+    ThreadBusy,
+    Unavailable,
+)
 from agentfleet.tasks.intake._checks import AdmittedBatch, AdmittedRun, admit_run
 from agentfleet.tasks.llm import Target, resolve_chain
 from agentfleet.tasks.models import (
@@ -87,7 +94,17 @@ def submit_run(
     answer = accepted_body("runs", run_id)
     _accept(store, (store.run_key(run_id), messages), token, slot, answer, run_id=run_id)
     log.info("run %s enqueued", run_id)
+    _interrupt(app, store, request, tenant, run_id)
     return run_id
+
+
+def _interrupt(app: Celery, store: RunStore, request: RunRequest, tenant: str, run_id: str) -> None:
+    """A run with thread_policy ``interrupt``, once accepted, cancels the runs ahead of it on
+    its thread: the one running and those waiting."""
+    if request.thread_id and request.thread_policy == "interrupt":
+        cancelled = threads.interrupt(app, store, tenant, request.thread_id, run_id)
+        if cancelled:
+            log.info("run %s interrupted %s on its thread", run_id, ", ".join(cancelled))
 
 
 def submit_tool_call(
@@ -189,7 +206,9 @@ def submit_batch(
     return batch_id
 
 
-def take_sent_run(store: RunStore, run_id: str, payload: Mapping[str, Any]) -> None:
+def take_sent_run(
+    store: RunStore, run_id: str, payload: Mapping[str, Any], app: Celery | None = None
+) -> None:
     """Write the run a ``send_task("agentfleet.run")`` caller sent, accepted: its message is
     the one being delivered. If the payload is refused, a failed record, and :class:`RunFailed`.
 
@@ -207,7 +226,13 @@ def take_sent_run(store: RunStore, run_id: str, payload: Mapping[str, Any]) -> N
         _refuse_sent_run(store, run_id, InvalidRequest.of(problems + exc.problems))
     if problems:
         _refuse_sent_run(store, run_id, InvalidRequest.of(problems))
-    store.create_run(run_id, run.prepared(run_id, tenant), run.tools(), run.chain, tenant=tenant)
+    request = run.prepared(run_id, tenant)
+    try:
+        store.create_run(run_id, request, run.tools(), run.chain, tenant=tenant)
+    except ThreadBusy as exc:
+        _refuse_sent_run(store, run_id, InvalidRequest.of([("thread_id", exc.message)]))
+    if app is not None:
+        _interrupt(app, store, request, tenant, run_id)
 
 
 def _refuse_sent_run(store: RunStore, run_id: str, refusal: InvalidRequest) -> NoReturn:
@@ -262,6 +287,8 @@ def _accept(
         raise Unavailable(f"run store unavailable: {exc}") from None
     if outcome == "answered":
         raise Answered(first)
+    if outcome == "thread_busy":
+        raise ThreadBusy("the run's thread has an unfinished run (thread_policy: reject)")
     if outcome == "sent":
         # Redis has it and applies it when it answers again; until then workers hold the
         # message. The work is accepted: answering 503 now would be the lie.

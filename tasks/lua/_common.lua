@@ -11,10 +11,13 @@
 --   is_final(status)                  succeeded, failed or cancelled
 --   rolled_back(run_key, lease_key, token, step)  give the step back and make the run due now
 --   count_finished(run_key, status)   the run metrics of a run becoming final
---   finalize(run_key, run_id, status, data)  make the run final, free its tenant slot; returns
---                                     {run to start now, finished batch, final status}
+--   thread_of(run_key)                the base key of the run's thread, or nil
+--   keep_thread(t, ttl)               extend the lifetime of thread ``t``'s keys
+--   finalize(run_key, run_id, status, data)  make the run final, free its tenant slot and its
+--                                     thread (adding its turn if it succeeded); returns
+--                                     {runs to start now, finished batch, final status}
 -- Keys it derives from ctx.prefix: <p>:runs:active, <p>:tenant:<t>:inflight|waiting,
--- <p>:batch:<id>, the metric hashes.
+-- <p>:thread:<t>:<id>[:messages|:turns|:queue|:runs], <p>:batch:<id>, the metric hashes.
 
 local ctx = cjson.decode(ARGV[1])
 local RUN_BUCKETS = @RUN_BUCKETS@
@@ -57,8 +60,48 @@ local function count_finished(run_key, status)
   redis.call('HINCRBY', hist, field, 1)
   redis.call('HINCRBYFLOAT', hist, 'sum', tostring(seconds))
 end
+-- The base key of the run's thread (<p>:thread:<tenant>:<id>), or nil for a run on none.
+local function thread_of(run_key)
+  local tenant, id = unpack(redis.call('HMGET', run_key, 'tenant', 'thread_id'))
+  if not id then return nil end
+  return ctx.prefix .. ':thread:' .. tenant .. ':' .. id
+end
+-- Keep every key of thread ``t`` for ``ttl`` more seconds.
+local function keep_thread(t, ttl)
+  for _, k in ipairs({t, t .. ':messages', t .. ':turns', t .. ':queue', t .. ':runs'}) do
+    redis.call('EXPIRE', k, ttl)
+  end
+end
+-- Add the turn of a run that succeeded on thread ``t`` to its history: the messages after
+-- the history it started with (all of them, or by its thread_history policy only its input
+-- and its final answer), dropping the oldest turns, whole, beyond thread_max_turns.
+local function append_turn(run_key, t, spliced)
+  local head, policy, max_turns, ttl = unpack(redis.call('HMGET', run_key, 'head',
+    'thread_history', 'thread_max_turns', 'thread_ttl'))
+  local own = redis.call('LRANGE', run_key .. ':messages', tonumber(head) + tonumber(spliced), -1)
+  local turn = own
+  if policy ~= 'full' then turn = {own[1], own[#own]} end
+  for _, m in ipairs(turn) do redis.call('RPUSH', t .. ':messages', m) end
+  redis.call('RPUSH', t .. ':turns', #turn)
+  while redis.call('LLEN', t .. ':turns') > tonumber(max_turns) do
+    redis.call('LTRIM', t .. ':messages', tonumber(redis.call('LPOP', t .. ':turns')), -1)
+  end
+  redis.call('HINCRBY', t, 'turns', 1)
+  redis.call('HSET', t, 'updated_at', ctx.now)
+  keep_thread(t, tonumber(ttl))
+end
+-- A final run leaves its thread's queue (its turn added if it succeeded); if it held the
+-- thread, the next run of the queue takes it. Returns that run's ID, or ''.
+local function release_thread(run_key, run_id, t, status)
+  local first = redis.call('ZRANGE', t .. ':queue', 0, 0)[1]
+  redis.call('ZREM', t .. ':queue', run_id)
+  local spliced = redis.call('HGET', run_key, 'history')
+  if status == 'succeeded' and spliced then append_turn(run_key, t, spliced) end
+  if first ~= run_id then return '' end
+  return redis.call('ZRANGE', t .. ':queue', 0, 0)[1] or ''
+end
 -- Mark the run final and release what it held.
--- Returns {run to start now, finished batch, the final status}.
+-- Returns {runs to start now (space-separated IDs), finished batch, the final status}.
 local function finalize(run_key, run_id, status, data)
   redis.call('HSET', run_key, 'status', status, 'finished_at', ctx.now)
   redis.call('ZREM', ctx.prefix .. ':runs:active', run_id)
@@ -75,6 +118,11 @@ local function finalize(run_key, run_id, status, data)
       local popped = redis.call('ZPOPMIN', t .. ':waiting')
       if popped[1] then kick = popped[1] end
     end
+  end
+  local t = thread_of(run_key)
+  if t then
+    local next_run = release_thread(run_key, run_id, t, status)
+    if next_run ~= '' then kick = kick == '' and next_run or (kick .. ' ' .. next_run) end
   end
   local batch_done = count_in_batch(redis.call('HGET', run_key, 'batch_id'), status)
   count_finished(run_key, status)

@@ -14,8 +14,10 @@
 -- lifetimes (a run is activated, _activate.lua), the slot; deletes its own record when
 -- another request answered first.
 -- Returns {'accepted'}; {'expired'} (the record is gone or another request's: never
--- accepted, nothing starts); or {'answered', answer} (a request with the same key was
--- accepted first: this one's record is deleted, and the caller replays that answer).
+-- accepted, nothing starts); {'answered', answer} (a request with the same key was
+-- accepted first: this one's record is deleted, and the caller replays that answer); or
+-- {'thread_busy'} (a run with thread_policy reject whose thread has an unfinished run: its
+-- record is deleted, nothing starts).
 
 local ours = redis.call('HGET', KEYS[1], 'pending') == ARGV[2]
 if ARGV[3] ~= '' then
@@ -26,10 +28,14 @@ if ARGV[3] ~= '' then
   end
 end
 if not ours then return {'expired'} end
-redis.call('HDEL', KEYS[1], 'pending')
 if ARGV[5] ~= '' then
-  activate(KEYS[1], KEYS[2], ARGV[5])
+  if not activate(KEYS[1], KEYS[2], ARGV[5]) then
+    redis.call('DEL', KEYS[1], KEYS[2])
+    return {'thread_busy'}
+  end
+  redis.call('HDEL', KEYS[1], 'pending')
 else
+  redis.call('HDEL', KEYS[1], 'pending')
   redis.call('EXPIRE', KEYS[1], ctx.ttl)
   redis.call('EXPIRE', KEYS[2], ctx.ttl)
 end

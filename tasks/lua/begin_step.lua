@@ -12,11 +12,13 @@
 -- ARGV[6]  due: the run's next due time while the step runs
 -- ARGV[7]  worker: the claiming worker's name (for the ``started`` event)
 -- Reads: pending, status, dispatched_step, applied_step, tenant, cap, max_steps, the tenant's
--- slots. Writes: the lease, deliveries:<step>, status queued -> running (event ``started``),
--- the tenant's inflight/waiting sets, <p>:runs:active, event llm_call_started.
+-- slots, the thread's queue and history. Writes: the lease, deliveries:<step>, status queued
+-- -> running (event ``started``), the tenant's inflight/waiting sets, <p>:runs:active, event
+-- llm_call_started; on a thread, once: the history into the messages, and ``history``.
 -- Returns {'ok', record (flat HGETALL), messages}; {'missing'}; {'pending', PTTL ms};
 -- {'terminal', status}; {'done'} (already dispatched); {'rolled_back'} (the answer of the
--- step before is gone; the run is due now); {'throttled'} (waits for a tenant slot);
+-- step before is gone; the run is due now); {'throttled'} (waits for a tenant slot, or for
+-- its turn on its thread);
 -- {'busy', lease PTTL ms}; {'poisoned', deliveries}.
 
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing'} end
@@ -39,6 +41,30 @@ if applied < step - 1 then
   return {'rolled_back'}
 end
 if status == 'queued' then
+  -- A run on a thread runs when it is first of the thread's queue (accepted before the
+  -- others unfinished); until then it waits, and the run before it starts it when it ends.
+  -- Taking its turn, it gets the thread's history in front of its input, once.
+  local t = thread_of(KEYS[1])
+  if t then
+    local first = redis.call('ZRANGE', t .. ':queue', 0, 0)[1]
+    if first and first ~= ctx.run_id and redis.call('ZSCORE', t .. ':queue', ctx.run_id) then
+      redis.call('ZADD', ctx.prefix .. ':runs:active', ARGV[6], ctx.run_id)
+      return {'throttled'}
+    end
+    if not redis.call('HGET', KEYS[1], 'history') then
+      local history = redis.call('LRANGE', t .. ':messages', 0, -1)
+      if #history > 0 then
+        local head = tonumber(redis.call('HGET', KEYS[1], 'head') or '0')
+        local own = redis.call('LRANGE', KEYS[3], 0, -1)
+        redis.call('DEL', KEYS[3])
+        for i = 1, head do redis.call('RPUSH', KEYS[3], own[i]) end
+        for _, m in ipairs(history) do redis.call('RPUSH', KEYS[3], m) end
+        for i = head + 1, #own do redis.call('RPUSH', KEYS[3], own[i]) end
+        redis.call('EXPIRE', KEYS[3], ctx.ttl)
+      end
+      redis.call('HSET', KEYS[1], 'history', #history)
+    end
+  end
   -- The tenant's cap on runs in flight: over it, the run waits its turn in a queue of the
   -- tenant's own, and the run that frees a slot starts the first one waiting.
   local tenant = redis.call('HGET', KEYS[1], 'tenant')

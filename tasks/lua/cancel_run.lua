@@ -9,7 +9,7 @@
 -- Returns {outcome, run to start now, finished batch, final status, run whose end no message
 -- will record}; outcome is 'cancelled', 'final:<status>' or 'missing'. A run waiting for its
 -- tenant's slot has no message in any queue, so the caller publishes one that finds it
--- cancelled.
+-- cancelled. So has a run waiting for its turn on its thread.
 
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {'missing', '', '', '', ''} end
@@ -20,6 +20,11 @@ local tenant = redis.call('HGET', KEYS[1], 'tenant')
 if tenant and redis.call('ZSCORE', ctx.prefix .. ':tenant:' .. tenant .. ':waiting', ctx.run_id)
 then
   parked = ctx.run_id
+end
+local t = thread_of(KEYS[1])
+if t and status == 'queued' and redis.call('ZSCORE', t .. ':queue', ctx.run_id)
+    and redis.call('ZRANGE', t .. ':queue', 0, 0)[1] ~= ctx.run_id then
+  parked = ctx.run_id  -- waiting for its turn on its thread
 end
 local follow = finalize(KEYS[1], ctx.run_id, 'cancelled', {reason = ARGV[2]})
 return {'cancelled', follow[1], follow[2], follow[3], parked}

@@ -11,7 +11,8 @@
 -- ARGV[5..] the first messages, JSON each
 -- Reads: whether the record exists. Writes: the record, the messages; accepted now: their
 -- lifetime, <p>:runs:active, the enqueued metric, the ``queued`` event (_activate.lua).
--- Returns 1 created, 0 the ID exists.
+-- Returns 1 created, 0 the ID exists, -1 refused: its thread has an unfinished run and its
+-- thread_policy is reject (nothing is kept).
 
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local fields = cjson.decode(ARGV[2])
@@ -21,7 +22,8 @@ local pending = tonumber(ARGV[4])
 if pending > 0 then
   redis.call('PEXPIRE', KEYS[1], pending)
   redis.call('PEXPIRE', KEYS[2], pending)
-else
-  activate(KEYS[1], KEYS[2], ARGV[3])
+elseif not activate(KEYS[1], KEYS[2], ARGV[3]) then
+  redis.call('DEL', KEYS[1], KEYS[2])
+  return -1
 end
 return 1

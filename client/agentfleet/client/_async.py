@@ -151,6 +151,12 @@ class AsyncClient(_core.BaseClient[httpx.AsyncClient]):
     async def tools(self) -> list[_models.ToolInfo]:
         return await self._send(_core.TOOLS)
 
+    async def get_thread(self, thread_id: str, offset: int = 0, limit: int = 100) -> _models.Thread:
+        return await self._send(_core.get_thread(thread_id, offset, limit))
+
+    async def delete_thread(self, thread_id: str) -> None:
+        await self._send(_core.delete_thread(thread_id))
+
     async def agents(self) -> list[_models.AgentInfo]:
         return await self._send(_core.AGENTS)
 

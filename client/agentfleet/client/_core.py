@@ -70,6 +70,9 @@ class RunOptions(TypedDict, total=False):
     max_steps: int | None
     model_settings: dict[str, Any] | None
     output_schema: dict[str, Any] | None
+    thread_id: str | None
+    thread_policy: str | None
+    thread_history: str | None
     metadata: dict[str, str] | None
     stream: bool
     callback_url: str | None
@@ -115,7 +118,8 @@ class Call(Generic[T]):
         if response.status_code >= 400 and response.status_code not in self.answers:
             raise error_of(response, response.content)
         try:
-            return self.parse(response.json())
+            # 204 No Content (a deletion) has no body to read.
+            return self.parse(None if response.status_code == 204 else response.json())
         except (ValueError, pydantic.ValidationError) as exc:  # JSONDecodeError is a ValueError
             raise ProtocolError(
                 f"{self.method} {self.path}: HTTP {response.status_code}, unexpected body: {exc}"
@@ -173,6 +177,15 @@ def outcome(run: models.Run, output_type: type[M] | None) -> models.Run | M:
     if run.status != "succeeded":
         raise RunError(run)
     return run if output_type is None else run.output(output_type)
+
+
+def get_thread(thread_id: str, offset: int, limit: int) -> Call[models.Thread]:
+    params = {"offset": offset, "limit": limit}
+    return Call("GET", f"/v1/threads/{thread_id}", models.Thread.model_validate, params=params)
+
+
+def delete_thread(thread_id: str) -> Call[None]:
+    return Call("DELETE", f"/v1/threads/{thread_id}", lambda _: None)
 
 
 def get_run(run_id: str) -> Call[models.Run]:

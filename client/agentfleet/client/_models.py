@@ -66,6 +66,7 @@ class Run(BaseModel):
     id: str
     status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
     agent: str | None = None
+    thread_id: str | None = None
     model: str | None
     provider: str | None
     worker: str | None
@@ -137,6 +138,27 @@ class ToolList(BaseModel):
     tools: list[ToolInfo]
     nodes: list[NodeInfo] = []
     mismatch: bool = False
+
+
+class ThreadRun(BaseModel):
+    id: str
+    status: str
+
+
+class Thread(BaseModel):
+    """A conversation thread: a page of its history (``messages`` from ``offset`` of
+    ``messages_total``), the run ``running`` on it and those ``waiting``, its latest ``runs``."""
+
+    id: str
+    created_at: str | None
+    updated_at: str | None
+    turns: int
+    messages_total: int
+    offset: int
+    messages: list[dict[str, Any]]
+    running: str | None
+    waiting: list[str]
+    runs: list[ThreadRun]
 
 
 class AgentNode(BaseModel):

@@ -174,6 +174,14 @@ class Client(_core.BaseClient[httpx.Client]):
         """The tools of the API and the live workers, and where they disagree."""
         return self._send(_core.TOOLS)
 
+    def get_thread(self, thread_id: str, offset: int = 0, limit: int = 100) -> _models.Thread:
+        """A page of a thread's history, its running and waiting runs, its latest runs."""
+        return self._send(_core.get_thread(thread_id, offset, limit))
+
+    def delete_thread(self, thread_id: str) -> None:
+        """Delete a thread's history; ``Conflict`` while it has unfinished runs."""
+        self._send(_core.delete_thread(thread_id))
+
     def agents(self) -> list[_models.AgentInfo]:
         """The declared agents of the API and the live workers, with their schemas."""
         return self._send(_core.AGENTS)
