@@ -23,7 +23,7 @@ from billiard.exceptions import SoftTimeLimitExceeded
 from celery import Celery, Signature, Task, chain, chord, states
 from celery.exceptions import Ignore, Retry
 
-from agentfleet.tasks import names
+from agentfleet.tasks import names, window
 from agentfleet.tasks.agents import registry as agents
 from agentfleet.tasks.errors import (
     OutputInvalid,
@@ -256,6 +256,7 @@ class StepRunner:
         within the step's time. The last answer is kept either way (:meth:`_ending` judges it)."""
         spec = output_spec(run)
         options = CallOptions(model_settings(run, messages), spec)
+        messages = self._fit(run, messages)
         completion, target = self._call_llm(run, messages, options)
         answered = Answered(completion, target)
         if spec is None:
@@ -274,6 +275,24 @@ class StepRunner:
             completion, target = self._call_llm(run, messages + answered.repairs, options)
             answered.add(completion, target)
         return answered
+
+    def _fit(self, run: RunRecord, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """``messages`` within the run's context budget (:mod:`agentfleet.tasks.window`); what
+        was left out is an event of the run (``context_trimmed``) and counted on its record."""
+        budget = run.context_budget or self.settings.default_context_budget
+        if not budget:
+            return messages
+        index = run.input_index
+        if index is None:
+            index = next((i for i, m in enumerate(messages) if m.get("role") == "user"), 0)
+        model = run.chain[0].model if run.chain else ""
+        fitted = window.fit(messages, budget, index, window.counter_for(model))
+        if fitted.trimmed:
+            self.store.event(self.run_id, "context_trimmed", {"step": self.step, **fitted.report()})
+            self.store.redis.hincrby(
+                self.store.run_key(self.run_id), "context_dropped", fitted.dropped
+            )
+        return fitted.messages
 
     def _repairs(self, run: RunRecord) -> int:
         agent = agents.get(run.agent) if run.agent in agents else None

@@ -163,6 +163,14 @@ class RunRequest(BaseModel):
         exclude_if=_unset,
         description="Temperature, max_tokens, seed, ... passed to the provider.",
     )
+    context_budget: int | None = Field(
+        default=None,
+        exclude_if=_unset,
+        ge=256,
+        le=10_000_000,
+        description="Tokens the transcript may take in each LLM call; the oldest turns go "
+        "first (default: the agent's, else AGENTFLEET_DEFAULT_CONTEXT_BUDGET).",
+    )
     output_schema: dict[str, Any] | None = Field(
         default=None,
         exclude_if=_unset,

@@ -75,6 +75,8 @@ class RunRecord:
     model_settings: Mapping[str, Any]
     #: The JSON schema the final answer must match (None: any text).
     output_schema: dict[str, Any] | None
+    #: Tokens the transcript may take in each LLM call (None: the fleet's default).
+    context_budget: int | None
     #: Unix times: created, its first step claimed, made final (None: not yet).
     created_at: float
     started_at: float | None
@@ -113,6 +115,7 @@ class RunRecord:
             output_schema=json.loads(fields["output_schema"])
             if fields.get("output_schema")
             else None,
+            context_budget=_int(fields, "context_budget") or None,
             created_at=float(fields.get("created_at") or 0),
             started_at=_time(fields, "started_at"),
             finished_at=_time(fields, "finished_at"),
@@ -122,6 +125,14 @@ class RunRecord:
     @property
     def terminal(self) -> bool:
         return self.status.terminal
+
+    @property
+    def input_index(self) -> int | None:
+        """Where a thread run's own input is in its transcript (after its system prompt and
+        the history it started with); None for a run on no thread (its first user message)."""
+        if "head" in self.fields:
+            return _int(self.fields, "head") + _int(self.fields, "history")
+        return None
 
     def gen(self, step: int) -> str:
         """The generation of the answer applied as ``step`` ('' if none is)."""

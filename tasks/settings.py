@@ -387,6 +387,12 @@ class Settings(BaseSettings):
     max_metadata_bytes: int = Field(
         default=4096, ge=2, description="Size of a run's metadata as JSON."
     )
+    default_context_budget: int = Field(
+        default=0,
+        ge=0,
+        description="Tokens a run's transcript may take in each LLM call when neither the "
+        "run nor its agent says (0: no budget; the provider's window is the limit).",
+    )
     max_output_schema_bytes: int = Field(
         default=16 * 1024, ge=64, description="Size of a run's output_schema as JSON."
     )

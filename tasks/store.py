@@ -380,6 +380,8 @@ class RunStore:
             fields["model_settings"] = json.dumps(body)
         if request.output_schema is not None:
             fields["output_schema"] = json.dumps(request.output_schema)
+        if request.context_budget is not None:
+            fields["context_budget"] = request.context_budget
         if request.thread_id:
             # The thread's history goes in front of the input when the run's turn comes
             # (begin_step.lua), after ``head`` messages (the system prompt, if any).
@@ -399,6 +401,15 @@ class RunStore:
         # An agent's object input was rendered as text when the run was admitted.
         messages.append(json.dumps({"role": "user", "content": str(request.input)}))
         return fields, messages
+
+    def event(self, run_id: str, kind: str, data: dict[str, Any]) -> None:
+        """Append an event the scripts do not make (bounded like theirs)."""
+        self.redis.xadd(
+            keys.run_events(self._p, run_id),
+            {"type": kind, "data": json.dumps(data)},
+            maxlen=self.settings.events_max_len,
+            approximate=True,
+        )
 
     def delete_run(self, run_id: str) -> None:
         self.delete_records([run_id], [])

@@ -29,7 +29,16 @@ from agentfleet.tasks.tools import registry as tool_registry
 
 #: The fields of a run request an agent may let a run override (``allow_overrides``).
 OVERRIDABLE = frozenset(
-    {"system", "model", "providers", "tools", "max_steps", "model_settings", "output_schema"}
+    {
+        "system",
+        "model",
+        "providers",
+        "tools",
+        "max_steps",
+        "model_settings",
+        "output_schema",
+        "context_budget",
+    }
 )
 #: An output schema larger than this is refused when the agent is declared.
 MAX_SCHEMA_BYTES = 64 * 1024
@@ -78,6 +87,8 @@ class Agent:
     output_type: type[BaseModel] | dict[str, Any] | None = None
     model_settings: ModelSettings | Mapping[str, Any] | None = None
     max_steps: int | None = None
+    #: Tokens the transcript may take in each LLM call (None: the setting's default).
+    context_budget: int | None = None
     #: Repair rounds for an answer that does not match the output type (None: the setting).
     output_repairs: int | None = None
     #: Run request fields that may override the definition (see :data:`OVERRIDABLE`).
@@ -106,6 +117,8 @@ class Agent:
             )
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError(f"{where}: max_steps must be at least 1")
+        if self.context_budget is not None and self.context_budget < 256:
+            raise ConfigError(f"{where}: context_budget must be at least 256 tokens")
         if self.output_repairs is not None and self.output_repairs < 0:
             raise ConfigError(f"{where}: output_repairs must be 0 or more")
         if self.output is not None and (
@@ -185,6 +198,7 @@ class Agent:
             "strict_output": output is not None and strict_schema(output.schema) is not None,
             "model_settings": settings.body() if settings else {},
             "max_steps": self.max_steps,
+            "context_budget": self.context_budget,
             "output_repairs": self.output_repairs,
             "allow_overrides": sorted(self.allow_overrides),
         }

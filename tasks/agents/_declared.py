@@ -44,6 +44,7 @@ class AgentDeclaration(BaseModel):
     output_schema: dict[str, Any] | None = None
     model_settings: ModelSettings | None = None
     max_steps: int | None = Field(default=None, ge=1)
+    context_budget: int | None = Field(default=None, ge=256)
     output_repairs: int | None = Field(default=None, ge=0)
     allow_overrides: list[str] = Field(default_factory=list)
 
@@ -58,6 +59,7 @@ class AgentDeclaration(BaseModel):
             output_type=self.output_schema,
             model_settings=self.model_settings,
             max_steps=self.max_steps,
+            context_budget=self.context_budget,
             output_repairs=self.output_repairs,
             allow_overrides=frozenset(self.allow_overrides),
             source=source,

@@ -134,6 +134,8 @@ def with_agent(request: RunRequest) -> tuple[RunRequest, Agent | None, Problems]
         update["tools"] = agent.tool_names
     if "max_steps" not in given:
         update["max_steps"] = agent.max_steps
+    if "context_budget" not in given:
+        update["context_budget"] = agent.context_budget
     if "output_schema" not in given and agent.output is not None:
         update["output_schema"] = agent.output.schema
     base = agent.model_settings
