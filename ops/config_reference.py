@@ -82,6 +82,7 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "max_tools_per_run",
             "max_metadata_bytes",
             "max_output_",
+            "default_context_budget",
         ),
     ),
     ("Events, streaming and callbacks", ("events_", "stream_", "callback_")),
