@@ -8,6 +8,7 @@ import importlib.util
 import uvicorn
 
 from ._app import SimulatorConfig, create_app
+from ._providers import RECORD_LIMIT
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -24,13 +25,23 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--token-delay", type=float, default=0.0, help="seconds between streamed tokens"
     )
+    parser.add_argument(
+        "--record-requests",
+        type=int,
+        default=RECORD_LIMIT,
+        metavar="N",
+        help=f"request bodies kept per provider for GET /_sim/requests (default {RECORD_LIMIT})",
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Run the simulator until interrupted."""
     args = _parse_args(argv)
-    app = create_app(SimulatorConfig(latency=args.latency, token_delay=args.token_delay))
+    config = SimulatorConfig(
+        latency=args.latency, token_delay=args.token_delay, record_requests=args.record_requests
+    )
+    app = create_app(config)
     # uvloop and httptools are optional speed-ups; fall back to the pure
     # Python implementations when they are not installed.
     has_uvloop = importlib.util.find_spec("uvloop") is not None

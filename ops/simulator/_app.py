@@ -1,4 +1,10 @@
-"""HTTP layer of the simulator: OpenAI-compatible routes, streaming and stats."""
+"""HTTP layer of the simulator: OpenAI-compatible routes, streaming and stats.
+
+A chat request is recorded (``GET /_sim/requests``) as soon as its body parses, then
+answered in this order: a hanging provider's 504, a 400 for an invalid model setting
+(``_settings``), the latency, an injected fault, a scripted ``[[error]]`` or
+``[[garbage]]``, and otherwise the scripted turn, streamed or not alike.
+"""
 
 from __future__ import annotations
 
@@ -19,9 +25,10 @@ from starlette.types import Receive, Scope, Send
 
 from ._admin import admin_routes
 from ._faults import HANG_STATUS, Faults
-from ._providers import Providers, ProviderState, admitted_at
-from ._responses import error_body, json_response
-from ._script import Reply, Script, decide, first_user_text, parse_script
+from ._providers import RECORD_LIMIT, Providers, ProviderState, admitted_at
+from ._responses import RequestError, error_body, json_response
+from ._script import Reply, Script, decide, first_user_text, message_text, parse_script
+from ._settings import parse_settings
 
 MODELS = ("sim-1", "sim-2")
 """Model ids listed by ``/v1/models``; any model name is accepted on requests."""
@@ -41,6 +48,8 @@ class SimulatorConfig:
     """Seconds to wait before answering each request."""
     token_delay: float = 0.0
     """Seconds to wait between streamed text tokens."""
+    record_requests: int = RECORD_LIMIT
+    """Request bodies kept per provider for ``GET /_sim/requests`` (0: none)."""
 
 
 @dataclass(slots=True)
@@ -116,16 +125,21 @@ class ChatCompletions:
     async def _respond(self, request: Request, state: ProviderState) -> Response | None:
         """Choose the response, or ``None`` when the client left while it hung."""
         raw = await request.body()
+        body = _parse_body(raw)
+        if not isinstance(body, Response):
+            script = parse_script(first_user_text(body["messages"]))
+            self._providers.record(state, body, script.tags)
         faults = state.faults
         if faults is not None and faults.hang:
             return await _hang(request.receive, faults, state)
-
-        body = _parse_body(raw)
         if isinstance(body, Response):
             return body
         messages: list[dict[str, Any]] = body["messages"]
-        script = parse_script(first_user_text(messages))
         self._stats.tag(script.tags)
+        try:
+            settings = parse_settings(body, lambda: _conversation(messages))
+        except RequestError as exc:
+            return json_response(error_body(400, exc.message, param=exc.param), 400)
         latency = _latency(faults, script, self._config)
         if latency > 0:
             await asyncio.sleep(latency)
@@ -139,7 +153,9 @@ class ChatCompletions:
             return Response(b"this is not json", media_type="application/json")
 
         tools = body.get("tools")
-        reply = decide(messages, tools if isinstance(tools, list) else None, script)
+        reply = decide(
+            messages, tools if isinstance(tools, list) else None, script, settings, state.usage
+        )
         meta = {
             "id": "chatcmpl-" + hashlib.sha1(raw, usedforsecurity=False).hexdigest()[:24],
             "created": int(time.time()),
@@ -165,6 +181,11 @@ def _parse_body(raw: bytes) -> dict[str, Any] | Response:
     if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
         return json_response(error_body(400, "'messages' must be a list of objects"), 400)
     return body
+
+
+def _conversation(messages: list[dict[str, Any]]) -> str:
+    """The text of every message, for checks that look at the whole conversation."""
+    return "\n".join(message_text(message.get("content")) for message in messages)
 
 
 def _latency(faults: Faults | None, script: Script, config: SimulatorConfig) -> float:
@@ -287,7 +308,7 @@ def create_app(config: SimulatorConfig | None = None) -> Starlette:
     """Build the simulator application; each app has its own counters and faults."""
     config = config or SimulatorConfig()
     stats = Stats()
-    providers = Providers()
+    providers = Providers(config.record_requests)
     completions = ChatCompletions(config, stats, providers)
 
     async def models(request: Request) -> Response:

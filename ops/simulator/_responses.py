@@ -8,6 +8,19 @@ from typing import Any
 from starlette.responses import Response
 
 
+class RequestError(ValueError):
+    """A chat request the simulator refuses with a 400, as OpenAI would.
+
+    ``param`` names the offending request field (dotted for nested ones), as in
+    the ``param`` of OpenAI's error object.
+    """
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message, param)
+        self.message = message
+        self.param = param
+
+
 def error_body(
     status: int, message: str, *, param: str | None = None, code: str | None = None
 ) -> dict[str, Any]:
@@ -33,4 +46,4 @@ def json_response(
     )
 
 
-__all__ = ["error_body", "json_response"]
+__all__ = ["RequestError", "error_body", "json_response"]

@@ -1,7 +1,26 @@
 """The deterministic "model": read directives from the prompt and decide the reply.
 
 Directives live in the first user message, so a test scripts a whole
-conversation with one prompt and every later turn replays the same script.
+conversation with one prompt and every later turn replays the same script:
+
+- ``call NAME {json}`` (repeatable): call those tools in one answer, then answer
+  ``Results: name=output; ...``; ``[[rounds:N]]`` / ``[[loop]]`` call them N turns / forever;
+  ``[[badargs]]`` sends ``BAD_ARGUMENTS`` as every call's arguments;
+- ``[[reply:TEXT]]`` answers TEXT; ``[[json:{...}]]`` answers exactly that JSON text
+  (any JSON value, ``]]`` inside it included); otherwise the answer is ``Echo: <prompt>``,
+  or with a ``response_format`` the JSON built by ``agentfleet.simulator._schema``;
+- ``[[invalid:N]]``: the first N final answers of a conversation (counted as the assistant
+  messages without ``tool_calls`` already in the transcript) are invalid, alternately
+  ``NOT_JSON`` and JSON that breaks the schema (``_schema.violation``: a required property
+  missing), starting with ``NOT_JSON``; the answers after them are valid;
+- ``[[usage:PROMPT,COMPLETION]]`` or ``[[usage:PROMPT,COMPLETION,CACHED]]``: the ``usage`` of
+  every answer (``CACHED`` as ``prompt_tokens_details.cached_tokens``); otherwise a token is
+  four characters of the messages, tools and answer;
+- ``[[latency:S]]``, ``[[error:CODE]]``, ``[[garbage]]`` and ``[[tag:NAME]]`` are acted on
+  by the HTTP layer.
+
+The request's model settings (``_settings.ModelSettings``) then cut the text (``stop``,
+``max_tokens``) and choose the calls (``tool_choice``, ``parallel_tool_calls``).
 Nothing here does I/O; the HTTP layer lives in ``_app``.
 """
 
@@ -15,15 +34,20 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from ._schema import instance, violation
+from ._settings import ModelSettings
+
 # Only known directive names are recognised, so "[[1]]" inside JSON arguments
 # or prose is left alone.
 _DIRECTIVE_RE = re.compile(
-    r"\[\[(badargs|loop|garbage|rounds|reply|latency|error|tag)(?::(.*?))?\]\]",
+    r"\[\[(badargs|loop|garbage|rounds|reply|latency|error|tag|invalid|usage)(?::(.*?))?\]\]",
     re.DOTALL,
 )
 # The look-behind keeps words such as "recall" from starting a call.
 _CALL_RE = re.compile(r"(?<![A-Za-z0-9_])call\s+([A-Za-z_][A-Za-z0-9_.-]*)")
 _SPACES_RE = re.compile(r"[ \t]{2,}")
+_JSON_OPEN = "[[json:"
+_USAGE_RE = re.compile(r"\s*(\d+)\s*,\s*(\d+)\s*(?:,\s*(\d+)\s*)?")
 _DECODER = json.JSONDecoder()
 
 BAD_ARGUMENTS = "{not json"
@@ -31,6 +55,30 @@ BAD_ARGUMENTS = "{not json"
 
 ECHO_LIMIT = 200
 """Maximum number of prompt characters repeated in an ``Echo:`` answer."""
+
+NOT_JSON = "Sorry, this answer is not JSON."
+"""The text of the invalid answers under ``[[invalid:N]]`` that are not JSON at all."""
+
+CHARS_PER_TOKEN = 4
+"""Characters counted as one token, in usage and by ``max_tokens``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token counts to report instead of the computed ones."""
+
+    prompt: int
+    completion: int
+    cached: int | None = None
+    """Reported as ``prompt_tokens_details.cached_tokens`` when set."""
+
+    def to_json(self) -> dict[str, int | None]:
+        """Return the counts as the admin routes show them."""
+        return {
+            "prompt_tokens": self.prompt,
+            "completion_tokens": self.completion,
+            "cached_tokens": self.cached,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +102,10 @@ class Script:
     error: int | None = None
     garbage: bool = False
     tags: tuple[str, ...] = ()
+    json: str | None = None
+    """The text of a ``[[json:...]]`` directive, answered as it is."""
+    invalid: int = 0
+    usage: Usage | None = None
     prompt: str = ""
     """The prompt with every directive removed, used for ``Echo:`` answers."""
 
@@ -65,7 +117,7 @@ class Reply:
     content: str | None
     tool_calls: tuple[dict[str, Any], ...]
     finish_reason: str
-    usage: dict[str, int]
+    usage: dict[str, Any]
 
 
 def message_text(content: Any) -> str:
@@ -97,6 +149,7 @@ def parse_script(text: str) -> Script:
     benchmark) carries the same first user message.
     """
     flags: dict[str, Any] = {"tags": []}
+    text = _take_json(flags, text)
     for match in _DIRECTIVE_RE.finditer(text):
         _apply_directive(flags, match.group(1), match.group(2))
     # Bracket directives are removed before looking for calls so that
@@ -113,8 +166,34 @@ def parse_script(text: str) -> Script:
         error=flags.get("error"),
         garbage=bool(flags.get("garbage")),
         tags=tuple(flags["tags"]),
+        json=flags.get("json"),
+        invalid=flags.get("invalid", 0),
+        usage=flags.get("usage"),
         prompt=_SPACES_RE.sub(" ", prompt).strip(),
     )
+
+
+def _take_json(flags: dict[str, Any], text: str) -> str:
+    """Record the first well-formed ``[[json:VALUE]]`` and remove every one from ``text``.
+
+    Read with a JSON decoder rather than the directive pattern, because the
+    value may itself hold ``]]``.
+    """
+    start = text.find(_JSON_OPEN)
+    while start >= 0:
+        begin = start + len(_JSON_OPEN)
+        with contextlib.suppress(ValueError):
+            while begin < len(text) and text[begin].isspace():
+                begin += 1
+            _, end = _DECODER.raw_decode(text, begin)
+            close = text.find("]]", end)
+            if close >= 0 and not text[end:close].strip():
+                flags.setdefault("json", text[begin:end])
+                text = text[:start] + text[close + 2 :]
+                start = text.find(_JSON_OPEN, start)
+                continue
+        start = text.find(_JSON_OPEN, start + 1)
+    return text
 
 
 def _apply_directive(flags: dict[str, Any], name: str, value: str | None) -> None:
@@ -128,15 +207,26 @@ def _apply_directive(flags: dict[str, Any], name: str, value: str | None) -> Non
     elif name == "tag":
         if value.strip():
             flags["tags"].append(value.strip())
-    elif name == "rounds":
+    elif name in ("rounds", "invalid"):
         if value.strip().isdigit():
-            flags["rounds"] = int(value)
+            flags[name] = int(value)
+    elif name == "usage":
+        flags["usage"] = _usage_directive(value)
     elif name == "error":
         if value.strip().isdigit() and 100 <= int(value) <= 599:
             flags["error"] = int(value)
     elif name == "latency":
         with contextlib.suppress(ValueError):
             flags["latency"] = max(0.0, float(value))
+
+
+def _usage_directive(value: str) -> Usage | None:
+    """Read ``PROMPT,COMPLETION[,CACHED]``; ``None`` when malformed."""
+    found = _USAGE_RE.fullmatch(value)
+    if found is None:
+        return None
+    cached = found.group(3)
+    return Usage(int(found.group(1)), int(found.group(2)), None if cached is None else int(cached))
 
 
 def _parse_calls(text: str) -> tuple[tuple[CallSpec, ...], str]:
@@ -167,23 +257,63 @@ def _parse_calls(text: str) -> tuple[tuple[CallSpec, ...], str]:
     return tuple(calls), "".join(kept)
 
 
-def decide(messages: list[dict[str, Any]], tools: list[Any] | None, script: Script) -> Reply:
-    """Choose the assistant turn for a conversation that follows ``script``."""
+def decide(
+    messages: list[dict[str, Any]],
+    tools: list[Any] | None,
+    script: Script,
+    settings: ModelSettings | None = None,
+    usage: Usage | None = None,
+) -> Reply:
+    """Choose the assistant turn for a conversation that follows ``script``.
+
+    ``usage`` is the provider's default usage, used when the script sets none.
+    """
+    settings = settings or ModelSettings()
+    usage = script.usage or usage
     prompt_tokens = sum(len(message_text(m.get("content"))) // 4 + 1 for m in messages)
     if tools:
         prompt_tokens += len(json.dumps(tools)) // 4
 
-    rounds_done = sum(1 for m in messages if m.get("role") == "assistant" and m.get("tool_calls"))
-    if tools and script.calls and (script.loop or rounds_done < script.rounds):
-        tool_calls = _tool_calls(messages, script)
+    calls = _chosen_calls(messages, tools, script, settings)
+    if calls:
+        tool_calls = _tool_calls(messages, calls, script.badargs)
         emitted = "".join(call["function"]["arguments"] for call in tool_calls)
-        return Reply(None, tool_calls, "tool_calls", _usage(prompt_tokens, emitted))
+        return Reply(None, tool_calls, "tool_calls", _usage(prompt_tokens, emitted, usage))
 
-    text = _answer_text(messages, script)
-    return Reply(text, (), "stop", _usage(prompt_tokens, text))
+    text, finish = _cut(_answer_text(messages, script, settings), settings)
+    limit = settings.max_tokens
+    return Reply(text, (), finish, _usage(prompt_tokens, text, usage, limit))
 
 
-def _tool_calls(messages: list[dict[str, Any]], script: Script) -> tuple[dict[str, Any], ...]:
+def _chosen_calls(
+    messages: list[dict[str, Any]], tools: list[Any] | None, script: Script, settings: ModelSettings
+) -> tuple[CallSpec, ...]:
+    """The tool calls of this turn (none for a final answer), after ``tool_choice``."""
+    if not tools or settings.tool_choice == "none":
+        return ()
+    if settings.forced is not None:
+        named = tuple(call for call in script.calls if call.name == settings.forced)
+        calls = named or (CallSpec(settings.forced, "{}"),)
+    else:
+        rounds_done = sum(
+            1 for m in messages if m.get("role") == "assistant" and m.get("tool_calls")
+        )
+        calls = script.calls if script.loop or rounds_done < script.rounds else ()
+        if not calls and settings.tool_choice == "required":
+            calls = script.calls or _first_tool(tools)
+    return calls if settings.parallel_tool_calls else calls[:1]
+
+
+def _first_tool(tools: list[Any]) -> tuple[CallSpec, ...]:
+    """A call of the first offered function with no arguments (for ``required``)."""
+    function = tools[0].get("function") if isinstance(tools[0], dict) else None
+    name = function.get("name") if isinstance(function, dict) else None
+    return (CallSpec(name, "{}"),) if isinstance(name, str) else ()
+
+
+def _tool_calls(
+    messages: list[dict[str, Any]], calls: tuple[CallSpec, ...], badargs: bool
+) -> tuple[dict[str, Any], ...]:
     """Build the OpenAI ``tool_calls`` list with ids derived from the conversation."""
     # Hashing the conversation keeps ids stable for identical requests while
     # giving every round of a multi-round script fresh ids.
@@ -194,10 +324,10 @@ def _tool_calls(messages: list[dict[str, Any]], script: Script) -> tuple[dict[st
             "type": "function",
             "function": {
                 "name": call.name,
-                "arguments": BAD_ARGUMENTS if script.badargs else call.arguments,
+                "arguments": BAD_ARGUMENTS if badargs else call.arguments,
             },
         }
-        for index, call in enumerate(script.calls)
+        for index, call in enumerate(calls)
     )
 
 
@@ -207,13 +337,37 @@ def _call_id(conversation: str, index: int) -> str:
     return "call_" + digest.hexdigest()[:24]
 
 
-def _answer_text(messages: list[dict[str, Any]], script: Script) -> str:
-    """Return the final text answer: scripted reply, tool results, or an echo."""
+def _answer_text(messages: list[dict[str, Any]], script: Script, settings: ModelSettings) -> str:
+    """Return the final text answer (before ``stop`` and ``max_tokens`` cut it)."""
+    answered = sum(1 for m in messages if m.get("role") == "assistant" and not m.get("tool_calls"))
+    output = settings.output
+    if answered < script.invalid:
+        if answered % 2 == 0:
+            return NOT_JSON
+        return json.dumps(violation(None if output is None else output.schema, script.prompt))
+    if script.json is not None:
+        return script.json
     if script.reply is not None:
         return script.reply
+    if output is not None and output.schema is not None:
+        return json.dumps(instance(output.schema, script.prompt))
     if any(m.get("role") == "tool" for m in messages):
-        return "Results: " + "; ".join(_latest_results(messages))
-    return "Echo: " + script.prompt[:ECHO_LIMIT]
+        text = "Results: " + "; ".join(_latest_results(messages))
+    else:
+        text = "Echo: " + script.prompt[:ECHO_LIMIT]
+    # A JSON object without a schema: the plain answer under one key.
+    return text if output is None else json.dumps({"answer": text})
+
+
+def _cut(text: str, settings: ModelSettings) -> tuple[str, str]:
+    """Cut ``text`` at its first stop sequence, then at ``max_tokens``; add the finish reason."""
+    ends = [found for stop in settings.stop if (found := text.find(stop)) >= 0]
+    if ends:
+        text = text[: min(ends)]
+    limit = settings.max_tokens
+    if limit is not None and len(text) > limit * CHARS_PER_TOKEN:
+        return text[: limit * CHARS_PER_TOKEN], "length"
+    return text, "stop"
 
 
 def _latest_results(messages: list[dict[str, Any]]) -> list[str]:
@@ -238,9 +392,23 @@ def _latest_results(messages: list[dict[str, Any]]) -> list[str]:
     return results
 
 
-def _usage(prompt_tokens: int, emitted: str) -> dict[str, int]:
-    """Return an OpenAI ``usage`` object with a rough four-characters-per-token count."""
-    completion_tokens = len(emitted) // 4 + 1
+def _usage(
+    prompt_tokens: int, emitted: str, usage: Usage | None, limit: int | None = None
+) -> dict[str, Any]:
+    """Return an OpenAI ``usage`` object: the configured counts, else four characters a token."""
+    if usage is not None:
+        counted: dict[str, Any] = {
+            "prompt_tokens": usage.prompt,
+            "completion_tokens": usage.completion,
+            "total_tokens": usage.prompt + usage.completion,
+        }
+        if usage.cached is not None:
+            counted["prompt_tokens_details"] = {"cached_tokens": usage.cached}
+        return counted
+    completion_tokens = len(emitted) // CHARS_PER_TOKEN + 1
+    if limit is not None:
+        # A cut answer has used its whole limit, never more.
+        completion_tokens = min(completion_tokens, limit)
     return {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,8 @@ import pytest
 
 from agentfleet.simulator.faults import clear_faults, set_faults
 from agentfleet.simulator.faults import main as faults_main
+
+from .conftest import running_simulator
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -41,46 +42,11 @@ PARALLEL_PROMPT = (
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture(scope="module")
 def base_url() -> Iterator[str]:
     """Run ``python -m agentfleet.simulator`` as a subprocess for the whole module."""
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "agentfleet.simulator", "--port", str(port)],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            if proc.poll() is not None:
-                _, err = proc.communicate()
-                pytest.fail(f"simulator exited early: {err.decode(errors='replace')}")
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).json() == {"ok": True}:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("simulator did not answer /healthz in time")
-            time.sleep(0.05)
+    with running_simulator() as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
 
 
 @pytest.fixture
@@ -488,7 +454,13 @@ def test_fault_500_hits_only_its_provider(sim: str) -> None:
     assert providers["a"]["errors_sent"] == 3
     assert providers["a"]["in_flight"] == 0
     assert providers["a"]["faults"]["status"] == 500
-    assert providers["b"] == {"faults": None, "requests": 1, "errors_sent": 0, "in_flight": 0}
+    assert providers["b"] == {
+        "faults": None,
+        "usage": None,
+        "requests": 1,
+        "errors_sent": 0,
+        "in_flight": 0,
+    }
 
 
 def test_fault_error_rate_is_mixed_and_reproducible(sim: str) -> None:
@@ -632,7 +604,13 @@ def test_delete_clears_faults(sim: str) -> None:
         result = sdk.chat.completions.create(model="sim-1", messages=_user("hi"))
 
     assert result.choices[0].message.content == "Echo: hi"
-    assert _providers(sim)["a"] == {"faults": None, "requests": 2, "errors_sent": 1, "in_flight": 0}
+    assert _providers(sim)["a"] == {
+        "faults": None,
+        "usage": None,
+        "requests": 2,
+        "errors_sent": 1,
+        "in_flight": 0,
+    }
     got = httpx.get(f"{sim}/_sim/providers/a/faults").json()
     assert got == {"provider": "a", "faults": None}
 
