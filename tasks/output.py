@@ -153,6 +153,8 @@ class OutputSpec:
         """The message that sends an invalid answer back to the model."""
         return {
             "role": "user",
+            # Named, so the transcript (and the simulator) tells it from the user's input.
+            "name": "output_repair",
             "content": f"Your answer was not accepted: {problem}. Answer again with only the "
             "JSON value the output schema asks for.",
         }

@@ -27,7 +27,7 @@ from ._admin import admin_routes
 from ._faults import HANG_STATUS, Faults
 from ._providers import RECORD_LIMIT, Providers, ProviderState, admitted_at
 from ._responses import RequestError, error_body, json_response
-from ._script import Reply, Script, decide, first_user_text, message_text, parse_script
+from ._script import Reply, Script, decide, message_text, parse_script, script_text
 from ._settings import parse_settings
 
 MODELS = ("sim-1", "sim-2")
@@ -127,7 +127,7 @@ class ChatCompletions:
         raw = await request.body()
         body = _parse_body(raw)
         if not isinstance(body, Response):
-            script = parse_script(first_user_text(body["messages"]))
+            script = parse_script(script_text(body["messages"]))
             self._providers.record(state, body, script.tags)
         faults = state.faults
         if faults is not None and faults.hang:

@@ -6,6 +6,8 @@ malformed one). ``instance`` builds the deterministic JSON value a schema's answ
 - an object gets its *required* properties only (all of them under ``strict``);
 - a string is the ``const``, the first ``enum`` value, or the prompt's text (``"text"``
   when the prompt has none), cut to ``STRING_LIMIT`` characters;
+- a property named in ``known`` (the turn's tool arguments and results) takes that value
+  instead, when it is of the same JSON type (or one of the ``enum``);
 - an integer or a number is its ``minimum`` when there is one, else ``0``;
 - a boolean is ``true``, null is ``null``;
 - an array holds ``minItems`` items (at least one), each built from ``items``;
@@ -148,9 +150,10 @@ def _children(schema: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     return found
 
 
-def instance(schema: dict[str, Any], text: str) -> Any:
-    """The deterministic value ``schema``'s answer holds (see the module docstring)."""
-    return _Builder(schema, text[:STRING_LIMIT] or "text").build(schema, 0)
+def instance(schema: dict[str, Any], text: str, known: dict[str, Any] | None = None) -> Any:
+    """The deterministic value ``schema``'s answer holds (see the module docstring); a
+    property named in ``known`` takes that value when it is of the property's type."""
+    return _Builder(schema, text[:STRING_LIMIT] or "text", known).build(schema, 0)
 
 
 def violation(schema: dict[str, Any] | None, text: str) -> Any:
@@ -174,9 +177,12 @@ def answer_json(output: OutputFormat, text: str) -> str:
 class _Builder:
     """Walks one schema, resolving its references against the root."""
 
-    def __init__(self, root: dict[str, Any], text: str) -> None:
+    def __init__(
+        self, root: dict[str, Any], text: str, known: dict[str, Any] | None = None
+    ) -> None:
         self._root = root
         self._text = text
+        self._known = known or {}
 
     def resolve(self, schema: dict[str, Any]) -> dict[str, Any]:
         """Follow ``$ref`` (local references only) until a schema without one."""
@@ -208,6 +214,16 @@ class _Builder:
             return self.build(self._merged(schema), depth + 1)
         return self._by_type(schema, _first_type(schema), depth)
 
+    def _value(self, key: str, schema: dict[str, Any], depth: int) -> Any:
+        """A property's value: the known one of its name if it fits, else one built."""
+        built = self.build(schema, depth)
+        if key not in self._known:
+            return built
+        known = self._known[key]
+        enum = self.resolve(schema).get("enum")
+        fits = known in enum if isinstance(enum, list) else type(known) is type(built)
+        return known if fits else built
+
     def _merged(self, schema: dict[str, Any]) -> dict[str, Any]:
         """``allOf`` as one object schema: the union of properties and of required."""
         merged: dict[str, Any] = {"type": "object", "properties": {}, "required": []}
@@ -221,7 +237,7 @@ class _Builder:
         if kind == "object":
             properties = schema.get("properties") or {}
             return {
-                key: self.build(properties.get(key) or {}, depth + 1)
+                key: self._value(key, properties.get(key) or {}, depth + 1)
                 for key in schema.get("required") or ()
             }
         if kind == "array":

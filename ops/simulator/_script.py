@@ -1,16 +1,20 @@
 """The deterministic "model": read directives from the prompt and decide the reply.
 
-Directives live in the first user message, so a test scripts a whole
-conversation with one prompt and every later turn replays the same script:
+Directives live in the user message that starts the current turn: the last user message
+other than the fleet's output repair requests (user messages named ``output_repair``). A
+test scripts a whole run with one prompt, every step of it replays the same script, and a
+thread's earlier turns (messages before that one) are history the script does not see:
 
 - ``call NAME {json}`` (repeatable): call those tools in one answer, then answer
   ``Results: name=output; ...``; ``[[rounds:N]]`` / ``[[loop]]`` call them N turns / forever;
   ``[[badargs]]`` sends ``BAD_ARGUMENTS`` as every call's arguments;
 - ``[[reply:TEXT]]`` answers TEXT; ``[[json:{...}]]`` answers exactly that JSON text
   (any JSON value, ``]]`` inside it included); otherwise the answer is ``Echo: <prompt>``,
-  or with a ``response_format`` the JSON built by ``agentfleet.simulator._schema``;
-- ``[[invalid:N]]``: the first N final answers of a conversation (counted as the assistant
-  messages without ``tool_calls`` already in the transcript) are invalid, alternately
+  or with a ``response_format`` the JSON built by ``agentfleet.simulator._schema`` (a
+  property named like a key of the turn's tool-call arguments or JSON tool results takes
+  that key's latest value);
+- ``[[invalid:N]]``: the first N final answers of a turn (counted as the assistant messages
+  without ``tool_calls`` already in it) are invalid, alternately
   ``NOT_JSON`` and JSON that breaks the schema (``_schema.violation``: a required property
   missing), starting with ``NOT_JSON``; the answers after them are valid;
 - ``[[usage:PROMPT,COMPLETION]]`` or ``[[usage:PROMPT,COMPLETION,CACHED]]``: the ``usage`` of
@@ -131,6 +135,41 @@ def message_text(content: Any) -> str:
             if isinstance(part, dict) and isinstance(part.get("text"), str)
         )
     return ""
+
+
+#: The ``name`` of the user messages with which the fleet sends an invalid answer back.
+REPAIR_NAME = "output_repair"
+
+
+def current_turn(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The messages of the current turn: from the last user message that is not a repair
+    request (every message, if there is none)."""
+    start = 0
+    for index, message in enumerate(messages):
+        if message.get("role") == "user" and message.get("name") != REPAIR_NAME:
+            start = index
+    return messages[start:]
+
+
+def script_text(messages: list[dict[str, Any]]) -> str:
+    """The text that scripts the current turn (see the module docstring)."""
+    return first_user_text(current_turn(messages))
+
+
+def known_values(messages: list[dict[str, Any]]) -> dict[str, Any]:
+    """The keys of the turn's tool-call arguments and JSON-object tool results, each with its
+    latest value: what a schema's answer takes for a property of the same name."""
+    known: dict[str, Any] = {}
+    for message in messages:
+        sources = [c.get("function", {}).get("arguments") for c in message.get("tool_calls") or []]
+        if message.get("role") == "tool":
+            sources.append(message.get("content"))
+        for source in sources:
+            with contextlib.suppress(TypeError, ValueError):
+                value = json.loads(source) if isinstance(source, str) else None
+                if isinstance(value, dict):
+                    known.update(value)
+    return known
 
 
 def first_user_text(messages: list[dict[str, Any]]) -> str:
@@ -273,10 +312,12 @@ def decide(
     prompt_tokens = sum(len(message_text(m.get("content"))) // 4 + 1 for m in messages)
     if tools:
         prompt_tokens += len(json.dumps(tools)) // 4
+    # Tokens count the whole conversation; the answer follows the current turn only.
+    conversation, messages = messages, current_turn(messages)
 
     calls = _chosen_calls(messages, tools, script, settings)
     if calls:
-        tool_calls = _tool_calls(messages, calls, script.badargs)
+        tool_calls = _tool_calls(conversation, calls, script.badargs)
         emitted = "".join(call["function"]["arguments"] for call in tool_calls)
         return Reply(None, tool_calls, "tool_calls", _usage(prompt_tokens, emitted, usage))
 
@@ -350,7 +391,7 @@ def _answer_text(messages: list[dict[str, Any]], script: Script, settings: Model
     if script.reply is not None:
         return script.reply
     if output is not None and output.schema is not None:
-        return json.dumps(instance(output.schema, script.prompt))
+        return json.dumps(instance(output.schema, script.prompt, known_values(messages)))
     if any(m.get("role") == "tool" for m in messages):
         text = "Results: " + "; ".join(_latest_results(messages))
     else:

@@ -243,14 +243,18 @@ def test_json_directive_answers_exactly_its_text(client: openai.OpenAI) -> None:
 
 
 def _answers(client: openai.OpenAI, prompt: str, count: int, **kwargs: Any) -> list[str]:
-    """The final answers of a conversation that asks for a fix after each one."""
+    """The final answers of a conversation that asks for a fix after each one, as the fleet
+    does: a user message named ``output_repair`` (the turn goes on)."""
     messages: list[Any] = _user(prompt)
     answers: list[str] = []
     for _ in range(count):
         result = client.chat.completions.create(model="sim-1", messages=messages, **kwargs)
         content = result.choices[0].message.content or ""
         answers.append(content)
-        messages += [{"role": "assistant", "content": content}, {"role": "user", "content": "fix"}]
+        messages += [
+            {"role": "assistant", "content": content},
+            {"role": "user", "name": "output_repair", "content": "fix"},
+        ]
     return answers
 
 
@@ -281,7 +285,10 @@ def test_invalid_counts_final_answers_only(client: openai.OpenAI) -> None:
     # The tool-calling turn is not a final answer: this is still the first one.
     second = client.chat.completions.create(model="sim-1", messages=messages, tools=TOOLS)
     assert second.choices[0].message.content == "Sorry, this answer is not JSON."
-    messages += [{"role": "assistant", "content": "nope"}, {"role": "user", "content": "again"}]
+    messages += [
+        {"role": "assistant", "content": "nope"},
+        {"role": "user", "name": "output_repair", "content": "again"},
+    ]
     third = client.chat.completions.create(model="sim-1", messages=messages, tools=TOOLS)
     assert third.choices[0].message.content == '{"ok": true}'
 
@@ -632,3 +639,47 @@ def test_record_limit_keeps_the_latest() -> None:
         kept = recorded_requests(url)
     assert [r["seq"] for r in kept] == [2, 3]
     assert [r["body"]["messages"][0]["content"] for r in kept] == ["two", "three"]
+
+
+def test_a_new_user_message_starts_a_turn_with_its_own_script(client: openai.OpenAI) -> None:
+    """A thread's history comes before the run's own input: the script is the last input's,
+    and the earlier turns count neither as answers nor as rounds."""
+    history = [
+        {"role": "user", "content": 'call lookup {"id": 1} [[invalid:1]]'},
+        {"role": "assistant", "content": "Sorry, this answer is not JSON."},
+    ]
+    messages: list[Any] = [*history, {"role": "user", "content": "second [[reply:fine]]"}]
+    result = client.chat.completions.create(model="sim-1", messages=messages)
+    assert result.choices[0].message.content == "fine"
+
+
+def test_a_schema_answer_takes_values_from_the_turns_tools(client: openai.OpenAI) -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "order_id": {"type": "string"},
+            "status": {"type": "string", "enum": ["shipped", "unknown"]},
+            "items": {"type": "integer"},
+        },
+        "required": ["order_id", "status", "items"],
+        "additionalProperties": False,
+    }
+    call = {
+        "id": "c1",
+        "type": "function",
+        "function": {"name": "f", "arguments": '{"order_id": "AB1"}'},
+    }
+    messages: list[Any] = [
+        {"role": "user", "content": "where is it"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c1", "content": '{"status": "shipped", "items": "3"}'},
+    ]
+    result = client.chat.completions.create(
+        model="sim-1", messages=messages, response_format=_schema_format(schema)
+    )
+    # items is "3" in the result: a string, not the integer the schema asks for, so built.
+    assert json.loads(result.choices[0].message.content or "") == {
+        "order_id": "AB1",
+        "status": "shipped",
+        "items": 0,
+    }
