@@ -3,9 +3,9 @@
 ``python -m ops.demo`` starts Redis (``REDIS_URL`` if set, else a private ``redis-server``),
 the LLM simulator (unless the user's settings name a provider), one worker per pool, the API
 and Flower, with ``BROKER_URL`` as the broker if set (e.g. a RabbitMQ vhost); enqueues several
-agent runs (one with parallel tool calls), a single tool call, a small batch and a streamed run
-through the HTTP API; prints each result; stops everything. ``--serve`` keeps the fleet up
-afterwards so you can poll and send more.
+agent runs (one with parallel tool calls), a single tool call, a small batch, a streamed run, a
+typed agent by name and a thread of two runs through the HTTP API; prints each result; stops
+everything. ``--serve`` keeps the fleet up afterwards so you can poll and send more.
 
 Every process gets the user's ``AGENTFLEET_*`` settings, except those naming what the demo
 runs itself (its Redis as store, broker and result backend, its simulator, API and Flower
@@ -15,6 +15,7 @@ address): the demo prints which it overrode, and the URLs a ``send_task`` caller
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import secrets
 import sys
@@ -72,6 +73,28 @@ def _demo_batch(client: Client) -> bool:
     return batch.counts.succeeded == batch.total and kinds[-1] == "succeeded"
 
 
+#: The demo's own agents (added to any the user's settings load).
+DEMO_AGENTS = "ops.demo_agents"
+
+
+def _demo_agents(client: Client) -> bool:
+    """A typed agent run by name, and a thread of two runs (the second starts with the
+    first's turn)."""
+    triage = client.run("The export button crashes the app!", agent="support_triage")
+    print(f"typed agent support_triage: {triage.status}")
+    _line("run id", triage.id)
+    _line("result", json.dumps(triage.result))
+    thread = f"demo-{secrets.token_hex(4)}"
+    first = client.run("My name is Ada.", thread_id=thread)
+    second = client.run("What is my name?", thread_id=thread)
+    history = client.get_thread(thread)
+    print(f"thread of 2 runs: {first.status}, {second.status}")
+    _line("thread id", thread)
+    roles = ", ".join(m["role"] for m in history.messages)
+    _line("history", f"{history.turns} turns: {roles}")
+    return triage.status == first.status == second.status == "succeeded"
+
+
 def run_demo(client: Client, api_url: str, api_key: str) -> bool:
     accepted = {name: client.create_run(prompt) for name, prompt in RUNS.items()}
     tool_call = client.create_tool_call("calculator", {"expression": "2 ** 10"})
@@ -95,6 +118,7 @@ def run_demo(client: Client, api_url: str, api_key: str) -> bool:
     _line("call id", call.id)
     _line("result", str(call.result))
     ok &= _demo_batch(client)
+    ok &= _demo_agents(client)
     first = next(iter(accepted.values())).id
     print("\npoll a run by ID (while the fleet is up: `make serve` keeps it running):")
     print(f"  export AGENTFLEET_API_URL={api_url} AGENTFLEET_API_KEY={api_key}")
@@ -163,11 +187,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--serve", action="store_true", help="keep the fleet up afterwards")
     parser.add_argument("--workdir", type=Path, default=REPO / ".agentfleet")
     args = parser.parse_args(argv)
+    user_env = user_settings(os.environ)
+    agent_modules = [user_env.get("AGENTFLEET_AGENT_MODULES", ""), DEMO_AGENTS]
     stack = Stack(
         args.workdir,
         redis_url=os.environ.get("REDIS_URL"),
         broker_url=os.environ.get("BROKER_URL"),
-        user_env=user_settings(os.environ),
+        user_env=user_env,
+        env_overrides={"AGENTFLEET_AGENT_MODULES": ",".join(filter(None, agent_modules))},
     ).__enter__()
     try:
         settings = stack.settings()
