@@ -10,7 +10,7 @@ from typing import Annotated, Any, cast
 
 import redis
 from celery import Celery, states
-from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from agentfleet.producer import fleet, schemas
@@ -32,7 +32,13 @@ from agentfleet.tasks.errors import (
 )
 from agentfleet.tasks.lifecycle import follow_up
 from agentfleet.tasks.llm import get_guard
-from agentfleet.tasks.models import DEFAULT_TENANT, BatchRequest, RunRequest, ToolCallRequest
+from agentfleet.tasks.models import (
+    DEFAULT_TENANT,
+    THREAD_ID_PATTERN,
+    BatchRequest,
+    RunRequest,
+    ToolCallRequest,
+)
 from agentfleet.tasks.records import RunRecord
 from agentfleet.tasks.redisconn import warn_if_not_durable
 from agentfleet.tasks.settings import Settings, get_settings, warn_unknown_variables
@@ -360,12 +366,18 @@ def list_tools(workers: FleetDep) -> Any:
     return fleet.listing(workers)
 
 
+#: A thread ID as a run names it: anything else names no thread (and no other key).
+ThreadId = Annotated[str, Path(pattern=THREAD_ID_PATTERN)]
+#: Redis list offsets are 64-bit; no thread is near this long.
+MAX_OFFSET = 10_000_000
+
+
 @router.get("/v1/threads/{thread_id}", response_model=schemas.Thread, responses={404: {}})
 def get_thread(
-    thread_id: str,
+    thread_id: ThreadId,
     store: StoreDep,
     tenant: TenantDep,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> Any:
     """A thread of the caller's tenant: a page of its history (``offset``, ``limit``), the run
@@ -377,7 +389,7 @@ def get_thread(
 
 
 @router.delete("/v1/threads/{thread_id}", status_code=204, responses={404: {}, 409: {}})
-def delete_thread(thread_id: str, store: StoreDep, tenant: TenantDep) -> Response:
+def delete_thread(thread_id: ThreadId, store: StoreDep, tenant: TenantDep) -> Response:
     """Delete a thread's history. A thread with unfinished runs is kept (409): cancel them or
     let them end first."""
     existed, unfinished = threads.delete(store, tenant, thread_id)

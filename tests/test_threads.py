@@ -250,3 +250,10 @@ def test_the_oldest_turns_go_first_and_whole(fleet: Fleet) -> None:
     assert len(history) == 8  # two turns of four messages: a call never loses its result
     assert fleet.redis.lrange(keys.thread_turns(p, "trim", thread), 0, -1) == ["4", "4"]
     assert fleet.redis.hget(keys.thread(p, "trim", thread), "turns") == "3"
+
+
+def test_a_thread_path_that_is_no_thread_id_is_refused(fleet: Fleet) -> None:
+    # A colon would reach another key of the thread (its messages list) instead.
+    assert fleet.http.get("/v1/threads/t:messages").status_code == 422
+    assert fleet.http.delete("/v1/threads/t:queue").status_code == 422
+    assert fleet.http.get("/v1/threads/t", params={"offset": 2**63}).status_code == 422
