@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, cast
@@ -21,9 +22,10 @@ from agentfleet.producer.events import EVENT_ID, sse_stream
 from agentfleet.producer.idempotency import Slot, fingerprint, run_once
 from agentfleet.producer.logcontext import RunIdContext
 from agentfleet.producer.metrics import router as metrics_router
-from agentfleet.tasks import intake, threads
+from agentfleet.tasks import intake, spend, threads
 from agentfleet.tasks.batch import batch_key, batch_view
 from agentfleet.tasks.errors import (
+    BudgetExceeded,
     InProgress,
     InvalidRequest,
     ThreadBusy,
@@ -102,12 +104,21 @@ IdempotencyKey = Annotated[
 ]
 ACCEPT_ERRORS: dict[int | str, dict[str, Any]] = {
     422: {"description": "Invalid request"},
+    429: {"description": "The tenant's daily budget is spent"},
     503: {"description": "Unavailable"},
 }
 
 
 def _accepted(collection: str, ident: str, status: str = "queued") -> JSONResponse:
     return JSONResponse(intake.accepted_body(collection, ident, status), status_code=202)
+
+
+def _within_budget(store: RunStore, settings: Settings, tenant: str) -> None:
+    """Refuse new work (429, :class:`BudgetExceeded`) of a tenant whose daily budget is spent:
+    raised, not answered, so an Idempotency-Key does not keep the refusal."""
+    refusal = spend.tenant_refusal(store.redis, settings, tenant)
+    if refusal is not None:
+        raise refusal
 
 
 def _own_run(store: RunStore, tenant: str, run_id: str) -> RunRecord:
@@ -139,6 +150,7 @@ def create_run(
         view = workers.view()
         if problems := fleet.run_problems(view, run.request):
             return _problem(422, problems)
+        _within_budget(store, settings, tenant)
         run_id = intake.submit_run(producer, store, run, tenant, slot, fleet.every_tool(view))
         return _accepted("runs", run_id)
 
@@ -293,6 +305,7 @@ def create_batch(
         view = workers.view()
         if problems := fleet.batch_problems(view, body):
             return _problem(422, problems)
+        _within_budget(store, settings, tenant)
         batch_id = intake.submit_batch(producer, store, batch, tenant, slot, fleet.every_tool(view))
         return _accepted("batches", batch_id)
 
@@ -409,6 +422,24 @@ def list_agents(workers: FleetDep) -> Any:
     return fleet.agent_listing(workers)
 
 
+@router.get("/v1/usage", response_model=schemas.UsageReport, responses={422: {}})
+def get_usage(
+    store: StoreDep,
+    settings: SettingsDep,
+    tenant: TenantDep,
+    day: Annotated[
+        str | None,
+        Query(
+            pattern=r"^\d{4}-\d{2}-\d{2}$",
+            description="A UTC day, YYYY-MM-DD (default: today); kept for 8 days.",
+        ),
+    ] = None,
+) -> Any:
+    """The tenant's LLM spend on a day: tokens, cost and calls, per model; what calls in flight
+    hold against its budget; its daily budget and when it resets."""
+    return spend.usage_report(store.redis, settings, tenant, day)
+
+
 @router.get("/v1/providers", response_model=schemas.ProviderList)
 def list_providers(settings: SettingsDep) -> Any:
     """Breaker state, failures, time to half-open and limiter fill of every provider."""
@@ -450,6 +481,14 @@ def _thread_busy(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": str(exc)}, status_code=409)
 
 
+def _over_budget(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, BudgetExceeded)
+    wait = max(int((exc.resets_at or time.time()) - time.time()) + 1, 1)
+    return JSONResponse(
+        {"detail": exc.message}, status_code=429, headers={"Retry-After": str(wait)}
+    )
+
+
 def _in_progress(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": str(exc)}, status_code=409, headers={"Retry-After": "1"})
 
@@ -485,6 +524,7 @@ def create_api(settings: Settings | None = None, celery_app: Celery | None = Non
     api.add_exception_handler(Unavailable, _unavailable)
     api.add_exception_handler(InProgress, _in_progress)
     api.add_exception_handler(ThreadBusy, _thread_busy)
+    api.add_exception_handler(BudgetExceeded, _over_budget)
     api.add_exception_handler(redis.RedisError, _unavailable)
     api.add_exception_handler(Unauthorized, _unauthorized)
     api.add_exception_handler(BadRequest, _bad_request)

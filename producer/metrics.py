@@ -109,13 +109,13 @@ class FleetCollector(Collector):
         k = self.keys
         providers = self.settings.provider_list
         pipe = get_redis(self.settings).pipeline(transaction=False)
-        for key in (k.runs, k.run_seconds, k.step_seconds, k.llm, k.admission_denials):
+        for key in (k.runs, k.run_seconds, k.step_seconds, k.llm, k.admission_denials, k.spend):
             pipe.hgetall(key)
         pipe.zcard(k.active_runs)
         for provider in providers:
             guard = get_guard(self.settings, provider)
             pipe.mget([guard.keys["state"], guard.keys["fail_counter"]])
-        runs, run_s, step_s, llm, denials, active, *breakers = pipe.execute()
+        runs, run_s, step_s, llm, denials, spent, active, *breakers = pipe.execute()
 
         yield CounterMetricFamily(
             "agentfleet_runs_enqueued",
@@ -146,6 +146,7 @@ class FleetCollector(Collector):
             STEP_BUCKETS,
         )
         yield from self._llm(llm)
+        yield from self._spend(spent)
         yield from self._providers(providers, breakers, denials)
 
     def _llm(self, raw: Mapping[str, str]) -> Iterator[Metric]:
@@ -166,6 +167,36 @@ class FleetCollector(Collector):
                 calls.add_metric([provider, model], value)
         yield tokens
         yield calls
+
+    def _spend(self, raw: Mapping[str, str]) -> Iterator[Metric]:
+        tokens = CounterMetricFamily(
+            "agentfleet_tenant_tokens",
+            "Tokens of every LLM call, per tenant, model and kind (prompt, completion, cached: "
+            "the prompt tokens the provider served from its cache).",
+            labels=["tenant", "model", "kind"],
+        )
+        calls = CounterMetricFamily(
+            "agentfleet_tenant_llm_calls",
+            "LLM calls, per tenant and model.",
+            labels=["tenant", "model"],
+        )
+        cost = CounterMetricFamily(
+            "agentfleet_tenant_cost_usd",
+            "US dollars of every LLM call at the providers' configured prices, per tenant and "
+            "model.",
+            labels=["tenant", "model"],
+        )
+        for field, value in raw.items():
+            tenant, model, kind = (str(label) for label in json.loads(field))
+            if kind == "cost":
+                cost.add_metric([tenant, model], float(value))
+            elif kind == "calls":
+                calls.add_metric([tenant, model], int(value))
+            else:
+                tokens.add_metric([tenant, model, kind], int(value))
+        yield tokens
+        yield calls
+        yield cost
 
     def _providers(
         self, providers: Sequence[Any], breakers: Sequence[Any], denials: Mapping[str, str]

@@ -12,6 +12,7 @@ from agentfleet.client import (
     Thread,
     ToolCall,
     ToolList,
+    UsageReport,
 )
 
 __all__ = [
@@ -24,4 +25,5 @@ __all__ = [
     "Thread",
     "ToolCall",
     "ToolList",
+    "UsageReport",
 ]

@@ -23,9 +23,10 @@ from billiard.exceptions import SoftTimeLimitExceeded
 from celery import Celery, Signature, Task, chain, chord, states
 from celery.exceptions import Ignore, Retry
 
-from agentfleet.tasks import names, window
+from agentfleet.tasks import names, spend, window
 from agentfleet.tasks.agents import registry as agents
 from agentfleet.tasks.errors import (
+    BudgetExceeded,
     OutputInvalid,
     PermanentProviderError,
     ProvidersUnavailable,
@@ -115,6 +116,8 @@ class StepRunner:
             return self._final_view()
         except PermanentProviderError as exc:
             return self._fail(claim.token, exc.code, exc.message)
+        except BudgetExceeded as exc:
+            return self._over_budget(claim, exc)
         except ProvidersUnavailable as exc:
             return self._wait_for_providers(claim, exc)
         except (RetryableProviderError, SoftTimeLimitExceeded) as exc:
@@ -224,6 +227,9 @@ class StepRunner:
                 asked=len(completion.tool_calls),
                 after=after,
                 llm_calls=answered.calls,
+                cached_tokens=answered.cached_tokens,
+                cost=answered.cost,
+                spend=self._spend(run, answered),
             )
             if not dispatching:
                 # The run's last step: its answer and its end in one round trip.
@@ -257,8 +263,8 @@ class StepRunner:
         spec = output_spec(run)
         options = CallOptions(model_settings(run, messages), spec)
         messages = self._fit(run, messages)
-        completion, target = self._call_llm(run, messages, options)
-        answered = Answered(completion, target)
+        answered = Answered.first(*self._call_llm(run, messages, options, None))
+        completion = answered.completion
         if spec is None:
             return answered
         for _ in range(self._repairs(run)):
@@ -272,8 +278,8 @@ class StepRunner:
                     completion.assistant_message(),
                     spec.repair_message(exc.message),
                 ]
-            completion, target = self._call_llm(run, messages + answered.repairs, options)
-            answered.add(completion, target)
+            answered.add(*self._call_llm(run, messages + answered.repairs, options, answered))
+            completion = answered.completion
         return answered
 
     def _fit(self, run: RunRecord, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -308,26 +314,95 @@ class StepRunner:
         return time.monotonic() + needed <= self.began + self.settings.step_soft_time_limit
 
     def _call_llm(
-        self, run: RunRecord, messages: list[dict[str, Any]], options: CallOptions
-    ) -> tuple[Completion, Target]:
+        self,
+        run: RunRecord,
+        messages: list[dict[str, Any]],
+        options: CallOptions,
+        before: Answered | None,
+    ) -> tuple[Completion, Target, spend.Usage]:
+        """One LLM call within the run's and its tenant's budgets (:mod:`agentfleet.tasks.spend`);
+        ``before``: the step's calls so far. :class:`BudgetExceeded` if a budget refuses it."""
         schemas = [registry.get(n).openai_schema for n in run.tools]
         chain = list(run.chain)
+        held = self._reserve(run, messages, schemas, options, before)
         relay = TokenRelay(self.store, self.run_id, self.step) if run.stream else None
         # The threads pool enforces no time limit: the chain walk keeps the step within its
         # soft limit, so a step never outlives the time the visibility timeout allows it.
         deadline = self.began + self.settings.step_soft_time_limit
-        answer = call_chain(
-            self.settings,
-            chain,
-            messages,
-            schemas,
-            on_delta=relay.delta if relay else None,
-            deadline=deadline,
-            options=options,
-        )
+        used = None
+        try:
+            completion, target = call_chain(
+                self.settings,
+                chain,
+                messages,
+                schemas,
+                on_delta=relay.delta if relay else None,
+                deadline=deadline,
+                options=options,
+            )
+            c = completion
+            cost = spend.call_cost(
+                self.settings, target, c.prompt_tokens, c.completion_tokens, c.cached_tokens
+            )
+            used = spend.Usage(target, c.prompt_tokens, c.completion_tokens, c.cached_tokens, cost)
+        finally:
+            if held is not None:
+                self.store.budgets.settle(held, used)
         if relay:
             relay.flush()
-        return answer
+        assert used is not None  # set when the call returned
+        return completion, target, used
+
+    def _reserve(
+        self,
+        run: RunRecord,
+        messages: list[dict[str, Any]],
+        schemas: list[dict[str, Any]],
+        options: CallOptions,
+        before: Answered | None,
+    ) -> spend.Reservation | None:
+        """Check the run's budget and hold the call's estimate against its tenant's; the
+        reservation to settle (None: the tenant has no budget)."""
+        tenant_budget = self.settings.tenant_budget(run.tenant)
+        if run.max_total_tokens is None and run.max_cost is None and tenant_budget is None:
+            return None
+        max_tokens = options.settings.get("max_tokens")
+        est = spend.estimate(self.settings, run.chain, messages, schemas, max_tokens)
+        spent_tokens = before.prompt_tokens + before.completion_tokens if before else 0
+        refusal = spend.run_refusal(run, spent_tokens, before.cost if before else 0.0, est)
+        if refusal is not None:
+            raise BudgetExceeded(refusal)
+        if tenant_budget is None:
+            return None
+        return self.store.budgets.reserve(run.tenant, tenant_budget, est)
+
+    def _spend(self, run: RunRecord, answered: Answered) -> list[dict[str, Any]] | None:
+        """The tenant's spend of the step's calls, counted as the answer is applied; None when
+        each call was settled against the tenant's budget already."""
+        if self.settings.tenant_budget(run.tenant) is not None:
+            return None
+        now = time.time()
+        return [u.spend(self.settings, run.tenant, now) for u in answered.by_target()]
+
+    def _over_budget(self, claim: StepClaim, exc: BudgetExceeded) -> dict[str, Any]:
+        """End a run whose budget refused its next call; or, for a run that waits for its
+        tenant's budget (``budget_policy: wait``), give the step back until the budget resets.
+        The watchdog sends it again then: no worker and no message waits meanwhile."""
+        run = claim.run
+        assert run is not None
+        if exc.resets_at is None or run.budget_policy != "wait":
+            return self._fail(claim.token, exc.code, exc.message)
+        # Spread the runs that waited over a minute, so they do not all start at midnight.
+        due = exc.resets_at + random.uniform(0.0, 60.0)
+        waiting = {
+            "reason": "budget",
+            "detail": exc.message,
+            "retry_at": datetime.fromtimestamp(due, UTC).isoformat(timespec="milliseconds"),
+        }
+        self.store.set_waiting(self.run_id, waiting)
+        self.store.release_step(self.run_id, self.step, claim.token, due=due)
+        log.info("run %s step %d waits for its tenant's budget: %s", self.run_id, self.step, exc)
+        raise Ignore()
 
     def _ending(self, completion: Completion, run: RunRecord) -> dict[str, Any]:
         """The final state of a run whose step dispatches nothing: succeeded with the model's
@@ -437,20 +512,54 @@ class Answered:
     completion: Completion
     target: Target
     repairs: list[dict[str, Any]] = field(default_factory=list)
-    calls: int = 1
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
+    usages: list[spend.Usage] = field(default_factory=list)
 
-    def __post_init__(self) -> None:
-        self.prompt_tokens += self.completion.prompt_tokens
-        self.completion_tokens += self.completion.completion_tokens
+    @classmethod
+    def first(cls, completion: Completion, target: Target, used: spend.Usage) -> Answered:
+        return cls(completion, target, usages=[used])
 
-    def add(self, completion: Completion, target: Target) -> None:
+    def add(self, completion: Completion, target: Target, used: spend.Usage) -> None:
         """The answer of one more call replaces the last."""
         self.completion, self.target = completion, target
-        self.calls += 1
-        self.prompt_tokens += completion.prompt_tokens
-        self.completion_tokens += completion.completion_tokens
+        self.usages.append(used)
+
+    @property
+    def calls(self) -> int:
+        return len(self.usages)
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(u.prompt for u in self.usages)
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(u.completion for u in self.usages)
+
+    @property
+    def cached_tokens(self) -> int:
+        return sum(u.cached for u in self.usages)
+
+    @property
+    def cost(self) -> float:
+        return sum(u.cost for u in self.usages)
+
+    def by_target(self) -> list[spend.Usage]:
+        """The calls' usage summed per provider and model (a repair may fall back)."""
+        summed: dict[Target, spend.Usage] = {}
+        for u in self.usages:
+            s = summed.get(u.target)
+            summed[u.target] = (
+                u
+                if s is None
+                else spend.Usage(
+                    u.target,
+                    s.prompt + u.prompt,
+                    s.completion + u.completion,
+                    s.cached + u.cached,
+                    s.cost + u.cost,
+                )
+            )
+        return list(summed.values())
 
 
 #: ``tool_choice`` values that force a tool call: they hold until the model has called one.

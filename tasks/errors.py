@@ -10,6 +10,9 @@
     ├── InvalidRequest              work refused: it breaks the schema or a limit (problems)
     ├── Unavailable                 Redis or the broker cannot take work now (HTTP 503)
     ├── InProgress                  another request is creating the same tool call ID (HTTP 409)
+    ├── ThreadBusy                  a run for a thread that has one unfinished (policy reject)
+    ├── BudgetExceeded              a run's or a tenant's token or cost budget is spent
+    │                               (resets_at: when a tenant's daily budget resets)
     ├── Answered                    a request with the same Idempotency-Key was accepted first
     ├── ProviderError               an LLM provider call failed (provider, message)
     │   ├── RetryableProviderError  try again later (retry_after seconds, if the provider said)
@@ -159,6 +162,22 @@ class ThreadBusy(AgentfleetError):
     nothing kept (a 409)."""
 
     code = "thread_busy"
+
+
+class BudgetExceeded(AgentfleetError):
+    """A budget refuses the next LLM call (a run's end) or new runs (HTTP 429).
+    ``args == (message, resets_at)``: the Unix time a tenant's daily budget resets, or
+    None for a run's own budget, which never does."""
+
+    code = "budget_exceeded"
+
+    def __init__(self, message: str, resets_at: float | None = None) -> None:
+        super().__init__(message, resets_at)
+
+    @property
+    def resets_at(self) -> float | None:
+        value = self.args[1]
+        return float(value) if isinstance(value, int | float) else None
 
 
 class Answered(AgentfleetError):

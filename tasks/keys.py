@@ -108,6 +108,18 @@ def tenant_waiting(p: str, tenant: str) -> str:
     return f"{p}{TENANT_SEGMENT}{tenant}:waiting"
 
 
+def tenant_spend(p: str, tenant: str, day: str) -> str:
+    """Hash: what the tenant's LLM calls used on ``day`` (UTC, ``YYYY-MM-DD``): ``tokens``,
+    ``cost``, ``calls``, the same per model (``["model", kind]``), and what calls in flight
+    hold (``held_tokens``, ``held_cost``, ``held:<id>``) (expires)."""
+    return f"{p}{TENANT_SEGMENT}{tenant}:spend:{day}"
+
+
+def tenant_spend_held(p: str, tenant: str, day: str) -> str:
+    """Sorted set: the reservations of calls in flight on ``day``, by when they lapse."""
+    return f"{tenant_spend(p, tenant, day)}:held"
+
+
 # --- threads -------------------------------------------------------------------------------
 #: The part after the prefix of a thread's keys (``<p>:thread:<tenant>:<id>``): a thread
 #: belongs to its tenant, so two tenants' threads of one ID are two threads.
@@ -291,6 +303,11 @@ class MetricKeys:
     def admission_denials(self) -> str:
         """Hash: ``["provider", reason]`` -> count."""
         return f"{self.prefix}{METRICS_SEGMENT}admission_denials"
+
+    @property
+    def spend(self) -> str:
+        """Hash: ``["tenant", "model", "prompt"|"completion"|"cached"|"calls"|"cost"]`` -> sum."""
+        return f"{self.prefix}{METRICS_SEGMENT}spend"
 
     @property
     def active_runs(self) -> str:

@@ -36,6 +36,8 @@ def _not_blank(value: str) -> str:
 THREAD_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,128}$"
 ThreadPolicy = Literal["enqueue", "reject", "interrupt"]
 ThreadHistory = Literal["messages", "full"]
+#: What a run does when its tenant's daily budget refuses its next LLM call.
+BudgetPolicy = Literal["fail", "wait"]
 
 #: Agent names: as tool names, safe in Redis keys and in a provider's ``response_format``.
 AGENT_NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
@@ -195,6 +197,27 @@ class RunRequest(BaseModel):
         exclude_if=_unset,
         description="What of this run the thread keeps: messages (the input and the final "
         "answer, the default) or full (also tool calls and their results).",
+    )
+    max_total_tokens: int | None = Field(
+        default=None,
+        exclude_if=_unset,
+        ge=1,
+        le=10**9,
+        description="Tokens (prompt and completion) the run's LLM calls may use in all; "
+        "the run fails with budget_exceeded before a call that would pass it.",
+    )
+    max_cost: float | None = Field(
+        default=None,
+        exclude_if=_unset,
+        gt=0,
+        le=10**6,
+        description="US dollars the run's LLM calls may cost in all (providers' prices).",
+    )
+    budget_policy: BudgetPolicy | None = Field(
+        default=None,
+        exclude_if=_unset,
+        description="When the tenant's daily budget is spent mid-run: fail (the default, "
+        "budget_exceeded) or wait, holding no worker, until the budget resets.",
     )
     metadata: dict[str, str] = Field(default_factory=dict)
     # Strict: a lax bool would take "yes", "on" or 1 from JSON and guess what was meant.

@@ -35,6 +35,10 @@ class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     llm_calls: int = 0
+    #: Prompt tokens the provider served from its cache (part of ``prompt_tokens``).
+    cached_tokens: int = 0
+    #: US dollars, at the prices of the providers that answered.
+    cost: float = 0.0
 
     @property
     def total_tokens(self) -> int:
@@ -77,6 +81,11 @@ class RunRecord:
     output_schema: dict[str, Any] | None
     #: Tokens the transcript may take in each LLM call (None: the fleet's default).
     context_budget: int | None
+    #: The run's own budgets (None: none).
+    max_total_tokens: int | None
+    max_cost: float | None
+    #: ``fail`` or ``wait`` when its tenant's daily budget is spent.
+    budget_policy: str
     #: Unix times: created, its first step claimed, made final (None: not yet).
     created_at: float
     started_at: float | None
@@ -104,6 +113,8 @@ class RunRecord:
                 _int(fields, "prompt_tokens"),
                 _int(fields, "completion_tokens"),
                 _int(fields, "llm_calls"),
+                _int(fields, "cached_tokens"),
+                float(fields.get("cost") or 0),
             ),
             tools=tuple(json.loads(fields.get("tools") or "[]")),
             stream=fields.get("stream") == "1",
@@ -116,6 +127,9 @@ class RunRecord:
             if fields.get("output_schema")
             else None,
             context_budget=_int(fields, "context_budget") or None,
+            max_total_tokens=_int(fields, "max_total_tokens") or None,
+            max_cost=float(fields["max_cost"]) if fields.get("max_cost") else None,
+            budget_policy=fields.get("budget_policy", "fail"),
             created_at=float(fields.get("created_at") or 0),
             started_at=_time(fields, "started_at"),
             finished_at=_time(fields, "finished_at"),

@@ -93,6 +93,38 @@ def broker_kind(url: str) -> BrokerKind:
         raise ValueError(f"unsupported broker URL scheme {scheme!r}: use one of {known}") from None
 
 
+class ModelPrice(BaseModel):
+    """What one model costs, in US dollars per million tokens."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    input: float = Field(ge=0, le=10_000, description="Per million prompt tokens.")
+    output: float = Field(ge=0, le=10_000, description="Per million completion tokens.")
+    cached_input: float | None = Field(
+        default=None,
+        ge=0,
+        le=10_000,
+        description="Per million prompt tokens the provider served from its cache; "
+        "unset = the input price.",
+    )
+
+    def cost(self, prompt: int, completion: int, cached: int = 0) -> float:
+        """The price of a call that used these tokens (``cached`` are part of ``prompt``)."""
+        cached = min(max(cached, 0), prompt)
+        cached_price = self.input if self.cached_input is None else self.cached_input
+        dollars = (prompt - cached) * self.input + cached * cached_price
+        return (dollars + completion * self.output) / 1_000_000
+
+
+class TenantBudget(BaseModel):
+    """What one tenant may spend per day (UTC) on LLM calls; unset = no limit."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tokens_per_day: int | None = Field(default=None, ge=1, le=10**12)
+    cost_per_day: float | None = Field(default=None, gt=0, le=10**7, description="US dollars.")
+
+
 class ProviderConfig(BaseModel):
     """One OpenAI-compatible LLM endpoint, with its own breaker and rate limits."""
 
@@ -123,6 +155,10 @@ class ProviderConfig(BaseModel):
     reasoning_effort: bool = Field(
         default=True, description="Takes reasoning_effort; false: the setting is not sent."
     )
+    prices: dict[str, ModelPrice] = Field(
+        default_factory=dict,
+        description="Model -> price per million tokens; a call to a model with no price costs 0.",
+    )
 
     def api_key(self) -> str:
         """The key from the file or variable; a placeholder for keyless local servers."""
@@ -137,6 +173,10 @@ class ProviderConfig(BaseModel):
 
     def serves(self, model: str) -> bool:
         return not self.models or model in self.models
+
+    def price(self, model: str) -> ModelPrice | None:
+        """The price of ``model`` at this provider; None when none is configured."""
+        return self.prices.get(model)
 
 
 #: The variables :meth:`Settings.from_environ` reads instead of ``os.environ``.
@@ -221,6 +261,16 @@ class Settings(BaseSettings):
     )
     llm_api_key: SecretStr | None = Field(default=None, description="API key of llm_base_url.")
     llm_model: str = Field(default="sim-1", description="Model of a run that names none.")
+    llm_prices: dict[str, ModelPrice] = Field(
+        default_factory=dict,
+        description="Prices of the provider made from llm_base_url (providers carry their own).",
+    )
+    budget_completion_estimate: int = Field(
+        default=512,
+        ge=1,
+        description="Completion tokens a budgeted LLM call reserves when its max_tokens is "
+        "unset (the actual usage is settled after the call).",
+    )
     llm_timeout: float = Field(default=60.0, gt=0, description="Per-request read timeout (s).")
     llm_connect_timeout: float = Field(
         default=5.0, gt=0, description="Per-request connect timeout (s)."
@@ -330,6 +380,11 @@ class Settings(BaseSettings):
     )
     tenant_limits: dict[str, int] = Field(
         default_factory=dict, description="Per-tenant caps overriding tenant_max_in_flight."
+    )
+    tenant_budgets: dict[str, TenantBudget] = Field(
+        default_factory=dict,
+        description='Per-tenant daily budgets (UTC days): {"tenant": {"tokens_per_day": N, '
+        '"cost_per_day": USD}}; "*" applies to tenants not named.',
     )
     idempotency_ttl: int = Field(
         default=24 * 3600, gt=0, description="Seconds an Idempotency-Key keeps its answer."
@@ -548,6 +603,13 @@ class Settings(BaseSettings):
         """Runs ``tenant`` may have running at once; 0 = no cap."""
         return self.tenant_limits.get(tenant, self.tenant_max_in_flight)
 
+    def tenant_budget(self, tenant: str) -> TenantBudget | None:
+        """``tenant``'s daily budget (its own, else ``"*"``); None when it has none."""
+        budget = self.tenant_budgets.get(tenant) or self.tenant_budgets.get("*")
+        if budget is None or (budget.tokens_per_day is None and budget.cost_per_day is None):
+            return None
+        return budget
+
     @model_validator(mode="after")
     def _check_sentinel(self) -> Self:
         urls = (self.redis_url, self.broker, self.backend)
@@ -574,6 +636,7 @@ class Settings(BaseSettings):
                 base_url=self.llm_endpoint,
                 api_key_env="AGENTFLEET_LLM_API_KEY" if self.llm_api_key else None,
                 default_model=self.llm_model,
+                prices=self.llm_prices,
                 timeout=self.llm_timeout,
                 connect_timeout=self.llm_connect_timeout,
             ),

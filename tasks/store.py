@@ -36,6 +36,7 @@ from agentfleet.tasks.models import RunRequest
 from agentfleet.tasks.records import RunRecord
 from agentfleet.tasks.redisconn import get_redis
 from agentfleet.tasks.settings import Settings
+from agentfleet.tasks.spend import TenantBudgets
 from agentfleet.tasks.states import AcceptOutcome, RunStatus, StepOutcome, ToolOutcome
 
 
@@ -131,6 +132,11 @@ class StepAnswer:
     asked: int = 0  # the tool calls the model asked for (``tool_calls`` are those dispatched)
     after: str = ""  # the generation of the previous step's answer, which this one builds on
     llm_calls: int = 1  # calls the answer took (a typed run's repair rounds add some)
+    cached_tokens: int = 0
+    cost: float = 0.0  # US dollars (agentfleet.tasks.spend)
+    #: The tenant's spend to count as the answer is applied (spend(s) of _spend.lua); None when
+    #: the calls were settled one by one against the tenant's budget.
+    spend: list[dict[str, Any]] | None = None
 
     def payload(self) -> str:
         """The JSON the step-ending scripts take (``apply`` in :mod:`agentfleet.tasks.scripts`)."""
@@ -143,6 +149,9 @@ class StepAnswer:
                 "tools_total": self.tool_calls,
                 "asked": self.asked,
                 "llm_calls": self.llm_calls,
+                "cached_tokens": self.cached_tokens,
+                "cost": self.cost,
+                "spend": self.spend or [],
                 "provider": self.target.provider,
                 "model": self.target.model,
                 "worker": self.worker,
@@ -158,6 +167,8 @@ class RunStore:
         self.redis = client
         self.settings = settings
         self._p = settings.key_prefix
+        #: Tenants' daily budgets (agentfleet.tasks.spend).
+        self.budgets = TenantBudgets(client, settings)
         self._create_run = client.register_script(scripts.CREATE_RUN)
         self._accept = client.register_script(scripts.ACCEPT)
         self._begin_step = client.register_script(scripts.BEGIN_STEP)
@@ -382,6 +393,12 @@ class RunStore:
             fields["output_schema"] = json.dumps(request.output_schema)
         if request.context_budget is not None:
             fields["context_budget"] = request.context_budget
+        if request.max_total_tokens is not None:
+            fields["max_total_tokens"] = request.max_total_tokens
+        if request.max_cost is not None:
+            fields["max_cost"] = repr(request.max_cost)
+        if request.budget_policy is not None:
+            fields["budget_policy"] = request.budget_policy
         if request.thread_id:
             # The thread's history goes in front of the input when the run's turn comes
             # (begin_step.lua), after ``head`` messages (the system prompt, if any).

@@ -44,6 +44,8 @@ def run_view(run: RunRecord) -> dict[str, Any]:
             "completion_tokens": usage.completion_tokens,
             "total_tokens": usage.total_tokens,
             "llm_calls": usage.llm_calls,
+            "cached_tokens": usage.cached_tokens,
+            "cost": round(usage.cost, 9),
         },
         "provider": record.get("provider"),
         "worker": record.get("worker"),

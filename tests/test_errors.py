@@ -21,6 +21,8 @@ SAMPLES: list[errors.AgentfleetError] = [
     errors.InvalidRequest.of([("input", "blank"), ("max_steps", "too many")]),
     errors.Unavailable("broker unavailable"),
     errors.InProgress("being created"),
+    errors.BudgetExceeded("spent", 1_800_000_000.0),
+    errors.BudgetExceeded("spent", None),
     errors.Answered('{"status": 202}'),
     errors.ProviderError("failed", "p1"),
     errors.RetryableProviderError("busy", "p1", 2.5),

@@ -52,6 +52,8 @@ class Completion:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     finish_reason: str | None = None
+    #: Prompt tokens the provider served from its prompt cache (part of ``prompt_tokens``).
+    cached_tokens: int = 0
 
     def assistant_message(self) -> dict[str, Any]:
         """The message to append to the transcript, in chat-completions format."""
@@ -110,6 +112,18 @@ def translate(exc: openai.OpenAIError, provider: str = "default") -> ProviderErr
     return PermanentProviderError(f"{provider}: {type(exc).__name__}: {exc}", provider, None)
 
 
+def _usage(usage: Any) -> dict[str, int]:
+    """A response's token counts (none reported: zeros)."""
+    if usage is None:
+        return {}
+    details = getattr(usage, "prompt_tokens_details", None)
+    return {
+        "prompt_tokens": int(usage.prompt_tokens),
+        "completion_tokens": int(usage.completion_tokens),
+        "cached_tokens": int(getattr(details, "cached_tokens", None) or 0),
+    }
+
+
 def _parse(response: Any, provider: str) -> Completion:
     # A provider that answers 200 with something that is not a chat completion is a
     # provider fault the caller cannot fix by retrying the same request.
@@ -120,13 +134,11 @@ def _parse(response: Any, provider: str) -> Completion:
             ModelToolCall(id=c.id, name=c.function.name, arguments=c.function.arguments or "")
             for c in (message.tool_calls or [])
         ]
-        usage = response.usage
         return Completion(
             content=message.content,
             tool_calls=calls,
-            prompt_tokens=int(usage.prompt_tokens) if usage else 0,
-            completion_tokens=int(usage.completion_tokens) if usage else 0,
             finish_reason=choice.finish_reason,
+            **_usage(response.usage),
         )
     except (AttributeError, IndexError, TypeError, ValueError) as exc:
         snippet = json.dumps(response)[:200] if isinstance(response, str) else repr(response)[:200]
@@ -170,9 +182,8 @@ def _assemble(chunks: Iterable[Any], on_delta: Callable[[str], None], provider: 
         tool_calls=[
             ModelToolCall(c["id"], c["name"], c["arguments"]) for _, c in sorted(calls.items())
         ],
-        prompt_tokens=int(usage.prompt_tokens) if usage else 0,
-        completion_tokens=int(usage.completion_tokens) if usage else 0,
         finish_reason=finish_reason,
+        **_usage(usage),
     )
 
 

@@ -5,7 +5,9 @@
 -- apply(run_key, messages_key, lease_key, token, step, p): append the step's answer and usage
 --   once, as generation ``token``. p: {messages: [str], after, prompt_tokens,
 --   completion_tokens, tools_total, asked, llm_calls (optional, 1), provider, model, worker, metrics
---   (agentfleet.tasks.metrics.step_fields)}. Reads status, applied_step, gen:<step-1>; writes
+--   (agentfleet.tasks.metrics.step_fields), cached_tokens, cost (optional, 0), spend (optional:
+--   a list of _spend.lua's spend(s), one per model the step's calls used; absent when the
+--   calls were settled one by one against a tenant budget)}. Reads status, applied_step, gen:<step-1>; writes
 --   the transcript, usage counters, applied_step, step, tools:<step>, gen:<step>, the step
 --   metrics, events llm_call_finished (and step_finished if it dispatches tool calls).
 --   Returns 1 applied, 0 applied before, -1 the run is final (cancelled while the model
@@ -28,6 +30,12 @@ local function apply(run_key, messages_key, lease_key, token, step, p)
   for _, m in ipairs(p.messages) do redis.call('RPUSH', messages_key, m) end
   redis.call('HINCRBY', run_key, 'prompt_tokens', p.prompt_tokens)
   redis.call('HINCRBY', run_key, 'completion_tokens', p.completion_tokens)
+  local cost = p.cost or 0
+  if cost > 0 then redis.call('HINCRBYFLOAT', run_key, 'cost', tostring(cost)) end
+  if (p.cached_tokens or 0) > 0 then
+    redis.call('HINCRBY', run_key, 'cached_tokens', p.cached_tokens)
+  end
+  for _, s in ipairs(p.spend or {}) do spend(s) end
   -- A typed run's repair rounds make one answer of several calls (older senders: one).
   local calls = p.llm_calls or 1
   redis.call('HINCRBY', run_key, 'llm_calls', calls)
@@ -38,7 +46,7 @@ local function apply(run_key, messages_key, lease_key, token, step, p)
   redis.call('HDEL', run_key, 'waiting', 'waiting_since')
   emit(run_key, 'llm_call_finished', {step = step, provider = p.provider, model = p.model,
        prompt_tokens = p.prompt_tokens, completion_tokens = p.completion_tokens,
-       tool_calls = p.asked})
+       cached_tokens = p.cached_tokens or 0, cost = cost, tool_calls = p.asked})
   -- A step that dispatches tool calls is finished once its answer is in: its event goes out
   -- now, before the tool calls are published and can start.
   if p.tools_total > 0 then

@@ -160,6 +160,9 @@ class AsyncClient(_core.BaseClient[httpx.AsyncClient]):
     async def agents(self) -> list[_models.AgentInfo]:
         return await self._send(_core.AGENTS)
 
+    async def usage(self, day: str | None = None) -> _models.UsageReport:
+        return await self._send(_core.usage(day))
+
     async def providers(self) -> list[_models.ProviderState]:
         return await self._send(_core.PROVIDERS)
 

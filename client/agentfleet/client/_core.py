@@ -73,6 +73,10 @@ class RunOptions(TypedDict, total=False):
     thread_id: str | None
     thread_policy: str | None
     thread_history: str | None
+    context_budget: int | None
+    max_total_tokens: int | None
+    max_cost: float | None
+    budget_policy: str | None
     metadata: dict[str, str] | None
     stream: bool
     callback_url: str | None
@@ -252,6 +256,13 @@ def _provider_list(body: Any) -> list[models.ProviderState]:
 
 TOOLS: Call[list[models.ToolInfo]] = Call("GET", "/v1/tools", _tool_list)
 AGENTS: Call[list[models.AgentInfo]] = Call("GET", "/v1/agents", _agent_list)
+
+
+def usage(day: str | None) -> Call[models.UsageReport]:
+    params = {"day": day} if day else {}
+    return Call("GET", "/v1/usage", models.UsageReport.model_validate, params=params)
+
+
 PROVIDERS: Call[list[models.ProviderState]] = Call("GET", "/v1/providers", _provider_list)
 #: A 503 is an answer too: ``ok`` false, and ``redis`` says why.
 HEALTH: Call[models.Health] = Call(

@@ -10,6 +10,8 @@
     │   ├── Conflict         409: already final, or the same Idempotency-Key in flight
     │   ├── PayloadTooLarge  413: the request body is over the API's limit
     │   ├── InvalidRequest   422: the request breaks a rule (``problems`` says which)
+    │   ├── TooManyRequests  429: the tenant's daily budget is spent (``retry_after``: until
+    │   │                    it resets)
     │   └── Unavailable      503: the fleet cannot take work now; retry after ``retry_after``
     ├── ProtocolError        the answer is not what the agentfleet API sends
     ├── Unreachable          no answer: connecting failed, the connection broke, or timed out
@@ -94,6 +96,11 @@ class InvalidRequest(ApiError):
         return _problems(self.detail)
 
 
+class TooManyRequests(ApiError):
+    """429: the tenant may start no new work now (its daily token or cost budget is spent);
+    ``retry_after`` is the seconds until the budget resets, ``message`` says which."""
+
+
 class Unavailable(ApiError):
     """503: the fleet cannot take the work now (e.g. Redis is down); nothing was kept, so
     sending the same request again after ``retry_after`` seconds is safe."""
@@ -131,6 +138,7 @@ _BY_STATUS: dict[int, type[ApiError]] = {
     409: Conflict,
     413: PayloadTooLarge,
     422: InvalidRequest,
+    429: TooManyRequests,
     503: Unavailable,
 }
 

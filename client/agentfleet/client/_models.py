@@ -44,6 +44,9 @@ class Usage(BaseModel):
     completion_tokens: int
     total_tokens: int
     llm_calls: int
+    cached_tokens: int = 0
+    #: US dollars, at the providers' configured prices.
+    cost: float = 0.0
 
 
 class ErrorInfo(BaseModel):
@@ -196,6 +199,37 @@ class AgentInfo(BaseModel):
 
 class AgentList(BaseModel):
     agents: list[AgentInfo]
+
+
+class ModelSpend(BaseModel):
+    """What a tenant's calls to one model used on a day."""
+
+    model: str
+    tokens: int
+    cost: float
+    calls: int
+
+
+class TenantBudget(BaseModel):
+    tokens_per_day: int | None = None
+    cost_per_day: float | None = None
+
+
+class UsageReport(BaseModel):
+    """``GET /v1/usage``: a tenant's LLM spend on one UTC day, and its daily budget."""
+
+    tenant: str
+    day: str
+    tokens: int
+    cost: float
+    calls: int
+    #: What calls in flight hold against the budget until they are settled.
+    held_tokens: int
+    held_cost: float
+    models: list[ModelSpend]
+    budget: TenantBudget | None
+    #: When today's budget resets (None for an earlier day).
+    resets_at: str | None
 
 
 class LimiterFill(BaseModel):

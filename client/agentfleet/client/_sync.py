@@ -186,6 +186,11 @@ class Client(_core.BaseClient[httpx.Client]):
         """The declared agents of the API and the live workers, with their schemas."""
         return self._send(_core.AGENTS)
 
+    def usage(self, day: str | None = None) -> _models.UsageReport:
+        """The tenant's LLM spend on ``day`` (UTC ``YYYY-MM-DD``; default today), per model,
+        and its daily budget."""
+        return self._send(_core.usage(day))
+
     def providers(self) -> list[_models.ProviderState]:
         """Breaker and rate-limit state of each LLM provider, as the fleet sees it."""
         return self._send(_core.PROVIDERS)
