@@ -6,9 +6,12 @@ from __future__ import annotations
 import base64
 import json
 from pathlib import Path
+from typing import get_args
 
 import pytest
+from pydantic import BaseModel
 
+from agentfleet import client
 from agentfleet.tasks.llm import Target
 from agentfleet.tasks.records import (
     BatchCounts,
@@ -17,7 +20,13 @@ from agentfleet.tasks.records import (
     ToolCallRecord,
     Usage,
 )
-from agentfleet.tasks.states import BatchStatus, RunStatus, ToolCallStatus
+from agentfleet.tasks.states import (
+    FINAL,
+    TOOL_CALL_FINAL,
+    BatchStatus,
+    RunStatus,
+    ToolCallStatus,
+)
 from agentfleet.tasks.store import parse_tool_call
 
 SNAPSHOT = Path(__file__).parent / "data" / "previous-release.json"
@@ -255,3 +264,14 @@ def test_a_batch_of_the_previous_release_parses_with_defaults() -> None:
         False,
     )
     assert (batch.dispatched_at, batch.finished_at) == (None, None)
+
+
+def test_the_clients_statuses_are_the_servers() -> None:
+    def literal(model: type[BaseModel]) -> set[str]:
+        return set(get_args(model.model_fields["status"].annotation))
+
+    assert literal(client.ToolCall) == {s.value for s in ToolCallStatus}
+    assert literal(client.Batch) == {s.value for s in BatchStatus}
+    assert literal(client.Run) == {s.value for s in RunStatus}
+    assert {s.value for s in TOOL_CALL_FINAL} == client.TOOL_CALL_FINAL
+    assert {s.value for s in FINAL} == client.RUN_FINAL
