@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, cast
+from typing import Annotated, Any
 
 import redis
 from celery import Celery, states
@@ -23,7 +23,7 @@ from agentfleet.producer.idempotency import Slot, fingerprint, run_once
 from agentfleet.producer.logcontext import RunIdContext
 from agentfleet.producer.metrics import router as metrics_router
 from agentfleet.tasks import intake, spend, threads
-from agentfleet.tasks.batch import batch_key, batch_view
+from agentfleet.tasks.batch import batch_record, batch_view
 from agentfleet.tasks.errors import (
     BudgetExceeded,
     InProgress,
@@ -41,9 +41,10 @@ from agentfleet.tasks.models import (
     RunRequest,
     ToolCallRequest,
 )
-from agentfleet.tasks.records import RunRecord
+from agentfleet.tasks.records import BatchRecord, RunRecord, ToolCallRecord
 from agentfleet.tasks.redisconn import warn_if_not_durable
 from agentfleet.tasks.settings import Settings, get_settings, warn_unknown_variables
+from agentfleet.tasks.states import ToolCallStatus
 from agentfleet.tasks.store import RunStore, get_store
 from agentfleet.tasks.views import run_view, tool_call_view
 from agentfleet.workers.conf import api_config
@@ -244,8 +245,9 @@ def create_tool_call(
         if created:
             return _accepted("tool-calls", public)
         # Created before: as it is now.
-        record = store.get_tool_call(call_id) or {}
-        return _accepted("tool-calls", public, record.get("status", "queued"))
+        record = store.get_tool_call(call_id)
+        status = record.status if record else ToolCallStatus.QUEUED
+        return _accepted("tool-calls", public, status.value)
 
     return _once(request, store, tenant, idempotency_key, body, produce)
 
@@ -253,31 +255,32 @@ def create_tool_call(
 @router.get("/v1/tool-calls/{call_id}", response_model=schemas.ToolCall, responses={404: {}})
 def get_tool_call(call_id: str, store: StoreDep, producer: ProducerDep, tenant: TenantDep) -> Any:
     """Status and structured result of a tool call."""
-    stored_id, record = _own_tool_call(store, tenant, call_id)
-    view = tool_call_view(record, call_id)
+    stored_id, call = _own_tool_call(store, tenant, call_id)
+    view = tool_call_view(call, call_id)
     if view["result"] is None:
         # Killed at its hard time limit, the task never stored a result of its own;
         # Celery recorded the failure, so report it instead of "running" forever.
         celery_result = producer.AsyncResult(stored_id)
         if celery_result.state == states.FAILURE:
             error = {"code": "tool_call_lost", "message": f"did not return: {celery_result.result}"}
-            view |= {"status": "failed", "result": {"id": call_id, "ok": False, "error": error}}
+            failed = {"id": call_id, "ok": False, "error": error}
+            view |= {"status": ToolCallStatus.FAILED.value, "result": failed}
     return view
 
 
-def _own_tool_call(store: RunStore, tenant: str, call_id: str) -> tuple[str, dict[str, str]]:
+def _own_tool_call(store: RunStore, tenant: str, call_id: str) -> tuple[str, ToolCallRecord]:
     """(stored ID, record) of a tool call of ``tenant``: its own ID, or one we generated, or
     one made inside one of its runs."""
     for stored_id in (intake.tool_call_key(tenant, call_id), call_id):
-        record = store.get_tool_call(stored_id)
-        if record is None:
+        call = store.get_tool_call(stored_id)
+        if call is None:
             continue
-        owner = record.get("tenant")
-        if owner is None and record.get("run_id"):
-            run = store.get_run(record["run_id"])
+        owner = call.tenant
+        if not owner and call.run_id:
+            run = store.get_run(call.run_id)
             owner = run.tenant if run else DEFAULT_TENANT
         if (owner or DEFAULT_TENANT) == tenant:
-            return stored_id, record
+            return stored_id, call
     raise NotFound("tool call", call_id)
 
 
@@ -312,11 +315,11 @@ def create_batch(
     return _once(request, store, tenant, idempotency_key, body, produce)
 
 
-def _own_batch(store: RunStore, tenant: str, batch_id: str) -> dict[str, str]:
-    record = cast(dict[str, str], store.redis.hgetall(batch_key(store, batch_id)))
-    if not record or record.get("tenant") != tenant:
+def _own_batch(store: RunStore, tenant: str, batch_id: str) -> BatchRecord:
+    batch = batch_record(store, batch_id)
+    if batch is None or batch.tenant != tenant:
         raise NotFound("batch", batch_id)
-    return record
+    return batch
 
 
 @router.get("/v1/batches/{batch_id}", response_model=schemas.Batch, responses={404: {}})
@@ -348,10 +351,10 @@ def cancel_batch(
     """Cancel every item that is not final; a batch not yet dispatched never publishes."""
 
     def produce(_: Slot | None) -> JSONResponse:
-        record = _own_batch(store, tenant, batch_id)
-        if record.get("status") in ("completed", "cancelled"):
+        batch = _own_batch(store, tenant, batch_id)
+        if batch.terminal:
             return JSONResponse(
-                {"detail": f"batch {batch_id} is already {record['status']}"}, status_code=409
+                {"detail": f"batch {batch_id} is already {batch.status.value}"}, status_code=409
             )
         cancel_items(producer, store, batch_id)
         return JSONResponse(batch_view(store, _own_batch(store, tenant, batch_id), 0, 0))

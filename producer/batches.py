@@ -7,6 +7,7 @@ from celery import Celery
 from agentfleet.tasks import keys
 from agentfleet.tasks.batch import batch_key, items_of
 from agentfleet.tasks.lifecycle import batch_finished, follow_up
+from agentfleet.tasks.states import BatchStatus
 from agentfleet.tasks.store import RunStore
 
 REASON = "batch cancelled"
@@ -17,7 +18,7 @@ CHUNK = 1000
 def cancel_items(app: Celery, store: RunStore, batch_id: str) -> int:
     """Mark the batch cancelled (so an undispatched one never publishes) and cancel its
     items; returns how many were cancelled."""
-    store.redis.hset(batch_key(store, batch_id), "status", "cancelled")
+    store.redis.hset(batch_key(store, batch_id), "status", BatchStatus.CANCELLED.value)
     items = [keys.parse_item(item) for item in items_of(store, batch_id)]
     runs = [ident for kind, ident in items if kind == keys.RUN_ITEM]
     calls = [ident for kind, ident in items if kind != keys.RUN_ITEM]

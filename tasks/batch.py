@@ -28,20 +28,30 @@ from celery import Celery, Task, chord
 
 from agentfleet.tasks import keys, names
 from agentfleet.tasks.lifecycle import pending_countdown
-from agentfleet.tasks.records import RunRecord
+from agentfleet.tasks.records import BatchRecord, RunRecord, ToolCallRecord
 from agentfleet.tasks.settings import Settings
-from agentfleet.tasks.store import RunStore, get_store
+from agentfleet.tasks.states import BatchStatus, ToolCallStatus
+from agentfleet.tasks.store import RunStore, get_store, parse_tool_call
 from agentfleet.tasks.toolcall import time_limits, tool_payload
-from agentfleet.tasks.views import iso, run_view, tool_call_view
+from agentfleet.tasks.views import iso, run_error, run_view, tool_call_view
 
 log = logging.getLogger(__name__)
 
 #: Items whose errors the aggregate names; the rest are counted.
 MAX_NAMED_FAILURES = 1000
+#: The final statuses the aggregate names items of (runs and tool calls spell them alike).
+_UNSUCCESSFUL = frozenset({ToolCallStatus.FAILED, ToolCallStatus.CANCELLED})
 
 
 def batch_key(store: RunStore, batch_id: str) -> str:
     return keys.batch(store.settings.key_prefix, batch_id)
+
+
+def batch_record(store: RunStore, batch_id: str) -> BatchRecord | None:
+    """The batch's record; None if there is none (or only counters that final items added
+    after it expired)."""
+    fields = cast(dict[str, str], store.redis.hgetall(batch_key(store, batch_id)))
+    return BatchRecord.parse(fields) if "id" in fields else None
 
 
 def batch_state(store: RunStore, batch_id: str) -> tuple[str, float]:
@@ -60,14 +70,15 @@ def batch_state(store: RunStore, batch_id: str) -> tuple[str, float]:
     return ("pending" if pending else "accepted"), max(int(pttl), 0) / 1000
 
 
-def item_signature(app: Celery, settings: Settings, item: str, record: dict[str, str]) -> Any:
-    """The message of one item; ``record`` is a tool call's record (unused for runs)."""
+def item_signature(app: Celery, settings: Settings, item: str, call: ToolCallRecord | None) -> Any:
+    """The message of one item; ``call`` is a tool call's record (unused for runs)."""
     kind, ident = keys.parse_item(item)
     if kind == "run":
         return app.signature(names.RUN, task_id=ident)
-    name = record.get("name", "")
+    name = call.name if call else ""
+    arguments = call.arguments if call and call.arguments is not None else {}
     soft, hard = time_limits(name, settings)
-    payload = tool_payload(ident, name, json.loads(record.get("arguments") or "{}"))
+    payload = tool_payload(ident, name, arguments)
     return app.signature(
         names.TOOL_CALL, args=(payload,), task_id=ident, soft_time_limit=soft, time_limit=hard
     )
@@ -80,12 +91,23 @@ def items_of(store: RunStore, batch_id: str, start: int = 0, stop: int = -1) -> 
     )
 
 
-def item_records(store: RunStore, items: list[str]) -> list[dict[str, str]]:
+#: An item's record: None once it expired.
+ItemRecord = RunRecord | ToolCallRecord | None
+
+
+def item_records(store: RunStore, items: list[str]) -> list[ItemRecord]:
+    """The records of ``items``, in one round trip."""
     pipe = store.redis.pipeline(transaction=False)
-    for item in items:
-        kind, ident = keys.parse_item(item)
-        pipe.hgetall(store.run_key(ident) if kind == "run" else store.tool_key(ident))
-    return cast(list[dict[str, str]], pipe.execute())
+    parsed = [keys.parse_item(item) for item in items]
+    for kind, ident in parsed:
+        pipe.hgetall(store.run_key(ident) if kind == keys.RUN_ITEM else store.tool_key(ident))
+    records: list[ItemRecord] = []
+    for (kind, ident), data in zip(parsed, cast(list[dict[str, str]], pipe.execute()), strict=True):
+        if kind != keys.RUN_ITEM:
+            records.append(parse_tool_call(ident, data))
+        else:
+            records.append(RunRecord.parse(data) if data else None)
+    return records
 
 
 def aggregate(store: RunStore, batch_id: str) -> dict[str, Any]:
@@ -96,28 +118,26 @@ def aggregate(store: RunStore, batch_id: str) -> dict[str, Any]:
     for start in range(0, len(items), 1000):
         chunk = items[start : start + 1000]
         for item, record in zip(chunk, item_records(store, chunk), strict=True):
-            status = record.get("status", "missing")
+            status = "missing" if record is None else record.status.value
             counts[status] = counts.get(status, 0) + 1
-            if status in ("failed", "cancelled") and len(failures) < MAX_NAMED_FAILURES:
-                failures.append(
-                    {"id": keys.parse_item(item)[1], "status": status, **_error(record)}
-                )
+            if record and status in _UNSUCCESSFUL and len(failures) < MAX_NAMED_FAILURES:
+                ident = keys.parse_item(item)[1]
+                failures.append({"id": ident, "status": status, "error": _error(record)})
     return {"total": len(items), "counts": counts, "failed_items": failures}
 
 
-def _error(record: dict[str, str]) -> dict[str, Any]:
-    if record.get("error"):
-        return {"error": json.loads(record["error"])}
-    result = json.loads(record.get("result") or "{}") if record.get("name") else {}
-    return {"error": result.get("error")} if isinstance(result, dict) else {}
+def _error(record: RunRecord | ToolCallRecord) -> Any:
+    if isinstance(record, RunRecord):
+        return run_error(record)
+    return (record.result or {}).get("error")
 
 
-def _item_view(item: str, record: dict[str, str]) -> dict[str, Any]:
+def _item_view(item: str, record: ItemRecord) -> dict[str, Any]:
     kind, ident = keys.parse_item(item)
-    if not record:
+    if record is None:
         return {"id": ident, "kind": kind, "status": "missing", "result": None, "error": None}
-    if kind == keys.RUN_ITEM:
-        view = run_view(RunRecord.parse(record))
+    if isinstance(record, RunRecord):
+        view = run_view(record)
         return {
             "id": ident,
             "kind": kind,
@@ -137,23 +157,28 @@ def _item_view(item: str, record: dict[str, str]) -> dict[str, Any]:
 
 
 def batch_view(
-    store: RunStore, record: dict[str, str], offset: int = 0, limit: int = 100
+    store: RunStore, batch: BatchRecord, offset: int = 0, limit: int = 100
 ) -> dict[str, Any]:
     """A batch as callers see it, with one page of its items."""
-    items = items_of(store, record["id"], offset, offset + limit - 1) if limit > 0 else []
+    items = items_of(store, batch.id, offset, offset + limit - 1) if limit > 0 else []
     records = item_records(store, items)
+    counts = batch.counts
     return {
-        "id": record["id"],
-        "status": record.get("status", "queued"),
-        "total": int(record.get("total") or 0),
-        "completed": int(record.get("completed") or 0),
-        "counts": {s: int(record.get(f"n_{s}") or 0) for s in ("succeeded", "failed", "cancelled")},
+        "id": batch.id,
+        "status": batch.status.value,
+        "total": batch.total,
+        "completed": batch.completed,
+        "counts": {
+            "succeeded": counts.succeeded,
+            "failed": counts.failed,
+            "cancelled": counts.cancelled,
+        },
         "items": [_item_view(i, r) for i, r in zip(items, records, strict=True)],
         "items_offset": offset,
-        "result": json.loads(record["result"]) if record.get("result") else None,
-        "metadata": json.loads(record.get("metadata") or "{}"),
-        "created_at": iso(record.get("created_at")),
-        "finished_at": iso(record.get("finished_at")),
+        "result": batch.result,
+        "metadata": batch.metadata,
+        "created_at": iso(batch.created_at),
+        "finished_at": iso(batch.finished_at),
     }
 
 
@@ -172,13 +197,17 @@ def register(app: Celery, settings: Settings) -> None:
         # Once: a redelivered dispatch must not publish the items twice.
         if not store.redis.hsetnx(key, "dispatched_at", time.time()):
             return
-        if store.redis.hget(key, "status") == "cancelled":
+        if store.redis.hget(key, "status") == BatchStatus.CANCELLED:
             return
-        store.redis.hset(key, "status", "running")
+        store.redis.hset(key, "status", BatchStatus.RUNNING.value)
         items = items_of(store, batch_id)
         calls = [i for i in items if keys.parse_item(i)[0] != keys.RUN_ITEM]
-        records = dict(zip(calls, item_records(store, calls), strict=True))  # one pipeline
-        header = [item_signature(self.app, settings, i, records.get(i, {})) for i in items]
+        records = {  # one pipeline
+            i: r
+            for i, r in zip(calls, item_records(store, calls), strict=True)
+            if isinstance(r, ToolCallRecord)
+        }
+        header = [item_signature(self.app, settings, i, records.get(i)) for i in items]
         # Immutable: the collector reads the records, so the body message does not carry
         # every item's result (megabytes for a large batch).
         body = self.app.signature(names.BATCH_COLLECT, args=(None, batch_id), immutable=True)
@@ -189,17 +218,18 @@ def register(app: Celery, settings: Settings) -> None:
         """Aggregate a finished batch (chord body, or sent by its last item)."""
         store = get_store(settings)
         key = batch_key(store, batch_id)
-        batch = cast(dict[str, str], store.redis.hgetall(key))
-        if not batch or batch.get("result"):
+        batch = batch_record(store, batch_id)
+        if batch is None or batch.result is not None:
             return None
-        if int(batch.get("completed") or 0) < int(batch.get("total") or 0):
+        if batch.completed < batch.total:
             return None  # the chord fired early only if an item was counted elsewhere
         summary = aggregate(store, batch_id)
         if not store.redis.hsetnx(key, "result", json.dumps(summary)):
             return None  # collected by the other trigger
-        status = "cancelled" if batch.get("status") == "cancelled" else "completed"
-        store.redis.hset(key, mapping={"status": status, "finished_at": time.time()})
-        log.info("batch %s %s: %s", batch_id, status, summary["counts"])
-        if batch.get("callback_url"):
+        cancelled = batch.status is BatchStatus.CANCELLED
+        status = BatchStatus.CANCELLED if cancelled else BatchStatus.COMPLETED
+        store.redis.hset(key, mapping={"status": status.value, "finished_at": time.time()})
+        log.info("batch %s %s: %s", batch_id, status.value, summary["counts"])
+        if batch.callback_url:
             self.app.send_task(names.CALLBACK, args=("batch", batch_id))
         return summary

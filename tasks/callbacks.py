@@ -16,13 +16,13 @@ import json
 import logging
 import random
 import time
-from typing import Any, cast
+from typing import Any
 
 import httpx
 from celery import Celery, Task
 
 from agentfleet.tasks import names
-from agentfleet.tasks.batch import batch_key, batch_view
+from agentfleet.tasks.batch import batch_key, batch_record, batch_view
 from agentfleet.tasks.records import RunRecord
 from agentfleet.tasks.settings import Settings
 from agentfleet.tasks.store import get_store
@@ -61,11 +61,11 @@ def register(app: Celery, settings: Settings) -> None:
         """POST the final record of run or batch ``ident`` to its callback URL."""
         store = get_store(settings)
         key = store.run_key(ident) if kind == "run" else batch_key(store, ident)
-        record = cast(dict[str, str], store.redis.hgetall(key))
-        url = record.get("callback_url")
-        if not url or settings.callback_secret is None:
+        record = store.get_run(ident) if kind == "run" else batch_record(store, ident)
+        if record is None or not record.callback_url or settings.callback_secret is None:
             return {"delivered": False, "reason": "no callback URL or no secret"}
-        view = run_view(RunRecord.parse(record)) if kind == "run" else batch_view(store, record)
+        url = record.callback_url
+        view = run_view(record) if isinstance(record, RunRecord) else batch_view(store, record)
         body = json.dumps(view, separators=(",", ":")).encode()
         headers = {
             "Content-Type": "application/json",

@@ -1,8 +1,11 @@
-"""A run's record as the store hands it out: parsed once, typed.
+"""Run, tool-call and batch records as the store hands them out: parsed once, typed.
 
-Redis keeps a run as a hash of strings (:func:`agentfleet.tasks.keys.run`); :meth:`RunRecord.parse`
-is the one place that turns it into numbers, an enum and lists. The hash itself stays at hand
-as :attr:`RunRecord.fields` for the API's view of the run, which shows it field by field.
+Redis keeps each as a hash of strings (:func:`agentfleet.tasks.keys.run`,
+:func:`~agentfleet.tasks.keys.tool`, :func:`~agentfleet.tasks.keys.batch`); the ``parse``
+class methods here are the one place that turns them into numbers, enums and JSON values.
+A field the hash lacks (a record written by an earlier release, or one a script wrote only in
+part) gets its default. A run's hash itself stays at hand as :attr:`RunRecord.fields` for the
+API's view of the run, which shows it field by field.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Any
 from agentfleet.tasks import keys
 from agentfleet.tasks.llm._routing import Target
 from agentfleet.tasks.models import DEFAULT_TENANT
-from agentfleet.tasks.states import RunStatus
+from agentfleet.tasks.states import BatchStatus, RunStatus, ToolCallStatus
 
 
 def _int(fields: Mapping[str, str], name: str) -> int:
@@ -26,6 +29,11 @@ def _int(fields: Mapping[str, str], name: str) -> int:
 def _time(fields: Mapping[str, str], name: str) -> float | None:
     value = fields.get(name)
     return float(value) if value else None
+
+
+def _json(fields: Mapping[str, str], name: str) -> Any:
+    value = fields.get(name)
+    return json.loads(value) if value else None
 
 
 @dataclass(frozen=True)
@@ -159,3 +167,123 @@ class RunRecord:
     def delivered(self, step: int) -> bool:
         """Whether a delivery of ``step`` ever claimed it (also one that gave it back since)."""
         return bool(self.fields.get(keys.deliveries_field(step)))
+
+
+@dataclass(frozen=True)
+class ToolCallRecord:
+    """A tool call's record: a standalone call (the API's, a batch's, one sent by name) or one
+    a run's step made (``<run>-<step>-<index>``)."""
+
+    id: str
+    name: str
+    status: ToolCallStatus
+    #: The tenant that created the call; '' when none is stored: a run's call belongs to its
+    #: run's tenant, a call sent by name to tenant ``default``.
+    tenant: str
+    #: The run whose step made the call ('' for a standalone call).
+    run_id: str
+    #: The batch the call is an item of ('' for none).
+    batch_id: str
+    #: The arguments as JSON, or their text as stored when it is no JSON (a model's malformed
+    #: arguments, which the tool refuses); None before any are stored.
+    arguments: Any
+    #: The structured result (``ok`` with ``output`` or ``error``); None until it is stored.
+    result: dict[str, Any] | None
+    #: Deliveries that began the call.
+    attempts: int
+    #: Unix times: created, last begun, its result stored (None: not yet, or not recorded).
+    created_at: float | None
+    started_at: float | None
+    finished_at: float | None
+
+    @classmethod
+    def parse(cls, fields: Mapping[str, str]) -> ToolCallRecord:
+        """The record of the hash ``fields`` (a tool call's, as ``HGETALL`` returns it)."""
+        return cls(
+            id=fields.get("id", ""),
+            name=fields.get("name", ""),
+            # A call's record made when it begins (a run's, or one sent by name) has no status
+            # until the worker claims it.
+            status=ToolCallStatus(fields.get("status") or ToolCallStatus.QUEUED),
+            tenant=fields.get("tenant", ""),
+            run_id=fields.get("run_id", ""),
+            batch_id=fields.get("batch_id", ""),
+            arguments=_arguments(fields.get("arguments")),
+            result=_json(fields, "result"),
+            attempts=_int(fields, "attempts"),
+            created_at=_time(fields, "created_at"),
+            started_at=_time(fields, "started_at"),
+            finished_at=_time(fields, "finished_at"),
+        )
+
+    @property
+    def terminal(self) -> bool:
+        return self.status.terminal
+
+
+def _arguments(text: str | None) -> Any:
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+@dataclass(frozen=True)
+class BatchCounts:
+    """A batch's items that ended in each final status."""
+
+    succeeded: int = 0
+    failed: int = 0
+    cancelled: int = 0
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    """A batch's record; its items are a list beside it (``keys.batch_items``)."""
+
+    id: str
+    status: BatchStatus
+    #: The tenant that created it ('' for none: no tenant reads it).
+    tenant: str
+    #: Items in the batch, and how many of them are final.
+    total: int
+    completed: int
+    counts: BatchCounts
+    metadata: Mapping[str, Any]
+    #: The aggregate the collector stored once every item was final (None: not yet).
+    result: dict[str, Any] | None
+    callback_url: str
+    #: Written by the API but not accepted yet: nothing of it may start.
+    pending: bool
+    #: Unix times: created, its items published, collected (None: not yet, or not recorded).
+    created_at: float | None
+    dispatched_at: float | None
+    finished_at: float | None
+
+    @classmethod
+    def parse(cls, fields: Mapping[str, str]) -> BatchRecord:
+        """The record of the hash ``fields`` (a batch's, as ``HGETALL`` returns it)."""
+        return cls(
+            id=fields["id"],
+            status=BatchStatus(fields.get("status") or BatchStatus.QUEUED),
+            tenant=fields.get("tenant", ""),
+            total=_int(fields, "total"),
+            completed=_int(fields, "completed"),
+            # The scripts count each final item under n_<its status> (count_in_batch).
+            counts=BatchCounts(
+                _int(fields, "n_succeeded"), _int(fields, "n_failed"), _int(fields, "n_cancelled")
+            ),
+            metadata=_json(fields, "metadata") or {},
+            result=_json(fields, "result"),
+            callback_url=fields.get("callback_url", ""),
+            pending=bool(fields.get("pending")),
+            created_at=_time(fields, "created_at"),
+            dispatched_at=_time(fields, "dispatched_at"),
+            finished_at=_time(fields, "finished_at"),
+        )
+
+    @property
+    def terminal(self) -> bool:
+        return self.status.terminal

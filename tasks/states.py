@@ -1,5 +1,5 @@
 """The vocabulary of a run's state machine: its statuses, the legal moves between them, and
-what the store's transitions answer.
+what the store's transitions answer; the statuses of tool calls and batches.
 
 A run is created ``queued`` (``create_run.lua``; through the API pending until
 ``accept.lua`` accepts it), becomes ``running`` when a worker claims its first step
@@ -7,6 +7,12 @@ A run is created ``queued`` (``create_run.lua``; through the API pending until
 one Lua script of the store (``tasks/lua/``), named in :data:`TRANSITIONS`; a final run never
 moves again. ``docs/run-states.md`` draws the same machine, and ``tests/test_run_states.py``
 checks that the drawing and this table agree.
+
+A tool call is created ``queued`` (``create_tool.lua``; a call a run makes or a service sends
+by name gets its record when it begins), becomes ``running`` when a worker takes it
+(``begin_tool.lua``), and ends ``succeeded``, ``failed`` or ``cancelled`` (``complete_tool.lua``,
+``cancel_tool.lua``). A batch is ``queued`` until its dispatch publishes its items (``running``)
+and ends ``completed`` once every item is final, or ``cancelled``.
 
 The outcome enums are the replies of the store's claims (:class:`StepOutcome`,
 :class:`ToolOutcome`) and of accepting a pending record (:class:`AcceptOutcome`). They are
@@ -90,6 +96,48 @@ TRANSITIONS: Final = (
 def legal(source: RunStatus, target: RunStatus) -> bool:
     """Whether a run may move from ``source`` to ``target``."""
     return any(t.source == source and t.target == target for t in TRANSITIONS)
+
+
+class ToolCallStatus(StrEnum):
+    """A tool call's ``status`` field.
+
+    The words are a run's (a batch counts its runs and tool calls under one ``n_<status>``),
+    the type is its own: a call's statuses are not moves of the run's machine above."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TOOL_CALL_FINAL
+
+
+#: The statuses a tool call ends in (``complete_tool.lua`` and ``cancel_tool.lua`` write them).
+TOOL_CALL_FINAL: Final = frozenset(
+    {ToolCallStatus.SUCCEEDED, ToolCallStatus.FAILED, ToolCallStatus.CANCELLED}
+)
+
+
+class BatchStatus(StrEnum):
+    """A batch's ``status`` field (``agentfleet.tasks.batch``)."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    #: Every item is final and the aggregate is stored (some items may have failed).
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in BATCH_FINAL
+
+
+#: The statuses a batch ends in. A cancelled batch is final at once, though items in flight
+#: at the cancel may still finish (its ``completed`` count still moves).
+BATCH_FINAL: Final = frozenset({BatchStatus.COMPLETED, BatchStatus.CANCELLED})
 
 
 class StepOutcome(StrEnum):

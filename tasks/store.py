@@ -4,8 +4,9 @@ The records and their keys (a run's hash, transcript, lease and event stream; a 
 hash and lease; the active runs; tenant slots; batch totals) are named in
 :mod:`agentfleet.tasks.keys`.
 
-A run's hash is parsed here, once, into a :class:`~agentfleet.tasks.records.RunRecord`; the
-scripts' replies become the enums of :mod:`agentfleet.tasks.states`.
+A run's hash is parsed here, once, into a :class:`~agentfleet.tasks.records.RunRecord`, a tool
+call's into a :class:`~agentfleet.tasks.records.ToolCallRecord`; the scripts' replies become the
+enums of :mod:`agentfleet.tasks.states`.
 
 A step moves ``applied_step`` (its LLM answer is in the transcript) and then
 ``dispatched_step`` (its successor is enqueued, or the run is final). Each transition is one
@@ -33,11 +34,17 @@ from agentfleet.tasks import keys, scripts
 from agentfleet.tasks.errors import RolledBack, ThreadBusy
 from agentfleet.tasks.llm._routing import Target
 from agentfleet.tasks.models import RunRequest
-from agentfleet.tasks.records import RunRecord
+from agentfleet.tasks.records import RunRecord, ToolCallRecord
 from agentfleet.tasks.redisconn import get_redis
 from agentfleet.tasks.settings import Settings
 from agentfleet.tasks.spend import TenantBudgets
-from agentfleet.tasks.states import AcceptOutcome, RunStatus, StepOutcome, ToolOutcome
+from agentfleet.tasks.states import (
+    AcceptOutcome,
+    RunStatus,
+    StepOutcome,
+    ToolCallStatus,
+    ToolOutcome,
+)
 
 
 @dataclass(frozen=True)
@@ -107,6 +114,14 @@ def _finished(
     """What a transition's reply says: the record, then what follows from it."""
     status = RunStatus(final) if final else None
     return Finished(RunRecord.parse(record), kick, batch, status, resend)
+
+
+def parse_tool_call(call_id: str, data: dict[str, str]) -> ToolCallRecord | None:
+    """The record of the hash ``data`` of tool call ``call_id`` (None if it is empty).
+
+    Its key names the call: a record that a script found missing and wrote only in part
+    (``complete_tool.lua`` stores a result on any key) lacks the ``id`` field."""
+    return ToolCallRecord.parse({"id": call_id} | data) if data else None
 
 
 def get_store(settings: Settings) -> RunStore:
@@ -675,7 +690,7 @@ class RunStore:
             "tenant": tenant,
             "name": name,
             "arguments": json.dumps(arguments),
-            "status": "queued",
+            "status": ToolCallStatus.QUEUED.value,
             "created_at": time.time(),
         }
         if batch_id:
@@ -699,9 +714,9 @@ class RunStore:
             )
         return [(reply[0], reply[1]) for reply in pipe.execute()]
 
-    def get_tool_call(self, call_id: str) -> dict[str, str] | None:
+    def get_tool_call(self, call_id: str) -> ToolCallRecord | None:
         data = cast(dict[str, str], self.redis.hgetall(self.tool_key(call_id)))
-        return data or None
+        return parse_tool_call(call_id, data)
 
     def unheld_tool_attempts(self, call_ids: list[str]) -> list[int | None]:
         """How many deliveries began each call, or None while a worker holds it (a live one,
@@ -777,7 +792,7 @@ class RunStore:
         result: dict[str, Any],
         run_id: str | None,
         step: int = 0,
-        status: str | None = None,
+        status: ToolCallStatus | None = None,
     ) -> tuple[dict[str, Any] | None, str]:
         """Store the result unless one is stored: (the result that won, finished batch).
         Drops the lease if ``token`` still holds it (``""`` holds none).
@@ -787,14 +802,15 @@ class RunStore:
         """
         key = self.tool_key(call_id)
         run_key = self.run_key(run_id) if run_id else keys.tool_no_run(self._p, call_id)
-        status = status or ("succeeded" if result.get("ok") else "failed")
+        if status is None:
+            status = ToolCallStatus.SUCCEEDED if result.get("ok") else ToolCallStatus.FAILED
         stored, batch = self._complete_tool(
             keys=[key, keys.tool_lease(self._p, call_id), run_key],
             args=[
                 self._ctx(run_id),
                 token,
                 json.dumps(result),
-                status,
+                status.value,
                 self.due(0),
                 step,
                 result.get("gen") or "",

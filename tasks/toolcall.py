@@ -20,7 +20,7 @@ from agentfleet.tasks.errors import (
 )
 from agentfleet.tasks.lifecycle import batch_finished, pending_countdown
 from agentfleet.tasks.settings import Settings
-from agentfleet.tasks.states import ToolOutcome
+from agentfleet.tasks.states import ToolCallStatus, ToolOutcome
 from agentfleet.tasks.store import ToolClaim, get_store
 from agentfleet.tasks.tools import registry
 
@@ -171,11 +171,11 @@ def register(app: Celery, settings: Settings) -> None:
             batch_finished(self.app, batch)
             return stored
         result = _result_head(payload)
-        status = None
+        status: ToolCallStatus | None = None
         if claim.outcome == ToolOutcome.CANCELLED:
             # Its run was cancelled: answer without running, so the chord still completes.
             result |= {"ok": False, "error": {"code": "cancelled", "message": "run cancelled"}}
-            status = "cancelled"
+            status = ToolCallStatus.CANCELLED
         else:
             try:
                 result |= {"ok": True, "output": execute(name, arguments, payload.get("allowed"))}

@@ -6,7 +6,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from agentfleet.tasks.records import RunRecord
+from agentfleet.tasks.records import RunRecord, ToolCallRecord
 from agentfleet.tasks.states import RunStatus
 
 
@@ -15,16 +15,22 @@ def _typed_result(run: RunRecord, text: str | None) -> Any:
     return json.loads(text) if text and run.status is RunStatus.SUCCEEDED else None
 
 
-def iso(value: str | None) -> str | None:
-    if not value:
+def iso(value: str | float | None) -> str | None:
+    """A Unix time (as stored, or parsed) in ISO 8601 with milliseconds; None for none."""
+    if value is None or value == "":
         return None
     return datetime.fromtimestamp(float(value), UTC).isoformat(timespec="milliseconds")
+
+
+def run_error(run: RunRecord) -> Any:
+    """The structured error a run ended with (None if none)."""
+    error = run.fields.get("error")
+    return json.loads(error) if error else None
 
 
 def run_view(run: RunRecord) -> dict[str, Any]:
     """A run record as callers see it (``GET /v1/runs/{id}`` and the run's Celery result)."""
     record, usage = run.fields, run.usage
-    error = record.get("error")
     text = record.get("result")
     typed = run.output_schema is not None
     return {
@@ -54,7 +60,7 @@ def run_view(run: RunRecord) -> dict[str, Any]:
         # it (also the text of an answer that never matched the schema).
         "result": _typed_result(run, text) if typed else text,
         "result_text": text if typed else None,
-        "error": json.loads(error) if error else None,
+        "error": run_error(run),
         "metadata": json.loads(record.get("metadata") or "{}"),
         "created_at": iso(record.get("created_at")),
         "started_at": iso(record.get("started_at")),
@@ -62,25 +68,25 @@ def run_view(run: RunRecord) -> dict[str, Any]:
     }
 
 
-def tool_call_view(record: dict[str, str], public_id: str | None = None) -> dict[str, Any]:
-    """A tool-call record as callers see it (``GET /v1/tool-calls/{id}``).
+def tool_call_view(call: ToolCallRecord, public_id: str | None = None) -> dict[str, Any]:
+    """A tool call as callers see it (``GET /v1/tool-calls/{id}``).
 
     ``public_id`` is the ID the caller knows the call by, which the view and its result
     carry (default: the stored ID; a caller's own ID is stored inside its tenant's namespace).
     """
-    ident = public_id or record["id"]
-    result = json.loads(record["result"]) if record.get("result") else None
-    if result is not None:
-        result["id"] = ident
+    ident = public_id or call.id
+    result = None
+    if call.result is not None:
+        result = call.result | {"id": ident}  # a copy: the record stays as stored
         result.pop("gen", None)  # the run store's bookkeeping (agentfleet.tasks.scripts)
     return {
         "id": ident,
-        "name": record.get("name"),
-        "status": record.get("status", "queued"),
-        "run_id": record.get("run_id"),
-        "arguments": json.loads(record["arguments"]) if record.get("arguments") else None,
+        "name": call.name or None,
+        "status": call.status.value,
+        "run_id": call.run_id or None,
+        "arguments": call.arguments,
         "result": result,
-        "created_at": iso(record.get("created_at")),
-        "started_at": iso(record.get("started_at")),
-        "finished_at": iso(record.get("finished_at")),
+        "created_at": iso(call.created_at),
+        "started_at": iso(call.started_at),
+        "finished_at": iso(call.finished_at),
     }

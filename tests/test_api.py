@@ -221,6 +221,19 @@ def test_tool_that_raises_returns_structured_error(fleet: Fleet) -> None:
     }
 
 
+def test_a_run_tool_call_with_malformed_arguments_shows_their_text(fleet: Fleet) -> None:
+    # The model's arguments are no JSON: the tool refuses them, and the call shows what the
+    # model wrote.
+    prompt = '[[badargs]] call calculator {"expression": "1+1"}'
+    run = fleet.client.wait(fleet.client.create_run(prompt).id, timeout=30)
+    assert run.status == "succeeded"
+    response = fleet.http.get(f"/v1/tool-calls/{run.id}-1-0")
+    assert response.status_code == 200, response.text
+    call = response.json()
+    assert (call["status"], call["run_id"], call["arguments"]) == ("failed", run.id, "{not json")
+    assert call["result"]["error"]["code"] == "invalid_tool_arguments"
+
+
 @pytest.mark.parametrize(
     ("body", "field"),
     [

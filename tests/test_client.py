@@ -151,6 +151,25 @@ def test_async_tool_calls_batches_tools_providers_and_health(fleet: Fleet) -> No
     assert seen["health"] is True
 
 
+def test_a_cancelled_tool_call_reads_as_cancelled_and_is_final(fleet: Fleet) -> None:
+    # Eight 2 s calls on 4 tools slots, cancelled at once: at least four never start.
+    waits = [{"type": "tool_call", "name": "wait", "arguments": {"seconds": 2}}] * 8
+    batch_id = fleet.client.create_batch(waits).id
+    fleet.client.cancel_batch(batch_id)
+    fleet.client.wait_batch(batch_id, timeout=60)
+    items = fleet.client.get_batch(batch_id).items
+    cancelled = [item.id for item in items if item.status == "cancelled"]
+    assert len(cancelled) >= 4, items
+    call = fleet.client.get_tool_call(cancelled[0])
+    assert call.status == "cancelled"
+    assert call.result is not None
+    assert call.result["error"] == {"code": "cancelled", "message": "batch cancelled"}
+    # Final: the wait returns at once, though its timeout is far shorter than the interval.
+    waited = fleet.client.wait_tool_call(cancelled[0], timeout=0.5, interval=5)
+    assert waited == call
+    assert _run(fleet, lambda c: c.wait_tool_call(cancelled[-1], timeout=0.5)).status == "cancelled"
+
+
 def test_the_same_idempotency_key_answers_the_same_run(fleet: Fleet) -> None:
     async def use(client: AsyncClient) -> tuple[str, str]:
         first = await client.create_run("[[tag:client-idem]] hi", idempotency_key="client-idem")

@@ -292,7 +292,7 @@ def test_tool_calls_and_results_of_a_rolled_back_answer_are_refused(fleet: Fleet
         None,
         "",
     )
-    assert store.get_tool_call(call_id).get("result") is None
+    assert store.get_tool_call(call_id).result is None
     # A result stored while the answer was gone, before step 1 answered again, is replaced.
     store.redis.hdel(store.run_key(run_id), "gen:1")
     store.complete_tool(call_id, claim.token, _result(run_id, "old"), run_id, 1)

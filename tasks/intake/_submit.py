@@ -36,6 +36,7 @@ from agentfleet.tasks.models import (
     ToolCallItem,
     ToolCallRequest,
 )
+from agentfleet.tasks.states import BatchStatus
 from agentfleet.tasks.store import RunStore
 from agentfleet.tasks.toolcall import time_limits, tool_payload
 from agentfleet.tasks.views import run_view
@@ -172,7 +173,7 @@ def submit_batch(
     record: dict[str, str | int | float] = {
         "id": batch_id,
         "tenant": tenant,
-        "status": "queued",
+        "status": BatchStatus.QUEUED.value,
         "total": len(items),
         "completed": 0,
         "metadata": json.dumps(request.metadata),

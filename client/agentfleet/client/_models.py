@@ -16,8 +16,9 @@ M = TypeVar("M", bound=BaseModel)
 
 #: A run's final statuses (and the types of its final events).
 RUN_FINAL = frozenset({"succeeded", "failed", "cancelled"})
-#: A tool call's final statuses.
-TOOL_CALL_FINAL = frozenset({"succeeded", "failed"})
+#: A tool call's final statuses (``cancelled``: an item of a cancelled batch that had not
+#: started, or a call of a cancelled run).
+TOOL_CALL_FINAL = frozenset({"succeeded", "failed", "cancelled"})
 
 
 class Links(BaseModel):
@@ -97,7 +98,7 @@ class Run(BaseModel):
 class ToolCall(BaseModel):
     id: str
     name: str | None
-    status: Literal["queued", "running", "succeeded", "failed"]
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
     run_id: str | None
     arguments: Any
     result: dict[str, Any] | None

@@ -140,7 +140,8 @@ class Client(_core.BaseClient[httpx.Client]):
     def wait_tool_call(
         self, call_id: str, timeout: float = 60.0, interval: float = 0.2
     ) -> _models.ToolCall:
-        """Poll until the tool call is succeeded or failed; ``WaitTimeout`` after ``timeout``."""
+        """Poll until the tool call is final (succeeded, failed or cancelled); ``WaitTimeout``
+        after ``timeout``."""
         return self._wait(_core.wait_tool_call(call_id, timeout, interval))
 
     def create_batch(
