@@ -28,6 +28,7 @@ from prometheus_client.registry import Collector
 from agentfleet.tasks.keys import MetricKeys
 from agentfleet.tasks.llm import get_guard
 from agentfleet.tasks.metrics import (
+    CACHE_RESULTS,
     DENIAL_REASONS,
     FINISHED_STATUSES,
     RUN_BUCKETS,
@@ -37,6 +38,7 @@ from agentfleet.tasks.metrics import (
 )
 from agentfleet.tasks.redisconn import get_redis
 from agentfleet.tasks.settings import Settings
+from agentfleet.tasks.tools import registry as tool_registry
 from agentfleet.workers import queues
 from agentfleet.workers.conf import transport_options
 
@@ -85,6 +87,23 @@ def _labelled(raw: Mapping[str, str]) -> Iterator[tuple[list[str], int]]:
         yield [str(label) for label in json.loads(field)], int(value)
 
 
+def _tool_cache(raw: Mapping[str, str]) -> CounterMetricFamily:
+    counter = CounterMetricFamily(
+        "agentfleet_tool_cache",
+        "Calls of a tool with cache_ttl, per tool, by whether its cache had the result (hit) "
+        "or not (miss); a call whose arguments were invalid is neither.",
+        labels=["tool", "result"],
+    )
+    # Every cached tool the API has, zeros included, so rate() works from the start; tools
+    # only workers have show once counted.
+    counts = {(t.name, r): 0 for t in tool_registry.all() if t.cache_ttl for r in CACHE_RESULTS}
+    for (tool, result), value in _labelled(raw):
+        counts[(tool, result)] = value
+    for labels, value in sorted(counts.items()):
+        counter.add_metric(list(labels), value)
+    return counter
+
+
 class FleetCollector(Collector):
     """Reads the fleet's metrics from Redis on every scrape."""
 
@@ -111,11 +130,12 @@ class FleetCollector(Collector):
         pipe = get_redis(self.settings).pipeline(transaction=False)
         for key in (k.runs, k.run_seconds, k.step_seconds, k.llm, k.admission_denials, k.spend):
             pipe.hgetall(key)
+        pipe.hgetall(k.tool_cache)
         pipe.zcard(k.active_runs)
         for provider in providers:
             guard = get_guard(self.settings, provider)
             pipe.mget([guard.keys["state"], guard.keys["fail_counter"]])
-        runs, run_s, step_s, llm, denials, spent, active, *breakers = pipe.execute()
+        runs, run_s, step_s, llm, denials, spent, tool_cache, active, *breakers = pipe.execute()
 
         yield CounterMetricFamily(
             "agentfleet_runs_enqueued",
@@ -148,6 +168,7 @@ class FleetCollector(Collector):
         yield from self._llm(llm)
         yield from self._spend(spent)
         yield from self._providers(providers, breakers, denials)
+        yield _tool_cache(tool_cache)
 
     def _llm(self, raw: Mapping[str, str]) -> Iterator[Metric]:
         tokens = CounterMetricFamily(

@@ -93,6 +93,19 @@ def tool_no_run(p: str, call_id: str) -> str:
     return f"{tool(p, call_id)}:no-run"
 
 
+# --- caches --------------------------------------------------------------------------------
+#: The part after the prefix of every cache entry (``<p>:cache:<kind>:<tenant>:...``): an
+#: entry belongs to its tenant, so no tenant is ever answered from another's.
+CACHE_SEGMENT = ":cache:"
+
+
+def tool_cache(p: str, tenant: str, name: str, schema_hash: str, digest: str) -> str:
+    """String: a successful result of tool ``name`` (the call's result JSON), kept for the
+    tool's ``cache_ttl`` (expires): for the tool as its schema hash says it is, and for the
+    arguments whose canonical JSON has SHA-256 ``digest``."""
+    return f"{p}{CACHE_SEGMENT}tool:{tenant}:{name}:{schema_hash}:{digest}"
+
+
 # --- tenants -------------------------------------------------------------------------------
 #: The part after the prefix of a tenant's keys (``<p>:tenant:<t>:...``).
 TENANT_SEGMENT = ":tenant:"
@@ -308,6 +321,11 @@ class MetricKeys:
     def spend(self) -> str:
         """Hash: ``["tenant", "model", "prompt"|"completion"|"cached"|"calls"|"cost"]`` -> sum."""
         return f"{self.prefix}{METRICS_SEGMENT}spend"
+
+    @property
+    def tool_cache(self) -> str:
+        """Hash: ``["tool", "hit"|"miss"]`` -> calls of a cached tool, by what the cache had."""
+        return f"{self.prefix}{METRICS_SEGMENT}tool_cache"
 
     @property
     def active_runs(self) -> str:

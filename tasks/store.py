@@ -33,6 +33,7 @@ from redis.exceptions import NoScriptError
 from agentfleet.tasks import keys, scripts
 from agentfleet.tasks.errors import RolledBack, ThreadBusy
 from agentfleet.tasks.llm._routing import Target
+from agentfleet.tasks.metrics import label_field
 from agentfleet.tasks.models import RunRequest
 from agentfleet.tasks.records import RunRecord, ToolCallRecord
 from agentfleet.tasks.redisconn import get_redis
@@ -75,12 +76,26 @@ class ToolClaim:
     ``wait_s``), ``refused`` (never accepted: the call must not run), ``poisoned`` (begun
     ``max_redeliveries`` times before, each time losing its worker; the caller holds the lease,
     to store the failure) or ``stale`` (its run's step holds an answer of another generation:
-    the one that asked for this call was rolled back by a crash of Redis)."""
+    the one that asked for this call was rolled back by a crash of Redis). With ``ok``,
+    ``tenant`` is the tenant the call belongs to ('' if unknown: its run is gone)."""
 
     outcome: ToolOutcome
     token: str
     result: dict[str, Any] | None = None
     wait_s: float = 0.0
+    tenant: str = ""
+
+
+@dataclass(frozen=True)
+class CacheUse:
+    """How one call of the cached tool ``tool`` (its name) used the cache: it looked ``key``
+    up and found an entry (``hit``) or none; a miss's successful result is kept there for
+    ``ttl_ms``."""
+
+    key: str
+    hit: bool
+    ttl_ms: int
+    tool: str
 
 
 @dataclass(frozen=True)
@@ -184,6 +199,7 @@ class RunStore:
         self._p = settings.key_prefix
         #: Tenants' daily budgets (agentfleet.tasks.spend).
         self.budgets = TenantBudgets(client, settings)
+        self._metrics = keys.MetricKeys(self._p)
         self._create_run = client.register_script(scripts.CREATE_RUN)
         self._accept = client.register_script(scripts.ACCEPT)
         self._begin_step = client.register_script(scripts.BEGIN_STEP)
@@ -783,7 +799,14 @@ class RunStore:
             return ToolClaim(outcome, token, result=json.loads(reply[1]))
         if outcome in (ToolOutcome.BUSY, ToolOutcome.PENDING):
             return ToolClaim(outcome, token, wait_s=max(int(reply[1]) / 1000, 0.0))
+        if outcome == ToolOutcome.OK:
+            return ToolClaim(outcome, token, tenant=str(reply[1]))
         return ToolClaim(outcome, token)
+
+    def cached_tool_result(self, key: str) -> dict[str, Any] | None:
+        """The result kept in the tool-cache entry ``key``, or None."""
+        stored = self.redis.get(key)
+        return None if stored is None else cast(dict[str, Any], json.loads(stored))
 
     def complete_tool(
         self,
@@ -793,9 +816,14 @@ class RunStore:
         run_id: str | None,
         step: int = 0,
         status: ToolCallStatus | None = None,
+        cache: CacheUse | None = None,
     ) -> tuple[dict[str, Any] | None, str]:
         """Store the result unless one is stored: (the result that won, finished batch).
         Drops the lease if ``token`` still holds it (``""`` holds none).
+
+        ``cache``: how the call used its tool's cache, counted if the result is stored; a
+        miss's successful result is kept in the cache by the same script, so an entry never
+        outlives a result that was not stored.
 
         (None, '') if the run's step holds an answer of another generation than ``result``'s
         ``gen``: a crash of Redis rolled back the answer that asked for the call.
@@ -804,8 +832,17 @@ class RunStore:
         run_key = self.run_key(run_id) if run_id else keys.tool_no_run(self._p, call_id)
         if status is None:
             status = ToolCallStatus.SUCCEEDED if result.get("ok") else ToolCallStatus.FAILED
+        script_keys = [key, keys.tool_lease(self._p, call_id), run_key, self._metrics.tool_cache]
+        outcome = field = ""
+        ttl_ms = 0
+        if cache is not None:
+            outcome = "hit" if cache.hit else "miss"
+            field = label_field(cache.tool, outcome)
+            if not cache.hit and result.get("ok"):
+                script_keys.append(cache.key)
+                ttl_ms = cache.ttl_ms
         stored, batch = self._complete_tool(
-            keys=[key, keys.tool_lease(self._p, call_id), run_key],
+            keys=script_keys,
             args=[
                 self._ctx(run_id),
                 token,
@@ -814,6 +851,9 @@ class RunStore:
                 self.due(0),
                 step,
                 result.get("gen") or "",
+                outcome,
+                field,
+                ttl_ms,
             ],
         )
         if not stored:

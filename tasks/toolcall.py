@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
-from typing import Any, NoReturn
+from collections.abc import Callable
+from typing import Any, NoReturn, TypeVar
 
+import redis
 from billiard.exceptions import SoftTimeLimitExceeded
 from celery import Celery, Task
 from celery.exceptions import Ignore
+from pydantic import BaseModel
 
-from agentfleet.tasks import names
+from agentfleet.tasks import keys, names
 from agentfleet.tasks.errors import (
     ToolError,
     ToolExecutionError,
@@ -19,10 +23,11 @@ from agentfleet.tasks.errors import (
     UnknownToolError,
 )
 from agentfleet.tasks.lifecycle import batch_finished, pending_countdown
+from agentfleet.tasks.models import DEFAULT_TENANT
 from agentfleet.tasks.settings import Settings
 from agentfleet.tasks.states import ToolCallStatus, ToolOutcome
-from agentfleet.tasks.store import ToolClaim, get_store
-from agentfleet.tasks.tools import registry
+from agentfleet.tasks.store import CacheUse, RunStore, ToolClaim, get_store
+from agentfleet.tasks.tools import Tool, registry
 
 log = logging.getLogger(__name__)
 
@@ -87,19 +92,89 @@ def _result_head(payload: dict[str, Any]) -> dict[str, Any]:
     return head
 
 
-def execute(name: str, arguments: str | dict[str, Any], allowed: list[str] | None) -> Any:
-    """Run a tool by name; raises only :class:`~agentfleet.tasks.errors.ToolError` subclasses."""
-    if allowed is not None and name not in allowed:
-        raise UnknownToolError(f"tool {name!r} is not available to this run")
-    tool = registry.get(name)
+_T = TypeVar("_T")
+
+
+def _guarded(name: str, work: Callable[[], _T]) -> _T:
+    """``work()``, the tool's own code (its validators, its function): what it raises becomes
+    a :class:`~agentfleet.tasks.errors.ToolError`, reported, never crashing the worker."""
     try:
-        return tool.invoke(arguments)
+        return work()
     except ToolError:
         raise
     except SoftTimeLimitExceeded:
         raise ToolExecutionError(f"tool {name!r} timed out") from None
-    except Exception as exc:  # the tool's own code: report it, never crash the worker
+    except Exception as exc:
         raise ToolExecutionError(f"tool {name!r} raised {type(exc).__name__}: {exc}") from None
+
+
+def prepare(
+    name: str, arguments: str | dict[str, Any], allowed: list[str] | None
+) -> tuple[Tool, BaseModel]:
+    """The tool ``name`` and its validated arguments; raises only
+    :class:`~agentfleet.tasks.errors.ToolError` subclasses."""
+    if allowed is not None and name not in allowed:
+        raise UnknownToolError(f"tool {name!r} is not available to this run")
+    tool = registry.get(name)
+    return tool, _guarded(name, lambda: tool.validate(arguments))
+
+
+def _call_tenant(claim: ToolClaim, run_id: str | None) -> str:
+    """The tenant whose cache entries a call may use ('' for none)."""
+    if claim.tenant:
+        return claim.tenant
+    # A standalone call whose record names no tenant was sent without the API (send_task):
+    # it is the default tenant's, as runs sent so are. A run's call of a run that is gone
+    # has no known tenant, and uses no cache.
+    return "" if run_id else DEFAULT_TENANT
+
+
+def cache_key(prefix: str, tenant: str, tool: Tool, model: BaseModel) -> str:
+    """The cache entry of ``tool`` called by ``tenant`` with the validated arguments ``model``:
+    a tool whose schema changed (its ``schema_hash``) has entries of its own."""
+    return keys.tool_cache(
+        prefix, tenant, tool.name, tool.schema_hash, tool.arguments_digest(model)
+    )
+
+
+def _look_up(
+    store: RunStore, tool: Tool, model: BaseModel, tenant: str
+) -> tuple[CacheUse | None, dict[str, Any] | None]:
+    """(how the call uses its tool's cache, the result kept there): (None, None) for a tool
+    without ``cache_ttl`` or a call without a tenant."""
+    if tool.cache_ttl is None or not tenant:
+        return None, None
+    key = cache_key(store.settings.key_prefix, tenant, tool, model)
+    try:
+        kept = store.cached_tool_result(key)
+    except redis.RedisError as exc:  # a cache never fails a call: run it instead
+        log.warning("tool cache of %s: lookup failed, running the call: %s", tool.name, exc)
+        return None, None
+    # PX takes whole milliseconds, at least one.
+    use = CacheUse(key, kept is not None, max(1, math.ceil(tool.cache_ttl * 1000)), tool.name)
+    return use, kept
+
+
+def _answer(
+    store: RunStore, payload: dict[str, Any], tenant: str
+) -> tuple[dict[str, Any], CacheUse | None]:
+    """Run the call in ``payload``, or take its tool's cached result: (the result's fields
+    after its head, how the cache was used). Never raises a tool's error: it is the result.
+
+    Two identical calls at once may both run (both miss, the first result stored is kept):
+    waiting for the other would hold a prefork tool worker idle.
+    """
+    name = str(payload["name"])
+    cache = None
+    try:
+        tool, model = prepare(name, payload.get("arguments") or {}, payload.get("allowed"))
+        cache, kept = _look_up(store, tool, model, tenant)
+        if kept is not None:
+            return {"ok": True, "output": kept.get("output"), "cached": True}, cache
+        return {"ok": True, "output": _guarded(name, lambda: tool.call(model))}, cache
+    except ToolError as exc:
+        log.info("tool call %s (%s) failed: %s", payload["id"], name, exc)
+        return {"ok": False, "error": exc.to_dict()}, cache
 
 
 def time_limits(name: str, settings: Settings) -> tuple[float, float]:
@@ -172,17 +247,17 @@ def register(app: Celery, settings: Settings) -> None:
             return stored
         result = _result_head(payload)
         status: ToolCallStatus | None = None
+        cache: CacheUse | None = None
         if claim.outcome == ToolOutcome.CANCELLED:
             # Its run was cancelled: answer without running, so the chord still completes.
             result |= {"ok": False, "error": {"code": "cancelled", "message": "run cancelled"}}
             status = ToolCallStatus.CANCELLED
         else:
-            try:
-                result |= {"ok": True, "output": execute(name, arguments, payload.get("allowed"))}
-            except ToolError as exc:
-                result |= {"ok": False, "error": exc.to_dict()}
-                log.info("tool call %s (%s) failed: %s", call_id, name, exc)
-        stored, batch = store.complete_tool(call_id, claim.token, result, run_id, step, status)
+            answer, cache = _answer(store, payload, _call_tenant(claim, run_id))
+            result |= answer
+        stored, batch = store.complete_tool(
+            call_id, claim.token, result, run_id, step, status, cache
+        )
         if stored is None:
             _ignore_stale(call_id, run_id)
         batch_finished(self.app, batch)

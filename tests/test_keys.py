@@ -27,7 +27,7 @@ KEYS_MODULE = REPO / "tasks" / "keys.py"
 #: prefix starting one.
 _NAMESPACES = (
     "run|runs|tool|tenant|batch|idem|apikeys|fleet|metrics|provider|events|watchdog|pybreaker"
-    "|announced"
+    "|announced|cache"
 )
 _SUFFIXES = "messages|lease|events|items|no-run|no-slot|inflight|waiting|probes|hold|rpm|tpm"
 SPELLING = re.compile(
@@ -120,6 +120,7 @@ LAYOUT = [
     (keys.tool("af", "c1"), "af:tool:c1"),
     (keys.tool_lease("af", "c1"), "af:tool:c1:lease"),
     (keys.tool_no_run("af", "c1"), "af:tool:c1:no-run"),
+    (keys.tool_cache("af", "acme", "calc", "h1", "d1"), "af:cache:tool:acme:calc:h1:d1"),
     (keys.tenant_inflight("af", "acme"), "af:tenant:acme:inflight"),
     (keys.tenant_waiting("af", "acme"), "af:tenant:acme:waiting"),
     (keys.batch("af", "b1"), "af:batch:b1"),
@@ -154,6 +155,7 @@ LAYOUT = [
     (keys.MetricKeys("af").step_seconds, "af:metrics:step_seconds"),
     (keys.MetricKeys("af").llm, "af:metrics:llm"),
     (keys.MetricKeys("af").admission_denials, "af:metrics:admission_denials"),
+    (keys.MetricKeys("af").tool_cache, "af:metrics:tool_cache"),
     (keys.MetricKeys("af").active_runs, "af:runs:active"),
     (keys.DEFAULT_PREFIX, "af"),
 ]

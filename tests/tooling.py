@@ -75,3 +75,21 @@ def crash(key: str) -> str:
     """
     _redis().incr(f"test:started:{key}")
     os._exit(1)
+
+
+@tool(cache_ttl=300)
+def cache_probe(key: str, a: int = 0, b: int = 0, fail: bool = False) -> dict[str, int]:
+    """Count one execution under ``key`` in Redis and answer with the count; with ``fail``,
+    raise after counting. Its results are cached: a call answered from the cache counts none.
+    """
+    ran = int(_redis().incr(f"test:ran:{key}"))
+    if fail:
+        raise RuntimeError(f"failed on execution {ran}")
+    return {"a": a, "b": b, "ran": ran}
+
+
+@tool(cache_ttl=1)
+def cache_probe_brief(key: str) -> int:
+    """Count one execution under ``key`` in Redis and answer with the count; its results are
+    cached for one second."""
+    return int(_redis().incr(f"test:ran:{key}"))

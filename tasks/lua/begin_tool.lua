@@ -16,14 +16,15 @@
 -- ARGV[9]  max_deliveries: deliveries that began the call before it is poisoned
 -- ARGV[10] the acceptance token ('' for calls the API did not create)
 -- ARGV[11] the generation of the run's answer that asked for the call ('' for none)
--- Reads: accept, pending, result, gen, the run's status and gen:<step>. Writes: the lease;
--- id, name, arguments, created_at, run_id (if unset); attempts; status running, started_at;
--- a stale result of another generation is dropped (the run's tools_done - 1); the run's due
--- time and event tool_call_started.
--- Returns {'ok'}; {'done', result}; {'cancelled'} (its run was cancelled); {'stale'} (the
--- run's step holds another generation); {'refused'} (the API never accepted this message's
--- call); {'pending', PTTL ms}; {'busy', lease PTTL ms}; {'poisoned', deliveries} (begun more
--- than max_deliveries times, each losing its worker: the caller holds the lease, to store the
+-- Reads: accept, pending, result, gen, tenant; the run's status, gen:<step> and tenant.
+-- Writes: the lease; id, name, arguments, created_at, run_id (if unset); attempts; status
+-- running, started_at; a stale result of another generation is dropped (one less in the
+-- run's tools_done); the run's due time and event tool_call_started.
+-- Returns {'ok', tenant} (the tenant the call belongs to; '' if unknown: its run is gone);
+-- {'done', result}; {'cancelled'} (its run was cancelled); {'stale'} (the run's step holds
+-- another generation); {'refused'} (the API never accepted this message's call); {'pending',
+-- PTTL ms}; {'busy', lease PTTL ms}; {'poisoned', deliveries} (begun more than
+-- max_deliveries times, each losing its worker: the caller holds the lease, to store the
 -- failure).
 
 if ARGV[10] ~= '' then
@@ -60,4 +61,10 @@ if ctx.run_id ~= '' then
   emit(KEYS[3], 'tool_call_started', {id = ARGV[8], name = ARGV[4], step = tonumber(ARGV[7])})
 end
 redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ctx.now)
-return {'ok'}
+-- Its tenant scopes its tool's cache. Read here, where both records are at hand, rather than
+-- carried in the message: no payload changes, and messages sent before a tool was cached, or
+-- by send_task callers, need none. The API writes it on a standalone call's record (as
+-- GET /v1/tool-calls/{id} reads it); a run's call belongs to its run's tenant.
+local tenant = redis.call('HGET', KEYS[1], 'tenant')
+if not tenant and ctx.run_id ~= '' then tenant = redis.call('HGET', KEYS[3], 'tenant') end
+return {'ok', tenant or ''}

@@ -5,6 +5,8 @@
 -- KEYS[1]  the tool call's record (hash)
 -- KEYS[2]  the tool call's lease (string)
 -- KEYS[3]  its run's record (hash; an unused key for a standalone call)
+-- KEYS[4]  the tool-cache metric (hash)
+-- KEYS[5]  only on a cache miss whose result is to be kept: the cache entry (string)
 -- ARGV[1]  ctx: JSON {now, prefix (the key prefix), ttl (record lifetime, s), maxlen (event
 --           stream bound), run_id ('' for a standalone tool call)}; see _common.lua
 -- ARGV[2]  token: the lease token ('' holds none)
@@ -13,8 +15,12 @@
 -- ARGV[5]  due: the run's next due time
 -- ARGV[6]  step: the run's step that asked for the call
 -- ARGV[7]  the generation of the answer that asked for it ('' for none)
+-- ARGV[8]  what its tool's cache had: 'hit', 'miss', or '' (not cached, or not looked up)
+-- ARGV[9]  the metric field counting that ('' with ARGV[8] '')
+-- ARGV[10] with KEYS[5]: how long the entry is kept, ms
 -- Reads: the run's gen:<step>, the stored result. Writes: result, status, finished_at, gen;
--- the run's tools_done, due time and event tool_call_finished; the batch's count; drops the
+-- the run's tools_done, due time and event tool_call_finished (cached = true for a hit); the
+-- batch's count; the cache metric; the cache entry (a successful result only); drops the
 -- lease if the token holds it; the record's lifetime.
 -- Returns {result that won, finished batch}, or {'', ''} if the run's step holds another
 -- generation (the result is kept out).
@@ -31,7 +37,15 @@ if redis.call('HSETNX', KEYS[1], 'result', ARGV[3]) == 1 then
     redis.call('ZADD', ctx.prefix .. ':runs:active', 'XX', ARGV[5], ctx.run_id)
     local id = redis.call('HGET', KEYS[1], 'id') or ''
     emit(KEYS[3], 'tool_call_finished', {id = id, name = redis.call('HGET', KEYS[1], 'name'),
-         ok = ARGV[4] == 'succeeded', step = tonumber(ARGV[6])})
+         ok = ARGV[4] == 'succeeded', step = tonumber(ARGV[6]),
+         cached = ARGV[8] == 'hit' or nil})
+  end
+  -- Counted with the result it led to: once a call, however often it was delivered.
+  if ARGV[8] ~= '' then redis.call('HINCRBY', KEYS[4], ARGV[9], 1) end
+  -- Kept by the transition that stores the result, so no crash leaves an entry for a result
+  -- that was not stored; a result that lost to another (a duplicate delivery) is not kept.
+  if KEYS[5] and ARGV[4] == 'succeeded' then
+    redis.call('SET', KEYS[5], ARGV[3], 'PX', ARGV[10])
   end
   batch_done = count_in_batch(redis.call('HGET', KEYS[1], 'batch_id'), ARGV[4])
 end

@@ -7,6 +7,7 @@ import hashlib
 import importlib
 import inspect
 import json
+import math
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -30,6 +31,8 @@ class Tool:
     func: ToolFunc
     arguments: type[BaseModel]
     timeout: float | None = None
+    #: Seconds a successful result is reused for the same arguments (per tenant); None: never.
+    cache_ttl: float | None = None
     _output: TypeAdapter[Any] = field(repr=False, default_factory=lambda: TypeAdapter(Any))
 
     @cached_property
@@ -79,14 +82,23 @@ class Tool:
             )
             raise ToolArgumentsError(f"invalid arguments for {self.name!r}: {problems}") from None
 
+    def arguments_digest(self, model: BaseModel) -> str:
+        """SHA-256 of validated arguments as canonical JSON (keys sorted at every level): the
+        same arguments in any key order, or with defaults left out or spelt out, are equal."""
+        canonical = json.dumps(model.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
     def invoke(self, arguments: str | dict[str, Any] | None) -> Any:
-        """Validate, run, and return a JSON-compatible output.
+        """Validate, run, and return a JSON-compatible output."""
+        return self.call(self.validate(arguments))
+
+    def call(self, model: BaseModel) -> Any:
+        """Run on arguments :meth:`validate` returned; return a JSON-compatible output.
 
         An ``async def`` tool runs to completion on an event loop of its own, in the calling
         thread: the tool task's main thread, where Celery's soft time limit interrupts the
         loop like any other code (and the hard limit ends the process).
         """
-        model = self.validate(arguments)
         result = self.func(**{name: getattr(model, name) for name in type(model).model_fields})
         if inspect.isawaitable(result):
             result = asyncio.run(_awaited(result))
@@ -152,12 +164,29 @@ def _argument_model(name: str, func: ToolFunc) -> type[BaseModel]:
     return model
 
 
+def _cache_ttl(name: str, value: object) -> float | None:
+    """``cache_ttl`` checked: None, or a finite number of seconds above 0."""
+    if value is None:
+        return None
+    # bool is an int to Python, but True is no number of seconds.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"tool {name!r}: cache_ttl must be a number of seconds, not {value!r}")
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"tool {name!r}: cache_ttl must be above 0 seconds, not {value!r}")
+    return float(value)
+
+
 def _make_tool(
-    func: ToolFunc, name: str | None, description: str | None, timeout: float | None
+    func: ToolFunc,
+    name: str | None,
+    description: str | None,
+    timeout: float | None,
+    cache_ttl: float | None = None,
 ) -> Tool:
     tool_name = name or func.__name__
     if not tool_name or not set(tool_name) <= _NAME_CHARS or len(tool_name) > 64:
         raise ConfigError(f"tool name {tool_name!r} must be 1-64 of [A-Za-z0-9_-]")
+    ttl = _cache_ttl(tool_name, cache_ttl)
     doc = description or inspect.getdoc(func) or ""
     hints = get_type_hints(func, include_extras=True)
     output: TypeAdapter[Any] = TypeAdapter(hints.get("return", Any))
@@ -167,6 +196,7 @@ def _make_tool(
         func=func,
         arguments=_argument_model(tool_name, func),
         timeout=timeout,
+        cache_ttl=ttl,
         _output=output,
     )
 
@@ -175,7 +205,11 @@ def _make_tool(
 def tool(func: ToolFunc, /) -> ToolFunc: ...
 @overload
 def tool(
-    *, name: str | None = None, description: str | None = None, timeout: float | None = None
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    timeout: float | None = None,
+    cache_ttl: float | None = None,
 ) -> Callable[[ToolFunc], ToolFunc]: ...
 
 
@@ -186,11 +220,15 @@ def tool(
     name: str | None = None,
     description: str | None = None,
     timeout: float | None = None,
+    cache_ttl: float | None = None,
 ) -> ToolFunc | Callable[[ToolFunc], ToolFunc]:
     """Register a typed function as a tool.
 
     The JSON schema comes from the annotations, the description from the docstring's first
     paragraph; ``timeout`` (seconds) caps one call (default: ``AGENTFLEET_TOOL_SOFT_TIME_LIMIT``).
+    ``cache_ttl`` (seconds, > 0) keeps a successful result for that long, and a call of the
+    same tenant with the same arguments gets it without running the function; a ``cache_ttl``
+    that is not a number above 0 is a :class:`~agentfleet.tasks.errors.ConfigError` here.
     The function itself is returned unchanged, so it stays callable and testable.
 
     >>> @tool
@@ -200,7 +238,7 @@ def tool(
     """
 
     def decorate(f: ToolFunc) -> ToolFunc:
-        registry.add(_make_tool(f, name, description, timeout))
+        registry.add(_make_tool(f, name, description, timeout, cache_ttl))
         return f
 
     return decorate(func) if func is not None else decorate
