@@ -87,6 +87,18 @@ def _labelled(raw: Mapping[str, str]) -> Iterator[tuple[list[str], int]]:
         yield [str(label) for label in json.loads(field)], int(value)
 
 
+def _llm_cache(raw: Mapping[str, str]) -> CounterMetricFamily:
+    counter = CounterMetricFamily(
+        "agentfleet_llm_cache",
+        "LLM answers of runs with a cache_ttl, per provider and model, by where they came "
+        "from: the cache (hit), an identical call in flight (shared), or a provider (miss).",
+        labels=["provider", "model", "result"],
+    )
+    for labels, value in _labelled(raw):
+        counter.add_metric(labels, value)
+    return counter
+
+
 def _tool_cache(raw: Mapping[str, str]) -> CounterMetricFamily:
     counter = CounterMetricFamily(
         "agentfleet_tool_cache",
@@ -131,11 +143,14 @@ class FleetCollector(Collector):
         for key in (k.runs, k.run_seconds, k.step_seconds, k.llm, k.admission_denials, k.spend):
             pipe.hgetall(key)
         pipe.hgetall(k.tool_cache)
+        pipe.hgetall(k.llm_cache)
         pipe.zcard(k.active_runs)
         for provider in providers:
             guard = get_guard(self.settings, provider)
             pipe.mget([guard.keys["state"], guard.keys["fail_counter"]])
-        runs, run_s, step_s, llm, denials, spent, tool_cache, active, *breakers = pipe.execute()
+        runs, run_s, step_s, llm, denials, spent, tool_cache, llm_cache, active, *breakers = (
+            pipe.execute()
+        )
 
         yield CounterMetricFamily(
             "agentfleet_runs_enqueued",
@@ -169,6 +184,7 @@ class FleetCollector(Collector):
         yield from self._spend(spent)
         yield from self._providers(providers, breakers, denials)
         yield _tool_cache(tool_cache)
+        yield _llm_cache(llm_cache)
 
     def _llm(self, raw: Mapping[str, str]) -> Iterator[Metric]:
         tokens = CounterMetricFamily(

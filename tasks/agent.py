@@ -23,7 +23,7 @@ from billiard.exceptions import SoftTimeLimitExceeded
 from celery import Celery, Signature, Task, chain, chord, states
 from celery.exceptions import Ignore, Retry
 
-from agentfleet.tasks import names, spend, window
+from agentfleet.tasks import llm_cache, names, spend, window
 from agentfleet.tasks.agents import registry as agents
 from agentfleet.tasks.errors import (
     BudgetExceeded,
@@ -229,6 +229,7 @@ class StepRunner:
                 llm_calls=answered.calls,
                 cached_tokens=answered.cached_tokens,
                 cost=answered.cost,
+                cache_hits=answered.cache_hits,
                 spend=self._spend(run, answered),
             )
             if not dispatching:
@@ -320,8 +321,40 @@ class StepRunner:
         options: CallOptions,
         before: Answered | None,
     ) -> tuple[Completion, Target, spend.Usage]:
+        """The answer to ``messages``: from the response cache for a run with a ``cache_ttl``
+        (:mod:`agentfleet.tasks.llm_cache`), else from a provider; ``before``: the step's calls
+        so far."""
+        if not run.cache_ttl:
+            return self._provider_call(run, messages, options, before)
+        schemas = [registry.get(n).openai_schema for n in run.tools]
+        key = llm_cache.digest(run.chain, messages, schemas, options)
+        made: list[spend.Usage] = []
+
+        def call() -> tuple[Completion, Target]:
+            completion, target, used = self._provider_call(run, messages, options, before)
+            made.append(used)
+            return completion, target
+
+        # An identical call in flight is waited for as long as one call may take.
+        wait_s = max(self.began + self.settings.step_soft_time_limit - time.monotonic(), 0.0)
+        found = self.store.llm_cache.answer(run.tenant, key, run.cache_ttl, wait_s, call)
+        if not found.hit:
+            return found.completion, found.target, made[0]
+        if run.stream and found.completion.content:
+            relay = TokenRelay(self.store, self.run_id, self.step)
+            relay.delta(found.completion.content)
+            relay.flush()
+        return found.completion, found.target, spend.Usage.cache_hit(found.target)
+
+    def _provider_call(
+        self,
+        run: RunRecord,
+        messages: list[dict[str, Any]],
+        options: CallOptions,
+        before: Answered | None,
+    ) -> tuple[Completion, Target, spend.Usage]:
         """One LLM call within the run's and its tenant's budgets (:mod:`agentfleet.tasks.spend`);
-        ``before``: the step's calls so far. :class:`BudgetExceeded` if a budget refuses it."""
+        :class:`BudgetExceeded` if a budget refuses it."""
         schemas = [registry.get(n).openai_schema for n in run.tools]
         chain = list(run.chain)
         held = self._reserve(run, messages, schemas, options, before)
@@ -543,22 +576,16 @@ class Answered:
     def cost(self) -> float:
         return sum(u.cost for u in self.usages)
 
+    @property
+    def cache_hits(self) -> int:
+        return sum(1 for u in self.usages if u.hit)
+
     def by_target(self) -> list[spend.Usage]:
         """The calls' usage summed per provider and model (a repair may fall back)."""
         summed: dict[Target, spend.Usage] = {}
         for u in self.usages:
             s = summed.get(u.target)
-            summed[u.target] = (
-                u
-                if s is None
-                else spend.Usage(
-                    u.target,
-                    s.prompt + u.prompt,
-                    s.completion + u.completion,
-                    s.cached + u.cached,
-                    s.cost + u.cost,
-                )
-            )
+            summed[u.target] = u if s is None else s + u
         return list(summed.values())
 
 

@@ -106,6 +106,17 @@ def tool_cache(p: str, tenant: str, name: str, schema_hash: str, digest: str) ->
     return f"{p}{CACHE_SEGMENT}tool:{tenant}:{name}:{schema_hash}:{digest}"
 
 
+def llm_cache(p: str, tenant: str, digest: str) -> str:
+    """String: an LLM answer kept for a run's ``cache_ttl`` (expires), under the digest of
+    everything the call sends (:mod:`agentfleet.tasks.llm_cache`), per tenant."""
+    return f"{p}{CACHE_SEGMENT}llm:{tenant}:{digest}"
+
+
+def llm_cache_flight(p: str, tenant: str, digest: str) -> str:
+    """String: held (expires) by the one worker making a call whose answer others wait for."""
+    return f"{llm_cache(p, tenant, digest)}:flight"
+
+
 # --- tenants -------------------------------------------------------------------------------
 #: The part after the prefix of a tenant's keys (``<p>:tenant:<t>:...``).
 TENANT_SEGMENT = ":tenant:"
@@ -321,6 +332,12 @@ class MetricKeys:
     def spend(self) -> str:
         """Hash: ``["tenant", "model", "prompt"|"completion"|"cached"|"calls"|"cost"]`` -> sum."""
         return f"{self.prefix}{METRICS_SEGMENT}spend"
+
+    @property
+    def llm_cache(self) -> str:
+        """Hash: ``["provider", "model", "hit"|"miss"|"shared"]`` -> LLM calls of runs with a
+        ``cache_ttl``, by what the cache had (``shared``: a call in flight answered it)."""
+        return f"{self.prefix}{METRICS_SEGMENT}llm_cache"
 
     @property
     def tool_cache(self) -> str:

@@ -198,6 +198,15 @@ class RunRequest(BaseModel):
         description="What of this run the thread keeps: messages (the input and the final "
         "answer, the default) or full (also tool calls and their results).",
     )
+    cache_ttl: float | None = Field(
+        default=None,
+        exclude_if=_unset,
+        ge=1,
+        le=30 * 86_400,
+        description="Reuse an answer to exactly the same LLM call (model chain, messages, "
+        "tools, settings, output schema) made by any run of the tenant in the last "
+        "cache_ttl seconds, and keep this run's answers as long (default: the agent's; none).",
+    )
     max_total_tokens: int | None = Field(
         default=None,
         exclude_if=_unset,

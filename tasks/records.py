@@ -47,6 +47,8 @@ class Usage:
     cached_tokens: int = 0
     #: US dollars, at the prices of the providers that answered.
     cost: float = 0.0
+    #: Answers that came from the response cache (no provider call, no cost).
+    cache_hits: int = 0
 
     @property
     def total_tokens(self) -> int:
@@ -89,6 +91,8 @@ class RunRecord:
     output_schema: dict[str, Any] | None
     #: Tokens the transcript may take in each LLM call (None: the fleet's default).
     context_budget: int | None
+    #: Seconds an LLM answer is reused and kept (agentfleet.tasks.llm_cache); None: no cache.
+    cache_ttl: float | None
     #: The run's own budgets (None: none).
     max_total_tokens: int | None
     max_cost: float | None
@@ -123,6 +127,7 @@ class RunRecord:
                 _int(fields, "llm_calls"),
                 _int(fields, "cached_tokens"),
                 float(fields.get("cost") or 0),
+                _int(fields, "cache_hits"),
             ),
             tools=tuple(json.loads(fields.get("tools") or "[]")),
             stream=fields.get("stream") == "1",
@@ -135,6 +140,7 @@ class RunRecord:
             if fields.get("output_schema")
             else None,
             context_budget=_int(fields, "context_budget") or None,
+            cache_ttl=float(fields["cache_ttl"]) if fields.get("cache_ttl") else None,
             max_total_tokens=_int(fields, "max_total_tokens") or None,
             max_cost=float(fields["max_cost"]) if fields.get("max_cost") else None,
             budget_policy=fields.get("budget_policy", "fail"),

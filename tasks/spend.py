@@ -133,6 +133,26 @@ class Usage:
     completion: int
     cached: int
     cost: float
+    #: Provider calls made (0 for an answer from the response cache).
+    calls: int = 1
+    #: An answer from the response cache (agentfleet.tasks.llm_cache): it cost nothing.
+    hit: bool = False
+
+    @classmethod
+    def cache_hit(cls, target: Target) -> Usage:
+        return cls(target, 0, 0, 0, 0.0, calls=0, hit=True)
+
+    def __add__(self, other: Usage) -> Usage:
+        """The two summed (for the same target)."""
+        return Usage(
+            self.target,
+            self.prompt + other.prompt,
+            self.completion + other.completion,
+            self.cached + other.cached,
+            self.cost + other.cost,
+            self.calls + other.calls,
+            self.hit and other.hit,
+        )
 
     def spend(self, settings: Settings, tenant: str, now: float) -> dict[str, Any]:
         """The table ``spend(s)`` of ``_spend.lua`` takes for this usage."""
@@ -146,6 +166,7 @@ class Usage:
             "prompt": self.prompt,
             "completion": self.completion,
             "cached": self.cached,
+            "calls": self.calls,
             "fields": {kind: label_field(model, kind) for kind in ("tokens", "cost", "calls")},
             "metrics": {
                 kind: label_field(tenant, model, kind)

@@ -33,6 +33,7 @@ from redis.exceptions import NoScriptError
 from agentfleet.tasks import keys, scripts
 from agentfleet.tasks.errors import RolledBack, ThreadBusy
 from agentfleet.tasks.llm._routing import Target
+from agentfleet.tasks.llm_cache import ResponseCache
 from agentfleet.tasks.metrics import label_field
 from agentfleet.tasks.models import RunRequest
 from agentfleet.tasks.records import RunRecord, ToolCallRecord
@@ -164,6 +165,7 @@ class StepAnswer:
     llm_calls: int = 1  # calls the answer took (a typed run's repair rounds add some)
     cached_tokens: int = 0
     cost: float = 0.0  # US dollars (agentfleet.tasks.spend)
+    cache_hits: int = 0  # answers from the response cache (agentfleet.tasks.llm_cache)
     #: The tenant's spend to count as the answer is applied (spend(s) of _spend.lua); None when
     #: the calls were settled one by one against the tenant's budget.
     spend: list[dict[str, Any]] | None = None
@@ -181,6 +183,7 @@ class StepAnswer:
                 "llm_calls": self.llm_calls,
                 "cached_tokens": self.cached_tokens,
                 "cost": self.cost,
+                "cache_hits": self.cache_hits,
                 "spend": self.spend or [],
                 "provider": self.target.provider,
                 "model": self.target.model,
@@ -199,6 +202,8 @@ class RunStore:
         self._p = settings.key_prefix
         #: Tenants' daily budgets (agentfleet.tasks.spend).
         self.budgets = TenantBudgets(client, settings)
+        #: LLM answers kept for runs with a cache_ttl (agentfleet.tasks.llm_cache).
+        self.llm_cache = ResponseCache(client, settings.key_prefix)
         self._metrics = keys.MetricKeys(self._p)
         self._create_run = client.register_script(scripts.CREATE_RUN)
         self._accept = client.register_script(scripts.ACCEPT)
@@ -422,14 +427,7 @@ class RunStore:
             fields["model_settings"] = json.dumps(body)
         if request.output_schema is not None:
             fields["output_schema"] = json.dumps(request.output_schema)
-        if request.context_budget is not None:
-            fields["context_budget"] = request.context_budget
-        if request.max_total_tokens is not None:
-            fields["max_total_tokens"] = request.max_total_tokens
-        if request.max_cost is not None:
-            fields["max_cost"] = repr(request.max_cost)
-        if request.budget_policy is not None:
-            fields["budget_policy"] = request.budget_policy
+        fields |= _optional_fields(request)
         if request.thread_id:
             # The thread's history goes in front of the input when the run's turn comes
             # (begin_step.lua), after ``head`` messages (the system prompt, if any).
@@ -859,3 +857,13 @@ class RunStore:
         if not stored:
             return None, ""
         return cast(dict[str, Any], json.loads(stored)), batch
+
+
+#: Fields of a run request kept on its record as they are, when the request sets them.
+_OPTIONAL_FIELDS = ("context_budget", "cache_ttl", "max_total_tokens", "max_cost", "budget_policy")
+
+
+def _optional_fields(request: RunRequest) -> dict[str, Any]:
+    """The request's optional limits and policies that are set (``repr``: floats exactly)."""
+    found = {name: getattr(request, name) for name in _OPTIONAL_FIELDS}
+    return {k: v if isinstance(v, str) else repr(v) for k, v in found.items() if v is not None}

@@ -52,6 +52,7 @@ def run_view(run: RunRecord) -> dict[str, Any]:
             "llm_calls": usage.llm_calls,
             "cached_tokens": usage.cached_tokens,
             "cost": round(usage.cost, 9),
+            "cache_hits": usage.cache_hits,
         },
         "provider": record.get("provider"),
         "worker": record.get("worker"),

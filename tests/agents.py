@@ -57,3 +57,11 @@ strict_json = Agent(
     output_type=Verdict,
     output_repairs=1,
 )
+
+cached_echo = Agent(
+    name="cached_echo",
+    description="Says back what it is told, reusing answers for a minute.",
+    instructions="You repeat the user.",
+    tools=[],
+    cache_ttl=60,
+)

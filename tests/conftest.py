@@ -92,6 +92,18 @@ class Fleet:
         values = self.redis.mget([f"test:{prefix}:{k}" for k in keys])
         return [int(v or 0) for v in values]
 
+    def metric(self, name: str, **labels: str) -> float | None:
+        """The value of sample ``name`` with exactly ``labels`` in ``/metrics`` (None: none)."""
+        for line in self.http.get("/metrics").text.splitlines():
+            head, _, value = line.rpartition(" ")
+            if not head.startswith(f"{name}{{"):
+                continue
+            pairs = head[len(name) + 1 : -1].split('",')
+            found = dict(p.rstrip('"').split('="', 1) for p in pairs if p)
+            if found == labels:
+                return float(value)
+        return None
+
     def worker_of(self, queue: str) -> Proc:
         """A live worker process of the pool on ``queue``."""
         return next(

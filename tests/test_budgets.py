@@ -70,14 +70,9 @@ def _events(client: Client, run_id: str, kind: str) -> list[dict[str, Any]]:
 
 
 def _metric(fleet: Fleet, name: str, **labels: str) -> float:
-    text = fleet.http.get("/metrics").text
-    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    for line in text.splitlines():
-        head = line.split("}")[0]
-        ours = line.startswith(f"{name}{{") and head.count("=") == len(labels)
-        if ours and all(f'{k}="{v}"' in head for k, v in labels.items()):
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"no {name}{{{wanted}}} in /metrics")
+    value = fleet.metric(name, **labels)
+    assert value is not None, f"no {name}{labels} in /metrics"
+    return value
 
 
 def test_every_call_is_priced_on_the_run_its_events_the_tenant_and_the_metrics(

@@ -38,6 +38,7 @@ OVERRIDABLE = frozenset(
         "model_settings",
         "output_schema",
         "context_budget",
+        "cache_ttl",
     }
 )
 #: An output schema larger than this is refused when the agent is declared.
@@ -89,6 +90,8 @@ class Agent:
     max_steps: int | None = None
     #: Tokens the transcript may take in each LLM call (None: the setting's default).
     context_budget: int | None = None
+    #: Seconds an LLM answer to exactly the same call is reused (the response cache); None: none.
+    cache_ttl: float | None = None
     #: Repair rounds for an answer that does not match the output type (None: the setting).
     output_repairs: int | None = None
     #: Run request fields that may override the definition (see :data:`OVERRIDABLE`).
@@ -119,6 +122,8 @@ class Agent:
             raise ConfigError(f"{where}: max_steps must be at least 1")
         if self.context_budget is not None and self.context_budget < 256:
             raise ConfigError(f"{where}: context_budget must be at least 256 tokens")
+        if self.cache_ttl is not None and not 1 <= self.cache_ttl <= 30 * 86_400:
+            raise ConfigError(f"{where}: cache_ttl must be 1 to 2592000 seconds")
         if self.output_repairs is not None and self.output_repairs < 0:
             raise ConfigError(f"{where}: output_repairs must be 0 or more")
         if self.output is not None and (
@@ -199,6 +204,7 @@ class Agent:
             "model_settings": settings.body() if settings else {},
             "max_steps": self.max_steps,
             "context_budget": self.context_budget,
+            "cache_ttl": self.cache_ttl,
             "output_repairs": self.output_repairs,
             "allow_overrides": sorted(self.allow_overrides),
         }

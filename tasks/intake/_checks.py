@@ -136,6 +136,8 @@ def with_agent(request: RunRequest) -> tuple[RunRequest, Agent | None, Problems]
         update["max_steps"] = agent.max_steps
     if "context_budget" not in given:
         update["context_budget"] = agent.context_budget
+    if "cache_ttl" not in given:
+        update["cache_ttl"] = agent.cache_ttl
     if "output_schema" not in given and agent.output is not None:
         update["output_schema"] = agent.output.schema
     base = agent.model_settings

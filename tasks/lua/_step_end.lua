@@ -5,7 +5,8 @@
 -- apply(run_key, messages_key, lease_key, token, step, p): append the step's answer and usage
 --   once, as generation ``token``. p: {messages: [str], after, prompt_tokens,
 --   completion_tokens, tools_total, asked, llm_calls (optional, 1), provider, model, worker, metrics
---   (agentfleet.tasks.metrics.step_fields), cached_tokens, cost (optional, 0), spend (optional:
+--   (agentfleet.tasks.metrics.step_fields), cached_tokens, cost, cache_hits (optional, 0),
+--   spend (optional:
 --   a list of _spend.lua's spend(s), one per model the step's calls used; absent when the
 --   calls were settled one by one against a tenant budget)}. Reads status, applied_step, gen:<step-1>; writes
 --   the transcript, usage counters, applied_step, step, tools:<step>, gen:<step>, the step
@@ -35,6 +36,8 @@ local function apply(run_key, messages_key, lease_key, token, step, p)
   if (p.cached_tokens or 0) > 0 then
     redis.call('HINCRBY', run_key, 'cached_tokens', p.cached_tokens)
   end
+  local hits = p.cache_hits or 0
+  if hits > 0 then redis.call('HINCRBY', run_key, 'cache_hits', hits) end
   for _, s in ipairs(p.spend or {}) do spend(s) end
   -- A typed run's repair rounds make one answer of several calls (older senders: one).
   local calls = p.llm_calls or 1
@@ -46,7 +49,8 @@ local function apply(run_key, messages_key, lease_key, token, step, p)
   redis.call('HDEL', run_key, 'waiting', 'waiting_since')
   emit(run_key, 'llm_call_finished', {step = step, provider = p.provider, model = p.model,
        prompt_tokens = p.prompt_tokens, completion_tokens = p.completion_tokens,
-       cached_tokens = p.cached_tokens or 0, cost = cost, tool_calls = p.asked})
+       cached_tokens = p.cached_tokens or 0, cost = cost, cache_hits = hits,
+       tool_calls = p.asked})
   -- A step that dispatches tool calls is finished once its answer is in: its event goes out
   -- now, before the tool calls are published and can start.
   if p.tools_total > 0 then

@@ -74,6 +74,7 @@ class RunOptions(TypedDict, total=False):
     thread_policy: str | None
     thread_history: str | None
     context_budget: int | None
+    cache_ttl: float | None
     max_total_tokens: int | None
     max_cost: float | None
     budget_policy: str | None

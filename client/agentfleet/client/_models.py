@@ -48,6 +48,8 @@ class Usage(BaseModel):
     cached_tokens: int = 0
     #: US dollars, at the providers' configured prices.
     cost: float = 0.0
+    #: Answers from the response cache (``cache_ttl``): no provider call, no cost.
+    cache_hits: int = 0
 
 
 class ErrorInfo(BaseModel):
@@ -189,6 +191,8 @@ class AgentInfo(BaseModel):
     strict_output: bool = False
     model_settings: dict[str, Any] = {}
     max_steps: int | None = None
+    context_budget: int | None = None
+    cache_ttl: float | None = None
     output_repairs: int | None = None
     allow_overrides: list[str] = []
     source: str = ""
