@@ -83,6 +83,7 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "max_metadata_bytes",
             "max_output_",
             "default_context_budget",
+            "context_summary_model",
             "budget_",
         ),
     ),

@@ -37,7 +37,15 @@ from agentfleet.tasks.errors import (
 )
 from agentfleet.tasks.intake import take_sent_run
 from agentfleet.tasks.lifecycle import entry_options, follow_up, pending_countdown, start_run
-from agentfleet.tasks.llm import CallOptions, Completion, ModelToolCall, Target, call_chain
+from agentfleet.tasks.llm import (
+    CallOptions,
+    Completion,
+    ModelToolCall,
+    RoutingError,
+    Target,
+    call_chain,
+    resolve_chain,
+)
 from agentfleet.tasks.metrics import step_fields
 from agentfleet.tasks.output import OutputSpec
 from agentfleet.tasks.records import RunRecord
@@ -263,8 +271,9 @@ class StepRunner:
         within the step's time. The last answer is kept either way (:meth:`_ending` judges it)."""
         spec = output_spec(run)
         options = CallOptions(model_settings(run, messages), spec)
-        messages = self._fit(run, messages)
-        answered = Answered.first(*self._call_llm(run, messages, options, None))
+        messages, summarized = self._fit(run, messages)
+        answered = Answered.first(*self._call_llm(run, messages, options, summarized))
+        answered.usages[:0] = summarized
         completion = answered.completion
         if spec is None:
             return answered
@@ -279,27 +288,67 @@ class StepRunner:
                     completion.assistant_message(),
                     spec.repair_message(exc.message),
                 ]
-            answered.add(*self._call_llm(run, messages + answered.repairs, options, answered))
+            call = self._call_llm(run, messages + answered.repairs, options, answered.usages)
+            answered.add(*call)
             completion = answered.completion
         return answered
 
-    def _fit(self, run: RunRecord, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """``messages`` within the run's context budget (:mod:`agentfleet.tasks.window`); what
-        was left out is an event of the run (``context_trimmed``) and counted on its record."""
+    def _fit(
+        self, run: RunRecord, messages: list[dict[str, Any]]
+    ) -> tuple[list[dict[str, Any]], list[spend.Usage]]:
+        """``messages`` within the run's context budget (:mod:`agentfleet.tasks.window`), and the
+        usage of the call summarizing what was left out, if the run asks for summaries. What was
+        left out is an event of the run (``context_trimmed``) and counted on its record."""
         budget = run.context_budget or self.settings.default_context_budget
         if not budget:
-            return messages
+            return messages, []
         index = run.input_index
         if index is None:
             index = next((i for i, m in enumerate(messages) if m.get("role") == "user"), 0)
         model = run.chain[0].model if run.chain else ""
-        fitted = window.fit(messages, budget, index, window.counter_for(model))
-        if fitted.trimmed:
-            self.store.event(self.run_id, "context_trimmed", {"step": self.step, **fitted.report()})
-            self.store.redis.hincrby(
-                self.store.run_key(self.run_id), "context_dropped", fitted.dropped
-            )
-        return fitted.messages
+        reserve = window.summary_reserve(budget) if run.context_summary else 0
+        fitted = window.fit(messages, budget - reserve, index, window.counter_for(model))
+        if not fitted.trimmed:
+            return messages, []
+        report: dict[str, Any] = {"step": self.step, **fitted.report()}
+        used: list[spend.Usage] = []
+        fitted_messages = fitted.messages
+        if reserve and fitted.left_out:
+            summary, used = self._summary(run, fitted.left_out, reserve)
+            fitted_messages = window.with_summary(fitted.messages, summary, len(fitted.left_out))
+            report["summarized_messages"] = len(fitted.left_out)
+        self.store.event(self.run_id, "context_trimmed", report)
+        self.store.redis.hincrby(self.store.run_key(self.run_id), "context_dropped", fitted.dropped)
+        return fitted_messages, used
+
+    def _summary(
+        self, run: RunRecord, left_out: list[dict[str, Any]], max_tokens: int
+    ) -> tuple[str, list[spend.Usage]]:
+        """A summary of ``left_out``: the run's last one if it covers them all, else one made
+        from it and the messages it does not cover (one LLM call, within the run's budgets)."""
+        fields = run.fields
+        previous, covered = fields.get("summary"), int(fields.get("summary_of") or 0)
+        if previous is not None and covered == len(left_out):
+            return previous, []
+        if previous is None or covered > len(left_out):
+            previous, covered = None, 0
+        request = window.summary_request(left_out[covered:], previous, max_tokens)
+        chain = list(run.chain)
+        if model := self.settings.context_summary_model:
+            try:
+                chain = resolve_chain(self.settings, model)
+            except RoutingError as exc:
+                log.warning(
+                    "context_summary_model %r: %s; the run's own model summarizes", model, exc
+                )
+        options = CallOptions({"max_tokens": max_tokens})
+        completion, _, used = self._provider_call(run, request, options, [], chain=chain, tools=[])
+        summary = (completion.content or "").strip()
+        self.store.redis.hset(
+            self.store.run_key(self.run_id),
+            mapping={"summary": summary, "summary_of": len(left_out)},
+        )
+        return summary, [used]
 
     def _repairs(self, run: RunRecord) -> int:
         agent = agents.get(run.agent) if run.agent in agents else None
@@ -319,19 +368,19 @@ class StepRunner:
         run: RunRecord,
         messages: list[dict[str, Any]],
         options: CallOptions,
-        before: Answered | None,
+        spent: list[spend.Usage],
     ) -> tuple[Completion, Target, spend.Usage]:
         """The answer to ``messages``: from the response cache for a run with a ``cache_ttl``
-        (:mod:`agentfleet.tasks.llm_cache`), else from a provider; ``before``: the step's calls
+        (:mod:`agentfleet.tasks.llm_cache`), else from a provider; ``spent``: the step's calls
         so far."""
         if not run.cache_ttl:
-            return self._provider_call(run, messages, options, before)
+            return self._provider_call(run, messages, options, spent)
         schemas = [registry.get(n).openai_schema for n in run.tools]
         key = llm_cache.digest(run.chain, messages, schemas, options)
         made: list[spend.Usage] = []
 
         def call() -> tuple[Completion, Target]:
-            completion, target, used = self._provider_call(run, messages, options, before)
+            completion, target, used = self._provider_call(run, messages, options, spent)
             made.append(used)
             return completion, target
 
@@ -351,14 +400,18 @@ class StepRunner:
         run: RunRecord,
         messages: list[dict[str, Any]],
         options: CallOptions,
-        before: Answered | None,
+        spent: list[spend.Usage],
+        chain: list[Target] | None = None,
+        tools: list[str] | None = None,
     ) -> tuple[Completion, Target, spend.Usage]:
         """One LLM call within the run's and its tenant's budgets (:mod:`agentfleet.tasks.spend`);
-        :class:`BudgetExceeded` if a budget refuses it."""
-        schemas = [registry.get(n).openai_schema for n in run.tools]
-        chain = list(run.chain)
-        held = self._reserve(run, messages, schemas, options, before)
-        relay = TokenRelay(self.store, self.run_id, self.step) if run.stream else None
+        :class:`BudgetExceeded` if a budget refuses it. ``chain`` and ``tools``: the run's
+        unless given (a summary's call has its own)."""
+        schemas = [registry.get(n).openai_schema for n in (run.tools if tools is None else tools)]
+        chain = list(run.chain) if chain is None else chain
+        held = self._reserve(run, chain, messages, schemas, options, spent)
+        stream = run.stream and tools is None
+        relay = TokenRelay(self.store, self.run_id, self.step) if stream else None
         # The threads pool enforces no time limit: the chain walk keeps the step within its
         # soft limit, so a step never outlives the time the visibility timeout allows it.
         deadline = self.began + self.settings.step_soft_time_limit
@@ -389,10 +442,11 @@ class StepRunner:
     def _reserve(
         self,
         run: RunRecord,
+        chain: list[Target],
         messages: list[dict[str, Any]],
         schemas: list[dict[str, Any]],
         options: CallOptions,
-        before: Answered | None,
+        spent: list[spend.Usage],
     ) -> spend.Reservation | None:
         """Check the run's budget and hold the call's estimate against its tenant's; the
         reservation to settle (None: the tenant has no budget)."""
@@ -400,9 +454,9 @@ class StepRunner:
         if run.max_total_tokens is None and run.max_cost is None and tenant_budget is None:
             return None
         max_tokens = options.settings.get("max_tokens")
-        est = spend.estimate(self.settings, run.chain, messages, schemas, max_tokens)
-        spent_tokens = before.prompt_tokens + before.completion_tokens if before else 0
-        refusal = spend.run_refusal(run, spent_tokens, before.cost if before else 0.0, est)
+        est = spend.estimate(self.settings, chain, messages, schemas, max_tokens)
+        spent_tokens = sum(u.prompt + u.completion for u in spent)
+        refusal = spend.run_refusal(run, spent_tokens, sum(u.cost for u in spent), est)
         if refusal is not None:
             raise BudgetExceeded(refusal)
         if tenant_budget is None:

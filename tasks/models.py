@@ -173,6 +173,12 @@ class RunRequest(BaseModel):
         description="Tokens the transcript may take in each LLM call; the oldest turns go "
         "first (default: the agent's, else AGENTFLEET_DEFAULT_CONTEXT_BUDGET).",
     )
+    context_summary: StrictBool | None = Field(
+        default=None,
+        exclude_if=_unset,
+        description="Replace what the context budget leaves out with a summary made by "
+        "AGENTFLEET_CONTEXT_SUMMARY_MODEL (default: the agent's; false).",
+    )
     output_schema: dict[str, Any] | None = Field(
         default=None,
         exclude_if=_unset,

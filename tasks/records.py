@@ -91,6 +91,8 @@ class RunRecord:
     output_schema: dict[str, Any] | None
     #: Tokens the transcript may take in each LLM call (None: the fleet's default).
     context_budget: int | None
+    #: Whether what the context budget leaves out is replaced by a summary.
+    context_summary: bool
     #: Seconds an LLM answer is reused and kept (agentfleet.tasks.llm_cache); None: no cache.
     cache_ttl: float | None
     #: The run's own budgets (None: none).
@@ -140,6 +142,7 @@ class RunRecord:
             if fields.get("output_schema")
             else None,
             context_budget=_int(fields, "context_budget") or None,
+            context_summary=fields.get("context_summary") == "1",
             cache_ttl=float(fields["cache_ttl"]) if fields.get("cache_ttl") else None,
             max_total_tokens=_int(fields, "max_total_tokens") or None,
             max_cost=float(fields["max_cost"]) if fields.get("max_cost") else None,

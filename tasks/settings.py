@@ -442,6 +442,12 @@ class Settings(BaseSettings):
     max_metadata_bytes: int = Field(
         default=4096, ge=2, description="Size of a run's metadata as JSON."
     )
+    context_summary_model: str | None = Field(
+        default=None,
+        max_length=200,
+        description="The (cheap) model, provider:model or alias that summarizes what a run "
+        "with context_summary leaves out of its context budget; unset = the run's own.",
+    )
     default_context_budget: int = Field(
         default=0,
         ge=0,

@@ -860,10 +860,21 @@ class RunStore:
 
 
 #: Fields of a run request kept on its record as they are, when the request sets them.
-_OPTIONAL_FIELDS = ("context_budget", "cache_ttl", "max_total_tokens", "max_cost", "budget_policy")
+_OPTIONAL_FIELDS = (
+    "context_budget",
+    "context_summary",
+    "cache_ttl",
+    "max_total_tokens",
+    "max_cost",
+    "budget_policy",
+)
 
 
 def _optional_fields(request: RunRequest) -> dict[str, Any]:
     """The request's optional limits and policies that are set (``repr``: floats exactly)."""
     found = {name: getattr(request, name) for name in _OPTIONAL_FIELDS}
-    return {k: v if isinstance(v, str) else repr(v) for k, v in found.items() if v is not None}
+    return {
+        k: v if isinstance(v, str) else repr(int(v) if isinstance(v, bool) else v)
+        for k, v in found.items()
+        if v is not None
+    }

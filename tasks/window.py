@@ -10,6 +10,13 @@ transcript fits:
 3. then the oldest of the run's own steps before its last one (an assistant message with
    the tool results that answer it), for the same reason together.
 
+4. optionally (a run's or agent's ``context_summary``), what went is replaced by a summary a
+   model makes (``AGENTFLEET_CONTEXT_SUMMARY_MODEL``, else the run's own), placed after the
+   system prompt: the transcript is fitted into the budget less :func:`summary_reserve`, the
+   summary's room. The left-out messages only grow from one step to the next (the oldest go
+   first, and the transcript only grows at its end), so a step summarizes the previous summary
+   and what it leaves out beyond it, not the whole again.
+
 Tokens are counted with the model's tokenizer where ``tiktoken`` is installed and knows the
 model (``pip install tiktoken``; its encodings download on first use), otherwise estimated
 at four bytes of JSON a token plus four a message, which overcounts English prose a little:
@@ -21,7 +28,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
@@ -80,6 +87,8 @@ class Fitted:
     dropped: int = 0
     #: Tool outputs cut short.
     truncated: int = 0
+    #: The messages left out, oldest first.
+    left_out: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def trimmed(self) -> bool:
@@ -127,7 +136,49 @@ def fit(
         return [m for i, unit in enumerate(units) if (id(units), i) not in gone for m in unit]
 
     fitted = [*system, *keep(history), *current, *keep(own)]
-    return Fitted(fitted, before, count(fitted, counter), dropped, truncated)
+    left_out = [m for units, i in droppable if (id(units), i) in gone for m in units[i]]
+    return Fitted(fitted, before, count(fitted, counter), dropped, truncated, left_out)
+
+
+#: The share of a budget kept for the summary of what was left out, and its bounds (tokens).
+SUMMARY_SHARE = 8
+SUMMARY_TOKENS = (64, 1024)
+SUMMARY_PREFIX = "Summary of the earlier conversation ({n} messages left out to fit the context "
+SUMMARY_PREFIX += "budget): "
+
+
+def summary_reserve(budget: int) -> int:
+    """Tokens of ``budget`` kept for the summary: an eighth, within :data:`SUMMARY_TOKENS`."""
+    low, high = SUMMARY_TOKENS
+    return max(low, min(budget // SUMMARY_SHARE, high))
+
+
+def summary_request(
+    left_out: list[dict[str, Any]], previous: str | None, max_tokens: int
+) -> list[dict[str, Any]]:
+    """The messages asking a model to summarize ``left_out`` (after the summary ``previous``
+    of the messages left out before them)."""
+    words = max(max_tokens * 3 // 4, 30)
+    lines = [f"{m.get('role', '?')}: {_text(m)}" for m in left_out]
+    if previous:
+        lines.insert(0, f"(summary so far) {previous}")
+    instruction = (
+        "Summarize the conversation below for the assistant who continues it. Keep names, "
+        f"facts, numbers, decisions and open questions; at most {words} words."
+    )
+    return [
+        {"role": "system", "content": instruction},
+        {"role": "user", "content": "\n".join(lines)},
+    ]
+
+
+def with_summary(fitted: list[dict[str, Any]], summary: str, left_out: int) -> list[dict[str, Any]]:
+    """``fitted`` with ``summary`` of the ``left_out`` messages after its system messages."""
+    head = 0
+    while head < len(fitted) and fitted[head].get("role") == "system":
+        head += 1
+    note = {"role": "system", "content": SUMMARY_PREFIX.format(n=left_out) + summary}
+    return [*fitted[:head], note, *fitted[head:]]
 
 
 def _units(messages: list[dict[str, Any]], starts: tuple[str, ...]) -> list[list[dict[str, Any]]]:

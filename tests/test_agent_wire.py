@@ -118,6 +118,40 @@ def test_a_small_context_budget_trims_a_long_thread_keeping_calls_with_results(
     assert events[0].data["dropped_messages"] > 0
 
 
+def test_what_the_budget_leaves_out_can_be_replaced_by_a_summary(fleet: Fleet) -> None:
+    thread, old, tag = f"sum-{uuid.uuid4().hex[:8]}", _tag(), _tag()
+    for index in range(4):
+        filler = f"turn {index} " + "lorem ipsum " * 60
+        fleet.client.run(f"[[tag:{old}]] {filler}", thread_id=thread, tools=[], timeout=60)
+    run = fleet.client.run(
+        f"and now? [[tag:{tag}]]",
+        system="Be brief.",
+        thread_id=thread,
+        tools=[],
+        context_budget=800,
+        context_summary=True,
+        timeout=60,
+    )
+    (body,) = _bodies(fleet, tag)
+    sent = body["messages"]
+    assert sent[0] == {"role": "system", "content": "Be brief."}
+    assert sent[1]["role"] == "system"
+    assert sent[1]["content"].startswith("Summary of the earlier conversation (")
+    assert sent[-1]["content"] == f"and now? [[tag:{tag}]]"
+    # The summary was asked of the model, with what was left out, within its reserve.
+    asks = [b for b in _bodies(fleet, old) if "Summarize" in b["messages"][0]["content"]]
+    assert len(asks) == 1
+    assert asks[0]["max_tokens"] == 800 // 8
+    assert "turn 0" in asks[0]["messages"][1]["content"]
+    (event,) = [e.data for e in fleet.client.events(run.id) if e.type == "context_trimmed"]
+    assert event["summarized_messages"] == event["dropped_messages"] > 0
+    assert run.usage.llm_calls == 2  # the summary, then the answer
+    # The summary text is what the model answered to the request for it.
+    answer = fleet.redis.hget(f"{fleet.settings.key_prefix}:run:{run.id}", "summary")
+    assert answer
+    assert answer in sent[1]["content"]
+
+
 def test_the_raw_request_is_the_one_the_sdk_sends(fleet: Fleet) -> None:
     """The fleet posts chat completions without ``create()``'s walk of its parameters
     (docs/performance.md); this is the check that it posts the same body."""

@@ -39,6 +39,7 @@ OVERRIDABLE = frozenset(
         "output_schema",
         "context_budget",
         "cache_ttl",
+        "context_summary",
     }
 )
 #: An output schema larger than this is refused when the agent is declared.
@@ -90,6 +91,8 @@ class Agent:
     max_steps: int | None = None
     #: Tokens the transcript may take in each LLM call (None: the setting's default).
     context_budget: int | None = None
+    #: Replace what the context budget leaves out with a summary (AGENTFLEET_CONTEXT_SUMMARY_MODEL).
+    context_summary: bool = False
     #: Seconds an LLM answer to exactly the same call is reused (the response cache); None: none.
     cache_ttl: float | None = None
     #: Repair rounds for an answer that does not match the output type (None: the setting).
@@ -205,6 +208,7 @@ class Agent:
             "max_steps": self.max_steps,
             "context_budget": self.context_budget,
             "cache_ttl": self.cache_ttl,
+            "context_summary": self.context_summary,
             "output_repairs": self.output_repairs,
             "allow_overrides": sorted(self.allow_overrides),
         }

@@ -46,6 +46,7 @@ class AgentDeclaration(BaseModel):
     max_steps: int | None = Field(default=None, ge=1)
     context_budget: int | None = Field(default=None, ge=256)
     cache_ttl: float | None = Field(default=None, ge=1, le=30 * 86_400)
+    context_summary: bool = False
     output_repairs: int | None = Field(default=None, ge=0)
     allow_overrides: list[str] = Field(default_factory=list)
 
@@ -62,6 +63,7 @@ class AgentDeclaration(BaseModel):
             max_steps=self.max_steps,
             context_budget=self.context_budget,
             cache_ttl=self.cache_ttl,
+            context_summary=self.context_summary,
             output_repairs=self.output_repairs,
             allow_overrides=frozenset(self.allow_overrides),
             source=source,

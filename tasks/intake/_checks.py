@@ -132,12 +132,10 @@ def with_agent(request: RunRequest) -> tuple[RunRequest, Agent | None, Problems]
         update["providers"] = None if agent.providers is None else list(agent.providers)
     if "tools" not in given:
         update["tools"] = agent.tool_names
-    if "max_steps" not in given:
-        update["max_steps"] = agent.max_steps
-    if "context_budget" not in given:
-        update["context_budget"] = agent.context_budget
-    if "cache_ttl" not in given:
-        update["cache_ttl"] = agent.cache_ttl
+    # The agent's value of each field the run leaves unset (False is left unset: the default).
+    for name in ("max_steps", "context_budget", "cache_ttl", "context_summary"):
+        if name not in given and (value := getattr(agent, name)) is not False:
+            update[name] = value
     if "output_schema" not in given and agent.output is not None:
         update["output_schema"] = agent.output.schema
     base = agent.model_settings

@@ -75,6 +75,7 @@ class RunOptions(TypedDict, total=False):
     thread_history: str | None
     context_budget: int | None
     cache_ttl: float | None
+    context_summary: bool | None
     max_total_tokens: int | None
     max_cost: float | None
     budget_policy: str | None

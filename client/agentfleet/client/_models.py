@@ -193,6 +193,7 @@ class AgentInfo(BaseModel):
     max_steps: int | None = None
     context_budget: int | None = None
     cache_ttl: float | None = None
+    context_summary: bool = False
     output_repairs: int | None = None
     allow_overrides: list[str] = []
     source: str = ""
