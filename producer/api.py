@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Annotated, Any
 
 import redis
@@ -22,7 +23,7 @@ from agentfleet.producer.events import EVENT_ID, sse_stream
 from agentfleet.producer.idempotency import Slot, fingerprint, run_once
 from agentfleet.producer.logcontext import RunIdContext
 from agentfleet.producer.metrics import router as metrics_router
-from agentfleet.tasks import intake, spend, threads
+from agentfleet.tasks import intake, runlist, spend, threads
 from agentfleet.tasks.batch import batch_record, batch_view
 from agentfleet.tasks.errors import (
     BudgetExceeded,
@@ -44,7 +45,7 @@ from agentfleet.tasks.models import (
 from agentfleet.tasks.records import BatchRecord, RunRecord, ToolCallRecord
 from agentfleet.tasks.redisconn import warn_if_not_durable
 from agentfleet.tasks.settings import Settings, get_settings, warn_unknown_variables
-from agentfleet.tasks.states import ToolCallStatus
+from agentfleet.tasks.states import RunStatus, ToolCallStatus
 from agentfleet.tasks.store import RunStore, get_store
 from agentfleet.tasks.views import run_view, tool_call_view
 from agentfleet.workers.conf import api_config
@@ -156,6 +157,52 @@ def create_run(
         return _accepted("runs", run_id)
 
     return _once(request, store, tenant, idempotency_key, body, produce)
+
+
+@router.get("/v1/runs", response_model=schemas.RunPage, responses={422: {}})
+def list_runs(
+    store: StoreDep,
+    tenant: TenantDep,
+    status: Annotated[RunStatus | None, Query(description="Only runs in this status.")] = None,
+    agent: Annotated[str | None, Query(max_length=64)] = None,
+    thread_id: Annotated[str | None, Query(pattern=THREAD_ID_PATTERN)] = None,
+    error_code: Annotated[str | None, Query(max_length=64)] = None,
+    metadata: Annotated[
+        list[str] | None,
+        Query(description="key=value pairs the run's metadata has (repeat for several)."),
+    ] = None,
+    created_after: Annotated[datetime | None, Query(description="ISO 8601, inclusive.")] = None,
+    created_before: Annotated[datetime | None, Query(description="ISO 8601, exclusive.")] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[str | None, Query(max_length=400)] = None,
+) -> Any:
+    """The caller's runs, newest first, filtered; ``next_cursor`` continues the list (a page
+    may hold fewer than ``limit`` runs and still have a next one). Runs are listed for as long
+    as their records are kept (``AGENTFLEET_RUN_TTL``)."""
+    pairs = []
+    for pair in metadata or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            return _problem(422, [("metadata", f"{pair!r} is not key=value")])
+        pairs.append((key, value))
+    query = runlist.RunQuery(
+        status=status,
+        agent=agent,
+        thread_id=thread_id,
+        error_code=error_code,
+        metadata=pairs,
+        created_after=created_after.timestamp() if created_after else None,
+        created_before=created_before.timestamp() if created_before else None,
+    )
+    try:
+        after = runlist.Cursor.decode(cursor) if cursor else None
+    except InvalidRequest as exc:
+        return _problem(422, exc.problems)
+    page = runlist.list_runs(store.redis, store.settings.key_prefix, tenant, query, limit, after)
+    return {
+        "runs": [run_view(run) for run in page.runs],
+        "next_cursor": page.cursor.encode() if page.cursor else None,
+    }
 
 
 @router.get("/v1/runs/{run_id}", response_model=schemas.Run, responses={404: {}})

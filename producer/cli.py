@@ -13,10 +13,19 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agentfleet.client import ApiError, Client, ProtocolError, Unreachable, WaitTimeout
+from agentfleet.client import (
+    ApiError,
+    Client,
+    ProtocolError,
+    Run,
+    RunFilters,
+    Unreachable,
+    WaitTimeout,
+)
 
 if TYPE_CHECKING:  # the keys command alone needs them; the rest stays a thin HTTP client
     import redis
@@ -270,6 +279,49 @@ def _settings_problem(exc: ValueError) -> str:
     return "; ".join(problems)
 
 
+_DURATION = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _since(text: str) -> datetime:
+    """``30m``, ``1h``, ``7d`` ago, or an ISO 8601 time."""
+    unit = text[-1:]
+    if unit in _DURATION and text[:-1].isdigit():
+        return datetime.now(UTC) - timedelta(seconds=int(text[:-1]) * _DURATION[unit])
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give a duration (30m, 1h, 7d) or an ISO 8601 time"
+        ) from None
+
+
+def _cmd_runs(client: Client, args: argparse.Namespace) -> int:
+    filters: RunFilters = {}
+    for name in ("status", "agent", "thread_id", "error_code"):
+        if getattr(args, name):
+            filters[name] = getattr(args, name)
+    if args.since:
+        filters["created_after"] = args.since
+    if args.meta:
+        filters["metadata"] = dict(pair.partition("=")[::2] for pair in args.meta)
+    runs: list[Run] = []
+    cursor: str | None = None
+    while len(runs) < args.limit:
+        page = client.list_runs(limit=min(args.limit - len(runs), 100), cursor=cursor, **filters)
+        runs += page.runs
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    if args.json:
+        print(json.dumps([r.model_dump(mode="json") for r in runs], indent=2))
+        return EXIT_OK
+    for r in runs:
+        error = f"  {r.error.code}" if r.error else ""
+        who = r.agent or r.model or ""
+        print(f"{r.id}  {r.created_at or '':<29}  {r.status:<9}  {who}{error}")
+    return EXIT_OK
+
+
 def _cmd_status(client: Client, args: argparse.Namespace) -> int:
     _print_run(client.get_run(args.id), args.json)
     return EXIT_OK
@@ -409,6 +461,16 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_argument("--tenant", default="default", help="tenant of a new key")
     keys.add_argument("--key", help="the key (or its SHA-256) to revoke")
     keys.set_defaults(func=_cmd_keys, offline=True)
+
+    runs = sub.add_parser("runs", parents=common, help="list runs, newest first")
+    runs.add_argument("--status", choices=("queued", "running", "succeeded", "failed", "cancelled"))
+    runs.add_argument("--agent")
+    runs.add_argument("--thread", dest="thread_id")
+    runs.add_argument("--error", dest="error_code", help="an error code, e.g. budget_exceeded")
+    runs.add_argument("--since", type=_since, help="created since: 30m, 1h, 7d, or a time")
+    runs.add_argument("--meta", action="append", metavar="KEY=VALUE", help="(repeatable)")
+    runs.add_argument("--limit", type=int, default=20, help="runs to list (default 20)")
+    runs.set_defaults(func=_cmd_runs)
 
     status = sub.add_parser("status", parents=common, help="show a run")
     status.add_argument("id")

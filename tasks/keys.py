@@ -132,6 +132,20 @@ def tenant_waiting(p: str, tenant: str) -> str:
     return f"{p}{TENANT_SEGMENT}{tenant}:waiting"
 
 
+#: The indexes of a tenant's runs besides the one of all of them (``tenant_runs``): each
+#: is ``<p>:tenant:<t>:runs:<kind>:<value>``. ``status`` and ``error`` (its code) are written
+#: when a run becomes final; ``agent``, ``thread`` and ``meta`` (``<key>=<value>`` of its
+#: metadata) when it is accepted.
+RUN_INDEXES: Final = ("status", "error", "agent", "thread", "meta")
+
+
+def tenant_runs(p: str, tenant: str, kind: str = "", value: str = "") -> str:
+    """Sorted set: the tenant's runs by creation time (expires with the runs, trimmed on
+    write); with ``kind`` (one of :data:`RUN_INDEXES`), only those with that ``value``."""
+    base = f"{p}{TENANT_SEGMENT}{tenant}:runs"
+    return f"{base}:{kind}:{value}" if kind else base
+
+
 def tenant_spend(p: str, tenant: str, day: str) -> str:
     """Hash: what the tenant's LLM calls used on ``day`` (UTC, ``YYYY-MM-DD``): ``tokens``,
     ``cost``, ``calls``, the same per model (``["model", kind]``), and what calls in flight

@@ -13,10 +13,12 @@
 --   count_finished(run_key, status)   the run metrics of a run becoming final
 --   thread_of(run_key)                the base key of the run's thread, or nil
 --   keep_thread(t, ttl)               extend the lifetime of thread ``t``'s keys
+--   index_run(run_key, tenant, kind, value)  add the run to one of its tenant's run indexes
 --   finalize(run_key, run_id, status, data)  make the run final, free its tenant slot and its
 --                                     thread (adding its turn if it succeeded); returns
 --                                     {runs to start now, finished batch, final status}
 -- Keys it derives from ctx.prefix: <p>:runs:active, <p>:tenant:<t>:inflight|waiting,
+-- <p>:tenant:<t>:runs[:<kind>:<value>] (agentfleet.tasks.keys.tenant_runs),
 -- <p>:thread:<t>:<id>[:messages|:turns|:queue|:runs], <p>:batch:<id>, the metric hashes.
 
 local ctx = cjson.decode(ARGV[1])
@@ -100,6 +102,16 @@ local function release_thread(run_key, run_id, t, status)
   if first ~= run_id then return '' end
   return redis.call('ZRANGE', t .. ':queue', 0, 0)[1] or ''
 end
+-- Add the run to its tenant's index ``kind`` (all its runs when nil) with ``value``, scored by
+-- its creation time; entries older than the record lifetime go (their runs are gone).
+local function index_run(run_key, tenant, kind, value)
+  local key = ctx.prefix .. ':tenant:' .. tenant .. ':runs'
+  if kind then key = key .. ':' .. kind .. ':' .. value end
+  local created = tonumber(redis.call('HGET', run_key, 'created_at') or ctx.now)
+  redis.call('ZADD', key, created, ctx.run_id)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. (ctx.now - ctx.ttl))
+  redis.call('EXPIRE', key, ctx.ttl)
+end
 -- Mark the run final and release what it held.
 -- Returns {runs to start now (space-separated IDs), finished batch, the final status}.
 local function finalize(run_key, run_id, status, data)
@@ -123,6 +135,11 @@ local function finalize(run_key, run_id, status, data)
   if t then
     local next_run = release_thread(run_key, run_id, t, status)
     if next_run ~= '' then kick = kick == '' and next_run or (kick .. ' ' .. next_run) end
+  end
+  if tenant then
+    index_run(run_key, tenant, 'status', status)
+    local err = redis.call('HGET', run_key, 'error')
+    if err then index_run(run_key, tenant, 'error', cjson.decode(err).code or 'error') end
   end
   local batch_done = count_in_batch(redis.call('HGET', run_key, 'batch_id'), status)
   count_finished(run_key, status)

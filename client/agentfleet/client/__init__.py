@@ -12,7 +12,13 @@
 """
 
 from agentfleet.client._async import AsyncClient
-from agentfleet.client._core import DEFAULT_TIMEOUT, EVENTS_TIMEOUT, BatchOptions, RunOptions
+from agentfleet.client._core import (
+    DEFAULT_TIMEOUT,
+    EVENTS_TIMEOUT,
+    BatchOptions,
+    RunFilters,
+    RunOptions,
+)
 from agentfleet.client._errors import (
     ApiError,
     BadRequest,
@@ -50,6 +56,7 @@ from agentfleet.client._models import (
     ProviderList,
     ProviderState,
     Run,
+    RunPage,
     TenantBudget,
     Thread,
     ThreadRun,
@@ -98,7 +105,9 @@ __all__ = [
     "ProviderState",
     "Run",
     "RunError",
+    "RunFilters",
     "RunOptions",
+    "RunPage",
     "TenantBudget",
     "Thread",
     "ThreadRun",

@@ -11,7 +11,7 @@ import httpx
 from pydantic import BaseModel
 
 from agentfleet.client import _core, _models
-from agentfleet.client._core import BatchOptions, RunOptions
+from agentfleet.client._core import BatchOptions, RunFilters, RunOptions
 from agentfleet.client._errors import Unreachable
 from agentfleet.client._models import M
 
@@ -159,6 +159,11 @@ class AsyncClient(_core.BaseClient[httpx.AsyncClient]):
 
     async def agents(self) -> list[_models.AgentInfo]:
         return await self._send(_core.AGENTS)
+
+    async def list_runs(
+        self, *, limit: int = 20, cursor: str | None = None, **filters: Unpack[RunFilters]
+    ) -> _models.RunPage:
+        return await self._send(_core.list_runs(filters, limit, cursor))
 
     async def usage(self, day: str | None = None) -> _models.UsageReport:
         return await self._send(_core.usage(day))

@@ -14,6 +14,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Generic, TypedDict, TypeVar
 
@@ -192,6 +193,34 @@ def get_thread(thread_id: str, offset: int, limit: int) -> Call[models.Thread]:
 
 def delete_thread(thread_id: str) -> Call[None]:
     return Call("DELETE", f"/v1/threads/{thread_id}", lambda _: None)
+
+
+class RunFilters(TypedDict, total=False):
+    """What ``list_runs`` filters on (``GET /v1/runs``); each left out matches every run.
+    ``metadata``: pairs the run's metadata must have; ``created_after``/``created_before``:
+    ISO 8601 times (or datetimes)."""
+
+    status: str
+    agent: str
+    thread_id: str
+    error_code: str
+    metadata: dict[str, str]
+    created_after: str | datetime
+    created_before: str | datetime
+
+
+def list_runs(filters: RunFilters, limit: int, cursor: str | None) -> Call[models.RunPage]:
+    params: dict[str, Any] = {"limit": limit}
+    for name, value in filters.items():
+        if isinstance(value, dict):
+            params["metadata"] = [f"{k}={v}" for k, v in value.items()]
+        elif isinstance(value, datetime):
+            params[name] = value.isoformat()
+        elif value is not None:
+            params[name] = value
+    if cursor:
+        params["cursor"] = cursor
+    return Call("GET", "/v1/runs", models.RunPage.model_validate, params=params)
 
 
 def get_run(run_id: str) -> Call[models.Run]:

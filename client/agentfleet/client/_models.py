@@ -97,6 +97,14 @@ class Run(BaseModel):
         return model.model_validate(self.result)
 
 
+class RunPage(BaseModel):
+    """A page of ``GET /v1/runs``: runs newest first, and the cursor of the next page (None:
+    the last page)."""
+
+    runs: list[Run]
+    next_cursor: str | None = None
+
+
 class ToolCall(BaseModel):
     id: str
     name: str | None

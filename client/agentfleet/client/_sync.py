@@ -11,7 +11,7 @@ import httpx
 from pydantic import BaseModel
 
 from agentfleet.client import _core, _models
-from agentfleet.client._core import BatchOptions, RunOptions
+from agentfleet.client._core import BatchOptions, RunFilters, RunOptions
 from agentfleet.client._errors import Unreachable
 from agentfleet.client._models import M
 
@@ -186,6 +186,13 @@ class Client(_core.BaseClient[httpx.Client]):
     def agents(self) -> list[_models.AgentInfo]:
         """The declared agents of the API and the live workers, with their schemas."""
         return self._send(_core.AGENTS)
+
+    def list_runs(
+        self, *, limit: int = 20, cursor: str | None = None, **filters: Unpack[RunFilters]
+    ) -> _models.RunPage:
+        """A page of the tenant's runs, newest first (``RunFilters``); pass the page's
+        ``next_cursor`` as ``cursor`` for the next one."""
+        return self._send(_core.list_runs(filters, limit, cursor))
 
     def usage(self, day: str | None = None) -> _models.UsageReport:
         """The tenant's LLM spend on ``day`` (UTC ``YYYY-MM-DD``; default today), per model,
