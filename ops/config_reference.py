@@ -84,6 +84,7 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "max_output_",
             "default_context_budget",
             "context_summary_model",
+            "redact_",
             "budget_",
         ),
     ),

@@ -23,7 +23,7 @@ from agentfleet.producer.events import EVENT_ID, sse_stream
 from agentfleet.producer.idempotency import Slot, fingerprint, run_once
 from agentfleet.producer.logcontext import RunIdContext
 from agentfleet.producer.metrics import router as metrics_router
-from agentfleet.tasks import intake, runlist, spend, threads
+from agentfleet.tasks import intake, runlist, spend, steps, threads
 from agentfleet.tasks.batch import batch_record, batch_view
 from agentfleet.tasks.errors import (
     BudgetExceeded,
@@ -43,6 +43,7 @@ from agentfleet.tasks.models import (
     ToolCallRequest,
 )
 from agentfleet.tasks.records import BatchRecord, RunRecord, ToolCallRecord
+from agentfleet.tasks.redaction import Redactor
 from agentfleet.tasks.redisconn import warn_if_not_durable
 from agentfleet.tasks.settings import Settings, get_settings, warn_unknown_variables
 from agentfleet.tasks.states import RunStatus, ToolCallStatus
@@ -203,6 +204,16 @@ def list_runs(
         "runs": [run_view(run) for run in page.runs],
         "next_cursor": page.cursor.encode() if page.cursor else None,
     }
+
+
+@router.get("/v1/runs/{run_id}/steps", response_model=schemas.RunSteps, responses={404: {}})
+def get_run_steps(run_id: str, store: StoreDep, settings: SettingsDep, tenant: TenantDep) -> Any:
+    """The run step by step: each step's input and answer, its tool calls with arguments and
+    results, provider, model, worker, tokens, cost, cache hits, timing and deliveries; secrets
+    redacted (``AGENTFLEET_REDACT_FIELDS``, ``AGENTFLEET_REDACT_PATTERNS``)."""
+    run = _own_run(store, tenant, run_id)
+    redactor = Redactor(settings.redact_fields, settings.redact_patterns)
+    return steps.run_steps(store, run, redactor)
 
 
 @router.get("/v1/runs/{run_id}", response_model=schemas.Run, responses={404: {}})

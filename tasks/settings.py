@@ -14,6 +14,7 @@ import enum
 import json
 import logging
 import os
+import re
 from collections.abc import Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -63,6 +64,25 @@ def _providers_in(path: Path) -> tuple[ProviderConfig, ...]:
         raw = json.loads(path.read_text())
         _providers_read = (path, version, tuple(ProviderConfig.model_validate(p) for p in raw))
     return _providers_read[2]
+
+
+#: JSON keys whose values run views never show (agentfleet.tasks.redaction).
+DEFAULT_REDACT_FIELDS: Final = (
+    "api_key",
+    "authorization",
+    "password",
+    "secret",
+    "token",
+    "access_token",
+    "private_key",
+)
+#: Text run views never show: bearer tokens, sk-... keys, AWS access key IDs, private keys.
+DEFAULT_REDACT_PATTERNS: Final = (
+    r"(?i)bearer\s+[a-z0-9._~+/=-]{8,}",
+    r"\bsk-[A-Za-z0-9_-]{16,}",
+    r"\bAKIA[0-9A-Z]{16}\b",
+    r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----",
+)
 
 
 class BrokerKind(enum.StrEnum):
@@ -370,6 +390,17 @@ class Settings(BaseSettings):
         default=15.0, gt=0, description="Seconds between the watchdog's sweeps (fleet-wide)."
     )
 
+    redact_fields: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_REDACT_FIELDS),
+        description="Comma-separated JSON keys whose values the run views show as [redacted] "
+        "(compared without case, - and _).",
+    )
+    redact_patterns: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_REDACT_PATTERNS),
+        description="JSON list of regular expressions whose matches the run views show as "
+        "[redacted].",
+    )
+
     # --- Tenants, API keys, the producer surface -----------------------------------------
     api_keys: dict[str, str] = Field(
         default_factory=dict,
@@ -539,7 +570,17 @@ class Settings(BaseSettings):
                 raise ValueError(f"unknown log level {value!r}")
         return value
 
-    @field_validator("tool_modules", "agent_modules", "agent_files", mode="before")
+    @field_validator("redact_patterns")
+    @classmethod
+    def _compiles(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"{pattern!r} is not a regular expression: {exc}") from None
+        return value
+
+    @field_validator("tool_modules", "agent_modules", "agent_files", "redact_fields", mode="before")
     @classmethod
     def _split_modules(cls, value: object) -> object:
         if isinstance(value, str):

@@ -50,7 +50,7 @@ local function apply(run_key, messages_key, lease_key, token, step, p)
   emit(run_key, 'llm_call_finished', {step = step, provider = p.provider, model = p.model,
        prompt_tokens = p.prompt_tokens, completion_tokens = p.completion_tokens,
        cached_tokens = p.cached_tokens or 0, cost = cost, cache_hits = hits,
-       tool_calls = p.asked})
+       tool_calls = p.asked, worker = p.worker})
   -- A step that dispatches tool calls is finished once its answer is in: its event goes out
   -- now, before the tool calls are published and can start.
   if p.tools_total > 0 then

@@ -160,6 +160,9 @@ class AsyncClient(_core.BaseClient[httpx.AsyncClient]):
     async def agents(self) -> list[_models.AgentInfo]:
         return await self._send(_core.AGENTS)
 
+    async def run_steps(self, run_id: str) -> _models.RunSteps:
+        return await self._send(_core.run_steps(run_id))
+
     async def list_runs(
         self, *, limit: int = 20, cursor: str | None = None, **filters: Unpack[RunFilters]
     ) -> _models.RunPage:

@@ -223,6 +223,10 @@ def list_runs(filters: RunFilters, limit: int, cursor: str | None) -> Call[model
     return Call("GET", "/v1/runs", models.RunPage.model_validate, params=params)
 
 
+def run_steps(run_id: str) -> Call[models.RunSteps]:
+    return Call("GET", f"/v1/runs/{run_id}/steps", models.RunSteps.model_validate)
+
+
 def get_run(run_id: str) -> Call[models.Run]:
     return Call("GET", f"/v1/runs/{run_id}", models.Run.model_validate)
 

@@ -97,6 +97,60 @@ class Run(BaseModel):
         return model.model_validate(self.result)
 
 
+class StepUsage(BaseModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    cost: float = 0.0
+    cache_hits: int = 0
+
+
+class StepToolCall(BaseModel):
+    """A tool call of a step: arguments, outcome and timing (secrets redacted)."""
+
+    id: str
+    name: str | None
+    arguments: Any = None
+    status: str
+    ok: bool | None = None
+    output: Any = None
+    error: ErrorInfo | None = None
+    cached: bool = False
+    started_at: str | None = None
+    finished_at: str | None = None
+    latency_ms: int | None = None
+
+
+class Step(BaseModel):
+    """One step of a run: what it sent (``input``: the messages new since the step before),
+    its repair rounds, its answer, its tool calls, usage and timing (secrets redacted)."""
+
+    step: int
+    provider: str | None = None
+    model: str | None = None
+    worker: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    latency_ms: int | None = None
+    usage: StepUsage
+    input: list[dict[str, Any]]
+    repairs: list[dict[str, Any]] = []
+    output: dict[str, Any] | None = None
+    #: What the context budget left out of the step's call (None: nothing).
+    context: dict[str, Any] | None = None
+    tool_calls: list[StepToolCall] = []
+    #: Deliveries that began the step (more than one: a worker was lost, or a retry).
+    deliveries: int = 0
+
+
+class RunSteps(BaseModel):
+    """``GET /v1/runs/{id}/steps``."""
+
+    run_id: str
+    status: str
+    steps: list[Step]
+
+
 class RunPage(BaseModel):
     """A page of ``GET /v1/runs``: runs newest first, and the cursor of the next page (None:
     the last page)."""

@@ -187,6 +187,10 @@ class Client(_core.BaseClient[httpx.Client]):
         """The declared agents of the API and the live workers, with their schemas."""
         return self._send(_core.AGENTS)
 
+    def run_steps(self, run_id: str) -> _models.RunSteps:
+        """The run step by step: inputs, answers, tool calls, usage and timing."""
+        return self._send(_core.run_steps(run_id))
+
     def list_runs(
         self, *, limit: int = 20, cursor: str | None = None, **filters: Unpack[RunFilters]
     ) -> _models.RunPage:
