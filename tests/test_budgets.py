@@ -17,6 +17,8 @@ import pytest
 from pydantic import ValidationError
 
 from agentfleet.client import Client, TooManyRequests
+from agentfleet.tasks import spend
+from agentfleet.tasks.llm import Target
 from agentfleet.tasks.settings import Settings
 from ops.stack import PoolSpec, Stack
 from tests.conftest import Fleet, private_fleet
@@ -28,6 +30,7 @@ PRICES = {"sim-1": {"input": 2.0, "cached_input": 0.5, "output": 8.0}}
 COMPLETION_ESTIMATE = 300
 BUDGETS = {
     "thrifty": {"tokens_per_day": 3000},
+    "overrun": {"tokens_per_day": 3000},
     "tiny": {"tokens_per_day": 500},
     "patient": {"tokens_per_day": 500},
     "frugal": {"cost_per_day": 0.003},
@@ -181,6 +184,36 @@ def test_concurrent_runs_hold_a_tenant_budget_fleet_wide(
     message = refused[0].error.message if refused[0].error else ""
     assert "tenant 'thrifty'" in message
     assert "tokens_per_day" in message
+
+
+def test_calls_that_use_more_than_reserved_overshoot_by_at_most_the_calls_in_flight(
+    bfleet: Fleet, tenant: Callable[[str], Client]
+) -> None:
+    client = tenant("overrun")
+    prompt = "[[usage:350,150]] [[latency:0.3]] run {}"
+    # What each call reserves (about 310) and uses (500): it overruns by the difference.
+    est = spend.estimate(
+        bfleet.settings,
+        [Target("default", "sim-1")],
+        [{"role": "user", "content": prompt.format(10)}],
+        [],
+        None,
+    ).tokens
+    assert est < 500
+
+    def post(index: int) -> str:
+        return client.create_run(prompt.format(index), tools=[]).id
+
+    with ThreadPoolExecutor(50) as pool:
+        ids = list(pool.map(post, range(50)))
+    runs = [client.wait(run_id, timeout=90) for run_id in ids]
+    succeeded = sum(r.status == "succeeded" for r in runs)
+    usage = client.usage()
+    assert usage.tokens == 500 * succeeded
+    # Reservations never hold more than the budget at once, so at most 3000 // est calls are
+    # in flight when it is passed; each overruns its hold by 500 - est.
+    in_flight = 3000 // est
+    assert 3000 < usage.tokens <= 3000 + in_flight * (500 - est)
 
 
 def test_a_tenant_over_its_budget_gets_429_and_nothing_is_enqueued(
