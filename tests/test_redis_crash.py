@@ -158,10 +158,12 @@ def _transcript(fleet: Fleet, run_id: str) -> list[dict[str, Any]]:
 def _assert_all_succeed_consistently(
     fleet: Fleet, ids: list[str], wait: Callable[..., None]
 ) -> None:
+    # Long enough for the watchdog's resends to back off four times (5 + 10 + 20 + 40 s with
+    # SHORT_LIMITS) on a loaded machine; a run that is built consistently finishes well before.
     with contextlib.suppress(StackError):
         wait(
             lambda: all(r.get("status") == "succeeded" for r in _records(fleet, ids)),
-            75,
+            180,
             "every run to succeed",
             interval=0.5,
         )
