@@ -1,6 +1,6 @@
 """Measure agentfleet against stock Celery on one private Redis: ``python -m ops.bench``.
 
-Three sections, each compared with a baseline measured in the same run (machines of this kind
+Seven sections, each compared with a baseline measured in the same run (machines of this kind
 are noisy, so read the ratios, not the absolute numbers):
 
 ``a`` latency
@@ -24,6 +24,10 @@ are noisy, so read the ratios, not the absolute numbers):
     Runs parked on a slow LLM call (the simulator waits): Redis ``used_memory`` and the
     ``agents`` workers' RSS per run in flight, the first time (threads and connections are
     made) and again (they are reused).
+``g`` features
+    One-step runs through ``POST /v1/runs`` by agent name, by a typed agent's name, on a
+    thread with history, answered from the response cache, and with a run and a tenant
+    budget: CPU per run and p50 round trip, each against an ad-hoc run, in rounds.
 
 Every configuration gets its own Redis database, so work a failed configuration leaves behind
 (a timeout, a dead worker) cannot leak into the next one. That Redis keeps no append-only file
@@ -33,12 +37,13 @@ of the host can cost the last second of. Every process is started through
 :class:`~ops.stack.Stack` and stopped when the bench ends; every wait has a deadline.
 
 Each section is a module of this package (``latency``, ``throughput``, ``concurrency``,
-``accept``, ``chord``, ``memory``) with a ``measure(bench)`` and a ``report(rows)``; ``_common``
-(sizes, pools, tables), ``_meters`` (CPU, items followed to their end) and ``_stack`` (the
-processes under test) hold what they share, and ``__main__`` is the command line.
+``accept``, ``chord``, ``memory``, ``features``) with a ``measure(bench)`` and a
+``report(rows)``; ``_common`` (sizes, pools, tables), ``_meters`` (CPU, items followed to their
+end) and ``_stack`` (the processes under test) hold what they share, ``agents`` the agents
+section (g) runs by name, and ``__main__`` is the command line.
 
 Usage::
 
-    python -m ops.bench [--quick] [--only a,b,c,d,e,f] [--pools gevent,threads,prefork]
+    python -m ops.bench [--quick] [--only a,b,c,d,e,f,g] [--pools gevent,threads,prefork]
                         [--appendfsync no|everysec|always] [--json out.json]
 """

@@ -16,7 +16,7 @@ from types import ModuleType
 from typing import Any
 
 import ops.bench as package
-from ops.bench import accept, chord, concurrency, latency, memory, throughput
+from ops.bench import accept, chord, concurrency, features, latency, memory, throughput
 from ops.bench._common import FULL, QUICK
 from ops.bench._stack import Bench
 from ops.stack import Stack
@@ -30,6 +30,7 @@ SECTION_MODULES: dict[str, ModuleType] = {
     "d": accept,
     "e": chord,
     "f": memory,
+    "g": features,
 }
 SECTIONS = tuple(SECTION_MODULES)
 

@@ -31,6 +31,10 @@ class Sizes:
     accept_n: int
     chord_reps: int
     park_runs: tuple[int, ...]
+    #: Section (g): runs of each variant per round, and rounds. Short rounds, many of them: the
+    #: CPU a run costs on a shared machine drifts within tens of seconds.
+    features_n: int
+    features_rounds: int
 
 
 FULL = Sizes(
@@ -42,6 +46,8 @@ FULL = Sizes(
     accept_n=3000,
     chord_reps=10,
     park_runs=(100, 500),
+    features_n=30,
+    features_rounds=40,
 )
 QUICK = Sizes(
     latency_n=100,
@@ -52,6 +58,8 @@ QUICK = Sizes(
     accept_n=500,
     chord_reps=3,
     park_runs=(50,),
+    features_n=25,
+    features_rounds=8,
 )
 
 

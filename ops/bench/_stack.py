@@ -6,7 +6,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -124,16 +124,20 @@ class Bench:
     def _named(self, prefix: str) -> list[Proc]:
         return [p for p in self.stack.procs if p.name.startswith(prefix)]
 
-    def start_agents(self, url: str, agents: AgentsPool) -> list[Proc]:
-        """The ``agents`` worker processes of a configuration, on database ``url``."""
-        env = {**self.stack.env(), "AGENTFLEET_REDIS_URL": url}
+    def start_agents(
+        self, url: str, agents: AgentsPool, env: Mapping[str, str] | None = None
+    ) -> list[Proc]:
+        """The ``agents`` worker processes of a configuration, on database ``url``; ``env``:
+        settings of the configuration's own."""
+        env = {**self.stack.env(), "AGENTFLEET_REDIS_URL": url, **(env or {})}
         spec = PoolSpec("agents", agents.pool, agents.concurrency)
         return [self.stack.start_worker(spec, env) for _ in range(agents.processes)]
 
-    def start_tools(self, url: str) -> Proc:
-        """The ``tools`` worker of a configuration, on database ``url``."""
+    def start_tools(self, url: str, env: Mapping[str, str] | None = None) -> Proc:
+        """The ``tools`` worker of a configuration, on database ``url`` (``env`` as for
+        :meth:`start_agents`)."""
         return self.stack.start_worker(
-            TOOLS_POOL, {**self.stack.env(), "AGENTFLEET_REDIS_URL": url}
+            TOOLS_POOL, {**self.stack.env(), "AGENTFLEET_REDIS_URL": url, **(env or {})}
         )
 
     def start_plain(

@@ -7,7 +7,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -156,15 +156,19 @@ def _accept(
         result.problem = f"{result.queued} messages queued for {result.items} accepted runs"
 
 
-def start_api(bench: Bench, url: str, processes: int) -> tuple[Proc, str]:
-    """The producer API on database ``url`` with ``processes`` uvicorn workers."""
+def start_api(
+    bench: Bench, url: str, processes: int, env: Mapping[str, str] | None = None
+) -> tuple[Proc, str]:
+    """The producer API on database ``url`` with ``processes`` uvicorn workers; ``env``:
+    settings of the configuration's own."""
     port = free_port()
     argv = [
         sys.executable, "-m", "uvicorn", "agentfleet.producer.api:app", "--host", "127.0.0.1",
         "--port", str(port), "--log-level", "warning", "--workers", str(processes),
     ]  # fmt: skip
-    env = {**bench.stack.env(), "AGENTFLEET_REDIS_URL": url}
-    proc = bench.stack.spawn(f"api-{port}", argv, env)
+    proc = bench.stack.spawn(
+        f"api-{port}", argv, {**bench.stack.env(), "AGENTFLEET_REDIS_URL": url, **(env or {})}
+    )
     base_url = f"http://127.0.0.1:{port}"
     wait_for(lambda: httpx.get(f"{base_url}/healthz").status_code == 200, 60, "the API")
     return proc, base_url
