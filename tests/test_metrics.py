@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import promql_parser
 import pytest
 import redis
-import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -30,11 +28,8 @@ from agentfleet.tasks.metrics import (
 from agentfleet.tasks.settings import ProviderConfig
 from agentfleet.tasks.states import RunStatus
 from agentfleet.workers import queues
-from ops.stack import REPO, Stack, free_port, wait_for
+from ops.stack import Stack, free_port, wait_for
 from tests.conftest import Fleet
-
-ALERTS = REPO / "ops" / "prometheus" / "alerts.yml"
-DASHBOARD = REPO / "ops" / "prometheus" / "dashboard.md"
 
 Labels = tuple[tuple[str, str], ...]
 
@@ -307,71 +302,3 @@ def test_recording_never_raises_when_redis_is_down(caplog: pytest.LogCaptureFixt
     messages = [r.getMessage() for r in caplog.records]
     assert len(messages) == 2, messages
     assert all(m.startswith("metrics: could not record") for m in messages)
-
-
-# --- alert rules and dashboard -----------------------------------------------------------
-def promql_metric_names(expression: str) -> set[str]:
-    """Every metric an expression selects, from its parsed syntax tree."""
-    found: set[str] = set()
-
-    def walk(node: Any) -> None:
-        if isinstance(node, promql_parser.VectorSelector):
-            found.add(node.name)
-            return
-        for attr in ("lhs", "rhs", "expr", "param", "vector_selector"):
-            child = getattr(node, attr, None)
-            if child is not None:
-                walk(child)
-        for arg in getattr(node, "args", None) or ():
-            walk(arg)
-
-    walk(promql_parser.parse(expression))
-    return found
-
-
-def alert_rules() -> list[dict[str, Any]]:
-    document = yaml.safe_load(ALERTS.read_text())
-    return [rule for group in document["groups"] for rule in group["rules"]]
-
-
-def dashboard_queries() -> list[str]:
-    # Every query is in a ```promql block.
-    text = DASHBOARD.read_text()
-    blocks = text.split("```promql\n")[1:]
-    return [block.split("```", 1)[0].strip() for block in blocks]
-
-
-@pytest.fixture
-def exposed(fleet: Fleet) -> set[str]:
-    # At least one finished run, so the per-model series exist.
-    assert fleet.client.wait(fleet.client.create_run("hi").id, timeout=30).status == "succeeded"
-    return scrape(fleet).names
-
-
-def _check_names(expressions: Sequence[str], exposed: set[str]) -> None:
-    for expression in expressions:
-        names = promql_metric_names(expression)
-        assert names, expression
-        assert names <= exposed, f"{sorted(names - exposed)} not served by /metrics: {expression}"
-
-
-def test_alert_rules_use_only_served_metrics(exposed: set[str]) -> None:
-    rules = alert_rules()
-    assert {r["alert"] for r in rules} >= {
-        "AgentfleetProviderBreakerOpen",
-        "AgentfleetQueueBacklogGrowing",
-        "AgentfleetFailedRunRatioHigh",
-        "AgentfleetRunsStalled",
-        "AgentfleetRunLatencyP95High",
-    }
-    for rule in rules:
-        assert rule["labels"]["severity"] in ("page", "ticket"), rule["alert"]
-        assert rule["annotations"]["summary"], rule["alert"]
-        assert rule["for"], rule["alert"]
-    _check_names([r["expr"] for r in rules], exposed)
-
-
-def test_dashboard_queries_use_only_served_metrics(exposed: set[str]) -> None:
-    queries = dashboard_queries()
-    assert len(queries) >= 8
-    _check_names(queries, exposed)
