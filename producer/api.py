@@ -23,7 +23,7 @@ from agentfleet.producer.events import EVENT_ID, sse_stream
 from agentfleet.producer.idempotency import Slot, fingerprint, run_once
 from agentfleet.producer.logcontext import RunIdContext
 from agentfleet.producer.metrics import router as metrics_router
-from agentfleet.tasks import intake, runlist, spend, steps, threads
+from agentfleet.tasks import intake, runlist, spend, steps, threads, tracing
 from agentfleet.tasks.batch import batch_record, batch_view
 from agentfleet.tasks.errors import (
     BudgetExceeded,
@@ -49,8 +49,12 @@ from agentfleet.tasks.settings import Settings, get_settings, warn_unknown_varia
 from agentfleet.tasks.states import RunStatus, ToolCallStatus
 from agentfleet.tasks.store import RunStore, get_store
 from agentfleet.tasks.views import run_view, tool_call_view
+from agentfleet.workers import signals
 from agentfleet.workers.conf import api_config
 from agentfleet.workers.logs import configure_api_logging
+
+#: Paths whose requests make no span: probes and scrapes, every few seconds, would bury the runs.
+UNTRACED_PATHS = frozenset({"/healthz", "/metrics"})
 
 
 class NotFound(Exception):
@@ -570,11 +574,22 @@ def create_api(settings: Settings | None = None, celery_app: Celery | None = Non
         celery_app = default_app
     # Its publishes answer within api_redis_timeout, or the caller gets a 503.
     celery_app.conf.update(api_config(settings))
+    if tracing.configure("agentfleet-api"):
+        signals.trace_tasks()  # what a request publishes carries its span's context
     api = FastAPI(
         title="agentfleet",
         version="0.1.0",
         description="Enqueue LLM agent runs and tool calls; poll them by ID.",
         lifespan=_lifespan,
+        # FastAPI makes each request's server span once a tracer provider is set (only when
+        # tracing is on): that span is the parent of what the request publishes, so no
+        # operation spans between them; and the exporters are ours (agentfleet.tasks.tracing),
+        # whatever FASTAPI_OTEL_AUTO_CONFIGURE says.
+        telemetry={
+            "operation_spans": False,
+            "auto_configure": False,
+            "exclude": lambda scope: scope.get("path") in UNTRACED_PATHS,
+        },
     )
     api.state.settings = settings
     api.state.celery = celery_app

@@ -23,7 +23,7 @@ from billiard.exceptions import SoftTimeLimitExceeded
 from celery import Celery, Signature, Task, chain, chord, states
 from celery.exceptions import Ignore, Retry
 
-from agentfleet.tasks import llm_cache, names, spend, window
+from agentfleet.tasks import llm_cache, names, spend, tracing, window
 from agentfleet.tasks.agents import registry as agents
 from agentfleet.tasks.errors import (
     BudgetExceeded,
@@ -389,6 +389,8 @@ class StepRunner:
         found = self.store.llm_cache.answer(run.tenant, key, run.cache_ttl, wait_s, call)
         if not found.hit:
             return found.completion, found.target, made[0]
+        # No LLM call span: the answer is the cache's.
+        tracing.event("agentfleet.llm_cache_hit", {"gen_ai.request.model": found.target.model})
         if run.stream and found.completion.content:
             relay = TokenRelay(self.store, self.run_id, self.step)
             relay.delta(found.completion.content)
@@ -487,6 +489,7 @@ class StepRunner:
             "retry_at": datetime.fromtimestamp(due, UTC).isoformat(timespec="milliseconds"),
         }
         self.store.set_waiting(self.run_id, waiting)
+        tracing.event("agentfleet.wait", waiting, prefix="agentfleet.wait.")
         self.store.release_step(self.run_id, self.step, claim.token, due=due)
         log.info("run %s step %d waits for its tenant's budget: %s", self.run_id, self.step, exc)
         raise Ignore()
@@ -525,6 +528,7 @@ class StepRunner:
             "retry_at": retry_at.isoformat(timespec="milliseconds"),
         }
         since = self.store.set_waiting(self.run_id, waiting)
+        tracing.event("agentfleet.wait", waiting, prefix="agentfleet.wait.")
         waited = time.time() - since
         if waited > self.settings.max_provider_wait:
             return self._fail(
@@ -549,6 +553,8 @@ class StepRunner:
         countdown = min(max(backoff, asked or 0.0), self.settings.max_retry_countdown)
         countdown *= random.uniform(1.0, 1.25)  # jitter: retries of many runs do not align
         log.warning("run %s step %d: %s; retry in %.1fs", self.run_id, self.step, exc, countdown)
+        retry = {"countdown_s": countdown, "attempt": attempts}
+        tracing.event("agentfleet.retry", retry, prefix="agentfleet.retry.")
         self.store.release_step(self.run_id, self.step, claim.token, after=countdown)
         raise self.task.retry(countdown=countdown)
 
@@ -744,6 +750,10 @@ def step_signature(app: Celery, run_id: str, step: int) -> Signature:
     """Step ``step`` of ``run_id``, to be called with the previous step's tool results."""
     body = app.signature(names.AGENT_STEP, args=(run_id, step))
     body.on_error(app.signature(names.TOOLS_FAILED))
+    if trace := tracing.headers():
+        # Its parent is the span that built it (a step, the watchdog within the run's trace),
+        # not the tool call that happens to finish last and publish it (agentfleet.tasks.tracing).
+        body.set(headers=trace)
     return body
 
 

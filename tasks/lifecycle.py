@@ -10,7 +10,7 @@ from typing import Any
 
 from celery import Celery
 
-from agentfleet.tasks import names
+from agentfleet.tasks import names, tracing
 from agentfleet.tasks.store import Finished, RunStore
 
 log = logging.getLogger(__name__)
@@ -39,10 +39,12 @@ def entry_options(request: Any) -> dict[str, Any]:
 
 
 def start_run(app: Celery, store: RunStore, run_id: str) -> None:
-    """Publish a run's entry message again, with the chord membership it was sent with."""
-    raw = store.redis.hget(store.run_key(run_id), "entry")
+    """Publish a run's entry message again, with the chord membership it was sent with, in
+    the run's own trace (this may run in a step of another run)."""
+    raw, trace = store.redis.hmget(store.run_key(run_id), ["entry", "traceparent"])
     options = json.loads(raw) if raw else {}
-    app.signature(names.RUN, task_id=run_id, **options).apply_async()
+    with tracing.within(str(trace or "")):
+        app.signature(names.RUN, task_id=run_id, **options).apply_async()
 
 
 def follow_up(app: Celery, store: RunStore, run_id: str, finished: Finished) -> None:

@@ -104,6 +104,9 @@ class RunRecord:
     created_at: float
     started_at: float | None
     finished_at: float | None
+    #: The W3C trace context the run was created in ('' without tracing): where what is sent
+    #: for the run outside its own spans joins its trace (agentfleet.tasks.tracing).
+    traceparent: str
     #: The hash as stored, every field a string.
     fields: Mapping[str, str] = field(repr=False)
 
@@ -150,6 +153,7 @@ class RunRecord:
             created_at=float(fields.get("created_at") or 0),
             started_at=_time(fields, "started_at"),
             finished_at=_time(fields, "finished_at"),
+            traceparent=fields.get("traceparent", ""),
             fields=dict(fields),
         )
 

@@ -30,7 +30,7 @@ import redis
 from redis.commands.core import Script
 from redis.exceptions import NoScriptError
 
-from agentfleet.tasks import keys, scripts
+from agentfleet.tasks import keys, scripts, tracing
 from agentfleet.tasks.errors import RolledBack, ThreadBusy
 from agentfleet.tasks.llm._routing import Target
 from agentfleet.tasks.llm_cache import ResponseCache
@@ -420,6 +420,10 @@ class RunStore:
         }
         if batch_id:
             fields["batch_id"] = batch_id
+        if trace := tracing.traceparent():
+            # The trace the run is created in (its request's), kept for what is sent for the
+            # run outside its own spans (agentfleet.tasks.tracing).
+            fields["traceparent"] = trace
         # Written only when given: a plain run's record is what it always was.
         if request.agent:
             fields["agent"] = request.agent

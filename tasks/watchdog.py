@@ -30,7 +30,7 @@ from typing import Any
 
 from celery import Celery
 
-from agentfleet.tasks import keys
+from agentfleet.tasks import keys, tracing
 from agentfleet.tasks.agent import (
     completion_from_transcript,
     step_signature,
@@ -102,7 +102,8 @@ def recover(app: Celery, settings: Settings, store: RunStore, run_id: str) -> Re
     resends = int(store.redis.hincrby(store.run_key(run_id), "watchdog_resends", 1))
     doublings = min(resends - 1, MAX_BACKOFF_DOUBLINGS)
     store.touch(run_id, settings.stall_timeout * (2**doublings - 1))
-    recovery = _resend(app, settings, store, run_id, run)
+    with tracing.within(run.traceparent):  # what it sends joins the run's trace
+        recovery = _resend(app, settings, store, run_id, run)
     log.warning(
         "run %s made no progress in time: %s %s (resend %d)",
         run_id,

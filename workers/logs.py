@@ -8,8 +8,10 @@
 
 (on one line). ``run_id`` and ``task_id`` are on every line logged while a task runs, read
 from the current Celery request (:func:`agentfleet.workers.taskargs.run_id_of`); in the API,
-``run_id`` is that of the request's route (see :mod:`agentfleet.producer.logcontext`). ``text`` (the
-default) keeps Celery's and uvicorn's own formats.
+``run_id`` is that of the request's route (see :mod:`agentfleet.producer.logcontext`). With
+tracing on (:mod:`agentfleet.tasks.tracing`), ``trace_id`` and ``span_id`` name the span the
+line was logged in: a task's, an LLM call's, an API request's. ``text`` (the default) keeps
+Celery's and uvicorn's own formats.
 
 Celery: the worker configures logging itself and then sends ``after_setup_logger`` (root)
 and ``after_setup_task_logger`` (``celery.task``, which does not propagate); our handlers
@@ -30,6 +32,7 @@ from typing import Any, Final
 
 from celery._state import get_current_task
 
+from agentfleet.tasks import tracing
 from agentfleet.tasks.context import REQUEST_RUN_ID
 from agentfleet.tasks.settings import Settings
 from agentfleet.workers.fixes.redact import redact_log_record
@@ -39,13 +42,14 @@ from agentfleet.workers.taskargs import run_id_of
 RECEIPT_LOGGER: Final = "celery.worker.strategy"
 
 #: Record attributes copied into each JSON line when set.
-CONTEXT_FIELDS: Final = ("run_id", "task_id", "task")
+CONTEXT_FIELDS: Final = ("run_id", "task_id", "task", "trace_id", "span_id")
 #: uvicorn's loggers with handlers of their own (they do not propagate to the root).
 UVICORN_LOGGERS: Final = ("uvicorn", "uvicorn.error", "uvicorn.access")
 
 
 class ContextFilter(logging.Filter):
-    """Adds ``run_id``, ``task_id`` and ``task`` to a record; summarizes task results."""
+    """Adds ``run_id``, ``task_id``, ``task`` (and with tracing on ``trace_id`` and ``span_id``)
+    to a record; summarizes task results."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         task = get_current_task()
@@ -56,6 +60,9 @@ class ContextFilter(logging.Filter):
             record.run_id = run_id_of(task.name, request.id, request.args, request.kwargs)
         elif getattr(record, "run_id", None) is None:
             record.run_id = REQUEST_RUN_ID.get()
+        ids = tracing.log_ids()
+        if ids is not None:
+            record.trace_id, record.span_id = ids
         redact_log_record(record)
         return True
 

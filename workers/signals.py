@@ -5,22 +5,28 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from celery import states
 from celery.signals import (
     after_setup_logger,
     after_setup_task_logger,
+    before_task_publish,
     celeryd_after_setup,
     celeryd_init,
+    task_postrun,
+    task_prerun,
     task_received,
     worker_process_init,
+    worker_process_shutdown,
     worker_ready,
     worker_shutdown,
 )
 
-from agentfleet.tasks import fleet, watchdog
+from agentfleet.tasks import fleet, tracing, watchdog
+from agentfleet.tasks.errors import RunFailed
 from agentfleet.tasks.llm import reset_clients
 from agentfleet.tasks.redisconn import wait_out_outages, warn_if_not_durable
 from agentfleet.tasks.settings import get_settings, warn_unknown_variables
-from agentfleet.workers import fixes, logs
+from agentfleet.workers import fixes, logs, taskargs
 from agentfleet.workers.conf import worker_config
 from agentfleet.workers.fixes import redact
 
@@ -141,3 +147,83 @@ def _name_unknown_variables(**_: Any) -> None:
 def _redact_received(request: Any, **_: Any) -> None:
     # Messages from publishers that do not run our code carry their own argument reprs.
     redact.redact_received(request)
+
+
+# --- Tracing (agentfleet.tasks.tracing) ------------------------------------------------------
+# Connected only when the OTEL_* variables ask for traces: Celery skips a signal that has no
+# receiver, so a fleet without tracing does no tracing work per task or per message.
+
+#: Where a task's span waits for its end, on the task's request (one per execution).
+_SPAN_ATTR = "agentfleet_span"
+
+
+def _start_tracing(sender: Any = None, **_: Any) -> None:
+    # celeryd_init: in the worker's main process, before the pool's children are forked.
+    tracing.configure("agentfleet-worker", str(sender or ""))
+
+
+def _carry_trace(headers: dict[str, Any] | None = None, **_: Any) -> None:
+    # Every message carries the context of the span publishing it, unless its publisher set
+    # one (a step's successor: agentfleet.tasks.agent.step_signature; a retry keeps its own).
+    if headers is not None:
+        tracing.inject(headers)
+
+
+def _start_task_span(task: Any = None, task_id: str | None = None, **kw: Any) -> None:
+    if task is None or not taskargs.is_ours(task.name):
+        return
+    name, attributes = taskargs.span_of(task.name, task_id, kw.get("args"), kw.get("kwargs"))
+    request = task.request
+    delivery = request.delivery_info or {}
+    if delivery.get("routing_key"):
+        attributes["messaging.destination.name"] = delivery["routing_key"]
+    attributes["celery.retries"] = int(request.retries or 0)
+    setattr(request, _SPAN_ATTR, tracing.start_task(name, request.headers, attributes))
+
+
+def _end_task_span(task: Any = None, state: str | None = None, **kw: Any) -> None:
+    handle = getattr(task.request, _SPAN_ATTR, None) if task is not None else None
+    if handle is not None:
+        setattr(task.request, _SPAN_ATTR, None)
+        failure = _failure(state, kw.get("retval"))
+        tracing.end_task(handle, {"celery.state": state or ""}, failure)
+
+
+def _failure(state: str | None, retval: Any) -> tuple[str, str] | None:
+    """(error type, message) of a task that failed: raised (not a retry, nor a step replaced by
+    its tool calls: Celery's control flow), or a tool call that answered with an error (its
+    task succeeds: the model is shown the error)."""
+    if state == states.FAILURE and isinstance(retval, RunFailed):
+        error = retval.record.get("error") or {}
+        return str(error.get("code") or retval.record.get("status") or "run_failed"), str(retval)
+    if state == states.FAILURE and isinstance(retval, BaseException):
+        return type(retval).__name__, str(retval)
+    if state == states.SUCCESS and isinstance(retval, dict) and retval.get("ok") is False:
+        error = retval.get("error") or {}
+        return str(error.get("code") or "tool_error"), str(error.get("message") or "")
+    return None
+
+
+def _flush_spans(**_: Any) -> None:
+    # A pool child exits without running atexit hooks: export what it still holds.
+    tracing.flush()
+
+
+def trace_tasks() -> None:
+    """Connect the tracing hooks (once; :func:`agentfleet.tasks.tracing.requested` is true)."""
+    hooks = (
+        (celeryd_init, _start_tracing),
+        (before_task_publish, _carry_trace),
+        (task_prerun, _start_task_span),
+        (task_postrun, _end_task_span),
+        (worker_process_shutdown, _flush_spans),
+        (worker_shutdown, _flush_spans),
+    )
+    for signal, receiver in hooks:
+        signal.connect(receiver, weak=False, dispatch_uid=f"agentfleet.tracing.{receiver.__name__}")
+
+
+# At import, before Celery builds its task tracers, which read who receives task_prerun and
+# task_postrun. A misconfiguration (an exporter we lack) stops the worker here, by name.
+if tracing.requested():
+    trace_tasks()

@@ -64,3 +64,35 @@ def run_id_of(
     if value is None and isinstance(payload, Mapping):
         value = payload.get("run_id")
     return value if isinstance(value, str) and value else None
+
+
+def span_of(
+    name: str, task_id: str | None, args: Sequence[Any] | None, kwargs: Mapping[str, Any] | None
+) -> tuple[str, dict[str, Any]]:
+    """The name and attributes of the span of our task ``name`` (docs/operations.md,
+    "Tracing"): every one names its run (if any) and its task; a step its number; a tool call
+    is a GenAI ``execute_tool`` span."""
+    attributes: dict[str, Any] = {"celery.task_name": name, "messaging.message.id": task_id or ""}
+    run_id = run_id_of(name, task_id, args, kwargs)
+    if run_id:
+        attributes["agentfleet.run_id"] = run_id
+    bound = bind(name, args, kwargs)
+    if name == names.RUN:
+        attributes["agentfleet.step"] = 1
+    elif name == names.AGENT_STEP and isinstance(bound.get("step"), int):
+        attributes["agentfleet.step"] = bound["step"]
+    payload = bound.get("request") or bound.get("payload")
+    if name != names.TOOL_CALL or not isinstance(payload, Mapping):
+        return name, attributes
+    tool = str(payload.get("name") or "")
+    attributes |= {
+        "gen_ai.operation.name": "execute_tool",
+        "gen_ai.tool.name": tool,
+        "agentfleet.tool_call.id": str(payload.get("id") or ""),
+    }
+    if payload.get("model_call_id"):
+        attributes["gen_ai.tool.call.id"] = str(payload["model_call_id"])
+    if isinstance(payload.get("step"), int):
+        attributes["agentfleet.step"] = payload["step"]
+    # The GenAI conventions' name, which tracing backends show as a tool call.
+    return f"execute_tool {tool}", attributes

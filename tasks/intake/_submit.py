@@ -15,7 +15,7 @@ import redis
 from celery import Celery
 from kombu.exceptions import OperationalError
 
-from agentfleet.tasks import keys, names, threads
+from agentfleet.tasks import keys, names, threads, tracing
 from agentfleet.tasks.batch import batch_key
 from agentfleet.tasks.context import REQUEST_RUN_ID
 from agentfleet.tasks.errors import (
@@ -84,6 +84,7 @@ def submit_run(
     (:func:`agentfleet.producer.fleet.every_tool`)."""
     run_id, token = str(uuid.uuid4()), uuid.uuid4().hex
     REQUEST_RUN_ID.set(run_id)  # log lines of the rest of this request name the run
+    tracing.tag_run(run_id)  # and so does its span, the run's trace's first
     request = run.prepared(run_id, tenant)
     _write(
         lambda: store.create_run(

@@ -54,6 +54,9 @@ class Completion:
     finish_reason: str | None = None
     #: Prompt tokens the provider served from its prompt cache (part of ``prompt_tokens``).
     cached_tokens: int = 0
+    #: The model that answered, as the provider names it, and its ID of the answer.
+    model: str | None = None
+    response_id: str | None = None
 
     def assistant_message(self) -> dict[str, Any]:
         """The message to append to the transcript, in chat-completions format."""
@@ -138,6 +141,8 @@ def _parse(response: Any, provider: str) -> Completion:
             content=message.content,
             tool_calls=calls,
             finish_reason=choice.finish_reason,
+            model=getattr(response, "model", None),
+            response_id=getattr(response, "id", None),
             **_usage(response.usage),
         )
     except (AttributeError, IndexError, TypeError, ValueError) as exc:
@@ -158,9 +163,13 @@ def _assemble(chunks: Iterable[Any], on_delta: Callable[[str], None], provider: 
     calls: dict[int, dict[str, str]] = {}
     usage = None
     finish_reason = None
+    model = response_id = None
     try:
         for chunk in chunks:
             usage = chunk.usage or usage
+            # Read once, and leniently: an answer without them is still an answer.
+            model = model or getattr(chunk, "model", None)
+            response_id = response_id or getattr(chunk, "id", None)
             for choice in chunk.choices or []:
                 delta = choice.delta
                 finish_reason = choice.finish_reason or finish_reason
@@ -183,6 +192,8 @@ def _assemble(chunks: Iterable[Any], on_delta: Callable[[str], None], provider: 
             ModelToolCall(c["id"], c["name"], c["arguments"]) for _, c in sorted(calls.items())
         ],
         finish_reason=finish_reason,
+        model=model,
+        response_id=response_id,
         **_usage(usage),
     )
 

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from agentfleet.tasks import tracing
 from agentfleet.tasks.errors import (
     PermanentProviderError,
     ProviderAccountError,
@@ -121,10 +122,13 @@ def _call(
     """The provider's answer, or None when it failed for itself (noted in ``walk``)."""
     provider = guard.provider
     walk.called += 1
+    settings = options.settings if options else None
     try:
-        completion = complete(
-            provider, messages, tools, target.model, admission.at, on_delta, options
-        )
+        with tracing.llm_call(provider.name, target.model, provider.base_url, settings) as span:
+            completion = complete(
+                provider, messages, tools, target.model, admission.at, on_delta, options
+            )
+            span.answered(completion)
     except RetryableProviderError as exc:
         guard.failed(admission, exc)
         if admission.probe:
