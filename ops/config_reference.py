@@ -92,6 +92,7 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Retention and threads", ("result_expires", "run_ttl", "thread_")),
     ("Tools, agents and workers", ("tool_modules", "agent_", "node_publish_interval")),
     ("Logs", ("log_",)),
+    ("Run explorer", ("ui_",)),
     ("Flower", ("flower_",)),
 )
 

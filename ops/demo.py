@@ -177,6 +177,7 @@ def bring_up(stack: Stack, settings: Settings, workdir: Path) -> None:
     nodes = stack.wait_workers(stack.celery_app(), 3)
     print(f"fleet up in {time.monotonic() - started:.1f}s: workers {', '.join(sorted(nodes))}")
     print(f"API {stack.api_url}  (OpenAPI: {stack.api_url}/docs)  logs: {workdir}")
+    print(f"run explorer {stack.api_url}/ui  (sign in with the API key printed below)")
     print(start_flower(stack, settings))
     fleet = stack.settings()
     print("\n".join([*connection_lines(fleet), *settings_lines(stack, fleet)]) + "\n")

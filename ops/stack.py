@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -32,6 +33,8 @@ from agentfleet.tasks.settings import ENV_PREFIX, Settings
 from agentfleet.workers.factory import create_app
 
 REPO = Path(__file__).resolve().parent.parent
+#: The run explorer's signing key (docs/operations.md, "Run explorer").
+UI_SECRET = f"{ENV_PREFIX}UI_SECRET"
 
 
 class StackError(RuntimeError):
@@ -330,7 +333,11 @@ class Stack:
             self.api_key = self.make_api_key()
         port = port or free_port()
         argv = api_command("127.0.0.1", port, log_level)
-        self.spawn(f"api-{port}", argv)
+        env = self.env()
+        if not any(k.upper() == UI_SECRET for k in env):
+            # The run explorer (/ui) needs a signing key; a fresh one per stack.
+            _claim(env, UI_SECRET, secrets.token_urlsafe(32))
+        self.spawn(f"api-{port}", argv, env)
         self.api_url = f"http://127.0.0.1:{port}"
         wait_for(lambda: httpx.get(f"{self.api_url}/healthz").status_code == 200, 30, "the API")
         return self.api_url

@@ -15,7 +15,7 @@ from celery import Celery, states
 from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from agentfleet.producer import fleet, schemas
+from agentfleet.producer import fleet, schemas, ui
 from agentfleet.producer.auth import TenantDep, require_tenant
 from agentfleet.producer.batches import cancel_items
 from agentfleet.producer.bodylimit import BodyLimit
@@ -607,6 +607,7 @@ def create_api(settings: Settings | None = None, celery_app: Celery | None = Non
     api.include_router(router)
     api.include_router(public)
     api.include_router(metrics_router)
+    ui.install(api)
     return api
 
 

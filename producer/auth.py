@@ -54,7 +54,11 @@ def list_keys(client: redis.Redis, settings: Settings) -> dict[str, str]:
 
 
 def tenant_of(client: redis.Redis, settings: Settings, key: str) -> str | None:
-    digest = hash_key(key)
+    return tenant_of_digest(client, settings, hash_key(key))
+
+
+def tenant_of_digest(client: redis.Redis, settings: Settings, digest: str) -> str | None:
+    """The tenant of the key whose SHA-256 is ``digest``; None once it is revoked."""
     configured = settings.api_keys.get(digest)
     if configured is not None:
         return configured

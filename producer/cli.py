@@ -13,7 +13,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +26,7 @@ from agentfleet.client import (
     Unreachable,
     WaitTimeout,
 )
+from agentfleet.producer.since import parse_since
 
 if TYPE_CHECKING:  # the keys command alone needs them; the rest stays a thin HTTP client
     import redis
@@ -279,20 +280,12 @@ def _settings_problem(exc: ValueError) -> str:
     return "; ".join(problems)
 
 
-_DURATION = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
 def _since(text: str) -> datetime:
     """``30m``, ``1h``, ``7d`` ago, or an ISO 8601 time."""
-    unit = text[-1:]
-    if unit in _DURATION and text[:-1].isdigit():
-        return datetime.now(UTC) - timedelta(seconds=int(text[:-1]) * _DURATION[unit])
     try:
-        return datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: give a duration (30m, 1h, 7d) or an ISO 8601 time"
-        ) from None
+        return parse_since(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _cmd_runs(client: Client, args: argparse.Namespace) -> int:

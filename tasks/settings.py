@@ -66,6 +66,8 @@ def _providers_in(path: Path) -> tuple[ProviderConfig, ...]:
     return _providers_read[2]
 
 
+#: Characters the run explorer's signing key needs at least (placeholders are shorter).
+UI_SECRET_MIN_CHARS: Final = 32
 #: JSON keys whose values run views never show (agentfleet.tasks.redaction).
 DEFAULT_REDACT_FIELDS: Final = (
     "api_key",
@@ -523,6 +525,15 @@ class Settings(BaseSettings):
     )
 
     # --- Flower (python -m ops.flower) ---------------------------------------------------
+    ui_secret: SecretStr | None = Field(
+        default=None,
+        description="HMAC key signing the run explorer's session cookies (/ui), at least 32 "
+        "characters, the same on every API replica; unset = /ui is off.",
+    )
+    ui_session_ttl: int = Field(
+        default=8 * 3600, ge=60, description="Seconds a run explorer sign-in lasts."
+    )
+
     flower_port: int = Field(
         default=5555, ge=1, le=65535, description="Port of python -m ops.flower."
     )
@@ -568,6 +579,23 @@ class Settings(BaseSettings):
             value = value.strip().upper()
             if value not in logging.getLevelNamesMapping():
                 raise ValueError(f"unknown log level {value!r}")
+        return value
+
+    @field_validator("ui_secret", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        # Compose passes an unset variable on as "".
+        return None if value == "" else value
+
+    @field_validator("ui_secret")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        # A short key is a placeholder ("change-me") or guessable: sessions could be forged.
+        if value is not None and len(value.get_secret_value()) < UI_SECRET_MIN_CHARS:
+            raise ValueError(
+                f"must be at least {UI_SECRET_MIN_CHARS} characters (make one with "
+                "python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+            )
         return value
 
     @field_validator("redact_patterns")

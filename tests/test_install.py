@@ -190,6 +190,14 @@ def test_the_wheel_holds_the_fleet_and_the_simulator_and_no_development_tools(
     lua = {f"agentfleet/{p.relative_to(REPO).as_posix()}" for p in (REPO / "tasks").rglob("*.lua")}
     assert lua, "no .lua files found in the checkout"
     assert sorted(lua - set(files)) == []
+    # So are the run explorer's templates, scripts and styles, read when the API serves /ui.
+    ui = {
+        f"agentfleet/{p.relative_to(REPO).as_posix()}"
+        for folder in ("ui_templates", "ui_static")
+        for p in (REPO / "producer" / folder).iterdir()
+    }
+    assert len(ui) > 5
+    assert sorted(ui - set(files)) == []
     assert "agentfleet = agentfleet.producer.cli:main" in scripts
     assert "agentfleet-simulator = agentfleet.simulator.__main__:main" in scripts
 
