@@ -40,16 +40,25 @@ def schema_problems(schema: Any, max_bytes: int) -> list[str]:
     root not an object (what a chat-completions ``response_format`` takes)."""
     if not isinstance(schema, dict):
         return ["must be a JSON schema object"]
-    size = len(canonical(schema).encode())
+    text = canonical(schema)
+    size = len(text.encode())
     if size > max_bytes:
         return [f"is {size} bytes as JSON; the limit is {max_bytes}"]
+    return list(_shape_problems(text))
+
+
+@lru_cache(maxsize=256)
+def _shape_problems(text: str) -> tuple[str, ...]:
+    """Checking a schema against the metaschema takes about half a millisecond: an agent's
+    schema, sent with each of its runs, is checked once per process (by its canonical JSON)."""
+    schema = json.loads(text)
     try:
         jsonschema.Draft202012Validator.check_schema(schema)
     except SchemaError as exc:
-        return [f"is not a valid JSON schema: {exc.message}"]
+        return (f"is not a valid JSON schema: {exc.message}",)
     if schema.get("type") != "object":
-        return ['its root must be {"type": "object", ...}: providers take object answers only']
-    return []
+        return ('its root must be {"type": "object", ...}: providers take object answers only',)
+    return ()
 
 
 def strict_schema(schema: dict[str, Any]) -> dict[str, Any] | None:
