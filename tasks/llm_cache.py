@@ -116,12 +116,15 @@ class ResponseCache:
         while True:
             raw = self.redis.get(entry)
             if raw is not None:
-                completion, target = _load(str(raw))
-                found = Cached(completion, target, "shared" if waited else "hit")
-                self._count(found)
-                return found
+                return self._kept(str(raw), waited)
             if self.redis.set(flight, "1", nx=True, px=lease_ms):
-                break
+                # The call in flight may have stored its answer and dropped its lease between
+                # the look above and this lease: look once more before calling.
+                raw = self.redis.get(entry)
+                if raw is None:
+                    break
+                self.redis.delete(flight)
+                return self._kept(str(raw), waited)
             if time.monotonic() >= deadline:
                 break  # the call in flight is taking too long: make our own
             waited = True
@@ -138,6 +141,12 @@ class ResponseCache:
         made = Cached(completion, target, "miss")
         self._count(made)
         return made
+
+    def _kept(self, raw: str, waited: bool) -> Cached:
+        completion, target = _load(raw)
+        found = Cached(completion, target, "shared" if waited else "hit")
+        self._count(found)
+        return found
 
     def _count(self, found: Cached) -> None:
         try:
