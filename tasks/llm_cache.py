@@ -77,6 +77,10 @@ def _load(raw: str) -> tuple[Completion, Target]:
     return completion, Target(*kept["target"])
 
 
+def _field(target: Target, source: str) -> str:
+    return label_field(target.provider, target.model, source)
+
+
 @dataclass(frozen=True)
 class Cached:
     """An answer, and where it came from: ``hit`` (kept), ``shared`` (an identical call in
@@ -134,13 +138,13 @@ class ResponseCache:
         except BaseException:
             self.redis.delete(flight)  # the next one waiting calls at once
             raise
+        # The answer, the lease dropped and the miss counted, in one round trip.
         pipe = self.redis.pipeline(transaction=True)
         pipe.set(entry, _dump(completion, target), px=max(int(ttl * 1000), 1))
         pipe.delete(flight)
+        pipe.hincrby(self.metric, _field(target, "miss"), 1)
         pipe.execute()
-        made = Cached(completion, target, "miss")
-        self._count(made)
-        return made
+        return Cached(completion, target, "miss")
 
     def _kept(self, raw: str, waited: bool) -> Cached:
         completion, target = _load(raw)
@@ -150,7 +154,6 @@ class ResponseCache:
 
     def _count(self, found: Cached) -> None:
         try:
-            field = label_field(found.target.provider, found.target.model, found.source)
-            self.redis.hincrby(self.metric, field, 1)
+            self.redis.hincrby(self.metric, _field(found.target, found.source), 1)
         except redis.RedisError as exc:  # a metric must never fail the call it measures
             log.warning("metrics: could not count an LLM cache %s: %s", found.source, exc)

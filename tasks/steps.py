@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 from agentfleet.tasks import keys
+from agentfleet.tasks.agent import tool_call_id
 from agentfleet.tasks.records import RunRecord
 from agentfleet.tasks.redaction import Redactor
 from agentfleet.tasks.store import RunStore
@@ -146,10 +147,9 @@ def _tool_calls(
 ) -> list[dict[str, Any]]:
     started = {d.get("id"): t for t, kind, d in events if kind == "tool_call_started"}
     ended = {d.get("id"): t for t, kind, d in events if kind == "tool_call_finished"}
+    call_ids = [tool_call_id(run.id, step, i) for i in range(run.tool_calls(step))]
     found = []
-    for index in range(run.tool_calls(step)):
-        call_id = f"{run.id}-{step}-{index}"
-        record = store.get_tool_call(call_id)
+    for call_id, record in zip(call_ids, store.get_tool_calls(call_ids), strict=True):
         result = (record.result if record else None) or {}
         begin, end = started.get(call_id), ended.get(call_id)
         found.append(

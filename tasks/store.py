@@ -736,6 +736,14 @@ class RunStore:
         data = cast(dict[str, str], self.redis.hgetall(self.tool_key(call_id)))
         return parse_tool_call(call_id, data)
 
+    def get_tool_calls(self, call_ids: list[str]) -> list[ToolCallRecord | None]:
+        """:meth:`get_tool_call` of each of ``call_ids``, in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for call_id in call_ids:
+            pipe.hgetall(self.tool_key(call_id))
+        found = cast(list[dict[str, str]], pipe.execute())
+        return [parse_tool_call(i, data) for i, data in zip(call_ids, found, strict=True)]
+
     def unheld_tool_attempts(self, call_ids: list[str]) -> list[int | None]:
         """How many deliveries began each call, or None while a worker holds it (a live one,
         or a dead one until its lease expires)."""
