@@ -309,6 +309,22 @@ class Stack:
         self.redis_url = url
         return url
 
+    def restart_redis(self) -> None:
+        """Stop the stack's ``redis-server`` cleanly (SIGTERM: it writes its append-only file)
+        and start it again on the same port and directory, in the dead one's place in the
+        stack (so that it is still stopped after the workers)."""
+        victim = next(p for p in self.procs if p.name == "redis" and p.alive())
+        self.kill(victim, signal.SIGTERM)
+        victim.popen.wait(timeout=20)
+        argv = victim.popen.args
+        assert isinstance(argv, list)  # spawn() started it with a list
+        revived = self.spawn("redis", [str(arg) for arg in argv])
+        self.procs.remove(revived)
+        self.procs[self.procs.index(victim)] = revived
+        client = redis.Redis.from_url(self.redis_url or "", socket_connect_timeout=1)
+        wait_for(lambda: bool(client.ping()), 30, "redis-server to come back")
+        client.close()
+
     def start_simulator(self, latency: float = 0.0, port: int | None = None) -> str:
         port = port or free_port()
         argv = simulator_command("127.0.0.1", port, latency)

@@ -23,12 +23,14 @@ from agentfleet.producer.events import EVENT_ID, sse_stream
 from agentfleet.producer.idempotency import Slot, fingerprint, run_once
 from agentfleet.producer.logcontext import RunIdContext
 from agentfleet.producer.metrics import router as metrics_router
-from agentfleet.tasks import intake, runlist, spend, steps, threads, tracing
+from agentfleet.tasks import intake, runlist, spend, steps, threads, tracing, waits
 from agentfleet.tasks.batch import batch_record, batch_view
 from agentfleet.tasks.errors import (
     BudgetExceeded,
     InProgress,
     InvalidRequest,
+    NotWaiting,
+    RunNotFound,
     ThreadBusy,
     Unauthorized,
     Unavailable,
@@ -38,7 +40,9 @@ from agentfleet.tasks.llm import get_guard
 from agentfleet.tasks.models import (
     DEFAULT_TENANT,
     THREAD_ID_PATTERN,
+    ApprovalsRequest,
     BatchRequest,
+    InputRequest,
     RunRequest,
     ToolCallRequest,
 )
@@ -253,6 +257,39 @@ def cancel_run(
         return JSONResponse(run_view(_own_run(store, tenant, run_id)))
 
     return _once(request, store, tenant, idempotency_key, {"run": run_id}, produce)
+
+
+WAIT_ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {},
+    409: {"description": "The run is not waiting, or the call is not pending (or decided)"},
+    422: {"description": "Invalid decisions"},
+}
+
+
+@router.post("/v1/runs/{run_id}/approvals", response_model=schemas.Run, responses=WAIT_ERRORS)
+def decide_approvals(
+    run_id: str, body: ApprovalsRequest, store: StoreDep, producer: ProducerDep, tenant: TenantDep
+) -> Any:
+    """Approve or deny tool calls the run waits to have approved (``waiting.pending``). An
+    approved call runs, with ``arguments`` instead if given; a denied one gives the model
+    "denied by the reviewer" and the ``message``. Once every pending call is decided, the run
+    goes on. All or nothing: a decision that is refused (409, 422) records none of them."""
+    try:
+        return run_view(waits.approve(producer, store, run_id, body, tenant))
+    except InvalidRequest as exc:
+        return _problem(422, exc.problems)
+
+
+@router.post("/v1/runs/{run_id}/input", response_model=schemas.Run, responses=WAIT_ERRORS)
+def answer_input(
+    run_id: str, body: InputRequest, store: StoreDep, producer: ProducerDep, tenant: TenantDep
+) -> Any:
+    """Answer a question the run asked a person (the ``ask_human`` tool): the answer is the
+    tool's result the model sees."""
+    try:
+        return run_view(waits.answer(producer, store, run_id, body, tenant))
+    except InvalidRequest as exc:
+        return _problem(422, exc.problems)
 
 
 @router.get(
@@ -542,7 +579,7 @@ def _unavailable(_: Request, exc: Exception) -> JSONResponse:
     )
 
 
-def _thread_busy(_: Request, exc: Exception) -> JSONResponse:
+def _conflict(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": str(exc)}, status_code=409)
 
 
@@ -599,7 +636,9 @@ def create_api(settings: Settings | None = None, celery_app: Celery | None = Non
     api.add_exception_handler(NotFound, _not_found)
     api.add_exception_handler(Unavailable, _unavailable)
     api.add_exception_handler(InProgress, _in_progress)
-    api.add_exception_handler(ThreadBusy, _thread_busy)
+    api.add_exception_handler(ThreadBusy, _conflict)
+    api.add_exception_handler(NotWaiting, _conflict)
+    api.add_exception_handler(RunNotFound, _not_found)
     api.add_exception_handler(BudgetExceeded, _over_budget)
     api.add_exception_handler(redis.RedisError, _unavailable)
     api.add_exception_handler(Unauthorized, _unauthorized)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from agentfleet.client import (
     ApiError,
     Client,
+    Decision,
     ProtocolError,
     Run,
     RunFilters,
@@ -74,6 +75,12 @@ def _print_run(run: object, as_json: bool) -> None:
         print(f"answer    {data['result_text']}")
     if data.get("error"):
         print(f"error     {data['error']['code']}: {data['error']['message']}")
+    waiting = data.get("waiting") or {}
+    if data["status"] == "waiting":
+        print(f"waiting   {waiting.get('reason')}: {waiting.get('detail')}")
+        for call in waiting.get("pending") or []:
+            what = call.get("question") or call.get("arguments")
+            print(f"  {call['id']}  {call['kind']}  {call['name']}  {what}")
 
 
 def _json_value(text: str) -> Any:
@@ -315,6 +322,60 @@ def _cmd_runs(client: Client, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_pending(client: Client, args: argparse.Namespace) -> int:
+    runs = client.pending(args.limit)
+    if args.json:
+        print(json.dumps([r.model_dump(mode="json") for r in runs], indent=2))
+        return EXIT_OK
+    for r in runs:
+        waiting = r.waiting
+        print(f"{r.id}  {r.created_at or '':<29}  {r.agent or r.model or ''}")
+        for call in (waiting.pending or []) if waiting else []:
+            what = f"asks: {call.question}" if call.kind == "input" else call.arguments
+            until = f"  (until {waiting.timeout_at})" if waiting and waiting.timeout_at else ""
+            decided = f"  [{call.decision}]" if call.decision else ""
+            print(f"  {call.id}  {call.kind:<8}  {call.name}  {what}{until}{decided}")
+    return EXIT_OK
+
+
+def _undecided(client: Client, run_id: str, kind: str) -> list[str]:
+    """The IDs of the run's calls of ``kind`` still waiting for a decision."""
+    waiting = client.get_run(run_id).waiting
+    pending = waiting.pending or [] if waiting else []
+    return [c.id for c in pending if c.kind == kind and c.decision is None]
+
+
+def _cmd_decide(client: Client, args: argparse.Namespace) -> int:
+    approve = args.command == "approve"
+    call_ids = args.call_ids or _undecided(client, args.id, "approval")
+    if args.arguments is not None and (not approve or len(call_ids) != 1):
+        return _fail(EXIT_REFUSED, "--arguments edits one approved call: name its CALL_ID")
+    decisions: list[Decision] = []
+    for call_id in call_ids:
+        decision = Decision(call_id=call_id, approve=approve)
+        if args.arguments is not None:
+            decision["arguments"] = args.arguments
+        if args.message:
+            decision["message"] = args.message
+        decisions.append(decision)
+    if not decisions:
+        return _fail(EXIT_REFUSED, f"run {args.id} waits for no approval")
+    _print_run(client.decide(args.id, decisions), args.json)
+    return EXIT_OK
+
+
+def _cmd_answer(client: Client, args: argparse.Namespace) -> int:
+    _print_run(client.answer(args.id, args.text, call_id=args.call_id), args.json)
+    return EXIT_OK
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    value = _json_value(text)
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object")
+    return value
+
+
 def _cmd_status(client: Client, args: argparse.Namespace) -> int:
     _print_run(client.get_run(args.id), args.json)
     return EXIT_OK
@@ -456,7 +517,9 @@ def build_parser() -> argparse.ArgumentParser:
     keys.set_defaults(func=_cmd_keys, offline=True)
 
     runs = sub.add_parser("runs", parents=common, help="list runs, newest first")
-    runs.add_argument("--status", choices=("queued", "running", "succeeded", "failed", "cancelled"))
+    runs.add_argument(
+        "--status", choices=("queued", "running", "waiting", "succeeded", "failed", "cancelled")
+    )
     runs.add_argument("--agent")
     runs.add_argument("--thread", dest="thread_id")
     runs.add_argument("--error", dest="error_code", help="an error code, e.g. budget_exceeded")
@@ -464,6 +527,27 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--meta", action="append", metavar="KEY=VALUE", help="(repeatable)")
     runs.add_argument("--limit", type=int, default=20, help="runs to list (default 20)")
     runs.set_defaults(func=_cmd_runs)
+
+    pending = sub.add_parser("pending", parents=common, help="list runs waiting for a person")
+    pending.add_argument("--limit", type=int, default=100)
+    pending.set_defaults(func=_cmd_pending)
+    for verb, text in (("approve", "approve"), ("deny", "deny")):
+        decide = sub.add_parser(
+            verb, parents=common, help=f"{text} tool calls a run waits for (default: all)"
+        )
+        decide.add_argument("id", metavar="RUN_ID")
+        decide.add_argument("call_ids", metavar="CALL_ID", nargs="*")
+        decide.add_argument("--message", help="shown to the model with the decision")
+        if verb == "approve":
+            decide.add_argument(
+                "--arguments", type=_json_object, help="run the call with this JSON object"
+            )
+        decide.set_defaults(func=_cmd_decide, arguments=None)
+    answer = sub.add_parser("answer", parents=common, help="answer a question a run asked")
+    answer.add_argument("id", metavar="RUN_ID")
+    answer.add_argument("text")
+    answer.add_argument("--call-id", help="which question, if the run asked several")
+    answer.set_defaults(func=_cmd_answer)
 
     status = sub.add_parser("status", parents=common, help="show a run")
     status.add_argument("id")

@@ -125,7 +125,7 @@ def batch_problems(view: FleetView, request: BatchRequest) -> list[tuple[str, st
 def every_tool(view: FleetView) -> list[str]:
     """What ``tools`` omitted means: the API's tools that every live worker of the run's
     queues has, so the run cannot land on a worker lacking one."""
-    return view.everywhere(RUN_QUEUES, registry.names())
+    return view.everywhere(RUN_QUEUES, registry.default_names())
 
 
 def listing(cache: FleetCache) -> dict[str, Any]:

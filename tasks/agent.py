@@ -23,7 +23,7 @@ from billiard.exceptions import SoftTimeLimitExceeded
 from celery import Celery, Signature, Task, chain, chord, states
 from celery.exceptions import Ignore, Retry
 
-from agentfleet.tasks import llm_cache, names, spend, tracing, window
+from agentfleet.tasks import llm_cache, names, spend, tracing, waits, window
 from agentfleet.tasks.agents import registry as agents
 from agentfleet.tasks.errors import (
     BudgetExceeded,
@@ -53,7 +53,7 @@ from agentfleet.tasks.settings import Settings
 from agentfleet.tasks.states import RunStatus, StepOutcome
 from agentfleet.tasks.store import Finished, StepAnswer, StepClaim, get_store
 from agentfleet.tasks.streaming import TokenRelay
-from agentfleet.tasks.toolcall import time_limits, tool_payload
+from agentfleet.tasks.toolcall import time_limits, tool_call_id, tool_payload
 from agentfleet.tasks.tools import registry
 from agentfleet.tasks.views import run_view
 
@@ -161,6 +161,9 @@ class StepRunner:
             return self._final_view()
         if claim.outcome == StepOutcome.ROLLED_BACK:
             self._ignore_rolled_back(RolledBack("the answer of the step before it is gone"))
+        if claim.outcome == StepOutcome.WAITING:
+            # Delivered again while the run waits for a person: the decision publishes it.
+            raise Ignore()
         if claim.outcome == StepOutcome.THROTTLED:
             # Its tenant has no free slot: the run waits in the tenant's queue, and the run
             # that frees a slot publishes it again, in the same place in any batch chord.
@@ -248,6 +251,8 @@ class StepRunner:
                 if finished is None:
                     raise RunCancelled(self.run_id)
                 return self._followed(finished)
+            if pending := waits.pending_calls(run, self.step, completion.tool_calls):
+                self._wait_for_people(claim, run, answer, pending)
             # The answer applied and the lease dropped, in one script.
             if self.store.apply_step(self.run_id, self.step, claim.token, answer) < 0:
                 raise RunCancelled(self.run_id)
@@ -258,6 +263,32 @@ class StepRunner:
         return self._followed(  # redelivered after the answer that ended the run was applied
             self.store.finish_step(self.run_id, self.step, claim.token, gen=gen, **ending)
         )
+
+    def _wait_for_people(
+        self, claim: StepClaim, run: RunRecord, answer: StepAnswer, pending: list[dict[str, Any]]
+    ) -> NoReturn:
+        """Apply the answer and make the run wait for a person to decide ``pending`` calls
+        (:mod:`agentfleet.tasks.waits`): the task ends; the decision publishes the step again."""
+        waiting, deadline = waits.waiting_field(run, self.step, pending)
+        if options := entry_options(self.task.request):
+            # Kept first, so that the step published after the decision keeps the run's place
+            # in an enclosing batch chord.
+            self.store.redis.hset(self.store.run_key(self.run_id), "entry", json.dumps(options))
+        applied, kick = self.store.wait_step(
+            self.run_id, self.step, claim.token, answer, waiting, deadline
+        )
+        if applied < 0:
+            raise RunCancelled(self.run_id)
+        for kicked in kick.split():
+            start_run(self.task.app, self.store, kicked)  # the tenant slot it gave up
+        tracing.event(
+            "agentfleet.wait",
+            {"reason": waiting["reason"], "detail": waiting["detail"]},
+            prefix="agentfleet.wait.",
+        )
+        waits.waiting_callback(self.task.app, run)
+        log.info("run %s step %d waits for a person: %s", self.run_id, self.step, waiting["detail"])
+        raise Ignore()
 
     def _ignore_rolled_back(self, exc: RolledBack) -> NoReturn:
         """End a step that found what it builds on rolled back by a crash of Redis. The step
@@ -682,10 +713,6 @@ def _out_of_steps(run: RunRecord) -> dict[str, str]:
     return {"code": "max_steps_exceeded", "message": message}
 
 
-def tool_call_id(run_id: str, step: int, index: int) -> str:
-    return f"{run_id}-{step}-{index}"
-
-
 def tool_signatures(
     app: Celery,
     settings: Settings,
@@ -705,7 +732,8 @@ def tool_signatures(
         payload = tool_payload(
             call_id,
             call.name,
-            call.arguments,
+            # A call a reviewer approved runs with the arguments they gave, if they edited them.
+            waits.edited_arguments(run, call_id, call.arguments),
             run_id=run_id,
             step=step,
             model_call_id=call.id,

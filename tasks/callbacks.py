@@ -57,8 +57,10 @@ def verify(secret: str, body: bytes, header: str, tolerance: float = 300.0) -> b
 
 def register(app: Celery, settings: Settings) -> None:
     @app.task(name=names.CALLBACK, bind=True, shared=False, max_retries=None)
-    def callback(self: Task, kind: str, ident: str) -> dict[str, Any]:
-        """POST the final record of run or batch ``ident`` to its callback URL."""
+    def callback(self: Task, kind: str, ident: str, status: str | None = None) -> dict[str, Any]:
+        """POST the final record of run or batch ``ident`` to its callback URL; with
+        ``status`` (a run that began waiting for a person), its record only while it has
+        that status: a run that moved on meanwhile has its final callback still to come."""
         store = get_store(settings)
         key = store.run_key(ident) if kind == "run" else batch_key(store, ident)
         record = store.get_run(ident) if kind == "run" else batch_record(store, ident)
@@ -66,6 +68,8 @@ def register(app: Celery, settings: Settings) -> None:
             return {"delivered": False, "reason": "no callback URL or no secret"}
         url = record.callback_url
         view = run_view(record) if isinstance(record, RunRecord) else batch_view(store, record)
+        if status is not None and view["status"] != status:
+            return {"delivered": False, "reason": f"the run is no longer {status}"}
         body = json.dumps(view, separators=(",", ":")).encode()
         headers = {
             "Content-Type": "application/json",

@@ -11,6 +11,8 @@
     ├── Unavailable                 Redis or the broker cannot take work now (HTTP 503)
     ├── InProgress                  another request is creating the same tool call ID (HTTP 409)
     ├── ThreadBusy                  a run for a thread that has one unfinished (policy reject)
+    ├── NotWaiting                  a decision for a run or call that does not wait for one
+    │                               (HTTP 409)
     ├── BudgetExceeded              a run's or a tenant's token or cost budget is spent
     │                               (resets_at: when a tenant's daily budget resets)
     ├── Answered                    a request with the same Idempotency-Key was accepted first
@@ -162,6 +164,13 @@ class ThreadBusy(AgentfleetError):
     nothing kept (a 409)."""
 
     code = "thread_busy"
+
+
+class NotWaiting(AgentfleetError):
+    """A decision or an answer that nothing waits for: the run is not waiting, the call is
+    not pending (or not of that kind), or it was decided already. Nothing was recorded."""
+
+    code = "not_waiting"
 
 
 class BudgetExceeded(AgentfleetError):

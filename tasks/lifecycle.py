@@ -40,11 +40,19 @@ def entry_options(request: Any) -> dict[str, Any]:
 
 def start_run(app: Celery, store: RunStore, run_id: str) -> None:
     """Publish a run's entry message again, with the chord membership it was sent with, in
-    the run's own trace (this may run in a step of another run)."""
-    raw, trace = store.redis.hmget(store.run_key(run_id), ["entry", "traceparent"])
+    the run's own trace (this may run in a step of another run). A run that waited for a
+    person goes on with the step that waited (``parked_step``), which finds its answer applied
+    and dispatches its tool calls."""
+    raw, trace, parked = store.redis.hmget(
+        store.run_key(run_id), ["entry", "traceparent", "parked_step"]
+    )
     options = json.loads(raw) if raw else {}
     with tracing.within(str(trace or "")):
-        app.signature(names.RUN, task_id=run_id, **options).apply_async()
+        if parked:
+            step = app.signature(names.AGENT_STEP, args=(None, run_id, int(parked)))
+            step.set(task_id=run_id, **options).apply_async()
+        else:
+            app.signature(names.RUN, task_id=run_id, **options).apply_async()
 
 
 def follow_up(app: Celery, store: RunStore, run_id: str, finished: Finished) -> None:

@@ -38,6 +38,10 @@ ThreadPolicy = Literal["enqueue", "reject", "interrupt"]
 ThreadHistory = Literal["messages", "full"]
 #: What a run does when its tenant's daily budget refuses its next LLM call.
 BudgetPolicy = Literal["fail", "wait"]
+#: What a wait for a person that times out comes to (agentfleet.tasks.waits).
+WaitTimeoutPolicy = Literal["fail", "deny", "default"]
+#: A tool's name as a run names it, or ``*`` (every tool) where a list of tools allows it.
+ToolName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^(\*|[A-Za-z0-9_-]+)$")]
 
 #: Agent names: as tool names, safe in Redis keys and in a provider's ``response_format``.
 AGENT_NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
@@ -234,6 +238,36 @@ class RunRequest(BaseModel):
         description="When the tenant's daily budget is spent mid-run: fail (the default, "
         "budget_exceeded) or wait, holding no worker, until the budget resets.",
     )
+    approval_required: list[ToolName] | None = Field(
+        default=None,
+        exclude_if=_unset,
+        max_length=64,
+        description="Tools whose calls wait for a person's approval (POST "
+        "/v1/runs/{id}/approvals) before they run; ['*'] for every tool. Tools declared "
+        "with requires_approval always do.",
+    )
+    wait_timeout: float | None = Field(
+        default=None,
+        exclude_if=_unset,
+        ge=1,
+        le=30 * 86_400,
+        description="Seconds the run may wait for a person (an approval, an answer); "
+        "none by default.",
+    )
+    on_wait_timeout: WaitTimeoutPolicy | None = Field(
+        default=None,
+        exclude_if=_unset,
+        description="When a wait times out: fail the run (wait_timeout, the default), deny "
+        "(pending calls are denied, questions get no answer), or default (questions get "
+        "wait_default, pending calls are denied).",
+    )
+    wait_default: str | None = Field(
+        default=None,
+        exclude_if=_unset,
+        max_length=10_000,
+        description="The answer a question gets when its wait times out (on_wait_timeout: "
+        "default).",
+    )
     metadata: dict[str, str] = Field(default_factory=dict)
     # Strict: a lax bool would take "yes", "on" or 1 from JSON and guess what was meant.
     stream: StrictBool = Field(
@@ -241,6 +275,43 @@ class RunRequest(BaseModel):
     )
     callback_url: HttpUrl | None = Field(
         default=None, description="POSTed the final record, signed, when the run finishes."
+    )
+
+
+class Decision(BaseModel):
+    """A reviewer's decision on one call a run waits for (``POST /v1/runs/{id}/approvals``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    call_id: str = Field(min_length=1, max_length=300, description="The pending call's id.")
+    approve: StrictBool
+    arguments: dict[str, Any] | None = Field(
+        default=None, description="Run the approved call with these arguments instead."
+    )
+    message: str | None = Field(
+        default=None, max_length=10_000, description="Shown to the model with the decision."
+    )
+
+
+class ApprovalsRequest(BaseModel):
+    """Decisions on some or all of the calls a run waits to have approved."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    decisions: list[Decision] = Field(min_length=1, max_length=64)
+
+
+class InputRequest(BaseModel):
+    """A person's answer to a question a run asked (``POST /v1/runs/{id}/input``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    answer: str = Field(max_length=100_000)
+    call_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=300,
+        description="The question's call id; needed only when the run asked several.",
     )
 
 

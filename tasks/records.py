@@ -100,6 +100,14 @@ class RunRecord:
     max_cost: float | None
     #: ``fail`` or ``wait`` when its tenant's daily budget is spent.
     budget_policy: str
+    #: Tools whose calls wait for a person's approval in this run (``*``: every tool), beside
+    #: the tools that require it themselves (agentfleet.tasks.waits).
+    approval_required: tuple[str, ...]
+    #: Seconds a wait for a person may last (None: no limit), what happens then (``fail``,
+    #: ``deny`` or ``default``) and the answer a question gets under ``default``.
+    wait_timeout: float | None
+    on_wait_timeout: str
+    wait_default: str | None
     #: Unix times: created, its first step claimed, made final (None: not yet).
     created_at: float
     started_at: float | None
@@ -150,6 +158,10 @@ class RunRecord:
             max_total_tokens=_int(fields, "max_total_tokens") or None,
             max_cost=float(fields["max_cost"]) if fields.get("max_cost") else None,
             budget_policy=fields.get("budget_policy", "fail"),
+            approval_required=tuple(json.loads(fields.get("approval_required") or "[]")),
+            wait_timeout=float(fields["wait_timeout"]) if fields.get("wait_timeout") else None,
+            on_wait_timeout=fields.get("on_wait_timeout", "fail"),
+            wait_default=fields.get("wait_default"),
             created_at=float(fields.get("created_at") or 0),
             started_at=_time(fields, "started_at"),
             finished_at=_time(fields, "finished_at"),
@@ -168,6 +180,11 @@ class RunRecord:
         if "head" in self.fields:
             return _int(self.fields, "head") + _int(self.fields, "history")
         return None
+
+    @property
+    def decisions(self) -> dict[str, dict[str, Any]]:
+        """What a person decided on the calls the run waited for, by call ID (decide.lua)."""
+        return _json(self.fields, "decisions") or {}
 
     def gen(self, step: int) -> str:
         """The generation of the answer applied as ``step`` ('' if none is)."""

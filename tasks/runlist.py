@@ -58,7 +58,9 @@ class RunQuery:
             return keys.tenant_runs(p, tenant, "thread", self.thread_id)
         if self.agent is not None:
             return keys.tenant_runs(p, tenant, "agent", self.agent)
-        if self.status is not None and self.status.terminal:
+        # Final runs never leave their status index; a run that waited for a person stays in
+        # the waiting one after it went on, and matches() leaves it out.
+        if self.status is not None and (self.status.terminal or self.status is RunStatus.WAITING):
             return keys.tenant_runs(p, tenant, "status", self.status.value)
         return keys.tenant_runs(p, tenant)
 

@@ -54,6 +54,8 @@ APPLY_STEP = _load("apply_step", "_spend", "_step_end")
 FINISH_STEP = _load("finish_step", "_spend", "_step_end")
 APPLY_AND_FINISH_STEP = _load("apply_and_finish_step", "_spend", "_step_end")
 CANCEL_RUN = _load("cancel_run")
+WAIT_STEP = _load("wait_step", "_spend", "_step_end")
+DECIDE = _load("decide")
 RELEASE_STEP = _load("release_step")
 #: Takes no context argument: it is the only script that is not a transition of a record.
 DROP_LEASE = script(_PACKAGE, "drop_lease")

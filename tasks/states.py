@@ -3,7 +3,8 @@ what the store's transitions answer; the statuses of tool calls and batches.
 
 A run is created ``queued`` (``create_run.lua``; through the API pending until
 ``accept.lua`` accepts it), becomes ``running`` when a worker claims its first step
-(``begin_step.lua``), and ends ``succeeded``, ``failed`` or ``cancelled``. Every move is made by
+(``begin_step.lua``), may be ``waiting`` for a person between steps (``wait_step.lua``,
+``decide.lua``), and ends ``succeeded``, ``failed`` or ``cancelled``. Every move is made by
 one Lua script of the store (``tasks/lua/``), named in :data:`TRANSITIONS`; a final run never
 moves again. ``docs/run-states.md`` draws the same machine, and ``tests/test_run_states.py``
 checks that the drawing and this table agree.
@@ -31,6 +32,8 @@ class RunStatus(StrEnum):
 
     QUEUED = "queued"
     RUNNING = "running"
+    #: Waits for a person: an approval of tool calls, or an answer (``waiting.reason``).
+    WAITING = "waiting"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -89,6 +92,30 @@ TRANSITIONS: Final = (
         RunStatus.CANCELLED,
         ("cancel_run",),
         "cancelled by a caller; the step in flight finds it final and drops its answer",
+    ),
+    Transition(
+        RunStatus.RUNNING,
+        RunStatus.WAITING,
+        ("wait_step",),
+        "the model called a tool that needs approval, or asked a person a question",
+    ),
+    Transition(
+        RunStatus.WAITING,
+        RunStatus.RUNNING,
+        ("decide",),
+        "every pending call is decided or answered (or its wait timed out)",
+    ),
+    Transition(
+        RunStatus.WAITING,
+        RunStatus.FAILED,
+        ("finish_step",),
+        "its wait timed out under the policy fail",
+    ),
+    Transition(
+        RunStatus.WAITING,
+        RunStatus.CANCELLED,
+        ("cancel_run",),
+        "cancelled by a caller while it waits",
     ),
 )
 
@@ -152,6 +179,7 @@ class StepOutcome(StrEnum):
     POISONED = "poisoned"  # delivered more than max_redeliveries times
     PENDING = "pending"  # not accepted by the API yet
     ROLLED_BACK = "rolled_back"  # the answer of the step before is gone (a crash of Redis)
+    WAITING = "waiting"  # the run waits for a person: the decision resumes it
 
 
 class ToolOutcome(StrEnum):

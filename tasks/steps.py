@@ -23,10 +23,10 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 from agentfleet.tasks import keys
-from agentfleet.tasks.agent import tool_call_id
 from agentfleet.tasks.records import RunRecord
 from agentfleet.tasks.redaction import Redactor
 from agentfleet.tasks.store import RunStore
+from agentfleet.tasks.toolcall import tool_call_id
 
 #: Events a step's view reads (the rest are the run's, or tokens).
 _STEP_EVENTS = frozenset(

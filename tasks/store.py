@@ -212,6 +212,8 @@ class RunStore:
         self._finish_step = client.register_script(scripts.FINISH_STEP)
         self._apply_and_finish_step = client.register_script(scripts.APPLY_AND_FINISH_STEP)
         self._cancel_run = client.register_script(scripts.CANCEL_RUN)
+        self._wait_step = client.register_script(scripts.WAIT_STEP)
+        self._decide = client.register_script(scripts.DECIDE)
         self._release_step = client.register_script(scripts.RELEASE_STEP)
         self._drop_lease = client.register_script(scripts.DROP_LEASE)
         self._create_tool = client.register_script(scripts.CREATE_TOOL)
@@ -432,6 +434,8 @@ class RunStore:
         if request.output_schema is not None:
             fields["output_schema"] = json.dumps(request.output_schema)
         fields |= _optional_fields(request)
+        if request.approval_required:
+            fields["approval_required"] = json.dumps(request.approval_required)
         if request.thread_id:
             # The thread's history goes in front of the input when the run's turn comes
             # (begin_step.lua), after ``head`` messages (the system prompt, if any).
@@ -623,6 +627,43 @@ class RunStore:
             for run_id, reply in zip(run_ids, replies, strict=True)
         ]
 
+    def wait_step(
+        self,
+        run_id: str,
+        step: int,
+        token: str,
+        answer: StepAnswer,
+        waiting: dict[str, Any],
+        deadline: float | None,
+    ) -> tuple[int, str]:
+        """Apply the step's answer and make the run wait for a person (``waiting``: see
+        ``wait_step.lua``) until ``deadline`` (None: no timeout): (what :meth:`apply_step`
+        answers, the run that now has the tenant slot it held, or '')."""
+        reply = self._wait_step(
+            keys=[self.run_key(run_id), self._messages(run_id), self._lease(run_id)],
+            args=[
+                self._ctx(run_id),
+                step,
+                answer.payload(),
+                token,
+                json.dumps(waiting),
+                "" if deadline is None else deadline,
+            ],
+        )
+        if int(reply[0]) == ROLLED_BACK:
+            raise RolledBack(f"the answer step {step} of run {run_id} builds on is gone")
+        return int(reply[0]), str(reply[1])
+
+    def decide(self, run_id: str, kind: str, decisions: list[dict[str, Any]]) -> list[Any]:
+        """Record decisions on the calls a waiting run waits for (``decide.lua``): its reply."""
+        call_keys = [self.tool_key(d["id"]) for d in decisions]
+        return list(
+            self._decide(
+                keys=[self.run_key(run_id), *call_keys],
+                args=[self._ctx(run_id), kind, json.dumps(decisions), self.due(0)],
+            )
+        )
+
     def set_waiting(self, run_id: str, waiting: dict[str, Any]) -> float:
         """Record why the run is waiting; returns since when it has been waiting."""
         key = self.run_key(run_id)
@@ -672,7 +713,9 @@ class RunStore:
             if position is not None and first and first[0] != run.id:
                 return True
         tenant, cap = run.tenant, run.cap
-        if not tenant or cap <= 0 or run.status != RunStatus.QUEUED:
+        # A run takes a slot when it starts, and again when it goes on after a person decided.
+        takes_slot = run.status == RunStatus.QUEUED or "needs_slot" in run.fields
+        if not tenant or cap <= 0 or not takes_slot:
             return False
         pipe = self.redis.pipeline(transaction=False)
         pipe.zscore(keys.tenant_waiting(self._p, tenant), run.id)
@@ -879,6 +922,9 @@ _OPTIONAL_FIELDS = (
     "max_total_tokens",
     "max_cost",
     "budget_policy",
+    "wait_timeout",
+    "on_wait_timeout",
+    "wait_default",
 )
 
 

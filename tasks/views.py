@@ -28,6 +28,19 @@ def run_error(run: RunRecord) -> Any:
     return json.loads(error) if error else None
 
 
+def _waiting(run: RunRecord) -> dict[str, Any] | None:
+    """What the run waits for; a call a person already decided shows the decision."""
+    raw = run.fields.get("waiting")
+    if not raw:
+        return None
+    waiting: dict[str, Any] = json.loads(raw)
+    if decisions := run.decisions:
+        for call in waiting.get("pending", []):
+            if decided := decisions.get(call["id"]):
+                call["decision"] = decided.get("decision")
+    return waiting
+
+
 def run_view(run: RunRecord) -> dict[str, Any]:
     """A run record as callers see it (``GET /v1/runs/{id}`` and the run's Celery result)."""
     record, usage = run.fields, run.usage
@@ -56,7 +69,7 @@ def run_view(run: RunRecord) -> dict[str, Any]:
         },
         "provider": record.get("provider"),
         "worker": record.get("worker"),
-        "waiting": json.loads(record["waiting"]) if record.get("waiting") else None,
+        "waiting": _waiting(run),
         # A typed run's result is the JSON value of its answer, and its text is kept beside
         # it (also the text of an answer that never matched the schema).
         "result": _typed_result(run, text) if typed else text,

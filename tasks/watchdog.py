@@ -21,6 +21,7 @@ A resent step is not a member of an enclosing batch chord; the batch's own sweep
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import threading
@@ -30,20 +31,16 @@ from typing import Any
 
 from celery import Celery
 
-from agentfleet.tasks import keys, tracing
-from agentfleet.tasks.agent import (
-    completion_from_transcript,
-    step_signature,
-    tool_call_id,
-    tool_signatures,
-)
+from agentfleet.tasks import keys, tracing, waits
+from agentfleet.tasks.agent import completion_from_transcript, step_signature, tool_signatures
 from agentfleet.tasks.batch import batch_state
-from agentfleet.tasks.lifecycle import start_run
+from agentfleet.tasks.errors import NotWaiting
+from agentfleet.tasks.lifecycle import follow_up, start_run
 from agentfleet.tasks.records import RunRecord
 from agentfleet.tasks.settings import Settings
 from agentfleet.tasks.states import RunStatus
 from agentfleet.tasks.store import RunStore, get_store
-from agentfleet.tasks.toolcall import redelivery_failure
+from agentfleet.tasks.toolcall import redelivery_failure, tool_call_id
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +58,8 @@ class Recovery:
     worker holds it; wait for its lease), ``waiting`` (its tenant is at its cap: the run that
     frees a slot starts it; or its batch is not accepted yet), ``entry`` (step 1 sent again),
     ``step`` (the step after a finished tool chord sent again, perhaps after storing the failure
-    of calls that used up their deliveries) or ``tools`` (tool calls that no worker holds and no
-    result answers sent again).
+    of calls that used up their deliveries), ``tools`` (tool calls that no worker holds and no
+    result answers sent again) or ``timed_out`` (a wait for a person ended by its policy).
     """
 
     run_id: str
@@ -82,6 +79,9 @@ def recover(app: Celery, settings: Settings, store: RunStore, run_id: str) -> Re
     if run is None or run.terminal:
         store.forget(run_id)
         return Recovery(run_id, "forgotten")
+    if run.status is RunStatus.WAITING:
+        # Due only at its wait's deadline: a person did not decide in time.
+        return _wait_timed_out(app, store, run)
     batch = _unaccepted_batch(store, run)
     if batch == "missing":
         # Written for a batch the API never accepted: nothing of it may start.
@@ -112,6 +112,22 @@ def recover(app: Celery, settings: Settings, store: RunStore, run_id: str) -> Re
         resends,
     )
     return recovery
+
+
+def _wait_timed_out(app: Celery, store: RunStore, run: RunRecord) -> Recovery:
+    """End the wait of ``run`` by its ``on_wait_timeout`` policy: fail the run, or decide
+    its pending calls (denied, or a question answered with the run's default)."""
+    if run.on_wait_timeout != "fail":
+        with contextlib.suppress(NotWaiting):  # decided by a person in the meantime
+            waits.decide(app, store, run, "", waits.timeout_decisions(run))
+        return Recovery(run.id, "timed_out", run.on_wait_timeout)
+    error = {"code": "wait_timeout", "message": f"no one decided within {run.wait_timeout:g}s"}
+    finished = store.finish_step(run.id, 0, "", status=RunStatus.FAILED, error=error)
+    follow_up(app, store, run.id, finished)
+    if finished.final:
+        # No message of the run is queued: send one that records its end under the run ID.
+        start_run(app, store, run.id)
+    return Recovery(run.id, "timed_out", "fail")
 
 
 def _unaccepted_batch(store: RunStore, run: RunRecord) -> str:

@@ -84,6 +84,24 @@ def test_callback_reaches_a_receiver_that_was_down(
     assert int(fleet.redis.hget(key, "callback_attempts") or 0) >= 2
 
 
+def test_a_run_is_called_back_when_it_waits_for_a_person_and_when_it_ends(
+    fleet: Fleet, receiver: Receiver, wait: Callable[..., None]
+) -> None:
+    receiver.start()
+    prompt = 'call ask_human {"question": "Proceed?"}'
+    run_id = fleet.client.create_run(prompt, tools=["ask_human"], callback_url=receiver.url).id
+    wait(lambda: receiver.received, 30, "the callback of the wait")
+    got = receiver.received[0]
+    assert got["valid"] is True
+    assert got["event"] == "run.waiting"
+    body = got["body"]
+    assert isinstance(body, dict)
+    assert body["waiting"]["reason"] == "input"
+    fleet.client.answer(run_id, "yes")
+    wait(lambda: len(receiver.received) >= 2, 30, "the final callback")
+    assert [r["event"] for r in receiver.received] == ["run.waiting", "run.succeeded"]
+
+
 def test_batch_callback(fleet: Fleet, receiver: Receiver, wait: Callable[..., None]) -> None:
     receiver.start()
     batch_id = fleet.client.create_batch(

@@ -162,7 +162,10 @@ def test_async_tool_stops_at_its_soft_time_limit(fleet: Fleet) -> None:
 
 # --- the fleet's view ------------------------------------------------------------------------
 
+#: The built-in tools a run that names none gets; every worker also has ask_human, which a run
+#: must name (it stops the run to ask a person).
 BUILTIN = ["calculator", "current_time", "json_extract", "text_stats", "transform_text", "wait"]
+EVERY_BUILTIN = sorted([*BUILTIN, "ask_human"])
 #: The API loads tests.tooling and tests.tooling_v1 and the agents of tests.agents; each
 #: worker loads its own modules, and the agents worker no agents.
 MIXED_ENV = SHORT_LIMITS | {
@@ -308,7 +311,7 @@ def test_tools_listing_shows_each_workers_tools_and_the_mismatches(seen: Fleet) 
     by_prefix = {n["node"].rsplit("-", 1)[0]: n for n in view["nodes"]}
     assert set(by_prefix) == {"agents", "tools-v1", "tools-v2"}, view["nodes"]
     assert by_prefix["agents"]["queues"] == ["agents"]
-    assert by_prefix["tools-v2"]["tools"] == sorted([*BUILTIN, "murmur", "shout"])
+    assert by_prefix["tools-v2"]["tools"] == sorted([*EVERY_BUILTIN, "murmur", "shout"])
     assert view["mismatch"] is True
     tools = {t["name"]: t for t in view["tools"]}
 

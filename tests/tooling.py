@@ -93,3 +93,10 @@ def cache_probe_brief(key: str) -> int:
     """Count one execution under ``key`` in Redis and answer with the count; its results are
     cached for one second."""
     return int(_redis().incr(f"test:ran:{key}"))
+
+
+@tool(requires_approval=True)
+def deploy(service: str, version: str) -> str:
+    """Deploy a version of a service (every call waits for a reviewer's approval)."""
+    _redis().incr(f"test:deploy:{service}:{version}")
+    return f"deployed {service} {version}"

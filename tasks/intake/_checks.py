@@ -81,8 +81,10 @@ class AdmittedBatch:
 
 
 def resolve_tools(request: RunRequest) -> list[str]:
-    """The tool names a run may use: those asked for, or every registered tool."""
-    return registry.names() if request.tools is None else list(dict.fromkeys(request.tools))
+    """The tool names a run may use: those asked for, or every tool given by default."""
+    if request.tools is None:
+        return registry.default_names()
+    return list(dict.fromkeys(request.tools))
 
 
 def admit_run(

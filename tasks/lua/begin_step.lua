@@ -11,14 +11,15 @@
 -- ARGV[5]  max_deliveries: deliveries of one step before it is poisoned
 -- ARGV[6]  due: the run's next due time while the step runs
 -- ARGV[7]  worker: the claiming worker's name (for the ``started`` event)
--- Reads: pending, status, dispatched_step, applied_step, tenant, cap, max_steps, the tenant's
--- slots, the thread's queue and history. Writes: the lease, deliveries:<step>, status queued
--- -> running (event ``started``), the tenant's inflight/waiting sets, <p>:runs:active, event
--- llm_call_started; on a thread, once: the history into the messages, and ``history``.
+-- Reads: pending, status, dispatched_step, applied_step, tenant, cap, needs_slot, max_steps,
+-- the tenant's slots, the thread's queue and history. Writes: the lease, deliveries:<step>,
+-- status queued -> running (event ``started``), needs_slot (dropped once a slot is taken),
+-- the tenant's inflight/waiting sets, <p>:runs:active, event llm_call_started; on a thread,
+-- once: the history into the messages, and ``history``.
 -- Returns {'ok', record (flat HGETALL), messages}; {'missing'}; {'pending', PTTL ms};
--- {'terminal', status}; {'done'} (already dispatched); {'rolled_back'} (the answer of the
--- step before is gone; the run is due now); {'throttled'} (waits for a tenant slot, or for
--- its turn on its thread);
+-- {'terminal', status}; {'waiting'} (it waits for a person); {'done'} (already dispatched);
+-- {'rolled_back'} (the answer of the step before is gone; the run is due now);
+-- {'throttled'} (waits for a tenant slot, or for its turn on its thread);
 -- {'busy', lease PTTL ms}; {'poisoned', deliveries}.
 
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing'} end
@@ -30,6 +31,8 @@ if is_final(status) then
   redis.call('ZREM', ctx.prefix .. ':runs:active', ctx.run_id)
   return {'terminal', status}
 end
+-- Waiting for a person: the decision that ends the wait publishes the step again.
+if status == 'waiting' then return {'waiting'} end
 local step = tonumber(ARGV[3])
 if tonumber(redis.call('HGET', KEYS[1], 'dispatched_step') or '0') >= step then
   return {'done'}
@@ -65,8 +68,12 @@ if status == 'queued' then
       redis.call('HSET', KEYS[1], 'history', #history)
     end
   end
-  -- The tenant's cap on runs in flight: over it, the run waits its turn in a queue of the
-  -- tenant's own, and the run that frees a slot starts the first one waiting.
+end
+-- The tenant's cap on runs in flight: over it, the run waits its turn in a queue of the
+-- tenant's own, and the run that frees a slot starts the first one waiting. A run takes a
+-- slot when it starts, and again when it goes on after waiting for a person (needs_slot).
+local resumed = redis.call('HEXISTS', KEYS[1], 'needs_slot') == 1
+if status == 'queued' or resumed then
   local tenant = redis.call('HGET', KEYS[1], 'tenant')
   local cap = tonumber(redis.call('HGET', KEYS[1], 'cap') or '0')
   if tenant and cap > 0 then
@@ -91,6 +98,7 @@ if status == 'queued' then
   redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ctx.now)
   emit(KEYS[1], 'started', {worker = ARGV[7]})
 end
+if resumed then redis.call('HDEL', KEYS[1], 'needs_slot') end
 redis.call('ZADD', ctx.prefix .. ':runs:active', ARGV[6], ctx.run_id)
 if applied < step and step <= tonumber(redis.call('HGET', KEYS[1], 'max_steps') or step) then
   emit(KEYS[1], 'llm_call_started', {step = step})

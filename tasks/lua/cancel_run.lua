@@ -9,7 +9,7 @@
 -- Returns {outcome, run to start now, finished batch, final status, run whose end no message
 -- will record}; outcome is 'cancelled', 'final:<status>' or 'missing'. A run waiting for its
 -- tenant's slot has no message in any queue, so the caller publishes one that finds it
--- cancelled. So has a run waiting for its turn on its thread.
+-- cancelled. So has a run waiting for its turn on its thread, or for a person.
 
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {'missing', '', '', '', ''} end
@@ -21,6 +21,7 @@ if tenant and redis.call('ZSCORE', ctx.prefix .. ':tenant:' .. tenant .. ':waiti
 then
   parked = ctx.run_id
 end
+if status == 'waiting' then parked = ctx.run_id end  -- waiting for a person: no message
 local t = thread_of(KEYS[1])
 if t and status == 'queued' and redis.call('ZSCORE', t .. ':queue', ctx.run_id)
     and redis.call('ZRANGE', t .. ':queue', 0, 0)[1] ~= ctx.run_id then

@@ -33,6 +33,11 @@ class Tool:
     timeout: float | None = None
     #: Seconds a successful result is reused for the same arguments (per tenant); None: never.
     cache_ttl: float | None = None
+    #: Whether each call waits for a person's approval before it runs (agentfleet.tasks.waits).
+    requires_approval: bool = False
+    #: Whether a run that names no tools gets this one (``ask_human`` it must name: a run
+    #: whose model may stop to ask a person is one that expects it).
+    by_default: bool = True
     _output: TypeAdapter[Any] = field(repr=False, default_factory=lambda: TypeAdapter(Any))
 
     @cached_property
@@ -135,6 +140,10 @@ class ToolRegistry:
     def names(self) -> list[str]:
         return sorted(self._tools)
 
+    def default_names(self) -> list[str]:
+        """The tools a run that names none gets: all but those a run must ask for by name."""
+        return sorted(n for n, t in self._tools.items() if t.by_default)
+
     def name_of(self, func: ToolFunc) -> str | None:
         """The name ``func`` is registered under, if it is a registered tool's function."""
         return next((t.name for t in self._tools.values() if t.func is func), None)
@@ -182,6 +191,7 @@ def _make_tool(
     description: str | None,
     timeout: float | None,
     cache_ttl: float | None = None,
+    requires_approval: bool = False,
 ) -> Tool:
     tool_name = name or func.__name__
     if not tool_name or not set(tool_name) <= _NAME_CHARS or len(tool_name) > 64:
@@ -197,6 +207,7 @@ def _make_tool(
         arguments=_argument_model(tool_name, func),
         timeout=timeout,
         cache_ttl=ttl,
+        requires_approval=requires_approval,
         _output=output,
     )
 
@@ -210,6 +221,7 @@ def tool(
     description: str | None = None,
     timeout: float | None = None,
     cache_ttl: float | None = None,
+    requires_approval: bool = False,
 ) -> Callable[[ToolFunc], ToolFunc]: ...
 
 
@@ -221,6 +233,7 @@ def tool(
     description: str | None = None,
     timeout: float | None = None,
     cache_ttl: float | None = None,
+    requires_approval: bool = False,
 ) -> ToolFunc | Callable[[ToolFunc], ToolFunc]:
     """Register a typed function as a tool.
 
@@ -229,6 +242,8 @@ def tool(
     ``cache_ttl`` (seconds, > 0) keeps a successful result for that long, and a call of the
     same tenant with the same arguments gets it without running the function; a ``cache_ttl``
     that is not a number above 0 is a :class:`~agentfleet.tasks.errors.ConfigError` here.
+    ``requires_approval`` makes every call of a run wait for a person's approval before it
+    runs (``POST /v1/runs/{id}/approvals``; :mod:`agentfleet.tasks.waits`).
     The function itself is returned unchanged, so it stays callable and testable.
 
     >>> @tool
@@ -238,7 +253,9 @@ def tool(
     """
 
     def decorate(f: ToolFunc) -> ToolFunc:
-        registry.add(_make_tool(f, name, description, timeout, cache_ttl))
+        if not isinstance(requires_approval, bool):
+            raise ConfigError(f"tool {name or f.__name__!r}: requires_approval must be a bool")
+        registry.add(_make_tool(f, name, description, timeout, cache_ttl, requires_approval))
         return f
 
     return decorate(func) if func is not None else decorate

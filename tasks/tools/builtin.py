@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import math
 import operator
@@ -14,8 +15,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field
 
-from agentfleet.tasks.errors import ToolArgumentsError
-from agentfleet.tasks.tools._registry import tool
+from agentfleet.tasks.errors import ToolArgumentsError, ToolExecutionError
+from agentfleet.tasks.tools._registry import _make_tool, registry, tool
 
 _BINARY: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
     ast.Add: operator.add,
@@ -139,3 +140,17 @@ def wait(seconds: Annotated[float, Field(ge=0, le=30)]) -> float:
     start = time.monotonic()
     time.sleep(seconds)
     return round(time.monotonic() - start, 3)
+
+
+def ask_human(question: Annotated[str, Field(min_length=1, max_length=10_000)]) -> str:
+    """Ask a person a question and get their answer (the run waits until they answer)."""
+    # A run never runs it: its step waits for the answer (agentfleet.tasks.waits), which is
+    # stored as the call's result before the call is dispatched. Only a direct call gets here.
+    raise ToolExecutionError(
+        "ask_human is answered by a person through POST /v1/runs/{id}/input; "
+        "it cannot be called outside a run"
+    )
+
+
+# Offered only to runs that name it (Tool.by_default).
+registry.add(dataclasses.replace(_make_tool(ask_human, None, None, None), by_default=False))

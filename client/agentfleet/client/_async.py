@@ -11,7 +11,7 @@ import httpx
 from pydantic import BaseModel
 
 from agentfleet.client import _core, _models
-from agentfleet.client._core import BatchOptions, RunFilters, RunOptions
+from agentfleet.client._core import BatchOptions, Decision, RunFilters, RunOptions
 from agentfleet.client._errors import Unreachable
 from agentfleet.client._models import M
 
@@ -93,8 +93,55 @@ class AsyncClient(_core.BaseClient[httpx.AsyncClient]):
     async def cancel(self, run_id: str, *, idempotency_key: str | None = None) -> _models.Run:
         return await self._send(_core.cancel_run(run_id, idempotency_key))
 
-    async def wait(self, run_id: str, timeout: float = 120.0, interval: float = 0.2) -> _models.Run:
-        return await self._wait(_core.wait_run(run_id, timeout, interval))
+    async def wait(
+        self,
+        run_id: str,
+        timeout: float = 120.0,
+        interval: float = 0.2,
+        *,
+        until_waiting: bool = False,
+    ) -> _models.Run:
+        """Poll until the run is succeeded, failed or cancelled (with ``until_waiting``, also
+        until it waits for a person); ``WaitTimeout`` after ``timeout`` seconds."""
+        return await self._wait(_core.wait_run(run_id, timeout, interval, until_waiting))
+
+    async def decide(self, run_id: str, decisions: list[Decision]) -> _models.Run:
+        """Approve or deny calls the run waits for (``Decision``: ``call_id``, ``approve``,
+        optionally edited ``arguments`` and a ``message`` for the model). ``Conflict`` if
+        the run is not waiting, or a call is not pending or was decided already."""
+        return await self._send(_core.decide_run(run_id, decisions))
+
+    async def approve(
+        self,
+        run_id: str,
+        call_id: str,
+        *,
+        arguments: dict[str, Any] | None = None,
+        message: str | None = None,
+    ) -> _models.Run:
+        """Approve one pending call, to run as asked or with ``arguments`` instead."""
+        decision = Decision(call_id=call_id, approve=True)
+        if arguments is not None:
+            decision["arguments"] = arguments
+        if message is not None:
+            decision["message"] = message
+        return await self.decide(run_id, [decision])
+
+    async def deny(self, run_id: str, call_id: str, *, message: str | None = None) -> _models.Run:
+        """Deny one pending call: the model gets "denied by the reviewer" and ``message``."""
+        decision = Decision(call_id=call_id, approve=False)
+        if message is not None:
+            decision["message"] = message
+        return await self.decide(run_id, [decision])
+
+    async def answer(self, run_id: str, answer: str, *, call_id: str | None = None) -> _models.Run:
+        """Answer the question the run asked (``call_id``: which one, if it asked several)."""
+        return await self._send(_core.answer_run(run_id, answer, call_id))
+
+    async def pending(self, limit: int = 100) -> list[_models.Run]:
+        """The tenant's runs waiting for a person, newest first (at most ``limit``)."""
+        page = await self.list_runs(limit=min(limit, 100), status="waiting")
+        return page.runs
 
     async def events(
         self, run_id: str, after: str | None = None, reconnect: bool = True

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Generic, TypedDict, TypeVar
+from typing import Any, Generic, Required, TypedDict, TypeVar
 
 import httpx
 import pydantic
@@ -80,6 +80,10 @@ class RunOptions(TypedDict, total=False):
     max_total_tokens: int | None
     max_cost: float | None
     budget_policy: str | None
+    approval_required: list[str] | None
+    wait_timeout: float | None
+    on_wait_timeout: str | None
+    wait_default: str | None
     metadata: dict[str, str] | None
     stream: bool
     callback_url: str | None
@@ -341,8 +345,32 @@ def _wait_final(
     )
 
 
-def wait_run(run_id: str, timeout: float, interval: float) -> Wait[models.Run]:
-    return _wait_final(get_run(run_id), models.RUN_FINAL, f"run {run_id}", timeout, interval)
+def wait_run(
+    run_id: str, timeout: float, interval: float, until_waiting: bool = False
+) -> Wait[models.Run]:
+    until = models.RUN_FINAL | {"waiting"} if until_waiting else models.RUN_FINAL
+    return _wait_final(get_run(run_id), until, f"run {run_id}", timeout, interval)
+
+
+class Decision(TypedDict, total=False):
+    """A reviewer's decision on a pending call (``POST /v1/runs/{id}/approvals``):
+    ``approve``, and optionally the ``arguments`` to run an approved call with and a
+    ``message`` shown to the model."""
+
+    call_id: Required[str]
+    approve: Required[bool]
+    arguments: dict[str, Any]
+    message: str
+
+
+def decide_run(run_id: str, decisions: list[Decision]) -> Call[models.Run]:
+    body = {"decisions": [_without_none(dict(d)) for d in decisions]}
+    return Call("POST", f"/v1/runs/{run_id}/approvals", models.Run.model_validate, body)
+
+
+def answer_run(run_id: str, answer: str, call_id: str | None) -> Call[models.Run]:
+    body = _without_none({"answer": answer, "call_id": call_id})
+    return Call("POST", f"/v1/runs/{run_id}/input", models.Run.model_validate, body)
 
 
 def wait_tool_call(call_id: str, timeout: float, interval: float) -> Wait[models.ToolCall]:

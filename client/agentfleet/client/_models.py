@@ -57,12 +57,33 @@ class ErrorInfo(BaseModel):
     message: str
 
 
+class PendingCall(BaseModel):
+    """A tool call a waiting run waits for a person to decide: to approve (``kind``
+    ``approval``) or to answer (``input``: the model asked ``question``)."""
+
+    id: str
+    kind: Literal["approval", "input"]
+    name: str
+    arguments: str
+    """As the model sent them: JSON text."""
+    model_call_id: str | None = None
+    question: str | None = None
+    decision: Literal["approve", "deny", "answer"] | None = None
+    """Set once a person decided the call (the run waits until every call is decided)."""
+
+
 class Waiting(BaseModel):
-    """Why a running run is not making progress right now."""
+    """Why a run is not making progress right now: a running run waiting for a provider or a
+    budget (``retry_at``), or a ``waiting`` run waiting for a person (``approval`` or
+    ``input``: the ``pending`` calls, until ``timeout_at`` if the run has a wait timeout)."""
 
     reason: str
     detail: str
-    retry_at: str
+    retry_at: str | None = None
+    step: int | None = None
+    pending: list[PendingCall] | None = None
+    timeout_at: str | None = None
+    on_timeout: str | None = None
 
 
 class Run(BaseModel):
@@ -70,7 +91,7 @@ class Run(BaseModel):
     value, with the text in ``result_text``; :meth:`output` parses it into your model."""
 
     id: str
-    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    status: Literal["queued", "running", "waiting", "succeeded", "failed", "cancelled"]
     agent: str | None = None
     thread_id: str | None = None
     model: str | None
