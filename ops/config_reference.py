@@ -80,6 +80,7 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "max_steps_limit",
             "max_input_chars",
             "max_tools_per_run",
+            "children_",
             "max_metadata_bytes",
             "max_output_",
             "default_context_budget",

@@ -23,7 +23,7 @@ from agentfleet.producer.events import EVENT_ID, sse_stream
 from agentfleet.producer.idempotency import Slot, fingerprint, run_once
 from agentfleet.producer.logcontext import RunIdContext
 from agentfleet.producer.metrics import router as metrics_router
-from agentfleet.tasks import intake, runlist, spend, steps, threads, tracing, waits
+from agentfleet.tasks import children, intake, runlist, spend, steps, threads, tracing, waits
 from agentfleet.tasks.batch import batch_record, batch_view
 from agentfleet.tasks.errors import (
     BudgetExceeded,
@@ -52,7 +52,7 @@ from agentfleet.tasks.redisconn import warn_if_not_durable
 from agentfleet.tasks.settings import Settings, get_settings, warn_unknown_variables
 from agentfleet.tasks.states import RunStatus, ToolCallStatus
 from agentfleet.tasks.store import RunStore, get_store
-from agentfleet.tasks.views import run_view, tool_call_view
+from agentfleet.tasks.views import run_view, tool_call_view, usage_view
 from agentfleet.workers import signals
 from agentfleet.workers.conf import api_config
 from agentfleet.workers.logs import configure_api_logging
@@ -226,8 +226,14 @@ def get_run_steps(run_id: str, store: StoreDep, settings: SettingsDep, tenant: T
 
 @router.get("/v1/runs/{run_id}", response_model=schemas.Run, responses={404: {}})
 def get_run(run_id: str, store: StoreDep, tenant: TenantDep) -> Any:
-    """Status, progress, usage and result of a run."""
-    return run_view(_own_run(store, tenant, run_id))
+    """Status, progress, usage and result of a run; for a run that called sub-agents, its
+    ``children`` (their IDs) and ``tree_usage``: its own usage and every descendant's."""
+    run = _own_run(store, tenant, run_id)
+    view = run_view(run)
+    if below := children.descendants(store, run.id):
+        view["children"] = children.children_of(store, run.id)
+        view["tree_usage"] = usage_view(children.tree_usage(run, below))
+    return view
 
 
 @router.post(
@@ -254,6 +260,8 @@ def cancel_run(
             return JSONResponse({"detail": f"run {run_id} is already {status}"}, status_code=409)
         if finished is not None:
             follow_up(producer, store, run_id, finished)
+        # Its sub-agent runs (and theirs) go with it.
+        children.cancel_descendants(producer, store, run_id, "its parent run was cancelled")
         return JSONResponse(run_view(_own_run(store, tenant, run_id)))
 
     return _once(request, store, tenant, idempotency_key, {"run": run_id}, produce)

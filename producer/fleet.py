@@ -98,6 +98,10 @@ def run_problems(
                 "lack it)",
             )
         )
+    if lacking := [a for a in request.subagents or [] if view.lacking_agent(queues.AGENTS, a)]:
+        problems.append(
+            ("subagents", f"not declared on any live worker of queue {queues.AGENTS}: {lacking}")
+        )
     if request.tools is None:
         return problems
     known = [t for t in dict.fromkeys(request.tools) if t in registry]

@@ -23,7 +23,7 @@ from billiard.exceptions import SoftTimeLimitExceeded
 from celery import Celery, Signature, Task, chain, chord, states
 from celery.exceptions import Ignore, Retry
 
-from agentfleet.tasks import llm_cache, names, spend, tracing, waits, window
+from agentfleet.tasks import children, llm_cache, names, spend, tracing, waits, window
 from agentfleet.tasks.agents import registry as agents
 from agentfleet.tasks.errors import (
     BudgetExceeded,
@@ -178,6 +178,13 @@ class StepRunner:
         record = self.store.get_run(self.run_id)
         if record is None:
             raise Ignore()
+        return self._concluded(record)
+
+    def _concluded(self, record: RunRecord) -> dict[str, Any]:
+        """How the task that ends the run ends (:func:`concluded`); a child run's end is its
+        parent's tool result, stored and returned to the parent's fan-out, never an error."""
+        if record.parent_id:
+            return children.report(self.store, record)
         return concluded(record)
 
     def _worker(self) -> str:
@@ -186,7 +193,7 @@ class StepRunner:
     def _followed(self, finished: Finished) -> dict[str, Any]:
         """Start what the run's end freed; end the task as the run ended (:func:`concluded`)."""
         follow_up(self.task.app, self.store, self.run_id, finished)
-        return concluded(finished.record)
+        return self._concluded(finished.record)
 
     def _advance(
         self, claim: StepClaim, tool_results: list[dict[str, Any]] | None
@@ -214,12 +221,14 @@ class StepRunner:
         elif self.step > run.max_steps:
             # Published by a release that dispatched the last step's tool calls: none is left.
             return self._fail(claim.token, **_out_of_steps(run))
-        elif missing := [n for n in run.tools if n not in registry]:
+        elif missing := [n for n in run.tools if n not in registry] + [
+            n for n in run.subagents if n not in agents
+        ]:
             # Never offer the model fewer tools than the run was accepted with.
             return self._fail(
                 claim.token,
                 "tools_unavailable",
-                f"worker {self._worker()} lacks tools the run was accepted with: "
+                f"worker {self._worker()} lacks tools or agents the run was accepted with: "
                 f"{', '.join(missing)} (see GET /v1/tools)",
             )
         else:
@@ -406,7 +415,7 @@ class StepRunner:
         so far."""
         if not run.cache_ttl:
             return self._provider_call(run, messages, options, spent)
-        schemas = [registry.get(n).openai_schema for n in run.tools]
+        schemas = run_schemas(run)
         key = llm_cache.digest(run.chain, messages, schemas, options)
         made: list[spend.Usage] = []
 
@@ -440,7 +449,10 @@ class StepRunner:
         """One LLM call within the run's and its tenant's budgets (:mod:`agentfleet.tasks.spend`);
         :class:`BudgetExceeded` if a budget refuses it. ``chain`` and ``tools``: the run's
         unless given (a summary's call has its own)."""
-        schemas = [registry.get(n).openai_schema for n in (run.tools if tools is None else tools)]
+        if tools is None:
+            schemas = run_schemas(run)
+        else:
+            schemas = [registry.get(n).openai_schema for n in tools]
         chain = list(run.chain) if chain is None else chain
         held = self._reserve(run, chain, messages, schemas, options, spent)
         stream = run.stream and tools is None
@@ -596,6 +608,11 @@ class StepRunner:
         and the next step."""
         app = self.task.app
         header = tool_signatures(app, self.settings, self.run_id, self.step, run, calls, gen)
+        if run.subagents:
+            # A sub-agent call is a child run: its entry message takes the call's place.
+            spawn = children.start_children(self.store, self.settings, run, self.step, calls, gen)
+            for index in spawn.started:
+                header[index] = app.signature(names.RUN, task_id=header[index].options["task_id"])
         body = step_signature(app, self.run_id, self.step + 1)
         try:
             self.task.replace(fan_out(app, self.run_id, header, body))
@@ -694,6 +711,11 @@ def model_settings(run: RunRecord, messages: list[dict[str, Any]]) -> dict[str, 
     if forced and any(m.get("role") == "tool" for m in messages):
         settings.pop("tool_choice")
     return settings
+
+
+def run_schemas(run: RunRecord) -> list[dict[str, Any]]:
+    """The ``tools=[...]`` a run's LLM calls offer: its tools, then its sub-agents."""
+    return [registry.get(n).openai_schema for n in run.tools] + children.schemas(run)
 
 
 def output_spec(run: RunRecord) -> OutputSpec | None:

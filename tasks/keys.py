@@ -36,6 +36,11 @@ def run(p: str, run_id: str) -> str:
     return f"{run_prefix(p)}{run_id}"
 
 
+def run_children(p: str, run_id: str) -> str:
+    """Set: the IDs of a run's child runs (sub-agent calls; expires with the run)."""
+    return f"{run_prefix(p)}{run_id}:children"
+
+
 def run_messages(p: str, run_id: str) -> str:
     """List: a run's transcript, one JSON message per entry."""
     return f"{run(p, run_id)}:messages"

@@ -238,6 +238,13 @@ class RunRequest(BaseModel):
         description="When the tenant's daily budget is spent mid-run: fail (the default, "
         "budget_exceeded) or wait, holding no worker, until the budget resets.",
     )
+    subagents: list[Annotated[str, Field(pattern=AGENT_NAME_PATTERN)]] | None = Field(
+        default=None,
+        exclude_if=_unset,
+        max_length=32,
+        description="Agents the model may call like tools: each call is a child run of that "
+        "agent, and its result is the tool result (default: the agent's sub-agents).",
+    )
     approval_required: list[ToolName] | None = Field(
         default=None,
         exclude_if=_unset,

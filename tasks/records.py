@@ -108,6 +108,13 @@ class RunRecord:
     wait_timeout: float | None
     on_wait_timeout: str
     wait_default: str | None
+    #: Agents the run's model may call, each call a child run (agentfleet.tasks.children).
+    subagents: tuple[str, ...]
+    #: A child run's parent ('' for a run a caller started), the run at the top of its tree
+    #: (itself for such a run) and how far below it the run is (0 at the top).
+    parent_id: str
+    root_id: str
+    depth: int
     #: Unix times: created, its first step claimed, made final (None: not yet).
     created_at: float
     started_at: float | None
@@ -162,6 +169,10 @@ class RunRecord:
             wait_timeout=float(fields["wait_timeout"]) if fields.get("wait_timeout") else None,
             on_wait_timeout=fields.get("on_wait_timeout", "fail"),
             wait_default=fields.get("wait_default"),
+            subagents=tuple(json.loads(fields.get("subagents") or "[]")),
+            parent_id=fields.get("parent_id", ""),
+            root_id=fields.get("root_id") or fields["id"],
+            depth=_int(fields, "depth"),
             created_at=float(fields.get("created_at") or 0),
             started_at=_time(fields, "started_at"),
             finished_at=_time(fields, "finished_at"),

@@ -472,6 +472,22 @@ class Settings(BaseSettings):
         default=100_000, ge=1, description="Characters of input and system prompt together."
     )
     max_tools_per_run: int = Field(default=32, ge=1, description="Tools one run may name.")
+    children_max_depth: int = Field(
+        default=3,
+        ge=1,
+        le=20,
+        description="Levels of sub-agent runs below a run started by a caller; a call past it "
+        "gives the model an error.",
+    )
+    children_max_per_step: int = Field(
+        default=8, ge=1, le=100, description="Sub-agent runs one step of a run may start."
+    )
+    children_max_per_tree: int = Field(
+        default=100,
+        ge=1,
+        le=10_000,
+        description="Sub-agent runs a run started by a caller may have below it in all.",
+    )
     max_metadata_bytes: int = Field(
         default=4096, ge=2, description="Size of a run's metadata as JSON."
     )

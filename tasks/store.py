@@ -287,11 +287,15 @@ class RunStore:
         tenant: str = "default",
         batch_id: str | None = None,
         pending: str = "",
+        extra: Sequence[dict[str, Any]] = (),
     ) -> int:
-        """Write many queued runs in pipelined round trips; returns how many were new."""
+        """Write many queued runs in pipelined round trips; returns how many were new.
+        ``extra``: fields written on each run's record beside those of its request."""
         return sum(
             1
-            for r in self._create(runs, tenant=tenant, batch_id=batch_id, pending=pending)
+            for r in self._create(
+                runs, tenant=tenant, batch_id=batch_id, pending=pending, extra=extra
+            )
             if r == 1
         )
 
@@ -302,13 +306,16 @@ class RunStore:
         tenant: str,
         batch_id: str | None,
         pending: str,
+        extra: Sequence[dict[str, Any]] = (),
     ) -> list[int]:
         """create_run.lua for each run: 1 created, 0 the ID exists, -1 refused (its thread is
         busy and its policy is reject)."""
         calls = []
         window = self.pending_ms() if pending else 0
-        for run_id, request, tools, chain in runs:
+        for i, (run_id, request, tools, chain) in enumerate(runs):
             fields, messages = self._run_fields(run_id, request, tools, chain, tenant, batch_id)
+            if i < len(extra):
+                fields |= extra[i]
             if pending:
                 fields["pending"] = pending
             calls.append(
@@ -436,6 +443,8 @@ class RunStore:
         fields |= _optional_fields(request)
         if request.approval_required:
             fields["approval_required"] = json.dumps(request.approval_required)
+        if request.subagents:
+            fields["subagents"] = json.dumps(request.subagents)
         if request.thread_id:
             # The thread's history goes in front of the input when the run's turn comes
             # (begin_step.lua), after ``head`` messages (the system prompt, if any).

@@ -6,7 +6,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from agentfleet.tasks.records import RunRecord, ToolCallRecord
+from agentfleet.tasks.records import RunRecord, ToolCallRecord, Usage
 from agentfleet.tasks.states import RunStatus
 
 
@@ -26,6 +26,19 @@ def run_error(run: RunRecord) -> Any:
     """The structured error a run ended with (None if none)."""
     error = run.fields.get("error")
     return json.loads(error) if error else None
+
+
+def usage_view(usage: Usage) -> dict[str, Any]:
+    """What runs spent, as the API shows it."""
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+        "llm_calls": usage.llm_calls,
+        "cached_tokens": usage.cached_tokens,
+        "cost": round(usage.cost, 9),
+        "cache_hits": usage.cache_hits,
+    }
 
 
 def _waiting(run: RunRecord) -> dict[str, Any] | None:
@@ -58,15 +71,7 @@ def run_view(run: RunRecord) -> dict[str, Any]:
             "tool_calls_done": run.tools_done,
             "tool_calls_total": run.tools_total,
         },
-        "usage": {
-            "prompt_tokens": usage.prompt_tokens,
-            "completion_tokens": usage.completion_tokens,
-            "total_tokens": usage.total_tokens,
-            "llm_calls": usage.llm_calls,
-            "cached_tokens": usage.cached_tokens,
-            "cost": round(usage.cost, 9),
-            "cache_hits": usage.cache_hits,
-        },
+        "usage": usage_view(usage),
         "provider": record.get("provider"),
         "worker": record.get("worker"),
         "waiting": _waiting(run),
@@ -76,6 +81,10 @@ def run_view(run: RunRecord) -> dict[str, Any]:
         "result_text": text if typed else None,
         "error": run_error(run),
         "metadata": json.loads(record.get("metadata") or "{}"),
+        # A child run (a sub-agent call) names its parent and the top of its tree.
+        "parent_id": run.parent_id or None,
+        "root_id": run.root_id,
+        "depth": run.depth,
         "created_at": iso(record.get("created_at")),
         "started_at": iso(record.get("started_at")),
         "finished_at": iso(record.get("finished_at")),

@@ -31,7 +31,7 @@ from typing import Any
 
 from celery import Celery
 
-from agentfleet.tasks import keys, tracing, waits
+from agentfleet.tasks import children, keys, tracing, waits
 from agentfleet.tasks.agent import completion_from_transcript, step_signature, tool_signatures
 from agentfleet.tasks.batch import batch_state
 from agentfleet.tasks.errors import NotWaiting
@@ -149,6 +149,11 @@ def _resend(
     call_ids = [tool_call_id(run_id, dispatched, i) for i in range(count)]
     gen = run.gen(dispatched)
     results = _current(store.stored_tool_results(call_ids), gen)
+    if run.subagents and any(r is None for r in results):
+        running = _children_running(store, run, call_ids, results)
+        results = _current(store.stored_tool_results(call_ids), gen)
+        if running:
+            return Recovery(run_id, "children", f"{running} running")
     if any(r is None for r in results):
         sent = _tools_again(app, settings, store, run, call_ids, results, gen)
         results = _current(store.stored_tool_results(call_ids), gen)
@@ -157,6 +162,23 @@ def _resend(
     body = step_signature(app, run_id, dispatched + 1).set(task_id=run_id)
     body.apply_async((results,))
     return Recovery(run_id, "step", f"{dispatched + 1}")
+
+
+def _children_running(
+    store: RunStore, run: RunRecord, call_ids: list[str], results: list[dict[str, Any] | None]
+) -> int:
+    """How many of the step's child runs are not final. A final child whose end is not
+    stored as its call's result (its worker died in between) gets it stored now."""
+    running = 0
+    for call_id, result in zip(call_ids, results, strict=True):
+        child = store.get_run(call_id) if result is None else None
+        if child is None or child.parent_id != run.id:
+            continue
+        if child.terminal:
+            children.report(store, child)
+        else:
+            running += 1  # its own place in the worklist moves it: nothing to send here
+    return running
 
 
 def _current(results: list[dict[str, Any] | None], gen: str) -> list[dict[str, Any] | None]:
@@ -183,8 +205,8 @@ def _tools_again(
     attempts = store.unheld_tool_attempts(call_ids)
     sent = 0
     for signature, result, begun in zip(signatures, results, attempts, strict=True):
-        if result is not None or begun is None:
-            continue
+        if result is not None or begun is None or signature.args[0]["name"] in run.subagents:
+            continue  # a child run is recovered as a run of its own
         payload = signature.args[0]
         if begun >= settings.max_redeliveries:
             # Every delivery began it and lost its worker. A delivery that begins it now is

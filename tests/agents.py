@@ -65,3 +65,38 @@ cached_echo = Agent(
     tools=[],
     cache_ttl=60,
 )
+
+# Sub-agents: each call of one is a child run (agentfleet.tasks.children). The simulator's
+# script for a child is its input, so a parent's prompt scripts its children too.
+researcher = Agent(
+    name="researcher",
+    description="Finds facts about a topic.",
+    instructions="You research.",
+    tools=[calculator],
+)
+
+rater = Agent(
+    name="rater",
+    description="Rates a ticket.",
+    instructions="You rate tickets.",
+    tools=[],
+    input_type=Ticket,
+    output_type=Verdict,
+)
+
+planner = Agent(
+    name="planner",
+    description="Splits a task and delegates its parts.",
+    instructions="You plan and delegate.",
+    tools=[calculator],
+    subagents=[researcher, rater],
+    max_steps=4,
+)
+
+recursive = Agent(
+    name="recursive",
+    description="Delegates to itself.",
+    instructions="You delegate.",
+    tools=[],
+    subagents=["recursive"],
+)

@@ -21,7 +21,16 @@ from agentfleet.tasks.fleet import node_key
 from agentfleet.tasks.tools import ToolRegistry, load_tool_modules, registry
 from agentfleet.tasks.tools._registry import _make_tool
 from ops.stack import PoolSpec, Stack, wait_for
-from tests.agents import cached_echo, echo, strict_json, triage
+from tests.agents import (
+    cached_echo,
+    echo,
+    planner,
+    rater,
+    recursive,
+    researcher,
+    strict_json,
+    triage,
+)
 from tests.conftest import SHORT_LIMITS, Fleet, private_fleet
 
 
@@ -355,7 +364,8 @@ def test_a_node_record_is_refreshed_expires_and_goes_at_shutdown(seen: Fleet) ->
     first = json.loads(seen.redis.get(key_of(node)) or "{}")
     assert first["tools"]["shout"]
     # The agents of AGENTFLEET_AGENT_MODULES (tests.agents), by the digest of each definition.
-    assert first["agents"] == {a.name: a.digest for a in (triage, echo, strict_json, cached_echo)}
+    declared = (triage, echo, strict_json, cached_echo, researcher, rater, planner, recursive)
+    assert first["agents"] == {a.name: a.digest for a in declared}
     assert 0 < int(seen.redis.pttl(key_of(node))) <= 3000  # 3 publish intervals
     wait_for(
         lambda: (

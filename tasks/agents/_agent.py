@@ -97,6 +97,8 @@ class Agent:
     cache_ttl: float | None = None
     #: Repair rounds for an answer that does not match the output type (None: the setting).
     output_repairs: int | None = None
+    #: Agents this one's model may call like tools, each call a child run (by name or object).
+    subagents: Sequence[Agent | str] = ()
     #: Run request fields that may override the definition (see :data:`OVERRIDABLE`).
     allow_overrides: AbstractSet[str] = frozenset()
     #: Where the definition came from (a module or a file), shown by ``GET /v1/agents``.
@@ -156,6 +158,11 @@ class Agent:
         return None if self.output_type is None else OutputSpec.of(self.name, self.output_type)
 
     @cached_property
+    def subagent_names(self) -> list[str]:
+        """The agents this one may call, by name."""
+        return [a if isinstance(a, str) else a.name for a in self.subagents]
+
+    @cached_property
     def input_schema(self) -> dict[str, Any]:
         if self.input_type is None:
             return {"type": "string", "description": "The user's prompt."}
@@ -211,6 +218,7 @@ class Agent:
             "context_summary": self.context_summary,
             "output_repairs": self.output_repairs,
             "allow_overrides": sorted(self.allow_overrides),
+            "subagents": self.subagent_names,
         }
 
     @cached_property

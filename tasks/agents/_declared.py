@@ -49,6 +49,7 @@ class AgentDeclaration(BaseModel):
     context_summary: bool = False
     output_repairs: int | None = Field(default=None, ge=0)
     allow_overrides: list[str] = Field(default_factory=list)
+    subagents: list[str] = Field(default_factory=list)
 
     def agent(self, source: str) -> Agent:
         return Agent(
@@ -66,6 +67,7 @@ class AgentDeclaration(BaseModel):
             context_summary=self.context_summary,
             output_repairs=self.output_repairs,
             allow_overrides=frozenset(self.allow_overrides),
+            subagents=tuple(self.subagents),
             source=source,
         )
 

@@ -104,6 +104,14 @@ class Run(BaseModel):
     result_text: str | None = None
     error: ErrorInfo | None
     metadata: dict[str, str]
+    parent_id: str | None = None
+    """The run whose sub-agent call this run is (None for a run a caller started)."""
+    root_id: str | None = None
+    depth: int = 0
+    children: list[str] | None = None
+    """The sub-agent runs it started (``GET /v1/runs/{id}`` only)."""
+    tree_usage: Usage | None = None
+    """Its usage and all its descendants' together (``GET /v1/runs/{id}`` only)."""
     created_at: str | None
     started_at: str | None
     finished_at: str | None
@@ -279,6 +287,7 @@ class AgentInfo(BaseModel):
     context_summary: bool = False
     output_repairs: int | None = None
     allow_overrides: list[str] = []
+    subagents: list[str] = []
     source: str = ""
     digest: str = ""
     on_api: bool = True
