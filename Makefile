@@ -28,7 +28,7 @@ test: lint typecheck
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check client workers tasks producer ops tests
+	$(VENV)/bin/ruff format --check client workers tasks producer ops tests examples
 
 # mypy cannot follow the editable install's import hook: it reads the folders through links
 # named as they are installed (pyproject.toml, [tool.mypy]).

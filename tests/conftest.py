@@ -27,8 +27,9 @@ from tests.docblocks import REPO, write_doc_modules
 AGENT_FILE = Path(__file__).resolve().parent / "data" / "agents.yaml"
 #: Worker settings for the shared fleet: small retry budgets so failure paths finish fast.
 FLEET_ENV = {
-    "AGENTFLEET_TOOL_MODULES": "tests.tooling",
-    "AGENTFLEET_AGENT_MODULES": "tests.agents",
+    # The examples' agents and tools too: tests/test_examples.py runs examples/ on this fleet.
+    "AGENTFLEET_TOOL_MODULES": "tests.tooling,examples.fleet_tools",
+    "AGENTFLEET_AGENT_MODULES": "tests.agents,examples.fleet_agents",
     "AGENTFLEET_AGENT_FILES": str(AGENT_FILE),
     "AGENTFLEET_LLM_MAX_RETRIES": "1",
     "AGENTFLEET_RETRY_BACKOFF_BASE": "0.2",

@@ -1,0 +1,1 @@
+"""Runnable examples of multi-agent patterns on agentfleet (see README.md here)."""
