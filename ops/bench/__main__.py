@@ -18,7 +18,7 @@ from typing import Any
 import ops.bench as package
 from ops.bench import accept, chord, concurrency, features, latency, memory, throughput
 from ops.bench._common import FULL, QUICK
-from ops.bench._stack import Bench
+from ops.bench._stack import SUBMIT_PATHS, Bench
 from ops.stack import Stack
 
 #: Every section by its key, in the order they run (see :mod:`ops.bench`): each module measures
@@ -68,6 +68,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         choices=("no", "everysec", "always"),
         default="no",
         help="the bench's Redis keeps an append-only file fsynced so (no: no file)",
+    )
+    parser.add_argument(
+        "--submit",
+        choices=SUBMIT_PATHS,
+        default="api",
+        help="how sections (b) and (c) submit the fleet's runs: POST /v1/runs to an API "
+        "process (whose CPU is the fleet's) or submit_run in the bench's own process",
     )
     parser.add_argument("--json", type=Path, help="also write every number to this file")
     args = parser.parse_args(argv)
@@ -119,9 +126,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     raise_fd_limit()
     workdir = Path(tempfile.mkdtemp(prefix="agentfleet-bench-"))
     started = time.monotonic()
-    progress(f"sizes {sizes}; appendfsync {args.appendfsync}; logs in {workdir}")
+    progress(
+        f"sizes {sizes}; appendfsync {args.appendfsync}; submit {args.submit}; logs in {workdir}"
+    )
     with Stack(workdir) as stack:
-        bench = Bench(stack, sizes, args.pools, args.appendfsync)
+        bench = Bench(stack, sizes, args.pools, args.appendfsync, args.submit)
         bench.start()
         numbers = run_sections(bench, args.only)
     wall = time.monotonic() - started
@@ -131,6 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "sizes": asdict(sizes),
             "pools": args.pools,
             "appendfsync": args.appendfsync,
+            "submit": args.submit,
             "wall_s": wall,
             **numbers,
         }
