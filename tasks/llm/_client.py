@@ -115,5 +115,11 @@ def _http_client() -> httpx2.Client:
 
 def reset_clients() -> None:
     """Forget clients inherited from a parent process (called in ``worker_process_init``)."""
+    global _async_lock
     _clients.clear()
     _async_clients.clear()
+    # A lock another thread of the parent held at fork would stay held in the child.
+    _async_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=reset_clients)
