@@ -20,6 +20,8 @@ before and after the measured window and reported per role: the ``agents``, ``to
 ``batch`` workers, the API, Redis, the simulator and the bench's own process (the load
 generator). A configuration's own CPU is that of its workers, API and Redis; the simulator
 stands for a remote provider, and its CPU per LLM request is reported on its own.
+``--llm-transport aiohttp,httpx`` runs each fleet configuration of (b) and (c) on each
+transport in turn, for paired figures in one run.
 ``d`` accept
     Runs accepted per second with no worker running, from concurrent clients: ``POST
     /v1/runs`` through the API (one and two uvicorn processes) and ``submit_run`` in process,
@@ -54,5 +56,5 @@ Usage::
 
     python -m ops.bench [--quick] [--only a,b,c,d,e,f,g] [--pools gevent,threads,prefork]
                         [--appendfsync no|everysec|always] [--submit api|direct]
-                        [--json out.json]
+                        [--llm-transport aiohttp,httpx] [--json out.json]
 """

@@ -72,11 +72,15 @@ class AgentsPool:
     pool: str
     concurrency: int
     processes: int = 1
+    #: The workers' ``AGENTFLEET_LLM_TRANSPORT``; empty: the fleet's default, unnamed.
+    transport: str = ""
 
     @property
     def label(self) -> str:
-        """How tables name the configuration, e.g. ``gevent 2x1000``."""
-        return f"{self.pool} {self.processes}x{self.concurrency}"
+        """How tables name the configuration, e.g. ``gevent 2x1000`` or ``threads 2x500
+        httpx``."""
+        label = f"{self.pool} {self.processes}x{self.concurrency}"
+        return f"{label} {self.transport}" if self.transport else label
 
     @property
     def slots(self) -> int:

@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import httpx
@@ -172,12 +172,16 @@ class Bench:
         families: Sequence[str],
         appendfsync: str = "no",
         submit_via: str = "api",
+        transports: Sequence[str] = (),
     ) -> None:
         self.stack = stack
         self.sizes = sizes
         self.families = families
         self.appendfsync = appendfsync
         self.submit_via = submit_via
+        #: LLM transports sections (b) and (c) measure each fleet configuration on, in turn
+        #: (``--llm-transport``); none: the fleet's default.
+        self.transports = tuple(transports)
         self.redis_base = ""
         self.simulator_base = ""
         self._next_db = 0
@@ -201,12 +205,20 @@ class Bench:
     def _named(self, prefix: str) -> list[Proc]:
         return [p for p in self.stack.procs if p.name.startswith(prefix)]
 
+    def on_each_transport(self, pools: Sequence[AgentsPool]) -> list[AgentsPool]:
+        """``pools``, each once per transport of :attr:`transports`, in turn (as they are
+        when none was asked for)."""
+        if not self.transports:
+            return list(pools)
+        return [replace(p, transport=t) for p in pools for t in self.transports]
+
     def start_agents(
         self, url: str, agents: AgentsPool, env: Mapping[str, str] | None = None
     ) -> list[Proc]:
         """The ``agents`` worker processes of a configuration, on database ``url``; ``env``:
         settings of the configuration's own."""
-        env = {**self.stack.env(), "AGENTFLEET_REDIS_URL": url, **(env or {})}
+        transport = {"AGENTFLEET_LLM_TRANSPORT": agents.transport} if agents.transport else {}
+        env = {**self.stack.env(), "AGENTFLEET_REDIS_URL": url, **transport, **(env or {})}
         spec = PoolSpec("agents", agents.pool, agents.concurrency)
         return [self.stack.start_worker(spec, env) for _ in range(agents.processes)]
 

@@ -121,7 +121,8 @@ def measure(bench: Bench) -> list[ConcurrencyResult]:
         results.append(_concurrency_plain(bench, PLAIN_CONCURRENCY_POOL, bench.sizes.runs_r))
     results.extend(
         _concurrency_one(bench, agents, runs)
-        for agents, runs in concurrency_configs(bench.sizes)
+        for config, runs in concurrency_configs(bench.sizes)
+        for agents in bench.on_each_transport([config])
         if agents.pool in bench.families
     )
     return results

@@ -78,7 +78,7 @@ def measure(bench: Bench) -> list[DrainResult]:
     per task, is the floor of an LLM step on this machine (see :mod:`ops.bench_plain`).
     """
     results = [_drain_plain(bench), _drain_plain(bench, llm=True)]
-    for agents in THROUGHPUT_POOLS:
+    for agents in bench.on_each_transport(THROUGHPUT_POOLS):
         if agents.pool in bench.families:
             results.append(_drain_runs(bench, agents))
     return results
