@@ -162,11 +162,17 @@ def api_command(
 
 
 def simulator_command(
-    host: str, port: int, latency: float = 0.0, python: str = sys.executable
+    host: str,
+    port: int,
+    latency: float = 0.0,
+    python: str = sys.executable,
+    token_delay: float = 0.0,
 ) -> list[str]:
     """The LLM simulator."""
-    return [python, "-m", "agentfleet.simulator", "--host", host, "--port", str(port)] + (
-        ["--latency", str(latency)] if latency else []
+    return (
+        [python, "-m", "agentfleet.simulator", "--host", host, "--port", str(port)]
+        + (["--latency", str(latency)] if latency else [])
+        + (["--token-delay", str(token_delay)] if token_delay else [])
     )
 
 
@@ -325,9 +331,13 @@ class Stack:
         wait_for(lambda: bool(client.ping()), 30, "redis-server to come back")
         client.close()
 
-    def start_simulator(self, latency: float = 0.0, port: int | None = None) -> str:
+    def start_simulator(
+        self, latency: float = 0.0, port: int | None = None, token_delay: float = 0.0
+    ) -> str:
+        """The simulator on a free port (or ``port``); ``token_delay``: seconds between the
+        chunks of a streamed answer."""
         port = port or free_port()
-        argv = simulator_command("127.0.0.1", port, latency)
+        argv = simulator_command("127.0.0.1", port, latency, token_delay=token_delay)
         self.spawn(f"simulator-{port}", argv)
         base = f"http://127.0.0.1:{port}"
         wait_for(lambda: httpx.get(f"{base}/healthz").status_code == 200, 20, "the simulator")

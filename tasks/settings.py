@@ -38,6 +38,11 @@ DEFAULT_SIMULATOR_URL = "http://127.0.0.1:8799/v1"
 #: The prefix of every variable :class:`Settings` reads.
 ENV_PREFIX: Final = "AGENTFLEET_"
 
+#: How a worker's LLM calls reach the provider (``llm_transport``).
+LlmTransport = Literal["aiohttp", "httpx"]
+#: Chosen by measurement: docs/performance.md, "The LLM client".
+DEFAULT_LLM_TRANSPORT: Final[LlmTransport] = "aiohttp"
+
 #: ``AGENTFLEET_*`` variables that are ours without being settings: where the Python client
 #: and the CLI find the API (agentfleet.client), and docker-compose's published host ports.
 OTHER_VARIABLES: Final = frozenset(
@@ -296,6 +301,12 @@ class Settings(BaseSettings):
     llm_timeout: float = Field(default=60.0, gt=0, description="Per-request read timeout (s).")
     llm_connect_timeout: float = Field(
         default=5.0, gt=0, description="Per-request connect timeout (s)."
+    )
+    llm_transport: LlmTransport = Field(
+        default=DEFAULT_LLM_TRANSPORT,
+        description="How a worker makes LLM calls: aiohttp = the openai SDK's aiohttp client on "
+        "one event loop per process, which the pool's threads hand their calls to; httpx = the "
+        "SDK's blocking client in each thread. gevent and eventlet pools always use httpx.",
     )
     simulator_url: str = Field(
         default=DEFAULT_SIMULATOR_URL, description="Where the LLM simulator listens."

@@ -23,6 +23,15 @@ from agentfleet.workers.factory import create_app
 from ops.stack import PoolSpec, Proc, Stack, wait_for
 from tests.docblocks import REPO, write_doc_modules
 
+#: How the workers of the suite's fleets make LLM calls: ``TESTS_LLM_TRANSPORT=httpx`` (or
+#: ``aiohttp``) runs the suite on that transport; unset, on the default
+#: (``agentfleet.tasks.settings.DEFAULT_LLM_TRANSPORT``). tests/test_llm_transport.py runs the
+#: streaming, breaker, timeout and cancellation tests on both, whichever this is.
+TRANSPORT_ENV = (
+    {"AGENTFLEET_LLM_TRANSPORT": os.environ["TESTS_LLM_TRANSPORT"]}
+    if os.environ.get("TESTS_LLM_TRANSPORT")
+    else {}
+)
 #: The agents declared in a file that the shared fleet loads (tests/agents.py are in Python).
 AGENT_FILE = Path(__file__).resolve().parent / "data" / "agents.yaml"
 #: Worker settings for the shared fleet: small retry budgets so failure paths finish fast.
@@ -36,6 +45,7 @@ FLEET_ENV = {
     "AGENTFLEET_LLM_TIMEOUT": "20",
     "AGENTFLEET_CALLBACK_SECRET": "callback-test-secret",
     "AGENTFLEET_TENANT_LIMITS": '{"capped": 3}',
+    **TRANSPORT_ENV,
 }
 #: Short limits for fleets whose tests kill workers or lose messages, so that what a dead
 #: worker held comes back in seconds instead of an hour. The arithmetic still holds:
@@ -57,6 +67,7 @@ SHORT_LIMITS = {
     "AGENTFLEET_UNACKED_RESTORE_THROTTLE": "1",
     "AGENTFLEET_STALL_TIMEOUT": "5",
     "AGENTFLEET_WATCHDOG_INTERVAL": "1",
+    **TRANSPORT_ENV,
 }
 FLEET_POOLS = (
     PoolSpec("agents", "threads", 100),

@@ -9,11 +9,13 @@ import uuid
 from typing import Any
 
 import openai
+import pytest
 
 from agentfleet.simulator.control import recorded_requests
 from agentfleet.tasks.llm import CallOptions, complete, request_body
 from agentfleet.tasks.models import ModelSettings
 from agentfleet.tasks.output import OutputSpec
+from agentfleet.tasks.settings import LlmTransport
 from tests.agents import Verdict
 from tests.conftest import Fleet
 
@@ -152,9 +154,10 @@ def test_what_the_budget_leaves_out_can_be_replaced_by_a_summary(fleet: Fleet) -
     assert answer in sent[1]["content"]
 
 
-def test_the_raw_request_is_the_one_the_sdk_sends(fleet: Fleet) -> None:
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+def test_the_raw_request_is_the_one_the_sdk_sends(fleet: Fleet, transport: LlmTransport) -> None:
     """The fleet posts chat completions without ``create()``'s walk of its parameters
-    (docs/performance.md); this is the check that it posts the same body."""
+    (docs/performance.md), on either transport; this is the check that it posts the same body."""
     provider = fleet.settings.provider_list[0]
     tag = _tag()
     messages = [
@@ -166,10 +169,18 @@ def test_the_raw_request_is_the_one_the_sdk_sends(fleet: Fleet) -> None:
         temperature=0.5, max_tokens=30, seed=1, stop="zzz", tool_choice="auto", top_p=0.5
     )
     options = CallOptions(settings.body(), OutputSpec.of("verdict", Verdict))
-    complete(provider, messages, tools, "sim-1", options=options)
+    complete(provider, messages, tools, "sim-1", options=options, transport=transport)
     sdk = openai.OpenAI(base_url=provider.base_url, api_key="x", max_retries=0)
     sdk.chat.completions.create(**request_body(provider, "sim-1", messages, tools, options))
-    complete(provider, messages, tools, "sim-1", on_delta=lambda _: None, options=options)
+    complete(
+        provider,
+        messages,
+        tools,
+        "sim-1",
+        on_delta=lambda _: None,
+        options=options,
+        transport=transport,
+    )
     stream = sdk.chat.completions.create(
         **request_body(provider, "sim-1", messages, tools, options),
         stream=True,

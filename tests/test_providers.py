@@ -17,7 +17,7 @@ from agentfleet.simulator.faults import clear_faults, set_faults
 from agentfleet.tasks.errors import RateLimitedError, RetryableProviderError
 from agentfleet.tasks.llm import Target, call_chain, get_guard
 from ops.stack import PoolSpec, Stack
-from tests.conftest import Fleet, private_fleet
+from tests.conftest import TRANSPORT_ENV, Fleet, private_fleet
 
 RESET_TIMEOUT = 3.0
 FAIL_MAX = 3
@@ -44,6 +44,7 @@ def pfleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
             "AGENTFLEET_LLM_MAX_RETRIES": "4",
             "AGENTFLEET_RETRY_BACKOFF_BASE": "0.2",
             "AGENTFLEET_MAX_RETRY_COUNTDOWN": "5",
+            **TRANSPORT_ENV,
         }
         for _ in range(2):
             stack.start_worker(PoolSpec("agents", "threads", 100))

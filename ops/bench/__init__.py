@@ -12,6 +12,16 @@ are noisy, so read the ratios, not the absolute numbers):
 ``c`` concurrency
     Two-step runs at 2 s of LLM latency (step 1 asks for a ``text_stats`` call, step 2
     answers): effective concurrency = total LLM wait / wall time, for each ``agents`` pool.
+
+In (b) and (c) the fleet runs whole: ``agents``, ``tools`` and ``batch`` workers, and runs are
+submitted through the API (``--submit direct``: ``submit_run`` in the bench's process). The
+CPU of every process tree (``/proc/<pid>/stat``, utime + stime, children included) is read
+before and after the measured window and reported per role: the ``agents``, ``tools`` and
+``batch`` workers, the API, Redis, the simulator and the bench's own process (the load
+generator). A configuration's own CPU is that of its workers, API and Redis; the simulator
+stands for a remote provider, and its CPU per LLM request is reported on its own.
+``--llm-transport aiohttp,httpx`` runs each fleet configuration of (b) and (c) on each
+transport in turn, for paired figures in one run.
 ``d`` accept
     Runs accepted per second with no worker running, from concurrent clients: ``POST
     /v1/runs`` through the API (one and two uvicorn processes) and ``submit_run`` in process,
@@ -45,5 +55,6 @@ section (g) runs by name, and ``__main__`` is the command line.
 Usage::
 
     python -m ops.bench [--quick] [--only a,b,c,d,e,f,g] [--pools gevent,threads,prefork]
-                        [--appendfsync no|everysec|always] [--json out.json]
+                        [--appendfsync no|everysec|always] [--submit api|direct]
+                        [--llm-transport aiohttp,httpx] [--json out.json]
 """

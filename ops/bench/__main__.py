@@ -9,6 +9,7 @@ import resource
 import sys
 import tempfile
 import time
+import typing
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -16,9 +17,10 @@ from types import ModuleType
 from typing import Any
 
 import ops.bench as package
+from agentfleet.tasks.settings import LlmTransport
 from ops.bench import accept, chord, concurrency, features, latency, memory, throughput
 from ops.bench._common import FULL, QUICK
-from ops.bench._stack import Bench
+from ops.bench._stack import SUBMIT_PATHS, Bench
 from ops.stack import Stack
 
 #: Every section by its key, in the order they run (see :mod:`ops.bench`): each module measures
@@ -69,8 +71,24 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default="no",
         help="the bench's Redis keeps an append-only file fsynced so (no: no file)",
     )
+    parser.add_argument(
+        "--submit",
+        choices=SUBMIT_PATHS,
+        default="api",
+        help="how sections (b) and (c) submit the fleet's runs: POST /v1/runs to an API "
+        "process (whose CPU is the fleet's) or submit_run in the bench's own process",
+    )
+    parser.add_argument(
+        "--llm-transport",
+        default="",
+        help="in (b) and (c), run each fleet configuration on each of these LLM transports "
+        "in turn, e.g. aiohttp,httpx (default: the fleet's default only)",
+    )
     parser.add_argument("--json", type=Path, help="also write every number to this file")
     args = parser.parse_args(argv)
+    args.llm_transport = [t.strip() for t in args.llm_transport.split(",") if t.strip()]
+    if unknown := set(args.llm_transport) - set(typing.get_args(LlmTransport)):
+        parser.error(f"unknown LLM transports: {', '.join(sorted(unknown))}")
     args.only = [s.strip() for s in args.only.split(",") if s.strip()]
     args.pools = [p.strip() for p in args.pools.split(",") if p.strip()]
     if unknown := set(args.only) - set(SECTIONS):
@@ -119,9 +137,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     raise_fd_limit()
     workdir = Path(tempfile.mkdtemp(prefix="agentfleet-bench-"))
     started = time.monotonic()
-    progress(f"sizes {sizes}; appendfsync {args.appendfsync}; logs in {workdir}")
+    progress(
+        f"sizes {sizes}; appendfsync {args.appendfsync}; submit {args.submit}; logs in {workdir}"
+    )
     with Stack(workdir) as stack:
-        bench = Bench(stack, sizes, args.pools, args.appendfsync)
+        bench = Bench(stack, sizes, args.pools, args.appendfsync, args.submit, args.llm_transport)
         bench.start()
         numbers = run_sections(bench, args.only)
     wall = time.monotonic() - started
@@ -131,6 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "sizes": asdict(sizes),
             "pools": args.pools,
             "appendfsync": args.appendfsync,
+            "submit": args.submit,
+            "llm_transports": args.llm_transport,
             "wall_s": wall,
             **numbers,
         }

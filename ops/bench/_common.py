@@ -16,6 +16,8 @@ WARM_TWO_STEP_PROMPT = 'call text_stats {"text": "x"}'
 ENQUEUE_THREADS = 16
 #: The ``tools`` pool of every configuration: tool calls are CPU work, served by prefork.
 TOOLS_POOL = PoolSpec("tools", "prefork", 2)
+#: The ``batch`` pool of the fleet's configurations in sections (b) and (c), as a fleet runs it.
+BATCH_POOL = PoolSpec("batch", "prefork", 1)
 
 
 # --- configuration ---------------------------------------------------------------------------
@@ -70,11 +72,15 @@ class AgentsPool:
     pool: str
     concurrency: int
     processes: int = 1
+    #: The workers' ``AGENTFLEET_LLM_TRANSPORT``; empty: the fleet's default, unnamed.
+    transport: str = ""
 
     @property
     def label(self) -> str:
-        """How tables name the configuration, e.g. ``gevent 2x1000``."""
-        return f"{self.pool} {self.processes}x{self.concurrency}"
+        """How tables name the configuration, e.g. ``gevent 2x1000`` or ``threads 2x500
+        httpx``."""
+        label = f"{self.pool} {self.processes}x{self.concurrency}"
+        return f"{label} {self.transport}" if self.transport else label
 
     @property
     def slots(self) -> int:
@@ -135,3 +141,22 @@ def verdict(met: bool) -> str:
 def cpu_cell(cpu: dict[str, float], name: str) -> float:
     """CPU seconds of ``name`` in a result, NaN when it was not measured."""
     return cpu.get(name, math.nan)
+
+
+#: The process groups whose CPU is what a configuration costs: its Celery workers (``workers``
+#: for stock Celery's one pool), the API and Redis. The simulator stands for a provider, whose
+#: CPU is remote, and the bench's own process (``bench``) for the callers.
+FLEET_CPU = ("workers", "agents", "tools", "batch", "api", "redis")
+
+
+def fleet_cpu_s(cpu: dict[str, float]) -> float:
+    """CPU seconds a configuration's own processes spent (:data:`FLEET_CPU`); NaN when not
+    measured."""
+    if not cpu:
+        return math.nan
+    return sum(cpu.get(name, 0.0) for name in FLEET_CPU)
+
+
+def ms_per(seconds: float, items: int) -> float:
+    """``seconds`` of CPU per item, in milliseconds; NaN for no items."""
+    return seconds * 1000 / items if items > 0 else math.nan

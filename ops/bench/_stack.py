@@ -5,15 +5,17 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import httpx
 from celery import Celery
 
+from agentfleet.producer.auth import create_key
 from agentfleet.tasks import intake
 from agentfleet.tasks.models import DEFAULT_TENANT, RunRequest
 from agentfleet.tasks.redisconn import get_redis
@@ -22,9 +24,9 @@ from agentfleet.tasks.store import RunStore
 from agentfleet.workers.conf import celery_config
 from agentfleet.workers.factory import create_app
 from ops import bench_plain
-from ops.bench._common import TOOLS_POOL, AgentsPool, Sizes
+from ops.bench._common import BATCH_POOL, ONE_STEP_PROMPT, TOOLS_POOL, AgentsPool, Sizes
 from ops.bench._meters import CpuMeter, Tracker, enqueue_many, run_probe
-from ops.stack import PoolSpec, Proc, Stack, StackError
+from ops.stack import PoolSpec, Proc, Stack, StackError, free_port, wait_for
 
 #: Redis databases for the per-configuration isolation described in the module docstring.
 REDIS_DATABASES = 64
@@ -91,16 +93,95 @@ class Fleet:
         self.app.close()
 
 
+class HttpSubmitter:
+    """``POST /v1/runs`` with one kept-alive connection per calling thread; calling it submits
+    ``prompt``."""
+
+    def __init__(self, base_url: str, api_key: str, prompt: str = ONE_STEP_PROMPT) -> None:
+        self.base_url = base_url
+        self.prompt = prompt
+        self.headers = {"Authorization": f"Bearer {api_key}"}
+        self._local = threading.local()
+        self._clients: list[httpx.Client] = []
+
+    def __call__(self) -> str:
+        return self.post(self.prompt)
+
+    def post(self, prompt: str) -> str:
+        """Submit a run of ``prompt``; its ID."""
+        client: httpx.Client | None = getattr(self._local, "client", None)
+        if client is None:
+            client = self._local.client = httpx.Client(
+                base_url=self.base_url, timeout=30, headers=self.headers
+            )
+            self._clients.append(client)
+        response = client.post("/v1/runs", json={"input": prompt})
+        if response.status_code != 202:
+            raise StackError(f"POST /v1/runs answered {response.status_code}: {response.text}")
+        return str(response.json()["id"])
+
+    def close(self) -> None:
+        """Close every thread's connection."""
+        for client in self._clients:
+            client.close()
+
+
+def start_api(
+    bench: Bench, url: str, processes: int, env: Mapping[str, str] | None = None
+) -> tuple[Proc, str]:
+    """The producer API on database ``url`` with ``processes`` uvicorn workers; ``env``:
+    settings of the configuration's own."""
+    port = free_port()
+    argv = [
+        sys.executable, "-m", "uvicorn", "agentfleet.producer.api:app", "--host", "127.0.0.1",
+        "--port", str(port), "--log-level", "warning", "--workers", str(processes),
+    ]  # fmt: skip
+    proc = bench.stack.spawn(
+        f"api-{port}", argv, {**bench.stack.env(), "AGENTFLEET_REDIS_URL": url, **(env or {})}
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    wait_for(lambda: httpx.get(f"{base_url}/healthz").status_code == 200, 60, "the API")
+    return proc, base_url
+
+
+#: How sections (b) and (c) submit the fleet's runs (``--submit``): ``api`` POSTs them to the
+#: producer API (one uvicorn process, whose CPU is the fleet's), ``direct`` calls
+#: ``submit_run`` in the bench's own process (what the API does, without HTTP).
+SUBMIT_PATHS = ("api", "direct")
+
+
+@dataclass
+class Submission:
+    """How a configuration's runs are submitted, and the API process when there is one."""
+
+    submit: Callable[[str], str]
+    api: list[Proc]
+
+    def runs_of(self, prompt: str) -> Callable[[], str]:
+        """A submitter of ``prompt`` for :func:`enqueue_many`."""
+        return lambda: self.submit(prompt)
+
+
 class Bench:
     """One bench run: a private Redis and simulator, then the sections asked for."""
 
     def __init__(
-        self, stack: Stack, sizes: Sizes, families: Sequence[str], appendfsync: str = "no"
+        self,
+        stack: Stack,
+        sizes: Sizes,
+        families: Sequence[str],
+        appendfsync: str = "no",
+        submit_via: str = "api",
+        transports: Sequence[str] = (),
     ) -> None:
         self.stack = stack
         self.sizes = sizes
         self.families = families
         self.appendfsync = appendfsync
+        self.submit_via = submit_via
+        #: LLM transports sections (b) and (c) measure each fleet configuration on, in turn
+        #: (``--llm-transport``); none: the fleet's default.
+        self.transports = tuple(transports)
         self.redis_base = ""
         self.simulator_base = ""
         self._next_db = 0
@@ -124,12 +205,20 @@ class Bench:
     def _named(self, prefix: str) -> list[Proc]:
         return [p for p in self.stack.procs if p.name.startswith(prefix)]
 
+    def on_each_transport(self, pools: Sequence[AgentsPool]) -> list[AgentsPool]:
+        """``pools``, each once per transport of :attr:`transports`, in turn (as they are
+        when none was asked for)."""
+        if not self.transports:
+            return list(pools)
+        return [replace(p, transport=t) for p in pools for t in self.transports]
+
     def start_agents(
         self, url: str, agents: AgentsPool, env: Mapping[str, str] | None = None
     ) -> list[Proc]:
         """The ``agents`` worker processes of a configuration, on database ``url``; ``env``:
         settings of the configuration's own."""
-        env = {**self.stack.env(), "AGENTFLEET_REDIS_URL": url, **(env or {})}
+        transport = {"AGENTFLEET_LLM_TRANSPORT": agents.transport} if agents.transport else {}
+        env = {**self.stack.env(), "AGENTFLEET_REDIS_URL": url, **transport, **(env or {})}
         spec = PoolSpec("agents", agents.pool, agents.concurrency)
         return [self.stack.start_worker(spec, env) for _ in range(agents.processes)]
 
@@ -139,6 +228,29 @@ class Bench:
         return self.stack.start_worker(
             TOOLS_POOL, {**self.stack.env(), "AGENTFLEET_REDIS_URL": url, **(env or {})}
         )
+
+    def start_batch(self, url: str) -> Proc:
+        """The ``batch`` worker of a configuration, on database ``url``: a fleet runs one
+        whatever its runs do, so its CPU is the fleet's."""
+        return self.stack.start_worker(
+            BATCH_POOL, {**self.stack.env(), "AGENTFLEET_REDIS_URL": url}
+        )
+
+    @contextmanager
+    def submission(self, fleet: Fleet, procs: list[Proc]) -> Iterator[Submission]:
+        """How runs reach ``fleet`` in this bench (:data:`SUBMIT_PATHS`): with ``api``, an API
+        process on its database is started (and added to ``procs``, to be stopped with them)."""
+        if self.submit_via != "api":
+            yield Submission(lambda prompt: fleet.submit(prompt), [])
+            return
+        api, base_url = start_api(self, fleet.settings.redis_url, 1)
+        procs.append(api)
+        key = create_key(fleet.store.redis, fleet.settings, "bench")
+        http = HttpSubmitter(base_url, key)
+        try:
+            yield Submission(http.post, [api])
+        finally:
+            http.close()
 
     def start_plain(
         self, url: str, pool: str = "prefork", concurrency: int = 2, queue: str = bench_plain.QUEUE
@@ -180,7 +292,8 @@ class Bench:
             self.stop(procs)
 
     def meter(self, groups: dict[str, Sequence[Proc]]) -> CpuMeter:
-        """A CPU meter over ``groups`` plus Redis and the simulator."""
+        """A CPU meter over ``groups`` plus Redis and the simulator (and the bench's own
+        process, the load generator, as ``bench``)."""
         return CpuMeter({**groups, "redis": self._named("redis"), "sim": self._named("simulator")})
 
     def simulator_stats(self, reset: bool = False) -> dict[str, Any]:
@@ -194,10 +307,17 @@ class Bench:
         return "\n".join(f"--- {p.name} ({p.log}):\n{log_tail(p, lines)}" for p in procs)
 
     def wait_runs(
-        self, fleet: Fleet, prompt: str, count: int, procs: Sequence[Proc], timeout: float
+        self,
+        fleet: Fleet,
+        prompt: str,
+        count: int,
+        procs: Sequence[Proc],
+        timeout: float,
+        submit: Callable[[], str] | None = None,
     ) -> Tracker:
-        """Submit ``count`` runs of ``prompt`` and wait for them all (warm-ups)."""
-        ids, _ = enqueue_many(lambda: fleet.submit(prompt), count, timeout)
+        """Submit ``count`` runs of ``prompt`` (with ``submit`` if given) and wait for them all
+        (warm-ups)."""
+        ids, _ = enqueue_many(submit or (lambda: fleet.submit(prompt)), count, timeout)
         tracker = Tracker(ids, run_probe(fleet.store))
         problem = tracker.wait(time.monotonic() + timeout, procs)
         if problem:

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import math
 import os
-import sys
-import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -17,8 +15,8 @@ import redis
 from agentfleet.producer.auth import create_key
 from agentfleet.tasks import names
 from ops.bench._common import ENQUEUE_THREADS, ONE_STEP_PROMPT, cpu_cell, percentile, ratio, table
-from ops.bench._stack import Bench, Fleet
-from ops.stack import Proc, StackError, free_port, wait_for
+from ops.bench._stack import Bench, Fleet, HttpSubmitter, start_api
+from ops.stack import Proc, StackError
 
 
 @dataclass
@@ -55,33 +53,6 @@ def timed_calls(
     with ThreadPoolExecutor(clients, thread_name_prefix="client") as pool:
         ids = list(pool.map(one, range(count), timeout=timeout))
     return ids, time.perf_counter() - start, durations
-
-
-class HttpSubmitter:
-    """``POST /v1/runs`` with one kept-alive connection per calling thread."""
-
-    def __init__(self, base_url: str, api_key: str) -> None:
-        self.base_url = base_url
-        self.headers = {"Authorization": f"Bearer {api_key}"}
-        self._local = threading.local()
-        self._clients: list[httpx.Client] = []
-
-    def __call__(self) -> str:
-        client: httpx.Client | None = getattr(self._local, "client", None)
-        if client is None:
-            client = self._local.client = httpx.Client(
-                base_url=self.base_url, timeout=30, headers=self.headers
-            )
-            self._clients.append(client)
-        response = client.post("/v1/runs", json={"input": ONE_STEP_PROMPT})
-        if response.status_code != 202:
-            raise StackError(f"POST /v1/runs answered {response.status_code}: {response.text}")
-        return str(response.json()["id"])
-
-    def close(self) -> None:
-        """Close every thread's connection."""
-        for client in self._clients:
-            client.close()
 
 
 def measure(bench: Bench) -> list[AcceptResult]:
@@ -154,24 +125,6 @@ def _accept(
     result.queued = int(queue.llen("agents")) - before
     if result.queued != result.items:
         result.problem = f"{result.queued} messages queued for {result.items} accepted runs"
-
-
-def start_api(
-    bench: Bench, url: str, processes: int, env: Mapping[str, str] | None = None
-) -> tuple[Proc, str]:
-    """The producer API on database ``url`` with ``processes`` uvicorn workers; ``env``:
-    settings of the configuration's own."""
-    port = free_port()
-    argv = [
-        sys.executable, "-m", "uvicorn", "agentfleet.producer.api:app", "--host", "127.0.0.1",
-        "--port", str(port), "--log-level", "warning", "--workers", str(processes),
-    ]  # fmt: skip
-    proc = bench.stack.spawn(
-        f"api-{port}", argv, {**bench.stack.env(), "AGENTFLEET_REDIS_URL": url, **(env or {})}
-    )
-    base_url = f"http://127.0.0.1:{port}"
-    wait_for(lambda: httpx.get(f"{base_url}/healthz").status_code == 200, 60, "the API")
-    return proc, base_url
 
 
 def per_item_ms(cpu: dict[str, float], name: str, items: int) -> float:

@@ -22,12 +22,16 @@ from ops.bench._common import (
     AgentsPool,
     Sizes,
     cpu_cell,
+    fleet_cpu_s,
+    ms_per,
     percentile,
+    ratio,
     table,
     verdict,
 )
 from ops.bench._meters import Finished, Probe, Tracker, enqueue_many, plain_probe, run_probe
-from ops.bench._stack import Bench, Fleet, plain_producer
+from ops.bench._stack import Bench, Fleet, Submission, plain_producer
+from ops.bench.throughput import CPU_COLUMNS
 from ops.stack import Proc, StackError
 
 #: Seconds the simulator waits on each LLM call of section (c).
@@ -79,10 +83,24 @@ class ConcurrencyResult:
     longest_retry_s: float = math.nan
     done: int = 0
     failed: int = 0
+    #: CPU seconds per process group from the first enqueue to the last completion: the
+    #: ``agents``, ``tools`` and (the fleet's) ``batch`` workers, the API (``api``, when runs
+    #: are submitted through it), ``redis``, ``sim`` and the load generator (``bench``).
     cpu_s: dict[str, float] = field(default_factory=dict)
+    #: The configuration's own CPU per run: workers, API and Redis (``FLEET_CPU``).
+    fleet_ms_per_run: float = math.nan
+    #: LLM requests the simulator answered in the window, and its CPU per request.
+    sim_requests: int = 0
+    sim_ms_per_request: float = math.nan
     #: Percent of the machine's cores busy from the first enqueue to the last completion.
     busy_pct: float = math.nan
     problem: str = ""
+
+    def account(self, cpu_s: dict[str, float], sim_requests: int) -> None:
+        """Keep the window's CPU, and what it comes to per run and per LLM request."""
+        self.cpu_s, self.sim_requests = cpu_s, sim_requests
+        self.fleet_ms_per_run = ms_per(fleet_cpu_s(cpu_s), self.done)
+        self.sim_ms_per_request = ms_per(cpu_cell(cpu_s, "sim"), sim_requests)
 
 
 def retry_countdowns(proc: Proc) -> list[float]:
@@ -103,7 +121,8 @@ def measure(bench: Bench) -> list[ConcurrencyResult]:
         results.append(_concurrency_plain(bench, PLAIN_CONCURRENCY_POOL, bench.sizes.runs_r))
     results.extend(
         _concurrency_one(bench, agents, runs)
-        for agents, runs in concurrency_configs(bench.sizes)
+        for config, runs in concurrency_configs(bench.sizes)
+        for agents in bench.on_each_transport([config])
         if agents.pool in bench.families
     )
     return results
@@ -140,8 +159,10 @@ def _concurrency_plain(bench: Bench, agents: AgentsPool, runs: int) -> Concurren
                 agents.slots,
                 procs,
             )
-            result.cpu_s, result.busy_pct = meter.stop(), meter.busy_pct
-            result.max_llm_in_flight = int(bench.simulator_stats()["max_in_flight"])
+            cpu_s, result.busy_pct = meter.stop(), meter.busy_pct
+            stats = bench.simulator_stats()
+            result.max_llm_in_flight = int(stats["max_in_flight"])
+            result.account(cpu_s, int(stats["requests"]))
     except (StackError, OSError, redis.RedisError, TimeoutError) as exc:
         result.problem = f"{type(exc).__name__}: {exc}\n{bench.log_tails(procs)}"
     finally:
@@ -156,20 +177,24 @@ def _concurrency_one(bench: Bench, agents: AgentsPool, runs: int) -> Concurrency
     url = fleet.settings.redis_url
     procs: list[Proc] = []
     try:
-        with bench.workers(procs):
+        with bench.workers(procs), bench.submission(fleet, procs) as submission:
             agents_procs = bench.start_agents(url, agents)
-            tools = bench.start_tools(url)
-            procs.extend([*agents_procs, tools])
-            bench.stack.wait_workers(fleet.app, agents.processes + 1, timeout=120)
+            tools, batch = bench.start_tools(url), bench.start_batch(url)
+            procs.extend([*agents_procs, tools, batch])
+            bench.stack.wait_workers(fleet.app, agents.processes + 2, timeout=120)
             # Every process builds its clients and opens connections before the clock runs.
             warm = min(2 * agents.slots, 200)
-            bench.wait_runs(fleet, WARM_TWO_STEP_PROMPT, warm, procs, timeout=120)
+            submit_warm = submission.runs_of(WARM_TWO_STEP_PROMPT)
+            bench.wait_runs(fleet, WARM_TWO_STEP_PROMPT, warm, procs, 120, submit_warm)
             bench.simulator_stats(reset=True)
-            meter = bench.meter({"agents": agents_procs, "tools": [tools]})
+            groups = {"agents": agents_procs, "tools": [tools], "batch": [batch]}
+            meter = bench.meter({**groups, **({"api": submission.api} if submission.api else {})})
             meter.start()
-            _measure_concurrency(bench, result, fleet, agents, agents_procs, procs)
-            result.cpu_s, result.busy_pct = meter.stop(), meter.busy_pct
-            result.max_llm_in_flight = int(bench.simulator_stats()["max_in_flight"])
+            _measure_concurrency(bench, result, fleet, agents, agents_procs, procs, submission)
+            cpu_s, result.busy_pct = meter.stop(), meter.busy_pct
+            stats = bench.simulator_stats()
+            result.max_llm_in_flight = int(stats["max_in_flight"])
+            result.account(cpu_s, int(stats["requests"]))
     except (StackError, OSError, redis.RedisError, TimeoutError) as exc:
         result.problem = f"{type(exc).__name__}: {exc}\n{bench.log_tails(procs)}"
     finally:
@@ -212,12 +237,13 @@ def _measure_concurrency(
     agents: AgentsPool,
     agents_procs: Sequence[Proc],
     procs: Sequence[Proc],
+    submission: Submission,
 ) -> None:
     retries_before = [len(retry_countdowns(p)) for p in agents_procs]
     finished = _drive_runs(
         bench,
         result,
-        lambda: fleet.submit(TWO_STEP_PROMPT),
+        submission.runs_of(TWO_STEP_PROMPT),
         run_probe(fleet.store),
         "succeeded",
         agents.slots,
@@ -233,6 +259,22 @@ def _measure_concurrency(
     if finished:
         took = [f.took for f in finished]
         result.run_p50_s, result.run_max_s = percentile(took, 50), max(took)
+
+
+def _against_the_floor(results: Sequence[ConcurrencyResult]) -> str:
+    """Each fleet configuration's effective concurrency and own CPU per run as a multiple of
+    the floor's in the same bench run."""
+    floor = next((r for r in results if r.config.startswith(PLAIN_LLM)), None)
+    if floor is None:
+        return ""
+    lines = [
+        f"{r.config}: effective concurrency "
+        f"{ratio(r.effective_concurrency, floor.effective_concurrency):.2f}x the floor's, "
+        f"own CPU per run {ratio(r.fleet_ms_per_run, floor.fleet_ms_per_run):.2f}x"
+        for r in results
+        if r is not floor and not math.isnan(r.effective_concurrency)
+    ]
+    return "".join(f"\n{line}" for line in ["", *lines]) if lines else ""
 
 
 def report(results: Sequence[ConcurrencyResult]) -> str:
@@ -251,28 +293,31 @@ def report(results: Sequence[ConcurrencyResult]) -> str:
             r.longest_retry_s,
             f"{r.done}/{r.failed}",
             r.busy_pct,
-            cpu_cell(r.cpu_s, "agents"),
-            cpu_cell(r.cpu_s, "tools"),
-            cpu_cell(r.cpu_s, "redis"),
-            cpu_cell(r.cpu_s, "sim"),
-            cpu_cell(r.cpu_s, "bench"),
+            r.fleet_ms_per_run,
+            r.sim_ms_per_request,
+            *(cpu_cell(r.cpu_s, name) for name in CPU_COLUMNS if name != "workers"),
         ]
         for r in results
     ]
     headers = [
         "agents pool", "runs", "enqueue s", "wall s", "eff. conc.", "max LLM in flight",
         "run p50 s", "run max s", "step retries", "longest retry s", "ok/failed", "busy %",
-        "cpu agents", "cpu tools", "cpu redis", "cpu sim", "cpu bench",
+        "own cpu ms/run", "sim cpu ms/req",
+        *(f"cpu {column}" for name, column in CPU_COLUMNS.items() if name != "workers"),
     ]  # fmt: skip
     text = table(
         f"(c) concurrency: 2-step runs at {SLOW_LLM_S:g} s per LLM call, tools prefork "
         f"1x{TOOLS_POOL.concurrency}\n    wall = first enqueue to last completion; eff. conc. "
         f"= runs x 2 x {SLOW_LLM_S:g} s / wall; enqueue ({ENQUEUE_THREADS} threads) shares "
         f"the {os.cpu_count()} cores\n    CPU in seconds from the first enqueue to the last "
-        "completion; busy % = share of all cores busy",
+        "completion; busy % = share of all cores busy\n    own cpu = the configuration's "
+        "workers + API + Redis per run (not the simulator, which stands for a remote "
+        "provider,\n    nor the load generator); sim cpu ms/req = the simulator's CPU per LLM "
+        "request it answered",
         headers,
         rows,
     )
+    text += _against_the_floor(results)
     scored = [
         r
         for r in results

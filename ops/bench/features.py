@@ -26,8 +26,7 @@ from agentfleet.producer.auth import create_key
 from agentfleet.tasks.models import DEFAULT_TENANT
 from ops.bench import agents
 from ops.bench._common import FLEET_AGENTS_POOL, ONE_STEP_PROMPT, AgentsPool, fmt, ratio, table
-from ops.bench._stack import Bench, Fleet
-from ops.bench.accept import start_api
+from ops.bench._stack import Bench, Fleet, start_api
 from ops.stack import Proc, StackError
 
 FEATURE_AGENTS = AgentsPool(FLEET_AGENTS_POOL, 100)

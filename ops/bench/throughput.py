@@ -16,6 +16,8 @@ from ops.bench._common import (
     PLAIN_LLM,
     AgentsPool,
     cpu_cell,
+    fleet_cpu_s,
+    ms_per,
     ratio,
     table,
     verdict,
@@ -23,6 +25,9 @@ from ops.bench._common import (
 from ops.bench._meters import Probe, Tracker, enqueue_many, plain_probe, run_probe
 from ops.bench._stack import Bench, Fleet, plain_producer
 from ops.stack import Proc, StackError
+
+#: Process groups of a configuration's workers, as the CPU meter names them.
+WORKER_GROUPS = ("workers", "agents", "tools", "batch")
 
 #: The target: the best configuration's steps/s at least this share of plain tasks/s.
 TARGET_THROUGHPUT_RATIO = 0.5
@@ -49,10 +54,18 @@ class DrainResult:
     from_start_per_s: float = math.nan
     done: int = 0
     failed: int = 0
-    #: CPU seconds per process group from the first completion to the last.
+    #: CPU seconds per process group from the first completion to the last: the workers
+    #: (``workers`` for stock Celery; ``agents``, ``tools`` and ``batch`` for the fleet), the
+    #: API (``api``, idle by then: the backlog was submitted before), ``redis``, ``sim`` and
+    #: the bench's own process (``bench``, the load generator).
     cpu_s: dict[str, float] = field(default_factory=dict)
     #: The workers' CPU per item over that window.
     cpu_ms_per_item: float = math.nan
+    #: The configuration's own CPU per item (workers, API and Redis: ``FLEET_CPU``).
+    fleet_ms_per_item: float = math.nan
+    #: LLM requests the simulator answered over that window, and its CPU per request.
+    sim_requests: int = 0
+    sim_ms_per_request: float = math.nan
     #: Percent of the machine's cores busy over that window.
     busy_pct: float = math.nan
     problem: str = ""
@@ -65,7 +78,7 @@ def measure(bench: Bench) -> list[DrainResult]:
     per task, is the floor of an LLM step on this machine (see :mod:`ops.bench_plain`).
     """
     results = [_drain_plain(bench), _drain_plain(bench, llm=True)]
-    for agents in THROUGHPUT_POOLS:
+    for agents in bench.on_each_transport(THROUGHPUT_POOLS):
         if agents.pool in bench.families:
             results.append(_drain_runs(bench, agents))
     return results
@@ -76,6 +89,7 @@ def _drain_plain(bench: Bench, llm: bool = False) -> DrainResult:
     url = bench.fresh_db()
     app = plain_producer(url)
     client = redis.Redis.from_url(url)
+    submit: Callable[[], str]
     if llm:
         step = app.tasks[bench_plain.LLM_STEP]
         messages = [{"role": "user", "content": ONE_STEP_PROMPT}]
@@ -92,7 +106,7 @@ def _drain_plain(bench: Bench, llm: bool = False) -> DrainResult:
             submit=submit,
             probe=plain_probe(app, client),
             ok="SUCCESS",
-            start_workers=lambda: [bench.start_plain(url)],
+            start_workers=lambda: {"workers": [bench.start_plain(url)]},
         )
     finally:
         app.close()
@@ -103,15 +117,29 @@ def _drain_plain(bench: Bench, llm: bool = False) -> DrainResult:
 def _drain_runs(bench: Bench, agents: AgentsPool) -> DrainResult:
     fleet = Fleet.connect(bench.fresh_db())
     result = DrainResult(f"agentfleet {agents.label}", bench.sizes.backlog_m)
+    url = fleet.settings.redis_url
+
+    def start_workers() -> dict[str, list[Proc]]:
+        return {
+            "agents": bench.start_agents(url, agents),
+            "tools": [bench.start_tools(url)],
+            "batch": [bench.start_batch(url)],
+        }
+
+    api: list[Proc] = []
     try:
-        _drain(
-            bench,
-            result,
-            submit=lambda: fleet.submit(ONE_STEP_PROMPT),
-            probe=run_probe(fleet.store),
-            ok="succeeded",
-            start_workers=lambda: bench.start_agents(fleet.settings.redis_url, agents),
-        )
+        with bench.workers(api), bench.submission(fleet, api) as submission:
+            _drain(
+                bench,
+                result,
+                submit=submission.runs_of(ONE_STEP_PROMPT),
+                probe=run_probe(fleet.store),
+                ok="succeeded",
+                start_workers=start_workers,
+                api=submission.api,
+            )
+    except (StackError, OSError, redis.RedisError) as exc:
+        result.problem = f"{type(exc).__name__}: {exc}"
     finally:
         fleet.close()
     return result
@@ -123,7 +151,8 @@ def _drain(
     submit: Callable[[], str],
     probe: Probe,
     ok: str,
-    start_workers: Callable[[], list[Proc]],
+    start_workers: Callable[[], dict[str, list[Proc]]],
+    api: Sequence[Proc] = (),
 ) -> None:
     """Enqueue the backlog, then start the workers and time them draining it."""
     try:
@@ -134,12 +163,19 @@ def _drain(
         deadline = time.monotonic() + 60 + result.items / 20
         with bench.workers([]) as procs:
             spawned = time.time()
-            procs.extend(start_workers())
+            groups = start_workers()
+            procs.extend(p for group in groups.values() for p in group)
             # CPU is counted from the first completion, like drain/s, so that the
             # workers' start-up (imports, forks) is not charged to the items.
-            meter = bench.meter({"workers": procs})
-            result.problem = tracker.wait(deadline, procs, on_first=meter.start)
+            meter = bench.meter({**groups, **({"api": api} if api else {})})
+
+            def start_counting() -> None:
+                bench.simulator_stats(reset=True)
+                meter.start()
+
+            result.problem = tracker.wait(deadline, procs, on_first=start_counting)
             result.cpu_s, result.busy_pct = meter.stop(), meter.busy_pct
+            result.sim_requests = int(bench.simulator_stats()["requests"])
             if result.problem:
                 result.problem += "\n" + bench.log_tails(procs)
     except (StackError, OSError, redis.RedisError, TimeoutError) as exc:
@@ -152,8 +188,24 @@ def _drain(
         result.drain_per_s = (len(finished) - 1) / (last - first)
         result.from_start_per_s = len(finished) / (last - spawned)
     counted = len(tracker.finished) - tracker.finished_at_first_sight
-    if counted > 0 and "workers" in result.cpu_s:
-        result.cpu_ms_per_item = result.cpu_s["workers"] * 1000 / counted
+    if result.cpu_s:
+        workers = sum(result.cpu_s.get(name, 0.0) for name in WORKER_GROUPS)
+        result.cpu_ms_per_item = ms_per(workers, counted)
+        result.fleet_ms_per_item = ms_per(fleet_cpu_s(result.cpu_s), counted)
+        result.sim_ms_per_request = ms_per(cpu_cell(result.cpu_s, "sim"), result.sim_requests)
+
+
+#: The CPU columns of sections (b) and (c): process group -> column name.
+CPU_COLUMNS = {
+    "workers": "workers",
+    "agents": "agents",
+    "tools": "tools",
+    "batch": "batch",
+    "api": "api",
+    "redis": "redis",
+    "sim": "sim",
+    "bench": "load gen",
+}
 
 
 def report(results: Sequence[DrainResult]) -> str:
@@ -169,17 +221,17 @@ def report(results: Sequence[DrainResult]) -> str:
             ratio(r.drain_per_s, plain),
             f"{r.done}/{r.failed}",
             r.cpu_ms_per_item,
+            r.fleet_ms_per_item,
+            r.sim_ms_per_request,
             r.busy_pct,
-            cpu_cell(r.cpu_s, "workers"),
-            cpu_cell(r.cpu_s, "redis"),
-            cpu_cell(r.cpu_s, "sim"),
-            cpu_cell(r.cpu_s, "bench"),
+            *(cpu_cell(r.cpu_s, name) for name in CPU_COLUMNS),
         ]
         for r in results
     ]
     headers = [
         "configuration", "items", "enq/s", "drain/s", "incl. boot/s", "vs plain", "ok/failed",
-        "worker cpu ms/item", "busy %", "cpu workers", "cpu redis", "cpu sim", "cpu bench",
+        "worker cpu ms/item", "own cpu ms/item", "sim cpu ms/req", "busy %",
+        *(f"cpu {CPU_COLUMNS[name]}" for name in CPU_COLUMNS),
     ]  # fmt: skip
     text = table(
         "(b) throughput: backlog enqueued with no worker running, then drained on "
@@ -187,7 +239,10 @@ def report(results: Sequence[DrainResult]) -> str:
         "    drain/s = (done - 1) / (last - first completion); incl. boot/s = done / (last "
         "completion - worker spawn)\n    agentfleet items are one-step runs (1 agent step "
         "each); the simulator and Redis share the same cores\n    CPU in seconds from the first "
-        "completion to the last (worker start-up excluded); busy % = share of all cores busy",
+        "completion to the last (worker start-up excluded); busy % = share of all cores busy\n"
+        "    own cpu = the configuration's workers + API + Redis (not the simulator, which "
+        "stands for a remote provider,\n    nor the load generator); sim cpu ms/req = the "
+        "simulator's CPU per LLM request it answered in the window",
         headers,
         rows,
     )

@@ -5,12 +5,13 @@ from __future__ import annotations
 import email.utils
 import json
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import openai
-from openai import Stream
+from openai import AsyncStream, Stream
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from pydantic import ValidationError
 
@@ -21,9 +22,11 @@ from agentfleet.tasks.errors import (
     RateLimitedError,
     RetryableProviderError,
 )
-from agentfleet.tasks.llm._client import get_client
+from agentfleet.tasks.llm._client import get_async_client, get_client
+from agentfleet.tasks.llm._loop import run as run_on_loop
+from agentfleet.tasks.llm._transport import threads_are_greenlets
 from agentfleet.tasks.output import OutputSpec
-from agentfleet.tasks.settings import ProviderConfig
+from agentfleet.tasks.settings import DEFAULT_LLM_TRANSPORT, LlmTransport, ProviderConfig
 
 CHAT_PATH = "/chat/completions"
 
@@ -157,45 +160,85 @@ def _parse(response: Any, provider: str) -> Completion:
 ADMITTED_HEADER = "x-agentfleet-admitted-at"
 
 
-def _assemble(chunks: Iterable[Any], on_delta: Callable[[str], None], provider: str) -> Completion:
-    """A completion from a streamed answer, handing each text delta to ``on_delta``."""
-    text: list[str] = []
-    calls: dict[int, dict[str, str]] = {}
-    usage = None
-    finish_reason = None
-    model = response_id = None
-    try:
-        for chunk in chunks:
-            usage = chunk.usage or usage
+class Assembly:
+    """A completion put together from a streamed answer, one chunk at a time.
+
+    Both transports feed it (``tasks/llm/_aio.py`` from its event loop), so a streamed answer
+    reads the same whichever carried it.
+    """
+
+    def __init__(self, provider: str) -> None:
+        self.provider = provider
+        self._text: list[str] = []
+        self._calls: dict[int, dict[str, str]] = {}
+        self._usage: Any = None
+        self._finish_reason: str | None = None
+        self._model: str | None = None
+        self._response_id: str | None = None
+
+    def add(self, chunk: Any) -> list[str]:
+        """Take in one chunk; the text deltas it carried, in order."""
+        texts: list[str] = []
+        try:
+            self._usage = chunk.usage or self._usage
             # Read once, and leniently: an answer without them is still an answer.
-            model = model or getattr(chunk, "model", None)
-            response_id = response_id or getattr(chunk, "id", None)
+            self._model = self._model or getattr(chunk, "model", None)
+            self._response_id = self._response_id or getattr(chunk, "id", None)
             for choice in chunk.choices or []:
                 delta = choice.delta
-                finish_reason = choice.finish_reason or finish_reason
+                self._finish_reason = choice.finish_reason or self._finish_reason
                 if delta.content:
-                    text.append(delta.content)
-                    on_delta(delta.content)
+                    self._text.append(delta.content)
+                    texts.append(delta.content)
                 for call in delta.tool_calls or []:
-                    part = calls.setdefault(call.index, {"id": "", "name": "", "arguments": ""})
+                    part = self._calls.setdefault(
+                        call.index, {"id": "", "name": "", "arguments": ""}
+                    )
                     part["id"] = call.id or part["id"]
                     if call.function is not None:
                         part["name"] += call.function.name or ""
                         part["arguments"] += call.function.arguments or ""
-    except (AttributeError, TypeError) as exc:
-        raise PermanentProviderError(
-            f"{provider}: malformed stream ({type(exc).__name__}: {exc})", provider, None
-        ) from None
-    return Completion(
-        content="".join(text) if text or not calls else None,
-        tool_calls=[
-            ModelToolCall(c["id"], c["name"], c["arguments"]) for _, c in sorted(calls.items())
-        ],
-        finish_reason=finish_reason,
-        model=model,
-        response_id=response_id,
-        **_usage(usage),
-    )
+        except (AttributeError, TypeError) as exc:
+            raise PermanentProviderError(
+                f"{self.provider}: malformed stream ({type(exc).__name__}: {exc})",
+                self.provider,
+                None,
+            ) from None
+        return texts
+
+    def completion(self) -> Completion:
+        """The completion the chunks taken in so far make."""
+        calls = self._calls
+        return Completion(
+            content="".join(self._text) if self._text or not calls else None,
+            tool_calls=[
+                ModelToolCall(c["id"], c["name"], c["arguments"]) for _, c in sorted(calls.items())
+            ],
+            finish_reason=self._finish_reason,
+            model=self._model,
+            response_id=self._response_id,
+            **_usage(self._usage),
+        )
+
+
+def _assemble(chunks: Iterable[Any], on_delta: Callable[[str], None], provider: str) -> Completion:
+    """A completion from a streamed answer, handing each text delta to ``on_delta``."""
+    assembly = Assembly(provider)
+    for chunk in chunks:
+        for text in assembly.add(chunk):
+            on_delta(text)
+    return assembly.completion()
+
+
+@contextmanager
+def sdk_errors(provider: str) -> Iterator[None]:
+    """The one boundary where what the SDK raises, on either transport, becomes agentfleet's."""
+    try:
+        yield
+    except openai.OpenAIError as exc:
+        raise translate(exc, provider) from None
+    except (json.JSONDecodeError, ValidationError) as exc:
+        raise PermanentProviderError(f"{provider}: malformed response: {exc}", provider) from None
 
 
 @dataclass(frozen=True)
@@ -259,22 +302,46 @@ def complete(
     admitted_at: float | None = None,
     on_delta: Callable[[str], None] | None = None,
     options: CallOptions | None = None,
+    transport: LlmTransport = DEFAULT_LLM_TRANSPORT,
 ) -> Completion:
     """One chat completion. Raises only :class:`~agentfleet.tasks.errors.ProviderError` subclasses.
 
-    With ``on_delta`` the answer is streamed and each text delta is handed to it as it comes.
+    With ``on_delta`` the answer is streamed and each text delta is handed to it as it comes,
+    in the calling thread. ``transport`` (the ``llm_transport`` setting) says which client
+    carries the call: ``aiohttp`` hands it to the process's event loop and waits for it,
+    ``httpx`` makes it in the calling thread. Where threads are greenlets (gevent, eventlet)
+    it is always ``httpx``: a loop in a patched thread would run on the hub, not beside it.
+    Both send the same request and raise the same errors.
     """
-    client = get_client(provider)
-    name = provider.name
     body = request_body(provider, model, messages, tools, options)
     request_options: Any = {}
     if admitted_at is not None:
         request_options["headers"] = {ADMITTED_HEADER: repr(admitted_at)}
-    # The request ``chat.completions.create`` makes, posted with the SDK's own client (its
-    # HTTP pool, timeouts, errors and response types), minus create()'s walk of every
-    # parameter against its TypedDict: ours are plain JSON, which that walk returns as it is,
-    # and it was more than half the client CPU of a call (docs/performance.md, "The LLM client").
-    try:
+    if on_delta is not None:
+        body = {**body, "stream": True, "stream_options": {"include_usage": True}}
+    if transport == "aiohttp" and not threads_are_greenlets():
+        client = get_async_client(provider)
+        return run_on_loop(
+            lambda relay: _complete_async(client, provider.name, body, request_options, relay),
+            on_delta,
+        )
+    return _complete(get_client(provider), provider.name, body, request_options, on_delta)
+
+
+# Both post the request ``chat.completions.create`` makes, with the SDK's own client (its HTTP
+# pool, timeouts, errors and response types), minus create()'s walk of every parameter against
+# its TypedDict: ours are plain JSON, which that walk returns as it is, and it was more than
+# half the client CPU of a call (docs/performance.md, "The LLM client").
+
+
+def _complete(
+    client: openai.OpenAI,
+    name: str,
+    body: dict[str, Any],
+    request_options: Any,
+    on_delta: Callable[[str], None] | None,
+) -> Completion:
+    with sdk_errors(name):
         if on_delta is None:
             answer = client.post(
                 CHAT_PATH, body=body, options=request_options, cast_to=ChatCompletion
@@ -282,7 +349,7 @@ def complete(
             return _parse(answer, name)
         stream = client.post(
             CHAT_PATH,
-            body={**body, "stream": True, "stream_options": {"include_usage": True}},
+            body=body,
             options=request_options,
             cast_to=ChatCompletion,
             stream=True,
@@ -290,7 +357,32 @@ def complete(
         )
         with stream:
             return _assemble(stream, on_delta, name)
-    except openai.OpenAIError as exc:
-        raise translate(exc, name) from None
-    except (json.JSONDecodeError, ValidationError) as exc:
-        raise PermanentProviderError(f"{name}: malformed response: {exc}", name) from None
+
+
+async def _complete_async(
+    client: openai.AsyncOpenAI,
+    name: str,
+    body: dict[str, Any],
+    request_options: Any,
+    relay: Callable[[str], None] | None,
+) -> Completion:
+    with sdk_errors(name):
+        if relay is None:
+            answer = await client.post(
+                CHAT_PATH, body=body, options=request_options, cast_to=ChatCompletion
+            )
+            return _parse(answer, name)
+        stream = await client.post(
+            CHAT_PATH,
+            body=body,
+            options=request_options,
+            cast_to=ChatCompletion,
+            stream=True,
+            stream_cls=AsyncStream[ChatCompletionChunk],
+        )
+        async with stream:
+            assembly = Assembly(name)
+            async for chunk in stream:
+                for text in assembly.add(chunk):
+                    relay(text)
+            return assembly.completion()

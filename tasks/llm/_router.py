@@ -97,7 +97,9 @@ def call_chain(
         if not admission.ok:
             walk.skipped.append((target.provider, admission.outcome, admission.wait_s))
             continue
-        completion = _call(guard, admission, target, walk, messages, tools, on_delta, options)
+        completion = _call(
+            guard, admission, target, walk, messages, tools, on_delta, options, settings
+        )
         if completion is not None:
             return completion, target
     raise walk.outcome()
@@ -118,15 +120,25 @@ def _call(
     tools: list[dict[str, Any]],
     on_delta: Callable[[str], None] | None,
     options: CallOptions | None,
+    settings: Settings,
 ) -> Completion | None:
     """The provider's answer, or None when it failed for itself (noted in ``walk``)."""
     provider = guard.provider
     walk.called += 1
-    settings = options.settings if options else None
+    model_settings = options.settings if options else None
     try:
-        with tracing.llm_call(provider.name, target.model, provider.base_url, settings) as span:
+        with tracing.llm_call(
+            provider.name, target.model, provider.base_url, model_settings
+        ) as span:
             completion = complete(
-                provider, messages, tools, target.model, admission.at, on_delta, options
+                provider,
+                messages,
+                tools,
+                target.model,
+                admission.at,
+                on_delta,
+                options,
+                settings.llm_transport,
             )
             span.answered(completion)
     except RetryableProviderError as exc:
