@@ -25,6 +25,7 @@ from celery.utils.imports import symbol_by_name
 from celery.worker.request import Request
 from kombu.transport import native_delayed_delivery
 from kombu.transport import redis as kombu_redis
+from redis.retry import Retry
 
 from agentfleet.workers.fixes.result_backend import (
     FleetRedisBackend,
@@ -63,7 +64,7 @@ OVERRIDDEN: list[tuple[Any, str, list[str]]] = [
         "publish",
         ["self", "type", "fields", "producer", "blind", "Event", "kwargs"],
     ),
-    # redis_transport: reconnecting, stranded messages.
+    # redis_transport: reconnecting, stranded messages; redis_eventloop: no retry in the loop.
     (kombu_redis.Channel, "_connparams", ["self", "asynchronous"]),
     (kombu_redis.Channel, "basic_consume", ["self", "queue", "args", "kwargs"]),
     (kombu_redis.Transport, "_deliver", ["self", "message", "queue"]),
@@ -84,6 +85,8 @@ CALLED: list[tuple[Any, str, list[str]]] = [
     (backends, "by_url", ["backend", "loader"]),
     (ExceptionWithTraceback, "__init__", ["self", "exc", "tb"]),
     (kombu_redis.Channel, "_put", ["self", "queue", "message", "kwargs"]),
+    # redis_eventloop: the retry of the event-loop connections.
+    (Retry, "__init__", ["self", "backoff", "retries"]),
     # rabbitmq: the countdown of every task sent, and the delayed-delivery binding.
     (Celery, "send_task", ["self", "name", "args", "kwargs", "countdown"]),
     (

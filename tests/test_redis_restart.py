@@ -50,6 +50,8 @@ DOWN_SECONDS = 3.0
 #: A client timeout well above what a 503 should take, so a hang shows as a timeout.
 PROBE_TIMEOUT = 10.0
 APPEND_ONLY = ["--appendonly", "yes", "--appendfsync", "everysec"]
+#: What a worker logs when its consumer loses the broker connection and starts reconnecting.
+CONNECTION_LOST = "consumer: Connection to broker lost"
 
 
 @pytest.fixture(scope="module")
@@ -160,3 +162,29 @@ def test_runs_survive_a_redis_restart(persistent_fleet: Fleet, wait: Callable[..
     after = fleet.client.wait(fleet.client.create_run('call calculator {"expression": "6*7"}').id)
     assert after.status == "succeeded"
     assert after.result == "Results: calculator=42.0"
+
+
+def test_workers_reconnect_when_redis_drops_their_subscriptions(
+    persistent_fleet: Fleet, wait: Callable[..., None]
+) -> None:
+    # Redis closes the connection each worker listens on for control commands (its pidbox
+    # subscription) and accepts new connections at once: what a worker meets when Redis comes
+    # back before it reads the close (a crash, on a loaded machine), or when Redis drops a
+    # subscriber (CLIENT KILL, its pub/sub output buffer limit). Each worker must reconnect
+    # and consume again, not wait forever on a new connection that subscribes to nothing.
+    fleet, stack = persistent_fleet, persistent_fleet.stack
+    assert len(stack.wait_workers(fleet.app, 3, timeout=30)) == 3
+    workers = [p for p in stack.procs if p.name.startswith("worker-")]
+    lost = {p.name: p.log.read_text(errors="replace").count(CONNECTION_LOST) for p in workers}
+
+    assert fleet.redis.client_kill_filter(_type="pubsub", skipme=True) >= len(workers)
+
+    run_id = fleet.client.create_run('call calculator {"expression": "6*7"}').id
+    with contextlib.suppress(StackError):
+        wait(lambda: fleet.client.get_run(run_id).status == "succeeded", 60, "the run")
+    tails = {p.name: p.tail(15) for p in workers}
+    assert fleet.client.get_run(run_id).status == "succeeded", tails
+    assert len(stack.wait_workers(fleet.app, 3, timeout=30)) == 3
+    # Each reconnected as it does after any lost broker connection.
+    again = {p.name: p.log.read_text(errors="replace").count(CONNECTION_LOST) for p in workers}
+    assert all(again[name] > lost[name] for name in lost), (lost, again)

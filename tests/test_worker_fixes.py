@@ -3,7 +3,8 @@
 ``controlflow``: ``Ignore`` is kept without its traceback, every other exception with it.
 ``result_backend``: workers keep no subscription to
 results they never wait for, and store a state in one script that never overwrites a
-``SUCCESS``. A process that builds the app
+``SUCCESS``. ``redis_eventloop``: a subscription Redis drops raises instead of hanging its
+reader. A process that builds the app
 without being a worker keeps Celery's own code for all of them.
 """
 
@@ -12,13 +13,22 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import uuid
+from pathlib import Path
+from queue import Empty, Queue
 
+import kombu
+import pytest
+import redis
 from celery.exceptions import Ignore
 
 from agentfleet.tasks.errors import RunFailed
+from agentfleet.workers.conf import transport_options
 from agentfleet.workers.fixes.controlflow import ControlFlowExceptionInfo
+from agentfleet.workers.fixes.redis_transport import Transport
 from agentfleet.workers.fixes.result_backend import store_result_once
+from ops.stack import Stack
 from tests.conftest import Fleet
 
 
@@ -164,3 +174,41 @@ def test_one_round_trip_store_publishes_the_state(fleet: Fleet) -> None:
         assert '"status": "SUCCESS"' in message["data"]
     finally:
         pubsub.close()
+
+
+def test_a_subscription_redis_drops_raises_instead_of_hanging_its_reader(tmp_path: Path) -> None:
+    # redis_eventloop: Redis closes the subscription a consumer reads in its event loop and
+    # accepts new connections at once. The read must raise, so that the consumer reconnects,
+    # not reconnect and wait forever on a connection that subscribes to nothing. The test goes
+    # through every kombu and redis-py name the fix relies on, as a consumer does, with the
+    # workers' transport options: a change to one of them fails here.
+    with Stack(tmp_path) as stack:
+        url = stack.start_redis()
+        admin = redis.Redis.from_url(url)
+        options = transport_options(stack.settings())
+        with kombu.Connection(url, transport=Transport, transport_options=options) as connection:
+            channel = connection.channel()
+            fanout = kombu.Queue("fixes-fanout", kombu.Exchange("fixes-fanout", "fanout"))
+            kombu.Consumer(channel, [fanout]).consume()
+            connection.transport.cycle.on_poll_start()  # subscribes, as each turn of the loop does
+            channel._receive()  # the confirmation: the subscription is in place
+            assert admin.client_kill_filter(_type="pubsub") == 1
+
+            outcome: Queue[BaseException | None] = Queue()
+
+            def read() -> None:
+                try:
+                    channel._receive_one(channel.subclient)
+                except BaseException as exc:  # handed to the test's thread
+                    outcome.put(exc)
+                else:
+                    outcome.put(None)
+
+            # A thread of its own: without the fix it never returns (until Redis stops).
+            threading.Thread(target=read, daemon=True).start()
+            try:
+                raised = outcome.get(timeout=10)
+            except Empty:
+                pytest.fail("the read of the dropped subscription still waits after 10 s")
+            assert isinstance(raised, redis.ConnectionError), raised
+        admin.close()

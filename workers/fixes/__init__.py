@@ -6,6 +6,9 @@ module                 kind         installed in
 ``redis_transport``    correctness  every process on a Redis broker (``broker_transport``): a
                                     worker reconnects after Redis restarts, and keeps a message
                                     taken as Redis went away
+``redis_eventloop``    correctness  the same processes, in ``redis_transport``'s channels: a
+                                    consumer whose subscription Redis closed reconnects instead
+                                    of waiting forever on a new connection
 ``redact``             correctness  every process (``Celery(amqp=, events=)``): whoever sends a
                                     task makes its ``task-sent`` event and message headers
 ``rabbitmq``           correctness  every process on RabbitMQ (the app class): whoever sends a

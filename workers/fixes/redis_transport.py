@@ -1,4 +1,4 @@
-"""kombu's Redis transport, with two fixes for workers that lose Redis (a restart, a failover).
+"""kombu's Redis transport, with the fixes for workers that lose Redis (a restart, a failover).
 
 Selected by the ``broker_transport`` setting of a Redis broker (``workers/broker.py``) in every
 process, because every process that consumes from the broker can meet the first bug: workers,
@@ -21,6 +21,9 @@ and Flower, which consumes task events. kombu's own classes stay unpatched.
    fails and the message, now only in this process's memory, is dropped. Here it is kept and
    pushed back onto its queue as soon as this worker consumes again. (A worker killed in that
    moment still loses it: see "Worker loss" in docs/design.md.)
+3. **A connection Redis closed while it was back at once** (correctness): the channels here are
+   also :class:`~agentfleet.workers.fixes.redis_eventloop.EventLoopChannel`, whose event-loop
+   connections raise instead of reconnecting by themselves (see that module).
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from typing import Any
 
 import redis
 from kombu.transport import redis as kombu_redis
+
+from agentfleet.workers.fixes.redis_eventloop import EventLoopChannel
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +74,7 @@ class _TransportFixes(kombu_redis.Transport):
             raise
 
 
-class Channel(_ChannelFixes):
+class Channel(_ChannelFixes, EventLoopChannel):
     pass
 
 
@@ -79,7 +84,7 @@ class Transport(_TransportFixes):
     Channel = Channel
 
 
-class SentinelChannel(_ChannelFixes, kombu_redis.SentinelChannel):
+class SentinelChannel(_ChannelFixes, EventLoopChannel, kombu_redis.SentinelChannel):
     pass
 
 
