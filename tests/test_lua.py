@@ -49,7 +49,7 @@ LOADED = {
 CODE = {
     "create_run": "fa0ac0e38c9d321460a86a6b16b392e1f8ccac00",
     "accept": "a63d57016efd4c2aaa94d82e26a30b70f65ef306",
-    "begin_step": "1bd1974def7a9453f57736296b137571908819a6",
+    "begin_step": "005268ac8cb72278c6eeeff86b563e14ce223ab4",
     "apply_step": "c39c8e7fa4e102676ed119820d9d22ece3b1f102",
     "finish_step": "48d5a5e14471e068c9f591612705edc4fb578e44",
     "apply_and_finish_step": "b462da0c6e8a4a699fb4a64f533c59234f4ade49",
@@ -59,7 +59,7 @@ CODE = {
     "release_step": "87d7635f0f8d99fa572f0613f639fab3f207cc3c",
     "drop_lease": "7f8f6677b8f2b4b65b9b9905151ced126e6b7e49",
     "create_tool": "9595c77dc589808e5a2797566af0f4d2182ed1c1",
-    "begin_tool": "a0fcbf39e03e0fabd35e7f90725e83b17a1a85cf",
+    "begin_tool": "1f0bc34d9edcd05aaaf888fc4dbb8fdd535e8fc1",
     "complete_tool": "edab75fbb286f4455a6b640ead706a7c8a803c6e",
     "cancel_tool": "3b48d1952dd90c77f4bb839685a82478402ec2fc",
     "reserve_spend": "0754b1934d38e65ab116565caa7dc7baaae89a20",

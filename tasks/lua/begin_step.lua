@@ -90,7 +90,12 @@ if status == 'queued' or resumed then
   end
 end
 if not redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[4]) then
-  return {'busy', tostring(redis.call('PTTL', KEYS[2]))}
+  if redis.call('GET', KEYS[2]) ~= ARGV[2] then
+    return {'busy', tostring(redis.call('PTTL', KEYS[2]))}
+  end
+  -- Our own lease: this claim ran before and its reply was lost (Redis went away as it
+  -- answered, and the caller sent it again): answer as it did, counting nothing twice.
+  return {'ok', redis.call('HGETALL', KEYS[1]), redis.call('LRANGE', KEYS[3], 0, -1)}
 end
 local n = redis.call('HINCRBY', KEYS[1], 'deliveries:' .. ARGV[3], 1)
 if n > tonumber(ARGV[5]) then return {'poisoned', tostring(n)} end

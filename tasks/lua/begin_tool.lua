@@ -40,27 +40,38 @@ if stored[1] and not replace then return {'done', stored[1]} end
 if ctx.run_id ~= '' and redis.call('HGET', KEYS[3], 'status') == 'cancelled' then
   return {'cancelled'}
 end
+-- Our own lease: this claim ran before and its reply was lost (Redis went away as it
+-- answered, and the caller sent it again): answer as it did, counting nothing twice.
+local resent = false
 if not redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[3]) then
-  return {'busy', tostring(redis.call('PTTL', KEYS[2]))}
+  if redis.call('GET', KEYS[2]) ~= ARGV[2] then
+    return {'busy', tostring(redis.call('PTTL', KEYS[2]))}
+  end
+  resent = true
 end
-if replace then
-  -- A new call under the same ID: its deliveries count from zero.
-  redis.call('HDEL', KEYS[1], 'result', 'finished_at', 'attempts')
-  redis.call('HSET', KEYS[1], 'name', ARGV[4], 'arguments', ARGV[5])
-  if ctx.run_id ~= '' then redis.call('HINCRBY', KEYS[3], 'tools_done', -1) end
+if resent then
+  local n = tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0')
+  if n > tonumber(ARGV[9]) then return {'poisoned', tostring(n)} end
+else
+  if replace then
+    -- A new call under the same ID: its deliveries count from zero.
+    redis.call('HDEL', KEYS[1], 'result', 'finished_at', 'attempts')
+    redis.call('HSET', KEYS[1], 'name', ARGV[4], 'arguments', ARGV[5])
+    if ctx.run_id ~= '' then redis.call('HINCRBY', KEYS[3], 'tools_done', -1) end
+  end
+  redis.call('HSETNX', KEYS[1], 'created_at', ctx.now)
+  redis.call('HSETNX', KEYS[1], 'id', ARGV[8])
+  redis.call('HSETNX', KEYS[1], 'name', ARGV[4])
+  redis.call('HSETNX', KEYS[1], 'arguments', ARGV[5])
+  if ctx.run_id ~= '' then redis.call('HSETNX', KEYS[1], 'run_id', ctx.run_id) end
+  local n = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+  if n > tonumber(ARGV[9]) then return {'poisoned', tostring(n)} end
+  if ctx.run_id ~= '' then
+    redis.call('ZADD', ctx.prefix .. ':runs:active', 'XX', ARGV[6], ctx.run_id)
+    emit(KEYS[3], 'tool_call_started', {id = ARGV[8], name = ARGV[4], step = tonumber(ARGV[7])})
+  end
+  redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ctx.now)
 end
-redis.call('HSETNX', KEYS[1], 'created_at', ctx.now)
-redis.call('HSETNX', KEYS[1], 'id', ARGV[8])
-redis.call('HSETNX', KEYS[1], 'name', ARGV[4])
-redis.call('HSETNX', KEYS[1], 'arguments', ARGV[5])
-if ctx.run_id ~= '' then redis.call('HSETNX', KEYS[1], 'run_id', ctx.run_id) end
-local n = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-if n > tonumber(ARGV[9]) then return {'poisoned', tostring(n)} end
-if ctx.run_id ~= '' then
-  redis.call('ZADD', ctx.prefix .. ':runs:active', 'XX', ARGV[6], ctx.run_id)
-  emit(KEYS[3], 'tool_call_started', {id = ARGV[8], name = ARGV[4], step = tonumber(ARGV[7])})
-end
-redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ctx.now)
 -- Its tenant scopes its tool's cache. Read here, where both records are at hand, rather than
 -- carried in the message: no payload changes, and messages sent before a tool was cached, or
 -- by send_task callers, need none. The API writes it on a standalone call's record (as
