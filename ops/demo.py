@@ -4,7 +4,8 @@
 the LLM simulator (unless the user's settings name a provider), one worker per pool, the API
 and Flower, with ``BROKER_URL`` as the broker if set (e.g. a RabbitMQ vhost); enqueues several
 agent runs (one with parallel tool calls), a single tool call, a small batch, a streamed run, a
-typed agent by name and a thread of two runs through the HTTP API; prints each result; stops
+typed agent by name, a thread of two runs, an agent calling a sub-agent and a run waiting for
+an approval, through the HTTP API; prints each result; stops
 everything. ``--serve`` keeps the fleet up afterwards so you can poll and send more.
 
 Every process gets the user's ``AGENTFLEET_*`` settings, except those naming what the demo
@@ -95,6 +96,33 @@ def _demo_agents(client: Client) -> bool:
     return triage.status == first.status == second.status == "succeeded"
 
 
+#: The tickets the demo's support_lead hands to support_triage, one child run each.
+TICKETS = ["The export button crashes the app!", "How do I invite a colleague?"]
+
+
+def _demo_people_and_children(client: Client) -> bool:
+    """An agent calling a sub-agent (child runs), and a tool call a person approves."""
+    calls = " ".join(f"call support_triage {json.dumps({'input': t})}" for t in TICKETS)
+    lead = client.get_run(client.run(calls, agent="support_lead").id)
+    usage = lead.tree_usage or lead.usage
+    print(f"agent with sub-agents support_lead: {lead.status}")
+    _line("run id", lead.id)
+    _line("child runs", f"{len(lead.children or [])}: {', '.join(lead.children or [])}")
+    _line("tree usage", f"{usage.total_tokens} tokens in {usage.llm_calls} LLM calls")
+    prompt = 'call transform_text {"text": "refund order A-17", "operation": "upper"}'
+    waiting = client.create_run(prompt, approval_required=["transform_text"])
+    run = client.wait(waiting.id, timeout=60, until_waiting=True)
+    pending = run.waiting.pending if run.waiting and run.waiting.pending else []
+    print(f"run waiting for approval: {run.status} ({len(pending)} call)")
+    _line("run id", run.id)
+    for call in pending:
+        _line("pending", f"{call.name} {call.arguments}")
+        client.approve(run.id, call.id, message="approved by the demo")
+    done = client.wait(run.id, timeout=60)
+    _line("after approval", f"{done.status}: {done.result}")
+    return lead.status == done.status == "succeeded" and len(lead.children or []) == 2
+
+
 def run_demo(client: Client, api_url: str, api_key: str) -> bool:
     accepted = {name: client.create_run(prompt) for name, prompt in RUNS.items()}
     tool_call = client.create_tool_call("calculator", {"expression": "2 ** 10"})
@@ -119,6 +147,7 @@ def run_demo(client: Client, api_url: str, api_key: str) -> bool:
     _line("result", str(call.result))
     ok &= _demo_batch(client)
     ok &= _demo_agents(client)
+    ok &= _demo_people_and_children(client)
     first = next(iter(accepted.values())).id
     print("\npoll a run by ID (while the fleet is up: `make serve` keeps it running):")
     print(f"  export AGENTFLEET_API_URL={api_url} AGENTFLEET_API_KEY={api_key}")

@@ -24,3 +24,12 @@ support_triage = Agent(
     output_type=TicketLabel,
     model_settings={"temperature": 0},
 )
+
+
+support_lead = Agent(
+    name="support_lead",
+    description="Has tickets triaged by support_triage, one child run each, and sums up.",
+    instructions="Give each ticket to support_triage at once, then sum up what it found.",
+    tools=[],
+    subagents=[support_triage],
+)

@@ -29,7 +29,7 @@ from agentfleet.producer.events import EVENT_ID, sse_stream
 from agentfleet.producer.since import parse_since
 from agentfleet.producer.uisession import COOKIE, Session, session_of, sign_in
 from agentfleet.producer.uiviews import breaker_changes, duration, timeline, usage_by_agent
-from agentfleet.tasks import runlist, spend, steps
+from agentfleet.tasks import children, runlist, spend, steps
 from agentfleet.tasks.errors import InvalidRequest
 from agentfleet.tasks.llm import get_guard
 from agentfleet.tasks.models import THREAD_ID_PATTERN
@@ -331,6 +331,8 @@ def _run_context(request: Request, store: RunStore, record: RunRecord) -> dict[s
     base = f"{_base(request)}/runs/{record.id}"
     return {
         "run": view,
+        # Sub-agent calls: each a run of its own, linked from here.
+        "children": children.children_of(store, record.id),
         "steps": found,
         "timeline": timeline(view, found, time.time() * 1000),
         "live_url": f"{base}/live",

@@ -11,6 +11,7 @@ an enclosing chord (a batch) to that last step. Building the chord by hand with
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import random
@@ -23,7 +24,7 @@ from billiard.exceptions import SoftTimeLimitExceeded
 from celery import Celery, Signature, Task, chain, chord, states
 from celery.exceptions import Ignore, Retry
 
-from agentfleet.tasks import children, llm_cache, names, spend, tracing, waits, window
+from agentfleet.tasks import children, handoffs, llm_cache, names, spend, tracing, waits, window
 from agentfleet.tasks.agents import registry as agents
 from agentfleet.tasks.errors import (
     BudgetExceeded,
@@ -222,7 +223,7 @@ class StepRunner:
             # Published by a release that dispatched the last step's tool calls: none is left.
             return self._fail(claim.token, **_out_of_steps(run))
         elif missing := [n for n in run.tools if n not in registry] + [
-            n for n in run.subagents if n not in agents
+            n for n in (*run.subagents, *run.handoffs) if n not in agents
         ]:
             # Never offer the model fewer tools than the run was accepted with.
             return self._fail(
@@ -232,7 +233,8 @@ class StepRunner:
                 f"{', '.join(missing)} (see GET /v1/tools)",
             )
         else:
-            new_messages = tool_messages(tool_results)
+            # After a handoff, the new agent's instructions follow the tool results.
+            new_messages = tool_messages(tool_results) + handoffs.instructions_after(run, self.step)
             answered = self._answer(run, transcript + new_messages)
             completion, target = answered.completion, answered.target
             dispatching = bool(completion.tool_calls) and not last_step
@@ -496,17 +498,31 @@ class StepRunner:
         """Check the run's budget and hold the call's estimate against its tenant's; the
         reservation to settle (None: the tenant has no budget)."""
         tenant_budget = self.settings.tenant_budget(run.tenant)
-        if run.max_total_tokens is None and run.max_cost is None and tenant_budget is None:
+        budget = self._budget_of(run)
+        if budget.max_total_tokens is None and budget.max_cost is None and tenant_budget is None:
             return None
         max_tokens = options.settings.get("max_tokens")
         est = spend.estimate(self.settings, chain, messages, schemas, max_tokens)
         spent_tokens = sum(u.prompt + u.completion for u in spent)
-        refusal = spend.run_refusal(run, spent_tokens, sum(u.cost for u in spent), est)
+        refusal = spend.run_refusal(budget, spent_tokens, sum(u.cost for u in spent), est)
         if refusal is not None:
             raise BudgetExceeded(refusal)
         if tenant_budget is None:
             return None
         return self.store.budgets.reserve(run.tenant, tenant_budget, est)
+
+    def _budget_of(self, run: RunRecord) -> RunRecord:
+        """The record whose budget a call of ``run`` spends: the run's own, or, in a tree whose
+        top run has a token or cost budget, the top run's with the usage of the whole tree
+        (a run's budget covers its sub-agent runs)."""
+        own = run.max_total_tokens is not None or run.max_cost is not None
+        if run.root_id == run.id and not own:
+            return run
+        top = run if run.root_id == run.id else self.store.get_run(run.root_id)
+        if top is None or (top.max_total_tokens is None and top.max_cost is None):
+            return run
+        below = children.descendants(self.store, top.id)
+        return dataclasses.replace(top, usage=children.tree_usage(top, below)) if below else top
 
     def _spend(self, run: RunRecord, answered: Answered) -> list[dict[str, Any]] | None:
         """The tenant's spend of the step's calls, counted as the answer is applied; None when
@@ -608,6 +624,8 @@ class StepRunner:
         and the next step."""
         app = self.task.app
         header = tool_signatures(app, self.settings, self.run_id, self.step, run, calls, gen)
+        if run.handoffs:
+            handoffs.take(self.store, run, self.step, calls, gen)
         if run.subagents:
             # A sub-agent call is a child run: its entry message takes the call's place.
             spawn = children.start_children(self.store, self.settings, run, self.step, calls, gen)
@@ -714,8 +732,9 @@ def model_settings(run: RunRecord, messages: list[dict[str, Any]]) -> dict[str, 
 
 
 def run_schemas(run: RunRecord) -> list[dict[str, Any]]:
-    """The ``tools=[...]`` a run's LLM calls offer: its tools, then its sub-agents."""
-    return [registry.get(n).openai_schema for n in run.tools] + children.schemas(run)
+    """The ``tools=[...]`` a run's LLM calls offer: its tools, its sub-agents, its handoffs."""
+    tools = [registry.get(n).openai_schema for n in run.tools]
+    return tools + children.schemas(run) + handoffs.schemas(run)
 
 
 def output_spec(run: RunRecord) -> OutputSpec | None:

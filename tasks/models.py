@@ -245,6 +245,14 @@ class RunRequest(BaseModel):
         description="Agents the model may call like tools: each call is a child run of that "
         "agent, and its result is the tool result (default: the agent's sub-agents).",
     )
+    handoffs: list[Annotated[str, Field(pattern=AGENT_NAME_PATTERN)]] | None = Field(
+        default=None,
+        exclude_if=_unset,
+        max_length=32,
+        description="Agents the model may hand the conversation over to (a tool "
+        "transfer_to_<agent> each): the run goes on with that agent's instructions, tools "
+        "and output type (default: the agent's handoffs).",
+    )
     approval_required: list[ToolName] | None = Field(
         default=None,
         exclude_if=_unset,

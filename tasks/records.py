@@ -110,6 +110,8 @@ class RunRecord:
     wait_default: str | None
     #: Agents the run's model may call, each call a child run (agentfleet.tasks.children).
     subagents: tuple[str, ...]
+    #: Agents the run's model may hand the conversation over to (agentfleet.tasks.handoffs).
+    handoffs: tuple[str, ...]
     #: A child run's parent ('' for a run a caller started), the run at the top of its tree
     #: (itself for such a run) and how far below it the run is (0 at the top).
     parent_id: str
@@ -170,6 +172,7 @@ class RunRecord:
             on_wait_timeout=fields.get("on_wait_timeout", "fail"),
             wait_default=fields.get("wait_default"),
             subagents=tuple(json.loads(fields.get("subagents") or "[]")),
+            handoffs=tuple(json.loads(fields.get("handoffs") or "[]")),
             parent_id=fields.get("parent_id", ""),
             root_id=fields.get("root_id") or fields["id"],
             depth=_int(fields, "depth"),

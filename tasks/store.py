@@ -445,6 +445,8 @@ class RunStore:
             fields["approval_required"] = json.dumps(request.approval_required)
         if request.subagents:
             fields["subagents"] = json.dumps(request.subagents)
+        if request.handoffs:
+            fields["handoffs"] = json.dumps(request.handoffs)
         if request.thread_id:
             # The thread's history goes in front of the input when the run's turn comes
             # (begin_step.lua), after ``head`` messages (the system prompt, if any).

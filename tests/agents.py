@@ -100,3 +100,18 @@ recursive = Agent(
     tools=[],
     subagents=["recursive"],
 )
+
+# A handoff: frontdesk hands the conversation over to billing (agentfleet.tasks.handoffs).
+billing = Agent(
+    name="billing",
+    description="Answers questions about invoices.",
+    instructions="You are billing. Work out amounts with the calculator.",
+    tools=[calculator],
+)
+frontdesk = Agent(
+    name="frontdesk",
+    description="Greets customers and hands them over.",
+    instructions="You are the front desk. Hand billing questions over to billing.",
+    tools=[],
+    handoffs=[billing],
+)

@@ -106,3 +106,20 @@ def test_cancelling_a_parent_cancels_its_descendants(
     assert fleet.client.cancel(run_id).status == "cancelled"
     assert fleet.client.get_run(f"{run_id}-1-0").status == "cancelled"
     assert fleet.client.get_run(grandchild).status == "cancelled"
+
+
+def test_a_runs_token_budget_covers_its_children(fleet: Fleet) -> None:
+    # Four rounds of a child that uses 1,000 tokens, under a budget of 3,000 for the tree: the
+    # parent alone (50 a call, with estimates of about 700) would stay within it.
+    child = _call("researcher", {"input": "[[usage:1000,0]] go"})
+    prompt = f"[[rounds:4]] [[usage:50,0]] {child}"
+    run_id = fleet.client.create_run(prompt, agent="planner", max_total_tokens=3000).id
+    run = fleet.client.wait(run_id, timeout=90)
+    run = fleet.client.get_run(run_id)
+    kids = [fleet.client.get_run(c) for c in run.children or []]
+    refused = [r for r in (run, *kids) if r.error is not None and r.error.code == "budget_exceeded"]
+    assert refused, (run, kids)
+    assert run.tree_usage is not None
+    # At most one call's overshoot past the budget: 1,000 tokens used beyond its estimate.
+    assert run.tree_usage.total_tokens <= 3000 + 1000
+    assert sum(k.usage.total_tokens for k in kids) < 4 * 1000

@@ -22,8 +22,10 @@ from agentfleet.tasks.tools import ToolRegistry, load_tool_modules, registry
 from agentfleet.tasks.tools._registry import _make_tool
 from ops.stack import PoolSpec, Stack, wait_for
 from tests.agents import (
+    billing,
     cached_echo,
     echo,
+    frontdesk,
     planner,
     rater,
     recursive,
@@ -364,7 +366,10 @@ def test_a_node_record_is_refreshed_expires_and_goes_at_shutdown(seen: Fleet) ->
     first = json.loads(seen.redis.get(key_of(node)) or "{}")
     assert first["tools"]["shout"]
     # The agents of AGENTFLEET_AGENT_MODULES (tests.agents), by the digest of each definition.
-    declared = (triage, echo, strict_json, cached_echo, researcher, rater, planner, recursive)
+    declared = (
+        *(triage, echo, strict_json, cached_echo),
+        *(researcher, rater, planner, recursive, billing, frontdesk),
+    )
     assert first["agents"] == {a.name: a.digest for a in declared}
     assert 0 < int(seen.redis.pttl(key_of(node))) <= 3000  # 3 publish intervals
     wait_for(

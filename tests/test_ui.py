@@ -268,3 +268,17 @@ def test_a_sign_in_posted_from_another_site_is_refused(fleet: Fleet) -> None:
     assert own.status_code == 303
     assert own.headers["location"] == "/ui/runs"
     assert "af_session" in own.cookies
+
+
+def test_a_parent_links_its_child_runs_and_a_child_its_parent(
+    browser: WebDriver, fleet: Fleet, tenant: Tenant
+) -> None:
+    calls = 'call researcher {"input": "one"} call researcher {"input": "two"}'
+    parent = tenant.client.run(calls, agent="planner", timeout=60).id
+    enter(browser, fleet, tenant.key)
+    browser.get(f"{fleet.stack.api_url}/ui/runs/{parent}")
+    links = browser.find_elements(By.CSS_SELECTOR, "#run-children a")
+    assert [a.text for a in links] == [f"{parent}-1-0", f"{parent}-1-1"]
+    links[1].click()
+    _until(browser, lambda d: d.find_element(By.ID, "run-parent").text == parent, "the child")
+    assert f"{parent}-1-1" in browser.find_element(By.TAG_NAME, "h1").text

@@ -99,6 +99,8 @@ class Agent:
     output_repairs: int | None = None
     #: Agents this one's model may call like tools, each call a child run (by name or object).
     subagents: Sequence[Agent | str] = ()
+    #: Agents this one may hand the conversation over to (a tool ``transfer_to_<name>`` each).
+    handoffs: Sequence[Agent | str] = ()
     #: Run request fields that may override the definition (see :data:`OVERRIDABLE`).
     allow_overrides: AbstractSet[str] = frozenset()
     #: Where the definition came from (a module or a file), shown by ``GET /v1/agents``.
@@ -163,6 +165,11 @@ class Agent:
         return [a if isinstance(a, str) else a.name for a in self.subagents]
 
     @cached_property
+    def handoff_names(self) -> list[str]:
+        """The agents this one may hand over to, by name."""
+        return [a if isinstance(a, str) else a.name for a in self.handoffs]
+
+    @cached_property
     def input_schema(self) -> dict[str, Any]:
         if self.input_type is None:
             return {"type": "string", "description": "The user's prompt."}
@@ -219,6 +226,7 @@ class Agent:
             "output_repairs": self.output_repairs,
             "allow_overrides": sorted(self.allow_overrides),
             "subagents": self.subagent_names,
+            "handoffs": self.handoff_names,
         }
 
     @cached_property

@@ -50,6 +50,7 @@ class AgentDeclaration(BaseModel):
     output_repairs: int | None = Field(default=None, ge=0)
     allow_overrides: list[str] = Field(default_factory=list)
     subagents: list[str] = Field(default_factory=list)
+    handoffs: list[str] = Field(default_factory=list)
 
     def agent(self, source: str) -> Agent:
         return Agent(
@@ -68,6 +69,7 @@ class AgentDeclaration(BaseModel):
             output_repairs=self.output_repairs,
             allow_overrides=frozenset(self.allow_overrides),
             subagents=tuple(self.subagents),
+            handoffs=tuple(self.handoffs),
             source=source,
         )
 

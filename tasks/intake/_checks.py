@@ -134,8 +134,9 @@ def with_agent(request: RunRequest) -> tuple[RunRequest, Agent | None, Problems]
         update["providers"] = None if agent.providers is None else list(agent.providers)
     if "tools" not in given:
         update["tools"] = agent.tool_names
-    if "subagents" not in given and agent.subagent_names:
-        update["subagents"] = agent.subagent_names
+    # The agents it may call and hand over to (empty lists are left unset: none).
+    calls = {"subagents": agent.subagent_names, "handoffs": agent.handoff_names}
+    update |= {k: v for k, v in calls.items() if v and k not in given}
     # The agent's value of each field the run leaves unset (False is left unset: the default).
     for name in ("max_steps", "context_budget", "cache_ttl", "context_summary"):
         if name not in given and (value := getattr(agent, name)) is not False:
@@ -248,8 +249,9 @@ def _run_checks(request: RunRequest, settings: Settings) -> tuple[list[Target] |
         )
     if request.tools is not None:
         problems += _tools_checks(request.tools, settings)
-    if unknown := sorted({a for a in request.subagents or [] if a not in agents}):
-        problems.append(("subagents", f"unknown agents: {', '.join(unknown)}"))
+    for field in ("subagents", "handoffs"):
+        if unknown := sorted({a for a in getattr(request, field) or [] if a not in agents}):
+            problems.append((field, f"unknown agents: {', '.join(unknown)}"))
     if clash := sorted(set(request.subagents or []) & set(resolve_tools(request))):
         problems.append(("subagents", f"named like a tool of the run: {', '.join(clash)}"))
     if request.output_schema is not None:

@@ -288,6 +288,7 @@ class AgentInfo(BaseModel):
     output_repairs: int | None = None
     allow_overrides: list[str] = []
     subagents: list[str] = []
+    handoffs: list[str] = []
     source: str = ""
     digest: str = ""
     on_api: bool = True
