@@ -467,9 +467,10 @@ class RunStore:
         messages.append(json.dumps({"role": "user", "content": str(request.input)}))
         return fields, messages
 
-    def event(self, run_id: str, kind: str, data: dict[str, Any]) -> None:
-        """Append an event the scripts do not make (bounded like theirs)."""
-        self.redis.xadd(
+    def event(self, run_id: str, kind: str, data: dict[str, Any], client: Any = None) -> None:
+        """Append an event the scripts do not make (bounded like theirs); ``client``: a
+        pipeline to queue it on."""
+        (self.redis if client is None else client).xadd(
             keys.run_events(self._p, run_id),
             {"type": kind, "data": json.dumps(data)},
             maxlen=self.settings.events_max_len,
@@ -676,11 +677,14 @@ class RunStore:
         )
 
     def set_waiting(self, run_id: str, waiting: dict[str, Any]) -> float:
-        """Record why the run is waiting; returns since when it has been waiting."""
+        """Record why the run is waiting, on its record and as an ``llm_wait`` event (of the
+        step in flight: the one whose ``llm_call_started`` came last); returns since when it
+        has been waiting."""
         key = self.run_key(run_id)
         pipe = self.redis.pipeline()
         pipe.hsetnx(key, "waiting_since", time.time())
         pipe.hset(key, "waiting", json.dumps(waiting))
+        self.event(run_id, "llm_wait", waiting, client=pipe)
         pipe.hget(key, "waiting_since")
         return float(pipe.execute()[-1])
 
