@@ -369,6 +369,11 @@ class MetricKeys:
         return active_runs(self.prefix)
 
 
+#: The run record's flag (``1``) of a run whose transcript does not outlive it: its tenant is in
+#: ``tenant_no_transcript``. The script that makes the run final deletes the transcript.
+NO_TRANSCRIPT_FIELD: Final = "no_transcript"
+
+
 #: The fragments of keys and fields the Lua scripts spell themselves (each one is part of a key
 #: or field above; the metric keys they get from :class:`MetricKeys`).
 LUA_SPELLED: Final = (
@@ -387,4 +392,5 @@ LUA_SPELLED: Final = (
     "gen:",
     "tools:",
     "deliveries:",
+    TOOL_SEGMENT,
 )

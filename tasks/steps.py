@@ -101,14 +101,21 @@ def _step_of_call(call_id: str) -> int | None:
 
 
 def run_steps(store: RunStore, run: RunRecord, redactor: Redactor) -> dict[str, Any]:
-    """The view ``GET /v1/runs/{id}/steps`` answers for ``run``."""
-    raw = store.redis.lrange(keys.run_messages(store.settings.key_prefix, run.id), 0, -1)
-    messages = [json.loads(m) for m in cast(list[str], raw)]
+    """The view ``GET /v1/runs/{id}/steps`` answers for ``run``: for a run whose transcript
+    does not outlive it (``transcript: not_kept``), its steps from their events alone, with no
+    message and no tool call's arguments or output, whether or not the run has ended."""
     events = _events(store, run.id)
+    if run.keeps_transcript:
+        raw = store.redis.lrange(keys.run_messages(store.settings.key_prefix, run.id), 0, -1)
+        parts = _split([json.loads(m) for m in cast(list[str], raw)])
+    else:
+        count = max([run.step, *events])
+        parts = [{"input": [], "repairs": [], "output": None} for _ in range(count)]
     steps = []
-    for number, part in enumerate(_split(messages), start=1):
+    for number, part in enumerate(parts, start=1):
         steps.append(_step(store, run, number, part, events.get(number, []), redactor))
-    return {"run_id": run.id, "status": run.status.value, "steps": steps}
+    transcript = "kept" if run.keeps_transcript else "not_kept"
+    return {"run_id": run.id, "status": run.status.value, "transcript": transcript, "steps": steps}
 
 
 def _step(
@@ -167,12 +174,19 @@ def _tool_calls(
     found = []
     for call_id, record in zip(call_ids, store.get_tool_calls(call_ids), strict=True):
         result = (record.result if record else None) or {}
+        if not run.keeps_transcript:
+            error = result.get("error")
+            result = {"ok": result.get("ok")}
+            if isinstance(error, dict):
+                result["error"] = {"code": error.get("code"), "message": "not kept"}
         begin, end = started.get(call_id), ended.get(call_id)
         found.append(
             {
                 "id": call_id,
                 "name": record.name if record else None,
-                "arguments": redactor.value(record.arguments) if record else None,
+                "arguments": redactor.value(record.arguments)
+                if record and run.keeps_transcript
+                else None,
                 "status": record.status.value if record else "queued",
                 "ok": result.get("ok"),
                 "output": redactor.value(result.get("output")),

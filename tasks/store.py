@@ -395,6 +395,15 @@ class RunStore:
             script(keys=script_keys, args=args, client=pipe)
         return list(pipe.execute())
 
+    def _unless_transcripts_kept(self, fields: dict[str, Any], tenant: str) -> None:
+        """Flag the run of a tenant whose transcripts must not outlive their runs, for the
+        script that ends it; and drop its cache_ttl: the LLM cache would keep its answers past
+        its end (the intake refuses a stream or a thread, which would keep its tokens or its
+        history)."""
+        if not self.settings.keeps_transcripts(tenant):
+            fields.pop("cache_ttl", None)
+            fields[keys.NO_TRANSCRIPT_FIELD] = 1
+
     def _run_fields(
         self,
         run_id: str,
@@ -447,6 +456,7 @@ class RunStore:
             fields["subagents"] = json.dumps(request.subagents)
         if request.handoffs:
             fields["handoffs"] = json.dumps(request.handoffs)
+        self._unless_transcripts_kept(fields, tenant)
         if request.thread_id:
             # The thread's history goes in front of the input when the run's turn comes
             # (begin_step.lua), after ``head`` messages (the system prompt, if any).

@@ -46,6 +46,7 @@ FLEET_ENV = {
     "AGENTFLEET_CALLBACK_SECRET": "callback-test-secret",
     "AGENTFLEET_TENANT_LIMITS": '{"capped": 3}',
     **TRANSPORT_ENV,
+    "AGENTFLEET_TENANT_NO_TRANSCRIPT": "untranscribed",
 }
 #: Short limits for fleets whose tests kill workers or lose messages, so that what a dead
 #: worker held comes back in seconds instead of an hour. The arithmetic still holds:

@@ -14,12 +14,16 @@
 --   thread_of(run_key)                the base key of the run's thread, or nil
 --   keep_thread(t, ttl)               extend the lifetime of thread ``t``'s keys
 --   index_run(run_key, tenant, kind, value)  add the run to one of its tenant's run indexes
+--   forget_call(key)                  a tool call's record without its arguments, its result
+--                                     cut to ok and the error's code
 --   finalize(run_key, run_id, status, data)  make the run final, free its tenant slot and its
---                                     thread (adding its turn if it succeeded); returns
+--                                     thread (adding its turn if it succeeded), delete the
+--                                     transcript of a run flagged no_transcript; returns
 --                                     {runs to start now, finished batch, final status}
 -- Keys it derives from ctx.prefix: <p>:runs:active, <p>:tenant:<t>:inflight|waiting,
 -- <p>:tenant:<t>:runs[:<kind>:<value>] (agentfleet.tasks.keys.tenant_runs),
--- <p>:thread:<t>:<id>[:messages|:turns|:queue|:runs], <p>:batch:<id>, the metric hashes.
+-- <p>:thread:<t>:<id>[:messages|:turns|:queue|:runs], <p>:batch:<id>, the metric hashes, the
+-- run's tool calls <p>:tool:<run>-<step>-<index> (agentfleet.tasks.agent.tool_call_id).
 
 local ctx = cjson.decode(ARGV[1])
 local RUN_BUCKETS = @RUN_BUCKETS@
@@ -112,6 +116,31 @@ local function index_run(run_key, tenant, kind, value)
   redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. (ctx.now - ctx.ttl))
   redis.call('EXPIRE', key, ctx.ttl)
 end
+-- What a tool call was given and gave, gone from its record: its arguments, and its result but
+-- for ok and the error's code. Its result stays stored, so a late delivery does not run it again.
+local function forget_call(key)
+  redis.call('HDEL', key, 'arguments')
+  local stored = redis.call('HGET', key, 'result')
+  if not stored then return end
+  local result = cjson.decode(stored)
+  local kept = {ok = result.ok, transcript = 'not_kept'}
+  if type(result.error) == 'table' then
+    kept.error = {code = result.error.code, message = 'not kept'}
+  end
+  redis.call('HSET', key, 'result', cjson.encode(kept))
+end
+-- The transcript of a run whose tenant keeps none: its messages, its context summary, and
+-- what its tool calls were given and gave (a call still running is cut when it ends:
+-- complete_tool.lua).
+local function forget_transcript(run_key, run_id)
+  redis.call('DEL', run_key .. ':messages')
+  redis.call('HDEL', run_key, 'summary')
+  for step = 1, tonumber(redis.call('HGET', run_key, 'applied_step') or '0') do
+    for i = 0, tonumber(redis.call('HGET', run_key, 'tools:' .. step) or '0') - 1 do
+      forget_call(ctx.prefix .. ':tool:' .. run_id .. '-' .. step .. '-' .. i)
+    end
+  end
+end
 -- Mark the run final and release what it held.
 -- Returns {runs to start now (space-separated IDs), finished batch, the final status}.
 local function finalize(run_key, run_id, status, data)
@@ -119,6 +148,7 @@ local function finalize(run_key, run_id, status, data)
   redis.call('ZREM', ctx.prefix .. ':runs:active', run_id)
   redis.call('EXPIRE', run_key, ctx.ttl)
   redis.call('EXPIRE', run_key .. ':messages', ctx.ttl)
+  if redis.call('HGET', run_key, 'no_transcript') == '1' then forget_transcript(run_key, run_id) end
   local kick = ''
   local tenant = redis.call('HGET', run_key, 'tenant')
   local cap = tonumber(redis.call('HGET', run_key, 'cap') or '0')

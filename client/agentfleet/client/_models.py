@@ -197,10 +197,13 @@ class Step(BaseModel):
 
 
 class RunSteps(BaseModel):
-    """``GET /v1/runs/{id}/steps``."""
+    """``GET /v1/runs/{id}/steps``. ``transcript``: ``not_kept`` for a run of a tenant whose
+    transcripts do not outlive their runs: its steps carry no messages, tool arguments or
+    outputs."""
 
     run_id: str
     status: str
+    transcript: Literal["kept", "not_kept"] = "kept"
     steps: list[Step]
 
 
