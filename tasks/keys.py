@@ -353,6 +353,18 @@ class MetricKeys:
         return f"{self.prefix}{METRICS_SEGMENT}spend"
 
     @property
+    def agent_runs(self) -> str:
+        """Hash: ``["agent", "succeeded"|"failed"|"cancelled"]`` -> runs that ended so, per
+        agent (``""``: runs of none). Agents are registered names, so the fields are few."""
+        return f"{self.prefix}{METRICS_SEGMENT}agent_runs"
+
+    @property
+    def agent_usage(self) -> str:
+        """Hash: ``["agent", "prompt"|"completion"|"cached"|"cost"]`` -> tokens and US dollars
+        of the LLM calls of each agent's runs (``""``: runs of none)."""
+        return f"{self.prefix}{METRICS_SEGMENT}agent_usage"
+
+    @property
     def llm_cache(self) -> str:
         """Hash: ``["provider", "model", "hit"|"miss"|"shared"]`` -> LLM calls of runs with a
         ``cache_ttl``, by what the cache had (``shared``: a call in flight answered it)."""

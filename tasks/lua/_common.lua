@@ -10,7 +10,9 @@
 --                                     ID if it was the last one, else ''
 --   is_final(status)                  succeeded, failed or cancelled
 --   rolled_back(run_key, lease_key, token, step)  give the step back and make the run due now
---   count_finished(run_key, status)   the run metrics of a run becoming final
+--   count_finished(run_key, status)   the run metrics of a run becoming final (also per agent)
+--   count_agent_usage(run_key, prompt, completion, cached, cost)  a step's usage on its run's
+--                                     agent ('' for a run of none) in the agent metrics
 --   thread_of(run_key)                the base key of the run's thread, or nil
 --   keep_thread(t, ttl)               extend the lifetime of thread ``t``'s keys
 --   index_run(run_key, tenant, kind, value)  add the run to one of its tenant's run indexes
@@ -54,8 +56,11 @@ local function rolled_back(run_key, lease_key, token, step)
 end
 -- The run metrics: one more run with this final status, and its created -> finished time.
 -- Called by finalize, which each caller runs only on a run that is not final yet: once a run.
+-- The agent labels are the run's agent field: a registered name, or '' (intake refuses others).
 local function count_finished(run_key, status)
   redis.call('HINCRBY', ctx.prefix .. METRIC.runs, status, 1)
+  local agent = redis.call('HGET', run_key, 'agent') or ''
+  redis.call('HINCRBY', ctx.prefix .. METRIC.agent_runs, cjson.encode({agent, status}), 1)
   local created = tonumber(redis.call('HGET', run_key, 'created_at') or ctx.now)
   local seconds = math.max(ctx.now - created, 0)
   local field = '+Inf'
@@ -65,6 +70,14 @@ local function count_finished(run_key, status)
   local hist = ctx.prefix .. METRIC.run_seconds
   redis.call('HINCRBY', hist, field, 1)
   redis.call('HINCRBYFLOAT', hist, 'sum', tostring(seconds))
+end
+local function count_agent_usage(run_key, prompt, completion, cached, cost)
+  local agent = redis.call('HGET', run_key, 'agent') or ''
+  local m = ctx.prefix .. METRIC.agent_usage
+  redis.call('HINCRBY', m, cjson.encode({agent, 'prompt'}), prompt)
+  redis.call('HINCRBY', m, cjson.encode({agent, 'completion'}), completion)
+  if cached > 0 then redis.call('HINCRBY', m, cjson.encode({agent, 'cached'}), cached) end
+  if cost > 0 then redis.call('HINCRBYFLOAT', m, cjson.encode({agent, 'cost'}), tostring(cost)) end
 end
 -- The base key of the run's thread (<p>:thread:<tenant>:<id>), or nil for a run on none.
 local function thread_of(run_key)
