@@ -127,3 +127,28 @@ def test_a_context_summary_goes_with_the_transcript(fleet: Fleet, client: Client
     record = fleet.redis.hgetall(keys.run(fleet.settings.key_prefix, run.id))
     assert "summary_of" in record  # a summary was made
     assert "summary" not in record
+
+
+def test_what_a_person_was_asked_and_answered_goes_too(fleet: Fleet, client: Client) -> None:
+    question = f"Which size, {uuid.uuid4().hex[:6]}?"
+    run_id = client.create_run(
+        f'call ask_human {{"question": "{question}"}}', tools=["ask_human"]
+    ).id
+    waiting = client.wait(run_id, until_waiting=True, timeout=60).waiting
+    assert waiting is not None
+    assert waiting.pending[0].question == question
+    client.answer(run_id, "large")
+    done = client.wait(run_id, timeout=60)
+    assert done.result == 'Results: ask_human="large"'
+    record = fleet.redis.hgetall(keys.run(fleet.settings.key_prefix, run_id))
+    assert "decisions" not in record
+    assert "waiting" not in record
+    kinds = [e.type for e in client.events(run_id)]
+    assert "input_received" in kinds  # the events that carry nothing asked or told stay
+    assert "input_requested" not in kinds
+    stored = fleet.redis.xrange(keys.run_events(fleet.settings.key_prefix, run_id))
+    assert question not in json.dumps(stored)
+    assert "large" not in json.dumps([f for _, f in stored if f["type"] != "succeeded"])
+    call = _call(fleet, f"{run_id}-1-0")
+    assert "arguments" not in call
+    assert json.loads(call["result"]) == NOT_KEPT

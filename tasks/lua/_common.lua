@@ -25,7 +25,7 @@
 -- Keys it derives from ctx.prefix: <p>:runs:active, <p>:tenant:<t>:inflight|waiting,
 -- <p>:tenant:<t>:runs[:<kind>:<value>] (agentfleet.tasks.keys.tenant_runs),
 -- <p>:thread:<t>:<id>[:messages|:turns|:queue|:runs], <p>:batch:<id>, the metric hashes, the
--- run's tool calls <p>:tool:<run>-<step>-<index> (agentfleet.tasks.agent.tool_call_id).
+-- run's tool calls <p>:tool:<run>-<step>-<index> (agentfleet.tasks.toolcall.tool_call_id).
 
 local ctx = cjson.decode(ARGV[1])
 local RUN_BUCKETS = @RUN_BUCKETS@
@@ -142,12 +142,26 @@ local function forget_call(key)
   end
   redis.call('HSET', key, 'result', cjson.encode(kept))
 end
--- The transcript of a run whose tenant keeps none: its messages, its context summary, and
--- what its tool calls were given and gave (a call still running is cut when it ends:
+-- Events that carry what a person was asked or told: a call's arguments, a question, a message.
+local PERSON_EVENTS = {approval_requested = true, input_requested = true, approval_decided = true}
+-- The transcript of a run whose tenant keeps none: its messages, its context summary, what a
+-- person was asked and decided (its waiting and decisions fields, and those events), and what
+-- its tool calls were given and gave (a call still running is cut when it ends:
 -- complete_tool.lua).
 local function forget_transcript(run_key, run_id)
   redis.call('DEL', run_key .. ':messages')
-  redis.call('HDEL', run_key, 'summary')
+  redis.call('HDEL', run_key, 'summary', 'waiting', 'decisions')
+  if redis.call('HEXISTS', run_key, 'waiting_step') == 1 then
+    local ev = run_key .. ':events'
+    for _, entry in ipairs(redis.call('XRANGE', ev, '-', '+')) do
+      local fields = entry[2]
+      for i = 1, #fields, 2 do
+        if fields[i] == 'type' and PERSON_EVENTS[fields[i + 1]] then
+          redis.call('XDEL', ev, entry[1])
+        end
+      end
+    end
+  end
   for step = 1, tonumber(redis.call('HGET', run_key, 'applied_step') or '0') do
     for i = 0, tonumber(redis.call('HGET', run_key, 'tools:' .. step) or '0') - 1 do
       forget_call(ctx.prefix .. ':tool:' .. run_id .. '-' .. step .. '-' .. i)
