@@ -158,6 +158,8 @@ def create_run(
             run = intake.admit_run(body, settings, check_callback=True)
         except InvalidRequest as exc:
             return _problem(422, exc.problems)
+        if problems := intake.transcript_problems(run.request, tenant, settings):
+            return _problem(422, problems)
         view = workers.view()
         if problems := fleet.run_problems(view, run.request):
             return _problem(422, problems)
@@ -412,6 +414,8 @@ def create_batch(
             batch = intake.admit_batch(body, settings)
         except InvalidRequest as exc:
             return _problem(422, exc.problems)
+        if problems := intake.batch_transcript_problems(batch, tenant, settings):
+            return _problem(422, problems)
         view = workers.view()
         if problems := fleet.batch_problems(view, body):
             return _problem(422, problems)

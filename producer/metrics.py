@@ -25,6 +25,7 @@ from prometheus_client.metrics_core import (
 )
 from prometheus_client.registry import Collector
 
+from agentfleet.tasks.agents import registry as agent_registry
 from agentfleet.tasks.keys import MetricKeys
 from agentfleet.tasks.llm import get_guard
 from agentfleet.tasks.metrics import (
@@ -87,6 +88,55 @@ def _labelled(raw: Mapping[str, str]) -> Iterator[tuple[list[str], int]]:
         yield [str(label) for label in json.loads(field)], int(value)
 
 
+#: Token kinds of the per-agent usage (``cached``: the part of ``prompt`` the provider's cache
+#: served).
+AGENT_TOKEN_KINDS: Final = ("prompt", "completion", "cached")
+
+
+def _agents(runs: Mapping[str, str], usage: Mapping[str, str]) -> Iterator[Metric]:
+    """Runs by final status, tokens and cost per agent. Agents are the registered names (a run
+    names one the intake knows, or none: ``""``), so the series are few."""
+    # Every agent the API has and the runs of none, zeros included, so rate() works from the
+    # start; agents only workers have show once counted.
+    names = ["", *(a.name for a in agent_registry.all())]
+    finished = CounterMetricFamily(
+        "agentfleet_agent_runs_finished",
+        'Runs that reached a final status, per agent ("" for runs of no agent) and status.',
+        labels=["agent", "status"],
+    )
+    counts = {(a, s): 0 for a in names for s in FINISHED_STATUSES}
+    for (agent, status), value in _labelled(runs):
+        counts[(agent, status)] = value
+    for labels, value in sorted(counts.items()):
+        finished.add_metric(list(labels), value)
+    yield finished
+    tokens = CounterMetricFamily(
+        "agentfleet_agent_tokens",
+        'Tokens of the LLM calls of each agent\'s runs ("" for runs of no agent), per kind '
+        "(prompt, completion, cached: the prompt tokens the provider served from its cache).",
+        labels=["agent", "kind"],
+    )
+    cost = CounterMetricFamily(
+        "agentfleet_agent_cost_usd",
+        'US dollars of the LLM calls of each agent\'s runs ("" for runs of no agent) at the '
+        "providers' configured prices.",
+        labels=["agent"],
+    )
+    amounts: dict[tuple[str, str], float] = {
+        (a, k): 0 for a in names for k in (*AGENT_TOKEN_KINDS, "cost")
+    }
+    for field, counted in usage.items():
+        who, kind = (str(label) for label in json.loads(field))
+        amounts[(who, kind)] = float(counted)
+    for (who, kind), amount in sorted(amounts.items()):
+        if kind == "cost":
+            cost.add_metric([who], amount)
+        else:
+            tokens.add_metric([who, kind], amount)
+    yield tokens
+    yield cost
+
+
 def _llm_cache(raw: Mapping[str, str]) -> CounterMetricFamily:
     counter = CounterMetricFamily(
         "agentfleet_llm_cache",
@@ -144,13 +194,14 @@ class FleetCollector(Collector):
             pipe.hgetall(key)
         pipe.hgetall(k.tool_cache)
         pipe.hgetall(k.llm_cache)
+        pipe.hgetall(k.agent_runs)
+        pipe.hgetall(k.agent_usage)
         pipe.zcard(k.active_runs)
         for provider in providers:
             guard = get_guard(self.settings, provider)
             pipe.mget([guard.keys["state"], guard.keys["fail_counter"]])
-        runs, run_s, step_s, llm, denials, spent, tool_cache, llm_cache, active, *breakers = (
-            pipe.execute()
-        )
+        runs, run_s, step_s, llm, denials, spent, tool_cache, llm_cache, *rest = pipe.execute()
+        agent_runs, agent_usage, active, *breakers = rest
 
         yield CounterMetricFamily(
             "agentfleet_runs_enqueued",
@@ -185,6 +236,7 @@ class FleetCollector(Collector):
         yield from self._providers(providers, breakers, denials)
         yield _tool_cache(tool_cache)
         yield _llm_cache(llm_cache)
+        yield from _agents(agent_runs, agent_usage)
 
     def _llm(self, raw: Mapping[str, str]) -> Iterator[Metric]:
         tokens = CounterMetricFamily(

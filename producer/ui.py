@@ -327,13 +327,15 @@ def _run_context(request: Request, store: RunStore, record: RunRecord) -> dict[s
     # The explorer shows what the steps view shows: the answer and the error redacted too.
     for name in ("result", "result_text", "error"):
         view[name] = redactor.value(view[name])
-    found = steps.run_steps(store, record, redactor)["steps"]
+    shown = steps.run_steps(store, record, redactor)
+    found = shown["steps"]
     base = f"{_base(request)}/runs/{record.id}"
     return {
         "run": view,
         # Sub-agent calls: each a run of its own, linked from here.
         "children": children.children_of(store, record.id),
         "steps": found,
+        "transcript_kept": shown["transcript"] == "kept",
         "timeline": timeline(view, found, time.time() * 1000),
         "live_url": f"{base}/live",
         "events_url": None if record.terminal else f"{base}/events",

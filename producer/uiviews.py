@@ -106,8 +106,9 @@ def timeline(run: dict[str, Any], steps: list[dict[str, Any]], now_ms: float) ->
                     row.bars.append(scale.bar("wait", ready, began, f"waited {waited}"))
             stop = done if done is not None else end
             row.start_ms, row.duration_ms = began - origin, stop - began
-            title = f"LLM call, {duration(stop - began)}" + ("" if done else " so far")
-            row.bars.append(scale.bar("llm", began, stop, title))
+            call = _retries(row, step, began, stop, scale)
+            title = f"LLM call, {duration(stop - call)}" + ("" if done else " so far")
+            row.bars.append(scale.bar("llm", call, stop, title))
             ready = max(ready, stop)
         rows.append(row)
         for call in step.get("tool_calls") or []:
@@ -115,6 +116,30 @@ def timeline(run: dict[str, Any], steps: list[dict[str, Any]], now_ms: float) ->
             if rows[-1].start_ms is not None and rows[-1].duration_ms is not None:
                 ready = max(ready, origin + rows[-1].start_ms + rows[-1].duration_ms)
     return Timeline(rows, end - origin)
+
+
+def _retries(row: Row, step: dict[str, Any], began: float, stop: float, scale: _Scale) -> float:
+    """Draw the step's failed attempts and the waits between them on ``row``; when the call
+    that answered (or is in flight) began."""
+    retries, waits = step.get("retries") or [], step.get("waits") or []
+    if not retries and not waits:
+        return began
+    call = began
+    for retry in retries:
+        start, failed = _ms(retry.get("started_at")), _ms(retry.get("failed_at"))
+        if start is not None and failed is not None:
+            title = f"attempt {retry.get('attempt')} failed: {retry.get('error')}"
+            row.bars.append(scale.bar("error", start, failed, title))
+            call = max(call, failed)
+    latency = step.get("latency_ms")
+    answered = stop - latency if step.get("finished_at") and latency is not None else stop
+    if answered > call:
+        row.bars.append(scale.bar("wait", call, answered, f"held {duration(answered - call)}"))
+        call = answered
+    counted = [(len(retries), "retry", "retries"), (len(waits), "wait", "waits")]
+    notes = [f"{n} {one if n == 1 else many}" for n, one, many in counted if n]
+    row.note = "; ".join([row.note, ", ".join(notes)] if row.note else notes)
+    return call
 
 
 def _tool_row(step: int, call: dict[str, Any], origin: float, end: float, scale: _Scale) -> Row:

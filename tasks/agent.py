@@ -614,6 +614,7 @@ class StepRunner:
         log.warning("run %s step %d: %s; retry in %.1fs", self.run_id, self.step, exc, countdown)
         retry = {"countdown_s": countdown, "attempt": attempts}
         tracing.event("agentfleet.retry", retry, prefix="agentfleet.retry.")
+        self.store.event(self.run_id, "llm_retry", {"step": self.step, **retry, "error": str(exc)})
         self.store.release_step(self.run_id, self.step, claim.token, after=countdown)
         raise self.task.retry(countdown=countdown)
 

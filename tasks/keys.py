@@ -353,6 +353,18 @@ class MetricKeys:
         return f"{self.prefix}{METRICS_SEGMENT}spend"
 
     @property
+    def agent_runs(self) -> str:
+        """Hash: ``["agent", "succeeded"|"failed"|"cancelled"]`` -> runs that ended so, per
+        agent (``""``: runs of none). Agents are registered names, so the fields are few."""
+        return f"{self.prefix}{METRICS_SEGMENT}agent_runs"
+
+    @property
+    def agent_usage(self) -> str:
+        """Hash: ``["agent", "prompt"|"completion"|"cached"|"cost"]`` -> tokens and US dollars
+        of the LLM calls of each agent's runs (``""``: runs of none)."""
+        return f"{self.prefix}{METRICS_SEGMENT}agent_usage"
+
+    @property
     def llm_cache(self) -> str:
         """Hash: ``["provider", "model", "hit"|"miss"|"shared"]`` -> LLM calls of runs with a
         ``cache_ttl``, by what the cache had (``shared``: a call in flight answered it)."""
@@ -367,6 +379,11 @@ class MetricKeys:
     def active_runs(self) -> str:
         """Sorted set of unfinished runs (the watchdog's worklist, scored by due time)."""
         return active_runs(self.prefix)
+
+
+#: The run record's flag (``1``) of a run whose transcript does not outlive it: its tenant is in
+#: ``tenant_no_transcript``. The script that makes the run final deletes the transcript.
+NO_TRANSCRIPT_FIELD: Final = "no_transcript"
 
 
 #: The fragments of keys and fields the Lua scripts spell themselves (each one is part of a key
@@ -387,4 +404,5 @@ LUA_SPELLED: Final = (
     "gen:",
     "tools:",
     "deliveries:",
+    TOOL_SEGMENT,
 )

@@ -3,7 +3,8 @@
 Workers are separate processes on many hosts, so an in-process Prometheus counter would show
 one process's share. Every number is kept in Redis instead, and any API replica serves the
 whole fleet's (:mod:`agentfleet.producer.metrics`). Its keys (run and step
-counts and histograms, LLM usage, admission denials, tool-cache hits and misses) are named in
+counts and histograms, LLM usage, runs and usage per agent, admission denials, tool-cache hits
+and misses) are named in
 :class:`agentfleet.tasks.keys.MetricKeys`.
 
 A histogram hash holds one field per bucket (its upper bound, ``+Inf`` for the last) counting
@@ -11,10 +12,10 @@ the observations that fall in that bucket alone, and ``sum``; the reader accumul
 One ``HINCRBY`` per observation, instead of one per bucket above it.
 
 Runs and steps are counted by the Lua scripts of :mod:`agentfleet.tasks.scripts`, in the transition
-that makes them true: a run when it is created and once when it becomes final; a step once,
-when its answer is applied; a cached tool's hit or miss once, when the call's result is
-stored. :class:`Recorder` writes the admission denials, and never fails the work it measures:
-a write that fails is logged and dropped.
+that makes them true: a run when it is created and once when it becomes final (also per agent);
+a step once, when its answer is applied (its usage also per agent); a cached tool's hit or
+miss once, when the call's result is stored. :class:`Recorder` writes the admission denials,
+and never fails the work it measures: a write that fails is logged and dropped.
 """
 
 from __future__ import annotations

@@ -124,6 +124,9 @@ class RunRecord:
     #: The W3C trace context the run was created in ('' without tracing): where what is sent
     #: for the run outside its own spans joins its trace (agentfleet.tasks.tracing).
     traceparent: str
+    #: Whether its transcript outlives it in Redis (its tenant's ``tenant_no_transcript``):
+    #: if not, the script that makes it final deletes it.
+    keeps_transcript: bool
     #: The hash as stored, every field a string.
     fields: Mapping[str, str] = field(repr=False)
 
@@ -180,6 +183,7 @@ class RunRecord:
             started_at=_time(fields, "started_at"),
             finished_at=_time(fields, "finished_at"),
             traceparent=fields.get("traceparent", ""),
+            keeps_transcript=fields.get(keys.NO_TRANSCRIPT_FIELD) != "1",
             fields=dict(fields),
         )
 

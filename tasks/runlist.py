@@ -9,7 +9,11 @@ page may come back short with a cursor to go on from. Indexes are trimmed to the
 as they are written, and runs whose record expired are dropped from them as they are met.
 
 A cursor is the creation time and ID of the last run examined: the next page starts after it,
-so runs created meanwhile never shift a page.
+so runs created meanwhile never shift a page. Runs that finish meanwhile do not either: every
+index scores a run by its creation time, which never changes, so a run keeps its place in the
+walk whatever its status becomes (``tests/test_runlist.py`` pages through a thousand runs while
+they finish). A filter is checked on each run as its page is read: a run that stops matching
+before its page is read is not listed, and one that comes to match is.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ the store runs on one Redis, not a cluster.
 
 The fleet's metrics of runs and steps (:mod:`agentfleet.tasks.metrics`) are counted by the
 transitions that make them true, in the same round trip: a run when it is created and when it
-becomes final, a step when its answer is applied.
+becomes final (also per agent), a step when its answer is applied (its usage also per agent).
 
 A transition never builds on state that a crash of Redis rolled back. A crash can lose the
 last writes (``appendfsync everysec``, an asynchronous replica promoted) while workers still
@@ -36,7 +36,8 @@ _RUN_BUCKETS_LUA = "{" + ", ".join(f"{{{b!r}, '{format_bound(b)}'}}" for b in RU
 _SUFFIX = MetricKeys("")
 _METRIC_KEYS_LUA = (
     f"{{runs = '{_SUFFIX.runs}', run_seconds = '{_SUFFIX.run_seconds}', "
-    f"step_seconds = '{_SUFFIX.step_seconds}', llm = '{_SUFFIX.llm}'}}"
+    f"step_seconds = '{_SUFFIX.step_seconds}', llm = '{_SUFFIX.llm}', "
+    f"agent_runs = '{_SUFFIX.agent_runs}', agent_usage = '{_SUFFIX.agent_usage}'}}"
 )
 _PACKAGE = "agentfleet.tasks"
 _FILL = {"RUN_BUCKETS": _RUN_BUCKETS_LUA, "METRIC_KEYS": _METRIC_KEYS_LUA}

@@ -430,6 +430,13 @@ class Settings(BaseSettings):
         description='Per-tenant daily budgets (UTC days): {"tenant": {"tokens_per_day": N, '
         '"cost_per_day": USD}}; "*" applies to tenants not named.',
     )
+    tenant_no_transcript: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated tenants whose transcripts do not outlive their runs in "
+        "Redis ('*': every tenant): a run's messages, summary and tool arguments and results "
+        "are deleted when it ends, its result kept; its steps show no messages; no LLM or tool "
+        "cache, thread or stream (docs/api.md, 'Tenants that keep no transcripts').",
+    )
     idempotency_ttl: int = Field(
         default=24 * 3600, gt=0, description="Seconds an Idempotency-Key keeps its answer."
     )
@@ -635,7 +642,14 @@ class Settings(BaseSettings):
                 raise ValueError(f"{pattern!r} is not a regular expression: {exc}") from None
         return value
 
-    @field_validator("tool_modules", "agent_modules", "agent_files", "redact_fields", mode="before")
+    @field_validator(
+        "tool_modules",
+        "agent_modules",
+        "agent_files",
+        "redact_fields",
+        "tenant_no_transcript",
+        mode="before",
+    )
     @classmethod
     def _split_modules(cls, value: object) -> object:
         if isinstance(value, str):
@@ -704,6 +718,11 @@ class Settings(BaseSettings):
     def tenant_cap(self, tenant: str) -> int:
         """Runs ``tenant`` may have running at once; 0 = no cap."""
         return self.tenant_limits.get(tenant, self.tenant_max_in_flight)
+
+    def keeps_transcripts(self, tenant: str) -> bool:
+        """Whether ``tenant``'s transcripts stay in Redis after their runs end (until
+        ``run_ttl``); see ``tenant_no_transcript``."""
+        return not ({tenant, "*"} & set(self.tenant_no_transcript))
 
     def tenant_budget(self, tenant: str) -> TenantBudget | None:
         """``tenant``'s daily budget (its own, else ``"*"``); None when it has none."""

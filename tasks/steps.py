@@ -7,8 +7,11 @@ calls, its usage and timing, made from what the run already keeps.
   previous one is its input: the system prompt, the thread's history and the user's input for
   step 1; the tool results of the step before for the others.
 - The events give the rest: when the step's LLM call began and its answer was stored
-  (``llm_call_started``, ``llm_call_finished``: provider, model, worker, tokens, cost, cache
-  hits), what the context budget left out (``context_trimmed``), and each tool call's times.
+  (``llm_call_started``, once per attempt, ``llm_call_finished``: provider, model, worker,
+  tokens, cost, cache hits), its retries (``llm_retry``: the error, the attempt, the
+  countdown) and waits (``llm_wait``: every provider held, or the tenant's budget spent; an
+  event without a step, of the step whose call began last), what the context budget left out
+  (``context_trimmed``), and each tool call's times.
 - The tool calls' records give their arguments and results.
 
 Secrets are not shown: message contents, tool arguments and tool outputs pass through
@@ -34,6 +37,8 @@ _STEP_EVENTS = frozenset(
         "llm_call_started",
         "llm_call_finished",
         "context_trimmed",
+        "llm_retry",
+        "llm_wait",
         "tool_call_started",
         "tool_call_finished",
         "step_finished",
@@ -73,12 +78,17 @@ def _events(store: RunStore, run_id: str) -> dict[int, list[tuple[float, str, di
     by_step: dict[int, list[tuple[float, str, dict[str, Any]]]] = defaultdict(list)
     stream = keys.run_events(store.settings.key_prefix, run_id)
     found = cast(list[tuple[str, dict[str, str]]], store.redis.xrange(stream))
+    current = 0  # the step whose LLM call began last: the one a wait belongs to
     for event_id, fields in found:
         kind = fields.get("type", "")
         if kind not in _STEP_EVENTS:
             continue
         data = json.loads(fields.get("data") or "{}")
         step = int(data.get("step") or _step_of_call(str(data.get("id", ""))) or 0)
+        if kind == "llm_call_started":
+            current = step
+        elif kind == "llm_wait":
+            step = current
         if step:
             by_step[step].append((float(event_id.split("-")[0]), kind, data))
     return by_step
@@ -91,14 +101,21 @@ def _step_of_call(call_id: str) -> int | None:
 
 
 def run_steps(store: RunStore, run: RunRecord, redactor: Redactor) -> dict[str, Any]:
-    """The view ``GET /v1/runs/{id}/steps`` answers for ``run``."""
-    raw = store.redis.lrange(keys.run_messages(store.settings.key_prefix, run.id), 0, -1)
-    messages = [json.loads(m) for m in cast(list[str], raw)]
+    """The view ``GET /v1/runs/{id}/steps`` answers for ``run``: for a run whose transcript
+    does not outlive it (``transcript: not_kept``), its steps from their events alone, with no
+    message and no tool call's arguments or output, whether or not the run has ended."""
     events = _events(store, run.id)
+    if run.keeps_transcript:
+        raw = store.redis.lrange(keys.run_messages(store.settings.key_prefix, run.id), 0, -1)
+        parts = _split([json.loads(m) for m in cast(list[str], raw)])
+    else:
+        count = max([run.step, *events])
+        parts = [{"input": [], "repairs": [], "output": None} for _ in range(count)]
     steps = []
-    for number, part in enumerate(_split(messages), start=1):
+    for number, part in enumerate(parts, start=1):
         steps.append(_step(store, run, number, part, events.get(number, []), redactor))
-    return {"run_id": run.id, "status": run.status.value, "steps": steps}
+    transcript = "kept" if run.keeps_transcript else "not_kept"
+    return {"run_id": run.id, "status": run.status.value, "transcript": transcript, "steps": steps}
 
 
 def _step(
@@ -109,9 +126,13 @@ def _step(
     events: list[tuple[float, str, dict[str, Any]]],
     redactor: Redactor,
 ) -> dict[str, Any]:
-    began = next((t for t, kind, _ in events if kind == "llm_call_started"), None)
+    starts = [t for t, kind, _ in events if kind == "llm_call_started"]
     done = next(((t, d) for t, kind, d in events if kind == "llm_call_finished"), None)
     finished, answer = done if done else (None, {})
+    began = starts[0] if starts else None
+    # The answered call began at the last attempt before its answer; the first attempt
+    # began the step, retries and waits included.
+    answered = max((t for t in starts if finished is None or t <= finished), default=None)
     context = next((d for _, kind, d in events if kind == "context_trimmed"), None)
     calls = _tool_calls(store, run, number, events, redactor)
     return {
@@ -121,7 +142,9 @@ def _step(
         "worker": answer.get("worker"),
         "started_at": _iso(began),
         "finished_at": _iso(finished),
-        "latency_ms": round(finished - began) if began and finished else None,
+        "latency_ms": round(finished - answered) if answered and finished else None,
+        "attempts": len(starts),
+        **_retries_and_waits(events, starts, redactor),
         "usage": {
             "prompt_tokens": answer.get("prompt_tokens", 0),
             "completion_tokens": answer.get("completion_tokens", 0),
@@ -151,12 +174,19 @@ def _tool_calls(
     found = []
     for call_id, record in zip(call_ids, store.get_tool_calls(call_ids), strict=True):
         result = (record.result if record else None) or {}
+        if not run.keeps_transcript:
+            error = result.get("error")
+            result = {"ok": result.get("ok")}
+            if isinstance(error, dict):
+                result["error"] = {"code": error.get("code"), "message": "not kept"}
         begin, end = started.get(call_id), ended.get(call_id)
         found.append(
             {
                 "id": call_id,
                 "name": record.name if record else None,
-                "arguments": redactor.value(record.arguments) if record else None,
+                "arguments": redactor.value(record.arguments)
+                if record and run.keeps_transcript
+                else None,
                 "status": record.status.value if record else "queued",
                 "ok": result.get("ok"),
                 "output": redactor.value(result.get("output")),
@@ -168,3 +198,26 @@ def _tool_calls(
             }
         )
     return found
+
+
+def _retries_and_waits(
+    events: list[tuple[float, str, dict[str, Any]]], starts: list[float], redactor: Redactor
+) -> dict[str, list[dict[str, Any]]]:
+    """The step's failed attempts (each from its start to its error) and its waits."""
+    retries, waits = [], []
+    for t, kind, data in events:
+        if kind == "llm_retry":
+            retries.append(
+                {
+                    "attempt": data.get("attempt"),
+                    "started_at": _iso(max((b for b in starts if b <= t), default=None)),
+                    "failed_at": _iso(t),
+                    "error": redactor.text(str(data.get("error") or "")),
+                    "countdown_s": data.get("countdown_s"),
+                }
+            )
+        elif kind == "llm_wait":
+            waits.append(
+                {"at": _iso(t), **{k: data.get(k) for k in ("reason", "detail", "retry_at")}}
+            )
+    return {"retries": retries, "waits": waits}

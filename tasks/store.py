@@ -395,6 +395,15 @@ class RunStore:
             script(keys=script_keys, args=args, client=pipe)
         return list(pipe.execute())
 
+    def _unless_transcripts_kept(self, fields: dict[str, Any], tenant: str) -> None:
+        """Flag the run of a tenant whose transcripts must not outlive their runs, for the
+        script that ends it; and drop its cache_ttl: the LLM cache would keep its answers past
+        its end (the intake refuses a stream or a thread, which would keep its tokens or its
+        history)."""
+        if not self.settings.keeps_transcripts(tenant):
+            fields.pop("cache_ttl", None)
+            fields[keys.NO_TRANSCRIPT_FIELD] = 1
+
     def _run_fields(
         self,
         run_id: str,
@@ -447,6 +456,7 @@ class RunStore:
             fields["subagents"] = json.dumps(request.subagents)
         if request.handoffs:
             fields["handoffs"] = json.dumps(request.handoffs)
+        self._unless_transcripts_kept(fields, tenant)
         if request.thread_id:
             # The thread's history goes in front of the input when the run's turn comes
             # (begin_step.lua), after ``head`` messages (the system prompt, if any).
@@ -467,9 +477,10 @@ class RunStore:
         messages.append(json.dumps({"role": "user", "content": str(request.input)}))
         return fields, messages
 
-    def event(self, run_id: str, kind: str, data: dict[str, Any]) -> None:
-        """Append an event the scripts do not make (bounded like theirs)."""
-        self.redis.xadd(
+    def event(self, run_id: str, kind: str, data: dict[str, Any], client: Any = None) -> None:
+        """Append an event the scripts do not make (bounded like theirs); ``client``: a
+        pipeline to queue it on."""
+        (self.redis if client is None else client).xadd(
             keys.run_events(self._p, run_id),
             {"type": kind, "data": json.dumps(data)},
             maxlen=self.settings.events_max_len,
@@ -676,11 +687,14 @@ class RunStore:
         )
 
     def set_waiting(self, run_id: str, waiting: dict[str, Any]) -> float:
-        """Record why the run is waiting; returns since when it has been waiting."""
+        """Record why the run is waiting, on its record and as an ``llm_wait`` event (of the
+        step in flight: the one whose ``llm_call_started`` came last); returns since when it
+        has been waiting."""
         key = self.run_key(run_id)
         pipe = self.redis.pipeline()
         pipe.hsetnx(key, "waiting_since", time.time())
         pipe.hset(key, "waiting", json.dumps(waiting))
+        self.event(run_id, "llm_wait", waiting, client=pipe)
         pipe.hget(key, "waiting_since")
         return float(pipe.execute()[-1])
 

@@ -146,8 +146,9 @@ def _look_up(
     store: RunStore, tool: Tool, model: BaseModel, tenant: str
 ) -> tuple[CacheUse | None, dict[str, Any] | None]:
     """(how the call uses its tool's cache, the result kept there): (None, None) for a tool
-    without ``cache_ttl`` or a call without a tenant."""
-    if tool.cache_ttl is None or not tenant:
+    without ``cache_ttl``, a call without a tenant, or one of a tenant whose transcripts must
+    not outlive their runs (an entry would keep the result)."""
+    if tool.cache_ttl is None or not tenant or not store.settings.keeps_transcripts(tenant):
         return None, None
     key = cache_key(store.settings.key_prefix, tenant, tool, model)
     try:

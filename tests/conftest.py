@@ -17,6 +17,7 @@ import httpx
 import pytest
 import redis
 from celery import Celery
+from prometheus_client.parser import text_string_to_metric_families
 
 from agentfleet.client import Client
 from agentfleet.workers.factory import create_app
@@ -46,6 +47,7 @@ FLEET_ENV = {
     "AGENTFLEET_CALLBACK_SECRET": "callback-test-secret",
     "AGENTFLEET_TENANT_LIMITS": '{"capped": 3}',
     **TRANSPORT_ENV,
+    "AGENTFLEET_TENANT_NO_TRANSCRIPT": "untranscribed",
 }
 #: Short limits for fleets whose tests kill workers or lose messages, so that what a dead
 #: worker held comes back in seconds instead of an hour. The arithmetic still holds:
@@ -106,14 +108,10 @@ class Fleet:
 
     def metric(self, name: str, **labels: str) -> float | None:
         """The value of sample ``name`` with exactly ``labels`` in ``/metrics`` (None: none)."""
-        for line in self.http.get("/metrics").text.splitlines():
-            head, _, value = line.rpartition(" ")
-            if not head.startswith(f"{name}{{"):
-                continue
-            pairs = head[len(name) + 1 : -1].split('",')
-            found = dict(p.rstrip('"').split('="', 1) for p in pairs if p)
-            if found == labels:
-                return float(value)
+        for family in text_string_to_metric_families(self.http.get("/metrics").text):
+            for sample in family.samples:
+                if sample.name == name and sample.labels == labels:
+                    return float(sample.value)
         return None
 
     def worker_of(self, queue: str) -> Proc:

@@ -42,6 +42,7 @@ def bfleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     def start(stack: Stack) -> None:
         stack.env_overrides = {
             "AGENTFLEET_TOOL_MODULES": "tests.tooling",
+            "AGENTFLEET_AGENT_MODULES": "tests.agents",
             "AGENTFLEET_LLM_PRICES": json.dumps(PRICES),
             "AGENTFLEET_TENANT_BUDGETS": json.dumps(BUDGETS),
             "AGENTFLEET_BUDGET_COMPLETION_ESTIMATE": str(COMPLETION_ESTIMATE),
@@ -107,6 +108,55 @@ def test_every_call_is_priced_on_the_run_its_events_the_tenant_and_the_metrics(
     assert _metric(bfleet, "agentfleet_tenant_tokens_total", kind="cached", **labels) == 1600
     assert _metric(bfleet, "agentfleet_tenant_tokens_total", kind="prompt", **labels) == 2000
     assert _metric(bfleet, "agentfleet_tenant_llm_calls_total", **labels) == 2
+
+
+def test_runs_tokens_and_cost_are_counted_per_agent(
+    bfleet: Fleet, tenant: Callable[[str], Client]
+) -> None:
+    client = tenant("agent-spender")
+
+    def metric(name: str, **labels: str) -> float:
+        return bfleet.metric(name, **labels) or 0.0
+
+    names = ("agentfleet_agent_runs_finished_total", "agentfleet_agent_tokens_total")
+    # Every agent the API has is served from the start, zeros included.
+    assert bfleet.metric(names[0], agent="strict_json", status="cancelled") is not None
+    before = {
+        (name, agent, label): metric(name, agent=agent, **{key: label})
+        for name, key, labels in (
+            (names[0], "status", ("succeeded", "failed")),
+            (names[1], "kind", ("prompt", "completion", "cached")),
+        )
+        for agent in ("echo", "")
+        for label in labels
+    }
+    cost_before = {a: metric("agentfleet_agent_cost_usd_total", agent=a) for a in ("echo", "")}
+    usage = "[[usage:1000,50,800]]"
+    runs = [
+        client.create_run(f"hello {usage}", agent="echo"),
+        client.create_run(f"again {usage}", agent="echo"),
+        client.create_run("[[error:400]] broken", agent="echo"),
+        client.create_run(f"ad hoc {usage}", tools=[]),
+    ]
+    done = [client.wait(r.id, timeout=60) for r in runs]
+    assert [r.status for r in done] == ["succeeded", "succeeded", "failed", "succeeded"]
+
+    def grew(name: str, agent: str, key: str, label: str) -> float:
+        return metric(name, agent=agent, **{key: label}) - before[(name, agent, label)]
+
+    assert grew(names[0], "echo", "status", "succeeded") == 2
+    assert grew(names[0], "echo", "status", "failed") == 1
+    assert grew(names[0], "", "status", "succeeded") == 1
+    assert grew(names[0], "", "status", "failed") == 0
+    for agent, mine in (("echo", done[:3]), ("", done[3:])):
+        assert grew(names[1], agent, "kind", "prompt") == sum(r.usage.prompt_tokens for r in mine)
+        assert grew(names[1], agent, "kind", "completion") == sum(
+            r.usage.completion_tokens for r in mine
+        )
+        assert grew(names[1], agent, "kind", "cached") == 800 * (len(mine) - (agent == "echo"))
+        cost = metric("agentfleet_agent_cost_usd_total", agent=agent) - cost_before[agent]
+        assert cost == pytest.approx(sum(r.usage.cost for r in mine))
+        assert cost > 0
 
 
 def test_a_run_ends_before_a_call_that_would_pass_its_token_budget(

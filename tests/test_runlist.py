@@ -6,11 +6,12 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from agentfleet.client import Client, InvalidRequest
+from agentfleet.client import Client, InvalidRequest, Run
 from agentfleet.tasks import keys
 from tests.conftest import Fleet
 
@@ -150,3 +151,139 @@ def test_the_cli_lists_failed_runs_of_the_last_hour(fleet: Fleet) -> None:
     bad = fleet.cli("runs", "--since", "soon")
     assert bad.returncode != 0
     assert "duration" in bad.stderr
+
+
+#: The thousand runs of the mixed-status test: a bulk batch (succeeded and failed, some of an
+#: agent) and runs on threads (the head of each running, the rest queued behind it or cancelled).
+THREADS, QUEUED_PER_THREAD, CANCELLED_PER_THREAD = 10, 5, 15
+OK_RUNS, AGENT_RUNS, FAILED_RUNS = 580, 60, 150
+BULK = OK_RUNS + AGENT_RUNS + FAILED_RUNS
+HELD = THREADS * (1 + QUEUED_PER_THREAD + CANCELLED_PER_THREAD)
+
+
+def _bulk_items() -> list[dict[str, object]]:
+    items: list[dict[str, object]] = []
+    for i in range(OK_RUNS):
+        items.append(
+            {"input": f"ok {i}", "tools": [], "metadata": {"kind": "ok", "part": str(i % 5)}}
+        )
+    for i in range(AGENT_RUNS):
+        items.append({"input": f"agent {i}", "agent": "echo", "metadata": {"kind": "agent"}})
+    for i in range(FAILED_RUNS):
+        items.append({"input": f"[[error:400]] bad {i}", "tools": [], "metadata": {"kind": "bad"}})
+    return items
+
+
+def _batch_ids(client: Client, batch_id: str, total: int) -> list[str]:
+    return [
+        item.id
+        for offset in range(0, total, 100)
+        for item in client.get_batch(batch_id, offset=offset, limit=100).items
+    ]
+
+
+def _held_runs(client: Client) -> tuple[list[str], list[str], list[str]]:
+    """On each of THREADS threads, a run whose LLM call hangs (running) and runs queued behind
+    it, some of them cancelled: (running, queued, cancelled) IDs. Queued and cancelled runs hold
+    no worker."""
+    tag = uuid.uuid4().hex[:8]
+    with ThreadPoolExecutor(8) as pool:
+        # The call outlasts the LLM timeout (20 s) and its one retry: running for 40 s.
+        heads = list(
+            pool.map(
+                lambda t: (
+                    client.create_run(
+                        f"[[latency:60]] hold {t}", tools=[], thread_id=f"{tag}-{t}"
+                    ).id
+                ),
+                range(THREADS),
+            )
+        )
+        behind = list(
+            pool.map(
+                lambda n: (
+                    client.create_run(f"behind {n}", tools=[], thread_id=f"{tag}-{n % THREADS}").id
+                ),
+                range(THREADS * (QUEUED_PER_THREAD + CANCELLED_PER_THREAD)),
+            )
+        )
+        cut = THREADS * QUEUED_PER_THREAD
+        queued, cancelled = behind[:cut], behind[cut:]
+        assert {r.status for r in pool.map(client.cancel, cancelled)} == {"cancelled"}
+    return heads, queued, cancelled
+
+
+def _page_through(client: Client, limit: int, **filters: object) -> list[Run]:
+    runs: list[Run] = []
+    cursor = None
+    while True:
+        page = client.list_runs(limit=limit, cursor=cursor, **filters)  # type: ignore[arg-type]
+        runs += page.runs
+        cursor = page.next_cursor
+        if cursor is None:
+            return runs
+
+
+def test_a_thousand_runs_of_mixed_status_list_and_page_stably_while_they_finish(
+    fleet: Fleet, tenant: tuple[str, Client], wait: Callable[..., None]
+) -> None:
+    _, client = tenant
+    heads, queued, cancelled = _held_runs(client)
+    mark = datetime.now(UTC)
+    with fleet.client_of(f"other-{uuid.uuid4().hex[:8]}") as other:
+        theirs_batch = other.create_batch(
+            [{"input": f"theirs {i}", "tools": []} for i in range(30)]
+        )
+        bulk = client.create_batch(_bulk_items())
+        bulk_ids = _batch_ids(client, bulk.id, BULK)
+        everything = set(bulk_ids) | set(heads) | set(queued) | set(cancelled)
+        assert len(everything) == BULK + HELD == 1000
+
+        # Page through while the bulk batch runs: every run that existed when paging began is
+        # listed once, on one page, in order, though its status changes under the pages.
+        before = client.get_batch(bulk.id, limit=1).completed
+        listed = _page_through(client, 37)
+        after = client.get_batch(bulk.id, limit=1).completed
+        assert before < after < BULK, "no run finished while the pages were read"
+        ids = [r.id for r in listed]
+        assert len(ids) == len(set(ids)) == 1000
+        assert set(ids) == everything
+        created = [r.created_at or "" for r in listed]
+        assert created == sorted(created, reverse=True)
+        seen_unfinished = {r.id for r in listed if r.status in ("queued", "running")}
+        assert seen_unfinished & set(bulk_ids)
+        # A filtered walk in the same churn repeats no run either.
+        succeeded_so_far = [r.id for r in _page_through(client, 50, status="succeeded")]
+        assert len(succeeded_so_far) == len(set(succeeded_so_far))
+
+        finished = other.wait_batch(theirs_batch.id, timeout=60)
+        theirs = {i.id for i in other.get_batch(finished.id, limit=100).items}
+        wait(lambda: client.get_batch(bulk.id, limit=1).completed == BULK, 60, "the bulk batch")
+
+        def count(**filters: object) -> int:
+            found = [r.id for r in _page_through(client, 100, **filters)]
+            assert len(found) == len(set(found))
+            assert not set(found) & theirs
+            return len(found)
+
+        failed = client.get_run(bulk_ids[-1])
+        assert failed.error is not None
+        assert count() == 1000
+        assert count(status="succeeded") == OK_RUNS + AGENT_RUNS
+        assert count(status="failed") == FAILED_RUNS
+        assert count(status="cancelled") == THREADS * CANCELLED_PER_THREAD
+        assert count(status="running") == THREADS
+        assert count(status="queued") == THREADS * QUEUED_PER_THREAD
+        assert count(error_code=failed.error.code) == FAILED_RUNS
+        assert count(agent="echo") == AGENT_RUNS
+        assert count(metadata={"kind": "bad"}) == FAILED_RUNS
+        assert count(metadata={"kind": "ok", "part": "0"}) == OK_RUNS // 5
+        assert count(status="succeeded", metadata={"kind": "agent"}) == AGENT_RUNS
+        assert count(created_after=mark) == BULK
+        assert count(created_before=mark) == HELD
+        # The other tenant sees exactly its own runs.
+        assert {r.id for r in _page_through(other, 100)} == theirs
+    # Queued first: cancelling a thread's running run would start the next one.
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(client.cancel, queued))
+        list(pool.map(client.cancel, heads))

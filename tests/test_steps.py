@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
+from datetime import datetime
 
+import httpx
 import pytest
 
 from agentfleet.client import NotFound
+from agentfleet.simulator.faults import clear_faults, set_faults
 from agentfleet.tasks.redaction import MASK, Redactor
 from agentfleet.tasks.settings import DEFAULT_REDACT_FIELDS, DEFAULT_REDACT_PATTERNS
 from tests.conftest import Fleet
@@ -96,3 +100,91 @@ def test_another_tenants_run_has_no_steps(fleet: Fleet) -> None:
     run = fleet.client.run("private", tools=[], timeout=60)
     with fleet.client_of("step-peeker") as other, pytest.raises(NotFound):
         other.run_steps(run.id)
+
+
+def _ms(iso: str | None) -> float:
+    assert iso is not None
+    return datetime.fromisoformat(iso).timestamp() * 1000
+
+
+def test_a_run_with_a_retry_a_cache_hit_and_parallel_tool_calls_step_by_step(
+    fleet: Fleet,
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    calls = " ".join(f'call record_sleep {{"key": "{tag}-{i}", "seconds": 0}}' for i in range(2))
+    # Every conversation of this prompt is answered 503 once, then answered.
+    prompt = f"[[flaky:1]] [[tag:{tag}]] {calls}"
+    # A first run puts its first answer in the cache. Its second step fails once more: one
+    # retry more than the fleet allows a run (AGENTFLEET_LLM_MAX_RETRIES=1).
+    first = fleet.client.wait(
+        fleet.client.create_run(prompt, tools=["record_sleep"], cache_ttl=60).id, timeout=60
+    )
+    assert first.error is not None
+    assert first.error.code == "provider_retries_exhausted"
+    run = fleet.client.run(prompt, tools=["record_sleep"], cache_ttl=60, timeout=60)
+    assert run.status == "succeeded"
+    one, two = fleet.client.run_steps(run.id).steps
+
+    # Step 1: the cache's answer, two tool calls in parallel, with arguments and results.
+    assert one.usage.cache_hits == 1
+    assert (one.attempts, one.retries, one.waits) == (1, [], [])
+    assert one.output is not None
+    assert len(one.output["tool_calls"]) == 2
+    assert [(c.name, c.arguments, c.status, c.ok) for c in one.tool_calls] == [
+        ("record_sleep", {"key": f"{tag}-{i}", "seconds": 0}, "succeeded", True) for i in range(2)
+    ]
+    assert [c.output["key"] for c in one.tool_calls] == [f"{tag}-0", f"{tag}-1"]
+    assert all(c.latency_ms is not None for c in one.tool_calls)
+    assert [m["role"] for m in two.input] == ["tool", "tool"]
+
+    # Step 2: a new conversation, so a provider call: its first attempt failed and was retried.
+    (retry,) = two.retries
+    assert retry.attempt == 1
+    assert "503" in retry.error
+    assert retry.countdown_s is not None
+    assert retry.countdown_s > 0
+    assert two.attempts == 2
+    assert _ms(two.started_at) == _ms(retry.started_at) <= _ms(retry.failed_at)
+    assert two.latency_ms is not None
+    # The latency is the answered call's: from the retry's start, not the step's.
+    assert two.latency_ms <= _ms(two.finished_at) - _ms(retry.failed_at)
+    assert two.usage.cache_hits == 0
+    assert two.usage.prompt_tokens > 0
+    assert two.output is not None
+    assert two.output["content"] == run.result
+    # The first run made three calls (one answered from step 1's retry); this one two.
+    assert fleet.tagged(tag) == 5
+
+    # The explorer draws the failed attempt on the step's timeline row and names its error.
+    url = fleet.stack.api_url
+    with httpx.Client(base_url=url, headers={"Origin": url}) as browser:
+        assert browser.post("/ui/login", data={"api_key": fleet.stack.api_key}).is_redirect
+        page = browser.get(f"/ui/runs/{run.id}").text
+    row = page[page.index('data-step="2" data-kind="llm"') :]
+    row = row[: row.index("</tr>")]
+    assert 'data-kind="error"' in row
+    assert "1 retry" in row
+    assert "Attempt 1 failed" in page
+
+
+def test_a_wait_for_a_provider_shows_in_its_step(fleet: Fleet, wait: Callable[..., None]) -> None:
+    sim = fleet.stack.simulator_url.removesuffix("/v1")
+    tag = uuid.uuid4().hex[:8]
+    # Answered 429 with Retry-After: 2 s, the fleet holds every call to the provider meanwhile.
+    set_faults(sim, "default", status=429, retry_after=2)
+    try:
+        limited = fleet.client.create_run(f"[[tag:{tag}]] limited", tools=[])
+        wait(lambda: fleet.tagged(tag) > 0, 20, "the rate-limited call")
+    finally:
+        clear_faults(sim, "default")
+    held = fleet.client.create_run(f"held {uuid.uuid4().hex}", tools=[])
+    for run in (limited, held):
+        assert fleet.client.wait(run.id, timeout=30).status == "succeeded"
+    (step,) = fleet.client.run_steps(limited.id).steps
+    assert [r.attempt for r in step.retries] == [1]
+    assert "429" in step.retries[0].error
+    (step,) = fleet.client.run_steps(held.id).steps
+    assert step.waits
+    assert step.waits[0].reason == "providers_unavailable"
+    assert step.waits[0].retry_at
+    assert step.attempts == len(step.waits) + 1

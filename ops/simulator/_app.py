@@ -2,7 +2,7 @@
 
 A chat request is recorded (``GET /_sim/requests``) as soon as its body parses, then
 answered in this order: a hanging provider's 504, a 400 for an invalid model setting
-(``_settings``), the latency, an injected fault, a scripted ``[[error]]`` or
+(``_settings``), the latency, an injected fault, a scripted ``[[error]]``, ``[[flaky]]`` or
 ``[[garbage]]``, and otherwise the scripted turn, streamed or not alike.
 """
 
@@ -36,6 +36,9 @@ MODELS = ("sim-1", "sim-2")
 DEFAULT_PROVIDER = "default"
 """Provider name counted for requests without a ``/p/{provider}`` prefix."""
 
+FLAKY_LIMIT = 10_000
+"""``[[flaky:N]]`` conversations remembered; the oldest is forgotten first."""
+
 # Leading whitespace joins the first token so the chunks reassemble exactly.
 _TOKEN_RE = re.compile(r"\s*\S+\s*|\s+")
 
@@ -61,6 +64,8 @@ class Stats:
     by_tag: dict[str, int] = field(default_factory=dict)
     in_flight: int = 0
     max_in_flight: int = 0
+    flaky: dict[str, int] = field(default_factory=dict)
+    """503s sent per ``[[flaky:N]]`` conversation (digest of its messages), newest last."""
 
     def enter(self, provider: str) -> None:
         """Count a chat request as it arrives."""
@@ -78,11 +83,24 @@ class Stats:
         for name in tags:
             self.by_tag[name] = self.by_tag.get(name, 0) + 1
 
+    def flaky_fails(self, messages: list[dict[str, Any]], times: int) -> bool:
+        """Whether this request of a ``[[flaky:times]]`` conversation is answered 503: its
+        first ``times`` requests are."""
+        digest = hashlib.sha1(
+            json.dumps(messages, sort_keys=True).encode(), usedforsecurity=False
+        ).hexdigest()
+        sent = self.flaky.pop(digest, 0)
+        self.flaky[digest] = sent + 1 if sent < times else sent
+        while len(self.flaky) > FLAKY_LIMIT:
+            del self.flaky[next(iter(self.flaky))]
+        return sent < times
+
     def reset(self) -> None:
         """Zero the counters; requests still running stay counted as in flight."""
         self.requests = 0
         self.by_provider = {}
         self.by_tag = {}
+        self.flaky = {}
         self.max_in_flight = self.in_flight
 
     def snapshot(self) -> dict[str, Any]:
@@ -149,6 +167,8 @@ class ChatCompletions:
             return _fault_error(faults, state.name)
         if script.error is not None:
             return _scripted_error(script.error)
+        if script.flaky and self._stats.flaky_fails(messages, script.flaky):
+            return _scripted_error(503)
         if script.garbage:
             return Response(b"this is not json", media_type="application/json")
 

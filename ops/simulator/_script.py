@@ -20,8 +20,9 @@ thread's earlier turns (messages before that one) are history the script does no
 - ``[[usage:PROMPT,COMPLETION]]`` or ``[[usage:PROMPT,COMPLETION,CACHED]]``: the ``usage`` of
   every answer (``CACHED`` as ``prompt_tokens_details.cached_tokens``); otherwise a token is
   four characters of the messages, tools and answer;
-- ``[[latency:S]]``, ``[[error:CODE]]``, ``[[garbage]]`` and ``[[tag:NAME]]`` are acted on
-  by the HTTP layer.
+- ``[[latency:S]]``, ``[[error:CODE]]``, ``[[flaky:N]]`` (the first N requests of each
+  conversation, the same messages, are answered 503: a retry of the same call then succeeds),
+  ``[[garbage]]`` and ``[[tag:NAME]]`` are acted on by the HTTP layer.
 
 The request's model settings (``_settings.ModelSettings``) then cut the text (``stop``,
 ``max_tokens``) and choose the calls (``tool_choice``, ``parallel_tool_calls``).
@@ -44,7 +45,7 @@ from ._settings import ModelSettings
 # Only known directive names are recognised, so "[[1]]" inside JSON arguments
 # or prose is left alone.
 _DIRECTIVE_RE = re.compile(
-    r"\[\[(badargs|loop|garbage|rounds|reply|latency|error|tag|invalid|usage)(?::(.*?))?\]\]",
+    r"\[\[(badargs|loop|garbage|rounds|reply|latency|error|tag|invalid|usage|flaky)(?::(.*?))?\]\]",
     re.DOTALL,
 )
 # The look-behind keeps words such as "recall" from starting a call.
@@ -110,6 +111,8 @@ class Script:
     """The text of a ``[[json:...]]`` directive, answered as it is."""
     invalid: int = 0
     usage: Usage | None = None
+    flaky: int = 0
+    """Requests of each conversation answered 503 before it is answered."""
     prompt: str = ""
     """The prompt with every directive removed, used for ``Echo:`` answers."""
 
@@ -208,6 +211,7 @@ def parse_script(text: str) -> Script:
         json=flags.get("json"),
         invalid=flags.get("invalid", 0),
         usage=flags.get("usage"),
+        flaky=flags.get("flaky", 0),
         prompt=_SPACES_RE.sub(" ", prompt).strip(),
     )
 
@@ -246,7 +250,7 @@ def _apply_directive(flags: dict[str, Any], name: str, value: str | None) -> Non
     elif name == "tag":
         if value.strip():
             flags["tags"].append(value.strip())
-    elif name in ("rounds", "invalid"):
+    elif name in ("rounds", "invalid", "flaky"):
         if value.strip().isdigit():
             flags[name] = int(value)
     elif name == "usage":

@@ -8,7 +8,7 @@
   if (!live || !live.dataset.eventsUrl) return;
   const STEP_EVENTS = [
     "queued", "started", "llm_call_started", "llm_call_finished", "step_finished",
-    "tool_call_started", "tool_call_finished", "context_trimmed",
+    "tool_call_started", "tool_call_finished", "context_trimmed", "llm_retry", "llm_wait",
   ];
   const FINAL_EVENTS = ["succeeded", "failed", "cancelled"];
   let timer = null;

@@ -25,8 +25,10 @@ from agentfleet.tasks.intake._checks import (
     admit_batch,
     admit_run,
     admit_tool_call,
+    batch_transcript_problems,
     callback_problems,
     resolve_tools,
+    transcript_problems,
 )
 from agentfleet.tasks.intake._submit import (
     AnswerSlot,
@@ -48,6 +50,7 @@ __all__ = [
     "admit_batch",
     "admit_run",
     "admit_tool_call",
+    "batch_transcript_problems",
     "callback_problems",
     "resolve_tools",
     "submit_batch",
@@ -55,4 +58,5 @@ __all__ = [
     "submit_tool_call",
     "take_sent_run",
     "tool_call_key",
+    "transcript_problems",
 ]

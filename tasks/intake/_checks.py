@@ -211,6 +211,31 @@ def _batch_item_checks(
     return problems
 
 
+def transcript_problems(request: RunRequest, tenant: str, settings: Settings) -> Problems:
+    """What a run of a tenant whose transcripts must not outlive their runs cannot have: a
+    thread (its history is the transcript, kept for the next run) and a stream (its tokens are
+    events, kept with the run's). A cache_ttl is not refused: the run uses no cache."""
+    if settings.keeps_transcripts(tenant):
+        return []
+    why = f"tenant {tenant!r} keeps no transcripts (AGENTFLEET_TENANT_NO_TRANSCRIPT)"
+    found: Problems = []
+    if request.thread_id is not None:
+        found.append(("thread_id", f"{why}, and a thread keeps its history"))
+    if request.stream:
+        found.append(("stream", f"{why}, and streamed tokens are kept as events"))
+    return found
+
+
+def batch_transcript_problems(batch: AdmittedBatch, tenant: str, settings: Settings) -> Problems:
+    """:func:`transcript_problems` of each run of ``batch``, named ``items.<n>.<field>``."""
+    return [
+        (f"items.{index}.{name}", message)
+        for index, item in enumerate(batch.items)
+        if isinstance(item, AdmittedRun)
+        for name, message in transcript_problems(item.request, tenant, settings)
+    ]
+
+
 def callback_problems(url: object, settings: Settings) -> Problems:
     """A ``callback_url`` is refused while the server has no secret to sign callbacks with."""
     if url is not None and settings.callback_secret is None:

@@ -26,7 +26,12 @@ from agentfleet.tasks.errors import (
     ThreadBusy,
     Unavailable,
 )
-from agentfleet.tasks.intake._checks import AdmittedBatch, AdmittedRun, admit_run
+from agentfleet.tasks.intake._checks import (
+    AdmittedBatch,
+    AdmittedRun,
+    admit_run,
+    transcript_problems,
+)
 from agentfleet.tasks.llm import Target, resolve_chain
 from agentfleet.tasks.models import (
     DEFAULT_TENANT,
@@ -226,6 +231,7 @@ def take_sent_run(
         run = admit_run(fields, store.settings, check_callback=False)
     except InvalidRequest as exc:
         _refuse_sent_run(store, run_id, InvalidRequest.of(problems + exc.problems))
+    problems += transcript_problems(run.request, tenant, store.settings)
     if problems:
         _refuse_sent_run(store, run_id, InvalidRequest.of(problems))
     request = run.prepared(run_id, tenant)

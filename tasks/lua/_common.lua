@@ -10,16 +10,22 @@
 --                                     ID if it was the last one, else ''
 --   is_final(status)                  succeeded, failed or cancelled
 --   rolled_back(run_key, lease_key, token, step)  give the step back and make the run due now
---   count_finished(run_key, status)   the run metrics of a run becoming final
+--   count_finished(run_key, status)   the run metrics of a run becoming final (also per agent)
+--   count_agent_usage(run_key, prompt, completion, cached, cost)  a step's usage on its run's
+--                                     agent ('' for a run of none) in the agent metrics
 --   thread_of(run_key)                the base key of the run's thread, or nil
 --   keep_thread(t, ttl)               extend the lifetime of thread ``t``'s keys
 --   index_run(run_key, tenant, kind, value)  add the run to one of its tenant's run indexes
+--   forget_call(key)                  a tool call's record without its arguments, its result
+--                                     cut to ok and the error's code
 --   finalize(run_key, run_id, status, data)  make the run final, free its tenant slot and its
---                                     thread (adding its turn if it succeeded); returns
+--                                     thread (adding its turn if it succeeded), delete the
+--                                     transcript of a run flagged no_transcript; returns
 --                                     {runs to start now, finished batch, final status}
 -- Keys it derives from ctx.prefix: <p>:runs:active, <p>:tenant:<t>:inflight|waiting,
 -- <p>:tenant:<t>:runs[:<kind>:<value>] (agentfleet.tasks.keys.tenant_runs),
--- <p>:thread:<t>:<id>[:messages|:turns|:queue|:runs], <p>:batch:<id>, the metric hashes.
+-- <p>:thread:<t>:<id>[:messages|:turns|:queue|:runs], <p>:batch:<id>, the metric hashes, the
+-- run's tool calls <p>:tool:<run>-<step>-<index> (agentfleet.tasks.toolcall.tool_call_id).
 
 local ctx = cjson.decode(ARGV[1])
 local RUN_BUCKETS = @RUN_BUCKETS@
@@ -50,8 +56,11 @@ local function rolled_back(run_key, lease_key, token, step)
 end
 -- The run metrics: one more run with this final status, and its created -> finished time.
 -- Called by finalize, which each caller runs only on a run that is not final yet: once a run.
+-- The agent labels are the run's agent field: a registered name, or '' (intake refuses others).
 local function count_finished(run_key, status)
   redis.call('HINCRBY', ctx.prefix .. METRIC.runs, status, 1)
+  local agent = redis.call('HGET', run_key, 'agent') or ''
+  redis.call('HINCRBY', ctx.prefix .. METRIC.agent_runs, cjson.encode({agent, status}), 1)
   local created = tonumber(redis.call('HGET', run_key, 'created_at') or ctx.now)
   local seconds = math.max(ctx.now - created, 0)
   local field = '+Inf'
@@ -61,6 +70,14 @@ local function count_finished(run_key, status)
   local hist = ctx.prefix .. METRIC.run_seconds
   redis.call('HINCRBY', hist, field, 1)
   redis.call('HINCRBYFLOAT', hist, 'sum', tostring(seconds))
+end
+local function count_agent_usage(run_key, prompt, completion, cached, cost)
+  local agent = redis.call('HGET', run_key, 'agent') or ''
+  local m = ctx.prefix .. METRIC.agent_usage
+  redis.call('HINCRBY', m, cjson.encode({agent, 'prompt'}), prompt)
+  redis.call('HINCRBY', m, cjson.encode({agent, 'completion'}), completion)
+  if cached > 0 then redis.call('HINCRBY', m, cjson.encode({agent, 'cached'}), cached) end
+  if cost > 0 then redis.call('HINCRBYFLOAT', m, cjson.encode({agent, 'cost'}), tostring(cost)) end
 end
 -- The base key of the run's thread (<p>:thread:<tenant>:<id>), or nil for a run on none.
 local function thread_of(run_key)
@@ -112,6 +129,45 @@ local function index_run(run_key, tenant, kind, value)
   redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. (ctx.now - ctx.ttl))
   redis.call('EXPIRE', key, ctx.ttl)
 end
+-- What a tool call was given and gave, gone from its record: its arguments, and its result but
+-- for ok and the error's code. Its result stays stored, so a late delivery does not run it again.
+local function forget_call(key)
+  redis.call('HDEL', key, 'arguments')
+  local stored = redis.call('HGET', key, 'result')
+  if not stored then return end
+  local result = cjson.decode(stored)
+  local kept = {ok = result.ok, transcript = 'not_kept'}
+  if type(result.error) == 'table' then
+    kept.error = {code = result.error.code, message = 'not kept'}
+  end
+  redis.call('HSET', key, 'result', cjson.encode(kept))
+end
+-- Events that carry what a person was asked or told: a call's arguments, a question, a message.
+local PERSON_EVENTS = {approval_requested = true, input_requested = true, approval_decided = true}
+-- The transcript of a run whose tenant keeps none: its messages, its context summary, what a
+-- person was asked and decided (its waiting and decisions fields, and those events), and what
+-- its tool calls were given and gave (a call still running is cut when it ends:
+-- complete_tool.lua).
+local function forget_transcript(run_key, run_id)
+  redis.call('DEL', run_key .. ':messages')
+  redis.call('HDEL', run_key, 'summary', 'waiting', 'decisions')
+  if redis.call('HEXISTS', run_key, 'waiting_step') == 1 then
+    local ev = run_key .. ':events'
+    for _, entry in ipairs(redis.call('XRANGE', ev, '-', '+')) do
+      local fields = entry[2]
+      for i = 1, #fields, 2 do
+        if fields[i] == 'type' and PERSON_EVENTS[fields[i + 1]] then
+          redis.call('XDEL', ev, entry[1])
+        end
+      end
+    end
+  end
+  for step = 1, tonumber(redis.call('HGET', run_key, 'applied_step') or '0') do
+    for i = 0, tonumber(redis.call('HGET', run_key, 'tools:' .. step) or '0') - 1 do
+      forget_call(ctx.prefix .. ':tool:' .. run_id .. '-' .. step .. '-' .. i)
+    end
+  end
+end
 -- Mark the run final and release what it held.
 -- Returns {runs to start now (space-separated IDs), finished batch, the final status}.
 local function finalize(run_key, run_id, status, data)
@@ -119,6 +175,7 @@ local function finalize(run_key, run_id, status, data)
   redis.call('ZREM', ctx.prefix .. ':runs:active', run_id)
   redis.call('EXPIRE', run_key, ctx.ttl)
   redis.call('EXPIRE', run_key .. ':messages', ctx.ttl)
+  if redis.call('HGET', run_key, 'no_transcript') == '1' then forget_transcript(run_key, run_id) end
   local kick = ''
   local tenant = redis.call('HGET', run_key, 'tenant')
   local cap = tonumber(redis.call('HGET', run_key, 'cap') or '0')

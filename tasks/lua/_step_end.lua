@@ -10,7 +10,8 @@
 --   a list of _spend.lua's spend(s), one per model the step's calls used; absent when the
 --   calls were settled one by one against a tenant budget)}. Reads status, applied_step, gen:<step-1>; writes
 --   the transcript, usage counters, applied_step, step, tools:<step>, gen:<step>, the step
---   metrics, events llm_call_finished (and step_finished if it dispatches tool calls).
+--   metrics (and the agent metrics), events llm_call_finished (and step_finished if it
+--   dispatches tool calls).
 --   Returns 1 applied, 0 applied before, -1 the run is final (cancelled while the model
 --   answered), -2 rolled back (the previous step's answer is gone, or is not p.after).
 -- finish(run_key, lease_key, token, step, p): mark the step dispatched (and the run final, if
@@ -63,6 +64,7 @@ local function apply(run_key, messages_key, lease_key, token, step, p)
   redis.call('HINCRBY', llm, m.calls, calls)
   redis.call('HINCRBY', llm, m.prompt, p.prompt_tokens)
   redis.call('HINCRBY', llm, m.completion, p.completion_tokens)
+  count_agent_usage(run_key, p.prompt_tokens, p.completion_tokens, p.cached_tokens or 0, cost)
   return 1
 end
 local function finish(run_key, lease_key, token, step, p)

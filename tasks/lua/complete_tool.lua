@@ -21,7 +21,8 @@
 -- Reads: the run's gen:<step>, the stored result. Writes: result, status, finished_at, gen;
 -- the run's tools_done, due time and event tool_call_finished (cached = true for a hit); the
 -- batch's count; the cache metric; the cache entry (a successful result only); drops the
--- lease if the token holds it; the record's lifetime.
+-- lease if the token holds it; the record's lifetime; of a final run flagged no_transcript,
+-- the call's arguments and result but for ok and the error's code (forget_call, _common.lua).
 -- Returns {result that won, finished batch}, or {'', ''} if the run's step holds another
 -- generation (the result is kept out).
 
@@ -50,5 +51,10 @@ if redis.call('HSETNX', KEYS[1], 'result', ARGV[3]) == 1 then
   batch_done = count_in_batch(redis.call('HGET', KEYS[1], 'batch_id'), ARGV[4])
 end
 if redis.call('GET', KEYS[2]) == ARGV[2] then redis.call('DEL', KEYS[2]) end
+-- A call still running when its run ended: the run's transcript is gone, and so is this.
+if ctx.run_id ~= '' and redis.call('HGET', KEYS[3], 'no_transcript') == '1'
+    and is_final(redis.call('HGET', KEYS[3], 'status')) then
+  forget_call(KEYS[1])
+end
 redis.call('EXPIRE', KEYS[1], ctx.ttl)
 return {redis.call('HGET', KEYS[1], 'result'), batch_done}

@@ -225,6 +225,21 @@ def test_error_429_has_retry_after(client: openai.OpenAI) -> None:
     assert caught.value.body["type"] == "rate_limit_error"
 
 
+def test_flaky_fails_the_first_requests_of_each_conversation(client: openai.OpenAI) -> None:
+    first = _user(f"[[flaky:2]] once {time.time()}")
+    for _ in range(2):
+        with pytest.raises(openai.InternalServerError) as caught:
+            client.chat.completions.create(model="sim-1", messages=first)
+        assert caught.value.status_code == 503
+    answer = client.chat.completions.create(model="sim-1", messages=first)
+    assert answer.choices[0].message.content is not None
+    # Another conversation, the same directive: its own first requests fail.
+    other = [{"role": "system", "content": "terse"}, *first]
+    with pytest.raises(openai.InternalServerError):
+        client.chat.completions.create(model="sim-1", messages=other)
+    assert client.chat.completions.create(model="sim-1", messages=first).choices
+
+
 def test_garbage_body_breaks_the_sdk(client: openai.OpenAI) -> None:
     # The SDK hands a 200 application/json body straight to the JSON parser,
     # so the decoder's own error escapes rather than an openai exception.

@@ -150,6 +150,26 @@ class StepToolCall(BaseModel):
     latency_ms: int | None = None
 
 
+class StepRetry(BaseModel):
+    """An attempt of a step's LLM call that failed and was retried after ``countdown_s``."""
+
+    attempt: int
+    started_at: str | None = None
+    failed_at: str | None = None
+    error: str = ""
+    countdown_s: float | None = None
+
+
+class StepWait(BaseModel):
+    """A time a step's LLM call was held: every provider unavailable, or the tenant's budget
+    spent (``reason``), until ``retry_at``."""
+
+    at: str | None = None
+    reason: str | None = None
+    detail: str | None = None
+    retry_at: str | None = None
+
+
 class Step(BaseModel):
     """One step of a run: what it sent (``input``: the messages new since the step before),
     its repair rounds, its answer, its tool calls, usage and timing (secrets redacted)."""
@@ -170,13 +190,20 @@ class Step(BaseModel):
     tool_calls: list[StepToolCall] = []
     #: Deliveries that began the step (more than one: a worker was lost, or a retry).
     deliveries: int = 0
+    #: Times the step began its LLM call: its retries and waits, and the call answered.
+    attempts: int = 0
+    retries: list[StepRetry] = []
+    waits: list[StepWait] = []
 
 
 class RunSteps(BaseModel):
-    """``GET /v1/runs/{id}/steps``."""
+    """``GET /v1/runs/{id}/steps``. ``transcript``: ``not_kept`` for a run of a tenant whose
+    transcripts do not outlive their runs: its steps carry no messages, tool arguments or
+    outputs."""
 
     run_id: str
     status: str
+    transcript: Literal["kept", "not_kept"] = "kept"
     steps: list[Step]
 
 
