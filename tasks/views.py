@@ -85,6 +85,9 @@ def run_view(run: RunRecord) -> dict[str, Any]:
         "parent_id": run.parent_id or None,
         "root_id": run.root_id,
         "depth": run.depth,
+        # GET /v1/runs/{id} fills these in for a run with sub-agent runs (tasks/children.py).
+        "children": None,
+        "tree_usage": None,
         "created_at": iso(record.get("created_at")),
         "started_at": iso(record.get("started_at")),
         "finished_at": iso(record.get("finished_at")),

@@ -22,7 +22,7 @@ PARAMS: Final[Mapping[str, tuple[str, ...]]] = {
     names.TOOL_CALL: ("request", "payload"),
     names.BATCH_DISPATCH: ("batch_id",),
     names.BATCH_COLLECT: ("results", "batch_id"),
-    names.CALLBACK: ("kind", "ident"),
+    names.CALLBACK: ("kind", "ident", "status"),
 }
 
 #: Every public task name shares this prefix; a name with it but missing above is ours too.
