@@ -2,7 +2,7 @@
 
 A step goes through the tracing helpers of ``agentfleet.tasks.tracing`` each time it runs: the
 span around its LLM call (``tasks/llm/_router.py``), the headers its successor's message
-carries (``step_signature`` in ``tasks/agent.py``) and the trace IDs of each line it logs
+carries (``step_signature`` in ``tasks/lifecycle.py``) and the trace IDs of each line it logs
 (``workers/logs.py``; a step logs about one). This times ``--steps`` steps' worth of those
 calls around a stand-in for the provider call, in CPU time (best of ``--repeats``), three ways:
 

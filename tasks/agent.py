@@ -24,7 +24,17 @@ from billiard.exceptions import SoftTimeLimitExceeded
 from celery import Celery, Signature, Task, chain, chord, states
 from celery.exceptions import Ignore, Retry
 
-from agentfleet.tasks import children, handoffs, llm_cache, names, spend, tracing, waits, window
+from agentfleet.tasks import (
+    children,
+    handoffs,
+    keys,
+    llm_cache,
+    names,
+    spend,
+    tracing,
+    waits,
+    window,
+)
 from agentfleet.tasks.agents import registry as agents
 from agentfleet.tasks.errors import (
     BudgetExceeded,
@@ -37,7 +47,13 @@ from agentfleet.tasks.errors import (
     RunFailed,
 )
 from agentfleet.tasks.intake import take_sent_run
-from agentfleet.tasks.lifecycle import entry_options, follow_up, pending_countdown, start_run
+from agentfleet.tasks.lifecycle import (
+    entry_options,
+    follow_up,
+    pending_countdown,
+    start_run,
+    step_signature,
+)
 from agentfleet.tasks.llm import (
     CallOptions,
     Completion,
@@ -54,7 +70,7 @@ from agentfleet.tasks.settings import Settings
 from agentfleet.tasks.states import RunStatus, StepOutcome
 from agentfleet.tasks.store import Finished, StepAnswer, StepClaim, get_store
 from agentfleet.tasks.streaming import TokenRelay
-from agentfleet.tasks.toolcall import time_limits, tool_call_id, tool_payload
+from agentfleet.tasks.toolcall import time_limits, tool_payload
 from agentfleet.tasks.tools import registry
 from agentfleet.tasks.views import run_view
 
@@ -627,9 +643,11 @@ class StepRunner:
         header = tool_signatures(app, self.settings, self.run_id, self.step, run, calls, gen)
         if run.handoffs:
             handoffs.take(self.store, run, self.step, calls, gen)
+        spawned: list[int] = []
         if run.subagents:
             # A sub-agent call is a child run: its entry message takes the call's place.
             spawn = children.start_children(self.store, self.settings, run, self.step, calls, gen)
+            spawned = spawn.started
             for index in spawn.started:
                 header[index] = app.signature(names.RUN, task_id=header[index].options["task_id"])
         body = step_signature(app, self.run_id, self.step + 1)
@@ -639,7 +657,10 @@ class StepRunner:
             # Replaced: the tool calls are published, and the run's place in any enclosing
             # chord went with them. Mark the step dispatched, then end as ignored: the run's
             # end is recorded by the step that ends it, also if it was cancelled meanwhile.
-            finished = self.store.finish_step(self.run_id, self.step, claim.token, gen=gen)
+            # A step with children frees the run's tenant slot while they run.
+            finished = self.store.finish_step(
+                self.run_id, self.step, claim.token, gen=gen, release=bool(spawned)
+            )
             follow_up(app, self.store, self.run_id, finished)
             raise
 
@@ -769,7 +790,7 @@ def tool_signatures(
     allowed = list(run.tools)
     signatures = []
     for index, call in enumerate(calls):
-        call_id = tool_call_id(run_id, step, index)
+        call_id = keys.tool_call_id(run_id, step, index)
         soft, hard = time_limits(call.name, settings)
         payload = tool_payload(
             call_id,
@@ -814,17 +835,6 @@ def fan_out(app: Celery, run_id: str, calls: list[Signature], next_step: Signatu
         call.on_error(app.signature(names.TOOLS_FAILED, args=(run_id,), immutable=True))
         return chain(call, next_step)
     return chord(calls, next_step)
-
-
-def step_signature(app: Celery, run_id: str, step: int) -> Signature:
-    """Step ``step`` of ``run_id``, to be called with the previous step's tool results."""
-    body = app.signature(names.AGENT_STEP, args=(run_id, step))
-    body.on_error(app.signature(names.TOOLS_FAILED))
-    if trace := tracing.headers():
-        # Its parent is the span that built it (a step, the watchdog within the run's trace),
-        # not the tool call that happens to finish last and publish it (agentfleet.tasks.tracing).
-        body.set(headers=trace)
-    return body
 
 
 def register(app: Celery, settings: Settings) -> None:
@@ -890,10 +900,10 @@ def _fail_after_lost_tools(app: Celery, settings: Settings, run_id: str) -> None
     count = run.tool_calls(step) if run else 0
     # The failure the call that died stored under its own ID (no failure but a run's end is
     # stored under the run's: workers/fixes/result_backend.py).
-    calls = [app.AsyncResult(tool_call_id(run_id, step, i)) for i in range(count)]
+    calls = [app.AsyncResult(keys.tool_call_id(run_id, step, i)) for i in range(count)]
     cause = next((c.result for c in calls if c.state == states.FAILURE), "no failure stored")
     if run is not None and not run.terminal:
-        results = store.tool_results([tool_call_id(run_id, step, i) for i in range(count)])
+        results = store.tool_results([keys.tool_call_id(run_id, step, i) for i in range(count)])
         if count and results is not None and not run.delivered(step + 1):
             log.warning(
                 "run %s: its tool calls errored, every result stored (%s); resuming", run_id, cause
@@ -925,7 +935,7 @@ def _resume_after_lost_chord(
     if run.dispatched_step != step or run.delivered(step + 1):
         return  # the run moved on: the chord did fire
     count = run.tool_calls(step)
-    results = store.tool_results([tool_call_id(run_id, step, i) for i in range(count)])
+    results = store.tool_results([keys.tool_call_id(run_id, step, i) for i in range(count)])
     if not results:
         return  # tools still running: the last one to finish completes the chord
     log.warning("run %s: the tool chord of step %d never fired; resuming it", run_id, step)

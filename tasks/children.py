@@ -6,7 +6,9 @@ call of a step's answer is a child run of that agent: its ID is the call's ID
 and its entry message is a member of the parent's fan-out, beside the ordinary tool calls. So
 the parent's next step starts when every tool call and child of the step is final, and no
 worker waits meanwhile: the parent's step ended when it published its fan-out. A child takes
-no tenant slot (its tree holds its top run's), so a tenant's cap can never deadlock a tree.
+no tenant slot, and the parent frees its own while the step's children run (its next step takes
+one again), so a tenant's cap can never deadlock a tree, nor does a tree waiting on its
+children keep its tenant's other runs waiting.
 
 A child's end is its parent's tool result. The task that ends the child stores it as the
 result of the parent's call (:func:`report`) and returns it, so the parent's chord gets it
@@ -38,7 +40,6 @@ from agentfleet.tasks.records import RunRecord, Usage
 from agentfleet.tasks.settings import Settings
 from agentfleet.tasks.states import RunStatus, ToolCallStatus
 from agentfleet.tasks.store import RunStore
-from agentfleet.tasks.toolcall import tool_call_id
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ def start_children(
     extra: list[dict[str, Any]] = []
     in_tree = int(store.redis.hget(store.run_key(run.root_id), "tree_runs") or 0)
     for position, index in enumerate(indexes):
-        call, call_id = calls[index], tool_call_id(run.id, step, index)
+        call, call_id = calls[index], keys.tool_call_id(run.id, step, index)
         head = _head(call_id, call, gen)
         if store.redis.exists(store.run_key(call_id)):
             started.append(index)  # written by an earlier delivery of this step
@@ -149,7 +150,7 @@ def start_children(
                 "depth": run.depth + 1,
                 "parent_step": step,
                 "parent_call": json.dumps(head),
-                # The tree holds its top run's slot: a child never waits for one.
+                # A child never waits for a tenant slot: it runs while its parent waits.
                 "cap": 0,
             }
         )

@@ -15,13 +15,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from agentfleet.tasks import keys
 from agentfleet.tasks.agents import Agent, RunContext
 from agentfleet.tasks.agents import registry as agents
 from agentfleet.tasks.llm import ModelToolCall
 from agentfleet.tasks.records import RunRecord
 from agentfleet.tasks.states import ToolCallStatus
 from agentfleet.tasks.store import RunStore
-from agentfleet.tasks.toolcall import tool_call_id
 
 PREFIX = "transfer_to_"
 
@@ -67,7 +67,7 @@ def take(
         if call.name not in targets:
             continue
         head: dict[str, Any] = {
-            "id": tool_call_id(run.id, step, index),
+            "id": keys.tool_call_id(run.id, step, index),
             "name": call.name,
             "model_call_id": call.id,
         }

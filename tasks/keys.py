@@ -83,6 +83,12 @@ def deliveries_field(step: int) -> str:
 TOOL_SEGMENT = ":tool:"
 
 
+def tool_call_id(run_id: str, step: int, index: int) -> str:
+    """The ID of the ``index``-th tool call the answer of ``step`` of ``run_id`` asked for
+    (also the ID of the child run, when it calls a sub-agent)."""
+    return f"{run_id}-{step}-{index}"
+
+
 def tool(p: str, call_id: str) -> str:
     """Hash: a tool call's record (name, arguments, status, result, timestamps, attempts)."""
     return f"{p}{TOOL_SEGMENT}{call_id}"

@@ -8,7 +8,7 @@ import logging
 import random
 from typing import Any
 
-from celery import Celery
+from celery import Celery, Signature
 
 from agentfleet.tasks import names, tracing
 from agentfleet.tasks.store import Finished, RunStore
@@ -39,20 +39,41 @@ def entry_options(request: Any) -> dict[str, Any]:
 
 
 def start_run(app: Celery, store: RunStore, run_id: str) -> None:
-    """Publish a run's entry message again, with the chord membership it was sent with, in
-    the run's own trace (this may run in a step of another run). A run that waited for a
-    person goes on with the step that waited (``parked_step``), which finds its answer applied
-    and dispatches its tool calls."""
-    raw, trace, parked = store.redis.hmget(
-        store.run_key(run_id), ["entry", "traceparent", "parked_step"]
-    )
-    options = json.loads(raw) if raw else {}
-    with tracing.within(str(trace or "")):
-        if parked:
-            step = app.signature(names.AGENT_STEP, args=(None, run_id, int(parked)))
-            step.set(task_id=run_id, **options).apply_async()
+    """Publish a run's next message again, with the chord membership it was sent with, in the
+    run's own trace (this may run in a step of another run): the step that waited for a person
+    (``parked_step``), which finds its answer applied and dispatches its tool calls; the step
+    after its children's, with their results, for a parent that waited for its tenant's slot
+    when they ended; else its entry message (also for a run made final meanwhile, so that a
+    worker records its end)."""
+    run = store.get_run(run_id)
+    if run is None:
+        app.signature(names.RUN, task_id=run_id).apply_async()  # it finds the run gone
+        return
+    options = json.loads(run.fields.get("entry") or "{}")
+    parked = int(run.fields.get("parked_step") or 0)
+    results: tuple[Any, ...] = ()
+    with tracing.within(run.traceparent):
+        if run.terminal:
+            message = app.signature(names.RUN)
+        elif parked > run.dispatched_step:
+            message = app.signature(names.AGENT_STEP, args=(None, run_id, parked))
+        elif run.dispatched_step and "needs_slot" in run.fields:
+            message = step_signature(app, run_id, run.dispatched_step + 1)
+            results = (store.dispatched_results(run),)
         else:
-            app.signature(names.RUN, task_id=run_id, **options).apply_async()
+            message = app.signature(names.RUN)
+        message.set(task_id=run_id, **options).apply_async(results)
+
+
+def step_signature(app: Celery, run_id: str, step: int) -> Signature:
+    """Step ``step`` of ``run_id``, to be called with the previous step's tool results."""
+    body = app.signature(names.AGENT_STEP, args=(run_id, step))
+    body.on_error(app.signature(names.TOOLS_FAILED))
+    if trace := tracing.headers():
+        # Its parent is the span that built it (a step, the watchdog within the run's trace),
+        # not the tool call that happens to finish last and publish it (agentfleet.tasks.tracing).
+        body.set(headers=trace)
+    return body
 
 
 def follow_up(app: Celery, store: RunStore, run_id: str, finished: Finished) -> None:

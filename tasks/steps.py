@@ -29,7 +29,6 @@ from agentfleet.tasks import keys
 from agentfleet.tasks.records import RunRecord
 from agentfleet.tasks.redaction import Redactor
 from agentfleet.tasks.store import RunStore
-from agentfleet.tasks.toolcall import tool_call_id
 
 #: Events a step's view reads (the rest are the run's, or tokens).
 _STEP_EVENTS = frozenset(
@@ -170,7 +169,7 @@ def _tool_calls(
 ) -> list[dict[str, Any]]:
     started = {d.get("id"): t for t, kind, d in events if kind == "tool_call_started"}
     ended = {d.get("id"): t for t, kind, d in events if kind == "tool_call_finished"}
-    call_ids = [tool_call_id(run.id, step, i) for i in range(run.tool_calls(step))]
+    call_ids = [keys.tool_call_id(run.id, step, i) for i in range(run.tool_calls(step))]
     found = []
     for call_id, record in zip(call_ids, store.get_tool_calls(call_ids), strict=True):
         result = (record.result if record else None) or {}

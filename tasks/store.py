@@ -560,20 +560,19 @@ class RunStore:
         result: str | None = None,
         error: dict[str, str] | None = None,
         gen: str | None = None,
+        release: bool = False,
     ) -> Finished:
         """Mark the step dispatched (and the run final, if ``status``); drop the lease.
 
         ``gen``: the generation of the step's answer whose tool calls were dispatched, or that
         ends the run; :class:`RolledBack` if the step's applied answer is not that one.
+        ``release``: the step started child runs, so the run frees its tenant slot while they
+        run (its next step takes one again); ``kick`` is the run that now has it.
         """
+        payload = self._finish_payload(status, result, error, gen, release=release)
         reply = self._finish_step(
             keys=[self.run_key(run_id), self._lease(run_id)],
-            args=[
-                self._ctx(run_id),
-                token,
-                step,
-                self._finish_payload(status, result, error, gen),
-            ],
+            args=[self._ctx(run_id), token, step, payload],
         )
         if reply[0] == "rolled_back":
             raise RolledBack(f"the answer of step {step} of run {run_id} is gone")
@@ -614,11 +613,15 @@ class RunStore:
         result: str | None,
         error: dict[str, str] | None,
         gen: str | None = None,
+        *,
+        release: bool = False,
     ) -> str:
         # Not final: its tool calls are queued, and each one pushes this on as it starts.
         payload: dict[str, Any] = {"due": self.due(self.settings.tool_time_limit)}
         if gen:
             payload["gen"] = gen
+        if release:
+            payload["release"] = True
         if status is not None:
             payload["status"] = status.value
         if result is not None:
@@ -831,6 +834,15 @@ class RunStore:
         for call_id in call_ids:
             pipe.hget(self.tool_key(call_id), "result")
         return [None if r is None else json.loads(r) for r in pipe.execute()]
+
+    def dispatched_results(self, run: RunRecord) -> list[dict[str, Any] | None]:
+        """The stored result of each tool call of the run's last dispatched step, None where
+        there is none yet, or only one for an answer a crash of Redis rolled back (its call
+        runs again, and replaces it)."""
+        step, gen = run.dispatched_step, run.gen(run.dispatched_step)
+        call_ids = [keys.tool_call_id(run.id, step, i) for i in range(run.tool_calls(step))]
+        results = self.stored_tool_results(call_ids)
+        return [r if r is None or r.get("gen", gen) == gen else None for r in results]
 
     def tool_results(self, call_ids: list[str]) -> list[dict[str, Any]] | None:
         """The stored results of ``call_ids`` in order, or None while any is missing."""

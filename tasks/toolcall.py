@@ -32,11 +32,6 @@ from agentfleet.tasks.tools import Tool, registry
 log = logging.getLogger(__name__)
 
 
-def tool_call_id(run_id: str, step: int, index: int) -> str:
-    """The ID of the ``index``-th tool call the answer of ``step`` of ``run_id`` asked for."""
-    return f"{run_id}-{step}-{index}"
-
-
 def tool_payload(
     call_id: str,
     name: str,

@@ -28,7 +28,7 @@ from typing import Any
 
 from celery import Celery
 
-from agentfleet.tasks import names
+from agentfleet.tasks import keys, names
 from agentfleet.tasks.errors import InvalidRequest, NotWaiting, RunNotFound, ToolArgumentsError
 from agentfleet.tasks.lifecycle import start_run
 from agentfleet.tasks.llm import ModelToolCall
@@ -36,7 +36,6 @@ from agentfleet.tasks.models import ApprovalsRequest, InputRequest
 from agentfleet.tasks.records import RunRecord
 from agentfleet.tasks.states import RunStatus
 from agentfleet.tasks.store import RunStore
-from agentfleet.tasks.toolcall import tool_call_id
 from agentfleet.tasks.tools import registry
 
 log = logging.getLogger(__name__)
@@ -75,7 +74,7 @@ def pending_calls(run: RunRecord, step: int, calls: list[ModelToolCall]) -> list
         else:
             continue
         entry = {
-            "id": tool_call_id(run.id, step, index),
+            "id": keys.tool_call_id(run.id, step, index),
             "kind": kind,
             "name": call.name,
             "arguments": call.arguments,

@@ -32,15 +32,15 @@ from typing import Any
 from celery import Celery
 
 from agentfleet.tasks import children, keys, tracing, waits
-from agentfleet.tasks.agent import completion_from_transcript, step_signature, tool_signatures
+from agentfleet.tasks.agent import completion_from_transcript, tool_signatures
 from agentfleet.tasks.batch import batch_state
 from agentfleet.tasks.errors import NotWaiting
-from agentfleet.tasks.lifecycle import follow_up, start_run
+from agentfleet.tasks.lifecycle import follow_up, start_run, step_signature
 from agentfleet.tasks.records import RunRecord
 from agentfleet.tasks.settings import Settings
 from agentfleet.tasks.states import RunStatus
 from agentfleet.tasks.store import RunStore, get_store
-from agentfleet.tasks.toolcall import redelivery_failure, tool_call_id
+from agentfleet.tasks.toolcall import redelivery_failure
 
 log = logging.getLogger(__name__)
 
@@ -146,17 +146,17 @@ def _resend(
         start_run(app, store, run_id)  # with its batch chord membership, if it was throttled
         return Recovery(run_id, "entry")
     count = run.tool_calls(dispatched)
-    call_ids = [tool_call_id(run_id, dispatched, i) for i in range(count)]
+    call_ids = [keys.tool_call_id(run_id, dispatched, i) for i in range(count)]
     gen = run.gen(dispatched)
-    results = _current(store.stored_tool_results(call_ids), gen)
+    results = store.dispatched_results(run)
     if run.subagents and any(r is None for r in results):
         running = _children_running(store, run, call_ids, results)
-        results = _current(store.stored_tool_results(call_ids), gen)
+        results = store.dispatched_results(run)
         if running:
             return Recovery(run_id, "children", f"{running} running")
     if any(r is None for r in results):
         sent = _tools_again(app, settings, store, run, call_ids, results, gen)
-        results = _current(store.stored_tool_results(call_ids), gen)
+        results = store.dispatched_results(run)
         if sent or any(r is None for r in results):
             return Recovery(run_id, "tools", f"{sent} of {count}")
     body = step_signature(app, run_id, dispatched + 1).set(task_id=run_id)
@@ -179,12 +179,6 @@ def _children_running(
         else:
             running += 1  # its own place in the worklist moves it: nothing to send here
     return running
-
-
-def _current(results: list[dict[str, Any] | None], gen: str) -> list[dict[str, Any] | None]:
-    """``results`` without those of another generation than ``gen``: run for an answer a
-    crash of Redis rolled back, their calls run again (and replace them)."""
-    return [r if r is None or r.get("gen", gen) == gen else None for r in results]
 
 
 def _tools_again(

@@ -1,6 +1,6 @@
 """Child runs on a private fleet whose ``agents`` pool has two threads: trees finish without
 holding a worker while their children run, across the loss of the ``agents`` worker, and under
-a tenant's cap on runs in flight."""
+a tenant's cap on runs in flight, which a parent does not hold while its children run."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ POOLS = (AGENTS_2, PoolSpec("tools", "prefork", 2), PoolSpec("batch", "prefork",
 ENV = {
     **SHORT_LIMITS,
     "AGENTFLEET_AGENT_MODULES": FLEET_ENV["AGENTFLEET_AGENT_MODULES"],
-    "AGENTFLEET_TENANT_LIMITS": '{"capped": 2}',
+    "AGENTFLEET_TENANT_LIMITS": '{"capped": 2, "single": 1}',
 }
 
 
@@ -114,6 +114,34 @@ def test_a_tenant_capped_at_two_runs_five_trees(two_threads: Fleet) -> None:
         assert fleet.redis.scard("af:tenant:capped:inflight") == 0
     finally:
         capped.close()
+
+
+def test_a_parent_frees_its_tenants_slot_while_its_children_run(
+    two_threads: Fleet, wait: Callable[..., None]
+) -> None:
+    """With a cap of one run, another run of the tenant starts while a parent's children run;
+    the parent's next step then waits for the slot, and goes on with its children's results
+    when the other run ends."""
+    fleet = two_threads
+    single = fleet.client_of("single")
+    try:
+        parent = single.create_run(_parent("free", latency=1.0), agent="planner")
+        wait(lambda: single.get_run(f"{parent.id}-1-0").status == "running", 60, "a child")
+        # Five rounds of a tool call, each answered in 2.5 s: it holds the slot about 15 s.
+        slow = "[[latency:2.5]] [[rounds:5]] " + _call("calculator", {"expression": "1+1"})
+        other = single.wait(single.create_run(slow).id, timeout=120)
+        done = single.wait(parent.id, timeout=120)
+        _check_tree(fleet, single, done, "free")
+        ended = [str(single.get_run(c).finished_at) for c in done.children or []]
+        assert other.status == "succeeded", other
+        # The other run had the slot the parent freed: it started before the children ended,
+        # and held it as they ended, so the parent's last step waited for it.
+        assert str(other.started_at) < min(ended)
+        assert max(ended) < str(other.finished_at) < str(done.finished_at)
+        assert fleet.redis.scard("af:tenant:single:inflight") == 0
+        assert fleet.redis.zcard("af:tenant:single:waiting") == 0
+    finally:
+        single.close()
 
 
 def test_child_ids_are_the_parents_call_ids(two_threads: Fleet) -> None:

@@ -164,7 +164,7 @@ def _start_tracing(sender: Any = None, **_: Any) -> None:
 
 def _carry_trace(headers: dict[str, Any] | None = None, **_: Any) -> None:
     # Every message carries the context of the span publishing it, unless its publisher set
-    # one (a step's successor: agentfleet.tasks.agent.step_signature; a retry keeps its own).
+    # one (a step's successor: agentfleet.tasks.lifecycle.step_signature; a retry keeps its own).
     if headers is not None:
         tracing.inject(headers)
 

@@ -18,6 +18,9 @@
 --   index_run(run_key, tenant, kind, value)  add the run to one of its tenant's run indexes
 --   forget_call(key)                  a tool call's record without its arguments, its result
 --                                     cut to ok and the error's code
+--   free_slot(run_key, run_id)        take the run out of its tenant's runs in flight (a run
+--                                     of a tenant without a cap has no slot); returns the run
+--                                     of the tenant's queue that now has the slot, or ''
 --   finalize(run_key, run_id, status, data)  make the run final, free its tenant slot and its
 --                                     thread (adding its turn if it succeeded), delete the
 --                                     transcript of a run flagged no_transcript; returns
@@ -25,7 +28,7 @@
 -- Keys it derives from ctx.prefix: <p>:runs:active, <p>:tenant:<t>:inflight|waiting,
 -- <p>:tenant:<t>:runs[:<kind>:<value>] (agentfleet.tasks.keys.tenant_runs),
 -- <p>:thread:<t>:<id>[:messages|:turns|:queue|:runs], <p>:batch:<id>, the metric hashes, the
--- run's tool calls <p>:tool:<run>-<step>-<index> (agentfleet.tasks.toolcall.tool_call_id).
+-- run's tool calls <p>:tool:<run>-<step>-<index> (agentfleet.tasks.keys.tool_call_id).
 
 local ctx = cjson.decode(ARGV[1])
 local RUN_BUCKETS = @RUN_BUCKETS@
@@ -168,6 +171,17 @@ local function forget_transcript(run_key, run_id)
     end
   end
 end
+-- Take the run out of its tenant's runs in flight; the first run of the tenant's queue takes
+-- the slot if one is free now: returns its ID, or ''.
+local function free_slot(run_key, run_id)
+  local tenant = redis.call('HGET', run_key, 'tenant')
+  local cap = tonumber(redis.call('HGET', run_key, 'cap') or '0')
+  if not tenant or cap <= 0 then return '' end
+  local t = ctx.prefix .. ':tenant:' .. tenant
+  redis.call('SREM', t .. ':inflight', run_id)
+  if redis.call('SCARD', t .. ':inflight') >= cap then return '' end
+  return redis.call('ZPOPMIN', t .. ':waiting')[1] or ''
+end
 -- Mark the run final and release what it held.
 -- Returns {runs to start now (space-separated IDs), finished batch, the final status}.
 local function finalize(run_key, run_id, status, data)
@@ -176,18 +190,9 @@ local function finalize(run_key, run_id, status, data)
   redis.call('EXPIRE', run_key, ctx.ttl)
   redis.call('EXPIRE', run_key .. ':messages', ctx.ttl)
   if redis.call('HGET', run_key, 'no_transcript') == '1' then forget_transcript(run_key, run_id) end
-  local kick = ''
   local tenant = redis.call('HGET', run_key, 'tenant')
-  local cap = tonumber(redis.call('HGET', run_key, 'cap') or '0')
-  if tenant and cap > 0 then
-    local t = ctx.prefix .. ':tenant:' .. tenant
-    redis.call('SREM', t .. ':inflight', run_id)
-    redis.call('ZREM', t .. ':waiting', run_id)
-    if redis.call('SCARD', t .. ':inflight') < cap then
-      local popped = redis.call('ZPOPMIN', t .. ':waiting')
-      if popped[1] then kick = popped[1] end
-    end
-  end
+  if tenant then redis.call('ZREM', ctx.prefix .. ':tenant:' .. tenant .. ':waiting', run_id) end
+  local kick = free_slot(run_key, run_id)
   local t = thread_of(run_key)
   if t then
     local next_run = release_thread(run_key, run_id, t, status)

@@ -15,8 +15,9 @@
 --   Returns 1 applied, 0 applied before, -1 the run is final (cancelled while the model
 --   answered), -2 rolled back (the previous step's answer is gone, or is not p.after).
 -- finish(run_key, lease_key, token, step, p): mark the step dispatched (and the run final, if
---   p.status), drop the lease. p: {due, [gen, status, result, error]}. Writes dispatched_step,
---   result/error, the run's due time or its final state. Returns {record, run to start now,
+--   p.status), drop the lease. p: {due, [gen, status, result, error, release]}. Writes
+--   dispatched_step, result/error, the run's due time or its final state; with p.release (the
+--   step started child runs), frees the run's tenant slot and sets needs_slot. Returns {record, run to start now,
 --   finished batch, final status if this made it final}, or {'rolled_back'} if p.gen is not
 --   the step's applied generation.
 
@@ -73,7 +74,8 @@ local function finish(run_key, lease_key, token, step, p)
     return {'rolled_back'}
   end
   local follow = {'', '', ''}
-  if tonumber(redis.call('HGET', run_key, 'dispatched_step') or '0') < step then
+  local first = tonumber(redis.call('HGET', run_key, 'dispatched_step') or '0') < step
+  if first then
     redis.call('HSET', run_key, 'dispatched_step', step, 'updated_at', ctx.now)
     -- A step with tool calls had its event when its answer was applied.
     if tonumber(redis.call('HGET', run_key, 'tools:' .. step) or '0') == 0 then
@@ -93,5 +95,16 @@ local function finish(run_key, lease_key, token, step, p)
     redis.call('ZADD', ctx.prefix .. ':runs:active', 'XX', p.due, ctx.run_id)
   end
   if redis.call('GET', lease_key) == token then redis.call('DEL', lease_key) end
+  -- A parent waiting on its children holds no tenant slot (a tree can never deadlock its
+  -- tenant's cap): its next step takes one again. Not if that step holds the lease already
+  -- (its children were that quick): it runs on the slot the run has.
+  if p.release and first and not is_final(status)
+      and redis.call('EXISTS', lease_key) == 0 then
+    local cap = tonumber(redis.call('HGET', run_key, 'cap') or '0')
+    if cap > 0 then
+      follow[1] = free_slot(run_key, ctx.run_id)
+      redis.call('HSET', run_key, 'needs_slot', 1)
+    end
+  end
   return {redis.call('HGETALL', run_key), follow[1], follow[2], follow[3]}
 end

@@ -34,17 +34,8 @@ else
   redis.call('ZREM', active, ctx.run_id)
 end
 -- A run waiting for a person holds no slot: a tenant's cap must never be spent on waits.
-local kick = ''
+local kick = free_slot(KEYS[1], ctx.run_id)
 local tenant = redis.call('HGET', KEYS[1], 'tenant')
-local cap = tonumber(redis.call('HGET', KEYS[1], 'cap') or '0')
-if tenant and cap > 0 then
-  local t = ctx.prefix .. ':tenant:' .. tenant
-  redis.call('SREM', t .. ':inflight', ctx.run_id)
-  if redis.call('SCARD', t .. ':inflight') < cap then
-    local popped = redis.call('ZPOPMIN', t .. ':waiting')
-    if popped[1] then kick = popped[1] end
-  end
-end
 if tenant then index_run(KEYS[1], tenant, 'status', 'waiting') end
 local w = cjson.decode(ARGV[5])
 local approvals, questions = {}, {}
