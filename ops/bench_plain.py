@@ -12,17 +12,23 @@ It also has the smallest agent loop one can write on stock Celery and the stock 
 client: a run is a chain of an LLM call, a tool call on a prefork queue, and a second LLM call
 (:func:`agent_run`). It keeps no run state, takes no lease, sends no task events and acks
 early; nothing survives a lost worker. The bench runs it on the same pools and simulator as
-agentfleet's runs, as the floor of what the same calls cost on this machine.
+agentfleet's runs, as the floor of what the same calls cost on this machine: with the SDK's
+sync client (its default), and with ``BENCH_LLM_TRANSPORT=aiohttp`` the best stock setup
+measured here, each task handing its call to one ``AsyncOpenAI`` on the SDK's aiohttp
+transport, on an event loop of the worker process.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import threading
 from typing import Any
 
 from celery import Celery, Signature, chain
-from openai import OpenAI
+from openai import AsyncOpenAI, DefaultAioHttpClient, OpenAI
+from openai.types.chat import ChatCompletion
 
 #: The only queue the baseline uses, so it never shares a list with agentfleet's queues.
 QUEUE = "plain"
@@ -34,6 +40,8 @@ URL_ENV = "BENCH_REDIS_URL"
 TOOLS_QUEUE = "plain-tools"
 #: The OpenAI-compatible endpoint of the agent loop (the simulator), read by the workers.
 LLM_URL_ENV = "BENCH_LLM_BASE_URL"
+#: ``aiohttp``: the workers' LLM calls go through one aiohttp event loop per process.
+LLM_TRANSPORT_ENV = "BENCH_LLM_TRANSPORT"
 
 NOOP = "plain.noop"
 COLLECT = "plain.collect"
@@ -58,13 +66,59 @@ TEXT_STATS = {
 _client: OpenAI | None = None
 
 
+_looped: tuple[asyncio.AbstractEventLoop, AsyncOpenAI] | None = None
+_looped_lock = threading.Lock()
+
+
+def _base_url() -> str:
+    return os.environ.get(LLM_URL_ENV, "http://127.0.0.1:8000/v1")
+
+
 def llm_client() -> OpenAI:
     """One client per process, made on first use (after a prefork child is forked)."""
     global _client
     if _client is None:
-        base_url = os.environ.get(LLM_URL_ENV, "http://127.0.0.1:8000/v1")
-        _client = OpenAI(base_url=base_url, api_key="bench", max_retries=0, timeout=60.0)
+        _client = OpenAI(base_url=_base_url(), api_key="bench", max_retries=0, timeout=60.0)
     return _client
+
+
+def _loop_client() -> tuple[asyncio.AbstractEventLoop, AsyncOpenAI]:
+    """One event loop thread and one aiohttp ``AsyncOpenAI`` on it per process, made on
+    first use (after a prefork child is forked)."""
+    global _looped
+    with _looped_lock:
+        if _looped is None:
+            loop = asyncio.new_event_loop()
+            threading.Thread(target=loop.run_forever, name="llm-loop", daemon=True).start()
+
+            async def make() -> AsyncOpenAI:  # aiohttp wants its session made on its loop
+                return AsyncOpenAI(
+                    base_url=_base_url(),
+                    api_key="bench",
+                    max_retries=0,
+                    timeout=60.0,
+                    http_client=DefaultAioHttpClient(),
+                )
+
+            _looped = (loop, asyncio.run_coroutine_threadsafe(make(), loop).result())
+        return _looped
+
+
+def complete(messages: list[dict[str, Any]]) -> ChatCompletion:
+    """One chat completion with the agent loop's tool, on the process's transport."""
+    if os.environ.get(LLM_TRANSPORT_ENV) == "aiohttp":
+        loop, client = _loop_client()
+        call = client.chat.completions.create(
+            model="sim-1",
+            messages=messages,  # type: ignore[arg-type]
+            tools=[TEXT_STATS],  # type: ignore[list-item]
+        )
+        return asyncio.run_coroutine_threadsafe(call, loop).result()
+    return llm_client().chat.completions.create(
+        model="sim-1",
+        messages=messages,  # type: ignore[arg-type]
+        tools=[TEXT_STATS],  # type: ignore[list-item]
+    )
 
 
 def create_app(url: str) -> Celery:
@@ -90,11 +144,7 @@ def create_app(url: str) -> Celery:
     @app.task(name=LLM_STEP, shared=False)
     def llm_step(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """One LLM call on the conversation; the conversation with the answer appended."""
-        completion = llm_client().chat.completions.create(
-            model="sim-1",
-            messages=messages,  # type: ignore[arg-type]
-            tools=[TEXT_STATS],  # type: ignore[list-item]
-        )
+        completion = complete(messages)
         answer = completion.choices[0].message.model_dump(exclude_none=True)
         return [*messages, answer]
 

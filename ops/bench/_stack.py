@@ -253,13 +253,20 @@ class Bench:
             http.close()
 
     def start_plain(
-        self, url: str, pool: str = "prefork", concurrency: int = 2, queue: str = bench_plain.QUEUE
+        self,
+        url: str,
+        pool: str = "prefork",
+        concurrency: int = 2,
+        queue: str = bench_plain.QUEUE,
+        transport: str = "",
     ) -> Proc:
-        """A stock Celery worker for :mod:`ops.bench_plain` on database ``url``."""
+        """A stock Celery worker for :mod:`ops.bench_plain` on database ``url``; ``transport``
+        ``aiohttp``: its LLM calls go through one aiohttp event loop (else the sync SDK)."""
         env = {
             **self.stack.env(),
             bench_plain.URL_ENV: url,
             bench_plain.LLM_URL_ENV: f"{self.simulator_base}/v1",
+            bench_plain.LLM_TRANSPORT_ENV: transport,
         }
         argv = [
             sys.executable, "-m", "celery", "-A", "ops.bench_plain", "worker",

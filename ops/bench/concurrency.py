@@ -8,7 +8,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import redis
 
@@ -38,14 +38,19 @@ from ops.stack import Proc, StackError
 SLOW_LLM_S = 2.0
 #: Step 1 asks for one ``text_stats`` call (a fast tool); step 2 answers from its result.
 TWO_STEP_PROMPT = f'call text_stats {{"text": "x"}} [[latency:{SLOW_LLM_S:g}]]'
-#: The target: the effective concurrency of the best pool.
-TARGET_CONCURRENCY = 500.0
+#: The targets, against the floor (stock Celery making the same calls with the SDK's default
+#: client) in the same bench run: the best pool's effective concurrency at least this many
+#: times the floor's, with its own CPU per run at most this many times the floor's.
+TARGET_VS_FLOOR = 1.3
+TARGET_CPU_VS_FLOOR = 0.9
 
 #: What Celery logs when a task is put back with a countdown: ``... retry: Retry in 1.2s``.
 RETRY_LOG_LINE = re.compile(r" retry: Retry in (\d+(?:\.\d+)?)s")
 
 #: Section (c): the pool the floor runs its LLM calls on, the fleet's own at its size.
 PLAIN_CONCURRENCY_POOL = AgentsPool(FLEET_AGENTS_POOL, 500, 2)
+#: The floor's LLM transports: the SDK's default, then the best stock setup (aiohttp).
+FLOOR_TRANSPORTS = ("", "aiohttp")
 
 
 def concurrency_configs(sizes: Sizes) -> list[tuple[AgentsPool, int]]:
@@ -114,11 +119,17 @@ def measure(bench: Bench) -> list[ConcurrencyResult]:
     """Section (c): two-step runs at 2 s of LLM latency through each ``agents`` pool.
 
     With the threads pool, the same calls on stock Celery first: the floor of what they
-    cost on this machine (see :mod:`ops.bench_plain`).
+    cost on this machine (see :mod:`ops.bench_plain`), on the SDK's default client and on
+    an aiohttp event loop.
     """
-    results = []
+    results: list[ConcurrencyResult] = []
     if FLEET_AGENTS_POOL in bench.families:
-        results.append(_concurrency_plain(bench, PLAIN_CONCURRENCY_POOL, bench.sizes.runs_r))
+        results.extend(
+            _concurrency_plain(
+                bench, replace(PLAIN_CONCURRENCY_POOL, transport=t), bench.sizes.runs_r
+            )
+            for t in FLOOR_TRANSPORTS
+        )
     results.extend(
         _concurrency_one(bench, agents, runs)
         for config, runs in concurrency_configs(bench.sizes)
@@ -137,7 +148,11 @@ def _concurrency_plain(bench: Bench, agents: AgentsPool, runs: int) -> Concurren
     try:
         with bench.workers(procs):
             for _ in range(agents.processes):
-                procs.append(bench.start_plain(url, agents.pool, agents.concurrency))
+                procs.append(
+                    bench.start_plain(
+                        url, agents.pool, agents.concurrency, transport=agents.transport
+                    )
+                )
             procs.append(bench.start_plain(url, queue=bench_plain.TOOLS_QUEUE))
             bench.stack.wait_workers(app, len(procs), timeout=120)
             # Warm up like agentfleet's workers: clients, connections, pool children.
@@ -263,16 +278,15 @@ def _measure_concurrency(
 
 def _against_the_floor(results: Sequence[ConcurrencyResult]) -> str:
     """Each fleet configuration's effective concurrency and own CPU per run as a multiple of
-    the floor's in the same bench run."""
-    floor = next((r for r in results if r.config.startswith(PLAIN_LLM)), None)
-    if floor is None:
-        return ""
+    each floor's in the same bench run."""
+    floors = [r for r in results if r.config.startswith(PLAIN_LLM)]
     lines = [
-        f"{r.config}: effective concurrency "
-        f"{ratio(r.effective_concurrency, floor.effective_concurrency):.2f}x the floor's, "
+        f"{r.config} vs {floor.config}: effective concurrency "
+        f"{ratio(r.effective_concurrency, floor.effective_concurrency):.2f}x, "
         f"own CPU per run {ratio(r.fleet_ms_per_run, floor.fleet_ms_per_run):.2f}x"
+        for floor in floors
         for r in results
-        if r is not floor and not math.isnan(r.effective_concurrency)
+        if r not in floors and not math.isnan(r.effective_concurrency)
     ]
     return "".join(f"\n{line}" for line in ["", *lines]) if lines else ""
 
@@ -318,14 +332,18 @@ def report(results: Sequence[ConcurrencyResult]) -> str:
         rows,
     )
     text += _against_the_floor(results)
+    floor = next((r for r in results if r.config.startswith(PLAIN_LLM)), None)
     scored = [
         r
         for r in results
         if not math.isnan(r.effective_concurrency) and not r.config.startswith(PLAIN_LLM)
     ]
-    if scored:
+    if scored and floor is not None:
         best = max(scored, key=lambda r: r.effective_concurrency)
-        met = verdict(best.effective_concurrency >= TARGET_CONCURRENCY)
-        text += f"\n\nbest: {best.config}, effective concurrency "
-        text += f"{best.effective_concurrency:,.0f} (target >= {TARGET_CONCURRENCY:g}: {met})"
+        times = ratio(best.effective_concurrency, floor.effective_concurrency)
+        cpu = ratio(best.fleet_ms_per_run, floor.fleet_ms_per_run)
+        text += f"\n\nbest: {best.config}, effective concurrency {times:.2f}x the floor's "
+        text += f"(target >= {TARGET_VS_FLOOR:g}x: {verdict(times >= TARGET_VS_FLOOR)}), own "
+        text += f"CPU per run {cpu:.2f}x (target <= {TARGET_CPU_VS_FLOOR:g}x: "
+        text += f"{verdict(cpu <= TARGET_CPU_VS_FLOOR)})"
     return text
