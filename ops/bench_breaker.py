@@ -24,7 +24,12 @@ from pathlib import Path  # noqa: E402
 import gevent  # noqa: E402
 
 from agentfleet.tasks.llm import Target, call_chain, complete, get_guard  # noqa: E402
-from agentfleet.tasks.settings import ProviderConfig, Settings  # noqa: E402
+from agentfleet.tasks.settings import (  # noqa: E402
+    LlmSettings,
+    ProviderConfig,
+    RedisSettings,
+    Settings,
+)
 from ops.stack import Stack  # noqa: E402
 
 MESSAGES = [{"role": "user", "content": "hello"}]
@@ -47,7 +52,9 @@ def main(argv: list[str] | None = None) -> int:
         redis_url = stack.start_redis()
         sim = stack.start_simulator(latency=args.latency).removesuffix("/v1")
         provider = ProviderConfig(name="a", base_url=f"{sim}/p/a/v1", timeout=30)
-        settings = Settings(redis_url=redis_url, providers=[provider])
+        settings = Settings(
+            redis=RedisSettings(redis_url=redis_url), llm=LlmSettings(providers=[provider])
+        )
         chain = [Target("a", "sim-1")]
         guard = get_guard(settings, provider)
         call_chain(settings, chain, MESSAGES, [])  # warm up the client and scripts

@@ -159,9 +159,11 @@ def run_demo(client: Client, api_url: str, api_key: str) -> bool:
 
 def start_flower(stack: Stack, settings: Settings) -> str:
     """Flower for the demo fleet (basic auth, a fresh password unless one is configured)."""
-    configured = settings.flower_basic_auth
+    configured = settings.flower.flower_basic_auth
     auth = configured.get_secret_value() if configured else f"admin:{secrets.token_urlsafe(9)}"
-    port = settings.flower_port if "flower_port" in settings.model_fields_set else None
+    port = (
+        settings.flower.flower_port if "flower_port" in settings.flower.model_fields_set else None
+    )
     url = stack.start_flower(port=port, basic_auth=auth)
     shown = "from AGENTFLEET_FLOWER_BASIC_AUTH" if configured else auth.replace(":", " / ", 1)
     return f"Flower {url}  (basic auth: {shown})"
@@ -171,11 +173,11 @@ def connection_lines(settings: Settings) -> list[str]:
     """Where the fleet's Redis is, and the broker and result backend a ``send_task`` caller
     needs (passwords masked)."""
     roles = "run store, broker and result backend"
-    if settings.broker_url:
+    if settings.celery.broker_url:
         roles = "run store and result backend"
     broker, backend = maybe_sanitize_url(settings.broker), maybe_sanitize_url(settings.backend)
     return [
-        f"Redis {maybe_sanitize_url(settings.redis_url)}  ({roles})",
+        f"Redis {maybe_sanitize_url(settings.redis.redis_url)}  ({roles})",
         f'send_task: Celery(broker="{broker}", backend="{backend}")',
     ]
 
@@ -183,8 +185,8 @@ def connection_lines(settings: Settings) -> list[str]:
 def settings_lines(stack: Stack, settings: Settings) -> list[str]:
     """Which LLM the runs use; which of the user's settings pass through, which it overrode."""
     lines = []
-    if not settings.uses_simulator:
-        chain = ", ".join(f"{p.name} {p.base_url}" for p in settings.provider_list)
+    if not settings.llm.uses_simulator:
+        chain = ", ".join(f"{p.name} {p.base_url}" for p in settings.llm.provider_list)
         lines.append(f"LLM providers from your settings: {chain}")
     passed = sorted(set(stack.user_env) - stack.overridden)
     if passed:
@@ -196,7 +198,7 @@ def settings_lines(stack: Stack, settings: Settings) -> list[str]:
 
 def bring_up(stack: Stack, settings: Settings, workdir: Path) -> None:
     """Bring the demo fleet up and say where everything is."""
-    simulator = settings.uses_simulator
+    simulator = settings.llm.uses_simulator
     print(
         f"starting redis, {'the LLM simulator, ' if simulator else ''}"
         "workers (agents, tools, batch), API, Flower ..."

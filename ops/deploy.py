@@ -52,8 +52,8 @@ def shutdown_env(spec: PoolSpec) -> dict[str, str]:
 def grace_seconds(spec: PoolSpec, settings: Settings) -> int:
     """The stop grace period (``stop_grace_period``, ``terminationGracePeriodSeconds``)."""
     if spec.pool == "prefork":
-        return math.ceil(settings.worker_soft_shutdown_timeout + COLD_SHUTDOWN_MARGIN)
-    return math.ceil(settings.step_time_limit)
+        return math.ceil(settings.workers.worker_soft_shutdown_timeout + COLD_SHUTDOWN_MARGIN)
+    return math.ceil(settings.limits.step_time_limit)
 
 
 def ping_command(node: str, python: str = "python") -> list[str]:

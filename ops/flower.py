@@ -57,13 +57,15 @@ def command(
     settings: Settings, extra: Sequence[str] = (), python: str = sys.executable
 ) -> tuple[list[str], dict[str, str]]:
     """The argv and the environment additions that start Flower for ``settings``."""
-    if settings.flower_basic_auth is None and not _is_loopback(settings.flower_address):
+    if settings.flower.flower_basic_auth is None and not _is_loopback(
+        settings.flower.flower_address
+    ):
         raise FlowerConfigError(
-            f"refusing to serve Flower on {settings.flower_address!r} without "
+            f"refusing to serve Flower on {settings.flower.flower_address!r} without "
             "AGENTFLEET_FLOWER_BASIC_AUTH (user:password): its UI can revoke tasks and "
             "shut workers down"
         )
-    if settings.flower_read_only and not supports_read_only():
+    if settings.flower.flower_read_only and not supports_read_only():
         raise FlowerConfigError(
             "AGENTFLEET_FLOWER_READ_ONLY needs Flower 2.1 or later (its --read_only option)"
         )
@@ -74,15 +76,15 @@ def command(
         "-A",
         "agentfleet.workers",
         "flower",
-        f"--port={settings.flower_port}",
-        f"--address={settings.flower_address}",
+        f"--port={settings.flower.flower_port}",
+        f"--address={settings.flower.flower_address}",
     ]
-    if settings.flower_purge_offline_workers:
+    if settings.flower.flower_purge_offline_workers:
         # Autoscaled workers come and go; without this Flower lists every one forever.
-        argv.append(f"--purge_offline_workers={settings.flower_purge_offline_workers}")
-    env = {ENV_READ_ONLY: "true" if settings.flower_read_only else "false"}
-    if settings.flower_basic_auth is not None:
-        env[ENV_BASIC_AUTH] = settings.flower_basic_auth.get_secret_value()
+        argv.append(f"--purge_offline_workers={settings.flower.flower_purge_offline_workers}")
+    env = {ENV_READ_ONLY: "true" if settings.flower.flower_read_only else "false"}
+    if settings.flower.flower_basic_auth is not None:
+        env[ENV_BASIC_AUTH] = settings.flower.flower_basic_auth.get_secret_value()
     return [*argv, *extra], env
 
 

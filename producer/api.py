@@ -209,7 +209,9 @@ def list_runs(
         after = runlist.Cursor.decode(cursor) if cursor else None
     except InvalidRequest as exc:
         return _problem(422, exc.problems)
-    page = runlist.list_runs(store.redis, store.settings.key_prefix, tenant, query, limit, after)
+    page = runlist.list_runs(
+        store.redis, store.settings.redis.key_prefix, tenant, query, limit, after
+    )
     return {
         "runs": [run_view(run) for run in page.runs],
         "next_cursor": page.cursor.encode() if page.cursor else None,
@@ -222,7 +224,7 @@ def get_run_steps(run_id: str, store: StoreDep, settings: SettingsDep, tenant: T
     results, provider, model, worker, tokens, cost, cache hits, timing and deliveries; secrets
     redacted (``AGENTFLEET_REDACT_FIELDS``, ``AGENTFLEET_REDACT_PATTERNS``)."""
     run = _own_run(store, tenant, run_id)
-    redactor = Redactor(settings.redact_fields, settings.redact_patterns)
+    redactor = Redactor(settings.api.redact_fields, settings.api.redact_patterns)
     return steps.run_steps(store, run, redactor)
 
 
@@ -557,7 +559,7 @@ def get_usage(
 @router.get("/v1/providers", response_model=schemas.ProviderList)
 def list_providers(settings: SettingsDep) -> Any:
     """Breaker state, failures, time to half-open and limiter fill of every provider."""
-    return {"providers": [get_guard(settings, p).snapshot() for p in settings.provider_list]}
+    return {"providers": [get_guard(settings, p).snapshot() for p in settings.llm.provider_list]}
 
 
 @public.get("/healthz", response_model=schemas.Health, responses={503: {}})

@@ -31,7 +31,7 @@ def hash_key(key: str) -> str:
 
 
 def keys_hash(settings: Settings) -> str:
-    return keys.api_keys(settings.key_prefix)
+    return keys.api_keys(settings.redis.key_prefix)
 
 
 def create_key(client: redis.Redis, settings: Settings, tenant: str) -> str:
@@ -59,7 +59,7 @@ def tenant_of(client: redis.Redis, settings: Settings, key: str) -> str | None:
 
 def tenant_of_digest(client: redis.Redis, settings: Settings, digest: str) -> str | None:
     """The tenant of the key whose SHA-256 is ``digest``; None once it is revoked."""
-    configured = settings.api_keys.get(digest)
+    configured = settings.api.api_keys.get(digest)
     if configured is not None:
         return configured
     return cast(str | None, client.hget(keys_hash(settings), digest))

@@ -35,14 +35,14 @@ def _client(settings: Settings) -> aioredis.Redis:
     # One pool per event loop and URL; SSE connections block in XREAD, not in a thread.
     import asyncio
 
-    key = (id(asyncio.get_running_loop()), settings.redis_url)
+    key = (id(asyncio.get_running_loop()), settings.redis.redis_url)
     if key not in _clients:
         _clients[key] = aioredis.Redis.from_url(
-            settings.redis_url,
+            settings.redis.redis_url,
             decode_responses=True,
             socket_connect_timeout=5,
             socket_timeout=KEEPALIVE + 10,
-            max_connections=settings.redis_max_connections,
+            max_connections=settings.redis.redis_max_connections,
         )
     return _clients[key]
 
@@ -61,8 +61,8 @@ async def sse_stream(
     request: Request, settings: Settings, run_id: str, after: str
 ) -> AsyncIterator[str]:
     client = _client(settings)
-    run_key = keys.run(settings.key_prefix, run_id)
-    key = keys.run_events(settings.key_prefix, run_id)
+    run_key = keys.run(settings.redis.key_prefix, run_id)
+    key = keys.run_events(settings.redis.key_prefix, run_id)
     last = after
     yield "retry: 1000\n\n"
     while not await request.is_disconnected():

@@ -67,7 +67,7 @@ def run_once(
     if not key or len(key) > MAX_KEY_LENGTH:
         return _problem(422, f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters")
     digest = hashlib.sha256(key.encode()).hexdigest()
-    slot = Slot(keys.idempotency(store.settings.key_prefix, tenant, digest), fingerprint)
+    slot = Slot(keys.idempotency(store.settings.redis.key_prefix, tenant, digest), fingerprint)
     kept = cast(str | None, store.redis.get(slot.key))
     if kept is None:
         try:
@@ -86,7 +86,7 @@ def run_once(
 def _keep(store: RunStore, slot: Slot, response: JSONResponse) -> str | None:
     """Keep ``response`` as the key's answer unless one is kept already; that one, or None."""
     answer = slot.answer(response.status_code, json.loads(bytes(response.body)))
-    ttl = store.settings.idempotency_ttl
+    ttl = store.settings.api.idempotency_ttl
     return cast(str | None, store.redis.set(slot.key, answer, nx=True, ex=ttl, get=True))
 
 

@@ -171,14 +171,14 @@ class FleetCollector(Collector):
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.keys = MetricKeys(settings.key_prefix)
+        self.keys = MetricKeys(settings.redis.key_prefix)
         self.transport = transport_options(settings)
 
     def _broker(self) -> redis.Redis | None:
         url = self.settings.broker
         if not url.startswith(REDIS_SCHEMES):
             return None
-        if url == self.settings.redis_url:
+        if url == self.settings.redis.redis_url:
             return get_redis(self.settings)
         return get_redis(self.settings.model_copy(update={"redis_url": url}))
 
@@ -188,7 +188,7 @@ class FleetCollector(Collector):
 
     def _runs_and_providers(self) -> Iterator[Metric]:
         k = self.keys
-        providers = self.settings.provider_list
+        providers = self.settings.llm.provider_list
         pipe = get_redis(self.settings).pipeline(transaction=False)
         for key in (k.runs, k.run_seconds, k.step_seconds, k.llm, k.admission_denials, k.spend):
             pipe.hgetall(key)

@@ -91,7 +91,7 @@ class _Off(Exception):
 
 def _settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
-    if settings.ui_secret is None:
+    if settings.api.ui_secret is None:
         raise _Off
     return settings
 
@@ -187,7 +187,7 @@ async def login(request: Request) -> Response:
     response.set_cookie(
         COOKIE,
         cookie,
-        max_age=settings.ui_session_ttl,
+        max_age=settings.api.ui_session_ttl,
         path=_base(request),
         httponly=True,
         samesite="strict",
@@ -284,7 +284,12 @@ def _listing(request: Request, store: RunStore, session: Session) -> tuple[dict[
         context["problems"] = exc.problems
         return context, 400
     page = runlist.list_runs(
-        store.redis, store.settings.key_prefix, session.tenant, _query(values), PAGE_SIZE, after
+        store.redis,
+        store.settings.redis.key_prefix,
+        session.tenant,
+        _query(values),
+        PAGE_SIZE,
+        after,
     )
     now = time.time()
     context["runs"] = [_row(run_view(run), now) for run in page.runs]
@@ -322,7 +327,7 @@ def runs_rows(request: Request, store: StoreDep, session: PartSession) -> Respon
 
 def _run_context(request: Request, store: RunStore, record: RunRecord) -> dict[str, Any]:
     settings = store.settings
-    redactor = Redactor(settings.redact_fields, settings.redact_patterns)
+    redactor = Redactor(settings.api.redact_fields, settings.api.redact_patterns)
     view = run_view(record)
     # The explorer shows what the steps view shows: the answer and the error redacted too.
     for name in ("result", "result_text", "error"):
@@ -391,8 +396,8 @@ def providers_page(request: Request, store: StoreDep, session: PageSession) -> R
     settings = store.settings
     context = {
         "nav": "providers",
-        "providers": [get_guard(settings, p).snapshot() for p in settings.provider_list],
-        "changes": breaker_changes(store.redis, settings.key_prefix),
+        "providers": [get_guard(settings, p).snapshot() for p in settings.llm.provider_list],
+        "changes": breaker_changes(store.redis, settings.redis.key_prefix),
     }
     return _render(request, "providers.html", context, session)
 
@@ -408,7 +413,7 @@ def usage_page(request: Request, store: StoreDep, session: PageSession) -> Respo
         problem = {"title": "No such day", "message": message, "nav": "usage"}
         return _render(request, "error.html", problem, session, 400)
     report = spend.usage_report(store.redis, settings, session.tenant, day)
-    agents, complete = usage_by_agent(store.redis, settings.key_prefix, session.tenant, day)
+    agents, complete = usage_by_agent(store.redis, settings.redis.key_prefix, session.tenant, day)
     context: dict[str, Any] = {"nav": "usage", "report": report, "agents": agents}
     context |= {"complete": complete, "days": days, "day": day}
     return _render(request, "usage.html", context, session)

@@ -48,22 +48,22 @@ def _mac(secret: str, payload: str) -> str:
 
 def sign_in(client: redis.Redis, settings: Settings, key: str) -> str | None:
     """The session cookie of API key ``key``; None if the key is unknown."""
-    assert settings.ui_secret is not None
+    assert settings.api.ui_secret is not None
     tenant = tenant_of(client, settings, key)
     if tenant is None:
         return None
-    expires = time.time() + settings.ui_session_ttl
+    expires = time.time() + settings.api.ui_session_ttl
     payload = _b64(json.dumps([tenant, hash_key(key), expires]).encode())
-    return f"{payload}.{_mac(settings.ui_secret.get_secret_value(), payload)}"
+    return f"{payload}.{_mac(settings.api.ui_secret.get_secret_value(), payload)}"
 
 
 def session_of(client: redis.Redis, settings: Settings, cookie: str | None) -> Session | None:
     """The live session ``cookie`` carries; None if it is missing, forged, expired or its key
     was revoked."""
-    if not cookie or settings.ui_secret is None:
+    if not cookie or settings.api.ui_secret is None:
         return None
     payload, _, mac = cookie.partition(".")
-    if not hmac.compare_digest(mac, _mac(settings.ui_secret.get_secret_value(), payload)):
+    if not hmac.compare_digest(mac, _mac(settings.api.ui_secret.get_secret_value(), payload)):
         return None
     try:
         tenant, digest, expires = json.loads(_unb64(payload))

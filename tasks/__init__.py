@@ -21,9 +21,9 @@ def register_tasks(app: Celery, settings: Settings) -> None:
     from agentfleet.tasks.agents import load_agents
     from agentfleet.tasks.tools import load_tool_modules
 
-    load_tool_modules(settings.tool_modules)
+    load_tool_modules(settings.workers.tool_modules)
     # After the tools: an agent names its tools when it is declared.
-    load_agents(settings.agent_modules, settings.agent_files)
+    load_agents(settings.workers.agent_modules, settings.workers.agent_files)
     agent.register(app, settings)
     toolcall.register(app, settings)
     batch.register(app, settings)

@@ -168,7 +168,7 @@ class StepRunner:
             return self._fail(
                 claim.token,
                 "redelivery_limit",
-                f"step {self.step} was delivered more than {self.settings.max_redeliveries} "
+                f"step {self.step} was delivered more than {self.settings.limits.max_redeliveries} "
                 "times without finishing (workers lost while running it)",
             )
         if claim.outcome == StepOutcome.TERMINAL:
@@ -357,7 +357,7 @@ class StepRunner:
         """``messages`` within the run's context budget (:mod:`agentfleet.tasks.window`), and the
         usage of the call summarizing what was left out, if the run asks for summaries. What was
         left out is an event of the run (``context_trimmed``) and counted on its record."""
-        budget = run.context_budget or self.settings.default_context_budget
+        budget = run.context_budget or self.settings.runs.default_context_budget
         if not budget:
             return messages, []
         index = run.input_index
@@ -392,7 +392,7 @@ class StepRunner:
             previous, covered = None, 0
         request = window.summary_request(left_out[covered:], previous, max_tokens)
         chain = list(run.chain)
-        if model := self.settings.context_summary_model:
+        if model := self.settings.runs.context_summary_model:
             try:
                 chain = resolve_chain(self.settings, model)
             except RoutingError as exc:
@@ -412,14 +412,14 @@ class StepRunner:
         agent = agents.get(run.agent) if run.agent in agents else None
         if agent is not None and agent.output_repairs is not None:
             return agent.output_repairs
-        return self.settings.max_output_repairs
+        return self.settings.runs.max_output_repairs
 
     def _time_for_another_call(self, run: RunRecord) -> bool:
         """Whether one more call to the run's first provider fits in the step's soft limit."""
-        providers = {p.name: p for p in self.settings.provider_list}
+        providers = {p.name: p for p in self.settings.llm.provider_list}
         first = providers.get(run.chain[0].provider) if run.chain else None
         needed = first.timeout + first.connect_timeout if first else 0.0
-        return time.monotonic() + needed <= self.began + self.settings.step_soft_time_limit
+        return time.monotonic() + needed <= self.began + self.settings.limits.step_soft_time_limit
 
     def _call_llm(
         self,
@@ -443,7 +443,7 @@ class StepRunner:
             return completion, target
 
         # An identical call in flight is waited for as long as one call may take.
-        wait_s = max(self.began + self.settings.step_soft_time_limit - time.monotonic(), 0.0)
+        wait_s = max(self.began + self.settings.limits.step_soft_time_limit - time.monotonic(), 0.0)
         found = self.store.llm_cache.answer(run.tenant, key, run.cache_ttl, wait_s, call)
         if not found.hit:
             return found.completion, found.target, made[0]
@@ -477,7 +477,7 @@ class StepRunner:
         relay = TokenRelay(self.store, self.run_id, self.step) if stream else None
         # The threads pool enforces no time limit: the chain walk keeps the step within its
         # soft limit, so a step never outlives the time the visibility timeout allows it.
-        deadline = self.began + self.settings.step_soft_time_limit
+        deadline = self.began + self.settings.limits.step_soft_time_limit
         used = None
         try:
             completion, target = call_chain(
@@ -513,7 +513,7 @@ class StepRunner:
     ) -> spend.Reservation | None:
         """Check the run's budget and hold the call's estimate against its tenant's; the
         reservation to settle (None: the tenant has no budget)."""
-        tenant_budget = self.settings.tenant_budget(run.tenant)
+        tenant_budget = self.settings.tenants.tenant_budget(run.tenant)
         budget = self._budget_of(run)
         if budget.max_total_tokens is None and budget.max_cost is None and tenant_budget is None:
             return None
@@ -543,7 +543,7 @@ class StepRunner:
     def _spend(self, run: RunRecord, answered: Answered) -> list[dict[str, Any]] | None:
         """The tenant's spend of the step's calls, counted as the answer is applied; None when
         each call was settled against the tenant's budget already."""
-        if self.settings.tenant_budget(run.tenant) is not None:
+        if self.settings.tenants.tenant_budget(run.tenant) is not None:
             return None
         now = time.time()
         return [u.spend(self.settings, run.tenant, now) for u in answered.by_target()]
@@ -594,7 +594,7 @@ class StepRunner:
         for. Only a wait longer than ``max_provider_wait`` fails the run.
         """
         countdown = min(
-            max(exc.wait_s, 0.2) + random.uniform(0.1, 1.0), self.settings.max_retry_countdown
+            max(exc.wait_s, 0.2) + random.uniform(0.1, 1.0), self.settings.llm.max_retry_countdown
         )
         retry_at = datetime.now(UTC) + timedelta(seconds=countdown)
         waiting = {
@@ -605,7 +605,7 @@ class StepRunner:
         since = self.store.set_waiting(self.run_id, waiting)
         tracing.event("agentfleet.wait", waiting, prefix="agentfleet.wait.")
         waited = time.time() - since
-        if waited > self.settings.max_provider_wait:
+        if waited > self.settings.llm.max_provider_wait:
             return self._fail(
                 claim.token,
                 exc.code,
@@ -616,16 +616,16 @@ class StepRunner:
 
     def _retry_later(self, claim: StepClaim, exc: BaseException) -> dict[str, Any]:
         attempts = int(self.store.redis.hincrby(self.store.run_key(self.run_id), "llm_retries", 1))
-        if attempts > self.settings.llm_max_retries:
+        if attempts > self.settings.llm.llm_max_retries:
             cause = exc.message if isinstance(exc, RetryableProviderError) else "step timed out"
             return self._fail(
                 claim.token,
                 "provider_retries_exhausted",
                 f"gave up after {attempts - 1} retries: {cause}",
             )
-        backoff = self.settings.retry_backoff_base * 2 ** (attempts - 1)
+        backoff = self.settings.llm.retry_backoff_base * 2 ** (attempts - 1)
         asked = exc.retry_after if isinstance(exc, RetryableProviderError) else None
-        countdown = min(max(backoff, asked or 0.0), self.settings.max_retry_countdown)
+        countdown = min(max(backoff, asked or 0.0), self.settings.llm.max_retry_countdown)
         countdown *= random.uniform(1.0, 1.25)  # jitter: retries of many runs do not align
         log.warning("run %s step %d: %s; retry in %.1fs", self.run_id, self.step, exc, countdown)
         retry = {"countdown_s": countdown, "attempt": attempts}
@@ -840,8 +840,8 @@ def fan_out(app: Celery, run_id: str, calls: list[Signature], next_step: Signatu
 def register(app: Celery, settings: Settings) -> None:
     """Register the run entry task and the step task on ``app``."""
     limits = {
-        "soft_time_limit": settings.step_soft_time_limit,
-        "time_limit": settings.step_time_limit,
+        "soft_time_limit": settings.limits.step_soft_time_limit,
+        "time_limit": settings.limits.step_time_limit,
         "max_retries": None,  # retry budgets are kept per run (llm_retries), not per message
         # How a run that did not succeed ends: logged at INFO without a traceback, not an error
         # of the worker, while its state and task event still say FAILURE.

@@ -44,7 +44,7 @@ _UNSUCCESSFUL = frozenset({ToolCallStatus.FAILED, ToolCallStatus.CANCELLED})
 
 
 def batch_key(store: RunStore, batch_id: str) -> str:
-    return keys.batch(store.settings.key_prefix, batch_id)
+    return keys.batch(store.settings.redis.key_prefix, batch_id)
 
 
 def batch_record(store: RunStore, batch_id: str) -> BatchRecord | None:
@@ -87,7 +87,9 @@ def item_signature(app: Celery, settings: Settings, item: str, call: ToolCallRec
 def items_of(store: RunStore, batch_id: str, start: int = 0, stop: int = -1) -> list[str]:
     return cast(
         list[str],
-        store.redis.lrange(keys.batch_items(store.settings.key_prefix, batch_id), start, stop),
+        store.redis.lrange(
+            keys.batch_items(store.settings.redis.key_prefix, batch_id), start, stop
+        ),
     )
 
 

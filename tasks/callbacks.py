@@ -64,7 +64,7 @@ def register(app: Celery, settings: Settings) -> None:
         store = get_store(settings)
         key = store.run_key(ident) if kind == "run" else batch_key(store, ident)
         record = store.get_run(ident) if kind == "run" else batch_record(store, ident)
-        if record is None or not record.callback_url or settings.callback_secret is None:
+        if record is None or not record.callback_url or settings.api.callback_secret is None:
             return {"delivered": False, "reason": "no callback URL or no secret"}
         url = record.callback_url
         view = run_view(record) if isinstance(record, RunRecord) else batch_view(store, record)
@@ -73,13 +73,13 @@ def register(app: Celery, settings: Settings) -> None:
         body = json.dumps(view, separators=(",", ":")).encode()
         headers = {
             "Content-Type": "application/json",
-            SIGNATURE_HEADER: sign(settings.callback_secret.get_secret_value(), body),
+            SIGNATURE_HEADER: sign(settings.api.callback_secret.get_secret_value(), body),
             EVENT_HEADER: f"{kind}.{view['status']}",
         }
         attempt = self.request.retries + 1
         try:
             response = httpx.post(
-                url, content=body, headers=headers, timeout=settings.callback_timeout
+                url, content=body, headers=headers, timeout=settings.api.callback_timeout
             )
             failure = None if response.is_success else f"HTTP {response.status_code}"
         except httpx.HTTPError as exc:
@@ -89,7 +89,7 @@ def register(app: Celery, settings: Settings) -> None:
         )
         if failure is None:
             return {"delivered": True, "attempts": attempt}
-        if attempt >= settings.callback_max_attempts:
+        if attempt >= settings.api.callback_max_attempts:
             log.warning(
                 "callback of %s %s gave up after %d attempts: %s", kind, ident, attempt, failure
             )

@@ -164,12 +164,12 @@ def start_children(
 
 
 def _limit_problem(settings: Settings, run: RunRecord, position: int, in_tree: int) -> str | None:
-    if run.depth + 1 > settings.children_max_depth:
-        return f"sub-agent runs may nest {settings.children_max_depth} levels deep"
-    if position >= settings.children_max_per_step:
-        return f"a step may start {settings.children_max_per_step} sub-agent runs"
-    if in_tree >= settings.children_max_per_tree:
-        return f"a run may have {settings.children_max_per_tree} sub-agent runs below it"
+    if run.depth + 1 > settings.runs.children_max_depth:
+        return f"sub-agent runs may nest {settings.runs.children_max_depth} levels deep"
+    if position >= settings.runs.children_max_per_step:
+        return f"a step may start {settings.runs.children_max_per_step} sub-agent runs"
+    if in_tree >= settings.runs.children_max_per_tree:
+        return f"a run may have {settings.runs.children_max_per_tree} sub-agent runs below it"
     return None
 
 
@@ -181,7 +181,7 @@ def _link(
     written: list[tuple[str, RunRequest, list[str], list[Any]]],
 ) -> None:
     """Record the children on their parent, their tree and their calls' records."""
-    p, ttl = store.settings.key_prefix, store.settings.run_ttl
+    p, ttl = store.settings.redis.key_prefix, store.settings.retention.run_ttl
     children = keys.run_children(p, run.id)
     pipe = store.redis.pipeline(transaction=False)
     for child_id, request, _, _ in written:
@@ -235,7 +235,7 @@ def report(store: RunStore, record: RunRecord) -> dict[str, Any]:
 
 def children_of(store: RunStore, run_id: str) -> list[str]:
     """The IDs of a run's child runs."""
-    found = store.redis.smembers(keys.run_children(store.settings.key_prefix, run_id))
+    found = store.redis.smembers(keys.run_children(store.settings.redis.key_prefix, run_id))
     return sorted(cast(set[str], found))
 
 

@@ -66,19 +66,19 @@ return dropped
 
 
 def nodes_key(settings: Settings) -> str:
-    return keys.fleet_nodes(settings.key_prefix)
+    return keys.fleet_nodes(settings.redis.key_prefix)
 
 
 def node_key(settings: Settings, node: str) -> str:
-    return keys.fleet_node(settings.key_prefix, node)
+    return keys.fleet_node(settings.redis.key_prefix, node)
 
 
 def schema_key(settings: Settings, schema_hash: str) -> str:
-    return keys.fleet_schema(settings.key_prefix, schema_hash)
+    return keys.fleet_schema(settings.redis.key_prefix, schema_hash)
 
 
 def record_ttl_ms(settings: Settings) -> int:
-    return int(settings.node_publish_interval * TTL_INTERVALS * 1000)
+    return int(settings.workers.node_publish_interval * TTL_INTERVALS * 1000)
 
 
 @dataclass(frozen=True)
@@ -184,7 +184,7 @@ def publish(
         pipe.set(schema_key(settings, tool.schema_hash), schema, px=ttl)
     for agent in agents:
         definition = json.dumps(agent.describe())
-        pipe.set(keys.fleet_agent(settings.key_prefix, agent.digest), definition, px=ttl)
+        pipe.set(keys.fleet_agent(settings.redis.key_prefix, agent.digest), definition, px=ttl)
     pipe.eval(_PRUNE, 1, nodes_key(settings), node_key(settings, ""))
     pipe.execute()
 
@@ -211,7 +211,7 @@ def definitions(client: redis.Redis, settings: Settings, digests: list[str]) -> 
     """``{digest: definition}`` of the agents of ``digests`` still stored."""
     if not digests:
         return {}
-    raw = client.mget([keys.fleet_agent(settings.key_prefix, d) for d in digests])
+    raw = client.mget([keys.fleet_agent(settings.redis.key_prefix, d) for d in digests])
     found = cast(list[str | None], raw)
     return {d: json.loads(r) for d, r in zip(digests, found, strict=True) if r is not None}
 
@@ -238,7 +238,7 @@ class Publisher(threading.Thread):
         publish(get_redis(self.settings), self.settings, record, tools, declared)
 
     def run(self) -> None:
-        interval = self.settings.node_publish_interval
+        interval = self.settings.workers.node_publish_interval
         while True:
             try:
                 self.publish_once()

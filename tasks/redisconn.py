@@ -31,7 +31,7 @@ WORKER_CONNECT_TIMEOUT = 5.0
 #: Seconds this process's clients keep retrying a lost connection before raising (0: never),
 #: or None in a process that is not a worker. Workers set it at start (agentfleet.workers.signals),
 #: so a task waits for a restarting Redis instead of failing halfway through a step; the API leaves
-#: it unset and answers 503 within ``Settings.api_redis_timeout``.
+#: it unset and answers 503 within ``Settings.api.api_redis_timeout``.
 _outage_wait: float | None = None
 
 
@@ -47,8 +47,8 @@ def _patience(settings: Settings) -> dict[str, Any]:
         # The API: a paused Redis (SIGSTOP, a stalled host) still accepts connections and
         # never answers; the caller gets its 503 after one short wait, without retries.
         return {
-            "socket_timeout": settings.api_redis_timeout,
-            "socket_connect_timeout": settings.api_redis_timeout,
+            "socket_timeout": settings.api.api_redis_timeout,
+            "socket_connect_timeout": settings.api.api_redis_timeout,
         }
     timeouts = {
         "socket_timeout": WORKER_SOCKET_TIMEOUT,
@@ -62,21 +62,21 @@ def _patience(settings: Settings) -> dict[str, Any]:
 
 
 def get_redis(settings: Settings, *, decode: bool = True) -> redis.Redis:
-    """A client for ``settings.redis_url``, created lazily in each process.
+    """A client for ``settings.redis.redis_url``, created lazily in each process.
 
     The pool blocks (up to 10 s) rather than failing when every connection is busy: a gevent
     worker runs hundreds of steps at once and redis-py's default pool caps at 100.
     ``decode=False`` gives a client returning bytes, which pybreaker's Redis storage needs.
     """
-    key = (os.getpid(), settings.redis_url, decode)
+    key = (os.getpid(), settings.redis.redis_url, decode)
     client = _clients.get(key)
-    if client is None and is_sentinel(settings.redis_url):
+    if client is None and is_sentinel(settings.redis.redis_url):
         client = _sentinel_master(settings, decode)
         _clients[key] = client
     if client is None:
         pool = redis.BlockingConnectionPool.from_url(
-            settings.redis_url,
-            max_connections=settings.redis_max_connections,
+            settings.redis.redis_url,
+            max_connections=settings.redis.redis_max_connections,
             timeout=10,
             decode_responses=decode,
             health_check_interval=25,
@@ -110,22 +110,22 @@ def parse_sentinel_url(url: str) -> tuple[list[tuple[str, int]], str | None, int
 def _sentinel_master(settings: Settings, decode: bool) -> redis.Redis:
     # The master is looked up through the Sentinels on every new connection, so a
     # failover moves the run store along with the broker and the result backend.
-    hosts, password, db = parse_sentinel_url(settings.redis_url)
-    secret = settings.redis_sentinel_password
+    hosts, password, db = parse_sentinel_url(settings.redis.redis_url)
+    secret = settings.redis.redis_sentinel_password
     sentinel = Sentinel(
         hosts,
         sentinel_kwargs={"password": secret.get_secret_value()} if secret else None,
         socket_timeout=5,
         socket_connect_timeout=5,
     )
-    assert settings.redis_sentinel_master  # Settings refuses sentinel:// without it
+    assert settings.redis.redis_sentinel_master  # Settings refuses sentinel:// without it
     client: redis.Redis = sentinel.master_for(
-        settings.redis_sentinel_master,
+        settings.redis.redis_sentinel_master,
         db=db,
         password=password,
         decode_responses=decode,
         health_check_interval=25,
-        max_connections=settings.redis_max_connections,
+        max_connections=settings.redis.redis_max_connections,
         **_patience(settings),
     )
     return client

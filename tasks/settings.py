@@ -3,8 +3,10 @@
 Every process (API, workers, CLI, demo) builds its configuration from :class:`Settings`, so an
 impossible combination of time limits fails at start-up instead of surfacing as a duplicated
 run an hour later, and a misspelt variable is named at start-up (:func:`unknown_variables`)
-instead of being ignored in silence. Every field is listed in docs/configuration.md
-(``python -m ops.config_reference`` writes that table from this class).
+instead of being ignored in silence. The settings come in groups (``settings.redis``,
+``settings.limits``, ...: :data:`GROUPS`), but the variables are flat: field ``x`` of any group is
+read from ``AGENTFLEET_X``. Every field is listed in docs/configuration.md, one table per group
+(``python -m ops.config_reference`` writes those tables from this class).
 """
 
 from __future__ import annotations
@@ -20,10 +22,20 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from pathlib import Path
-from typing import Annotated, Final, Literal, Self
+from typing import Annotated, Any, Final, Literal, Self
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    create_model,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -206,48 +218,33 @@ class ProviderConfig(BaseModel):
         return self.prices.get(model)
 
 
-#: The variables :meth:`Settings.from_environ` reads instead of ``os.environ``.
-_ENVIRON: ContextVar[Mapping[str, str] | None] = ContextVar("agentfleet_environ", default=None)
+def _split_commas(value: object) -> object:
+    """``"a, b,"`` -> ``["a", "b"]``; a list passes through."""
+    if isinstance(value, str):
+        return [m.strip() for m in value.split(",") if m.strip()]
+    return value
 
 
-class _MappingSource(EnvSettingsSource):
-    """pydantic-settings' environment source (its parsing, prefix and case rules) over a given
-    mapping instead of ``os.environ``."""
-
-    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
-        self._environ = environ
-        super().__init__(settings_cls)
-
-    def _load_env_vars(self) -> Mapping[str, str | None]:
-        # EnvSettingsSource.__init__ reads os.environ through this method; tests/test_config.py
-        # fails if a pydantic-settings release stops calling it.
-        return {
-            name if self.case_sensitive else name.lower(): value
-            for name, value in self._environ.items()
-            if value or not self.env_ignore_empty
-        }
+#: A list given as comma-separated text (``AGENTFLEET_TOOL_MODULES=a,b``), not as JSON.
+_CommaList = Annotated[list[str], NoDecode, BeforeValidator(_split_commas)]
+_CommaPaths = Annotated[list[Path], NoDecode, BeforeValidator(_split_commas)]
 
 
-class Settings(BaseSettings):
-    """Fleet configuration. Field ``x`` is read from ``AGENTFLEET_X``."""
+class _Group(BaseModel):
+    """A group of settings, one attribute of :class:`Settings`; its field ``x`` is read from
+    ``AGENTFLEET_X`` (the variable names no group). A field it does not have is refused."""
 
-    # An empty variable counts as unset: deployment files pass optional ones as ${VAR:-}.
-    model_config = SettingsConfigDict(
-        env_prefix="AGENTFLEET_", extra="ignore", frozen=True, env_ignore_empty=True
-    )
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
-    # --- Redis -------------------------------------------------------------------------
+
+class RedisSettings(_Group):
+    """The run store's Redis: where it is, how processes connect, the prefix of its keys."""
+
+    model_config = ConfigDict(title="Redis")
+
     redis_url: str = Field(
         default="redis://127.0.0.1:6379/0",
         description="The run store; also the broker and result backend unless set apart.",
-    )
-    broker_url: str | None = Field(
-        default=None,
-        description="Celery broker: redis://, rediss://, sentinel://, amqp://, amqps:// or "
-        "pyamqp://; unset = redis_url.",
-    )
-    result_backend: str | None = Field(
-        default=None, description="Celery result backend; unset = redis_url."
     )
     key_prefix: str = Field(
         default="af", description="Prefix of every Redis key agentfleet writes."
@@ -268,20 +265,59 @@ class Settings(BaseSettings):
         description="Seconds a worker keeps retrying an unreachable Redis before failing the "
         "task it is running; the API does not wait (503).",
     )
-    api_redis_timeout: float = Field(
-        default=1.0,
-        gt=0,
-        description="Seconds the API waits for a Redis reply (run store or publish) before "
-        "answering 503.",
+
+
+class CelerySettings(_Group):
+    """Celery's broker and result backend, and how long a message may stay unacknowledged."""
+
+    model_config = ConfigDict(title="Celery broker and result backend")
+
+    broker_url: str | None = Field(
+        default=None,
+        description="Celery broker: redis://, rediss://, sentinel://, amqp://, amqps:// or "
+        "pyamqp://; unset = redis_url.",
     )
-    pending_ttl: float = Field(
-        default=60.0,
+    result_backend: str | None = Field(
+        default=None, description="Celery result backend; unset = redis_url."
+    )
+    result_expires: int = Field(
+        default=7 * 24 * 3600, gt=0, description="Seconds Celery results are kept."
+    )
+    visibility_timeout: int = Field(
+        default=3600,
         gt=0,
-        description="Seconds a POST's records wait, written but not accepted, for the API's "
-        "last write; workers hold its messages that long, then drop them.",
+        description="Seconds before Redis hands an unacknowledged message to another worker; "
+        "the same on every process of a broker.",
+    )
+    visibility_margin: float = Field(
+        default=60.0,
+        ge=0,
+        description="Slack between the longest a message may stay unacked and the timeout.",
+    )
+    broker_consumer_timeout: float = Field(
+        default=1800.0,
+        gt=0,
+        description="RabbitMQ's consumer_timeout (s) as configured on the broker: how long it "
+        "lets a delivery stay unacknowledged. Checked against the hard time limits.",
+    )
+    unacked_restore_interval: int = Field(
+        default=10,
+        ge=1,
+        description="Seconds between a worker's checks for messages past the visibility timeout "
+        "(kombu's Redis transport option).",
+    )
+    unacked_restore_throttle: int = Field(
+        default=10,
+        ge=1,
+        description="Only every Nth check scans Redis: a sweep every interval x throttle seconds.",
     )
 
-    # --- LLM provider --------------------------------------------------------------------
+
+class LlmSettings(_Group):
+    """The LLM providers: one from ``llm_base_url`` or a list, model aliases, retries and waits."""
+
+    model_config = ConfigDict(title="LLM providers")
+
     llm_base_url: str | None = Field(
         default=None,
         description="OpenAI-compatible endpoint; unset (and no providers) = the simulator.",
@@ -291,12 +327,6 @@ class Settings(BaseSettings):
     llm_prices: dict[str, ModelPrice] = Field(
         default_factory=dict,
         description="Prices of the provider made from llm_base_url (providers carry their own).",
-    )
-    budget_completion_estimate: int = Field(
-        default=512,
-        ge=1,
-        description="Completion tokens a budgeted LLM call reserves when its max_tokens is "
-        "unset (the actual usage is settled after the call).",
     )
     llm_timeout: float = Field(default=60.0, gt=0, description="Per-request read timeout (s).")
     llm_connect_timeout: float = Field(
@@ -338,7 +368,58 @@ class Settings(BaseSettings):
         default=300.0, gt=0, description="Longest wait (s) before a step is tried again."
     )
 
-    # --- Time limits (seconds) -----------------------------------------------------------
+    @property
+    def provider_list(self) -> list[ProviderConfig]:
+        """The configured providers, or one built from the single-provider settings."""
+        if self.providers:
+            return list(self.providers)
+        if self.providers_file is not None:
+            return list(_providers_in(self.providers_file))
+        return list(self._default_provider)
+
+    @cached_property
+    def _default_provider(self) -> tuple[ProviderConfig, ...]:
+        return (
+            ProviderConfig(
+                name="default",
+                base_url=self.llm_endpoint,
+                api_key_env="AGENTFLEET_LLM_API_KEY" if self.llm_api_key else None,
+                default_model=self.llm_model,
+                prices=self.llm_prices,
+                timeout=self.llm_timeout,
+                connect_timeout=self.llm_connect_timeout,
+            ),
+        )
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        copied = super().model_copy(update=update, deep=deep)
+        # A copy shares the cached default provider, which the update may have made stale.
+        copied.__dict__.pop("_default_provider", None)
+        return copied
+
+    @property
+    def uses_simulator(self) -> bool:
+        """True when no provider is configured, so LLM calls go to the simulator."""
+        return not (self.providers or self.providers_file or self.llm_base_url)
+
+    @property
+    def llm_endpoint(self) -> str:
+        """The provider URL in force: the configured one, else the simulator."""
+        if self.llm_base_url:
+            return self.llm_base_url
+        return self.simulator_url
+
+    @property
+    def llm_key(self) -> str:
+        # The SDK refuses to build a client without a key; the simulator ignores it.
+        return self.llm_api_key.get_secret_value() if self.llm_api_key else "simulator"
+
+
+class LimitSettings(_Group):
+    """Time limits of steps and tool calls (seconds), and how lost or stalled work is recovered."""
+
+    model_config = ConfigDict(title="Time limits and recovery")
+
     step_soft_time_limit: float = Field(
         default=90.0, gt=0, description="Soft limit of an LLM step."
     )
@@ -347,40 +428,6 @@ class Settings(BaseSettings):
         default=50.0, gt=0, description="Soft limit of a tool call; @tool(timeout=) overrides it."
     )
     tool_time_limit: float = Field(default=60.0, gt=0, description="Hard limit of a tool call.")
-    visibility_timeout: int = Field(
-        default=3600,
-        gt=0,
-        description="Seconds before Redis hands an unacknowledged message to another worker; "
-        "the same on every process of a broker.",
-    )
-    visibility_margin: float = Field(
-        default=60.0,
-        ge=0,
-        description="Slack between the longest a message may stay unacked and the timeout.",
-    )
-    broker_consumer_timeout: float = Field(
-        default=1800.0,
-        gt=0,
-        description="RabbitMQ's consumer_timeout (s) as configured on the broker: how long it "
-        "lets a delivery stay unacknowledged. Checked against the hard time limits.",
-    )
-    unacked_restore_interval: int = Field(
-        default=10,
-        ge=1,
-        description="Seconds between a worker's checks for messages past the visibility timeout "
-        "(kombu's Redis transport option).",
-    )
-    unacked_restore_throttle: int = Field(
-        default=10,
-        ge=1,
-        description="Only every Nth check scans Redis: a sweep every interval x throttle seconds.",
-    )
-    worker_soft_shutdown_timeout: float = Field(
-        default=45.0,
-        ge=0,
-        description="Seconds running tasks get after a (remapped) SIGTERM before they are "
-        "cancelled and requeued.",
-    )
     chord_recovery_delay: float = Field(
         default=30.0,
         gt=0,
@@ -403,85 +450,12 @@ class Settings(BaseSettings):
         default=15.0, gt=0, description="Seconds between the watchdog's sweeps (fleet-wide)."
     )
 
-    redact_fields: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: list(DEFAULT_REDACT_FIELDS),
-        description="Comma-separated JSON keys whose values the run views show as [redacted] "
-        "(compared without case, - and _).",
-    )
-    redact_patterns: list[str] = Field(
-        default_factory=lambda: list(DEFAULT_REDACT_PATTERNS),
-        description="JSON list of regular expressions whose matches the run views show as "
-        "[redacted].",
-    )
 
-    # --- Tenants, API keys, the producer surface -----------------------------------------
-    api_keys: dict[str, str] = Field(
-        default_factory=dict,
-        description="API keys given hashed: {sha256 hex of the key: tenant}; more live in Redis.",
-    )
-    tenant_max_in_flight: int = Field(
-        default=0, ge=0, description="Runs of one tenant running at once; 0 = no cap."
-    )
-    tenant_limits: dict[str, int] = Field(
-        default_factory=dict, description="Per-tenant caps overriding tenant_max_in_flight."
-    )
-    tenant_budgets: dict[str, TenantBudget] = Field(
-        default_factory=dict,
-        description='Per-tenant daily budgets (UTC days): {"tenant": {"tokens_per_day": N, '
-        '"cost_per_day": USD}}; "*" applies to tenants not named.',
-    )
-    tenant_no_transcript: Annotated[list[str], NoDecode] = Field(
-        default_factory=list,
-        description="Comma-separated tenants whose transcripts do not outlive their runs in "
-        "Redis ('*': every tenant): a run's messages, summary and tool arguments and results "
-        "are deleted when it ends, its result kept; its steps show no messages; no LLM or tool "
-        "cache, thread or stream (docs/api.md, 'Tenants that keep no transcripts').",
-    )
-    idempotency_ttl: int = Field(
-        default=24 * 3600, gt=0, description="Seconds an Idempotency-Key keeps its answer."
-    )
-    max_batch_items: int = Field(default=10_000, ge=1, description="Items per batch, at most.")
-    events_max_len: int = Field(
-        default=10_000, ge=100, description="Events kept per run (oldest trimmed first)."
-    )
-    stream_flush_interval: float = Field(
-        default=0.1, gt=0, description="Seconds between writes of streamed token deltas."
-    )
-    callback_secret: SecretStr | None = Field(
-        default=None,
-        description="HMAC-SHA256 key signing completion callbacks; unset = a callback_url is "
-        "refused (422).",
-    )
-    callback_max_attempts: int = Field(
-        default=8, ge=1, description="Deliveries of a completion callback, at most."
-    )
-    callback_timeout: float = Field(
-        default=10.0, gt=0, description="Seconds one callback delivery may take."
-    )
+class RunSettings(_Group):
+    """Limits on what callers may ask of a run, and the defaults of what they leave out."""
 
-    # --- Retention -----------------------------------------------------------------------
-    result_expires: int = Field(
-        default=7 * 24 * 3600, gt=0, description="Seconds Celery results are kept."
-    )
-    run_ttl: int = Field(
-        default=7 * 24 * 3600,
-        gt=0,
-        description="Seconds a run's record, transcript and events are kept.",
-    )
+    model_config = ConfigDict(title="What a run may ask for")
 
-    thread_ttl: int = Field(
-        default=30 * 24 * 3600,
-        gt=0,
-        description="Seconds a thread's history is kept after its last run.",
-    )
-    thread_max_turns: int = Field(
-        default=50,
-        ge=1,
-        le=10_000,
-        description="Turns (runs) a thread's history keeps; the oldest go first, whole.",
-    )
-
-    # --- Limits on what callers may ask for ----------------------------------------------
     default_max_steps: int = Field(
         default=10, ge=1, description="max_steps of a run that names none."
     )
@@ -531,34 +505,131 @@ class Settings(BaseSettings):
         description="Times an answer that does not match the output schema is sent back to "
         "the model before the run fails with output_invalid (an agent may set its own).",
     )
+    stream_flush_interval: float = Field(
+        default=0.1, gt=0, description="Seconds between writes of streamed token deltas."
+    )
 
-    # --- Tools ---------------------------------------------------------------------------
-    tool_modules: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="Comma-separated modules whose @tool functions load."
-    )
-    agent_modules: Annotated[list[str], NoDecode] = Field(
-        default_factory=list,
-        description="Comma-separated modules whose Agent(...) declarations load.",
-    )
-    agent_files: Annotated[list[Path], NoDecode] = Field(
-        default_factory=list, description="Comma-separated YAML or JSON files of declared agents."
-    )
-    node_publish_interval: float = Field(
-        default=5.0,
+
+class RetentionSettings(_Group):
+    """How long runs, their events and threads are kept in Redis."""
+
+    model_config = ConfigDict(title="Retention")
+
+    run_ttl: int = Field(
+        default=7 * 24 * 3600,
         gt=0,
-        description="Seconds between a worker's publishes of the tools it has registered; "
-        "a record not refreshed for three intervals expires.",
+        description="Seconds a run's record, transcript and events are kept.",
+    )
+    events_max_len: int = Field(
+        default=10_000, ge=100, description="Events kept per run (oldest trimmed first)."
+    )
+    thread_ttl: int = Field(
+        default=30 * 24 * 3600,
+        gt=0,
+        description="Seconds a thread's history is kept after its last run.",
+    )
+    thread_max_turns: int = Field(
+        default=50,
+        ge=1,
+        le=10_000,
+        description="Turns (runs) a thread's history keeps; the oldest go first, whole.",
     )
 
-    # --- Logs ----------------------------------------------------------------------------
-    log_level: str = Field(
-        default="INFO", description="Level of workers and the API; unset = a worker's -l."
+
+class TenantSettings(_Group):
+    """Per-tenant caps, daily budgets and transcript keeping."""
+
+    model_config = ConfigDict(title="Tenants")
+
+    tenant_max_in_flight: int = Field(
+        default=0, ge=0, description="Runs of one tenant running at once; 0 = no cap."
     )
-    log_format: Literal["text", "json"] = Field(
-        default="text", description="json: one JSON object per line, with run and task IDs."
+    tenant_limits: dict[str, int] = Field(
+        default_factory=dict, description="Per-tenant caps overriding tenant_max_in_flight."
+    )
+    tenant_budgets: dict[str, TenantBudget] = Field(
+        default_factory=dict,
+        description='Per-tenant daily budgets (UTC days): {"tenant": {"tokens_per_day": N, '
+        '"cost_per_day": USD}}; "*" applies to tenants not named.',
+    )
+    tenant_no_transcript: _CommaList = Field(
+        default_factory=list,
+        description="Comma-separated tenants whose transcripts do not outlive their runs in "
+        "Redis ('*': every tenant): a run's messages, summary and tool arguments and results "
+        "are deleted when it ends, its result kept; its steps show no messages; no LLM or tool "
+        "cache, thread or stream (docs/api.md, 'Tenants that keep no transcripts').",
+    )
+    budget_completion_estimate: int = Field(
+        default=512,
+        ge=1,
+        description="Completion tokens a budgeted LLM call reserves when its max_tokens is "
+        "unset (the actual usage is settled after the call).",
     )
 
-    # --- Flower (python -m ops.flower) ---------------------------------------------------
+    def tenant_cap(self, tenant: str) -> int:
+        """Runs ``tenant`` may have running at once; 0 = no cap."""
+        return self.tenant_limits.get(tenant, self.tenant_max_in_flight)
+
+    def keeps_transcripts(self, tenant: str) -> bool:
+        """Whether ``tenant``'s transcripts stay in Redis after their runs end (until
+        ``retention.run_ttl``); see ``tenant_no_transcript``."""
+        return not ({tenant, "*"} & set(self.tenant_no_transcript))
+
+    def tenant_budget(self, tenant: str) -> TenantBudget | None:
+        """``tenant``'s daily budget (its own, else ``"*"``); None when it has none."""
+        budget = self.tenant_budgets.get(tenant) or self.tenant_budgets.get("*")
+        if budget is None or (budget.tokens_per_day is None and budget.cost_per_day is None):
+            return None
+        return budget
+
+
+class ApiSettings(_Group):
+    """The HTTP API: its keys and Redis timeouts, idempotency, batches, callbacks, redaction,
+    the run explorer."""
+
+    model_config = ConfigDict(title="API, callbacks and run explorer")
+
+    api_keys: dict[str, str] = Field(
+        default_factory=dict,
+        description="API keys given hashed: {sha256 hex of the key: tenant}; more live in Redis.",
+    )
+    api_redis_timeout: float = Field(
+        default=1.0,
+        gt=0,
+        description="Seconds the API waits for a Redis reply (run store or publish) before "
+        "answering 503.",
+    )
+    pending_ttl: float = Field(
+        default=60.0,
+        gt=0,
+        description="Seconds a POST's records wait, written but not accepted, for the API's "
+        "last write; workers hold its messages that long, then drop them.",
+    )
+    idempotency_ttl: int = Field(
+        default=24 * 3600, gt=0, description="Seconds an Idempotency-Key keeps its answer."
+    )
+    max_batch_items: int = Field(default=10_000, ge=1, description="Items per batch, at most.")
+    callback_secret: SecretStr | None = Field(
+        default=None,
+        description="HMAC-SHA256 key signing completion callbacks; unset = a callback_url is "
+        "refused (422).",
+    )
+    callback_max_attempts: int = Field(
+        default=8, ge=1, description="Deliveries of a completion callback, at most."
+    )
+    callback_timeout: float = Field(
+        default=10.0, gt=0, description="Seconds one callback delivery may take."
+    )
+    redact_fields: _CommaList = Field(
+        default_factory=lambda: list(DEFAULT_REDACT_FIELDS),
+        description="Comma-separated JSON keys whose values the run views show as [redacted] "
+        "(compared without case, - and _).",
+    )
+    redact_patterns: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_REDACT_PATTERNS),
+        description="JSON list of regular expressions whose matches the run views show as "
+        "[redacted].",
+    )
     ui_secret: SecretStr | None = Field(
         default=None,
         description="HMAC key signing the run explorer's session cookies (/ui), at least 32 "
@@ -567,53 +638,6 @@ class Settings(BaseSettings):
     ui_session_ttl: int = Field(
         default=8 * 3600, ge=60, description="Seconds a run explorer sign-in lasts."
     )
-
-    flower_port: int = Field(
-        default=5555, ge=1, le=65535, description="Port of python -m ops.flower."
-    )
-    flower_address: str = Field(default="127.0.0.1", description="Interface Flower binds.")
-    flower_basic_auth: SecretStr | None = Field(
-        default=None, description="user:password[,user2:password2]; required off loopback."
-    )
-    flower_read_only: bool = Field(
-        default=False, description="Refuse every control operation (shutdown, revoke, ...)."
-    )
-    flower_purge_offline_workers: int | None = Field(
-        default=600, ge=1, description="Seconds after which Flower forgets an offline worker."
-    )
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        environ = _ENVIRON.get()
-        if environ is None:
-            return (init_settings, env_settings, dotenv_settings, file_secret_settings)
-        return (init_settings, _MappingSource(settings_cls, environ))
-
-    @classmethod
-    def from_environ(cls, environ: Mapping[str, str]) -> Self:
-        """The settings of a process started with ``environ``: read from it alone, never
-        from this process's own environment."""
-        token = _ENVIRON.set(environ)
-        try:
-            return cls()
-        finally:
-            _ENVIRON.reset(token)
-
-    @field_validator("log_level", mode="before")
-    @classmethod
-    def _known_level(cls, value: object) -> object:
-        if isinstance(value, str):
-            value = value.strip().upper()
-            if value not in logging.getLevelNamesMapping():
-                raise ValueError(f"unknown log level {value!r}")
-        return value
 
     @field_validator("ui_secret", mode="before")
     @classmethod
@@ -642,19 +666,180 @@ class Settings(BaseSettings):
                 raise ValueError(f"{pattern!r} is not a regular expression: {exc}") from None
         return value
 
-    @field_validator(
-        "tool_modules",
-        "agent_modules",
-        "agent_files",
-        "redact_fields",
-        "tenant_no_transcript",
-        mode="before",
+
+class WorkerSettings(_Group):
+    """What workers load (tools and agents), how often they publish it, how they shut down."""
+
+    model_config = ConfigDict(title="Workers, tools and agents")
+
+    tool_modules: _CommaList = Field(
+        default_factory=list, description="Comma-separated modules whose @tool functions load."
     )
+    agent_modules: _CommaList = Field(
+        default_factory=list,
+        description="Comma-separated modules whose Agent(...) declarations load.",
+    )
+    agent_files: _CommaPaths = Field(
+        default_factory=list, description="Comma-separated YAML or JSON files of declared agents."
+    )
+    node_publish_interval: float = Field(
+        default=5.0,
+        gt=0,
+        description="Seconds between a worker's publishes of the tools it has registered; "
+        "a record not refreshed for three intervals expires.",
+    )
+    worker_soft_shutdown_timeout: float = Field(
+        default=45.0,
+        ge=0,
+        description="Seconds running tasks get after a (remapped) SIGTERM before they are "
+        "cancelled and requeued.",
+    )
+
+
+class LogSettings(_Group):
+    """Log level and format of workers and the API."""
+
+    model_config = ConfigDict(title="Logs")
+
+    log_level: str = Field(
+        default="INFO", description="Level of workers and the API; unset = a worker's -l."
+    )
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="json: one JSON object per line, with run and task IDs."
+    )
+
+    @field_validator("log_level", mode="before")
     @classmethod
-    def _split_modules(cls, value: object) -> object:
+    def _known_level(cls, value: object) -> object:
         if isinstance(value, str):
-            return [m.strip() for m in value.split(",") if m.strip()]
+            value = value.strip().upper()
+            if value not in logging.getLevelNamesMapping():
+                raise ValueError(f"unknown log level {value!r}")
         return value
+
+
+class FlowerSettings(_Group):
+    """Flower, the Celery monitor (``python -m ops.flower``)."""
+
+    model_config = ConfigDict(title="Flower")
+
+    flower_port: int = Field(
+        default=5555, ge=1, le=65535, description="Port of python -m ops.flower."
+    )
+    flower_address: str = Field(default="127.0.0.1", description="Interface Flower binds.")
+    flower_basic_auth: SecretStr | None = Field(
+        default=None, description="user:password[,user2:password2]; required off loopback."
+    )
+    flower_read_only: bool = Field(
+        default=False, description="Refuse every control operation (shutdown, revoke, ...)."
+    )
+    flower_purge_offline_workers: int | None = Field(
+        default=600, ge=1, description="Seconds after which Flower forgets an offline worker."
+    )
+
+
+#: The variables :meth:`Settings.from_environ` reads instead of ``os.environ``.
+_ENVIRON: ContextVar[Mapping[str, str] | None] = ContextVar("agentfleet_environ", default=None)
+
+
+class _MappingSource(EnvSettingsSource):
+    """pydantic-settings' environment source (its parsing, prefix and case rules) over a given
+    mapping instead of ``os.environ``."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        # EnvSettingsSource.__init__ reads os.environ through this method; tests/test_config.py
+        # fails if a pydantic-settings release stops calling it.
+        return {
+            name if self.case_sensitive else name.lower(): value
+            for name, value in self._environ.items()
+            if value or not self.env_ignore_empty
+        }
+
+
+class Settings(BaseSettings):
+    """Fleet configuration, in groups: ``settings.limits.tool_time_limit``. Field ``x`` of any
+    group is read from ``AGENTFLEET_X``, and ``Settings(x=...)`` sets it too."""
+
+    # An empty variable counts as unset: deployment files pass optional ones as ${VAR:-}.
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="ignore", frozen=True, env_ignore_empty=True
+    )
+
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    celery: CelerySettings = Field(default_factory=CelerySettings)
+    llm: LlmSettings = Field(default_factory=LlmSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+    runs: RunSettings = Field(default_factory=RunSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    tenants: TenantSettings = Field(default_factory=TenantSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+    workers: WorkerSettings = Field(default_factory=WorkerSettings)
+    logs: LogSettings = Field(default_factory=LogSettings)
+    flower: FlowerSettings = Field(default_factory=FlowerSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The variables are flat (AGENTFLEET_TOOL_TIME_LIMIT, not ..._LIMITS__...): they are
+        # read as the fields of _Variables, and _route puts each in its group.
+        environ = _ENVIRON.get()
+        if environ is None:
+            return (init_settings, EnvSettingsSource(_Variables))
+        return (init_settings, _MappingSource(_Variables, environ))
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> Self:
+        """The settings of a process started with ``environ``: read from it alone, never
+        from this process's own environment."""
+        token = _ENVIRON.set(environ)
+        try:
+            return cls()
+        finally:
+            _ENVIRON.reset(token)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _route(cls, data: object) -> object:
+        # Flat names (variables, Settings(tool_time_limit=...)) go into their groups; a value
+        # given for a group as a whole wins over a flat one for the same field.
+        if not isinstance(data, Mapping):
+            return data
+        routed: dict[str, Any] = {}
+        flat: dict[str, dict[str, Any]] = {}
+        for key, value in data.items():
+            if key in FIELD_GROUPS:
+                flat.setdefault(FIELD_GROUPS[key], {})[key] = value
+            else:
+                routed[key] = value
+        for group, values in flat.items():
+            given = routed.get(group)
+            if isinstance(given, BaseModel):
+                given = given.model_dump(exclude_unset=True)
+            routed[group] = {**values, **given} if isinstance(given, Mapping) else values
+        return routed
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """A copy with ``update`` applied, unvalidated as pydantic's; flat names
+        (``{"key_prefix": "x"}``) update the field of their group."""
+        if not update:
+            return super().model_copy(deep=deep)
+        routed = {k: v for k, v in update.items() if k not in FIELD_GROUPS}
+        for key, value in update.items():
+            if key in FIELD_GROUPS:
+                group = FIELD_GROUPS[key]
+                current = routed.get(group, getattr(self, group))
+                routed[group] = current.model_copy(update={key: value})
+        return super().model_copy(update=routed, deep=deep)
 
     @model_validator(mode="after")
     def _check_timeouts(self) -> Self:
@@ -663,34 +848,35 @@ class Settings(BaseSettings):
         #   longest retry countdown + longest hard limit + margin < visibility timeout,
         # because a countdown message sits unacknowledged in a worker until its ETA and
         # then runs for at most the hard limit (docs/configuration.md, "The timeout arithmetic").
-        if not self.llm_timeout < self.step_soft_time_limit < self.step_time_limit:
+        llm, limits, celery = self.llm, self.limits, self.celery
+        if not llm.llm_timeout < limits.step_soft_time_limit < limits.step_time_limit:
             raise ValueError(
                 "need llm_timeout < step_soft_time_limit < step_time_limit, got "
-                f"{self.llm_timeout} / {self.step_soft_time_limit} / {self.step_time_limit}"
+                f"{llm.llm_timeout} / {limits.step_soft_time_limit} / {limits.step_time_limit}"
             )
-        if not self.tool_soft_time_limit < self.tool_time_limit:
+        if not limits.tool_soft_time_limit < limits.tool_time_limit:
             raise ValueError("need tool_soft_time_limit < tool_time_limit")
-        longest = max(self.step_time_limit, self.tool_time_limit)
-        countdown = max(self.max_retry_countdown, self.chord_recovery_delay)
-        needed = countdown + longest + self.visibility_margin
-        if self.visibility_timeout < needed:
+        longest = max(limits.step_time_limit, limits.tool_time_limit)
+        countdown = max(llm.max_retry_countdown, limits.chord_recovery_delay)
+        needed = countdown + longest + celery.visibility_margin
+        if celery.visibility_timeout < needed:
             raise ValueError(
-                f"visibility_timeout={self.visibility_timeout}s is too short: it must exceed "
-                f"the longest countdown + longest hard time limit + {self.visibility_margin}s "
+                f"visibility_timeout={celery.visibility_timeout}s is too short: it must exceed "
+                f"the longest countdown + longest hard time limit + {celery.visibility_margin}s "
                 f"= {needed:.0f}s, or late-acked tasks are redelivered while still running"
             )
-        if self.default_max_steps > self.max_steps_limit:
+        if self.runs.default_max_steps > self.runs.max_steps_limit:
             raise ValueError("default_max_steps must not exceed max_steps_limit")
-        for provider in self.provider_list:
-            if not provider.timeout < self.step_soft_time_limit:
+        for provider in llm.provider_list:
+            if not provider.timeout < limits.step_soft_time_limit:
                 raise ValueError(
                     f"provider {provider.name!r}: timeout {provider.timeout}s must be below "
-                    f"step_soft_time_limit {self.step_soft_time_limit}s"
+                    f"step_soft_time_limit {limits.step_soft_time_limit}s"
                 )
-        names = [p.name for p in self.provider_list]
+        names = [p.name for p in llm.provider_list]
         if len(set(names)) != len(names):
             raise ValueError(f"provider names must be unique, got {names}")
-        for alias, targets in self.model_aliases.items():
+        for alias, targets in llm.model_aliases.items():
             for target in targets:
                 provider_name, _, model = target.partition(":")
                 if provider_name not in names or not model:
@@ -703,90 +889,80 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _check_broker(self) -> Self:
         kind = broker_kind(self.broker)  # an unsupported scheme stops the process here
-        longest = max(self.step_time_limit, self.tool_time_limit) + self.visibility_margin
-        if kind is BrokerKind.RABBITMQ and not longest < self.broker_consumer_timeout:
+        limits, celery = self.limits, self.celery
+        longest = max(limits.step_time_limit, limits.tool_time_limit) + celery.visibility_margin
+        if kind is BrokerKind.RABBITMQ and not longest < celery.broker_consumer_timeout:
             # A step is acknowledged when it ends (late acks); RabbitMQ closes the channel of
             # a delivery held longer than consumer_timeout and hands it out again. Countdowns
             # wait on the broker (native delayed delivery), so only the hard limits count.
             raise ValueError(
-                f"broker_consumer_timeout={self.broker_consumer_timeout}s is too short: "
+                f"broker_consumer_timeout={celery.broker_consumer_timeout}s is too short: "
                 f"RabbitMQ's consumer_timeout must exceed the longest hard time limit + "
-                f"{self.visibility_margin}s = {longest:.0f}s"
+                f"{celery.visibility_margin}s = {longest:.0f}s"
             )
         return self
 
-    def tenant_cap(self, tenant: str) -> int:
-        """Runs ``tenant`` may have running at once; 0 = no cap."""
-        return self.tenant_limits.get(tenant, self.tenant_max_in_flight)
-
-    def keeps_transcripts(self, tenant: str) -> bool:
-        """Whether ``tenant``'s transcripts stay in Redis after their runs end (until
-        ``run_ttl``); see ``tenant_no_transcript``."""
-        return not ({tenant, "*"} & set(self.tenant_no_transcript))
-
-    def tenant_budget(self, tenant: str) -> TenantBudget | None:
-        """``tenant``'s daily budget (its own, else ``"*"``); None when it has none."""
-        budget = self.tenant_budgets.get(tenant) or self.tenant_budgets.get("*")
-        if budget is None or (budget.tokens_per_day is None and budget.cost_per_day is None):
-            return None
-        return budget
-
     @model_validator(mode="after")
     def _check_sentinel(self) -> Self:
-        urls = (self.redis_url, self.broker, self.backend)
-        if any(is_sentinel(u) for u in urls) and not self.redis_sentinel_master:
+        urls = (self.redis.redis_url, self.broker, self.backend)
+        if any(is_sentinel(u) for u in urls) and not self.redis.redis_sentinel_master:
             raise ValueError(
                 "sentinel:// URLs need AGENTFLEET_REDIS_SENTINEL_MASTER (the master's name)"
             )
         return self
 
     @property
-    def provider_list(self) -> list[ProviderConfig]:
-        """The configured providers, or one built from the single-provider settings."""
-        if self.providers:
-            return list(self.providers)
-        if self.providers_file is not None:
-            return list(_providers_in(self.providers_file))
-        return list(self._default_provider)
-
-    @cached_property
-    def _default_provider(self) -> tuple[ProviderConfig, ...]:
-        return (
-            ProviderConfig(
-                name="default",
-                base_url=self.llm_endpoint,
-                api_key_env="AGENTFLEET_LLM_API_KEY" if self.llm_api_key else None,
-                default_model=self.llm_model,
-                prices=self.llm_prices,
-                timeout=self.llm_timeout,
-                connect_timeout=self.llm_connect_timeout,
-            ),
-        )
-
-    @property
-    def uses_simulator(self) -> bool:
-        """True when no provider is configured, so LLM calls go to the simulator."""
-        return not (self.providers or self.providers_file or self.llm_base_url)
-
-    @property
     def broker(self) -> str:
-        return self.broker_url or self.redis_url
+        """The Celery broker URL in force: ``celery.broker_url``, else ``redis.redis_url``."""
+        return self.celery.broker_url or self.redis.redis_url
 
     @property
     def backend(self) -> str:
-        return self.result_backend or self.redis_url
+        """The Celery result backend in force: ``celery.result_backend``, else the run store."""
+        return self.celery.result_backend or self.redis.redis_url
 
-    @property
-    def llm_endpoint(self) -> str:
-        """The provider URL in force: the configured one, else the simulator."""
-        if self.llm_base_url:
-            return self.llm_base_url
-        return self.simulator_url
 
-    @property
-    def llm_key(self) -> str:
-        # The SDK refuses to build a client without a key; the simulator ignores it.
-        return self.llm_api_key.get_secret_value() if self.llm_api_key else "simulator"
+def _group_model(field: FieldInfo) -> type[_Group]:
+    model = field.annotation
+    if not (isinstance(model, type) and issubclass(model, _Group)):
+        raise TypeError(f"every field of Settings is a group, not {model!r}")
+    return model
+
+
+#: The groups of :class:`Settings`, by attribute name.
+GROUPS: Final[Mapping[str, type[_Group]]] = {
+    name: _group_model(field) for name, field in Settings.model_fields.items()
+}
+
+#: The group of each setting, by field name: field ``x`` is read from ``AGENTFLEET_X``.
+FIELD_GROUPS: Final[Mapping[str, str]] = {
+    name: group for group, model in GROUPS.items() for name in model.model_fields
+}
+
+if len(FIELD_GROUPS) != sum(len(m.model_fields) for m in GROUPS.values()) or set(
+    FIELD_GROUPS
+) & set(GROUPS):
+    # A variable names one field: the same name in two groups (or a group's) is ambiguous.
+    raise TypeError("settings field names must be unique across groups and differ from them")
+
+
+def setting_field(name: str) -> FieldInfo:
+    """The field of setting ``name`` (``"tool_time_limit"``) in its group."""
+    return GROUPS[FIELD_GROUPS[name]].model_fields[name]
+
+
+class _VariablesBase(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", env_ignore_empty=True)
+
+
+#: Every setting as a flat field, for pydantic-settings to read (and decode) the variables
+#: by; never validated or instantiated: :class:`Settings` validates what it reads.
+_VARIABLE_FIELDS: dict[str, Any] = {
+    name: (setting_field(name).rebuild_annotation(), None) for name in FIELD_GROUPS
+}
+_Variables: type[BaseSettings] = create_model(
+    "_Variables", __base__=_VariablesBase, **_VARIABLE_FIELDS
+)
 
 
 def is_sentinel(url: str) -> bool:
@@ -810,8 +986,10 @@ class UnknownVariable:
 def known_variables(settings: Settings | None = None) -> frozenset[str]:
     """Every ``AGENTFLEET_*`` variable agentfleet reads; with ``settings``, also the ones its
     providers take their API keys from (``api_key_env``)."""
-    fields = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
-    keys = {p.api_key_env for p in settings.provider_list if p.api_key_env} if settings else set()
+    fields = {ENV_PREFIX + name.upper() for name in FIELD_GROUPS}
+    keys = (
+        {p.api_key_env for p in settings.llm.provider_list if p.api_key_env} if settings else set()
+    )
     return frozenset(fields | OTHER_VARIABLES | keys)
 
 

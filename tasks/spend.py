@@ -67,7 +67,7 @@ def iso_time(when: float) -> str:
 
 
 def price_of(settings: Settings, target: Target) -> ModelPrice | None:
-    provider = next((p for p in settings.provider_list if p.name == target.provider), None)
+    provider = next((p for p in settings.llm.provider_list if p.name == target.provider), None)
     return provider.price(target.model) if provider is not None else None
 
 
@@ -101,7 +101,7 @@ def estimate(
     prompt = window.count(messages, counter)
     if tool_schemas:
         prompt += window.estimate(json.dumps(tool_schemas))
-    completion = max_tokens or settings.budget_completion_estimate
+    completion = max_tokens or settings.tenants.budget_completion_estimate
     cost = max((call_cost(settings, t, prompt, completion) for t in links), default=0.0)
     return Estimate(prompt + completion, cost)
 
@@ -156,7 +156,7 @@ class Usage:
 
     def spend(self, settings: Settings, tenant: str, now: float) -> dict[str, Any]:
         """The table ``spend(s)`` of ``_spend.lua`` takes for this usage."""
-        p, model = settings.key_prefix, self.target.model
+        p, model = settings.redis.key_prefix, self.target.model
         return {
             "day": keys.tenant_spend(p, tenant, day_of(now)),
             "metric": keys.MetricKeys(p).spend,
@@ -193,7 +193,7 @@ class TenantBudgets:
         self._settle = client.register_script(SETTLE_SPEND)
 
     def _keys(self, tenant: str, day: str) -> list[str]:
-        p = self.settings.key_prefix
+        p = self.settings.redis.key_prefix
         return [keys.tenant_spend(p, tenant, day), keys.tenant_spend_held(p, tenant, day)]
 
     def reserve(self, tenant: str, budget: TenantBudget, est: Estimate) -> Reservation:
@@ -211,7 +211,7 @@ class TenantBudgets:
                         "cost": est.cost,
                         # A worker that dies holding it cannot settle: the step's hard limit
                         # is as long as a call can be in flight.
-                        "lapses": now + self.settings.step_time_limit,
+                        "lapses": now + self.settings.limits.step_time_limit,
                         "ttl": KEEP_DAYS * 86_400,
                         "limit_tokens": budget.tokens_per_day or 0,
                         "limit_cost": budget.cost_per_day or 0,
@@ -256,7 +256,9 @@ def usage_report(
     what calls in flight hold, and its budget."""
     now = time.time()
     day = day or day_of(now)
-    found: Mapping[str, str] = client.hgetall(keys.tenant_spend(settings.key_prefix, tenant, day))  # type: ignore[assignment]
+    found: Mapping[str, str] = client.hgetall(
+        keys.tenant_spend(settings.redis.key_prefix, tenant, day)
+    )  # type: ignore[assignment]
     models: dict[str, dict[str, Any]] = {}
     for name, value in found.items():
         if not name.startswith("["):
@@ -264,7 +266,7 @@ def usage_report(
         model, kind = json.loads(name)
         entry = models.setdefault(model, {"model": model, "tokens": 0, "cost": 0.0, "calls": 0})
         entry[kind] = float(value) if kind == "cost" else int(float(value))
-    budget = settings.tenant_budget(tenant)
+    budget = settings.tenants.tenant_budget(tenant)
     return {
         "tenant": tenant,
         "day": day,
@@ -281,12 +283,12 @@ def usage_report(
 
 def tenant_refusal(client: redis.Redis, settings: Settings, tenant: str) -> BudgetExceeded | None:
     """Why ``tenant`` may start no new run now (its day's budget is spent), or None."""
-    budget = settings.tenant_budget(tenant)
+    budget = settings.tenants.tenant_budget(tenant)
     if budget is None:
         return None
     now = time.time()
     fields = client.hmget(
-        keys.tenant_spend(settings.key_prefix, tenant, day_of(now)),
+        keys.tenant_spend(settings.redis.key_prefix, tenant, day_of(now)),
         ["tokens", "held_tokens", "cost", "held_cost"],
     )
     tokens = sum(int(float(v or 0)) for v in fields[:2])

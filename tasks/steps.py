@@ -75,7 +75,7 @@ def _split(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _events(store: RunStore, run_id: str) -> dict[int, list[tuple[float, str, dict[str, Any]]]]:
     """The run's step events by step: (ms, type, data)."""
     by_step: dict[int, list[tuple[float, str, dict[str, Any]]]] = defaultdict(list)
-    stream = keys.run_events(store.settings.key_prefix, run_id)
+    stream = keys.run_events(store.settings.redis.key_prefix, run_id)
     found = cast(list[tuple[str, dict[str, str]]], store.redis.xrange(stream))
     current = 0  # the step whose LLM call began last: the one a wait belongs to
     for event_id, fields in found:
@@ -105,7 +105,7 @@ def run_steps(store: RunStore, run: RunRecord, redactor: Redactor) -> dict[str, 
     message and no tool call's arguments or output, whether or not the run has ended."""
     events = _events(store, run.id)
     if run.keeps_transcript:
-        raw = store.redis.lrange(keys.run_messages(store.settings.key_prefix, run.id), 0, -1)
+        raw = store.redis.lrange(keys.run_messages(store.settings.redis.key_prefix, run.id), 0, -1)
         parts = _split([json.loads(m) for m in cast(list[str], raw)])
     else:
         count = max([run.step, *events])

@@ -199,11 +199,11 @@ class RunStore:
     def __init__(self, client: redis.Redis, settings: Settings) -> None:
         self.redis = client
         self.settings = settings
-        self._p = settings.key_prefix
+        self._p = settings.redis.key_prefix
         #: Tenants' daily budgets (agentfleet.tasks.spend).
         self.budgets = TenantBudgets(client, settings)
         #: LLM answers kept for runs with a cache_ttl (agentfleet.tasks.llm_cache).
-        self.llm_cache = ResponseCache(client, settings.key_prefix)
+        self.llm_cache = ResponseCache(client, settings.redis.key_prefix)
         self._metrics = keys.MetricKeys(self._p)
         self._create_run = client.register_script(scripts.CREATE_RUN)
         self._accept = client.register_script(scripts.ACCEPT)
@@ -227,8 +227,8 @@ class RunStore:
             {
                 "now": time.time(),
                 "prefix": self._p,
-                "ttl": self.settings.run_ttl,
-                "maxlen": self.settings.events_max_len,
+                "ttl": self.settings.retention.run_ttl,
+                "maxlen": self.settings.retention.events_max_len,
                 "run_id": run_id or "",
             }
         )
@@ -253,7 +253,7 @@ class RunStore:
     def due(self, seconds: float) -> float:
         """When progress is due for a stage that may take ``seconds``: after that, plus the
         stall allowance, the watchdog takes the run for lost."""
-        return time.time() + seconds + self.settings.stall_timeout
+        return time.time() + seconds + self.settings.limits.stall_timeout
 
     # --- runs ----------------------------------------------------------------------------
     def create_run(
@@ -328,7 +328,7 @@ class RunStore:
 
     def pending_ms(self) -> int:
         """How long a pending record waits for :meth:`accept` before it expires."""
-        return int(self.settings.pending_ttl * 1000)
+        return int(self.settings.api.pending_ttl * 1000)
 
     def accept(
         self,
@@ -352,7 +352,7 @@ class RunStore:
         """
         due = str(self.due(0)) if run_id else ""
         script_keys = [key, companion, slot or keys.pending_slot(key)]
-        args = [self._ctx(run_id), token, answer, self.settings.idempotency_ttl, due]
+        args = [self._ctx(run_id), token, answer, self.settings.api.idempotency_ttl, due]
         reply = self._send_once(self._accept, script_keys, args)
         if reply is None:
             return AcceptOutcome.SENT, ""
@@ -400,7 +400,7 @@ class RunStore:
         script that ends it; and drop its cache_ttl: the LLM cache would keep its answers past
         its end (the intake refuses a stream or a thread, which would keep its tokens or its
         history)."""
-        if not self.settings.keeps_transcripts(tenant):
+        if not self.settings.tenants.keeps_transcripts(tenant):
             fields.pop("cache_ttl", None)
             fields[keys.NO_TRANSCRIPT_FIELD] = 1
 
@@ -417,11 +417,11 @@ class RunStore:
         fields: dict[str, Any] = {
             "id": run_id,
             "tenant": tenant,
-            "cap": self.settings.tenant_cap(tenant),
+            "cap": self.settings.tenants.tenant_cap(tenant),
             "status": RunStatus.QUEUED.value,
             "model": request.model or chain[0].model,
             "chain": json.dumps([[t.provider, t.model] for t in chain]),
-            "max_steps": request.max_steps or self.settings.default_max_steps,
+            "max_steps": request.max_steps or self.settings.runs.default_max_steps,
             "tools": json.dumps(tools),
             "metadata": json.dumps(request.metadata),
             "stream": int(request.stream),
@@ -465,8 +465,8 @@ class RunStore:
                 "thread_policy": request.thread_policy or "enqueue",
                 "thread_history": request.thread_history or "messages",
                 "head": 1 if request.system else 0,
-                "thread_ttl": self.settings.thread_ttl,
-                "thread_max_turns": self.settings.thread_max_turns,
+                "thread_ttl": self.settings.retention.thread_ttl,
+                "thread_max_turns": self.settings.retention.thread_max_turns,
             }
         if request.callback_url:
             fields["callback_url"] = str(request.callback_url)
@@ -483,7 +483,7 @@ class RunStore:
         (self.redis if client is None else client).xadd(
             keys.run_events(self._p, run_id),
             {"type": kind, "data": json.dumps(data)},
-            maxlen=self.settings.events_max_len,
+            maxlen=self.settings.retention.events_max_len,
             approximate=True,
         )
 
@@ -514,7 +514,7 @@ class RunStore:
 
     def begin_step(self, run_id: str, step: int, worker: str = "") -> StepClaim:
         token = uuid.uuid4().hex
-        lease_ms = int(self.settings.step_time_limit * 1000)
+        lease_ms = int(self.settings.limits.step_time_limit * 1000)
         reply = self._begin_step(
             keys=[self.run_key(run_id), self._lease(run_id), self._messages(run_id)],
             args=[
@@ -522,8 +522,8 @@ class RunStore:
                 token,
                 step,
                 lease_ms,
-                self.settings.max_redeliveries,
-                self.due(self.settings.step_time_limit),
+                self.settings.limits.max_redeliveries,
+                self.due(self.settings.limits.step_time_limit),
                 worker,
             ],
         )
@@ -617,7 +617,7 @@ class RunStore:
         release: bool = False,
     ) -> str:
         # Not final: its tool calls are queued, and each one pushes this on as it starts.
-        payload: dict[str, Any] = {"due": self.due(self.settings.tool_time_limit)}
+        payload: dict[str, Any] = {"due": self.due(self.settings.limits.tool_time_limit)}
         if gen:
             payload["gen"] = gen
         if release:
@@ -707,7 +707,7 @@ class RunStore:
         """Give the step back; its retry comes ``after`` seconds from now. The run is due
         ``due`` (a time), by default once that retry has had its time."""
         if due is None:
-            due = self.due(after + self.settings.step_time_limit)
+            due = self.due(after + self.settings.limits.step_time_limit)
         self._release_step(
             keys=[self.run_key(run_id), self._lease(run_id)],
             args=[self._ctx(run_id), token, step, due],
@@ -879,7 +879,7 @@ class RunStore:
                 self.due(lease_s),
                 step,
                 call_id,
-                self.settings.max_redeliveries,
+                self.settings.limits.max_redeliveries,
                 accept,
                 gen,
             ],

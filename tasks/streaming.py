@@ -22,7 +22,7 @@ class TokenRelay:
 
     def __init__(self, store: RunStore, run_id: str, step: int) -> None:
         self.store, self.run_id, self.step = store, run_id, step
-        self.interval = store.settings.stream_flush_interval
+        self.interval = store.settings.runs.stream_flush_interval
         self._buffer: list[str] = []
         self._last = time.monotonic()
 
@@ -39,9 +39,9 @@ class TokenRelay:
         key = self.store.run_key(self.run_id)
         pipe = self.store.redis.pipeline(transaction=False)
         pipe.xadd(
-            keys.run_events(self.store.settings.key_prefix, self.run_id),
+            keys.run_events(self.store.settings.redis.key_prefix, self.run_id),
             {"type": "token", "data": json.dumps({"step": self.step, "text": text})},
-            maxlen=self.store.settings.events_max_len,
+            maxlen=self.store.settings.retention.events_max_len,
             approximate=True,
         )
         pipe.hget(key, "status")

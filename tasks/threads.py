@@ -37,7 +37,7 @@ class ThreadKeys:
 
     @classmethod
     def of(cls, store: RunStore, tenant: str, thread_id: str) -> ThreadKeys:
-        p = store.settings.key_prefix
+        p = store.settings.redis.key_prefix
         return cls(
             keys.thread(p, tenant, thread_id),
             keys.thread_messages(p, tenant, thread_id),

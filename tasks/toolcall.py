@@ -143,9 +143,9 @@ def _look_up(
     """(how the call uses its tool's cache, the result kept there): (None, None) for a tool
     without ``cache_ttl``, a call without a tenant, or one of a tenant whose transcripts must
     not outlive their runs (an entry would keep the result)."""
-    if tool.cache_ttl is None or not tenant or not store.settings.keeps_transcripts(tenant):
+    if tool.cache_ttl is None or not tenant or not store.settings.tenants.keeps_transcripts(tenant):
         return None, None
-    key = cache_key(store.settings.key_prefix, tenant, tool, model)
+    key = cache_key(store.settings.redis.key_prefix, tenant, tool, model)
     try:
         kept = store.cached_tool_result(key)
     except redis.RedisError as exc:  # a cache never fails a call: run it instead
@@ -180,10 +180,10 @@ def _answer(
 
 def time_limits(name: str, settings: Settings) -> tuple[float, float]:
     """(soft, hard) seconds for one call of ``name``: its own timeout, else the default."""
-    soft = settings.tool_soft_time_limit
+    soft = settings.limits.tool_soft_time_limit
     if name in registry and (own := registry.get(name).timeout):
         soft = own
-    return soft, soft + (settings.tool_time_limit - settings.tool_soft_time_limit)
+    return soft, soft + (settings.limits.tool_time_limit - settings.limits.tool_soft_time_limit)
 
 
 def register(app: Celery, settings: Settings) -> None:
@@ -201,8 +201,8 @@ def register(app: Celery, settings: Settings) -> None:
         track_started=False,
         store_errors_even_if_ignored=True,
         max_retries=None,
-        soft_time_limit=settings.tool_soft_time_limit,
-        time_limit=settings.tool_time_limit,
+        soft_time_limit=settings.limits.tool_soft_time_limit,
+        time_limit=settings.limits.tool_time_limit,
     )
     def tool_call(
         self: Task,
@@ -235,12 +235,12 @@ def register(app: Celery, settings: Settings) -> None:
                 self.app.send_task(
                     names.RESUME,
                     args=(run_id, step, self.request.chord),
-                    countdown=settings.chord_recovery_delay,
+                    countdown=settings.limits.chord_recovery_delay,
                 )
             return claim.result
         if claim.outcome == ToolOutcome.POISONED:
             log.warning("tool call %s (%s) lost its worker on each delivery", call_id, name)
-            failure = redelivery_failure(payload, settings.max_redeliveries)
+            failure = redelivery_failure(payload, settings.limits.max_redeliveries)
             stored, batch = store.complete_tool(call_id, claim.token, failure, run_id, step)
             if stored is None:
                 _ignore_stale(call_id, run_id)

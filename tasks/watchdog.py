@@ -88,20 +88,20 @@ def recover(app: Celery, settings: Settings, store: RunStore, run_id: str) -> Re
         store.forget(run_id)
         return Recovery(run_id, "forgotten")
     if batch == "pending":
-        store.touch(run_id, settings.stall_timeout)
+        store.touch(run_id, settings.limits.stall_timeout)
         return Recovery(run_id, "waiting")
     if store.holds_lease(run_id):
         # A step is running, or its worker died: the lease lapses within the hard limit and
         # Celery redelivers the step; look again after that.
-        store.touch(run_id, settings.step_time_limit)
+        store.touch(run_id, settings.limits.step_time_limit)
         return Recovery(run_id, "held")
     if store.waits_for_slot(run):
         # Its tenant is at its cap: the run that frees a slot starts it. Look again later.
-        store.touch(run_id, settings.stall_timeout)
+        store.touch(run_id, settings.limits.stall_timeout)
         return Recovery(run_id, "waiting")
     resends = int(store.redis.hincrby(store.run_key(run_id), "watchdog_resends", 1))
     doublings = min(resends - 1, MAX_BACKOFF_DOUBLINGS)
-    store.touch(run_id, settings.stall_timeout * (2**doublings - 1))
+    store.touch(run_id, settings.limits.stall_timeout * (2**doublings - 1))
     with tracing.within(run.traceparent):  # what it sends joins the run's trace
         recovery = _resend(app, settings, store, run_id, run)
     log.warning(
@@ -202,11 +202,11 @@ def _tools_again(
         if result is not None or begun is None or signature.args[0]["name"] in run.subagents:
             continue  # a child run is recovered as a run of its own
         payload = signature.args[0]
-        if begun >= settings.max_redeliveries:
+        if begun >= settings.limits.max_redeliveries:
             # Every delivery began it and lost its worker. A delivery that begins it now is
             # refused (agentfleet.tasks.scripts.BEGIN_TOOL) and stores this same failure: first one
             # wins.
-            failure = redelivery_failure(payload, settings.max_redeliveries)
+            failure = redelivery_failure(payload, settings.limits.max_redeliveries)
             store.complete_tool(payload["id"], "", failure, run_id, step)
         else:
             # Outside the chord: the result lands in the store, and a later sweep sends the step.
@@ -233,7 +233,7 @@ class Watchdog(threading.Thread):
         self._token = uuid.uuid4().hex
 
     def run(self) -> None:
-        interval = self.settings.watchdog_interval
+        interval = self.settings.limits.watchdog_interval
         while not self._stopped.wait(interval * random.uniform(0.8, 1.2)):
             try:
                 if self._my_turn(interval):
@@ -244,7 +244,7 @@ class Watchdog(threading.Thread):
 
     def _my_turn(self, interval: float) -> bool:
         store = get_store(self.settings)
-        key = keys.watchdog_sweep(self.settings.key_prefix)
+        key = keys.watchdog_sweep(self.settings.redis.key_prefix)
         return bool(store.redis.set(key, self._token, nx=True, px=int(interval * 900)))
 
     def stop(self) -> None:

@@ -98,7 +98,7 @@ class Fleet:
         return dict(self.sim.get("/_sim/stats").json())
 
     def run_keys(self) -> set[str]:
-        keys = self.redis.scan_iter(match=f"{self.settings.key_prefix}:run:*", count=1000)
+        keys = self.redis.scan_iter(match=f"{self.settings.redis.key_prefix}:run:*", count=1000)
         return {k for k in keys if k.count(":") == 2}
 
     def counts(self, prefix: str, keys: list[str]) -> list[int]:

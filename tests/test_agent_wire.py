@@ -149,7 +149,7 @@ def test_what_the_budget_leaves_out_can_be_replaced_by_a_summary(fleet: Fleet) -
     assert event["summarized_messages"] == event["dropped_messages"] > 0
     assert run.usage.llm_calls == 2  # the summary, then the answer
     # The summary text is what the model answered to the request for it.
-    answer = fleet.redis.hget(f"{fleet.settings.key_prefix}:run:{run.id}", "summary")
+    answer = fleet.redis.hget(f"{fleet.settings.redis.key_prefix}:run:{run.id}", "summary")
     assert answer
     assert answer in sent[1]["content"]
 
@@ -158,7 +158,7 @@ def test_what_the_budget_leaves_out_can_be_replaced_by_a_summary(fleet: Fleet) -
 def test_the_raw_request_is_the_one_the_sdk_sends(fleet: Fleet, transport: LlmTransport) -> None:
     """The fleet posts chat completions without ``create()``'s walk of its parameters
     (docs/performance.md), on either transport; this is the check that it posts the same body."""
-    provider = fleet.settings.provider_list[0]
+    provider = fleet.settings.llm.provider_list[0]
     tag = _tag()
     messages = [
         {"role": "system", "content": "Be brief."},

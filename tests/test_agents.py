@@ -33,7 +33,7 @@ def _listing(fleet: Fleet) -> dict[str, dict[str, Any]]:
 
 
 def _messages(fleet: Fleet, run_id: str) -> list[dict[str, Any]]:
-    raw = fleet.redis.lrange(keys.run_messages(fleet.settings.key_prefix, run_id), 0, -1)
+    raw = fleet.redis.lrange(keys.run_messages(fleet.settings.redis.key_prefix, run_id), 0, -1)
     return [json.loads(m) for m in raw]
 
 
@@ -73,7 +73,7 @@ def test_a_run_by_name_gets_the_agents_instructions_and_tools(fleet: Fleet) -> N
     messages = _messages(fleet, run.id)
     assert messages[0] == {"role": "system", "content": "You repeat the user."}
     assert messages[1] == {"role": "user", "content": "hello there"}
-    record = fleet.redis.hgetall(keys.run(fleet.settings.key_prefix, run.id))
+    record = fleet.redis.hgetall(keys.run(fleet.settings.redis.key_prefix, run.id))
     assert record["agent"] == "echo"
     assert json.loads(record["tools"]) == []
 
@@ -91,7 +91,7 @@ def test_instructions_made_per_run_see_the_run_and_an_object_input_is_checked(
         f"You triage tickets for the payments team. Run {accepted.id}."
     )
     assert json.loads(messages[1]["content"]) == {"title": "Login fails", "body": "since Monday"}
-    record = fleet.redis.hgetall(keys.run(fleet.settings.key_prefix, accepted.id))
+    record = fleet.redis.hgetall(keys.run(fleet.settings.redis.key_prefix, accepted.id))
     assert json.loads(record["model_settings"]) == {"temperature": 0.0, "seed": 7}
     assert json.loads(record["output_schema"]) == VERDICT_SCHEMA
     assert record["max_steps"] == "3"
@@ -134,7 +134,7 @@ def test_an_allowed_override_replaces_the_agents_setting(fleet: Fleet) -> None:
     accepted = fleet.client.create_run(
         {"title": "t"}, agent="triage", model_settings={"temperature": 1.5}, max_steps=2
     )
-    record = fleet.redis.hgetall(keys.run(fleet.settings.key_prefix, accepted.id))
+    record = fleet.redis.hgetall(keys.run(fleet.settings.redis.key_prefix, accepted.id))
     # Merged over the agent's settings, not instead of them.
     assert json.loads(record["model_settings"]) == {"temperature": 1.5, "seed": 7}
     assert record["max_steps"] == "2"

@@ -50,7 +50,7 @@ def test_rejected_key_enqueues_nothing(fleet: Fleet) -> None:
 
 def test_keys_are_stored_hashed(fleet: Fleet) -> None:
     key = fleet.stack.make_api_key("hashcheck")
-    stored = fleet.redis.hgetall(f"{fleet.settings.key_prefix}:apikeys")
+    stored = fleet.redis.hgetall(f"{fleet.settings.redis.key_prefix}:apikeys")
     assert stored[hash_key(key)] == "hashcheck"
     assert key not in stored
     assert key not in stored.values()
@@ -85,6 +85,8 @@ def test_tool_call_ids_are_per_tenant(fleet: Fleet) -> None:
 
 
 def test_configured_hashed_key_is_accepted(fleet: Fleet) -> None:
-    settings = Settings(redis_url=fleet.settings.redis_url, api_keys={hash_key("af_cfg"): "ops"})
+    settings = Settings(
+        redis_url=fleet.settings.redis.redis_url, api_keys={hash_key("af_cfg"): "ops"}
+    )
     assert tenant_of(fleet.redis, settings, "af_cfg") == "ops"
     assert tenant_of(fleet.redis, settings, "af_other") is None

@@ -88,7 +88,7 @@ def test_bad_batches_are_refused_and_enqueue_nothing(fleet: Fleet) -> None:
         response = fleet.http.post("/v1/batches", json=body)
         assert response.status_code == 422, body
         assert where in json.dumps(response.json()), response.json()
-    too_many = {"items": [{"input": "x"}] * (fleet.settings.max_batch_items + 1)}
+    too_many = {"items": [{"input": "x"}] * (fleet.settings.api.max_batch_items + 1)}
     response = httpx.post(
         f"{fleet.stack.api_url}/v1/batches",
         json=too_many,

@@ -326,7 +326,7 @@ def test_a_run_may_wait_for_its_tenant_budget_without_holding_a_worker(
     assert midnight <= retry_at <= midnight + timedelta(seconds=60)
     # It holds no message: no queue has it, and the run is due only then.
     assert all(bfleet.redis.llen(q) == 0 for q in ("agents", "tools"))
-    due = bfleet.redis.zscore(f"{bfleet.settings.key_prefix}:runs:active", run_id)
+    due = bfleet.redis.zscore(f"{bfleet.settings.redis.key_prefix}:runs:active", run_id)
     assert due is not None
     assert due >= midnight.timestamp()
     # A run that does not wait fails instead.
@@ -384,10 +384,10 @@ def test_a_tenant_without_a_budget_of_its_own_takes_the_default() -> None:
     settings = Settings.from_environ(
         {"AGENTFLEET_TENANT_BUDGETS": '{"*": {"tokens_per_day": 10}, "big": {}}'}
     )
-    default = settings.tenant_budget("anyone")
+    default = settings.tenants.tenant_budget("anyone")
     assert default is not None
     assert default.tokens_per_day == 10
-    assert settings.tenant_budget("big") is None  # its own, and it sets no limit
+    assert settings.tenants.tenant_budget("big") is None  # its own, and it sets no limit
 
 
 def test_a_fleet_without_budgets_reserves_nothing(
@@ -396,7 +396,7 @@ def test_a_fleet_without_budgets_reserves_nothing(
     client = tenant("free")
     run = client.run("[[usage:10,10]] hi", timeout=60)
     assert run.status == "succeeded"
-    p = bfleet.settings.key_prefix
+    p = bfleet.settings.redis.key_prefix
     day = time.strftime("%Y-%m-%d", time.gmtime())
     assert not bfleet.redis.exists(f"{p}:tenant:free:spend:{day}:held")
     assert bfleet.redis.hget(f"{p}:tenant:free:spend:{day}", "tokens") == "20"

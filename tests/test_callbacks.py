@@ -68,7 +68,7 @@ def test_callback_reaches_a_receiver_that_was_down(
     fleet: Fleet, receiver: Receiver, wait: Callable[..., None]
 ) -> None:
     run_id = fleet.client.create_run("hello callback", callback_url=receiver.url).id
-    key = f"{fleet.settings.key_prefix}:run:{run_id}"
+    key = f"{fleet.settings.redis.key_prefix}:run:{run_id}"
     # Nobody listens yet: the first attempt fails and is recorded.
     wait(lambda: fleet.redis.hget(key, "callback_attempts") is not None, 30, "a first attempt")
     assert fleet.redis.hget(key, "callback_status") != "delivered"

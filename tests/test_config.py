@@ -54,11 +54,11 @@ def test_durability_settings_for_long_idempotent_tasks() -> None:
     assert config["worker_send_task_events"]
     assert config["result_backend_always_retry"]
     assert config["worker_soft_shutdown_timeout"] > 0
-    vt = s.visibility_timeout
+    vt = s.celery.visibility_timeout
     assert config["broker_transport_options"]["visibility_timeout"] == vt
     assert config["result_backend_transport_options"]["visibility_timeout"] == vt
     assert config["visibility_timeout"] == vt
-    assert s.llm_timeout < s.step_soft_time_limit < s.step_time_limit < vt
+    assert s.llm.llm_timeout < s.limits.step_soft_time_limit < s.limits.step_time_limit < vt
 
 
 def test_app_has_named_tasks_on_their_queues() -> None:
@@ -135,15 +135,15 @@ def test_settings_come_from_prefixed_environment(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("AGENTFLEET_REDIS_URL", "redis://example:6390/3")
     monkeypatch.setenv("AGENTFLEET_TOOL_MODULES", "a.b, c")
     s = Settings()
-    assert s.redis_url == "redis://example:6390/3"
+    assert s.redis.redis_url == "redis://example:6390/3"
     assert s.broker == s.backend == "redis://example:6390/3"
-    assert s.tool_modules == ["a.b", "c"]
-    assert s.llm_endpoint == s.simulator_url  # no key configured: the simulator
+    assert s.workers.tool_modules == ["a.b", "c"]
+    assert s.llm.llm_endpoint == s.llm.simulator_url  # no key configured: the simulator
     monkeypatch.setenv("AGENTFLEET_LLM_BASE_URL", "https://llm.example/v1")
     monkeypatch.setenv("AGENTFLEET_LLM_API_KEY", "sk-test")
     s = Settings()
-    assert s.llm_endpoint == "https://llm.example/v1"
-    assert s.llm_key == "sk-test"
+    assert s.llm.llm_endpoint == "https://llm.example/v1"
+    assert s.llm.llm_key == "sk-test"
 
 
 def test_unknown_variables_are_named_with_the_closest_setting() -> None:
@@ -206,10 +206,10 @@ def test_settings_of_another_environment_ignore_this_one(monkeypatch: pytest.Mon
     }
     s = Settings.from_environ(environ)
     assert s.broker == s.backend == "redis://fleet:6390/0"
-    assert "log_level" not in s.model_fields_set
-    assert s.tool_modules == ["a.b", "c"]
-    assert s.tenant_limits == {"capped": 3}
-    assert s.llm_api_key is None
+    assert "log_level" not in s.logs.model_fields_set
+    assert s.workers.tool_modules == ["a.b", "c"]
+    assert s.tenants.tenant_limits == {"capped": 3}
+    assert s.llm.llm_api_key is None
     assert Settings().backend == "redis://elsewhere:6379/1"  # this process's own
 
 
@@ -218,11 +218,11 @@ def test_the_providers_file_is_parsed_once_and_again_when_it_changes(tmp_path: P
     first = [{"name": "a", "base_url": "http://127.0.0.1:9/v1"}]
     path.write_text(json.dumps(first))
     settings = Settings(providers_file=path)
-    read = settings.provider_list
+    read = settings.llm.provider_list
     assert [p.name for p in read] == ["a"]
     # Unchanged: the same objects, not a new parse (every LLM call reads the list).
-    assert settings.provider_list[0] is read[0]
+    assert settings.llm.provider_list[0] is read[0]
     second = [*first, {"name": "b", "base_url": "http://127.0.0.1:9/v1"}]
     path.write_text(json.dumps(second))
     os.utime(path, ns=(time.time_ns(), time.time_ns() + 1_000_000))  # a new modification time
-    assert [p.name for p in settings.provider_list] == ["a", "b"]
+    assert [p.name for p in settings.llm.provider_list] == ["a", "b"]

@@ -177,7 +177,7 @@ def test_flower_tells_how_each_run_ended(
         ),
     }
     cancelled = fleet.client.create_run("[[latency:2]] flower: cancelled").id
-    key = f"{fleet.settings.key_prefix}:run:{cancelled}"
+    key = f"{fleet.settings.redis.key_prefix}:run:{cancelled}"
     wait(lambda: fleet.redis.hget(key, "status") == "running", 30, "the run to start")
     fleet.client.cancel(cancelled)
     ended[cancelled] = "FAILURE"

@@ -38,7 +38,7 @@ def test_a_refused_run_names_every_problem_by_field() -> None:
     fields = [field for field, _ in refused.value.problems]
     assert fields == ["max_steps", "tools", "model"]
     assert refused.value.message.startswith(
-        f"max_steps: max_steps is 999; the limit is {settings.max_steps_limit}; tools: "
+        f"max_steps: max_steps is 999; the limit is {settings.runs.max_steps_limit}; tools: "
     )
     assert refused.value.to_dict()["code"] == "invalid_request"
 
@@ -52,7 +52,7 @@ def test_json_that_breaks_the_schema_is_refused_with_its_location() -> None:
 def test_a_callback_url_is_refused_only_where_the_caller_checks_it() -> None:
     raw = {"input": "hi", "callback_url": "http://example.com/hook"}
     settings = Settings()
-    assert settings.callback_secret is None
+    assert settings.api.callback_secret is None
     intake.admit_run(raw, settings, check_callback=False)
     with pytest.raises(InvalidRequest) as refused:
         intake.admit_run(raw, settings, check_callback=True)

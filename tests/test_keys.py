@@ -17,7 +17,7 @@ import pybreaker
 import pytest
 
 from agentfleet.tasks import keys
-from agentfleet.tasks.settings import Settings
+from agentfleet.tasks.settings import setting_field
 
 REPO = Path(__file__).resolve().parent.parent
 FOLDERS = ("tasks", "workers", "producer", "ops")
@@ -167,7 +167,7 @@ def test_the_layout_is_the_one_on_disk(produced: str, on_disk: str) -> None:
 
 
 def test_the_default_prefix_is_the_settings_default() -> None:
-    assert Settings.model_fields["key_prefix"].default == keys.DEFAULT_PREFIX
+    assert setting_field("key_prefix").default == keys.DEFAULT_PREFIX
 
 
 def test_each_fragment_the_scripts_spell_is_part_of_a_named_key() -> None:

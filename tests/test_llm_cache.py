@@ -86,7 +86,7 @@ def test_identical_concurrent_calls_make_one_provider_call(fleet: Fleet) -> None
 def test_an_entry_expires_after_its_ttl(fleet: Fleet, wait: Callable[..., None]) -> None:
     tag = _tag()
     prompt = f"[[tag:{tag}]] short-lived"
-    pattern = f"{keys.llm_cache(fleet.settings.key_prefix, 'default', '')}*"
+    pattern = f"{keys.llm_cache(fleet.settings.redis.key_prefix, 'default', '')}*"
 
     def entries() -> set[str]:
         return set(fleet.redis.scan_iter(match=pattern, count=1000))

@@ -76,7 +76,7 @@ def wait_quiet(fleet: Fleet, wait: Callable[..., None]) -> None:
 
 
 def run_record(fleet: Fleet, run_id: str) -> dict[str, str]:
-    return dict(fleet.redis.hgetall(f"{fleet.settings.key_prefix}:run:{run_id}"))
+    return dict(fleet.redis.hgetall(f"{fleet.settings.redis.key_prefix}:run:{run_id}"))
 
 
 @pytest.fixture
@@ -147,7 +147,7 @@ def test_counters_move_by_exactly_the_work_done(
     assert llm_calls == 2 + 1 + 1 + 0
     assert delta("agentfleet_step_duration_seconds_count") == llm_calls
     assert delta("agentfleet_step_duration_seconds_sum") > 0
-    who = {"provider": "default", "model": fleet.settings.llm_model}
+    who = {"provider": "default", "model": fleet.settings.llm.llm_model}
     assert delta("agentfleet_llm_calls_total", **who) == llm_calls
     for kind in ("prompt", "completion"):
         reported = sum(int(r[f"{kind}_tokens"]) for r in records)
@@ -191,7 +191,7 @@ def test_queue_depth_counts_waiting_messages(tmp_path: Path) -> None:
 
 @pytest.fixture
 def default_guard(quiet_fleet: Fleet) -> Iterator[ProviderGuard]:
-    guard = get_guard(quiet_fleet.settings, quiet_fleet.settings.provider_list[0])
+    guard = get_guard(quiet_fleet.settings, quiet_fleet.settings.llm.provider_list[0])
     try:
         yield guard
     finally:

@@ -27,11 +27,11 @@ def client(fleet: Fleet) -> Iterator[Client]:
 
 
 def _call(fleet: Fleet, call_id: str) -> dict[str, str]:
-    return dict(fleet.redis.hgetall(keys.tool(fleet.settings.key_prefix, call_id)))
+    return dict(fleet.redis.hgetall(keys.tool(fleet.settings.redis.key_prefix, call_id)))
 
 
 def _messages(fleet: Fleet, run_id: str) -> int:
-    return int(fleet.redis.exists(keys.run_messages(fleet.settings.key_prefix, run_id)))
+    return int(fleet.redis.exists(keys.run_messages(fleet.settings.redis.key_prefix, run_id)))
 
 
 def test_a_run_finishes_and_its_transcript_leaves_redis(fleet: Fleet, client: Client) -> None:
@@ -42,7 +42,7 @@ def test_a_run_finishes_and_its_transcript_leaves_redis(fleet: Fleet, client: Cl
     assert run.status == "succeeded"
     assert run.result == "Results: calculator=2.0; calculator=4.0"  # step 2 read the results
     assert client.get_run(run.id).result == run.result  # the result is kept
-    p = fleet.settings.key_prefix
+    p = fleet.settings.redis.key_prefix
     assert _messages(fleet, run.id) == 0
     record = fleet.redis.hgetall(keys.run(p, run.id))
     assert record[keys.NO_TRANSCRIPT_FIELD] == "1"
@@ -124,7 +124,7 @@ def test_a_context_summary_goes_with_the_transcript(fleet: Fleet, client: Client
     trimmed = [e.data for e in client.events(run.id) if e.type == "context_trimmed"]
     assert trimmed
     assert trimmed[-1]["summarized_messages"] > 0
-    record = fleet.redis.hgetall(keys.run(fleet.settings.key_prefix, run.id))
+    record = fleet.redis.hgetall(keys.run(fleet.settings.redis.key_prefix, run.id))
     assert "summary_of" in record  # a summary was made
     assert "summary" not in record
 
@@ -140,13 +140,13 @@ def test_what_a_person_was_asked_and_answered_goes_too(fleet: Fleet, client: Cli
     client.answer(run_id, "large")
     done = client.wait(run_id, timeout=60)
     assert done.result == 'Results: ask_human="large"'
-    record = fleet.redis.hgetall(keys.run(fleet.settings.key_prefix, run_id))
+    record = fleet.redis.hgetall(keys.run(fleet.settings.redis.key_prefix, run_id))
     assert "decisions" not in record
     assert "waiting" not in record
     kinds = [e.type for e in client.events(run_id)]
     assert "input_received" in kinds  # the events that carry nothing asked or told stay
     assert "input_requested" not in kinds
-    stored = fleet.redis.xrange(keys.run_events(fleet.settings.key_prefix, run_id))
+    stored = fleet.redis.xrange(keys.run_events(fleet.settings.redis.key_prefix, run_id))
     assert question not in json.dumps(stored)
     assert "large" not in json.dumps([f for _, f in stored if f["type"] != "succeeded"])
     call = _call(fleet, f"{run_id}-1-0")

@@ -27,7 +27,7 @@ SENTINELS = "sentinel://:redispw@s1:26379/2;sentinel://s2:26380/2;sentinel://s3/
 
 
 def test_log_level_and_format_are_validated() -> None:
-    assert Settings(log_level="debug").log_level == "DEBUG"
+    assert Settings(log_level="debug").logs.log_level == "DEBUG"
     with pytest.raises(ValidationError, match="unknown log level"):
         Settings(log_level="chatty")
     with pytest.raises(ValidationError):
@@ -110,10 +110,10 @@ def test_the_stack_overrides_only_what_it_runs(tmp_path: Path) -> None:
     }
     settings = stack.settings()
     assert settings.broker == settings.backend == "redis://127.0.0.1:6390/0"
-    assert settings.tool_modules == ["mytools"]
+    assert settings.workers.tool_modules == ["mytools"]
     # A configured provider: the demo starts no simulator, so it has no URL to override.
-    assert not settings.uses_simulator
-    assert Settings.from_environ({}).uses_simulator
+    assert not settings.llm.uses_simulator
+    assert Settings.from_environ({}).llm.uses_simulator
 
 
 def _fresh_env(**settings: str) -> dict[str, str]:

@@ -217,7 +217,7 @@ def test_rate_limit_is_shared_by_the_fleet(pfleet: Fleet, sim: str) -> None:
 
 
 def test_a_429_neither_counts_nor_clears_breaker_failures(pfleet: Fleet, sim: str) -> None:
-    provider = next(p for p in pfleet.settings.provider_list if p.name == "a")
+    provider = next(p for p in pfleet.settings.llm.provider_list if p.name == "a")
     guard = get_guard(pfleet.settings, provider)
     for _ in range(2):
         guard.failed(guard.admit(10), RetryableProviderError("a: HTTP 500", "a"))
@@ -346,7 +346,7 @@ def test_a_refusal_waits_for_a_provider_that_may_serve_later(
 ) -> None:
     fleet = pfleet
     set_faults(sim, "a", status=401)
-    b = next(p for p in fleet.settings.provider_list if p.name == "b")
+    b = next(p for p in fleet.settings.llm.provider_list if p.name == "b")
     guard = get_guard(fleet.settings, b)
     for _ in range(FAIL_MAX):
         guard.failed(guard.admit(10), RetryableProviderError("b: HTTP 500", "b"))

@@ -112,7 +112,7 @@ def _quiet(fleet: Fleet) -> bool:
         for queue in ("agents", "tools", "batch"):
             pipe.llen(queue)
         pipe.hlen("unacked")
-        pipe.zcard(f"{fleet.settings.key_prefix}:runs:active")
+        pipe.zcard(f"{fleet.settings.redis.key_prefix}:runs:active")
         return not any(pipe.execute()) and fleet.sim_stats()["in_flight"] == 0
 
     if not once():

@@ -114,7 +114,8 @@ def test_a_cancelled_run_releases_get(fleet: Fleet, wait: Callable[..., None]) -
     run_id = json.loads(proc.stdout.readline())["id"]
     wait(
         lambda: (
-            fleet.redis.hget(f"{fleet.settings.key_prefix}:run:{run_id}", "status") == "running"
+            fleet.redis.hget(f"{fleet.settings.redis.key_prefix}:run:{run_id}", "status")
+            == "running"
         ),
         30,
         "the run to start",
@@ -130,7 +131,7 @@ def test_a_run_cancelled_while_it_waits_for_a_slot_releases_get(
     # message in any queue, until a slot is free; cancelling it there must still end it.
     with fleet.client_of("capped") as client:
         holders = [client.create_run("[[latency:3]] holder").id for _ in range(3)]
-        tenant = f"{fleet.settings.key_prefix}:tenant:capped"
+        tenant = f"{fleet.settings.redis.key_prefix}:tenant:capped"
         wait(lambda: fleet.redis.scard(f"{tenant}:inflight") == 3, 30, "the holders to start")
         waiting = client.create_run("waits its turn").id
         waiting_key = f"{tenant}:waiting"
@@ -150,9 +151,9 @@ def test_a_run_over_its_redelivery_limit_releases_get(
 ) -> None:
     # Step 2 already delivered max_redeliveries times (each worker lost while running it):
     # its next delivery fails the run.
-    key = f"{fleet.settings.key_prefix}:run:"
+    key = f"{fleet.settings.redis.key_prefix}:run:"
     run_id = fleet.client.create_run('call record_sleep {"key": "redeliver-cap", "seconds": 2}').id
     wait(lambda: fleet.redis.hget(key + run_id, "dispatched_step") == "1", 30, "the tool step")
-    fleet.redis.hset(key + run_id, "deliveries:2", fleet.settings.max_redeliveries)
+    fleet.redis.hset(key + run_id, "deliveries:2", fleet.settings.limits.max_redeliveries)
     record = _failure(_outcome(_start(fleet, "wait", run_id)), "failed", "redelivery_limit")
     assert record["progress"]["step"] == 1

@@ -107,7 +107,7 @@ def test_a_run_whose_record_expired_leaves_the_list(
 ) -> None:
     name, client = tenant
     gone, kept = (client.run(f"r{i}", tools=[], timeout=60).id for i in range(2))
-    p = fleet.settings.key_prefix
+    p = fleet.settings.redis.key_prefix
     fleet.redis.delete(keys.run(p, gone))
     assert [r.id for r in client.list_runs().runs] == [kept]
     assert fleet.redis.zscore(keys.tenant_runs(p, name), gone) is None

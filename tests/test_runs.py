@@ -63,7 +63,7 @@ def test_max_steps_exceeded_fails_clearly(fleet: Fleet) -> None:
     # The last step's tool calls are not dispatched: no step is left to read them.
     assert run.progress.tool_calls_done == 2
     assert run.progress.tool_calls_total == 2
-    assert fleet.redis.exists(f"{fleet.settings.key_prefix}:tool:{run.id}-3-0") == 0
+    assert fleet.redis.exists(f"{fleet.settings.redis.key_prefix}:tool:{run.id}-3-0") == 0
     events = [e.type for e in fleet.client.events(run.id)]
     assert events.count("llm_call_started") == 3
     assert events.count("tool_call_started") == 2

@@ -15,7 +15,7 @@ def test_cap_holds_and_every_run_finishes(fleet: Fleet, wait: Callable[..., None
         prompt = '[[latency:0.3]] call text_stats {"text": "capped run"}'
         run_ids = [client.create_run(prompt).id for _ in range(20)]
         batch_id = client.create_batch([{"input": f"[[latency:0.3]] b{i}"} for i in range(6)]).id
-        run_keys = [fleet.settings.key_prefix + f":run:{r}" for r in run_ids]
+        run_keys = [fleet.settings.redis.key_prefix + f":run:{r}" for r in run_ids]
 
         samples: list[int] = []
         stop = threading.Event()
@@ -40,7 +40,7 @@ def test_cap_holds_and_every_run_finishes(fleet: Fleet, wait: Callable[..., None
     assert batch.counts.succeeded == 6
     assert max(samples) <= CAP
     assert max(samples) == CAP  # the cap was reached, so it was what held them back
-    inflight = fleet.redis.scard(f"{fleet.settings.key_prefix}:tenant:capped:inflight")
+    inflight = fleet.redis.scard(f"{fleet.settings.redis.key_prefix}:tenant:capped:inflight")
     assert inflight == 0
 
 

@@ -28,7 +28,7 @@ def _thread() -> str:
 
 
 def _messages(fleet: Fleet, run_id: str) -> list[dict[str, Any]]:
-    raw = fleet.redis.lrange(keys.run_messages(fleet.settings.key_prefix, run_id), 0, -1)
+    raw = fleet.redis.lrange(keys.run_messages(fleet.settings.redis.key_prefix, run_id), 0, -1)
     return [json.loads(m) for m in raw]
 
 
@@ -242,7 +242,7 @@ def test_the_oldest_turns_go_first_and_whole(fleet: Fleet) -> None:
         store.apply_and_finish_step(
             run_id, 1, claim.token, answer, status=RunStatus.SUCCEEDED, result=f"a{turn}"
         )
-    p = settings.key_prefix
+    p = settings.redis.key_prefix
     history = [
         json.loads(m) for m in fleet.redis.lrange(keys.thread_messages(p, "trim", thread), 0, -1)
     ]

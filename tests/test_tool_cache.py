@@ -51,7 +51,7 @@ def _call(client: Client, name: str, arguments: dict[str, Any]) -> dict[str, Any
 def _entry(fleet: Fleet, name: str, arguments: dict[str, Any], tenant: str) -> str:
     """The cache key of ``name`` called with ``arguments`` by ``tenant``."""
     probe = registry.get(name)
-    return cache_key(fleet.settings.key_prefix, tenant, probe, probe.validate(arguments))
+    return cache_key(fleet.settings.redis.key_prefix, tenant, probe, probe.validate(arguments))
 
 
 def _ran(fleet: Fleet, key: str) -> int:
@@ -277,14 +277,14 @@ def test_an_entry_is_kept_only_with_the_result_that_is_stored(fleet: Fleet) -> N
     already stored (a duplicate delivery's) keeps none, and counts nothing."""
     store = get_store(fleet.settings)
     call_id, name = f"cache-store-{uuid.uuid4().hex[:12]}", "cache_probe"
-    metric = keys.MetricKeys(fleet.settings.key_prefix).tool_cache
+    metric = keys.MetricKeys(fleet.settings.redis.key_prefix).tool_cache
     counted = label_field(name, "miss")
     before = int(fleet.redis.hget(metric, counted) or 0)
     claim = store.begin_tool(call_id, name, "{}", None, lease_s=5)
     assert claim.outcome == ToolOutcome.OK
     assert claim.tenant == ""  # sent without the API: its record names no tenant
     first = {"id": call_id, "name": name, "ok": True, "output": 1}
-    entry = keys.tool_cache(fleet.settings.key_prefix, "t", name, "h", f"{call_id}-1")
+    entry = keys.tool_cache(fleet.settings.redis.key_prefix, "t", name, "h", f"{call_id}-1")
     use = CacheUse(entry, hit=False, ttl_ms=60_000, tool=name)
     stored, _ = store.complete_tool(call_id, claim.token, first, None, cache=use)
     assert stored == first
@@ -292,7 +292,7 @@ def test_an_entry_is_kept_only_with_the_result_that_is_stored(fleet: Fleet) -> N
     assert 0 < fleet.redis.pttl(entry) <= 60_000
 
     late = {"id": call_id, "name": name, "ok": True, "output": 2}
-    other = keys.tool_cache(fleet.settings.key_prefix, "t", name, "h", f"{call_id}-2")
+    other = keys.tool_cache(fleet.settings.redis.key_prefix, "t", name, "h", f"{call_id}-2")
     use = CacheUse(other, hit=False, ttl_ms=60_000, tool=name)
     stored, _ = store.complete_tool(call_id, "", late, None, cache=use)
     assert stored == first

@@ -313,7 +313,9 @@ def test_tools_omitted_means_the_tools_every_live_worker_has(seen: Fleet) -> Non
     run = seen.client.wait(run_id, timeout=60)
     assert run.status == "succeeded", run
     assert "42" in (run.result or "")
-    stored = json.loads(seen.redis.hget(f"{seen.settings.key_prefix}:run:{run_id}", "tools") or "")
+    stored = json.loads(
+        seen.redis.hget(f"{seen.settings.redis.key_prefix}:run:{run_id}", "tools") or ""
+    )
     assert stored == BUILTIN
 
 

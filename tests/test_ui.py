@@ -212,7 +212,7 @@ def test_providers_and_usage_pages(browser: WebDriver, fleet: Fleet, tenant: Ten
     enter(browser, fleet, tenant.key)
     browser.find_element(By.LINK_TEXT, "Providers").click()
     _until(browser, lambda d: d.find_elements(By.ID, "providers"), "the providers page")
-    names = [p.name for p in fleet.settings.provider_list]
+    names = [p.name for p in fleet.settings.llm.provider_list]
     rows = browser.find_elements(By.CSS_SELECTOR, "#providers tbody tr")
     assert [r.get_attribute("data-provider") for r in rows] == names
     assert rows[0].find_element(By.CSS_SELECTOR, ".status").text == "closed"

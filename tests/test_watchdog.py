@@ -68,7 +68,7 @@ def test_lost_tool_call_that_used_up_its_deliveries_fails_instead_of_running_aga
     # began it (agentfleet.tasks.scripts.BEGIN_TOOL) and lost its worker.
     wait(lambda: watched.redis.llen("tools") == 1, 20, "the tool call queued")
     watched.redis.delete("tools")
-    limit = watched.settings.max_redeliveries
+    limit = watched.settings.limits.max_redeliveries
     begun = {"id": call_id, "name": "record_sleep", "run_id": run_id, "attempts": limit}
     watched.redis.hset(store.tool_key(call_id), mapping=begun | {"status": "running"})
 

@@ -140,7 +140,7 @@ def test_a_runs_failure_is_stored_only_as_its_end(fleet: Fleet) -> None:
     backend = fleet.app.backend
     run_id = fleet.client.create_run("a run to fail").id
     fleet.client.wait(run_id, timeout=30)
-    run_keys = f"{fleet.settings.key_prefix}:run:"
+    run_keys = f"{fleet.settings.redis.key_prefix}:run:"
     fleet.redis.delete(f"celery-task-meta-{run_id}")
     lost = backend.prepare_exception(TimeoutError("tool call killed"))
     store_result_once(backend, run_id, lost, "FAILURE", run_keys=run_keys)

@@ -97,7 +97,7 @@ def test_tool_that_kills_its_worker_fails_after_max_redeliveries(
     """``crash`` ends its pool process on every delivery: inside a run, through the API and
     through ``send_task``, it runs ``max_redeliveries`` times, then its stored result is the
     ``tool_redelivery_limit`` error, and the same tools worker goes on serving."""
-    fleet, limit = short_fleet, short_fleet.settings.max_redeliveries
+    fleet, limit = short_fleet, short_fleet.settings.limits.max_redeliveries
     keys = ["crash-run", "crash-api", "crash-send"]
     tools_worker = fleet.worker_of("tools")
     run_id = fleet.client.create_run('call crash {"key": "crash-run"}').id

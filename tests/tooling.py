@@ -18,7 +18,7 @@ from agentfleet.tasks.tools import tool
 
 
 def _redis() -> redis.Redis:
-    return redis.Redis.from_url(get_settings().redis_url, decode_responses=True)
+    return redis.Redis.from_url(get_settings().redis.redis_url, decode_responses=True)
 
 
 @tool

@@ -27,29 +27,29 @@ def transport_options(settings: Settings) -> dict[str, Any]:
     """Redis transport options of the result backend, and of the broker if it is Redis."""
     return {
         # Must be the same on every process sharing the broker DB: the shortest one wins.
-        "visibility_timeout": settings.visibility_timeout,
-        "unacked_restore_interval": settings.unacked_restore_interval,
-        "unacked_restore_throttle": settings.unacked_restore_throttle,
+        "visibility_timeout": settings.celery.visibility_timeout,
+        "unacked_restore_interval": settings.celery.unacked_restore_interval,
+        "unacked_restore_throttle": settings.celery.unacked_restore_throttle,
         "health_check_interval": 25,
         "socket_connect_timeout": 5,
         "socket_keepalive": True,
         "retry_on_timeout": True,
         # Acks come from every pool thread (late acks); kombu's default of 10 connections per
         # channel makes them fail under load, and a failed ack waits out the visibility timeout.
-        "max_connections": settings.redis_max_connections,
+        "max_connections": settings.redis.redis_max_connections,
         **sentinel_options(settings),
     }
 
 
 def sentinel_options(settings: Settings) -> dict[str, Any]:
     """Transport options for ``sentinel://`` broker and backend URLs (empty otherwise)."""
-    if not settings.redis_sentinel_master:
+    if not settings.redis.redis_sentinel_master:
         return {}
-    options: dict[str, Any] = {"master_name": settings.redis_sentinel_master}
-    if settings.redis_sentinel_password:
+    options: dict[str, Any] = {"master_name": settings.redis.redis_sentinel_master}
+    if settings.redis.redis_sentinel_password:
         # Credentials of the Sentinel servers; Redis's own password is in the URL.
         options["sentinel_kwargs"] = {
-            "password": settings.redis_sentinel_password.get_secret_value()
+            "password": settings.redis.redis_sentinel_password.get_secret_value()
         }
     return options
 
@@ -69,7 +69,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "retry_policy": {"timeout": 5.0},
         },
         # Docs: set it in all three places, or the shortest value silently wins.
-        "visibility_timeout": settings.visibility_timeout,
+        "visibility_timeout": settings.celery.visibility_timeout,
         # JSON only: anyone who can write to Redis must not get code execution.
         "task_serializer": "json",
         "result_serializer": "json",
@@ -93,19 +93,19 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # an abandoned dispatch, so the redelivery completes the chord. Celery's own dedup
         # would skip that task and lose the chord.
         "worker_deduplicate_successful_tasks": False,
-        "worker_soft_shutdown_timeout": settings.worker_soft_shutdown_timeout,
+        "worker_soft_shutdown_timeout": settings.workers.worker_soft_shutdown_timeout,
         "worker_enable_soft_shutdown_on_idle": True,
         "worker_eta_task_limit": 1000,
         # Default limits for any task that does not set its own.
-        "task_soft_time_limit": settings.step_soft_time_limit,
-        "task_time_limit": settings.step_time_limit,
+        "task_soft_time_limit": settings.limits.step_soft_time_limit,
+        "task_time_limit": settings.limits.step_time_limit,
         # Results and progress.
         "task_track_started": True,
-        "result_expires": settings.result_expires,
+        "result_expires": settings.celery.result_expires,
         "result_extended": False,  # would copy prompts into every stored state
         "result_backend_always_retry": True,
         "result_backend_max_retries": 10,
-        "redis_max_connections": settings.redis_max_connections,
+        "redis_max_connections": settings.redis.redis_max_connections,
         "redis_socket_timeout": 30.0,
         "redis_socket_connect_timeout": 5.0,
         "redis_backend_health_check_interval": 25,
@@ -143,7 +143,7 @@ def api_config(settings: Settings) -> dict[str, Any]:
         "task_send_sent_event": False,
     }
     if broker_kind(settings.broker) is BrokerKind.REDIS:
-        timeout = settings.api_redis_timeout
+        timeout = settings.api.api_redis_timeout
         config["broker_transport_options"] = {
             **transport_options(settings),
             "socket_timeout": timeout,
@@ -167,7 +167,7 @@ def worker_config(settings: Settings) -> dict[str, Any]:
     the broker a failed task is still acknowledged once Redis is back, and its run would stop.
     The API keeps the short budgets above, shortened further by :func:`api_config`.
     """
-    attempts = max(1, math.ceil(settings.redis_outage_wait / RETRY_INTERVAL))
+    attempts = max(1, math.ceil(settings.redis.redis_outage_wait / RETRY_INTERVAL))
     return {
         "task_publish_retry_policy": {
             "max_retries": attempts,

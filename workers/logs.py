@@ -93,16 +93,16 @@ class JsonFormatter(logging.Formatter):
 
 def _level(settings: Settings) -> int | None:
     """The configured level, or None when ``AGENTFLEET_LOG_LEVEL`` was not set."""
-    if "log_level" not in settings.model_fields_set:
+    if "log_level" not in settings.logs.model_fields_set:
         return None
-    return logging.getLevelNamesMapping()[settings.log_level]
+    return logging.getLevelNamesMapping()[settings.logs.log_level]
 
 
 def _prepare(handlers: Iterable[logging.Handler], settings: Settings) -> None:
     for handler in handlers:
         if not any(isinstance(f, ContextFilter) for f in handler.filters):
             handler.addFilter(ContextFilter())
-        if settings.log_format == "json":
+        if settings.logs.log_format == "json":
             handler.setFormatter(JsonFormatter())
 
 
@@ -133,7 +133,7 @@ def configure_api_logging(settings: Settings) -> None:
     root = logging.getLogger()
     level = _level(settings)
     root.setLevel(level if level is not None else logging.INFO)
-    if settings.log_format != "json":
+    if settings.logs.log_format != "json":
         return
     if not root.handlers:
         root.addHandler(logging.StreamHandler(sys.stderr))

@@ -39,7 +39,7 @@ def _wait_out_redis_outages(conf: Any, **_: Any) -> None:
     # child exists: a task whose Redis restarts waits for it instead of failing halfway
     # through a step. The API never gets here and answers 503 at once.
     settings = get_settings()
-    wait_out_outages(settings.redis_outage_wait)
+    wait_out_outages(settings.redis.redis_outage_wait)
     conf.update(worker_config(settings))
     # Fixes of Celery's internals that only a worker needs (workers/fixes/).
     fixes.install_in_worker(settings)
@@ -114,7 +114,7 @@ def _structured_task_logs(logger: logging.Logger, **_: Any) -> None:
 def _no_banner_with_json_logs(instance: Any, **_: Any) -> None:
     # The startup banner is printed straight to stdout, the one output that would not be
     # JSON; it is replaced by the "worker starting" line below.
-    if get_settings().log_format == "json":
+    if get_settings().logs.log_format == "json":
         instance.quiet = True
 
 

@@ -19,7 +19,7 @@ from agentfleet.producer.auth import create_key
 from agentfleet.tasks import intake
 from agentfleet.tasks.models import DEFAULT_TENANT, RunRequest
 from agentfleet.tasks.redisconn import get_redis
-from agentfleet.tasks.settings import Settings
+from agentfleet.tasks.settings import RedisSettings, Settings
 from agentfleet.tasks.store import RunStore
 from agentfleet.workers.conf import celery_config
 from agentfleet.workers.factory import create_app
@@ -80,7 +80,7 @@ class Fleet:
     @classmethod
     def connect(cls, url: str) -> Fleet:
         """A Celery app and a run store on ``url``."""
-        settings = Settings(redis_url=url)
+        settings = Settings(redis=RedisSettings(redis_url=url))
         return cls(settings, create_app(settings), RunStore(get_redis(settings), settings))
 
     def submit(self, prompt: str) -> str:
@@ -243,7 +243,7 @@ class Bench:
         if self.submit_via != "api":
             yield Submission(lambda prompt: fleet.submit(prompt), [])
             return
-        api, base_url = start_api(self, fleet.settings.redis_url, 1)
+        api, base_url = start_api(self, fleet.settings.redis.redis_url, 1)
         procs.append(api)
         key = create_key(fleet.store.redis, fleet.settings, "bench")
         http = HttpSubmitter(base_url, key)

@@ -89,7 +89,7 @@ def _accept_http(bench: Bench, processes: int) -> AcceptResult:
     result = AcceptResult(f"POST /v1/runs, uvicorn x{processes}", bench.sizes.accept_n, 0)
     try:
         with bench.workers([]) as procs:
-            api, base_url = start_api(bench, fleet.settings.redis_url, processes)
+            api, base_url = start_api(bench, fleet.settings.redis.redis_url, processes)
             procs.append(api)
             key = create_key(fleet.store.redis, fleet.settings, "bench")
             submitter = HttpSubmitter(base_url, key)

@@ -96,7 +96,7 @@ def _chord_runs(bench: Bench) -> ChordResult:
         CHORD_SIZE,
         bench.sizes.chord_reps,
     )
-    url = fleet.settings.redis_url
+    url = fleet.settings.redis.redis_url
     procs: list[Proc] = []
     try:
         with bench.workers(procs):

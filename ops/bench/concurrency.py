@@ -189,7 +189,7 @@ def _concurrency_plain(bench: Bench, agents: AgentsPool, runs: int) -> Concurren
 def _concurrency_one(bench: Bench, agents: AgentsPool, runs: int) -> ConcurrencyResult:
     fleet = Fleet.connect(bench.fresh_db())
     result = ConcurrencyResult(agents.label, runs)
-    url = fleet.settings.redis_url
+    url = fleet.settings.redis.redis_url
     procs: list[Proc] = []
     try:
         with bench.workers(procs), bench.submission(fleet, procs) as submission:

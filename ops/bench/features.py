@@ -109,7 +109,7 @@ def measure(bench: Bench) -> list[FeatureResult]:
     """Section (g): every variant, ``features_rounds`` rounds of ``features_n`` runs."""
     results = [FeatureResult(v.name, bench.sizes.features_n) for v in VARIANTS]
     fleet = Fleet.connect(bench.fresh_db())
-    url = fleet.settings.redis_url
+    url = fleet.settings.redis.redis_url
     procs: list[Proc] = []
     clients: dict[str, httpx.Client] = {}
     try:

@@ -84,7 +84,7 @@ def measure(bench: Bench) -> list[LatencyResult]:
 def _latency_one(bench: Bench, agents: AgentsPool, noop: Any, plain: list[Proc]) -> LatencyResult:
     result = LatencyResult(agents.label, bench.sizes.latency_n)
     fleet = Fleet.connect(bench.fresh_db())
-    url = fleet.settings.redis_url
+    url = fleet.settings.redis.redis_url
     procs: list[Proc] = []
     try:
         with bench.workers(procs):

@@ -119,7 +119,7 @@ def measure(bench: Bench) -> list[MemoryResult]:
 def _memory_one(bench: Bench, runs: int) -> list[MemoryResult]:
     fleet = Fleet.connect(bench.fresh_db())
     rows = [MemoryResult(PARK_AGENTS.label, runs, phase) for phase in ("first", "again")]
-    url = fleet.settings.redis_url
+    url = fleet.settings.redis.redis_url
     procs: list[Proc] = []
     try:
         with bench.workers(procs):
@@ -162,7 +162,7 @@ def _park(bench: Bench, row: MemoryResult, fleet: Fleet, agents: Sequence[Proc])
     row.keys_kb_per_run = (keys_memory(client) - keys_before) / kib
     pipe = client.pipeline(transaction=False)
     for run_id in ids[:RECORD_SAMPLE]:
-        p = fleet.store.settings.key_prefix
+        p = fleet.store.settings.redis.key_prefix
         for key in (keys.run(p, run_id), keys.run_messages(p, run_id), keys.run_lease(p, run_id)):
             pipe.memory_usage(key, samples=0)
     sampled = sum(int(n or 0) for n in pipe.execute())

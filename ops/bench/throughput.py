@@ -123,7 +123,7 @@ def _drain_plain(bench: Bench, llm: bool = False, transport: str = "") -> DrainR
 def _drain_runs(bench: Bench, agents: AgentsPool) -> DrainResult:
     fleet = Fleet.connect(bench.fresh_db())
     result = DrainResult(f"agentfleet {agents.label}", bench.sizes.backlog_m)
-    url = fleet.settings.redis_url
+    url = fleet.settings.redis.redis_url
 
     def start_workers() -> dict[str, list[Proc]]:
         return {

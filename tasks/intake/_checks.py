@@ -174,8 +174,8 @@ def admit_batch(request: BatchRequest, settings: Settings) -> AdmittedBatch:
     :class:`InvalidRequest` naming the first :data:`MAX_BATCH_PROBLEMS` or so problems."""
     problems: Problems = []
     items: list[AdmittedRun | ToolCallItem] = []
-    if len(request.items) > settings.max_batch_items:
-        limit = settings.max_batch_items
+    if len(request.items) > settings.api.max_batch_items:
+        limit = settings.api.max_batch_items
         problems.append(("items", f"{len(request.items)} items; the limit is {limit}"))
     else:
         problems += _batch_item_checks(request, settings, items)
@@ -215,7 +215,7 @@ def transcript_problems(request: RunRequest, tenant: str, settings: Settings) ->
     """What a run of a tenant whose transcripts must not outlive their runs cannot have: a
     thread (its history is the transcript, kept for the next run) and a stream (its tokens are
     events, kept with the run's). A cache_ttl is not refused: the run uses no cache."""
-    if settings.keeps_transcripts(tenant):
+    if settings.tenants.keeps_transcripts(tenant):
         return []
     why = f"tenant {tenant!r} keeps no transcripts (AGENTFLEET_TENANT_NO_TRANSCRIPT)"
     found: Problems = []
@@ -238,7 +238,7 @@ def batch_transcript_problems(batch: AdmittedBatch, tenant: str, settings: Setti
 
 def callback_problems(url: object, settings: Settings) -> Problems:
     """A ``callback_url`` is refused while the server has no secret to sign callbacks with."""
-    if url is not None and settings.callback_secret is None:
+    if url is not None and settings.api.callback_secret is None:
         return [("callback_url", "callbacks are off: the server has no AGENTFLEET_CALLBACK_SECRET")]
     return []
 
@@ -257,19 +257,19 @@ def _run_checks(request: RunRequest, settings: Settings) -> tuple[list[Target] |
     """The provider chain of ``request`` (None if it does not resolve) and every limit it breaks."""
     problems: Problems = []
     prompt_chars = len(str(request.input)) + len(request.system or "")
-    if prompt_chars > settings.max_input_chars:
+    if prompt_chars > settings.runs.max_input_chars:
         problems.append(
             (
                 "input",
                 f"input and system prompt are {prompt_chars} characters; "
-                f"the limit is {settings.max_input_chars}",
+                f"the limit is {settings.runs.max_input_chars}",
             )
         )
-    if request.max_steps is not None and request.max_steps > settings.max_steps_limit:
+    if request.max_steps is not None and request.max_steps > settings.runs.max_steps_limit:
         problems.append(
             (
                 "max_steps",
-                f"max_steps is {request.max_steps}; the limit is {settings.max_steps_limit}",
+                f"max_steps is {request.max_steps}; the limit is {settings.runs.max_steps_limit}",
             )
         )
     if request.tools is not None:
@@ -280,7 +280,7 @@ def _run_checks(request: RunRequest, settings: Settings) -> tuple[list[Target] |
     if clash := sorted(set(request.subagents or []) & set(resolve_tools(request))):
         problems.append(("subagents", f"named like a tool of the run: {', '.join(clash)}"))
     if request.output_schema is not None:
-        limit = settings.max_output_schema_bytes
+        limit = settings.runs.max_output_schema_bytes
         problems += [("output_schema", p) for p in schema_problems(request.output_schema, limit)]
     chain = None
     try:
@@ -288,12 +288,12 @@ def _run_checks(request: RunRequest, settings: Settings) -> tuple[list[Target] |
     except RoutingError as exc:
         problems.append(("providers" if request.providers else "model", str(exc)))
     metadata_bytes = len(json.dumps(request.metadata).encode())
-    if metadata_bytes > settings.max_metadata_bytes:
+    if metadata_bytes > settings.runs.max_metadata_bytes:
         problems.append(
             (
                 "metadata",
                 f"metadata is {metadata_bytes} bytes as JSON; the limit is "
-                f"{settings.max_metadata_bytes}",
+                f"{settings.runs.max_metadata_bytes}",
             )
         )
     return chain, problems
@@ -301,9 +301,12 @@ def _run_checks(request: RunRequest, settings: Settings) -> tuple[list[Target] |
 
 def _tools_checks(tools: list[str], settings: Settings) -> Problems:
     problems: Problems = []
-    if len(tools) > settings.max_tools_per_run:
+    if len(tools) > settings.runs.max_tools_per_run:
         problems.append(
-            ("tools", f"{len(tools)} tools requested; the limit is {settings.max_tools_per_run}")
+            (
+                "tools",
+                f"{len(tools)} tools requested; the limit is {settings.runs.max_tools_per_run}",
+            )
         )
     unknown = sorted({t for t in tools if t not in registry})
     if unknown:

@@ -97,7 +97,7 @@ def submit_run(
         )
     )
     _publish(app, names.RUN, run_id, kwargs={"request": None})
-    messages = keys.run_messages(store.settings.key_prefix, run_id)
+    messages = keys.run_messages(store.settings.redis.key_prefix, run_id)
     answer = accepted_body("runs", run_id)
     _accept(store, (store.run_key(run_id), messages), token, slot, answer, run_id=run_id)
     log.info("run %s enqueued", run_id)
@@ -175,7 +175,7 @@ def submit_batch(
         runs.append((run_id, item.prepared(run_id, tenant), item.tools(every_tool), item.chain))
         items.append(keys.item(keys.RUN_ITEM, run_id))
     key = batch_key(store, batch_id)
-    items_key = keys.batch_items(store.settings.key_prefix, batch_id)
+    items_key = keys.batch_items(store.settings.redis.key_prefix, batch_id)
     record: dict[str, str | int | float] = {
         "id": batch_id,
         "tenant": tenant,

@@ -145,8 +145,8 @@ class ProviderGuard:
 
     def __init__(self, provider: ProviderConfig, settings: Settings) -> None:
         self.provider = provider
-        self.ns = keys.provider(settings.key_prefix, provider.name)
-        self.events_key = keys.provider_events(settings.key_prefix)
+        self.ns = keys.provider(settings.redis.key_prefix, provider.name)
+        self.events_key = keys.provider_events(settings.redis.key_prefix)
         self.announce_prefix = keys.announced(self.ns)
         self.redis = get_redis(settings)
         names = ("state", "fail_counter", "success_counter", "opened_at")
@@ -169,7 +169,7 @@ class ProviderGuard:
         self._correct = self.redis.register_script(_CORRECT_TOKENS)
         self._hold = self.redis.register_script(_HOLD)
         self._announce = self.redis.register_script(_ANNOUNCE)
-        self.metrics = Recorder(self.redis, settings.key_prefix)
+        self.metrics = Recorder(self.redis, settings.redis.key_prefix)
         # A probe that never reports back (its worker died) frees its slot after this long.
         self._probe_ttl_ms = int((provider.timeout + provider.connect_timeout + 5) * 1000)
 

@@ -84,7 +84,7 @@ def call_chain(
     retryable error (the step retries with backoff), else :class:`ProvidersUnavailable` with
     the shortest wait if one was skipped, else :class:`ProviderAccountError`.
     """
-    providers = {p.name: p for p in settings.provider_list}
+    providers = {p.name: p for p in settings.llm.provider_list}
     estimate = estimate_tokens(messages, tools)
     walk = _Walk()
     for target in chain:
@@ -138,7 +138,7 @@ def _call(
                 admission.at,
                 on_delta,
                 options,
-                settings.llm_transport,
+                settings.llm.llm_transport,
             )
             span.answered(completion)
     except RetryableProviderError as exc:

@@ -25,7 +25,7 @@ class RoutingError(ValueError):
 def _default_model(provider: ProviderConfig, settings: Settings) -> str:
     if provider.default_model:
         return provider.default_model
-    return provider.models[0] if provider.models else settings.llm_model
+    return provider.models[0] if provider.models else settings.llm.llm_model
 
 
 def resolve_chain(
@@ -40,7 +40,7 @@ def resolve_chain(
       ``models``;
     - neither: every provider in priority order, each with its default model.
     """
-    configured = {p.name: p for p in settings.provider_list}
+    configured = {p.name: p for p in settings.llm.provider_list}
     by_priority = sorted(configured.values(), key=lambda p: p.priority)
     if providers:
         unknown = [name for name in providers if name not in configured]
@@ -55,8 +55,8 @@ def resolve_chain(
         return chain
     if model is None:
         return [Target(p.name, _default_model(p, settings)) for p in by_priority]
-    if model in settings.model_aliases:
-        return [Target(*t.split(":", 1)) for t in settings.model_aliases[model]]
+    if model in settings.llm.model_aliases:
+        return [Target(*t.split(":", 1)) for t in settings.llm.model_aliases[model]]
     name, sep, rest = model.partition(":")
     if sep and name in configured:
         if not configured[name].serves(rest):

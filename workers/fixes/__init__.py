@@ -60,7 +60,7 @@ def _disabled() -> frozenset[str]:
 def install_in_worker(settings: Settings) -> None:
     """Install the worker-only fixes in this process, a worker's main process before its
     consumer and pool exist (``celeryd_init``); pool children inherit them."""
-    result_backend.enter_worker_mode(keys.run_prefix(settings.key_prefix))
+    result_backend.enter_worker_mode(keys.run_prefix(settings.redis.key_prefix))
     if enabled("controlflow"):
         controlflow.install()
 
