@@ -274,14 +274,18 @@ def _settings_problem(exc: ValueError) -> str:
     """A settings error in one line that names the variables."""
     from pydantic import ValidationError
 
+    from agentfleet.tasks.settings import GROUPS
+
     if not isinstance(exc, ValidationError):
         return f"invalid settings: {exc}"
     problems = []
     for error in exc.errors():
-        if not error["loc"]:  # a rule across settings (e.g. the time-limit arithmetic)
+        # A field's location starts with its group, which its variable does not name.
+        loc = error["loc"][1:] if error["loc"][:1] and error["loc"][0] in GROUPS else error["loc"]
+        if not loc:  # a rule across settings (e.g. the time-limit arithmetic)
             problems.append(f"invalid settings: {error['msg']}")
             continue
-        field, *rest = error["loc"]
+        field, *rest = loc
         name = f"AGENTFLEET_{str(field).upper()}" + "".join(f"[{part}]" for part in rest)
         problems.append(f"invalid setting {name}: {error['msg']}")
     return "; ".join(problems)
