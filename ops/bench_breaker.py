@@ -24,12 +24,8 @@ from pathlib import Path  # noqa: E402
 import gevent  # noqa: E402
 
 from agentfleet.tasks.llm import Target, call_chain, complete, get_guard  # noqa: E402
-from agentfleet.tasks.settings import (  # noqa: E402
-    LlmSettings,
-    ProviderConfig,
-    RedisSettings,
-    Settings,
-)
+from agentfleet.tasks.setting_groups import LlmSettings, ProviderConfig, RedisSettings  # noqa: E402
+from agentfleet.tasks.settings import Settings  # noqa: E402
 from ops.stack import Stack  # noqa: E402
 
 MESSAGES = [{"role": "user", "content": "hello"}]

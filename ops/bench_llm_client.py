@@ -42,7 +42,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
 
 from agentfleet.tasks.llm import complete
 from agentfleet.tasks.llm._call import CHAT_PATH
-from agentfleet.tasks.settings import LlmTransport, ProviderConfig
+from agentfleet.tasks.setting_groups import LlmTransport, ProviderConfig
 from agentfleet.tasks.tools import registry
 from ops.stack import Stack
 

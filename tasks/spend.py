@@ -45,7 +45,8 @@ from agentfleet.tasks.llm._routing import Target
 from agentfleet.tasks.metrics import label_field
 from agentfleet.tasks.records import RunRecord
 from agentfleet.tasks.scripts import RESERVE_SPEND, SETTLE_SPEND
-from agentfleet.tasks.settings import ModelPrice, Settings, TenantBudget
+from agentfleet.tasks.setting_groups import ModelPrice, TenantBudget
+from agentfleet.tasks.settings import Settings
 
 #: Days a tenant's spend is kept (``GET /v1/usage?day=`` reaches this far back).
 KEEP_DAYS = 8

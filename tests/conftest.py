@@ -26,7 +26,7 @@ from tests.docblocks import REPO, write_doc_modules
 
 #: How the workers of the suite's fleets make LLM calls: ``TESTS_LLM_TRANSPORT=httpx`` (or
 #: ``aiohttp``) runs the suite on that transport; unset, on the default
-#: (``agentfleet.tasks.settings.DEFAULT_LLM_TRANSPORT``). tests/test_llm_transport.py runs the
+#: (``agentfleet.tasks.setting_groups.DEFAULT_LLM_TRANSPORT``). tests/test_llm_transport.py runs the
 #: streaming, breaker, timeout and cancellation tests on both, whichever this is.
 TRANSPORT_ENV = (
     {"AGENTFLEET_LLM_TRANSPORT": os.environ["TESTS_LLM_TRANSPORT"]}

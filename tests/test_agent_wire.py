@@ -15,7 +15,7 @@ from agentfleet.simulator.control import recorded_requests
 from agentfleet.tasks.llm import CallOptions, complete, request_body
 from agentfleet.tasks.models import ModelSettings
 from agentfleet.tasks.output import OutputSpec
-from agentfleet.tasks.settings import LlmTransport
+from agentfleet.tasks.setting_groups import LlmTransport
 from tests.agents import Verdict
 from tests.conftest import Fleet
 

@@ -12,7 +12,8 @@ from celery import Celery
 from celery.app.defaults import DEFAULTS
 from pydantic import ValidationError
 
-from agentfleet.tasks.settings import ProviderConfig, Settings, unknown_variables
+from agentfleet.tasks.setting_groups import ProviderConfig
+from agentfleet.tasks.settings import Settings, unknown_variables
 from agentfleet.workers.conf import api_config, celery_config, worker_config
 from agentfleet.workers.factory import create_app
 from ops.stack import Stack

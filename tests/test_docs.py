@@ -31,7 +31,8 @@ import pytest
 from pydantic import TypeAdapter
 
 from agentfleet.tasks.models import BatchRequest, RunRequest
-from agentfleet.tasks.settings import FIELD_GROUPS, ProviderConfig, setting_field
+from agentfleet.tasks.setting_groups import ProviderConfig
+from agentfleet.tasks.settings import FIELD_GROUPS, setting_field
 from ops import config_reference
 from tests.conftest import Fleet
 from tests.docblocks import ALL_BLOCKS, DOCS, REPO, Block

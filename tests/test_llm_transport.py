@@ -42,12 +42,8 @@ from agentfleet.tasks.errors import (
 from agentfleet.tasks.llm import Target, call_chain, complete, get_client, get_guard
 from agentfleet.tasks.llm._loop import tasks_in_flight
 from agentfleet.tasks.llm._transport import PerThreadTransport, threads_are_greenlets
-from agentfleet.tasks.settings import (
-    DEFAULT_LLM_TRANSPORT,
-    LlmTransport,
-    ProviderConfig,
-    Settings,
-)
+from agentfleet.tasks.setting_groups import DEFAULT_LLM_TRANSPORT, LlmTransport, ProviderConfig
+from agentfleet.tasks.settings import Settings
 from ops.stack import PoolSpec, Stack, wait_for
 from tests.conftest import Fleet, private_fleet
 

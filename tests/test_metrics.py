@@ -25,7 +25,7 @@ from agentfleet.tasks.metrics import (
     Recorder,
     bucket_field,
 )
-from agentfleet.tasks.settings import ProviderConfig
+from agentfleet.tasks.setting_groups import ProviderConfig
 from agentfleet.tasks.states import RunStatus
 from agentfleet.workers import queues
 from ops.stack import Stack, free_port, wait_for

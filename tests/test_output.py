@@ -11,7 +11,7 @@ from agentfleet.tasks.errors import OutputInvalid
 from agentfleet.tasks.llm import CallOptions, request_body
 from agentfleet.tasks.models import ModelSettings
 from agentfleet.tasks.output import OutputSpec, schema_problems, strict_schema
-from agentfleet.tasks.settings import ProviderConfig
+from agentfleet.tasks.setting_groups import ProviderConfig
 
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
 TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}

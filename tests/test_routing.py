@@ -6,7 +6,8 @@ import pytest
 from pydantic import ValidationError
 
 from agentfleet.tasks.llm import RoutingError, Target, resolve_chain
-from agentfleet.tasks.settings import ProviderConfig, Settings
+from agentfleet.tasks.setting_groups import ProviderConfig
+from agentfleet.tasks.settings import Settings
 
 PROVIDERS = [
     ProviderConfig(name="fast", base_url="http://f/v1", priority=2, models=("m1", "m2")),

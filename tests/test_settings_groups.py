@@ -8,14 +8,8 @@ import re
 import pytest
 from pydantic import ValidationError
 
-from agentfleet.tasks.settings import (
-    ENV_PREFIX,
-    FIELD_GROUPS,
-    GROUPS,
-    LimitSettings,
-    Settings,
-    unknown_variables,
-)
+from agentfleet.tasks.setting_groups import LimitSettings
+from agentfleet.tasks.settings import ENV_PREFIX, FIELD_GROUPS, GROUPS, Settings, unknown_variables
 from ops import config_reference
 
 

@@ -14,7 +14,7 @@ import pytest
 from agentfleet.client import NotFound
 from agentfleet.simulator.faults import clear_faults, set_faults
 from agentfleet.tasks.redaction import MASK, Redactor
-from agentfleet.tasks.settings import DEFAULT_REDACT_FIELDS, DEFAULT_REDACT_PATTERNS
+from agentfleet.tasks.setting_groups import DEFAULT_REDACT_FIELDS, DEFAULT_REDACT_PATTERNS
 from tests.conftest import Fleet
 
 

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 from celery import Celery
 
-from agentfleet.tasks.settings import BrokerKind, broker_kind
+from agentfleet.tasks.setting_groups import BrokerKind, broker_kind
 from agentfleet.workers import queues
 from agentfleet.workers.fixes.rabbitmq import RabbitMQCelery
 

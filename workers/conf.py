@@ -17,7 +17,8 @@ import math
 from typing import Any
 
 from agentfleet.tasks.redisconn import RETRY_INTERVAL
-from agentfleet.tasks.settings import BrokerKind, Settings, broker_kind
+from agentfleet.tasks.setting_groups import BrokerKind, broker_kind
+from agentfleet.tasks.settings import Settings
 from agentfleet.workers import queues
 from agentfleet.workers.broker import broker_config
 from agentfleet.workers.fixes.result_backend import backend_url

@@ -17,7 +17,7 @@ from types import ModuleType
 from typing import Any
 
 import ops.bench as package
-from agentfleet.tasks.settings import LlmTransport
+from agentfleet.tasks.setting_groups import LlmTransport
 from ops.bench import accept, chord, concurrency, features, latency, memory, throughput
 from ops.bench._common import FULL, QUICK
 from ops.bench._stack import SUBMIT_PATHS, Bench

@@ -19,7 +19,8 @@ from agentfleet.producer.auth import create_key
 from agentfleet.tasks import intake
 from agentfleet.tasks.models import DEFAULT_TENANT, RunRequest
 from agentfleet.tasks.redisconn import get_redis
-from agentfleet.tasks.settings import RedisSettings, Settings
+from agentfleet.tasks.setting_groups import RedisSettings
+from agentfleet.tasks.settings import Settings
 from agentfleet.tasks.store import RunStore
 from agentfleet.workers.conf import celery_config
 from agentfleet.workers.factory import create_app

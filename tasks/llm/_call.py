@@ -26,7 +26,7 @@ from agentfleet.tasks.llm._client import get_async_client, get_client
 from agentfleet.tasks.llm._loop import run as run_on_loop
 from agentfleet.tasks.llm._transport import threads_are_greenlets
 from agentfleet.tasks.output import OutputSpec
-from agentfleet.tasks.settings import DEFAULT_LLM_TRANSPORT, LlmTransport, ProviderConfig
+from agentfleet.tasks.setting_groups import DEFAULT_LLM_TRANSPORT, LlmTransport, ProviderConfig
 
 CHAT_PATH = "/chat/completions"
 

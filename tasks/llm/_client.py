@@ -19,7 +19,7 @@ import openai
 
 from agentfleet.tasks.llm._loop import running_loop
 from agentfleet.tasks.llm._transport import PerThreadTransport, threads_are_greenlets
-from agentfleet.tasks.settings import ProviderConfig
+from agentfleet.tasks.setting_groups import ProviderConfig
 
 #: Seconds an idle connection to a provider is kept.
 KEEPALIVE_S = 4.0

@@ -40,7 +40,8 @@ from agentfleet.tasks.errors import ProviderError, RateLimitedError, RetryablePr
 from agentfleet.tasks.luafiles import script
 from agentfleet.tasks.metrics import Recorder
 from agentfleet.tasks.redisconn import get_redis
-from agentfleet.tasks.settings import ProviderConfig, Settings
+from agentfleet.tasks.setting_groups import ProviderConfig
+from agentfleet.tasks.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,8 @@ from agentfleet.tasks.errors import (
 from agentfleet.tasks.llm._call import CallOptions, Completion, complete
 from agentfleet.tasks.llm._guard import Admission, ProviderGuard, estimate_tokens, get_guard
 from agentfleet.tasks.llm._routing import Target
-from agentfleet.tasks.settings import ProviderConfig, Settings
+from agentfleet.tasks.setting_groups import ProviderConfig
+from agentfleet.tasks.settings import Settings
 
 
 @dataclass

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from agentfleet.tasks.settings import ProviderConfig, Settings
+from agentfleet.tasks.setting_groups import ProviderConfig
+from agentfleet.tasks.settings import Settings
 
 
 @dataclass(frozen=True)
