@@ -22,7 +22,10 @@ from celery.backends.asynchronous import AsyncBackendMixin
 from celery.backends.redis import RedisBackend, SentinelBackend
 from celery.events.dispatcher import EventDispatcher
 from celery.utils.imports import symbol_by_name
+from celery.worker.consumer import Consumer
+from celery.worker.consumer import events as consumer_events
 from celery.worker.request import Request
+from kombu.asynchronous import Hub
 from kombu.transport import native_delayed_delivery
 from kombu.transport import redis as kombu_redis
 from redis.retry import Retry
@@ -39,6 +42,11 @@ AS_TASK_V2 = [
     "soft_time_limit", "create_sent_event", "root_id", "parent_id", "shadow", "chain", "now",
     "timezone", "origin", "ignore_result", "argsrepr", "kwargsrepr", "stamped_headers",
     "replaced_task_nesting", "options",
+]  # fmt: skip
+
+DISPATCHER_INIT = [
+    "self", "connection", "hostname", "enabled", "channel", "buffer_while_offline", "app",
+    "serializer", "groups", "delivery_mode", "buffer_group", "buffer_limit", "on_send_buffered",
 ]  # fmt: skip
 
 #: (owner, name, its parameters in order): what a fix overrides in a subclass or replaces.
@@ -70,6 +78,10 @@ OVERRIDDEN: list[tuple[Any, str, list[str]]] = [
     (kombu_redis.Transport, "_deliver", ["self", "message", "queue"]),
     # controlflow: the tracer's ExceptionInfo, replaced by a subclass.
     (ExceptionInfo, "__init__", ["self", "exc_info", "internal"]),
+    # event_batching: the consumer's flush of task events, in a subclass.
+    (Consumer, "_flush_events", ["self"]),
+    (Consumer, "on_send_event_buffered", ["self"]),
+    (Consumer, "shutdown", ["self"]),
 ]
 
 #: (owner, name, its parameters in order): what a fix calls.
@@ -87,6 +99,11 @@ CALLED: list[tuple[Any, str, list[str]]] = [
     (kombu_redis.Channel, "_put", ["self", "queue", "message", "kwargs"]),
     # redis_eventloop: the retry of the event-loop connections.
     (Retry, "__init__", ["self", "backoff", "retries"]),
+    # event_batching: one flush per window on the consumer's event loop; the dispatcher's
+    # buffer it reads and sizes.
+    (Hub, "call_soon", ["self", "callback"]),
+    (Hub, "call_later", ["self", "delay", "callback"]),
+    (EventDispatcher, "__init__", DISPATCHER_INIT),
     # rabbitmq: the countdown of every task sent, and the delayed-delivery binding.
     (Celery, "send_task", ["self", "name", "args", "kwargs", "countdown"]),
     (
@@ -149,6 +166,17 @@ def test_the_trace_logger_is_the_one_redacted() -> None:
     # workers/fixes/redact.py rewrites the "Task ... succeeded" records of this logger.
     assert trace.logger.name == "celery.app.trace"
     assert isinstance(trace.logger, logging.Logger)
+
+
+def test_the_consumer_buffers_task_events_only_with_an_event_loop() -> None:
+    # event_batching schedules Celery's own flush promise, and leaves a consumer without a
+    # hub (gevent, eventlet) to publish as Celery does: both read in Celery's source.
+    assert "self._flush_events_promise = promise(self._flush_events)" in inspect.getsource(
+        Consumer.__init__
+    )
+    start = inspect.getsource(consumer_events.Events.start)
+    assert "buffer_group=['task'] if c.hub else None" in start
+    assert "on_send_buffered=c.on_send_event_buffered if c.hub else None" in start
 
 
 def test_the_rabbitmq_bootstep_requires_a_step_that_exists() -> None:

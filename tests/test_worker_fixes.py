@@ -1,6 +1,7 @@
 """The fixes of ``agentfleet.workers.fixes`` keep their behaviour, and only workers get them.
 
 ``controlflow``: ``Ignore`` is kept without its traceback, every other exception with it.
+``event_batching``: a worker's task events share their publishes, and none is lost.
 ``result_backend``: workers keep no subscription to
 results they never wait for, and store a state in one script that never overwrites a
 ``SUCCESS``. ``redis_eventloop``: a subscription Redis drops raises instead of hanging its
@@ -10,13 +11,16 @@ without being a worker keeps Celery's own code for all of them.
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from pathlib import Path
 from queue import Empty, Queue
+from typing import Any
 
 import kombu
 import pytest
@@ -25,6 +29,7 @@ from celery.exceptions import Ignore
 
 from agentfleet.tasks.errors import RunFailed
 from agentfleet.workers.conf import transport_options
+from agentfleet.workers.fixes import event_batching
 from agentfleet.workers.fixes.controlflow import ControlFlowExceptionInfo
 from agentfleet.workers.fixes.redis_transport import Transport
 from agentfleet.workers.fixes.result_backend import store_result_once
@@ -174,6 +179,43 @@ def test_one_round_trip_store_publishes_the_state(fleet: Fleet) -> None:
         assert '"status": "SUCCESS"' in message["data"]
     finally:
         pubsub.close()
+
+
+def _task_events(message: dict[str, Any]) -> list[dict[str, Any]]:
+    """The task events one ``PUBLISH`` of kombu's Redis fanout carries (one, or a batch)."""
+    envelope = json.loads(message["data"])
+    body = json.loads(base64.b64decode(envelope["body"]))
+    return body if isinstance(body, list) else [body]
+
+
+def test_a_workers_task_events_share_their_publishes(fleet: Fleet) -> None:
+    # event_batching: the agents worker's received, started and succeeded events of a run go
+    # out in one PUBLISH per window, not one each (Celery's own consumer: three a run). None
+    # is lost on the way.
+    pubsub = fleet.redis.pubsub(ignore_subscribe_messages=True)
+    pubsub.psubscribe("*celeryev/task.*")
+    try:
+        assert pubsub.get_message(timeout=1) is None  # the subscription is in place
+        run_ids = []
+        for i in range(6):
+            run_id = fleet.client.create_run(f"events in one publish {i}").id
+            assert fleet.client.wait(run_id, timeout=30).status == "succeeded"
+            run_ids.append(run_id)
+            time.sleep(2 * event_batching.EVENT_FLUSH_DELAY)  # each run its own window
+        publishes, seen = 0, set()
+        while (message := pubsub.get_message(timeout=0.5)) is not None:
+            events = [
+                e
+                for e in _task_events(message)
+                if e.get("uuid") in run_ids and e["hostname"].startswith("agents")
+            ]
+            publishes += bool(events)
+            seen |= {(e["uuid"], e["type"]) for e in events}
+    finally:
+        pubsub.close()
+    kinds = ("task-received", "task-started", "task-succeeded")
+    assert seen == {(run_id, kind) for run_id in run_ids for kind in kinds}
+    assert publishes <= len(run_ids) + 2, publishes
 
 
 def test_a_subscription_redis_drops_raises_instead_of_hanging_its_reader(tmp_path: Path) -> None:

@@ -42,7 +42,7 @@ def _wait_out_redis_outages(conf: Any, **_: Any) -> None:
     wait_out_outages(settings.redis.redis_outage_wait)
     conf.update(worker_config(settings))
     # Fixes of Celery's internals that only a worker needs (workers/fixes/).
-    fixes.install_in_worker(settings)
+    fixes.install_in_worker(settings, conf)
 
 
 @worker_process_init.connect

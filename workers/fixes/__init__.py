@@ -16,6 +16,7 @@ module                 kind         installed in
 ``result_backend``     leak and     every process (``result_backend`` URL); its worker mode,
                        correctness  which tracks no pending result, in workers only
 ``controlflow``        speed        worker processes (:func:`install_in_worker`)
+``event_batching``     speed        worker processes: their consumer class (``worker_consumer``)
 =====================  ===========  ============================================================
 
 Nothing here patches a name of Celery or kombu in a process that is not a worker: the API and
@@ -31,18 +32,18 @@ from __future__ import annotations
 
 import os
 from functools import cache
-from typing import Final
+from typing import Any, Final
 
 from agentfleet.tasks import keys
 from agentfleet.tasks.settings import Settings
-from agentfleet.workers.fixes import controlflow, result_backend
+from agentfleet.workers.fixes import controlflow, event_batching, result_backend
 
 #: Bench-only knob: a comma-separated list of :data:`SPEED_FIXES` a process leaves out. Not an
 #: ``AGENTFLEET_*`` setting on purpose: it never belongs in a deployment, and ``ops.stack``
 #: passes it through to every process it starts.
 DISABLE_VARIABLE: Final = "DISABLE_AGENTFLEET_FIXES"
 #: Fixes that only buy speed, each with its measured gain in its module docstring.
-SPEED_FIXES: Final = frozenset({"controlflow"})
+SPEED_FIXES: Final = frozenset({"controlflow", "event_batching"})
 
 
 def enabled(name: str) -> bool:
@@ -57,12 +58,15 @@ def _disabled() -> frozenset[str]:
     return frozenset(n.strip() for n in os.environ.get(DISABLE_VARIABLE, "").split(","))
 
 
-def install_in_worker(settings: Settings) -> None:
+def install_in_worker(settings: Settings, conf: Any) -> None:
     """Install the worker-only fixes in this process, a worker's main process before its
-    consumer and pool exist (``celeryd_init``); pool children inherit them."""
+    consumer and pool exist (``celeryd_init``, whose ``conf`` the worker reads its consumer
+    class from next); pool children inherit them."""
     result_backend.enter_worker_mode(keys.run_prefix(settings.redis.key_prefix))
     if enabled("controlflow"):
         controlflow.install()
+    if enabled("event_batching"):
+        conf.worker_consumer = event_batching.CONSUMER_PATH
 
 
 def summary() -> str:

@@ -37,6 +37,7 @@ from celery.app.events import Events
 from celery.events.dispatcher import EventDispatcher
 
 from agentfleet.tasks import names
+from agentfleet.workers.fixes import event_batching
 from agentfleet.workers.taskargs import bind, is_ours
 
 #: Keys whose string values are shown as they are, when they look like an ID or a name.
@@ -142,7 +143,11 @@ class RedactingDispatcher(EventDispatcher):
         return super().send(type, *args, **_redact_fields(type, fields))
 
     def publish(self, type: str, fields: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
-        return super().publish(type, _redact_fields(type, fields), *args, **kwargs)
+        fields = _redact_fields(type, fields)
+        # In a worker, the task-sent events of what it publishes go out with its own batch.
+        if type == "task-sent" and event_batching.buffer_sent_event(self, fields):
+            return None
+        return super().publish(type, fields, *args, **kwargs)
 
 
 class RedactingEvents(Events):
