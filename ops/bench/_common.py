@@ -47,7 +47,7 @@ FULL = Sizes(
     prefork_wide_runs=400,
     accept_n=3000,
     chord_reps=10,
-    park_runs=(100, 500),
+    park_runs=(100, 500, 1000),
     features_n=30,
     features_rounds=40,
 )
