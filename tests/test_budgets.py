@@ -251,11 +251,17 @@ def test_calls_that_use_more_than_reserved_overshoot_by_at_most_the_calls_in_fli
     ).tokens
     assert est < 500
 
-    def post(index: int) -> str:
-        return client.create_run(prompt.format(index), tools=[]).id
+    def post(index: int) -> str | None:
+        # On a slow machine the first runs can end, and spend the budget, while later ones are
+        # still being posted: from then on the API refuses new runs (429), as it should.
+        try:
+            return client.create_run(prompt.format(index), tools=[]).id
+        except TooManyRequests:
+            return None
 
     with ThreadPoolExecutor(50) as pool:
-        ids = list(pool.map(post, range(50)))
+        ids = [run_id for run_id in pool.map(post, range(50)) if run_id is not None]
+    assert len(ids) > 3000 // 500  # enough accepted to pass the budget
     runs = [client.wait(run_id, timeout=90) for run_id in ids]
     succeeded = sum(r.status == "succeeded" for r in runs)
     usage = client.usage()
