@@ -1,7 +1,8 @@
 """The fixes of ``agentfleet.workers.fixes`` keep their behaviour, and only workers get them.
 
 ``controlflow``: ``Ignore`` is kept without its traceback, every other exception with it.
-``event_batching``: a worker's task events share their publishes, and none is lost.
+``event_batching``: a worker's task events, the task-sent of what it publishes included, share
+their publishes, and none is lost.
 ``result_backend``: workers keep no subscription to
 results they never wait for, and store a state in one script that never overwrites a
 ``SUCCESS``. ``redis_eventloop``: a subscription Redis drops raises instead of hanging its
@@ -27,6 +28,7 @@ import pytest
 import redis
 from celery.exceptions import Ignore
 
+from agentfleet.tasks import names
 from agentfleet.tasks.errors import RunFailed
 from agentfleet.workers.conf import transport_options
 from agentfleet.workers.fixes import event_batching
@@ -181,11 +183,12 @@ def test_one_round_trip_store_publishes_the_state(fleet: Fleet) -> None:
         pubsub.close()
 
 
-def _task_events(message: dict[str, Any]) -> list[dict[str, Any]]:
-    """The task events one ``PUBLISH`` of kombu's Redis fanout carries (one, or a batch)."""
+def _task_events(message: dict[str, Any]) -> tuple[list[dict[str, Any]], bool]:
+    """The task events one ``PUBLISH`` of kombu's Redis fanout carries, and whether it carries
+    them as a batch (a flushed buffer) rather than one event published on its own."""
     envelope = json.loads(message["data"])
     body = json.loads(base64.b64decode(envelope["body"]))
-    return body if isinstance(body, list) else [body]
+    return (body, True) if isinstance(body, list) else ([body], False)
 
 
 def test_a_workers_task_events_share_their_publishes(fleet: Fleet) -> None:
@@ -202,12 +205,22 @@ def test_a_workers_task_events_share_their_publishes(fleet: Fleet) -> None:
             assert fleet.client.wait(run_id, timeout=30).status == "succeeded"
             run_ids.append(run_id)
             time.sleep(2 * event_batching.EVENT_FLUSH_DELAY)  # each run its own window
-        publishes, seen = 0, set()
+        # A step that dispatches a tool call: the task-sent event the agents worker makes for
+        # it joins the worker's batch instead of a PUBLISH of its own. (The tools worker's
+        # prefork child that sends the next step has no consumer: it publishes as Celery does.)
+        tool_run = fleet.client.create_run('call text_stats {"text": "sent"}').id
+        assert fleet.client.wait(tool_run, timeout=30).status == "succeeded"
+        time.sleep(2 * event_batching.EVENT_FLUSH_DELAY)
+        publishes, seen, sent_batched = 0, set(), []
         while (message := pubsub.get_message(timeout=0.5)) is not None:
+            batch, batched = _task_events(message)
+            sent_batched += [
+                batched
+                for e in batch
+                if e["type"] == "task-sent" and e.get("name") == names.TOOL_CALL
+            ]
             events = [
-                e
-                for e in _task_events(message)
-                if e.get("uuid") in run_ids and e["hostname"].startswith("agents")
+                e for e in batch if e.get("uuid") in run_ids and e["hostname"].startswith("agents")
             ]
             publishes += bool(events)
             seen |= {(e["uuid"], e["type"]) for e in events}
@@ -216,6 +229,8 @@ def test_a_workers_task_events_share_their_publishes(fleet: Fleet) -> None:
     kinds = ("task-received", "task-started", "task-succeeded")
     assert seen == {(run_id, kind) for run_id in run_ids for kind in kinds}
     assert publishes <= len(run_ids) + 2, publishes
+    assert sent_batched  # the tool call's task-sent event arrived
+    assert all(sent_batched), sent_batched
 
 
 def test_a_subscription_redis_drops_raises_instead_of_hanging_its_reader(tmp_path: Path) -> None:
