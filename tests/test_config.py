@@ -22,6 +22,7 @@ from ops.stack import Stack
 READ_BUT_NOT_IN_DEFAULTS = {
     "visibility_timeout",  # the Redis broker docs: set it in conf and both transport options
     "redis_backend_health_check_interval",  # celery/backends/redis.py, configuration.rst
+    "result_backend_thread_safe",  # celery/backends/base.py, celery/app/base.py
 }
 
 

@@ -2,11 +2,10 @@
 
 ``controlflow``: ``Ignore`` is kept without its traceback, every other exception with it.
 ``event_batching``: a worker's task events, the task-sent of what it publishes included, share
-their publishes, and none is lost.
-``result_backend``: workers keep no subscription to
-results they never wait for, and store a state in one script that never overwrites a
-``SUCCESS``. ``redis_eventloop``: a subscription Redis drops raises instead of hanging its
-reader. A process that builds the app
+their publishes, and none is lost. ``result_backend``: workers keep no subscription to results
+they never wait for, and store a state in one script that never overwrites a ``SUCCESS``; a
+threads worker's threads share one backend and its connections. ``redis_eventloop``: a
+subscription Redis drops raises instead of hanging its reader. A process that builds the app
 without being a worker keeps Celery's own code for all of them.
 """
 
@@ -14,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -22,6 +22,7 @@ import uuid
 from pathlib import Path
 from queue import Empty, Queue
 from typing import Any
+from urllib.parse import urlsplit
 
 import kombu
 import pytest
@@ -35,7 +36,7 @@ from agentfleet.workers.fixes import event_batching
 from agentfleet.workers.fixes.controlflow import ControlFlowExceptionInfo
 from agentfleet.workers.fixes.redis_transport import Transport
 from agentfleet.workers.fixes.result_backend import store_result_once
-from ops.stack import Stack
+from ops.stack import Stack, wait_for
 from tests.conftest import Fleet
 
 
@@ -66,6 +67,7 @@ def test_other_exceptions_keep_their_traceback() -> None:
 #: (``agentfleet.workers.app``), sends a task and waits for it: prints what is not Celery's own.
 NOT_A_WORKER = """
 import json
+import os
 from celery.app import trace
 from billiard.einfo import ExceptionInfo
 from agentfleet.workers import app
@@ -119,6 +121,38 @@ def test_workers_keep_no_subscription_to_tool_results(fleet: Fleet) -> None:
     run_id = fleet.client.create_run(calls).id
     assert fleet.client.wait(run_id, timeout=60).status == "succeeded"
     assert fleet.redis.pubsub_channels(f"celery-task-meta-{run_id}*") == []
+
+
+def _connections_to(pid: int, port: int) -> int:
+    """TCP connections process ``pid`` holds to ``port`` on this host."""
+    sockets = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        target = os.readlink(fd) if fd.is_symlink() else ""
+        if target.startswith("socket:["):
+            sockets.add(target[len("socket:[") : -1])
+    found = 0
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            remote_port = int(fields[2].rsplit(":", 1)[1], 16)
+            found += remote_port == port and fields[9] in sockets
+    return found
+
+
+def test_a_threads_worker_shares_one_result_backend_among_its_threads(fleet: Fleet) -> None:
+    # Celery gives each thread a backend of its own, with its own pool and connection, unless
+    # result_backend_thread_safe: each step the pool ever ran at once would keep a Redis
+    # connection, and its reader's 64 KB buffer, for the life of the worker.
+    runs = 60
+    ids = [fleet.client.create_run(f"[[latency:4]] parked {i}").id for i in range(runs)]
+    wait_for(lambda: fleet.sim_stats()["in_flight"] >= runs, 20, f"{runs} runs parked")
+    port = int(urlsplit(fleet.stack.redis_url or "").port or 0)
+    held = _connections_to(fleet.worker_of("agents").popen.pid, port)
+    for run_id in ids:
+        assert fleet.client.wait(run_id, timeout=60).status == "succeeded"
+    # The run store's pool, the backend's, the broker's consumer and producers: a handful
+    # each, however many steps are in flight.
+    assert held < runs // 2
 
 
 def test_one_round_trip_store_keeps_celerys_rules(fleet: Fleet) -> None:

@@ -180,4 +180,11 @@ def worker_config(settings: Settings) -> dict[str, Any]:
         "result_backend_max_retries": attempts,
         "result_backend_base_sleep_between_retries_ms": 100,
         "result_backend_max_sleep_between_retries_ms": 1000,
+        # One backend per process, shared by the pool's threads. Celery's default gives each
+        # thread a backend of its own, with its own connection pool: a threads worker would
+        # keep a Redis connection, and its reader's 64 KB buffer, for every step it ever ran
+        # at once, most of the memory a run in flight costs (docs/performance.md, section
+        # (f)). A worker never waits for results, so the backend's one thread-unsafe part,
+        # its result subscription, stays unused (workers/fixes/result_backend.py).
+        "result_backend_thread_safe": True,
     }
