@@ -4,7 +4,7 @@
 ``event_batching``: a worker's task events, the task-sent of what it publishes included, share
 their publishes, and none is lost. ``result_backend``: workers keep no subscription to results
 they never wait for, and store a state in one script that never overwrites a ``SUCCESS``; a
-threads worker's threads share one backend and its connections. ``redis_eventloop``: a
+threads worker keeps fewer Redis connections than steps in flight. ``redis_eventloop``: a
 subscription Redis drops raises instead of hanging its reader. A process that builds the app
 without being a worker keeps Celery's own code for all of them.
 """
@@ -36,8 +36,8 @@ from agentfleet.workers.fixes import event_batching
 from agentfleet.workers.fixes.controlflow import ControlFlowExceptionInfo
 from agentfleet.workers.fixes.redis_transport import Transport
 from agentfleet.workers.fixes.result_backend import store_result_once
-from ops.stack import Stack, wait_for
-from tests.conftest import Fleet
+from ops.stack import PoolSpec, Stack, wait_for
+from tests.conftest import Fleet, private_fleet
 
 
 def _info_of(exc: BaseException) -> ControlFlowExceptionInfo:
@@ -139,20 +139,31 @@ def _connections_to(pid: int, port: int) -> int:
     return found
 
 
-def test_a_threads_worker_shares_one_result_backend_among_its_threads(fleet: Fleet) -> None:
+def test_a_threads_worker_keeps_fewer_redis_connections_than_steps_in_flight(
+    tmp_path: Path,
+) -> None:
     # Celery gives each thread a backend of its own, with its own pool and connection, unless
-    # result_backend_thread_safe: each step the pool ever ran at once would keep a Redis
-    # connection, and its reader's 64 KB buffer, for the life of the worker.
-    runs = 60
-    ids = [fleet.client.create_run(f"[[latency:4]] parked {i}").id for i in range(runs)]
-    wait_for(lambda: fleet.sim_stats()["in_flight"] >= runs, 20, f"{runs} runs parked")
-    port = int(urlsplit(fleet.stack.redis_url or "").port or 0)
-    held = _connections_to(fleet.worker_of("agents").popen.pid, port)
-    for run_id in ids:
-        assert fleet.client.wait(run_id, timeout=60).status == "succeeded"
-    # The run store's pool, the backend's, the broker's consumer and producers: a handful
-    # each, however many steps are in flight.
-    assert held < runs // 2
+    # result_backend_thread_safe: a threads worker would keep a Redis connection, and its
+    # reader's 64 KB buffer, for every step it ever ran at once. A fresh worker, so that what
+    # is counted is what these steps made.
+    threads = 100
+
+    def start(stack: Stack) -> None:
+        stack.start_redis()
+        stack.start_simulator()
+        stack.start_worker(PoolSpec("agents", "threads", threads))
+        stack.start_api()
+
+    with private_fleet(Stack(tmp_path), start, 1) as fleet:
+        ids = [fleet.client.create_run(f"[[latency:4]] parked {i}").id for i in range(threads)]
+        wait_for(lambda: fleet.sim_stats()["in_flight"] >= threads, 30, "every step parked")
+        port = int(urlsplit(fleet.stack.redis_url or "").port or 0)
+        held = _connections_to(fleet.worker_of("agents").popen.pid, port)
+        for run_id in ids:
+            assert fleet.client.wait(run_id, timeout=60).status == "succeeded"
+    # The run store's pool, the backend's, the broker's consumer and producers: each holds
+    # what its users need at once, not one connection per thread.
+    assert held < threads // 2
 
 
 def test_one_round_trip_store_keeps_celerys_rules(fleet: Fleet) -> None:
