@@ -67,7 +67,6 @@ def test_other_exceptions_keep_their_traceback() -> None:
 #: (``agentfleet.workers.app``), sends a task and waits for it: prints what is not Celery's own.
 NOT_A_WORKER = """
 import json
-import os
 from celery.app import trace
 from billiard.einfo import ExceptionInfo
 from agentfleet.workers import app

@@ -161,7 +161,8 @@ def api_config(settings: Settings) -> dict[str, Any]:
 
 
 def worker_config(settings: Settings) -> dict[str, Any]:
-    """What workers change in :func:`celery_config`: they wait out a Redis outage.
+    """What workers change in :func:`celery_config`: they wait out a Redis outage, and the
+    threads of a pool share one result backend.
 
     A worker whose Redis restarts keeps retrying, for about ``redis_outage_wait`` seconds, the
     publish or result write of the task it holds, instead of failing the task: with Redis as
@@ -183,8 +184,9 @@ def worker_config(settings: Settings) -> dict[str, Any]:
         # One backend per process, shared by the pool's threads. Celery's default gives each
         # thread a backend of its own, with its own connection pool: a threads worker would
         # keep a Redis connection, and its reader's 64 KB buffer, for every step it ever ran
-        # at once, most of the memory a run in flight costs (docs/performance.md, section
-        # (f)). A worker never waits for results, so the backend's one thread-unsafe part,
-        # its result subscription, stays unused (workers/fixes/result_backend.py).
+        # at once, two fifths of the memory a run in flight cost it (docs/performance.md,
+        # "What was tried"). A worker never waits for results, so the backend's one
+        # thread-unsafe part, its result subscription, stays unused
+        # (workers/fixes/result_backend.py).
         "result_backend_thread_safe": True,
     }
